@@ -1,0 +1,77 @@
+"""The FastAPI adapter: `create_app(platform)` wires routers and turns every error into NGSI-LD
+problem details. No work at import time."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from polis import __version__
+from polis.api import routes_discovery, routes_entities, routes_temporal
+from polis.domain.errors import ERROR_TYPE_BASE, NgsiError
+from polis.platform import Platform
+
+log = logging.getLogger(__name__)
+
+_HTTP_PROBLEMS = {
+    404: ("ResourceNotFound", "Resource not found"),
+    405: ("InvalidRequest", "Method not allowed"),
+    406: ("InvalidRequest", "Not acceptable"),
+    413: ("BadRequestData", "Payload too large"),
+    415: ("InvalidRequest", "Unsupported media type"),
+}
+
+
+def problem_response(status: int, name: str, title: str, detail: str, headers: dict[str, str] | None = None,
+                     **extra: object) -> Response:
+    body = {"type": ERROR_TYPE_BASE + name, "title": title, "status": status, "detail": detail, **extra}
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def create_app(platform: Platform) -> FastAPI:
+    app = FastAPI(
+        title="Polis",
+        version=__version__,
+        description="Open city data hub: NGSI-LD entities, history and queries. It counts, it never watches.",
+    )
+    app.state.platform = platform
+
+    @app.exception_handler(NgsiError)
+    async def ngsi_error(request: Request, error: NgsiError) -> Response:
+        return problem_response(error.status, error.name, error.title, error.detail, **error.extra)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        name, title = _HTTP_PROBLEMS.get(error.status_code, ("InvalidRequest", "Invalid request"))
+        detail = error.detail if isinstance(error.detail, str) else title
+        if error.status_code == 404:
+            detail = f"no such resource: {request.method} {request.url.path}"
+        if error.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}"
+        return problem_response(error.status_code, name, title, detail, headers=getattr(error, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> Response:
+        return problem_response(400, "BadRequestData", "Bad request data", str(error.errors()))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, error: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(500, "InternalError", "Internal error", f"{type(error).__name__}: the server failed")
+
+    app.include_router(routes_entities.router)
+    app.include_router(routes_temporal.router)
+    app.include_router(routes_discovery.router)
+
+    @app.get("/health", tags=["operations"], summary="Liveness and what the hub holds")
+    async def health() -> dict[str, object]:
+        store = platform.store
+        return {"status": "ok", "version": __version__, "tenants": store.tenants(),
+                "entities": store.entity_count("")}
+
+    return app

@@ -1,0 +1,385 @@
+"""`/entities` and `/entityOperations`: translate HTTP to `EntityService` calls and back."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from polis.api.ld_http import (
+    accept_of,
+    empty_response,
+    json_body,
+    json_response,
+    platform_of,
+    request_terms,
+    resolve,
+    tenant_of,
+)
+from polis.domain.errors import BadRequestData
+from polis.ngsi_ld.context import TermMap
+from polis.ngsi_ld.entity_codec import compact_entity, validate_entity_id
+from polis.ngsi_ld.geoquery import parse_geoquery
+from polis.ngsi_ld.params import (
+    check_known,
+    parse_bool,
+    parse_geo_params,
+    parse_names,
+    parse_options,
+    parse_page,
+    parse_projection,
+    parse_q_param,
+    parse_type_selector,
+)
+from polis.ngsi_ld.q import parse_q
+from polis.store.base import EntityQuery, TypeSelector
+
+router = APIRouter(prefix="/ngsi-ld/v1", tags=["entities"])
+
+REPRESENTATION_OPTIONS = {"normalized", "concise", "keyValues", "simplified", "sysAttrs"}
+QUERY_PARAMS = {"id", "idPattern", "type", "attrs", "pick", "omit", "q", "georel", "geometry", "coordinates",
+                "geoproperty", "geometryProperty", "limit", "offset", "count", "options", "format", "lang", "local",
+                "scopeQ", "csf", "datasetId"}
+RETRIEVE_PARAMS = {"attrs", "pick", "omit", "options", "format", "lang", "type", "geometryProperty", "datasetId"}
+
+
+def _entity_path(entity_id: str) -> str:
+    return "/ngsi-ld/v1/entities/" + quote(entity_id, safe=":")
+
+
+def build_entity_query(params: dict[str, str], terms: TermMap, *, default_limit: int, max_limit: int,
+                       require_filter: bool = True) -> tuple[EntityQuery, tuple[str, ...]]:
+    """The entity-selection part shared by `/entities` and `/temporal/entities`; returns the query
+    and the expanded `attrs` (which also project the output)."""
+    page = parse_page(params, default_limit=default_limit, max_limit=max_limit)
+    ids = tuple(i.strip() for i in params["id"].split(",")) if "id" in params else ()
+    for eid in ids:
+        validate_entity_id(eid)
+    attrs = parse_names(params.get("attrs"), terms, "attrs")
+    types = parse_type_selector(params.get("type"), terms) if params.get("type") != "*" else None
+    q = parse_q_param(params.get("q"), terms)
+    geo = parse_geo_params(params, terms)
+    id_pattern = params.get("idPattern")
+    if id_pattern is not None:
+        _check_regex(id_pattern)
+    if require_filter and not (ids or id_pattern or types or attrs or q or geo or params.get("type") == "*"):
+        raise BadRequestData("a query needs at least one of type, id, idPattern, attrs, q or a geo-query")
+    query = EntityQuery(ids=ids, id_pattern=id_pattern, types=types, attrs=attrs, q=q, geo=geo,
+                        limit=page.limit, offset=page.offset, count=page.count)
+    return query, attrs
+
+
+def _check_regex(pattern: str) -> None:
+    import re
+
+    try:
+        re.compile(pattern)
+    except re.error as error:
+        raise BadRequestData(f"idPattern is not a valid regular expression: {error}") from None
+
+
+def _pagination_headers(request: Request, count: int | None, offset: int, limit: int, returned: int) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if count is not None:
+        headers["NGSILD-Results-Count"] = str(count)
+    links = []
+    base = dict(request.query_params)
+    if returned == limit and limit > 0 and (count is None or offset + limit < count):
+        links.append(f'<{request.url.path}?{urlencode({**base, "offset": offset + limit, "limit": limit})}>; rel="next"')
+    if offset > 0 and limit > 0:
+        links.append(f'<{request.url.path}?{urlencode({**base, "offset": max(0, offset - limit), "limit": limit})}>; '
+                     'rel="prev"')
+    if links:
+        headers["Link"] = ", ".join(links)
+    return headers
+
+
+@router.post("/entities", status_code=201, summary="Create entity (§5.6.1)")
+async def create_entity(request: Request) -> Response:
+    platform = platform_of(request)
+    tenant = tenant_of(request, write=True)
+    body = await json_body(request)
+    terms = await resolve(request, body.context)
+    entity_id = await run_in_threadpool(platform.entities.create, tenant, body.data, terms)
+    return empty_response(request, 201, {"Location": _entity_path(entity_id)})
+
+
+@router.get("/entities", summary="Query entities (§5.7.2)")
+async def query_entities(request: Request) -> Response:
+    platform = platform_of(request)
+    params = dict(request.query_params)
+    check_known(params, QUERY_PARAMS)
+    accept = accept_of(request)
+    tenant = tenant_of(request)
+    terms = await request_terms(request)
+    options = parse_options(params, allowed=REPRESENTATION_OPTIONS)
+    settings = platform.settings
+    query, attrs = build_entity_query(params, terms, default_limit=settings.default_limit,
+                                      max_limit=settings.max_limit)
+    return await _answer_query(request, query, attrs, terms, options.fmt, options.sys_attrs, accept)
+
+
+async def _answer_query(request: Request, query: EntityQuery, attrs: tuple[str, ...], terms: TermMap, fmt: str,
+                        sys_attrs: bool, accept: str) -> Response:
+    platform = platform_of(request)
+    params = dict(request.query_params)
+    tenant = tenant_of(request)
+    pick = parse_projection(params.get("pick"), terms, "pick")
+    omit = parse_projection(params.get("omit"), terms, "omit")
+    if attrs:
+        pick = {"id", "type", *attrs} if pick is None else pick & {"id", "type", *attrs}
+    lang = params.get("lang")
+    result = await run_in_threadpool(platform.entities.query, tenant, query)
+    body = [compact_entity(e, terms, fmt=fmt, sys_attrs=sys_attrs, pick=pick, omit=omit, lang=lang)
+            for e in result.entities]
+    limit = query.limit if query.limit is not None else len(body)
+    headers = _pagination_headers(request, result.count, query.offset, limit, len(body))
+    if query.limit == 0:
+        body = []
+    return json_response(request, body, terms, headers=headers, accept=accept,
+                         geometry_property=params.get("geometryProperty"))
+
+
+@router.get("/entities/{entity_id:path}/attrs", include_in_schema=False)
+async def attrs_collection_get(entity_id: str, request: Request) -> Response:
+    raise BadRequestData("GET is not defined on an entity's attrs collection; retrieve the entity instead")
+
+
+@router.get("/entities/{entity_id:path}", summary="Retrieve entity (§5.7.1)")
+async def retrieve_entity(entity_id: str, request: Request) -> Response:
+    platform = platform_of(request)
+    params = dict(request.query_params)
+    check_known(params, RETRIEVE_PARAMS)
+    accept = accept_of(request)
+    tenant = tenant_of(request)
+    terms = await request_terms(request)
+    options = parse_options(params, allowed=REPRESENTATION_OPTIONS)
+    attrs = parse_names(params.get("attrs"), terms, "attrs")
+    types = parse_type_selector(params.get("type"), terms)
+    type_iris = tuple(t for group in types.any_of for t in group) if types else ()
+    body = await run_in_threadpool(
+        lambda: platform.entities.retrieve(
+            tenant, entity_id, terms, attrs=attrs, type_iris=type_iris, fmt=options.fmt,
+            sys_attrs=options.sys_attrs, pick=parse_projection(params.get("pick"), terms, "pick"),
+            omit=parse_projection(params.get("omit"), terms, "omit"), lang=params.get("lang")))
+    return json_response(request, body, terms, accept=accept, geometry_property=params.get("geometryProperty"))
+
+
+@router.put("/entities/{entity_id:path}", status_code=204, summary="Replace entity (§5.6.18)")
+async def replace_entity(entity_id: str, request: Request) -> Response:
+    platform = platform_of(request)
+    tenant = tenant_of(request)
+    body = await json_body(request)
+    terms = await resolve(request, body.context)
+    await run_in_threadpool(platform.entities.replace, tenant, entity_id, body.data, terms)
+    return empty_response(request)
+
+
+@router.patch("/entities/{entity_id:path}/attrs/{attr_id:path}", status_code=204,
+              summary="Partial attribute update (§5.6.4)")
+async def patch_attribute(entity_id: str, attr_id: str, request: Request) -> Response:
+    platform = platform_of(request)
+    tenant = tenant_of(request)
+    body = await json_body(request)
+    terms = await resolve(request, body.context)
+    await run_in_threadpool(platform.entities.patch_attr, tenant, entity_id, terms.expand(attr_id),
+                            _without_context(body.data), terms)
+    return empty_response(request)
+
+
+@router.put("/entities/{entity_id:path}/attrs/{attr_id:path}", status_code=204, summary="Replace attribute (§5.6.19)")
+async def replace_attribute(entity_id: str, attr_id: str, request: Request) -> Response:
+    platform = platform_of(request)
+    tenant = tenant_of(request)
+    body = await json_body(request)
+    terms = await resolve(request, body.context)
+    await run_in_threadpool(platform.entities.replace_attr, tenant, entity_id, terms.expand(attr_id),
+                            _without_context(body.data), terms)
+    return empty_response(request)
+
+
+@router.delete("/entities/{entity_id:path}/attrs/{attr_id:path}", status_code=204, summary="Delete attribute (§5.6.5)")
+async def delete_attribute(entity_id: str, attr_id: str, request: Request) -> Response:
+    platform = platform_of(request)
+    params = dict(request.query_params)
+    check_known(params, {"datasetId", "deleteAll"})
+    tenant = tenant_of(request)
+    terms = await request_terms(request)
+    await run_in_threadpool(lambda: platform.entities.delete_attr(
+        tenant, entity_id, terms.expand(attr_id), terms, dataset_id=params.get("datasetId"),
+        delete_all=parse_bool(params, "deleteAll")))
+    return empty_response(request)
+
+
+@router.post("/entities/{entity_id:path}/attrs", summary="Append attributes (§5.6.3)")
+async def append_attributes(entity_id: str, request: Request) -> Response:
+    platform = platform_of(request)
+    params = dict(request.query_params)
+    check_known(params, {"options"})
+    options = parse_options(params, allowed={"noOverwrite"})
+    tenant = tenant_of(request)
+    body = await json_body(request)
+    terms = await resolve(request, body.context)
+    result = await run_in_threadpool(lambda: platform.entities.append_attrs(
+        tenant, entity_id, _without_context(body.data), terms, no_overwrite=options.no_overwrite))
+    if result.not_updated:
+        return json_response(request, result.body(terms), terms, status=207, accept="application/json")
+    return empty_response(request)
+
+
+@router.patch("/entities/{entity_id:path}/attrs", summary="Update attributes (§5.6.2)")
+async def update_attributes(entity_id: str, request: Request) -> Response:
+    platform = platform_of(request)
+    tenant = tenant_of(request)
+    body = await json_body(request)
+    terms = await resolve(request, body.context)
+    result = await run_in_threadpool(platform.entities.update_attrs, tenant, entity_id,
+                                     _without_context(body.data), terms)
+    if result.not_updated:
+        return json_response(request, result.body(terms), terms, status=207, accept="application/json")
+    return empty_response(request)
+
+
+@router.patch("/entities/{entity_id:path}", status_code=204, summary="Merge entity (§5.6.17)")
+async def merge_entity(entity_id: str, request: Request) -> Response:
+    platform = platform_of(request)
+    params = dict(request.query_params)
+    check_known(params, {"observedAt", "options", "format"})
+    tenant = tenant_of(request)
+    body = await json_body(request)
+    terms = await resolve(request, body.context)
+    observed_at = params.get("observedAt")
+    if observed_at is not None:
+        from polis.ngsi_ld.params import parse_datetime
+
+        observed_at = parse_datetime(observed_at, "observedAt").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    await run_in_threadpool(lambda: platform.entities.merge(tenant, entity_id, _without_context(body.data), terms,
+                                                            observed_at=observed_at))
+    return empty_response(request)
+
+
+@router.delete("/entities/{entity_id:path}", status_code=204, summary="Delete entity (§5.6.6)")
+async def delete_entity(entity_id: str, request: Request) -> Response:
+    platform = platform_of(request)
+    tenant = tenant_of(request)
+    await run_in_threadpool(platform.entities.delete, tenant, entity_id)
+    return empty_response(request)
+
+
+def _without_context(data: Any) -> Any:
+    if isinstance(data, dict) and "@context" in data:
+        return {k: v for k, v in data.items() if k != "@context"}
+    return data
+
+
+# -- batch operations -------------------------------------------------------------------------
+
+
+async def _batch(request: Request, op: str) -> Response:
+    platform = platform_of(request)
+    params = dict(request.query_params)
+    check_known(params, {"options"})
+    allowed = {"upsert": {"replace", "update"}, "update": {"noOverwrite"}}.get(op, set())
+    options = parse_options(params, allowed=allowed)
+    if options.replace and options.update:
+        raise BadRequestData("options=replace and options=update exclude each other")
+    tenant = tenant_of(request, write=True)
+    body = await json_body(request)
+    shared_terms = await resolve(request, body.context) if not body.ld else None
+    contexts = platform.contexts
+
+    def terms_for(item: Any) -> TermMap:
+        if shared_terms is not None:
+            return shared_terms
+        return contexts.resolve(item.get("@context") if isinstance(item, dict) else None)
+
+    result = await run_in_threadpool(lambda: platform.entities.batch(
+        tenant, op, body.data, terms_for, replace=not options.update, no_overwrite=options.no_overwrite))
+    if result.errors:
+        return json_response(request, result.body(), None, status=207, accept="application/json")
+    if op == "create":
+        return json_response(request, result.success, None, status=201, accept="application/json")
+    if op == "upsert" and result.created:
+        return json_response(request, result.created, None, status=201, accept="application/json")
+    return empty_response(request)
+
+
+@router.post("/entityOperations/create", summary="Batch create (§5.6.7)")
+async def batch_create(request: Request) -> Response:
+    return await _batch(request, "create")
+
+
+@router.post("/entityOperations/upsert", summary="Batch upsert (§5.6.8)")
+async def batch_upsert(request: Request) -> Response:
+    return await _batch(request, "upsert")
+
+
+@router.post("/entityOperations/update", summary="Batch update (§5.6.9)")
+async def batch_update(request: Request) -> Response:
+    return await _batch(request, "update")
+
+
+@router.post("/entityOperations/merge", summary="Batch merge (§5.6.20)")
+async def batch_merge(request: Request) -> Response:
+    return await _batch(request, "merge")
+
+
+@router.post("/entityOperations/delete", summary="Batch delete (§5.6.10)")
+async def batch_delete(request: Request) -> Response:
+    return await _batch(request, "delete")
+
+
+@router.post("/entityOperations/query", summary="Query entities by POST (§5.7.2)")
+async def post_query(request: Request) -> Response:
+    """The Query body (§5.2.23): entities, attrs, q, geoQ; pagination and options stay in the URL."""
+    platform = platform_of(request)
+    params = dict(request.query_params)
+    check_known(params, {"limit", "offset", "count", "options", "format", "lang", "pick", "omit"})
+    accept = accept_of(request)
+    tenant = tenant_of(request)
+    body = await json_body(request)
+    terms = await resolve(request, body.context)
+    data = body.data
+    if not isinstance(data, dict) or data.get("type") != "Query":
+        raise BadRequestData("the body must be a Query object with \"type\": \"Query\"")
+    options = parse_options(params, allowed=REPRESENTATION_OPTIONS)
+    settings = platform.settings
+    page_query, _ = build_entity_query({k: v for k, v in params.items() if k in ("limit", "offset", "count")},
+                                       terms, default_limit=settings.default_limit, max_limit=settings.max_limit,
+                                       require_filter=False)
+    selectors = data.get("entities") or []
+    if not isinstance(selectors, list):
+        raise BadRequestData("Query.entities must be an array")
+    ids: list[str] = []
+    groups: list[tuple[str, ...]] = []
+    id_pattern = None
+    for selector in selectors:
+        if not isinstance(selector, dict) or not isinstance(selector.get("type"), str):
+            raise BadRequestData("each Query.entities item needs a type")
+        groups.extend(parse_type_selector(selector["type"], terms).any_of)  # type: ignore[union-attr]
+        if "id" in selector:
+            ids.append(validate_entity_id(selector["id"]))
+        if "idPattern" in selector:
+            id_pattern = str(selector["idPattern"])
+            _check_regex(id_pattern)
+    attrs_raw = data.get("attrs")
+    if attrs_raw is not None and (not isinstance(attrs_raw, list) or not all(isinstance(a, str) for a in attrs_raw)):
+        raise BadRequestData("Query.attrs must be an array of attribute names")
+    attrs = tuple(terms.expand(a) for a in attrs_raw or ())
+    q_text = data.get("q")
+    if q_text is not None and not isinstance(q_text, str):
+        raise BadRequestData("Query.q must be a string")
+    geo_body = data.get("geoQ")
+    geo = None
+    if geo_body is not None:
+        if not isinstance(geo_body, dict):
+            raise BadRequestData("Query.geoQ must be an object")
+        geo = parse_geoquery(geo_body.get("georel"), geo_body.get("geometry"), geo_body.get("coordinates"),
+                             geo_body.get("geoproperty"), terms.expand)
+    query = EntityQuery(ids=tuple(ids), id_pattern=id_pattern, types=TypeSelector(tuple(groups)) if groups else None,
+                        attrs=attrs, q=parse_q(q_text, terms.expand) if q_text else None, geo=geo,
+                        limit=page_query.limit, offset=page_query.offset, count=page_query.count)
+    return await _answer_query(request, query, attrs, terms, options.fmt, options.sys_attrs, accept)

@@ -1,0 +1,156 @@
+"""`/temporal/entities`: the history of attributes (§5.6.11–5.6.16, §5.7.3–5.7.4)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from polis.api.ld_http import (
+    accept_of,
+    empty_response,
+    json_body,
+    json_response,
+    platform_of,
+    request_terms,
+    resolve,
+    tenant_of,
+)
+from polis.api.routes_entities import QUERY_PARAMS, build_entity_query
+from polis.domain.errors import BadRequestData
+from polis.ngsi_ld.params import check_known, parse_names, parse_options
+from polis.ngsi_ld.temporal import content_range, parse_aggregation, parse_temporal_query, render_temporal_entity
+
+router = APIRouter(prefix="/ngsi-ld/v1/temporal", tags=["temporal"])
+
+TEMPORAL_OPTIONS = {"normalized", "temporalValues", "aggregatedValues", "sysAttrs"}
+TEMPORAL_PARAMS = {"timerel", "timeAt", "endTimeAt", "timeproperty", "lastN", "aggrMethods", "aggrPeriodDuration"}
+
+
+def _format(params: dict[str, str]) -> tuple[str, Any]:
+    options = parse_options(params, allowed=TEMPORAL_OPTIONS)
+    fmt = options.temporal or "normalized"
+    aggregation = parse_aggregation(params) if fmt == "aggregatedValues" else None
+    return fmt, aggregation
+
+
+def _status_and_headers(history: dict[str, Any], last_n: int | None, extra: dict[str, str] | None = None
+                        ) -> tuple[int, dict[str, str]]:
+    headers = dict(extra or {})
+    span = content_range(history, last_n)
+    if span is None:
+        return 200, headers
+    headers["Content-Range"] = span
+    return 206, headers
+
+
+@router.post("/entities", summary="Create or add temporal instances (§5.6.11)")
+async def create_temporal(request: Request) -> Response:
+    platform = platform_of(request)
+    tenant = tenant_of(request, write=True)
+    body = await json_body(request)
+    terms = await resolve(request, body.context)
+    data = body.data
+    if isinstance(data, dict) and "@context" in data:
+        data = {k: v for k, v in data.items() if k != "@context"}
+    created = await run_in_threadpool(platform.temporal.create_or_add, tenant, data, terms)
+    if created:
+        location = "/ngsi-ld/v1/temporal/entities/" + quote(str(data["id"]), safe=":")
+        return empty_response(request, 201, {"Location": location})
+    return empty_response(request, 204)
+
+
+@router.get("/entities", summary="Query temporal evolution of entities (§5.7.4)")
+async def query_temporal(request: Request) -> Response:
+    platform = platform_of(request)
+    params = dict(request.query_params)
+    check_known(params, QUERY_PARAMS | TEMPORAL_PARAMS)
+    accept = accept_of(request)
+    tenant = tenant_of(request)
+    terms = await request_terms(request)
+    settings = platform.settings
+    query, attrs = build_entity_query(params, terms, default_limit=settings.default_limit,
+                                      max_limit=settings.max_limit)
+    temporal = parse_temporal_query(params, attrs, settings.max_temporal_instances)
+    fmt, aggregation = _format(params)
+    entities, count, history = await run_in_threadpool(platform.temporal.query, tenant, query, temporal)
+    body = [render_temporal_entity(e, history.get(e["id"], {}), terms, fmt=fmt, aggregation=aggregation,
+                                   temporal=temporal) for e in entities]
+    status, headers = _status_and_headers(history, temporal.last_n,
+                                          {"NGSILD-Results-Count": str(count)} if count is not None else None)
+    return json_response(request, body, terms, status=status, headers=headers, accept=accept)
+
+
+@router.get("/entities/{entity_id:path}", summary="Retrieve temporal evolution of an entity (§5.7.3)")
+async def retrieve_temporal(entity_id: str, request: Request) -> Response:
+    platform = platform_of(request)
+    params = dict(request.query_params)
+    check_known(params, TEMPORAL_PARAMS | {"attrs", "options", "format", "lang", "type"})
+    accept = accept_of(request)
+    tenant = tenant_of(request)
+    terms = await request_terms(request)
+    attrs = parse_names(params.get("attrs"), terms, "attrs")
+    temporal = parse_temporal_query(params, attrs, platform.settings.max_temporal_instances)
+    fmt, aggregation = _format(params)
+    entity, history = await run_in_threadpool(platform.temporal.retrieve, tenant, entity_id, temporal)
+    body = render_temporal_entity(entity, history, terms, fmt=fmt, aggregation=aggregation, temporal=temporal)
+    status, headers = _status_and_headers({entity_id: history}, temporal.last_n)
+    return json_response(request, body, terms, status=status, headers=headers, accept=accept)
+
+
+@router.post("/entities/{entity_id:path}/attrs", status_code=204, summary="Add temporal attributes (§5.6.12)")
+async def add_temporal_attrs(entity_id: str, request: Request) -> Response:
+    platform = platform_of(request)
+    tenant = tenant_of(request)
+    body = await json_body(request)
+    terms = await resolve(request, body.context)
+    data = body.data
+    if not isinstance(data, dict):
+        raise BadRequestData("the request body must be a JSON object of attributes")
+    data = {k: v for k, v in data.items() if k != "@context"}
+    await run_in_threadpool(platform.entities._load, tenant, entity_id)  # 404 before anything is written
+    await run_in_threadpool(platform.temporal.create_or_add, tenant, {**data, "id": entity_id}, terms)
+    return empty_response(request)
+
+
+@router.patch("/entities/{entity_id:path}/attrs/{attr_id}/{instance_id}", status_code=204,
+              summary="Modify one temporal instance (§5.6.14)")
+async def modify_instance(entity_id: str, attr_id: str, instance_id: str, request: Request) -> Response:
+    platform = platform_of(request)
+    tenant = tenant_of(request)
+    body = await json_body(request)
+    terms = await resolve(request, body.context)
+    await run_in_threadpool(platform.temporal.modify_instance, tenant, entity_id, terms.expand(attr_id),
+                            instance_id, body.data, terms)
+    return empty_response(request)
+
+
+@router.delete("/entities/{entity_id:path}/attrs/{attr_id}/{instance_id}", status_code=204,
+               summary="Delete one temporal instance (§5.6.15)")
+async def delete_instance(entity_id: str, attr_id: str, instance_id: str, request: Request) -> Response:
+    platform = platform_of(request)
+    tenant = tenant_of(request)
+    terms = await request_terms(request)
+    await run_in_threadpool(platform.temporal.delete_instance, tenant, entity_id, terms.expand(attr_id), instance_id)
+    return empty_response(request)
+
+
+@router.delete("/entities/{entity_id:path}/attrs/{attr_id}", status_code=204,
+               summary="Delete a temporal attribute (§5.6.13)")
+async def delete_temporal_attr(entity_id: str, attr_id: str, request: Request) -> Response:
+    platform = platform_of(request)
+    tenant = tenant_of(request)
+    terms = await request_terms(request)
+    await run_in_threadpool(platform.temporal.delete_attribute, tenant, entity_id, terms.expand(attr_id), terms)
+    return empty_response(request)
+
+
+@router.delete("/entities/{entity_id:path}", status_code=204, summary="Delete a temporal entity (§5.6.16)")
+async def delete_temporal(entity_id: str, request: Request) -> Response:
+    platform = platform_of(request)
+    tenant = tenant_of(request)
+    await run_in_threadpool(platform.temporal.delete, tenant, entity_id)
+    return empty_response(request)

@@ -1,0 +1,435 @@
+"""Entity operations of NGSI-LD (§5.6, §5.7): the semantics, on top of any `Store`.
+
+Inputs are parsed JSON bodies plus a resolved `TermMap`; outputs are plain results the API adapter
+serialises. Every write computes the complete new documents first and hands them to the store in one
+call, so a rejected request writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from polis.domain.entity import ENTITY_MEMBERS, RESERVED_ATTRIBUTE_MEMBERS, Entity, HistoryInstance, Instance
+from polis.domain.errors import AlreadyExists, BadRequestData, NgsiError, ResourceNotFound
+from polis.ngsi_ld.context import TermMap
+from polis.ngsi_ld.entity_codec import (
+    compact_entity,
+    expand_attribute_instance,
+    expand_entity,
+    expand_fragment,
+    validate_entity_id,
+)
+from polis.ngsi_ld.events import EntityChange, EventBus
+from polis.store.base import EntityQuery, QueryResult, Store
+
+NULL = "urn:ngsi-ld:null"
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_observed_at(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@dataclass(slots=True)
+class UpdateResult:
+    """§5.2.18: which attributes were written and which were not, with why."""
+
+    updated: list[str] = field(default_factory=list)
+    not_updated: list[tuple[str, str]] = field(default_factory=list)
+
+    def body(self, terms: TermMap) -> dict[str, Any]:
+        return {
+            "updated": [terms.compact(a) for a in self.updated],
+            "notUpdated": [{"attributeName": terms.compact(a), "reason": r} for a, r in self.not_updated],
+        }
+
+
+def history_of(entity: Entity, attributes: Sequence[str] | None = None) -> list[HistoryInstance]:
+    """Every attribute instance that carries observedAt becomes a temporal instance."""
+    items = []
+    names = attributes if attributes is not None else [k for k in entity if k not in ENTITY_MEMBERS]
+    for name in names:
+        for instance in entity.get(name, ()):
+            observed = instance.get("observedAt")
+            if observed is not None:
+                stored = {k: v for k, v in instance.items() if k not in ("createdAt", "modifiedAt")}
+                items.append(
+                    HistoryInstance(entity["id"], name, parse_observed_at(observed), stored, instance.get("datasetId"))
+                )
+    return items
+
+
+def _merge_instances(old: list[Instance], new: list[Instance], now: str) -> list[Instance]:
+    """Replace the instances of `old` that share a datasetId with one in `new`; keep the rest."""
+    by_dataset = {i.get("datasetId"): i for i in old}
+    for instance in new:
+        previous = by_dataset.get(instance.get("datasetId"))
+        if previous is not None and "createdAt" in previous:
+            instance["createdAt"] = previous["createdAt"]
+        instance["modifiedAt"] = now
+        by_dataset[instance.get("datasetId")] = instance
+    return list(by_dataset.values())
+
+
+class EntityService:
+    def __init__(self, store: Store, bus: EventBus, clock: Callable[[], str] = utc_now) -> None:
+        self.store = store
+        self.bus = bus
+        self.clock = clock
+
+    # -- single entity -----------------------------------------------------------------------
+
+    def _load(self, tenant: str, entity_id: str) -> Entity:
+        validate_entity_id(entity_id)
+        found = self.store.get(tenant, [entity_id]).get(entity_id)
+        if found is None:
+            raise ResourceNotFound(f"entity {entity_id} was not found")
+        return found
+
+    def _commit(self, tenant: str, kind: str, entities: Sequence[Entity], previous: Sequence[Entity | None],
+                history: list[HistoryInstance], deletes: Sequence[str] = ()) -> None:
+        self.store.write(tenant, upserts=entities, deletes=deletes, history=history)
+        for entity, before in zip(entities, previous, strict=True):
+            self.bus.publish(EntityChange(tenant, kind, entity["id"], entity, before))
+
+    def create(self, tenant: str, body: Any, terms: TermMap) -> str:
+        entity = expand_entity(body, terms, self.clock())
+        if self.store.get(tenant, [entity["id"]]):
+            raise AlreadyExists(f"entity {entity['id']} already exists")
+        self._commit(tenant, "created", [entity], [None], history_of(entity))
+        return str(entity["id"])
+
+    def retrieve(self, tenant: str, entity_id: str, terms: TermMap, *, attrs: Sequence[str] = (),
+                 type_iris: Sequence[str] = (), fmt: str = "normalized", sys_attrs: bool = False,
+                 pick: set[str] | None = None, omit: set[str] | None = None,
+                 lang: str | None = None) -> dict[str, Any]:
+        entity = self._load(tenant, entity_id)
+        if type_iris and not set(type_iris) & set(entity["type"]):
+            raise ResourceNotFound(f"entity {entity_id} is not of type {', '.join(terms.compact(t) for t in type_iris)}")
+        if attrs:
+            if not any(a in entity for a in attrs):
+                raise ResourceNotFound(f"entity {entity_id} has none of the attributes asked for")
+            pick = (pick or set()) | {"id", "type", *attrs} if pick is None else pick & {"id", "type", *attrs}
+        return compact_entity(entity, terms, fmt=fmt, sys_attrs=sys_attrs, pick=pick, omit=omit, lang=lang)
+
+    def replace(self, tenant: str, entity_id: str, body: Any, terms: TermMap) -> None:
+        """§5.6.18: the body's attributes become the whole attribute set."""
+        old = self._load(tenant, entity_id)
+        now = self.clock()
+        if not isinstance(body, dict):
+            raise BadRequestData("the request body must be a JSON object")
+        body = dict(body)
+        if body.setdefault("id", entity_id) != entity_id:
+            raise BadRequestData(f"the body's id {body['id']} does not match the path's {entity_id}")
+        if "type" not in body:
+            body["type"] = [terms.compact(t) for t in old["type"]]
+        entity = expand_entity(body, terms, now)
+        entity["createdAt"] = old.get("createdAt", now)
+        self._commit(tenant, "replaced", [entity], [old], history_of(entity))
+
+    def delete(self, tenant: str, entity_id: str) -> None:
+        old = self._load(tenant, entity_id)
+        self.store.write(tenant, deletes=[entity_id])
+        self.bus.publish(EntityChange(tenant, "deleted", entity_id, None, old))
+
+    # -- attributes --------------------------------------------------------------------------
+
+    def append_attrs(self, tenant: str, entity_id: str, body: Any, terms: TermMap, *,
+                     no_overwrite: bool = False) -> UpdateResult:
+        """§5.6.3: add attributes; same-named ones are overwritten unless noOverwrite."""
+        old = self._load(tenant, entity_id)
+        now = self.clock()
+        fragment = self._fragment(body, terms, now, old)
+        entity = dict(old)
+        result = UpdateResult()
+        written: list[str] = []
+        for name, instances in fragment.items():
+            existing = {i.get("datasetId") for i in old.get(name, ())}
+            if no_overwrite and any(i.get("datasetId") in existing for i in instances):
+                result.not_updated.append((name, "attribute exists and noOverwrite was asked for"))
+                continue
+            entity[name] = _merge_instances(old.get(name, []), instances, now)
+            result.updated.append(name)
+            written.append(name)
+        if written:
+            entity["modifiedAt"] = now
+            self._commit(tenant, "updated", [entity], [old], _history_for(entity, fragment, written))
+        return result
+
+    def update_attrs(self, tenant: str, entity_id: str, body: Any, terms: TermMap) -> UpdateResult:
+        """§5.6.2: overwrite existing attributes only; the rest are reported as not updated."""
+        old = self._load(tenant, entity_id)
+        now = self.clock()
+        fragment = self._fragment(body, terms, now, old)
+        entity = dict(old)
+        result = UpdateResult()
+        written = []
+        for name, instances in fragment.items():
+            existing = {i.get("datasetId") for i in old.get(name, ())}
+            if name not in old or any(i.get("datasetId") not in existing for i in instances):
+                result.not_updated.append((name, "attribute does not exist"))
+                continue
+            entity[name] = _merge_instances(old[name], instances, now)
+            result.updated.append(name)
+            written.append(name)
+        if written:
+            entity["modifiedAt"] = now
+            self._commit(tenant, "updated", [entity], [old], _history_for(entity, fragment, written))
+        return result
+
+    def patch_attr(self, tenant: str, entity_id: str, attr: str, body: Any, terms: TermMap) -> None:
+        """§5.6.4 partial attribute update: only the members sent change."""
+        old = self._load(tenant, entity_id)
+        now = self.clock()
+        if not isinstance(body, dict):
+            raise BadRequestData("the request body must be a JSON object")
+        dataset_id = body.get("datasetId")
+        instances = old.get(attr)
+        target = next((i for i in instances or () if i.get("datasetId") == dataset_id), None)
+        if target is None:
+            raise ResourceNotFound(f"entity {entity_id} has no attribute {terms.compact(attr)}"
+                                   + (f" with datasetId {dataset_id}" if dataset_id else ""))
+        merged_body = {k: v for k, v in target.items() if k not in ("createdAt", "modifiedAt")}
+        if "value" in body and target.get("type") == "Relationship":
+            raise BadRequestData(f"attribute {terms.compact(attr)} is a Relationship: send 'object', not 'value'")
+        # Sub-attribute names in the body are short; re-expand the merged instance through the codec.
+        merged = _compact_sub_attributes(merged_body, terms)
+        merged.update(body)
+        instance = expand_attribute_instance(terms.compact(attr), merged, terms, now)
+        instance["createdAt"] = target.get("createdAt", now)
+        entity = dict(old)
+        entity[attr] = [instance if i is target else i for i in instances or ()]
+        entity["modifiedAt"] = now
+        self._commit(tenant, "updated", [entity], [old], history_of({"id": entity_id, attr: [instance]}))
+
+    def replace_attr(self, tenant: str, entity_id: str, attr: str, body: Any, terms: TermMap) -> None:
+        """§5.6.19: the attribute (one datasetId) becomes the body."""
+        old = self._load(tenant, entity_id)
+        now = self.clock()
+        if attr not in old:
+            raise ResourceNotFound(f"entity {entity_id} has no attribute {terms.compact(attr)}")
+        instance = expand_attribute_instance(terms.compact(attr), body, terms, now)
+        entity = dict(old)
+        entity[attr] = _merge_instances(old[attr], [instance], now)
+        entity["modifiedAt"] = now
+        self._commit(tenant, "updated", [entity], [old], history_of({"id": entity_id, attr: [instance]}))
+
+    def delete_attr(self, tenant: str, entity_id: str, attr: str, terms: TermMap, *,
+                    dataset_id: str | None = None, delete_all: bool = False) -> None:
+        old = self._load(tenant, entity_id)
+        instances = old.get(attr)
+        if not instances:
+            raise ResourceNotFound(f"entity {entity_id} has no attribute {terms.compact(attr)}")
+        keep = [] if delete_all else [i for i in instances if i.get("datasetId") != dataset_id]
+        if len(keep) == len(instances):
+            raise ResourceNotFound(f"attribute {terms.compact(attr)} of {entity_id} has no instance with datasetId "
+                                   f"{dataset_id or '(default)'}")
+        entity = dict(old)
+        if keep:
+            entity[attr] = keep
+        else:
+            del entity[attr]
+        entity["modifiedAt"] = self.clock()
+        self._commit(tenant, "updated", [entity], [old], [])
+
+    def merge(self, tenant: str, entity_id: str, body: Any, terms: TermMap, *,
+              observed_at: str | None = None) -> None:
+        """§5.6.17 merge-patch: attributes present are added or overwritten; urn:ngsi-ld:null deletes."""
+        old = self._load(tenant, entity_id)
+        entity = self._merged(old, body, terms, self.clock(), observed_at)
+        self._commit(tenant, "updated", [entity], [old], _history_for(entity, entity, _changed(old, entity)))
+
+    def _merged(self, old: Entity, body: Any, terms: TermMap, now: str, observed_at: str | None = None) -> Entity:
+        if not isinstance(body, dict):
+            raise BadRequestData("the request body must be a JSON object")
+        deletions = {terms.expand(k) for k, v in body.items() if v == NULL or (isinstance(v, dict) and v.get("value") == NULL)}
+        rest = {k: v for k, v in body.items() if terms.expand(k) not in deletions}
+        fragment = self._fragment(rest, terms, now, old)
+        entity = dict(old)
+        for name in deletions:
+            entity.pop(name, None)
+        for name, instances in fragment.items():
+            if observed_at is not None:
+                for instance in instances:
+                    instance.setdefault("observedAt", observed_at)
+            merged = []
+            previous = {i.get("datasetId"): i for i in old.get(name, ())}
+            for instance in instances:
+                before = previous.get(instance.get("datasetId"))
+                if before is not None and before.get("type") == instance.get("type"):
+                    # Members not sent survive (merge, not replace).
+                    combined = {k: v for k, v in before.items() if k not in instance}
+                    combined.update(instance)
+                    instance = combined
+                merged.append(instance)
+            entity[name] = _merge_instances(old.get(name, []), merged, now)
+        entity["modifiedAt"] = now
+        return entity
+
+    def _fragment(self, body: Any, terms: TermMap, now: str, old: Entity) -> dict[str, list[Instance]]:
+        if not isinstance(body, dict):
+            raise BadRequestData("the request body must be a JSON object of attributes")
+        body = dict(body)
+        body.pop("@context", None)
+        if "id" in body and body.pop("id") != old["id"]:
+            raise BadRequestData(f"the body's id does not match the entity {old['id']}")
+        body.pop("type", None)
+        fragment = expand_fragment(body, terms, now)
+        if not fragment:
+            raise BadRequestData("the request body holds no attributes")
+        return fragment
+
+    # -- query -------------------------------------------------------------------------------
+
+    def query(self, tenant: str, query: EntityQuery) -> QueryResult:
+        return self.store.query(tenant, query)
+
+    # -- batch -------------------------------------------------------------------------------
+
+    def batch(self, tenant: str, op: str, items: Any, terms_for: Callable[[Any], TermMap], *,
+              replace: bool = True, no_overwrite: bool = False) -> BatchResult:
+        """§5.6.7–5.6.10, §5.6.20: each item succeeds or fails on its own; all successes are written
+        in one store call. An id appearing twice in one batch is a conflict for the later items."""
+        if not isinstance(items, list):
+            raise BadRequestData("a batch operation takes a JSON array")
+        if not items:
+            raise BadRequestData("the batch is empty")
+        now = self.clock()
+        result = BatchResult()
+        if op == "delete":
+            return self._batch_delete(tenant, items, result)
+        parsed: list[tuple[Entity, Any, TermMap]] = []
+        seen: set[str] = set()
+        for item in items:
+            item_id = item.get("id") if isinstance(item, dict) else None
+            try:
+                terms = terms_for(item)
+                entity = expand_entity(item, terms, now)
+                if entity["id"] in seen:
+                    raise BadRequestData(f"entity {entity['id']} appears more than once in this batch")
+                seen.add(entity["id"])
+                parsed.append((entity, item, terms))
+            except NgsiError as error:
+                result.fail(item_id, error)
+        existing = self.store.get(tenant, [e["id"] for e, _, _ in parsed])
+        writes: list[Entity] = []
+        before: list[Entity | None] = []
+        history: list[HistoryInstance] = []
+        for entity, item, terms in parsed:
+            eid = entity["id"]
+            old = existing.get(eid)
+            try:
+                if op == "create":
+                    if old is not None:
+                        raise AlreadyExists(f"entity {eid} already exists")
+                    new = entity
+                elif op == "upsert":
+                    if old is None:
+                        result.created.append(eid)
+                        new = entity
+                    elif replace:
+                        new = entity
+                        new["createdAt"] = old.get("createdAt", now)
+                    else:
+                        new = self._merge_attrs(old, entity, now, no_overwrite=False)
+                elif op == "update":
+                    if old is None:
+                        raise ResourceNotFound(f"entity {eid} was not found")
+                    new = self._merge_attrs(old, entity, now, no_overwrite=no_overwrite)
+                elif op == "merge":
+                    if old is None:
+                        raise ResourceNotFound(f"entity {eid} was not found")
+                    body = {k: v for k, v in item.items() if k not in ("id", "type", "@context")}
+                    new = self._merged(old, body, terms, now)
+                else:  # pragma: no cover - the router only passes the operations above
+                    raise BadRequestData(f"unknown batch operation {op}")
+            except NgsiError as error:
+                result.fail(eid, error)
+                continue
+            writes.append(new)
+            before.append(old)
+            history.extend(history_of(new, _changed(old, new) if old is not None else None))
+            result.success.append(eid)
+        if writes:
+            self._commit(tenant, "batch", writes, before, history)
+        return result
+
+    @staticmethod
+    def _merge_attrs(old: Entity, entity: Entity, now: str, *, no_overwrite: bool) -> Entity:
+        new = dict(old)
+        for name, instances in entity.items():
+            if name in ENTITY_MEMBERS:
+                continue
+            if no_overwrite and name in old:
+                continue
+            new[name] = _merge_instances(old.get(name, []), instances, now)
+        new["modifiedAt"] = now
+        return new
+
+    def _batch_delete(self, tenant: str, items: list[Any], result: BatchResult) -> BatchResult:
+        ids: list[str] = []
+        for item in items:
+            try:
+                eid = validate_entity_id(item)
+                if eid in ids:
+                    raise BadRequestData(f"entity {eid} appears more than once in this batch")
+                ids.append(eid)
+            except NgsiError as error:
+                result.fail(item if isinstance(item, str) else None, error)
+        existing = self.store.get(tenant, ids)
+        for eid in ids:
+            if eid in existing:
+                result.success.append(eid)
+            else:
+                result.fail(eid, ResourceNotFound(f"entity {eid} was not found"))
+        if result.success:
+            self.store.write(tenant, deletes=result.success)
+            for eid in result.success:
+                self.bus.publish(EntityChange(tenant, "deleted", eid, None, existing[eid]))
+        return result
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """§5.2.16 BatchOperationResult, plus the ids an upsert created (for its 201 body)."""
+
+    success: list[str] = field(default_factory=list)
+    errors: list[tuple[str | None, NgsiError]] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
+
+    def fail(self, entity_id: str | None, error: NgsiError) -> None:
+        self.errors.append((entity_id, error))
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "success": self.success,
+            "errors": [{"entityId": eid, "error": err.problem()} for eid, err in self.errors],
+        }
+
+
+def _changed(old: Entity | None, new: Entity) -> list[str]:
+    """Attributes whose instances differ: only those enter the history on an update."""
+    if old is None:
+        return [k for k in new if k not in ENTITY_MEMBERS]
+    return [k for k in new if k not in ENTITY_MEMBERS and _strip(new[k]) != _strip(old.get(k))]
+
+
+def _strip(instances: list[Instance] | None) -> Any:
+    if instances is None:
+        return None
+    return [{k: v for k, v in i.items() if k not in ("createdAt", "modifiedAt")} for i in instances]
+
+
+def _history_for(entity: Entity, fragment: dict[str, Any], names: Sequence[str]) -> list[HistoryInstance]:
+    return history_of({"id": entity["id"], **{n: entity[n] for n in names if n in fragment and n in entity}})
+
+
+def _compact_sub_attributes(instance: Instance, terms: TermMap) -> dict[str, Any]:
+    """An instance's sub-attribute keys back to short names, so the codec can re-expand the merge."""
+    return {k if k in RESERVED_ATTRIBUTE_MEMBERS else terms.compact(k): v for k, v in instance.items()}

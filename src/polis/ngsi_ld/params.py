@@ -1,0 +1,220 @@
+"""Parsing of the URI parameters NGSI-LD queries share (§6.3, §5.7.2), independent of any web framework.
+
+Every function takes the raw text a client sent and either returns a typed value or raises
+`InvalidRequest` / `BadRequestData` with a detail that names the parameter.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from polis.domain.errors import BadRequestData, InvalidRequest, TooManyResults
+from polis.ngsi_ld.context import TermMap
+from polis.ngsi_ld.geoquery import GeoQuery, parse_geoquery
+from polis.ngsi_ld.q import QExpr, parse_q
+from polis.store.base import TypeSelector
+
+REPRESENTATIONS = {"normalized", "concise", "keyValues", "simplified"}
+TEMPORAL_FORMATS = {"temporalValues", "aggregatedValues"}
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """What `options=` and `format=` asked for."""
+
+    fmt: str = "normalized"  # normalized | concise | keyValues
+    sys_attrs: bool = False
+    no_overwrite: bool = False
+    replace: bool = False
+    update: bool = False
+    temporal: str | None = None  # temporalValues | aggregatedValues
+
+
+def parse_options(params: Mapping[str, str], *, allowed: set[str]) -> Options:
+    """`options` is a comma list; `format` (1.8) picks the representation. Unknown values are InvalidRequest."""
+    words = [w for w in params.get("options", "").split(",") if w]
+    if "format" in params:
+        words.append(params["format"])
+    fmt = "normalized"
+    temporal = None
+    flags = set()
+    for word in words:
+        if word not in allowed:
+            raise InvalidRequest(f"unsupported options/format value '{word}'; allowed here: {', '.join(sorted(allowed))}")
+        if word in REPRESENTATIONS:
+            candidate = "keyValues" if word == "simplified" else word
+            if fmt != "normalized" and candidate != fmt:
+                raise InvalidRequest(f"options ask for two representations: '{fmt}' and '{candidate}'")
+            fmt = candidate
+        elif word in TEMPORAL_FORMATS:
+            temporal = word
+        else:
+            flags.add(word)
+    return Options(
+        fmt=fmt,
+        sys_attrs="sysAttrs" in flags,
+        no_overwrite="noOverwrite" in flags,
+        replace="replace" in flags,
+        update="update" in flags,
+        temporal=temporal,
+    )
+
+
+def parse_int(params: Mapping[str, str], name: str, *, minimum: int = 0) -> int | None:
+    raw = params.get(name)
+    if raw is None:
+        return None
+    if not re.fullmatch(r"-?\d{1,12}", raw):
+        raise BadRequestData(f"{name} must be an integer, got '{raw}'")
+    value = int(raw)
+    if value < minimum:
+        raise BadRequestData(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    limit: int
+    offset: int
+    count: bool
+
+
+def parse_page(params: Mapping[str, str], *, default_limit: int, max_limit: int) -> Page:
+    count = parse_bool(params, "count")
+    limit = parse_int(params, "limit", minimum=0)
+    offset = parse_int(params, "offset", minimum=0) or 0
+    if limit is None:
+        limit = default_limit
+    elif limit == 0 and not count:
+        raise BadRequestData("limit=0 is only allowed together with count=true")
+    if limit > max_limit:
+        raise TooManyResults(f"limit {limit} is above this broker's maximum of {max_limit}", maximum=max_limit)
+    return Page(limit, offset, count)
+
+
+def parse_bool(params: Mapping[str, str], name: str) -> bool:
+    raw = params.get(name)
+    if raw is None:
+        return False
+    if raw not in ("true", "false"):
+        raise BadRequestData(f"{name} must be true or false, got '{raw}'")
+    return raw == "true"
+
+
+def parse_names(raw: str | None, terms: TermMap, what: str) -> tuple[str, ...]:
+    """A comma list of attribute names, expanded; empty members are an error."""
+    if raw is None:
+        return ()
+    names = raw.split(",")
+    if any(not n.strip() for n in names):
+        raise BadRequestData(f"{what} has an empty name: '{raw}'")
+    return tuple(dict.fromkeys(terms.expand(n.strip()) for n in names))
+
+
+def parse_projection(raw: str | None, terms: TermMap, what: str) -> set[str] | None:
+    """`pick`/`omit`: like attrs, but `id` and `type` stay as they are."""
+    if raw is None:
+        return None
+    names = raw.split(",")
+    if any(not n.strip() for n in names):
+        raise BadRequestData(f"{what} has an empty name: '{raw}'")
+    return {n if n in ("id", "type") else terms.expand(n) for n in (n.strip() for n in names)}
+
+
+_TYPE_TOKEN = re.compile(r"\s*([(),;|])\s*|([^(),;|\s]+)")
+
+
+def parse_type_selector(raw: str | None, terms: TermMap) -> TypeSelector | None:
+    """§4.17: `A,B` or `A|B` = either, `A;B` = both, parentheses group; result in disjunctive normal form."""
+    if raw is None:
+        return None
+    if not raw.strip():
+        raise BadRequestData("type must not be empty")
+    tokens: list[str] = []
+    pos = 0
+    while pos < len(raw):
+        m = _TYPE_TOKEN.match(raw, pos)
+        if not m or m.end() == pos:
+            raise BadRequestData(f"type: unexpected character at position {pos} in '{raw}'")
+        tokens.append(m.group(1) or terms.expand_type(m.group(2)))
+        pos = m.end()
+
+    # Recursive descent over: expr := term (('|'|',') term)* ; term := factor (';' factor)* ; factor := name | (expr)
+    index = 0
+
+    def expr(depth: int) -> list[tuple[str, ...]]:
+        nonlocal index
+        if depth > 32:
+            raise BadRequestData("type: too deeply nested")
+        groups = term(depth)
+        while index < len(tokens) and tokens[index] in ("|", ","):
+            index += 1
+            groups = groups + term(depth)
+        return groups
+
+    def term(depth: int) -> list[tuple[str, ...]]:
+        nonlocal index
+        groups = factor(depth)
+        while index < len(tokens) and tokens[index] == ";":
+            index += 1
+            right = factor(depth)
+            groups = [tuple(dict.fromkeys(a + b)) for a in groups for b in right]
+            if len(groups) > 256:
+                raise BadRequestData("type: expression too complex")
+        return groups
+
+    def factor(depth: int) -> list[tuple[str, ...]]:
+        nonlocal index
+        if index >= len(tokens):
+            raise BadRequestData(f"type: expected a type name at the end of '{raw}'")
+        token = tokens[index]
+        if token == "(":
+            index += 1
+            groups = expr(depth + 1)
+            if index >= len(tokens) or tokens[index] != ")":
+                raise BadRequestData(f"type: missing ')' in '{raw}'")
+            index += 1
+            return groups
+        if token in (")", ",", ";", "|"):
+            raise BadRequestData(f"type: unexpected '{token}' in '{raw}'")
+        index += 1
+        return [(token,)]
+
+    groups = expr(0)
+    if index != len(tokens):
+        raise BadRequestData(f"type: unexpected '{tokens[index]}' in '{raw}'")
+    return TypeSelector(tuple(groups))
+
+
+def parse_q_param(raw: str | None, terms: TermMap) -> QExpr | None:
+    return None if raw is None else parse_q(raw, terms.expand)
+
+
+def parse_geo_params(params: Mapping[str, str], terms: TermMap) -> GeoQuery | None:
+    return parse_geoquery(
+        params.get("georel"), params.get("geometry"), params.get("coordinates"), params.get("geoproperty"),
+        terms.expand,
+    )
+
+
+def parse_datetime(raw: str, name: str) -> datetime:
+    text = raw.strip()
+    if text.endswith("Z") or text.endswith("z"):
+        text = text[:-1] + "+00:00"
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadRequestData(f"{name} must be an ISO 8601 date-time, got '{raw}'") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)  # NGSI-LD times without an offset are UTC
+    return value.astimezone(UTC)
+
+
+def check_known(params: Mapping[str, str], known: set[str]) -> None:
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise InvalidRequest(f"unknown query parameter(s): {', '.join(unknown)}; this endpoint accepts: "
+                             f"{', '.join(sorted(known))}")

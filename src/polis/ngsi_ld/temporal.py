@@ -1,0 +1,279 @@
+"""Temporal evolution of entities (§5.6.11–5.6.16, §5.7.3–5.7.4, §4.5.8–4.5.19).
+
+The history lives in the store; this module parses temporal parameters, writes instances, and shapes
+answers as normalized instance arrays, `temporalValues` or `aggregatedValues`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from polis.domain.entity import ENTITY_MEMBERS, Entity, HistoryInstance, Instance
+from polis.domain.errors import BadRequestData, ResourceNotFound
+from polis.ngsi_ld.context import TermMap
+from polis.ngsi_ld.entities import EntityService, parse_observed_at
+from polis.ngsi_ld.entity_codec import compact_instance, expand_entity, expand_fragment, validate_entity_id
+from polis.ngsi_ld.events import EntityChange
+from polis.ngsi_ld.params import parse_datetime, parse_int
+from polis.store.base import EntityQuery, TemporalAttribute, TemporalQuery
+
+AGGREGATION_METHODS = ("totalCount", "distinctCount", "sum", "avg", "min", "max", "stddev", "sumsq")
+VALUES_MEMBER = {"Relationship": ("objects", "object"), "LanguageProperty": ("languageMaps", "languageMap"),
+                 "VocabProperty": ("vocabs", "vocab"), "JsonProperty": ("jsons", "json"),
+                 "ListProperty": ("valueLists", "valueList"), "ListRelationship": ("objectLists", "objectList")}
+
+
+def parse_temporal_query(params: Mapping[str, str], attrs: tuple[str, ...], max_instances: int) -> TemporalQuery:
+    timerel = params.get("timerel")
+    time_at = params.get("timeAt")
+    end = params.get("endTimeAt")
+    if params.get("timeproperty", "observedAt") != "observedAt":
+        raise BadRequestData("timeproperty: only observedAt is kept in the history")
+    if timerel is None:
+        if time_at is not None or end is not None:
+            raise BadRequestData("timeAt and endTimeAt need timerel")
+    elif timerel not in ("before", "after", "between"):
+        raise BadRequestData(f"timerel must be before, after or between, got '{timerel}'")
+    elif time_at is None:
+        raise BadRequestData(f"timerel={timerel} needs timeAt")
+    elif timerel == "between" and end is None:
+        raise BadRequestData("timerel=between needs endTimeAt")
+    start = parse_datetime(time_at, "timeAt") if time_at is not None else None
+    stop = parse_datetime(end, "endTimeAt") if end is not None and timerel == "between" else None
+    if start is not None and stop is not None and stop <= start:
+        raise BadRequestData("endTimeAt must be after timeAt")
+    last_n = parse_int(params, "lastN", minimum=1)
+    return TemporalQuery(attrs=attrs, timerel=timerel, time_at=start, end_time_at=stop,  # type: ignore[arg-type]
+                         last_n=last_n, max_instances=max_instances)
+
+
+_DURATION = re.compile(
+    r"P(?:(?P<y>\d+)Y)?(?:(?P<mo>\d+)M)?(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?"
+    r"(?:T(?:(?P<h>\d+)H)?(?:(?P<mi>\d+)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?"
+)
+
+
+def parse_duration(text: str) -> timedelta:
+    """ISO 8601 durations; years and months are taken as 365 and 30 days (buckets need a fixed width)."""
+    m = _DURATION.fullmatch(text)
+    if not m or text in ("P", "PT") or text.endswith("T"):
+        raise BadRequestData(f"aggrPeriodDuration must be an ISO 8601 duration such as PT1H, got '{text}'")
+    g = {k: float(v) if v else 0.0 for k, v in m.groupdict().items()}
+    return timedelta(days=g["y"] * 365 + g["mo"] * 30 + g["w"] * 7 + g["d"], hours=g["h"], minutes=g["mi"],
+                     seconds=g["s"])
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregation:
+    methods: tuple[str, ...]
+    period: timedelta  # zero = one bucket over the whole range
+
+
+def parse_aggregation(params: Mapping[str, str]) -> Aggregation:
+    raw = params.get("aggrMethods")
+    if not raw:
+        raise BadRequestData("aggregatedValues needs aggrMethods, e.g. aggrMethods=avg,max")
+    methods = tuple(m.strip() for m in raw.split(","))
+    for method in methods:
+        if method not in AGGREGATION_METHODS:
+            raise BadRequestData(f"unknown aggrMethods value '{method}'; known: {', '.join(AGGREGATION_METHODS)}")
+    return Aggregation(methods, parse_duration(params.get("aggrPeriodDuration", "PT0S")))
+
+
+class TemporalService:
+    def __init__(self, entities: EntityService) -> None:
+        self.entities = entities
+        self.store = entities.store
+
+    def create_or_add(self, tenant: str, body: Any, terms: TermMap) -> bool:
+        """§5.6.11; True when the entity was created. The entity's current state follows the newest
+        instance of each attribute, so the entity API and the temporal API tell the same story."""
+        now = self.entities.clock()
+        if not isinstance(body, dict):
+            raise BadRequestData("the request body must be a JSON object")
+        entity_id = validate_entity_id(body.get("id"))
+        old = self.store.get(tenant, [entity_id]).get(entity_id)
+        if old is None:
+            entity = expand_entity(body, terms, now)
+        else:
+            rest = {k: v for k, v in body.items() if k not in ("id", "type", "@context")}
+            entity = {"id": entity_id, "type": old["type"], **expand_fragment(rest, terms, now)}
+        history = _instances_of(entity)
+        if not history:
+            raise BadRequestData("a temporal entity needs at least one attribute instance with observedAt")
+        current = dict(old) if old is not None else {k: v for k, v in entity.items() if k in ENTITY_MEMBERS}
+        for name in (k for k in entity if k not in ENTITY_MEMBERS):
+            newest: dict[str | None, Instance] = {i.get("datasetId"): i for i in current.get(name, ())}
+            for instance in sorted(entity[name], key=lambda i: i.get("observedAt", "")):
+                key = instance.get("datasetId")
+                held = newest.get(key)
+                if held is None or instance.get("observedAt", "") >= held.get("observedAt", ""):
+                    newest[key] = instance
+            current[name] = list(newest.values())
+        current["modifiedAt"] = now
+        current.setdefault("createdAt", now)
+        self.store.write(tenant, upserts=[current], history=history)
+        self.entities.bus.publish(EntityChange(tenant, "temporal", entity_id, current, old))
+        return old is None
+
+    def query(self, tenant: str, query: EntityQuery, temporal: TemporalQuery) -> tuple[list[Entity], int | None,
+                                                                                     dict[str, dict[str, TemporalAttribute]]]:
+        found = self.store.query(tenant, query)
+        ids = [e["id"] for e in found.entities]
+        return found.entities, found.count, self.store.temporal(tenant, ids, temporal)
+
+    def retrieve(self, tenant: str, entity_id: str, temporal: TemporalQuery) -> tuple[Entity,
+                                                                                       dict[str, TemporalAttribute]]:
+        validate_entity_id(entity_id)
+        found = self.store.get(tenant, [entity_id]).get(entity_id)
+        if found is None:
+            raise ResourceNotFound(f"entity {entity_id} was not found")
+        return found, self.store.temporal(tenant, [entity_id], temporal).get(entity_id, {})
+
+    def delete(self, tenant: str, entity_id: str) -> None:
+        self.entities.delete(tenant, entity_id)
+        self.store.delete_history(tenant, entity_id)
+
+    def delete_attribute(self, tenant: str, entity_id: str, attr: str, terms: TermMap) -> None:
+        if not self.store.delete_history(tenant, validate_entity_id(entity_id), attr):
+            raise ResourceNotFound(f"entity {entity_id} has no history for attribute {terms.compact(attr)}")
+
+    def delete_instance(self, tenant: str, entity_id: str, attr: str, instance_id: str) -> None:
+        if not self.store.delete_history(tenant, validate_entity_id(entity_id), attr, instance_id):
+            raise ResourceNotFound(f"no instance {instance_id} of that attribute of {entity_id}")
+
+    def modify_instance(self, tenant: str, entity_id: str, attr: str, instance_id: str, body: Any,
+                        terms: TermMap) -> None:
+        validate_entity_id(entity_id)
+        instance = self._single_instance(attr, body, terms)
+        observed = instance.get("observedAt")
+        if observed is None:
+            raise BadRequestData("the instance needs observedAt")
+        stored = {k: v for k, v in instance.items() if k not in ("createdAt", "modifiedAt")}
+        if not self.store.replace_instance(tenant, entity_id, attr, instance_id, stored,  # type: ignore[attr-defined]
+                                           parse_observed_at(observed)):
+            raise ResourceNotFound(f"no instance {instance_id} of that attribute of {entity_id}")
+
+    def _single_instance(self, attr: str, body: Any, terms: TermMap) -> Instance:
+        if not isinstance(body, dict):
+            raise BadRequestData("the request body must be a JSON object")
+        fragment = expand_fragment({terms.compact(attr): body} if "type" in body or "value" in body else body,
+                                   terms, self.entities.clock())
+        instances = fragment.get(attr)
+        if not instances or len(instances) != 1:
+            raise BadRequestData(f"the body must hold exactly one instance of {terms.compact(attr)}")
+        return instances[0]
+
+
+def _instances_of(entity: Entity) -> list[HistoryInstance]:
+    items = []
+    for name, instances in entity.items():
+        if name in ENTITY_MEMBERS:
+            continue
+        for instance in instances:
+            observed = instance.get("observedAt")
+            if observed is None:
+                raise BadRequestData("every temporal instance needs observedAt")
+            stored = {k: v for k, v in instance.items() if k not in ("createdAt", "modifiedAt")}
+            items.append(HistoryInstance(entity["id"], name, parse_observed_at(observed), stored,
+                                         instance.get("datasetId")))
+    return items
+
+
+# -- representation ---------------------------------------------------------------------------
+
+
+def render_temporal_entity(entity: Entity, history: dict[str, TemporalAttribute], terms: TermMap, *,
+                           fmt: str = "normalized", aggregation: Aggregation | None = None,
+                           temporal: TemporalQuery | None = None) -> dict[str, Any]:
+    types = [terms.compact(t) for t in entity["type"]]
+    out: dict[str, Any] = {"id": entity["id"], "type": types[0] if len(types) == 1 else types}
+    for attr, slot in history.items():
+        name = terms.compact(attr)
+        if fmt == "temporalValues":
+            out[name] = _temporal_values(slot.instances, terms)
+        elif fmt == "aggregatedValues" and aggregation is not None:
+            out[name] = _aggregated(slot.instances, aggregation, temporal)
+        else:
+            out[name] = [_render_instance(i, terms) for i in slot.instances]
+    return out
+
+
+def _render_instance(instance: Instance, terms: TermMap) -> dict[str, Any]:
+    rendered = compact_instance(instance, terms, fmt="normalized", sys_attrs=False)
+    rendered["observedAt"] = instance["observedAt"]
+    rendered["instanceId"] = instance["instanceId"]
+    return rendered
+
+
+def _temporal_values(instances: Sequence[Instance], terms: TermMap) -> dict[str, Any]:
+    kind = instances[0].get("type", "Property") if instances else "Property"
+    plural, member = VALUES_MEMBER.get(kind, ("values", "value"))
+    return {"type": kind, plural: [[i.get(member), i["observedAt"]] for i in instances]}
+
+
+def _aggregated(instances: Sequence[Instance], aggregation: Aggregation, temporal: TemporalQuery | None
+                ) -> dict[str, Any]:
+    kind = instances[0].get("type", "Property") if instances else "Property"
+    out: dict[str, Any] = {"type": kind}
+    if not instances:
+        return out
+    times = [parse_observed_at(i["observedAt"]) for i in instances]
+    start = temporal.time_at if temporal is not None and temporal.time_at is not None else times[0]
+    end = temporal.end_time_at if temporal is not None and temporal.end_time_at is not None else times[-1]
+    if aggregation.period <= timedelta(0):
+        buckets = [(start, max(end, times[-1]) + timedelta(microseconds=1), list(range(len(instances))))]
+    else:
+        grouped: dict[int, list[int]] = {}
+        for index, ts in enumerate(times):
+            grouped.setdefault(int((ts - start) // aggregation.period), []).append(index)
+        buckets = [(start + k * aggregation.period, start + (k + 1) * aggregation.period, v)
+                   for k, v in sorted(grouped.items())]
+    for method in aggregation.methods:
+        series = []
+        for lo, hi, members in buckets:
+            values = [instances[m].get("value", instances[m].get("object")) for m in members]
+            series.append([_aggregate(method, values), _iso(lo), _iso(hi)])
+        out[method] = series
+    return out
+
+
+def _aggregate(method: str, values: list[Any]) -> Any:
+    if method == "totalCount":
+        return len(values)
+    if method == "distinctCount":
+        return len({repr(v) for v in values})
+    numbers = [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    if not numbers:
+        return None
+    if method == "sum":
+        return sum(numbers)
+    if method == "avg":
+        return sum(numbers) / len(numbers)
+    if method == "min":
+        return min(numbers)
+    if method == "max":
+        return max(numbers)
+    if method == "sumsq":
+        return sum(n * n for n in numbers)
+    mean = sum(numbers) / len(numbers)
+    return math.sqrt(sum((n - mean) ** 2 for n in numbers) / len(numbers))  # stddev (population)
+
+
+def _iso(ts: datetime) -> str:
+    return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def content_range(history: Mapping[str, Mapping[str, TemporalAttribute]], last_n: int | None) -> str | None:
+    """§6.3.10: when any attribute was cut at the per-request cap, the range of what was returned."""
+    truncated = [slot for attrs in history.values() for slot in attrs.values() if slot.truncated]
+    if not truncated:
+        return None
+    first = min(s.instances[0]["observedAt"] for s in truncated)
+    last = max(s.instances[-1]["observedAt"] for s in truncated)
+    return f"date-time {first}-{last}/{last_n if last_n is not None else '*'}"

@@ -1,0 +1,39 @@
+"""The root object: builds the store, the event bus, the context cache and the services from settings.
+Nothing is built at import time; the API, the CLI and the tests all start from a `Platform`."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from polis.ngsi_ld.context import ContextCache
+from polis.ngsi_ld.entities import EntityService
+from polis.ngsi_ld.events import EventBus
+from polis.ngsi_ld.temporal import TemporalService
+from polis.settings import Settings
+from polis.store.duckdb_ import DuckDBStore
+
+
+class Platform:
+    def __init__(self, settings: Settings, *, store: DuckDBStore | None = None) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = store or DuckDBStore(
+            settings.database_path, threads=settings.duckdb_threads, memory_limit=settings.memory_limit
+        )
+        self.bus = EventBus()
+        self.contexts = ContextCache(
+            settings.datasets_dir, settings.context_cache_dir, fetch_timeout_s=settings.context_fetch_timeout_s
+        )
+        self.entities = EntityService(self.store, self.bus)
+        self.temporal = TemporalService(self.entities)
+
+    @classmethod
+    def in_memory(cls, **overrides: object) -> Platform:
+        """A platform whose store lives in memory and whose files go to a temporary directory (tests)."""
+        data_dir = Path(tempfile.mkdtemp(prefix="polis-"))
+        settings = Settings(data_dir=data_dir, **overrides)  # type: ignore[arg-type]
+        return cls(settings, store=DuckDBStore(None, threads=settings.duckdb_threads))
+
+    def close(self) -> None:
+        self.store.close()

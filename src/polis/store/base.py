@@ -1,0 +1,156 @@
+"""The store interface every backend implements (embedded DuckDB today; PostgreSQL or a distributed
+engine later). It knows entities as documents plus the indexes queries need; NGSI-LD semantics
+(merging, validation, representations) live in the services above it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import numpy as np
+
+from polis.domain.entity import Entity, HistoryInstance
+
+if TYPE_CHECKING:
+    from polis.ngsi_ld.geoquery import GeoQuery
+    from polis.ngsi_ld.q import QExpr
+
+DEFAULT_TENANT = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EntityQuery:
+    """Which entities: every field narrows (AND); all names are expanded IRIs."""
+
+    ids: tuple[str, ...] = ()
+    id_pattern: str | None = None
+    types: "TypeSelector | None" = None
+    attrs: tuple[str, ...] = ()  # entity must have at least one of these
+    q: "QExpr | None" = None
+    geo: "GeoQuery | None" = None
+    scope_q: str | None = None
+    limit: int | None = 20
+    offset: int = 0
+    count: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TypeSelector:
+    """§4.17 type selection in disjunctive normal form: any of the groups, each group needs all its types."""
+
+    any_of: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    entities: list[Entity]
+    count: int | None = None  # total matches, when asked
+
+
+@dataclass(frozen=True, slots=True)
+class TemporalQuery:
+    """Which instances of the selected entities' attributes (§4.11)."""
+
+    attrs: tuple[str, ...] = ()  # empty = all attributes
+    timerel: Literal["before", "after", "between"] | None = None
+    time_at: datetime | None = None
+    end_time_at: datetime | None = None
+    last_n: int | None = None
+    max_instances: int = 10_000
+
+
+@dataclass(slots=True)
+class TemporalAttribute:
+    instances: list[dict[str, Any]]  # each an Instance plus observedAt and instanceId, oldest first
+    truncated: bool = False
+
+
+@dataclass(slots=True)
+class TemporalEntity:
+    id: str
+    types: list[str]
+    attributes: dict[str, TemporalAttribute] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class HistoryColumns:
+    """Numeric observations in columns, for bulk loads that must not build a dict per row."""
+
+    entity_id: np.ndarray  # str (object)
+    attribute: np.ndarray  # str (object), expanded IRI
+    observed_at: np.ndarray  # datetime64[us], UTC
+    value: np.ndarray  # float64; NaN rows are skipped (missing readings)
+    unit_code: str | None = None
+
+    def __len__(self) -> int:
+        return int(self.value.shape[0])
+
+
+@dataclass(frozen=True, slots=True)
+class TypeInfo:
+    type: str
+    entity_count: int
+    attributes: dict[str, set[str]]  # attribute IRI -> attribute kinds seen
+
+
+@dataclass(frozen=True, slots=True)
+class AttributeInfo:
+    attribute: str
+    entity_count: int  # entities that hold it
+    kinds: set[str]
+    types: set[str]
+
+
+class Store(Protocol):
+    def tenants(self) -> list[str]: ...
+
+    def ensure_tenant(self, tenant: str) -> None: ...
+
+    def get(self, tenant: str, ids: Sequence[str]) -> dict[str, Entity]:
+        """Current state of the entities that exist among `ids`."""
+        ...
+
+    def write(
+        self,
+        tenant: str,
+        upserts: Sequence[Entity] = (),
+        deletes: Sequence[str] = (),
+        history: Sequence[HistoryInstance] = (),
+    ) -> None:
+        """In one transaction: replace (or insert) whole entity documents, delete entities, add
+        temporal instances. Nothing is written if anything fails."""
+        ...
+
+    def query(self, tenant: str, query: EntityQuery) -> QueryResult: ...
+
+    def temporal(self, tenant: str, ids: Sequence[str], query: TemporalQuery) -> dict[str, dict[str, TemporalAttribute]]:
+        """Instances per entity id and attribute IRI, oldest first."""
+        ...
+
+    def delete_history(self, tenant: str, entity_id: str, attribute: str | None = None,
+                       instance_id: str | None = None) -> int: ...
+
+    def bulk_history(self, tenant: str, columns: HistoryColumns) -> int:
+        """Append numeric observations, skipping any (entity, attribute, observedAt) already stored;
+        returns how many were added."""
+        ...
+
+    def types(self, tenant: str) -> list[TypeInfo]: ...
+
+    def attributes(self, tenant: str) -> list[AttributeInfo]: ...
+
+    def history_count(self, tenant: str) -> int: ...
+
+    def archive(self, destination: Path) -> list[Path]:
+        """Export all history to Parquet partitioned by tenant and day; returns the files written."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

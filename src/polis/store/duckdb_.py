@@ -1,0 +1,558 @@
+"""The embedded default store: one DuckDB file holding current state, indexes and history.
+
+Tables (all keyed by tenant; the default tenant is the empty string):
+- `entities`: one row per entity, the whole expanded document as JSON text, its types, and `seq`
+  (creation order, which gives query results a stable order).
+- `entity_attrs`: (entity, attribute IRI, attribute kind), for `attrs=` filters and `/types`, `/attributes`.
+- `attr_index`: the flattened attribute values that `q` is translated against (see attr_index.py).
+- `geo_index`: every GeoProperty with its bounding box and H3 cells (see geo_index.py).
+- `history`: every temporal instance; numeric Property instances keep only `num` (+ unit), others the
+  instance JSON, so a week of one sensor reads without parsing JSON.
+
+Writes go through Arrow tables in one transaction per call, because DuckDB is fast on columnar bulk
+inserts and slow on row-at-a-time ones. One connection, one lock: DuckDB parallelises each statement
+itself, and writes must be serialised anyway.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from polis.domain.entity import ENTITY_MEMBERS, Entity, HistoryInstance
+from polis.ngsi_ld.geoquery import matches as geo_matches
+from polis.store.attr_index import ATTR_INDEX_DDL, attr_index_rows
+from polis.store.base import (
+    DEFAULT_TENANT,
+    AttributeInfo,
+    EntityQuery,
+    HistoryColumns,
+    QueryResult,
+    TemporalAttribute,
+    TemporalQuery,
+    TypeInfo,
+)
+from polis.store.geo_index import GEO_INDEX_DDL, geo_index_rows, geo_to_sql
+from polis.store.q_sql import q_to_sql
+
+INSTANCE_PREFIX = "urn:ngsi-ld:Instance:"
+
+_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS tenants (name VARCHAR PRIMARY KEY)",
+    """CREATE TABLE IF NOT EXISTS entities (
+        tenant VARCHAR NOT NULL, id VARCHAR NOT NULL, types VARCHAR[] NOT NULL, doc VARCHAR NOT NULL,
+        seq BIGINT NOT NULL, PRIMARY KEY (tenant, id))""",
+    """CREATE TABLE IF NOT EXISTS entity_attrs (
+        tenant VARCHAR NOT NULL, eid VARCHAR NOT NULL, attr VARCHAR NOT NULL, kind VARCHAR NOT NULL)""",
+    ATTR_INDEX_DDL,
+    GEO_INDEX_DDL,
+    """CREATE TABLE IF NOT EXISTS history (
+        tenant VARCHAR NOT NULL, eid VARCHAR NOT NULL, attr VARCHAR NOT NULL, dataset_id VARCHAR,
+        observed_at TIMESTAMP NOT NULL, instance_id BIGINT NOT NULL, num DOUBLE, doc VARCHAR, unit_code VARCHAR)""",
+]
+
+_ENTITY_SCHEMA = pa.schema(
+    [("id", pa.string()), ("types", pa.list_(pa.string())), ("doc", pa.string()), ("seq", pa.int64())]
+)
+_HISTORY_SCHEMA = pa.schema(
+    [
+        ("eid", pa.string()),
+        ("attr", pa.string()),
+        ("dataset_id", pa.string()),
+        ("observed_at", pa.timestamp("us")),
+        ("instance_id", pa.int64()),
+        ("num", pa.float64()),
+        ("doc", pa.string()),
+        ("unit_code", pa.string()),
+    ]
+)
+
+
+def _iso(ts: datetime) -> str:
+    """UTC ISO 8601 with a Z, seconds precision unless there are fractions (DuckDB gives naive UTC)."""
+    text = ts.isoformat()
+    return text + "Z" if ts.tzinfo is None else text.replace("+00:00", "Z")
+
+
+def _naive_utc(ts: datetime) -> datetime:
+    return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo is not None else ts
+
+
+def _is_plain_number(instance: dict[str, Any]) -> bool:
+    """A numeric Property with nothing but value/observedAt/unitCode/system members: stored as `num` only."""
+    value = instance.get("value")
+    if instance.get("type", "Property") != "Property" or isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return all(k in ("type", "value", "observedAt", "unitCode", "createdAt", "modifiedAt", "datasetId") for k in instance)
+
+
+class DuckDBStore:
+    """`Store` on an embedded DuckDB database; `path=None` keeps everything in memory (tests)."""
+
+    def __init__(self, path: Path | None = None, *, threads: int = 2, memory_limit: str = "512MB") -> None:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._con = duckdb.connect(
+            str(path) if path is not None else ":memory:",
+            config={"threads": threads, "memory_limit": memory_limit},
+        )
+        self._lock = threading.RLock()
+        for ddl in _SCHEMA:
+            self._con.execute(ddl)
+        self._con.execute("INSERT OR IGNORE INTO tenants VALUES (?)", [DEFAULT_TENANT])
+        self._next_seq = self._scalar("SELECT COALESCE(max(seq), 0) + 1 FROM entities")
+        self._next_instance = self._scalar("SELECT COALESCE(max(instance_id), 0) + 1 FROM history")
+        self._tenants = {row[0] for row in self._con.execute("SELECT name FROM tenants").fetchall()}
+
+    def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        row = self._con.execute(sql, list(params)).fetchone()
+        return row[0] if row else None
+
+    # -- tenants ---------------------------------------------------------------------------------
+
+    def tenants(self) -> list[str]:
+        return sorted(self._tenants)
+
+    def has_tenant(self, tenant: str) -> bool:
+        return tenant in self._tenants
+
+    def ensure_tenant(self, tenant: str) -> None:
+        if tenant not in self._tenants:
+            with self._lock:
+                self._con.execute("INSERT OR IGNORE INTO tenants VALUES (?)", [tenant])
+                self._tenants.add(tenant)
+
+    # -- current state ---------------------------------------------------------------------------
+
+    def get(self, tenant: str, ids: Sequence[str]) -> dict[str, Entity]:
+        if not ids:
+            return {}
+        with self._lock:
+            if len(ids) == 1:
+                rows = self._con.execute(
+                    "SELECT id, doc FROM entities WHERE tenant = ? AND id = ?", [tenant, ids[0]]
+                ).fetchall()
+            else:
+                wanted = pa.table({"id": pa.array(list(ids), pa.string())})  # noqa: F841 (scanned by DuckDB)
+                rows = self._con.execute(
+                    "SELECT e.id, e.doc FROM entities e JOIN wanted w ON e.id = w.id WHERE e.tenant = ?", [tenant]
+                ).fetchall()
+        return {eid: orjson.loads(doc) for eid, doc in rows}
+
+    def existing_ids(self, tenant: str, ids: Sequence[str]) -> set[str]:
+        if not ids:
+            return set()
+        with self._lock:
+            wanted = pa.table({"id": pa.array(list(ids), pa.string())})  # noqa: F841
+            rows = self._con.execute(
+                "SELECT e.id FROM entities e JOIN wanted w ON e.id = w.id WHERE e.tenant = ?", [tenant]
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    def write(
+        self,
+        tenant: str,
+        upserts: Sequence[Entity] = (),
+        deletes: Sequence[str] = (),
+        history: Sequence[HistoryInstance] = (),
+    ) -> None:
+        if not (upserts or deletes or history):
+            return
+        entity_table, attrs_table, index_table, geo_table = self._index_tables(upserts)
+        history_table = self._history_table(history) if history else None
+        touched = [e["id"] for e in upserts] + list(deletes)
+        with self._lock:
+            self.ensure_tenant(tenant)
+            con = self._con
+            con.execute("BEGIN TRANSACTION")
+            try:
+                if touched:
+                    gone = pa.table({"id": pa.array(touched, pa.string())})  # noqa: F841
+                    seqs = dict(
+                        con.execute(
+                            "SELECT e.id, e.seq FROM entities e JOIN gone g ON e.id = g.id WHERE e.tenant = ?",
+                            [tenant],
+                        ).fetchall()
+                    )
+                    for table, key in (("entities", "id"), ("entity_attrs", "eid"), ("attr_index", "eid"),
+                                       ("geo_index", "eid")):
+                        con.execute(f"DELETE FROM {table} WHERE tenant = ? AND {key} IN (SELECT id FROM gone)",
+                                    [tenant])
+                if upserts:
+                    # Keep each entity's creation order across replacements; new ones go to the end.
+                    seq_column = []
+                    for eid in entity_table.column("id").to_pylist():
+                        if eid in seqs:
+                            seq_column.append(seqs[eid])
+                        else:
+                            seq_column.append(self._next_seq)
+                            self._next_seq += 1
+                    entity_table = entity_table.set_column(3, "seq", pa.array(seq_column, pa.int64()))
+                    con.execute("INSERT INTO entities SELECT ?, id, types, doc, seq FROM entity_table", [tenant])
+                    con.execute("INSERT INTO entity_attrs SELECT ?, eid, attr, kind FROM attrs_table", [tenant])
+                    if index_table.num_rows:
+                        con.execute("INSERT INTO attr_index SELECT ?, * FROM index_table", [tenant])
+                    if geo_table.num_rows:
+                        con.execute("INSERT INTO geo_index SELECT ?, * FROM geo_table", [tenant])
+                if history_table is not None:
+                    con.execute("INSERT INTO history SELECT ?, * FROM history_table", [tenant])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    def _index_tables(self, upserts: Sequence[Entity]) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table]:
+        ids, types, docs = [], [], []
+        attr_rows: list[tuple[str, str, str]] = []
+        index_rows: list[tuple[Any, ...]] = []
+        geo_rows: list[tuple[Any, ...]] = []
+        for entity in upserts:
+            eid = entity["id"]
+            ids.append(eid)
+            types.append(entity["type"])
+            docs.append(orjson.dumps(entity).decode())
+            for name, instances in entity.items():
+                if name not in ENTITY_MEMBERS:
+                    attr_rows.append((eid, name, instances[0].get("type", "Property")))
+            index_rows.extend(attr_index_rows(entity))
+            geo_rows.extend(geo_index_rows(entity))
+        entity_table = pa.table(
+            [pa.array(ids, pa.string()), pa.array(types, pa.list_(pa.string())), pa.array(docs, pa.string()),
+             pa.array([0] * len(ids), pa.int64())],
+            schema=_ENTITY_SCHEMA,
+        )
+        attrs_table = pa.table(
+            {k: pa.array(list(v), pa.string()) for k, v in zip(("eid", "attr", "kind"), _columns(attr_rows, 3))}
+        )
+        index_cols = _columns(index_rows, 5)
+        index_table = pa.table(
+            {
+                "eid": pa.array(index_cols[0], pa.string()),
+                "path": pa.array(index_cols[1], pa.string()),
+                "num": pa.array(index_cols[2], pa.float64()),
+                "txt": pa.array(index_cols[3], pa.string()),
+                "bool": pa.array(index_cols[4], pa.bool_()),
+            }
+        )
+        geo_cols = _columns(geo_rows, 12)
+        geo_types = [pa.string(), pa.string(), pa.string()] + [pa.float64()] * 6 + [pa.uint64(), pa.uint64(),
+                                                                                   pa.string()]
+        geo_names = ["eid", "attr", "gtype", "lon", "lat", "minx", "miny", "maxx", "maxy", "h3", "h3_r6", "geojson"]
+        geo_table = pa.table({n: pa.array(c, t) for n, c, t in zip(geo_names, geo_cols, geo_types)})
+        return entity_table, attrs_table, index_table, geo_table
+
+    def _history_table(self, history: Sequence[HistoryInstance]) -> pa.Table:
+        cols: dict[str, list[Any]] = {name: [] for name in _HISTORY_SCHEMA.names}
+        for item in history:
+            instance = item.instance
+            cols["eid"].append(item.entity_id)
+            cols["attr"].append(item.attribute)
+            cols["dataset_id"].append(item.dataset_id)
+            cols["observed_at"].append(_naive_utc(item.observed_at))
+            cols["instance_id"].append(self._next_instance)
+            self._next_instance += 1
+            if _is_plain_number(instance):
+                cols["num"].append(float(instance["value"]))
+                cols["doc"].append(None)
+            else:
+                value = instance.get("value")
+                is_num = isinstance(value, int | float) and not isinstance(value, bool)
+                cols["num"].append(float(value) if is_num else None)
+                cols["doc"].append(orjson.dumps(instance).decode())
+            cols["unit_code"].append(instance.get("unitCode"))
+        return pa.table(cols, schema=_HISTORY_SCHEMA)
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    def _where(self, tenant: str, query: EntityQuery) -> tuple[str, list[Any]]:
+        clauses = ["e.tenant = ?"]
+        params: list[Any] = [tenant]
+        if query.ids:
+            clauses.append("e.id IN (SELECT unnest(?::VARCHAR[]))")
+            params.append(list(query.ids))
+        elif query.id_pattern:
+            clauses.append("regexp_matches(e.id, ?)")
+            params.append(query.id_pattern)
+        if query.types is not None:
+            groups = []
+            for group in query.types.any_of:
+                groups.append("list_has_all(e.types, ?::VARCHAR[])")
+                params.append(list(group))
+            clauses.append("(" + " OR ".join(groups) + ")")
+        if query.attrs:
+            clauses.append("e.id IN (SELECT eid FROM entity_attrs WHERE tenant = ? AND attr IN (SELECT unnest(?::VARCHAR[])))")
+            params.extend([tenant, list(query.attrs)])
+        if query.q is not None:
+            sql, q_params = q_to_sql(query.q, tenant)
+            clauses.append(sql)
+            params.extend(q_params)
+        if query.geo is not None:
+            sql, geo_params, _exact = geo_to_sql(query.geo, tenant)
+            clauses.append(sql)
+            params.extend(geo_params)
+        return " AND ".join(clauses), params
+
+    def query(self, tenant: str, query: EntityQuery) -> QueryResult:
+        where, params = self._where(tenant, query)
+        exact = query.geo is None or geo_to_sql(query.geo, tenant)[2]
+        with self._lock:
+            if exact:
+                count = None
+                if query.count:
+                    count = int(self._scalar(f"SELECT count(*) FROM entities e WHERE {where}", params))
+                page = ""
+                page_params: list[Any] = []
+                if query.limit is not None:
+                    page = " LIMIT ? OFFSET ?"
+                    page_params = [query.limit, query.offset]
+                elif query.offset:
+                    page = " OFFSET ?"
+                    page_params = [query.offset]
+                rows = self._con.execute(
+                    f"SELECT e.doc FROM entities e WHERE {where} ORDER BY e.seq{page}", params + page_params
+                ).fetchall()
+                return QueryResult([orjson.loads(r[0]) for r in rows], count)
+            # Geometries the SQL prefilter cannot decide: check each candidate exactly, then paginate.
+            rows = self._con.execute(f"SELECT e.doc FROM entities e WHERE {where} ORDER BY e.seq", params).fetchall()
+        assert query.geo is not None
+        matched = [doc for doc in (orjson.loads(r[0]) for r in rows) if _geo_match(query, doc)]
+        end = None if query.limit is None else query.offset + query.limit
+        return QueryResult(matched[query.offset : end], len(matched) if query.count else None)
+
+    # -- history ---------------------------------------------------------------------------------
+
+    def temporal(
+        self, tenant: str, ids: Sequence[str], query: TemporalQuery
+    ) -> dict[str, dict[str, TemporalAttribute]]:
+        if not ids:
+            return {}
+        clauses = ["tenant = ?", "eid IN (SELECT unnest(?::VARCHAR[]))"]
+        params: list[Any] = [tenant, list(ids)]
+        if query.attrs:
+            clauses.append("attr IN (SELECT unnest(?::VARCHAR[]))")
+            params.append(list(query.attrs))
+        if query.timerel == "before" and query.time_at is not None:
+            clauses.append("observed_at < ?")
+            params.append(_naive_utc(query.time_at))
+        elif query.timerel == "after" and query.time_at is not None:
+            clauses.append("observed_at > ?")
+            params.append(_naive_utc(query.time_at))
+        elif query.timerel == "between" and query.time_at is not None and query.end_time_at is not None:
+            clauses.append("observed_at >= ? AND observed_at < ?")
+            params.extend([_naive_utc(query.time_at), _naive_utc(query.end_time_at)])
+        # One more than the cap tells us whether the answer was truncated (206 Partial Content).
+        keep = query.max_instances + 1
+        if query.last_n is not None:
+            keep = min(keep, query.last_n)
+            order = "observed_at DESC, instance_id DESC"
+        else:
+            order = "observed_at, instance_id"
+        sql = (
+            "SELECT eid, attr, dataset_id, observed_at, instance_id, num, doc, unit_code FROM history "
+            f"WHERE {' AND '.join(clauses)} "
+            f"QUALIFY row_number() OVER (PARTITION BY eid, attr ORDER BY {order}) <= {int(keep)} "
+            "ORDER BY eid, attr, observed_at, instance_id"
+        )
+        with self._lock:
+            rows = self._con.execute(sql, params).fetchall()
+        result: dict[str, dict[str, TemporalAttribute]] = {}
+        for eid, attr, dataset_id, observed_at, instance_id, num, doc, unit_code in rows:
+            if doc is None:
+                instance: dict[str, Any] = {"type": "Property", "value": _number(num)}
+                if unit_code is not None:
+                    instance["unitCode"] = unit_code
+                if dataset_id is not None:
+                    instance["datasetId"] = dataset_id
+            else:
+                instance = orjson.loads(doc)
+            instance["observedAt"] = _iso(observed_at)
+            instance["instanceId"] = f"{INSTANCE_PREFIX}{instance_id}"
+            attrs = result.setdefault(eid, {})
+            slot = attrs.get(attr)
+            if slot is None:
+                slot = attrs[attr] = TemporalAttribute([])
+            slot.instances.append(instance)
+        if query.last_n is None:
+            for attrs in result.values():
+                for slot in attrs.values():
+                    if len(slot.instances) > query.max_instances:
+                        del slot.instances[query.max_instances :]
+                        slot.truncated = True
+        return result
+
+    def delete_history(
+        self, tenant: str, entity_id: str, attribute: str | None = None, instance_id: str | None = None
+    ) -> int:
+        clauses = ["tenant = ?", "eid = ?"]
+        params: list[Any] = [tenant, entity_id]
+        if attribute is not None:
+            clauses.append("attr = ?")
+            params.append(attribute)
+        if instance_id is not None:
+            number = _instance_number(instance_id)
+            if number is None:
+                return 0
+            clauses.append("instance_id = ?")
+            params.append(number)
+        with self._lock:
+            row = self._con.execute(f"DELETE FROM history WHERE {' AND '.join(clauses)} RETURNING 1", params)
+            return len(row.fetchall())
+
+    def replace_instance(self, tenant: str, entity_id: str, attribute: str, instance_id: str,
+                         instance: dict[str, Any], observed_at: datetime) -> bool:
+        """Overwrite one stored temporal instance (§5.6.14); False when it does not exist."""
+        number = _instance_number(instance_id)
+        if number is None:
+            return False
+        plain = _is_plain_number(instance)
+        value = instance.get("value")
+        num = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+        with self._lock:
+            rows = self._con.execute(
+                "UPDATE history SET observed_at = ?, num = ?, doc = ?, unit_code = ? "
+                "WHERE tenant = ? AND eid = ? AND attr = ? AND instance_id = ? RETURNING 1",
+                [_naive_utc(observed_at), num, None if plain else orjson.dumps(instance).decode(),
+                 instance.get("unitCode"), tenant, entity_id, attribute, number],
+            ).fetchall()
+        return bool(rows)
+
+    def bulk_history(self, tenant: str, columns: HistoryColumns) -> int:
+        keep = ~np.isnan(columns.value)
+        n = int(keep.sum())
+        if n == 0:
+            return 0
+        with self._lock:
+            self.ensure_tenant(tenant)
+            first = self._next_instance
+            batch = pa.table(
+                {
+                    "eid": pa.array(columns.entity_id[keep], pa.string()),
+                    "attr": pa.array(columns.attribute[keep], pa.string()),
+                    "observed_at": pa.array(columns.observed_at[keep].astype("datetime64[us]")),
+                    "instance_id": pa.array(np.arange(first, first + n, dtype=np.int64)),
+                    "num": pa.array(columns.value[keep], pa.float64()),
+                }
+            )
+            con = self._con
+            con.register("batch", batch)
+            con.execute("BEGIN TRANSACTION")
+            try:
+                before = self._scalar("SELECT count(*) FROM history WHERE tenant = ?", [tenant])
+                has_overlap = self._scalar(
+                    "SELECT count(*) > 0 FROM history h WHERE h.tenant = ? "
+                    "AND h.eid IN (SELECT DISTINCT eid FROM batch)",
+                    [tenant],
+                )
+                select = "SELECT ?, b.eid, b.attr, NULL, b.observed_at, b.instance_id, b.num, NULL, ? FROM batch b"
+                if has_overlap:
+                    # Idempotent re-ingest: skip observations already held.
+                    select += (
+                        " ANTI JOIN (SELECT eid, attr, observed_at FROM history WHERE tenant = ? "
+                        "AND dataset_id IS NULL) h ON b.eid = h.eid AND b.attr = h.attr "
+                        "AND b.observed_at = h.observed_at"
+                    )
+                    con.execute(f"INSERT INTO history {select}", [tenant, columns.unit_code, tenant])
+                else:
+                    con.execute(f"INSERT INTO history {select}", [tenant, columns.unit_code])
+                added = int(self._scalar("SELECT count(*) FROM history WHERE tenant = ?", [tenant])) - int(before)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            finally:
+                con.unregister("batch")
+            self._next_instance += n
+        return added
+
+    def history_count(self, tenant: str) -> int:
+        with self._lock:
+            return int(self._scalar("SELECT count(*) FROM history WHERE tenant = ?", [tenant]))
+
+    def entity_count(self, tenant: str) -> int:
+        with self._lock:
+            return int(self._scalar("SELECT count(*) FROM entities WHERE tenant = ?", [tenant]))
+
+    # -- discovery -------------------------------------------------------------------------------
+
+    def types(self, tenant: str) -> list[TypeInfo]:
+        with self._lock:
+            counts = self._con.execute(
+                "SELECT t, count(*) FROM (SELECT unnest(types) AS t FROM entities WHERE tenant = ?) "
+                "GROUP BY t ORDER BY t",
+                [tenant],
+            ).fetchall()
+            details = self._con.execute(
+                "SELECT t, a.attr, list(DISTINCT a.kind) FROM "
+                "(SELECT id, unnest(types) AS t FROM entities WHERE tenant = ?) e "
+                "JOIN entity_attrs a ON a.eid = e.id AND a.tenant = ? GROUP BY t, a.attr",
+                [tenant, tenant],
+            ).fetchall()
+        attrs: dict[str, dict[str, set[str]]] = {}
+        for type_, attr, kinds in details:
+            attrs.setdefault(type_, {})[attr] = set(kinds)
+        return [TypeInfo(t, int(n), attrs.get(t, {})) for t, n in counts]
+
+    def attributes(self, tenant: str) -> list[AttributeInfo]:
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT a.attr, count(DISTINCT a.eid), list(DISTINCT a.kind), "
+                "flatten(list(DISTINCT e.types)) FROM entity_attrs a "
+                "JOIN entities e ON e.id = a.eid AND e.tenant = a.tenant WHERE a.tenant = ? "
+                "GROUP BY a.attr ORDER BY a.attr",
+                [tenant],
+            ).fetchall()
+        return [AttributeInfo(attr, int(n), set(kinds), set(types)) for attr, n, kinds, types in rows]
+
+    # -- archive ---------------------------------------------------------------------------------
+
+    def archive(self, destination: Path) -> list[Path]:
+        destination.mkdir(parents=True, exist_ok=True)
+        target = str(destination).replace("'", "''")
+        with self._lock:
+            self._con.execute(
+                "COPY (SELECT CASE WHEN tenant = '' THEN '_default' ELSE tenant END AS tenant, eid AS entity_id, "
+                "attr AS attribute, dataset_id, observed_at, instance_id, num AS value, doc AS instance, unit_code, "
+                "CAST(observed_at AS DATE) AS day FROM history ORDER BY tenant, eid, attr, observed_at) "
+                f"TO '{target}' (FORMAT PARQUET, PARTITION_BY (tenant, day), OVERWRITE_OR_IGNORE true)"
+            )
+        return sorted(destination.rglob("*.parquet"))
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+
+def _geo_match(query: EntityQuery, doc: Entity) -> bool:
+    assert query.geo is not None
+    return any(
+        instance.get("type") == "GeoProperty" and geo_matches(query.geo, instance["value"])
+        for instance in doc.get(query.geo.geoproperty, ())
+    )
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(col) for col in zip(*rows)]
+
+
+def _number(value: float) -> int | float:
+    """Integers went in as integers (counts); give them back without a trailing .0."""
+    return int(value) if value.is_integer() and abs(value) < 2**53 else value
+
+
+def _instance_number(instance_id: str) -> int | None:
+    if not instance_id.startswith(INSTANCE_PREFIX):
+        return None
+    try:
+        return int(instance_id[len(INSTANCE_PREFIX) :])
+    except ValueError:
+        return None

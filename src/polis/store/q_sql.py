@@ -1,0 +1,109 @@
+"""Translate a `q` expression (polis.ngsi_ld.q) into a DuckDB predicate over `attr_index`.
+
+The predicate is about the entities table aliased `e`; every condition becomes an uncorrelated
+`e.id [NOT] IN (SELECT eid FROM attr_index WHERE tenant = ? AND path = ? AND <test>)`, which DuckDB runs
+as a hash semi/anti join. The semantics are those of `polis.ngsi_ld.q.matches`, condition for condition:
+
+- `path op value`: some row of the path passes the test (any instance, any list element);
+- `path != value`, `path !~= re`: the path has a row, and no row passes the positive test;
+- numbers test `num` (doubles), strings `txt`, booleans `"bool"`; a row of another type is never equal,
+  greater or less, because its column for that type is NULL;
+- `~=` is `regexp_matches(txt, ?)` (RE2, partial match like `re.search`).
+"""
+
+from __future__ import annotations
+
+from polis.ngsi_ld.q import NEGATED, And, Comparison, Exists, Or, QExpr, Range, Scalar
+from polis.store.attr_index import encode_path
+
+_ROWS = "SELECT eid FROM attr_index WHERE tenant = ? AND path = ?"
+_SQL_OPS = {"==": "=", ">": ">", ">=": ">=", "<": "<", "<=": "<="}
+
+
+def q_to_sql(expr: QExpr, tenant: str) -> tuple[str, list[object]]:
+    """A boolean SQL predicate about `e` (columns e.tenant, e.id) and its `?` parameters, in order."""
+    if isinstance(expr, Exists):
+        return f"e.id {'NOT IN' if expr.negated else 'IN'} ({_ROWS})", [tenant, encode_path(expr.path)]
+    if isinstance(expr, Comparison) and expr.op not in NEGATED:
+        test, test_params = _test(expr)
+        return f"e.id IN ({_ROWS} AND {test})", [tenant, encode_path(expr.path), *test_params]
+    return _grouped(expr, tenant)
+
+
+def _grouped(expr: QExpr, tenant: str) -> tuple[str, list[object]]:
+    """Several conditions in one scan: group the rows of the paths involved by entity, then decide.
+
+    Each condition becomes a per-entity flag (`bool_or` over its rows); an entity without any of these
+    rows is decided by what the expression says when every flag is false, hence IN or NOT IN.
+    """
+    having_params: list[object] = []
+    having = _having(expr, having_params)
+    paths = sorted(_paths(expr))
+    scan = f"SELECT eid FROM attr_index WHERE tenant = ? AND path IN ({', '.join('?' * len(paths))}) GROUP BY eid"
+    params: list[object] = [tenant, *paths]
+    if _holds_without_rows(expr):
+        return f"e.id NOT IN ({scan} HAVING NOT {having})", params + having_params
+    return f"e.id IN ({scan} HAVING {having})", params + having_params
+
+
+def _having(expr: QExpr, params: list[object]) -> str:
+    if isinstance(expr, (And, Or)):
+        joiner = " AND " if isinstance(expr, And) else " OR "
+        parts = [_having(part, params) for part in expr.parts]  # in order: params follow the text
+        return "(" + joiner.join(parts) + ")"
+    path = encode_path(expr.path)
+    if isinstance(expr, Exists):
+        params.append(path)
+        return f"{'NOT ' if expr.negated else ''}{_ANY_ROW}"
+    test, test_params = _test(expr)
+    if expr.op in NEGATED:
+        params.extend((path, path, *test_params))
+        return f"({_ANY_ROW} AND NOT coalesce(bool_or(path = ? AND {test}), false))"
+    params.extend((path, *test_params))
+    return f"coalesce(bool_or(path = ? AND {test}), false)"
+
+
+_ANY_ROW = "bool_or(path = ?)"  # never NULL: path is NOT NULL
+
+
+def _paths(expr: QExpr) -> set[str]:
+    if isinstance(expr, (And, Or)):
+        return set().union(*(_paths(part) for part in expr.parts))
+    return {encode_path(expr.path)}
+
+
+def _holds_without_rows(expr: QExpr) -> bool:
+    """The expression's value for an entity that has none of the paths it mentions."""
+    if isinstance(expr, And):
+        return all(_holds_without_rows(part) for part in expr.parts)
+    if isinstance(expr, Or):
+        return any(_holds_without_rows(part) for part in expr.parts)
+    return isinstance(expr, Exists) and expr.negated
+
+
+def _test(cmp: Comparison) -> tuple[str, list[object]]:
+    """The positive row test of a comparison (negated operators are applied by the caller)."""
+    op = NEGATED.get(cmp.op, cmp.op)
+    value = cmp.value
+    if isinstance(value, Range):
+        return f"{_column(value.low)} BETWEEN ? AND ?", [_param(value.low), _param(value.high)]
+    if isinstance(value, tuple):
+        by_column: dict[str, list[object]] = {}
+        for item in value:
+            by_column.setdefault(_column(item), []).append(_param(item))
+        tests = [f"{column} IN ({', '.join('?' * len(items))})" for column, items in by_column.items()]
+        return "(" + " OR ".join(tests) + ")", [p for items in by_column.values() for p in items]
+    if op == "~=":
+        return "regexp_matches(txt, ?)", [value]
+    return f"{_column(value)} {_SQL_OPS[op]} ?", [_param(value)]
+
+
+def _column(value: Scalar) -> str:
+    if isinstance(value, bool):
+        return '"bool"'
+    return "txt" if isinstance(value, str) else "num"
+
+
+def _param(value: Scalar) -> object:
+    # Integers go in as doubles: `num` is DOUBLE and the Python evaluator compares as floats too.
+    return value if isinstance(value, (bool, str)) else float(value)
