@@ -55,7 +55,9 @@ def start_server(data_dir: Path, *, env: dict[str, str] | None = None, timeout: 
     full_env = {**os.environ, **(env or {}), "POLIS_DATASETS_DIR": str(Settings().datasets_dir)}
     process = subprocess.Popen(
         [sys.executable, "-m", "polis.cli", "serve", "--port", str(port), "--data-dir", str(data_dir)],
-        env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=full_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout

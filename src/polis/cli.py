@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from polis.settings import Settings
@@ -41,10 +41,11 @@ def _serve(settings: Settings) -> None:
 
     platform = Platform(settings)
     try:
-        console.print(f"[bold]Polis[/bold] serving on http://{settings.host}:{settings.port} "
-                      f"(API docs at http://{settings.host}:{settings.port}/docs), data in {settings.data_dir}")
-        uvicorn.run(create_app(platform), host=settings.host, port=settings.port, log_level="warning",
-                    access_log=False)
+        console.print(
+            f"[bold]Polis[/bold] serving on http://{settings.host}:{settings.port} "
+            f"(API docs at http://{settings.host}:{settings.port}/docs), data in {settings.data_dir}"
+        )
+        uvicorn.run(create_app(platform), host=settings.host, port=settings.port, log_level="warning", access_log=False)
     finally:
         platform.close()
 
@@ -79,17 +80,28 @@ def _ingest(settings: Settings, names: list[str]) -> None:
             except FileNotFoundError as error:
                 console.print(f"[red]{name}: {error}[/red] (set POLIS_DATASETS_DIR or --datasets-dir)")
                 raise typer.Exit(1) from None
-            with Progress(TextColumn(f"[bold]{name}[/bold]"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
-                          TimeElapsedColumn(), console=console, transient=False) as progress:
+            with Progress(
+                TextColumn(f"[bold]{name}[/bold]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+                transient=False,
+            ) as progress:
                 task = progress.add_task(name, total=None)
 
-                def report(done: int, total: int, task_id: int = task) -> None:
+                def report(done: int, total: int, task_id: TaskID = task) -> None:
                     progress.update(task_id, completed=done, total=total)
 
                 summary = ingest(store, "", load, progress=report)
-            table.add_row(name, f"{summary.entities_written:,}", f"{summary.new_entities:,}",
-                          f"{summary.observations_seen:,}", f"{summary.observations_added:,}",
-                          f"{summary.seconds:.1f}")
+            table.add_row(
+                name,
+                f"{summary.entities_written:,}",
+                f"{summary.new_entities:,}",
+                f"{summary.observations_seen:,}",
+                f"{summary.observations_added:,}",
+                f"{summary.seconds:.1f}",
+            )
     finally:
         store.close()
     console.print(table)

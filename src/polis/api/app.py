@@ -27,8 +27,9 @@ _HTTP_PROBLEMS = {
 }
 
 
-def problem_response(status: int, name: str, title: str, detail: str, headers: dict[str, str] | None = None,
-                     **extra: object) -> Response:
+def problem_response(
+    status: int, name: str, title: str, detail: str, headers: dict[str, str] | None = None, **extra: object
+) -> Response:
     body = {"type": ERROR_TYPE_BASE + name, "title": title, "status": status, "detail": detail, **extra}
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
@@ -71,7 +72,6 @@ def create_app(platform: Platform) -> FastAPI:
     @app.get("/health", tags=["operations"], summary="Liveness and what the hub holds")
     async def health() -> dict[str, object]:
         store = platform.store
-        return {"status": "ok", "version": __version__, "tenants": store.tenants(),
-                "entities": store.entity_count("")}
+        return {"status": "ok", "version": __version__, "tenants": store.tenants(), "entities": store.entity_count("")}
 
     return app

@@ -25,7 +25,7 @@ from polis.platform import Platform
 
 JSONLD_REL = "http://www.w3.org/ns/json-ld#context"
 TENANT_HEADER = "NGSILD-Tenant"
-_LINK = re.compile(r'^\s*<([^>]*)>\s*(;.*)?$')
+_LINK = re.compile(r"^\s*<([^>]*)>\s*(;.*)?$")
 _TENANT = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 
 
@@ -165,14 +165,22 @@ def accept_of(request: Request) -> str:
         elif media in ("application/ld+json", "application/geo+json"):
             return media
     if best is None:
-        raise NotAcceptable(f"cannot answer with '{header}'; use application/json, application/ld+json "
-                            "or application/geo+json")
+        raise NotAcceptable(
+            f"cannot answer with '{header}'; use application/json, application/ld+json or application/geo+json"
+        )
     return best
 
 
-def json_response(request: Request, body: Any, terms: TermMap | None, *, status: int = 200,
-                  headers: dict[str, str] | None = None, accept: str | None = None,
-                  geometry_property: str | None = None) -> Response:
+def json_response(
+    request: Request,
+    body: Any,
+    terms: TermMap | None,
+    *,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+    accept: str | None = None,
+    geometry_property: str | None = None,
+) -> Response:
     """An NGSI-LD answer: Link header with json, inline @context with ld+json, GeoJSON with geo+json."""
     accept = accept or accept_of(request)
     out_headers = dict(headers or {})
@@ -222,8 +230,12 @@ def _geojson(body: Any, geometry_property: str) -> Any:
         if isinstance(geo, dict) and "value" in geo:
             geo = geo["value"]
         props = {k: v for k, v in entity.items() if k != "id"}
-        return {"id": entity.get("id"), "type": "Feature", "geometry": geo if isinstance(geo, dict) else None,
-                "properties": props}
+        return {
+            "id": entity.get("id"),
+            "type": "Feature",
+            "geometry": geo if isinstance(geo, dict) else None,
+            "properties": props,
+        }
 
     if isinstance(body, list):
         return {"type": "FeatureCollection", "features": [feature(e) for e in body]}

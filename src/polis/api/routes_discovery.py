@@ -27,13 +27,20 @@ async def list_types(request: Request) -> Response:
     types = await run_in_threadpool(platform.store.types, tenant)
     if parse_bool(params, "details"):
         body: Any = [
-            {"id": t.type, "type": "EntityType", "typeName": terms.compact(t.type),
-             "attributeNames": sorted(terms.compact(a) for a in t.attributes)}
+            {
+                "id": t.type,
+                "type": "EntityType",
+                "typeName": terms.compact(t.type),
+                "attributeNames": sorted(terms.compact(a) for a in t.attributes),
+            }
             for t in types
         ]
     else:
-        body = {"id": f"urn:ngsi-ld:EntityTypeList:{uuid.uuid4()}", "type": "EntityTypeList",
-                "typeList": [terms.compact(t.type) for t in types]}
+        body = {
+            "id": f"urn:ngsi-ld:EntityTypeList:{uuid.uuid4()}",
+            "type": "EntityTypeList",
+            "typeList": [terms.compact(t.type) for t in types],
+        }
     return json_response(request, body, terms)
 
 
@@ -48,7 +55,9 @@ async def type_info(type_name: str, request: Request) -> Response:
     if found is None:
         raise ResourceNotFound(f"no entity of type {type_name} exists")
     body = {
-        "id": found.type, "type": "EntityTypeInfo", "typeName": terms.compact(found.type),
+        "id": found.type,
+        "type": "EntityTypeInfo",
+        "typeName": terms.compact(found.type),
         "entityCount": found.entity_count,
         "attributeDetails": [
             {"id": attr, "type": "Attribute", "attributeName": terms.compact(attr), "attributeTypes": sorted(kinds)}
@@ -59,9 +68,14 @@ async def type_info(type_name: str, request: Request) -> Response:
 
 
 def _attribute_body(info: Any, terms: Any) -> dict[str, Any]:
-    return {"id": info.attribute, "type": "Attribute", "attributeName": terms.compact(info.attribute),
-            "attributeCount": info.entity_count, "attributeTypes": sorted(info.kinds),
-            "typeNames": sorted(terms.compact(t) for t in info.types)}
+    return {
+        "id": info.attribute,
+        "type": "Attribute",
+        "attributeName": terms.compact(info.attribute),
+        "attributeCount": info.entity_count,
+        "attributeTypes": sorted(info.kinds),
+        "typeNames": sorted(terms.compact(t) for t in info.types),
+    }
 
 
 @router.get("/attributes", summary="Available attributes (§5.7.8, §5.7.9)")
@@ -75,8 +89,11 @@ async def list_attributes(request: Request) -> Response:
     if parse_bool(params, "details"):
         body: Any = [_attribute_body(a, terms) for a in attrs]
     else:
-        body = {"id": f"urn:ngsi-ld:AttributeList:{uuid.uuid4()}", "type": "AttributeList",
-                "attributeList": [terms.compact(a.attribute) for a in attrs]}
+        body = {
+            "id": f"urn:ngsi-ld:AttributeList:{uuid.uuid4()}",
+            "type": "AttributeList",
+            "attributeList": [terms.compact(a.attribute) for a in attrs],
+        }
     return json_response(request, body, terms)
 
 

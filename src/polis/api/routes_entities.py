@@ -40,9 +40,30 @@ from polis.store.base import EntityQuery, TypeSelector
 router = APIRouter(prefix="/ngsi-ld/v1", tags=["entities"])
 
 REPRESENTATION_OPTIONS = {"normalized", "concise", "keyValues", "simplified", "sysAttrs"}
-QUERY_PARAMS = {"id", "idPattern", "type", "attrs", "pick", "omit", "q", "georel", "geometry", "coordinates",
-                "geoproperty", "geometryProperty", "limit", "offset", "count", "options", "format", "lang", "local",
-                "scopeQ", "csf", "datasetId"}
+QUERY_PARAMS = {
+    "id",
+    "idPattern",
+    "type",
+    "attrs",
+    "pick",
+    "omit",
+    "q",
+    "georel",
+    "geometry",
+    "coordinates",
+    "geoproperty",
+    "geometryProperty",
+    "limit",
+    "offset",
+    "count",
+    "options",
+    "format",
+    "lang",
+    "local",
+    "scopeQ",
+    "csf",
+    "datasetId",
+}
 RETRIEVE_PARAMS = {"attrs", "pick", "omit", "options", "format", "lang", "type", "geometryProperty", "datasetId"}
 
 
@@ -50,8 +71,9 @@ def _entity_path(entity_id: str) -> str:
     return "/ngsi-ld/v1/entities/" + quote(entity_id, safe=":")
 
 
-def build_entity_query(params: dict[str, str], terms: TermMap, *, default_limit: int, max_limit: int,
-                       require_filter: bool = True) -> tuple[EntityQuery, tuple[str, ...]]:
+def build_entity_query(
+    params: dict[str, str], terms: TermMap, *, default_limit: int, max_limit: int, require_filter: bool = True
+) -> tuple[EntityQuery, tuple[str, ...]]:
     """The entity-selection part shared by `/entities` and `/temporal/entities`; returns the query
     and the expanded `attrs` (which also project the output)."""
     page = parse_page(params, default_limit=default_limit, max_limit=max_limit)
@@ -67,8 +89,17 @@ def build_entity_query(params: dict[str, str], terms: TermMap, *, default_limit:
         _check_regex(id_pattern)
     if require_filter and not (ids or id_pattern or types or attrs or q or geo or params.get("type") == "*"):
         raise BadRequestData("a query needs at least one of type, id, idPattern, attrs, q or a geo-query")
-    query = EntityQuery(ids=ids, id_pattern=id_pattern, types=types, attrs=attrs, q=q, geo=geo,
-                        limit=page.limit, offset=page.offset, count=page.count)
+    query = EntityQuery(
+        ids=ids,
+        id_pattern=id_pattern,
+        types=types,
+        attrs=attrs,
+        q=q,
+        geo=geo,
+        limit=page.limit,
+        offset=page.offset,
+        count=page.count,
+    )
     return query, attrs
 
 
@@ -88,10 +119,13 @@ def _pagination_headers(request: Request, count: int | None, offset: int, limit:
     links = []
     base = dict(request.query_params)
     if returned == limit and limit > 0 and (count is None or offset + limit < count):
-        links.append(f'<{request.url.path}?{urlencode({**base, "offset": offset + limit, "limit": limit})}>; rel="next"')
+        links.append(
+            f'<{request.url.path}?{urlencode({**base, "offset": offset + limit, "limit": limit})}>; rel="next"'
+        )
     if offset > 0 and limit > 0:
-        links.append(f'<{request.url.path}?{urlencode({**base, "offset": max(0, offset - limit), "limit": limit})}>; '
-                     'rel="prev"')
+        links.append(
+            f'<{request.url.path}?{urlencode({**base, "offset": max(0, offset - limit), "limit": limit})}>; rel="prev"'
+        )
     if links:
         headers["Link"] = ", ".join(links)
     return headers
@@ -113,17 +147,17 @@ async def query_entities(request: Request) -> Response:
     params = dict(request.query_params)
     check_known(params, QUERY_PARAMS)
     accept = accept_of(request)
-    tenant = tenant_of(request)
+    tenant_of(request)  # 404 NonexistentTenant before any work
     terms = await request_terms(request)
     options = parse_options(params, allowed=REPRESENTATION_OPTIONS)
     settings = platform.settings
-    query, attrs = build_entity_query(params, terms, default_limit=settings.default_limit,
-                                      max_limit=settings.max_limit)
+    query, attrs = build_entity_query(params, terms, default_limit=settings.default_limit, max_limit=settings.max_limit)
     return await _answer_query(request, query, attrs, terms, options.fmt, options.sys_attrs, accept)
 
 
-async def _answer_query(request: Request, query: EntityQuery, attrs: tuple[str, ...], terms: TermMap, fmt: str,
-                        sys_attrs: bool, accept: str) -> Response:
+async def _answer_query(
+    request: Request, query: EntityQuery, attrs: tuple[str, ...], terms: TermMap, fmt: str, sys_attrs: bool, accept: str
+) -> Response:
     platform = platform_of(request)
     params = dict(request.query_params)
     tenant = tenant_of(request)
@@ -133,14 +167,16 @@ async def _answer_query(request: Request, query: EntityQuery, attrs: tuple[str, 
         pick = {"id", "type", *attrs} if pick is None else pick & {"id", "type", *attrs}
     lang = params.get("lang")
     result = await run_in_threadpool(platform.entities.query, tenant, query)
-    body = [compact_entity(e, terms, fmt=fmt, sys_attrs=sys_attrs, pick=pick, omit=omit, lang=lang)
-            for e in result.entities]
+    body = [
+        compact_entity(e, terms, fmt=fmt, sys_attrs=sys_attrs, pick=pick, omit=omit, lang=lang) for e in result.entities
+    ]
     limit = query.limit if query.limit is not None else len(body)
     headers = _pagination_headers(request, result.count, query.offset, limit, len(body))
     if query.limit == 0:
         body = []
-    return json_response(request, body, terms, headers=headers, accept=accept,
-                         geometry_property=params.get("geometryProperty"))
+    return json_response(
+        request, body, terms, headers=headers, accept=accept, geometry_property=params.get("geometryProperty")
+    )
 
 
 @router.get("/entities/{entity_id:path}/attrs", include_in_schema=False)
@@ -162,9 +198,18 @@ async def retrieve_entity(entity_id: str, request: Request) -> Response:
     type_iris = tuple(t for group in types.any_of for t in group) if types else ()
     body = await run_in_threadpool(
         lambda: platform.entities.retrieve(
-            tenant, entity_id, terms, attrs=attrs, type_iris=type_iris, fmt=options.fmt,
-            sys_attrs=options.sys_attrs, pick=parse_projection(params.get("pick"), terms, "pick"),
-            omit=parse_projection(params.get("omit"), terms, "omit"), lang=params.get("lang")))
+            tenant,
+            entity_id,
+            terms,
+            attrs=attrs,
+            type_iris=type_iris,
+            fmt=options.fmt,
+            sys_attrs=options.sys_attrs,
+            pick=parse_projection(params.get("pick"), terms, "pick"),
+            omit=parse_projection(params.get("omit"), terms, "omit"),
+            lang=params.get("lang"),
+        )
+    )
     return json_response(request, body, terms, accept=accept, geometry_property=params.get("geometryProperty"))
 
 
@@ -178,15 +223,17 @@ async def replace_entity(entity_id: str, request: Request) -> Response:
     return empty_response(request)
 
 
-@router.patch("/entities/{entity_id:path}/attrs/{attr_id:path}", status_code=204,
-              summary="Partial attribute update (§5.6.4)")
+@router.patch(
+    "/entities/{entity_id:path}/attrs/{attr_id:path}", status_code=204, summary="Partial attribute update (§5.6.4)"
+)
 async def patch_attribute(entity_id: str, attr_id: str, request: Request) -> Response:
     platform = platform_of(request)
     tenant = tenant_of(request)
     body = await json_body(request)
     terms = await resolve(request, body.context)
-    await run_in_threadpool(platform.entities.patch_attr, tenant, entity_id, terms.expand(attr_id),
-                            _without_context(body.data), terms)
+    await run_in_threadpool(
+        platform.entities.patch_attr, tenant, entity_id, terms.expand(attr_id), _without_context(body.data), terms
+    )
     return empty_response(request)
 
 
@@ -196,8 +243,9 @@ async def replace_attribute(entity_id: str, attr_id: str, request: Request) -> R
     tenant = tenant_of(request)
     body = await json_body(request)
     terms = await resolve(request, body.context)
-    await run_in_threadpool(platform.entities.replace_attr, tenant, entity_id, terms.expand(attr_id),
-                            _without_context(body.data), terms)
+    await run_in_threadpool(
+        platform.entities.replace_attr, tenant, entity_id, terms.expand(attr_id), _without_context(body.data), terms
+    )
     return empty_response(request)
 
 
@@ -208,9 +256,16 @@ async def delete_attribute(entity_id: str, attr_id: str, request: Request) -> Re
     check_known(params, {"datasetId", "deleteAll"})
     tenant = tenant_of(request)
     terms = await request_terms(request)
-    await run_in_threadpool(lambda: platform.entities.delete_attr(
-        tenant, entity_id, terms.expand(attr_id), terms, dataset_id=params.get("datasetId"),
-        delete_all=parse_bool(params, "deleteAll")))
+    await run_in_threadpool(
+        lambda: platform.entities.delete_attr(
+            tenant,
+            entity_id,
+            terms.expand(attr_id),
+            terms,
+            dataset_id=params.get("datasetId"),
+            delete_all=parse_bool(params, "deleteAll"),
+        )
+    )
     return empty_response(request)
 
 
@@ -223,8 +278,11 @@ async def append_attributes(entity_id: str, request: Request) -> Response:
     tenant = tenant_of(request)
     body = await json_body(request)
     terms = await resolve(request, body.context)
-    result = await run_in_threadpool(lambda: platform.entities.append_attrs(
-        tenant, entity_id, _without_context(body.data), terms, no_overwrite=options.no_overwrite))
+    result = await run_in_threadpool(
+        lambda: platform.entities.append_attrs(
+            tenant, entity_id, _without_context(body.data), terms, no_overwrite=options.no_overwrite
+        )
+    )
     if result.not_updated:
         return json_response(request, result.body(terms), terms, status=207, accept="application/json")
     return empty_response(request)
@@ -236,8 +294,9 @@ async def update_attributes(entity_id: str, request: Request) -> Response:
     tenant = tenant_of(request)
     body = await json_body(request)
     terms = await resolve(request, body.context)
-    result = await run_in_threadpool(platform.entities.update_attrs, tenant, entity_id,
-                                     _without_context(body.data), terms)
+    result = await run_in_threadpool(
+        platform.entities.update_attrs, tenant, entity_id, _without_context(body.data), terms
+    )
     if result.not_updated:
         return json_response(request, result.body(terms), terms, status=207, accept="application/json")
     return empty_response(request)
@@ -256,8 +315,9 @@ async def merge_entity(entity_id: str, request: Request) -> Response:
         from polis.ngsi_ld.params import parse_datetime
 
         observed_at = parse_datetime(observed_at, "observedAt").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    await run_in_threadpool(lambda: platform.entities.merge(tenant, entity_id, _without_context(body.data), terms,
-                                                            observed_at=observed_at))
+    await run_in_threadpool(
+        lambda: platform.entities.merge(tenant, entity_id, _without_context(body.data), terms, observed_at=observed_at)
+    )
     return empty_response(request)
 
 
@@ -296,8 +356,11 @@ async def _batch(request: Request, op: str) -> Response:
             return shared_terms
         return contexts.resolve(item.get("@context") if isinstance(item, dict) else None)
 
-    result = await run_in_threadpool(lambda: platform.entities.batch(
-        tenant, op, body.data, terms_for, replace=not options.update, no_overwrite=options.no_overwrite))
+    result = await run_in_threadpool(
+        lambda: platform.entities.batch(
+            tenant, op, body.data, terms_for, replace=not options.update, no_overwrite=options.no_overwrite
+        )
+    )
     if result.errors:
         return json_response(request, result.body(), None, status=207, accept="application/json")
     if op == "create":
@@ -339,17 +402,21 @@ async def post_query(request: Request) -> Response:
     params = dict(request.query_params)
     check_known(params, {"limit", "offset", "count", "options", "format", "lang", "pick", "omit"})
     accept = accept_of(request)
-    tenant = tenant_of(request)
+    tenant_of(request)  # 404 NonexistentTenant before any work
     body = await json_body(request)
     terms = await resolve(request, body.context)
     data = body.data
     if not isinstance(data, dict) or data.get("type") != "Query":
-        raise BadRequestData("the body must be a Query object with \"type\": \"Query\"")
+        raise BadRequestData('the body must be a Query object with "type": "Query"')
     options = parse_options(params, allowed=REPRESENTATION_OPTIONS)
     settings = platform.settings
-    page_query, _ = build_entity_query({k: v for k, v in params.items() if k in ("limit", "offset", "count")},
-                                       terms, default_limit=settings.default_limit, max_limit=settings.max_limit,
-                                       require_filter=False)
+    page_query, _ = build_entity_query(
+        {k: v for k, v in params.items() if k in ("limit", "offset", "count")},
+        terms,
+        default_limit=settings.default_limit,
+        max_limit=settings.max_limit,
+        require_filter=False,
+    )
     selectors = data.get("entities") or []
     if not isinstance(selectors, list):
         raise BadRequestData("Query.entities must be an array")
@@ -377,9 +444,22 @@ async def post_query(request: Request) -> Response:
     if geo_body is not None:
         if not isinstance(geo_body, dict):
             raise BadRequestData("Query.geoQ must be an object")
-        geo = parse_geoquery(geo_body.get("georel"), geo_body.get("geometry"), geo_body.get("coordinates"),
-                             geo_body.get("geoproperty"), terms.expand)
-    query = EntityQuery(ids=tuple(ids), id_pattern=id_pattern, types=TypeSelector(tuple(groups)) if groups else None,
-                        attrs=attrs, q=parse_q(q_text, terms.expand) if q_text else None, geo=geo,
-                        limit=page_query.limit, offset=page_query.offset, count=page_query.count)
+        geo = parse_geoquery(
+            geo_body.get("georel"),
+            geo_body.get("geometry"),
+            geo_body.get("coordinates"),
+            geo_body.get("geoproperty"),
+            terms.expand,
+        )
+    query = EntityQuery(
+        ids=tuple(ids),
+        id_pattern=id_pattern,
+        types=TypeSelector(tuple(groups)) if groups else None,
+        attrs=attrs,
+        q=parse_q(q_text, terms.expand) if q_text else None,
+        geo=geo,
+        limit=page_query.limit,
+        offset=page_query.offset,
+        count=page_query.count,
+    )
     return await _answer_query(request, query, attrs, terms, options.fmt, options.sys_attrs, accept)

@@ -37,8 +37,9 @@ def _format(params: dict[str, str]) -> tuple[str, Any]:
     return fmt, aggregation
 
 
-def _status_and_headers(history: dict[str, Any], last_n: int | None, extra: dict[str, str] | None = None
-                        ) -> tuple[int, dict[str, str]]:
+def _status_and_headers(
+    history: dict[str, Any], last_n: int | None, extra: dict[str, str] | None = None
+) -> tuple[int, dict[str, str]]:
     headers = dict(extra or {})
     span = content_range(history, last_n)
     if span is None:
@@ -72,15 +73,17 @@ async def query_temporal(request: Request) -> Response:
     tenant = tenant_of(request)
     terms = await request_terms(request)
     settings = platform.settings
-    query, attrs = build_entity_query(params, terms, default_limit=settings.default_limit,
-                                      max_limit=settings.max_limit)
+    query, attrs = build_entity_query(params, terms, default_limit=settings.default_limit, max_limit=settings.max_limit)
     temporal = parse_temporal_query(params, attrs, settings.max_temporal_instances)
     fmt, aggregation = _format(params)
     entities, count, history = await run_in_threadpool(platform.temporal.query, tenant, query, temporal)
-    body = [render_temporal_entity(e, history.get(e["id"], {}), terms, fmt=fmt, aggregation=aggregation,
-                                   temporal=temporal) for e in entities]
-    status, headers = _status_and_headers(history, temporal.last_n,
-                                          {"NGSILD-Results-Count": str(count)} if count is not None else None)
+    body = [
+        render_temporal_entity(e, history.get(e["id"], {}), terms, fmt=fmt, aggregation=aggregation, temporal=temporal)
+        for e in entities
+    ]
+    status, headers = _status_and_headers(
+        history, temporal.last_n, {"NGSILD-Results-Count": str(count)} if count is not None else None
+    )
     return json_response(request, body, terms, status=status, headers=headers, accept=accept)
 
 
@@ -116,20 +119,27 @@ async def add_temporal_attrs(entity_id: str, request: Request) -> Response:
     return empty_response(request)
 
 
-@router.patch("/entities/{entity_id:path}/attrs/{attr_id}/{instance_id}", status_code=204,
-              summary="Modify one temporal instance (§5.6.14)")
+@router.patch(
+    "/entities/{entity_id:path}/attrs/{attr_id}/{instance_id}",
+    status_code=204,
+    summary="Modify one temporal instance (§5.6.14)",
+)
 async def modify_instance(entity_id: str, attr_id: str, instance_id: str, request: Request) -> Response:
     platform = platform_of(request)
     tenant = tenant_of(request)
     body = await json_body(request)
     terms = await resolve(request, body.context)
-    await run_in_threadpool(platform.temporal.modify_instance, tenant, entity_id, terms.expand(attr_id),
-                            instance_id, body.data, terms)
+    await run_in_threadpool(
+        platform.temporal.modify_instance, tenant, entity_id, terms.expand(attr_id), instance_id, body.data, terms
+    )
     return empty_response(request)
 
 
-@router.delete("/entities/{entity_id:path}/attrs/{attr_id}/{instance_id}", status_code=204,
-               summary="Delete one temporal instance (§5.6.15)")
+@router.delete(
+    "/entities/{entity_id:path}/attrs/{attr_id}/{instance_id}",
+    status_code=204,
+    summary="Delete one temporal instance (§5.6.15)",
+)
 async def delete_instance(entity_id: str, attr_id: str, instance_id: str, request: Request) -> Response:
     platform = platform_of(request)
     tenant = tenant_of(request)
@@ -138,8 +148,9 @@ async def delete_instance(entity_id: str, attr_id: str, instance_id: str, reques
     return empty_response(request)
 
 
-@router.delete("/entities/{entity_id:path}/attrs/{attr_id}", status_code=204,
-               summary="Delete a temporal attribute (§5.6.13)")
+@router.delete(
+    "/entities/{entity_id:path}/attrs/{attr_id}", status_code=204, summary="Delete a temporal attribute (§5.6.13)"
+)
 async def delete_temporal_attr(entity_id: str, attr_id: str, request: Request) -> Response:
     platform = platform_of(request)
     tenant = tenant_of(request)

@@ -92,8 +92,15 @@ class EntityService:
             raise ResourceNotFound(f"entity {entity_id} was not found")
         return found
 
-    def _commit(self, tenant: str, kind: str, entities: Sequence[Entity], previous: Sequence[Entity | None],
-                history: list[HistoryInstance], deletes: Sequence[str] = ()) -> None:
+    def _commit(
+        self,
+        tenant: str,
+        kind: str,
+        entities: Sequence[Entity],
+        previous: Sequence[Entity | None],
+        history: list[HistoryInstance],
+        deletes: Sequence[str] = (),
+    ) -> None:
         self.store.write(tenant, upserts=entities, deletes=deletes, history=history)
         for entity, before in zip(entities, previous, strict=True):
             self.bus.publish(EntityChange(tenant, kind, entity["id"], entity, before))
@@ -105,13 +112,25 @@ class EntityService:
         self._commit(tenant, "created", [entity], [None], history_of(entity))
         return str(entity["id"])
 
-    def retrieve(self, tenant: str, entity_id: str, terms: TermMap, *, attrs: Sequence[str] = (),
-                 type_iris: Sequence[str] = (), fmt: str = "normalized", sys_attrs: bool = False,
-                 pick: set[str] | None = None, omit: set[str] | None = None,
-                 lang: str | None = None) -> dict[str, Any]:
+    def retrieve(
+        self,
+        tenant: str,
+        entity_id: str,
+        terms: TermMap,
+        *,
+        attrs: Sequence[str] = (),
+        type_iris: Sequence[str] = (),
+        fmt: str = "normalized",
+        sys_attrs: bool = False,
+        pick: set[str] | None = None,
+        omit: set[str] | None = None,
+        lang: str | None = None,
+    ) -> dict[str, Any]:
         entity = self._load(tenant, entity_id)
         if type_iris and not set(type_iris) & set(entity["type"]):
-            raise ResourceNotFound(f"entity {entity_id} is not of type {', '.join(terms.compact(t) for t in type_iris)}")
+            raise ResourceNotFound(
+                f"entity {entity_id} is not of type {', '.join(terms.compact(t) for t in type_iris)}"
+            )
         if attrs:
             if not any(a in entity for a in attrs):
                 raise ResourceNotFound(f"entity {entity_id} has none of the attributes asked for")
@@ -140,8 +159,9 @@ class EntityService:
 
     # -- attributes --------------------------------------------------------------------------
 
-    def append_attrs(self, tenant: str, entity_id: str, body: Any, terms: TermMap, *,
-                     no_overwrite: bool = False) -> UpdateResult:
+    def append_attrs(
+        self, tenant: str, entity_id: str, body: Any, terms: TermMap, *, no_overwrite: bool = False
+    ) -> UpdateResult:
         """§5.6.3: add attributes; same-named ones are overwritten unless noOverwrite."""
         old = self._load(tenant, entity_id)
         now = self.clock()
@@ -193,8 +213,10 @@ class EntityService:
         instances = old.get(attr)
         target = next((i for i in instances or () if i.get("datasetId") == dataset_id), None)
         if target is None:
-            raise ResourceNotFound(f"entity {entity_id} has no attribute {terms.compact(attr)}"
-                                   + (f" with datasetId {dataset_id}" if dataset_id else ""))
+            raise ResourceNotFound(
+                f"entity {entity_id} has no attribute {terms.compact(attr)}"
+                + (f" with datasetId {dataset_id}" if dataset_id else "")
+            )
         merged_body = {k: v for k, v in target.items() if k not in ("createdAt", "modifiedAt")}
         if "value" in body and target.get("type") == "Relationship":
             raise BadRequestData(f"attribute {terms.compact(attr)} is a Relationship: send 'object', not 'value'")
@@ -220,16 +242,26 @@ class EntityService:
         entity["modifiedAt"] = now
         self._commit(tenant, "updated", [entity], [old], history_of({"id": entity_id, attr: [instance]}))
 
-    def delete_attr(self, tenant: str, entity_id: str, attr: str, terms: TermMap, *,
-                    dataset_id: str | None = None, delete_all: bool = False) -> None:
+    def delete_attr(
+        self,
+        tenant: str,
+        entity_id: str,
+        attr: str,
+        terms: TermMap,
+        *,
+        dataset_id: str | None = None,
+        delete_all: bool = False,
+    ) -> None:
         old = self._load(tenant, entity_id)
         instances = old.get(attr)
         if not instances:
             raise ResourceNotFound(f"entity {entity_id} has no attribute {terms.compact(attr)}")
         keep = [] if delete_all else [i for i in instances if i.get("datasetId") != dataset_id]
         if len(keep) == len(instances):
-            raise ResourceNotFound(f"attribute {terms.compact(attr)} of {entity_id} has no instance with datasetId "
-                                   f"{dataset_id or '(default)'}")
+            raise ResourceNotFound(
+                f"attribute {terms.compact(attr)} of {entity_id} has no instance with datasetId "
+                f"{dataset_id or '(default)'}"
+            )
         entity = dict(old)
         if keep:
             entity[attr] = keep
@@ -238,8 +270,7 @@ class EntityService:
         entity["modifiedAt"] = self.clock()
         self._commit(tenant, "updated", [entity], [old], [])
 
-    def merge(self, tenant: str, entity_id: str, body: Any, terms: TermMap, *,
-              observed_at: str | None = None) -> None:
+    def merge(self, tenant: str, entity_id: str, body: Any, terms: TermMap, *, observed_at: str | None = None) -> None:
         """§5.6.17 merge-patch: attributes present are added or overwritten; urn:ngsi-ld:null deletes."""
         old = self._load(tenant, entity_id)
         entity = self._merged(old, body, terms, self.clock(), observed_at)
@@ -248,7 +279,9 @@ class EntityService:
     def _merged(self, old: Entity, body: Any, terms: TermMap, now: str, observed_at: str | None = None) -> Entity:
         if not isinstance(body, dict):
             raise BadRequestData("the request body must be a JSON object")
-        deletions = {terms.expand(k) for k, v in body.items() if v == NULL or (isinstance(v, dict) and v.get("value") == NULL)}
+        deletions = {
+            terms.expand(k) for k, v in body.items() if v == NULL or (isinstance(v, dict) and v.get("value") == NULL)
+        }
         rest = {k: v for k, v in body.items() if terms.expand(k) not in deletions}
         fragment = self._fragment(rest, terms, now, old)
         entity = dict(old)
@@ -292,8 +325,16 @@ class EntityService:
 
     # -- batch -------------------------------------------------------------------------------
 
-    def batch(self, tenant: str, op: str, items: Any, terms_for: Callable[[Any], TermMap], *,
-              replace: bool = True, no_overwrite: bool = False) -> BatchResult:
+    def batch(
+        self,
+        tenant: str,
+        op: str,
+        items: Any,
+        terms_for: Callable[[Any], TermMap],
+        *,
+        replace: bool = True,
+        no_overwrite: bool = False,
+    ) -> BatchResult:
         """§5.6.7–5.6.10, §5.6.20: each item succeeds or fails on its own; all successes are written
         in one store call. An id appearing twice in one batch is a conflict for the later items."""
         if not isinstance(items, list):

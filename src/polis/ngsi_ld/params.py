@@ -43,7 +43,9 @@ def parse_options(params: Mapping[str, str], *, allowed: set[str]) -> Options:
     flags = set()
     for word in words:
         if word not in allowed:
-            raise InvalidRequest(f"unsupported options/format value '{word}'; allowed here: {', '.join(sorted(allowed))}")
+            raise InvalidRequest(
+                f"unsupported options/format value '{word}'; allowed here: {', '.join(sorted(allowed))}"
+            )
         if word in REPRESENTATIONS:
             candidate = "keyValues" if word == "simplified" else word
             if fmt != "normalized" and candidate != fmt:
@@ -195,7 +197,10 @@ def parse_q_param(raw: str | None, terms: TermMap) -> QExpr | None:
 
 def parse_geo_params(params: Mapping[str, str], terms: TermMap) -> GeoQuery | None:
     return parse_geoquery(
-        params.get("georel"), params.get("geometry"), params.get("coordinates"), params.get("geoproperty"),
+        params.get("georel"),
+        params.get("geometry"),
+        params.get("coordinates"),
+        params.get("geoproperty"),
         terms.expand,
     )
 
@@ -216,5 +221,6 @@ def parse_datetime(raw: str, name: str) -> datetime:
 def check_known(params: Mapping[str, str], known: set[str]) -> None:
     unknown = sorted(set(params) - known)
     if unknown:
-        raise InvalidRequest(f"unknown query parameter(s): {', '.join(unknown)}; this endpoint accepts: "
-                             f"{', '.join(sorted(known))}")
+        raise InvalidRequest(
+            f"unknown query parameter(s): {', '.join(unknown)}; this endpoint accepts: {', '.join(sorted(known))}"
+        )

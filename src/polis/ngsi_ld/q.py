@@ -47,7 +47,7 @@ from polis.domain.errors import BadRequestData
 
 MAX_Q_LENGTH = 4096
 MAX_DEPTH = 64  # parentheses
-MAX_TERMS = 256  # conditions; each becomes a sub-query in SQL
+MAX_TERMS = 64  # conditions; SQL evaluates each on every row of the paths involved
 MAX_KEYS = 8  # depth of a [k1.k2...] key path; the index stores no deeper keys
 MEMBERS = frozenset({"observedAt", "createdAt", "modifiedAt", "unitCode", "datasetId"})
 OPERATORS = ("==", "!=", ">", ">=", "<", "<=", "~=", "!~=")

@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal, cast
 
 from polis.domain.entity import ENTITY_MEMBERS, Entity, HistoryInstance, Instance
 from polis.domain.errors import BadRequestData, ResourceNotFound
@@ -23,9 +23,14 @@ from polis.ngsi_ld.params import parse_datetime, parse_int
 from polis.store.base import EntityQuery, TemporalAttribute, TemporalQuery
 
 AGGREGATION_METHODS = ("totalCount", "distinctCount", "sum", "avg", "min", "max", "stddev", "sumsq")
-VALUES_MEMBER = {"Relationship": ("objects", "object"), "LanguageProperty": ("languageMaps", "languageMap"),
-                 "VocabProperty": ("vocabs", "vocab"), "JsonProperty": ("jsons", "json"),
-                 "ListProperty": ("valueLists", "valueList"), "ListRelationship": ("objectLists", "objectList")}
+VALUES_MEMBER = {
+    "Relationship": ("objects", "object"),
+    "LanguageProperty": ("languageMaps", "languageMap"),
+    "VocabProperty": ("vocabs", "vocab"),
+    "JsonProperty": ("jsons", "json"),
+    "ListProperty": ("valueLists", "valueList"),
+    "ListRelationship": ("objectLists", "objectList"),
+}
 
 
 def parse_temporal_query(params: Mapping[str, str], attrs: tuple[str, ...], max_instances: int) -> TemporalQuery:
@@ -48,8 +53,14 @@ def parse_temporal_query(params: Mapping[str, str], attrs: tuple[str, ...], max_
     if start is not None and stop is not None and stop <= start:
         raise BadRequestData("endTimeAt must be after timeAt")
     last_n = parse_int(params, "lastN", minimum=1)
-    return TemporalQuery(attrs=attrs, timerel=timerel, time_at=start, end_time_at=stop,  # type: ignore[arg-type]
-                         last_n=last_n, max_instances=max_instances)
+    return TemporalQuery(
+        attrs=attrs,
+        timerel=cast(Literal["before", "after", "between"] | None, timerel),
+        time_at=start,
+        end_time_at=stop,  # type: ignore[arg-type]
+        last_n=last_n,
+        max_instances=max_instances,
+    )
 
 
 _DURATION = re.compile(
@@ -64,8 +75,9 @@ def parse_duration(text: str) -> timedelta:
     if not m or text in ("P", "PT") or text.endswith("T"):
         raise BadRequestData(f"aggrPeriodDuration must be an ISO 8601 duration such as PT1H, got '{text}'")
     g = {k: float(v) if v else 0.0 for k, v in m.groupdict().items()}
-    return timedelta(days=g["y"] * 365 + g["mo"] * 30 + g["w"] * 7 + g["d"], hours=g["h"], minutes=g["mi"],
-                     seconds=g["s"])
+    return timedelta(
+        days=g["y"] * 365 + g["mo"] * 30 + g["w"] * 7 + g["d"], hours=g["h"], minutes=g["mi"], seconds=g["s"]
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,14 +133,16 @@ class TemporalService:
         self.entities.bus.publish(EntityChange(tenant, "temporal", entity_id, current, old))
         return old is None
 
-    def query(self, tenant: str, query: EntityQuery, temporal: TemporalQuery) -> tuple[list[Entity], int | None,
-                                                                                     dict[str, dict[str, TemporalAttribute]]]:
+    def query(
+        self, tenant: str, query: EntityQuery, temporal: TemporalQuery
+    ) -> tuple[list[Entity], int | None, dict[str, dict[str, TemporalAttribute]]]:
         found = self.store.query(tenant, query)
         ids = [e["id"] for e in found.entities]
         return found.entities, found.count, self.store.temporal(tenant, ids, temporal)
 
-    def retrieve(self, tenant: str, entity_id: str, temporal: TemporalQuery) -> tuple[Entity,
-                                                                                       dict[str, TemporalAttribute]]:
+    def retrieve(
+        self, tenant: str, entity_id: str, temporal: TemporalQuery
+    ) -> tuple[Entity, dict[str, TemporalAttribute]]:
         validate_entity_id(entity_id)
         found = self.store.get(tenant, [entity_id]).get(entity_id)
         if found is None:
@@ -147,23 +161,31 @@ class TemporalService:
         if not self.store.delete_history(tenant, validate_entity_id(entity_id), attr, instance_id):
             raise ResourceNotFound(f"no instance {instance_id} of that attribute of {entity_id}")
 
-    def modify_instance(self, tenant: str, entity_id: str, attr: str, instance_id: str, body: Any,
-                        terms: TermMap) -> None:
+    def modify_instance(
+        self, tenant: str, entity_id: str, attr: str, instance_id: str, body: Any, terms: TermMap
+    ) -> None:
         validate_entity_id(entity_id)
         instance = self._single_instance(attr, body, terms)
         observed = instance.get("observedAt")
         if observed is None:
             raise BadRequestData("the instance needs observedAt")
         stored = {k: v for k, v in instance.items() if k not in ("createdAt", "modifiedAt")}
-        if not self.store.replace_instance(tenant, entity_id, attr, instance_id, stored,  # type: ignore[attr-defined]
-                                           parse_observed_at(observed)):
+        if not self.store.replace_instance(
+            tenant,
+            entity_id,
+            attr,
+            instance_id,
+            stored,  # type: ignore[attr-defined]
+            parse_observed_at(observed),
+        ):
             raise ResourceNotFound(f"no instance {instance_id} of that attribute of {entity_id}")
 
     def _single_instance(self, attr: str, body: Any, terms: TermMap) -> Instance:
         if not isinstance(body, dict):
             raise BadRequestData("the request body must be a JSON object")
-        fragment = expand_fragment({terms.compact(attr): body} if "type" in body or "value" in body else body,
-                                   terms, self.entities.clock())
+        fragment = expand_fragment(
+            {terms.compact(attr): body} if "type" in body or "value" in body else body, terms, self.entities.clock()
+        )
         instances = fragment.get(attr)
         if not instances or len(instances) != 1:
             raise BadRequestData(f"the body must hold exactly one instance of {terms.compact(attr)}")
@@ -180,17 +202,24 @@ def _instances_of(entity: Entity) -> list[HistoryInstance]:
             if observed is None:
                 raise BadRequestData("every temporal instance needs observedAt")
             stored = {k: v for k, v in instance.items() if k not in ("createdAt", "modifiedAt")}
-            items.append(HistoryInstance(entity["id"], name, parse_observed_at(observed), stored,
-                                         instance.get("datasetId")))
+            items.append(
+                HistoryInstance(entity["id"], name, parse_observed_at(observed), stored, instance.get("datasetId"))
+            )
     return items
 
 
 # -- representation ---------------------------------------------------------------------------
 
 
-def render_temporal_entity(entity: Entity, history: dict[str, TemporalAttribute], terms: TermMap, *,
-                           fmt: str = "normalized", aggregation: Aggregation | None = None,
-                           temporal: TemporalQuery | None = None) -> dict[str, Any]:
+def render_temporal_entity(
+    entity: Entity,
+    history: dict[str, TemporalAttribute],
+    terms: TermMap,
+    *,
+    fmt: str = "normalized",
+    aggregation: Aggregation | None = None,
+    temporal: TemporalQuery | None = None,
+) -> dict[str, Any]:
     types = [terms.compact(t) for t in entity["type"]]
     out: dict[str, Any] = {"id": entity["id"], "type": types[0] if len(types) == 1 else types}
     for attr, slot in history.items():
@@ -217,8 +246,9 @@ def _temporal_values(instances: Sequence[Instance], terms: TermMap) -> dict[str,
     return {"type": kind, plural: [[i.get(member), i["observedAt"]] for i in instances]}
 
 
-def _aggregated(instances: Sequence[Instance], aggregation: Aggregation, temporal: TemporalQuery | None
-                ) -> dict[str, Any]:
+def _aggregated(
+    instances: Sequence[Instance], aggregation: Aggregation, temporal: TemporalQuery | None
+) -> dict[str, Any]:
     kind = instances[0].get("type", "Property") if instances else "Property"
     out: dict[str, Any] = {"type": kind}
     if not instances:
@@ -232,8 +262,10 @@ def _aggregated(instances: Sequence[Instance], aggregation: Aggregation, tempora
         grouped: dict[int, list[int]] = {}
         for index, ts in enumerate(times):
             grouped.setdefault(int((ts - start) // aggregation.period), []).append(index)
-        buckets = [(start + k * aggregation.period, start + (k + 1) * aggregation.period, v)
-                   for k, v in sorted(grouped.items())]
+        buckets = [
+            (start + k * aggregation.period, start + (k + 1) * aggregation.period, v)
+            for k, v in sorted(grouped.items())
+        ]
     for method in aggregation.methods:
         series = []
         for lo, hi, members in buckets:

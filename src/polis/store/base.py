@@ -27,10 +27,10 @@ class EntityQuery:
 
     ids: tuple[str, ...] = ()
     id_pattern: str | None = None
-    types: "TypeSelector | None" = None
+    types: TypeSelector | None = None
     attrs: tuple[str, ...] = ()  # entity must have at least one of these
-    q: "QExpr | None" = None
-    geo: "GeoQuery | None" = None
+    q: QExpr | None = None
+    geo: GeoQuery | None = None
     scope_q: str | None = None
     limit: int | None = 20
     offset: int = 0
@@ -109,6 +109,10 @@ class Store(Protocol):
 
     def ensure_tenant(self, tenant: str) -> None: ...
 
+    def has_tenant(self, tenant: str) -> bool: ...
+
+    def entity_count(self, tenant: str) -> int: ...
+
     def get(self, tenant: str, ids: Sequence[str]) -> dict[str, Entity]:
         """Current state of the entities that exist among `ids`."""
         ...
@@ -126,12 +130,27 @@ class Store(Protocol):
 
     def query(self, tenant: str, query: EntityQuery) -> QueryResult: ...
 
-    def temporal(self, tenant: str, ids: Sequence[str], query: TemporalQuery) -> dict[str, dict[str, TemporalAttribute]]:
+    def temporal(
+        self, tenant: str, ids: Sequence[str], query: TemporalQuery
+    ) -> dict[str, dict[str, TemporalAttribute]]:
         """Instances per entity id and attribute IRI, oldest first."""
         ...
 
-    def delete_history(self, tenant: str, entity_id: str, attribute: str | None = None,
-                       instance_id: str | None = None) -> int: ...
+    def delete_history(
+        self, tenant: str, entity_id: str, attribute: str | None = None, instance_id: str | None = None
+    ) -> int: ...
+
+    def replace_instance(
+        self,
+        tenant: str,
+        entity_id: str,
+        attribute: str,
+        instance_id: str,
+        instance: dict[str, Any],
+        observed_at: datetime,
+    ) -> bool:
+        """Overwrite one stored temporal instance; False when it does not exist."""
+        ...
 
     def bulk_history(self, tenant: str, columns: HistoryColumns) -> int:
         """Append numeric observations, skipping any (entity, attribute, observedAt) already stored;

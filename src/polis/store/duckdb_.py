@@ -17,7 +17,8 @@ itself, and writes must be serialised anyway.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,9 @@ def _is_plain_number(instance: dict[str, Any]) -> bool:
     value = instance.get("value")
     if instance.get("type", "Property") != "Property" or isinstance(value, bool) or not isinstance(value, int | float):
         return False
-    return all(k in ("type", "value", "observedAt", "unitCode", "createdAt", "modifiedAt", "datasetId") for k in instance)
+    return all(
+        k in ("type", "value", "observedAt", "unitCode", "createdAt", "modifiedAt", "datasetId") for k in instance
+    )
 
 
 class DuckDBStore:
@@ -141,17 +144,27 @@ class DuckDBStore:
                     "SELECT id, doc FROM entities WHERE tenant = ? AND id = ?", [tenant, ids[0]]
                 ).fetchall()
             else:
-                wanted = pa.table({"id": pa.array(list(ids), pa.string())})  # noqa: F841 (scanned by DuckDB)
-                rows = self._con.execute(
-                    "SELECT e.id, e.doc FROM entities e JOIN wanted w ON e.id = w.id WHERE e.tenant = ?", [tenant]
-                ).fetchall()
+                with self._registered(wanted=pa.table({"id": pa.array(list(ids), pa.string())})):
+                    rows = self._con.execute(
+                        "SELECT e.id, e.doc FROM entities e JOIN wanted w ON e.id = w.id WHERE e.tenant = ?", [tenant]
+                    ).fetchall()
         return {eid: orjson.loads(doc) for eid, doc in rows}
+
+    @contextmanager
+    def _registered(self, **tables: pa.Table) -> Iterator[None]:
+        """Arrow tables visible to SQL by name for the duration of the block."""
+        for name, table in tables.items():
+            self._con.register(name, table)
+        try:
+            yield
+        finally:
+            for name in tables:
+                self._con.unregister(name)
 
     def existing_ids(self, tenant: str, ids: Sequence[str]) -> set[str]:
         if not ids:
             return set()
-        with self._lock:
-            wanted = pa.table({"id": pa.array(list(ids), pa.string())})  # noqa: F841
+        with self._lock, self._registered(wanted=pa.table({"id": pa.array(list(ids), pa.string())})):
             rows = self._con.execute(
                 "SELECT e.id FROM entities e JOIN wanted w ON e.id = w.id WHERE e.tenant = ?", [tenant]
             ).fetchall()
@@ -166,50 +179,57 @@ class DuckDBStore:
     ) -> None:
         if not (upserts or deletes or history):
             return
-        entity_table, attrs_table, index_table, geo_table = self._index_tables(upserts)
-        history_table = self._history_table(history) if history else None
         touched = [e["id"] for e in upserts] + list(deletes)
         with self._lock:
             self.ensure_tenant(tenant)
+            # Keep each entity's creation order across replacements; new ones go to the end.
+            seqs = self._seqs(tenant, [e["id"] for e in upserts])
+            for entity in upserts:
+                if entity["id"] not in seqs:
+                    seqs[entity["id"]] = self._next_seq
+                    self._next_seq += 1
+            tables = self._index_tables(upserts, seqs)
+            tables["gone"] = pa.table({"id": pa.array(touched, pa.string())})
+            if history:
+                tables["history_rows"] = self._history_table(history)
             con = self._con
-            con.execute("BEGIN TRANSACTION")
-            try:
-                if touched:
-                    gone = pa.table({"id": pa.array(touched, pa.string())})  # noqa: F841
-                    seqs = dict(
-                        con.execute(
-                            "SELECT e.id, e.seq FROM entities e JOIN gone g ON e.id = g.id WHERE e.tenant = ?",
-                            [tenant],
-                        ).fetchall()
-                    )
-                    for table, key in (("entities", "id"), ("entity_attrs", "eid"), ("attr_index", "eid"),
-                                       ("geo_index", "eid")):
-                        con.execute(f"DELETE FROM {table} WHERE tenant = ? AND {key} IN (SELECT id FROM gone)",
-                                    [tenant])
-                if upserts:
-                    # Keep each entity's creation order across replacements; new ones go to the end.
-                    seq_column = []
-                    for eid in entity_table.column("id").to_pylist():
-                        if eid in seqs:
-                            seq_column.append(seqs[eid])
-                        else:
-                            seq_column.append(self._next_seq)
-                            self._next_seq += 1
-                    entity_table = entity_table.set_column(3, "seq", pa.array(seq_column, pa.int64()))
-                    con.execute("INSERT INTO entities SELECT ?, id, types, doc, seq FROM entity_table", [tenant])
-                    con.execute("INSERT INTO entity_attrs SELECT ?, eid, attr, kind FROM attrs_table", [tenant])
-                    if index_table.num_rows:
-                        con.execute("INSERT INTO attr_index SELECT ?, * FROM index_table", [tenant])
-                    if geo_table.num_rows:
-                        con.execute("INSERT INTO geo_index SELECT ?, * FROM geo_table", [tenant])
-                if history_table is not None:
-                    con.execute("INSERT INTO history SELECT ?, * FROM history_table", [tenant])
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+            with self._registered(**tables):
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    if touched:
+                        for table, key in (
+                            ("entities", "id"),
+                            ("entity_attrs", "eid"),
+                            ("attr_index", "eid"),
+                            ("geo_index", "eid"),
+                        ):
+                            con.execute(
+                                f"DELETE FROM {table} WHERE tenant = ? AND {key} IN (SELECT id FROM gone)", [tenant]
+                            )
+                    if upserts:
+                        con.execute("INSERT INTO entities SELECT ?, * FROM entity_rows", [tenant])
+                        con.execute("INSERT INTO entity_attrs SELECT ?, * FROM attr_rows", [tenant])
+                        if tables["index_rows"].num_rows:
+                            con.execute("INSERT INTO attr_index SELECT ?, * FROM index_rows", [tenant])
+                        if tables["geo_rows"].num_rows:
+                            con.execute("INSERT INTO geo_index SELECT ?, * FROM geo_rows", [tenant])
+                    if history:
+                        con.execute("INSERT INTO history SELECT ?, * FROM history_rows", [tenant])
+                    con.execute("COMMIT")
+                except BaseException:
+                    con.execute("ROLLBACK")
+                    raise
 
-    def _index_tables(self, upserts: Sequence[Entity]) -> tuple[pa.Table, pa.Table, pa.Table, pa.Table]:
+    def _seqs(self, tenant: str, ids: list[str]) -> dict[str, int]:
+        if not ids:
+            return {}
+        with self._registered(wanted=pa.table({"id": pa.array(ids, pa.string())})):
+            rows = self._con.execute(
+                "SELECT e.id, e.seq FROM entities e JOIN wanted w ON e.id = w.id WHERE e.tenant = ?", [tenant]
+            ).fetchall()
+        return dict(rows)
+
+    def _index_tables(self, upserts: Sequence[Entity], seqs: dict[str, int]) -> dict[str, pa.Table]:
         ids, types, docs = [], [], []
         attr_rows: list[tuple[str, str, str]] = []
         index_rows: list[tuple[Any, ...]] = []
@@ -225,12 +245,19 @@ class DuckDBStore:
             index_rows.extend(attr_index_rows(entity))
             geo_rows.extend(geo_index_rows(entity))
         entity_table = pa.table(
-            [pa.array(ids, pa.string()), pa.array(types, pa.list_(pa.string())), pa.array(docs, pa.string()),
-             pa.array([0] * len(ids), pa.int64())],
+            [
+                pa.array(ids, pa.string()),
+                pa.array(types, pa.list_(pa.string())),
+                pa.array(docs, pa.string()),
+                pa.array([seqs[i] for i in ids], pa.int64()),
+            ],
             schema=_ENTITY_SCHEMA,
         )
         attrs_table = pa.table(
-            {k: pa.array(list(v), pa.string()) for k, v in zip(("eid", "attr", "kind"), _columns(attr_rows, 3))}
+            {
+                k: pa.array(list(v), pa.string())
+                for k, v in zip(("eid", "attr", "kind"), _columns(attr_rows, 3), strict=True)
+            }
         )
         index_cols = _columns(index_rows, 5)
         index_table = pa.table(
@@ -243,11 +270,12 @@ class DuckDBStore:
             }
         )
         geo_cols = _columns(geo_rows, 12)
-        geo_types = [pa.string(), pa.string(), pa.string()] + [pa.float64()] * 6 + [pa.uint64(), pa.uint64(),
-                                                                                   pa.string()]
+        geo_types = (
+            [pa.string(), pa.string(), pa.string()] + [pa.float64()] * 6 + [pa.uint64(), pa.uint64(), pa.string()]
+        )
         geo_names = ["eid", "attr", "gtype", "lon", "lat", "minx", "miny", "maxx", "maxy", "h3", "h3_r6", "geojson"]
-        geo_table = pa.table({n: pa.array(c, t) for n, c, t in zip(geo_names, geo_cols, geo_types)})
-        return entity_table, attrs_table, index_table, geo_table
+        geo_table = pa.table({n: pa.array(c, t) for n, c, t in zip(geo_names, geo_cols, geo_types, strict=True)})
+        return {"entity_rows": entity_table, "attr_rows": attrs_table, "index_rows": index_table, "geo_rows": geo_table}
 
     def _history_table(self, history: Sequence[HistoryInstance]) -> pa.Table:
         cols: dict[str, list[Any]] = {name: [] for name in _HISTORY_SCHEMA.names}
@@ -264,8 +292,8 @@ class DuckDBStore:
                 cols["doc"].append(None)
             else:
                 value = instance.get("value")
-                is_num = isinstance(value, int | float) and not isinstance(value, bool)
-                cols["num"].append(float(value) if is_num else None)
+                numeric = isinstance(value, int | float) and not isinstance(value, bool)
+                cols["num"].append(float(value) if numeric and value is not None else None)
                 cols["doc"].append(orjson.dumps(instance).decode())
             cols["unit_code"].append(instance.get("unitCode"))
         return pa.table(cols, schema=_HISTORY_SCHEMA)
@@ -288,7 +316,9 @@ class DuckDBStore:
                 params.append(list(group))
             clauses.append("(" + " OR ".join(groups) + ")")
         if query.attrs:
-            clauses.append("e.id IN (SELECT eid FROM entity_attrs WHERE tenant = ? AND attr IN (SELECT unnest(?::VARCHAR[])))")
+            clauses.append(
+                "e.id IN (SELECT eid FROM entity_attrs WHERE tenant = ? AND attr IN (SELECT unnest(?::VARCHAR[])))"
+            )
             params.extend([tenant, list(query.attrs)])
         if query.q is not None:
             sql, q_params = q_to_sql(query.q, tenant)
@@ -406,8 +436,15 @@ class DuckDBStore:
             row = self._con.execute(f"DELETE FROM history WHERE {' AND '.join(clauses)} RETURNING 1", params)
             return len(row.fetchall())
 
-    def replace_instance(self, tenant: str, entity_id: str, attribute: str, instance_id: str,
-                         instance: dict[str, Any], observed_at: datetime) -> bool:
+    def replace_instance(
+        self,
+        tenant: str,
+        entity_id: str,
+        attribute: str,
+        instance_id: str,
+        instance: dict[str, Any],
+        observed_at: datetime,
+    ) -> bool:
         """Overwrite one stored temporal instance (§5.6.14); False when it does not exist."""
         number = _instance_number(instance_id)
         if number is None:
@@ -419,8 +456,16 @@ class DuckDBStore:
             rows = self._con.execute(
                 "UPDATE history SET observed_at = ?, num = ?, doc = ?, unit_code = ? "
                 "WHERE tenant = ? AND eid = ? AND attr = ? AND instance_id = ? RETURNING 1",
-                [_naive_utc(observed_at), num, None if plain else orjson.dumps(instance).decode(),
-                 instance.get("unitCode"), tenant, entity_id, attribute, number],
+                [
+                    _naive_utc(observed_at),
+                    num,
+                    None if plain else orjson.dumps(instance).decode(),
+                    instance.get("unitCode"),
+                    tenant,
+                    entity_id,
+                    attribute,
+                    number,
+                ],
             ).fetchall()
         return bool(rows)
 
@@ -541,7 +586,7 @@ def _geo_match(query: EntityQuery, doc: Entity) -> bool:
 def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
     if not rows:
         return [[] for _ in range(width)]
-    return [list(col) for col in zip(*rows)]
+    return [list(col) for col in zip(*rows, strict=True)]
 
 
 def _number(value: float) -> int | float:
