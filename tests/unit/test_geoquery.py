@@ -322,9 +322,10 @@ PENTAGON = h3.cell_to_latlng(h3.get_pentagons(6)[0])
 @settings(deadline=None, max_examples=200)
 @given(lon=st.floats(-180, 180), lat=st.floats(-90, 90), distance=st.floats(0, 40_000),
        bearing=st.floats(0, 360), fraction=st.floats(0, 1))
-@example(lon=179.99, lat=0.0, distance=5000.0, bearing=90.0, fraction=1.0)
-@example(lon=10.0, lat=89.99, distance=3000.0, bearing=0.0, fraction=1.0)
-@example(lon=PENTAGON[1], lat=PENTAGON[0], distance=8000.0, bearing=200.0, fraction=1.0)
+@example(lon=179.99, lat=0.0, distance=5000.0, bearing=90.0, fraction=0.999)  # across the antimeridian
+@example(lon=10.0, lat=89.99, distance=3000.0, bearing=0.0, fraction=0.999)  # over the pole
+@example(lon=10.0, lat=89.9, distance=8000.0, bearing=43.9, fraction=0.999)  # widest longitude short of the pole
+@example(lon=PENTAGON[1], lat=PENTAGON[0], distance=8000.0, bearing=200.0, fraction=0.999)
 # Points whose resolution-9 cell has a parent other than the resolution-6 cell holding them, at the
 # circle's edge: found by search, they need the extra ring.
 @example(lon=-147.0846281618829, lat=0.6743391065219555, distance=369.85715692409326, bearing=29.7341,

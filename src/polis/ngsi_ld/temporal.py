@@ -175,7 +175,7 @@ class TemporalService:
             entity_id,
             attr,
             instance_id,
-            stored,  # type: ignore[attr-defined]
+            stored,
             parse_observed_at(observed),
         ):
             raise ResourceNotFound(f"no instance {instance_id} of that attribute of {entity_id}")
