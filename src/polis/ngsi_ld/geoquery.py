@@ -81,6 +81,9 @@ def parse_geoquery(
             f"a geo-query needs georel, geometry and coordinates together; missing: {', '.join(missing)}"
         )
     assert georel is not None and geometry is not None and coordinates is not None
+    for name, text in (("georel", georel), ("geometry", geometry)):
+        if not isinstance(text, str):  # the JSON forms could carry anything here
+            raise BadRequestData(f"{name} must be a string; got {_show(text)}")
     relation, max_distance, min_distance = _parse_georel(georel)
     gtype = geometry.strip()
     if gtype not in GEOMETRY_TYPES:
@@ -329,9 +332,18 @@ def _relation_matcher(query: GeoQuery) -> Matcher:
 
 def geometry_shape(geometry: dict[str, Any]) -> BaseGeometry:
     """The shapely geometry of a GeoJSON one, 2-D, with invalid polygons repaired so GEOS can relate them."""
-    built = shape({"type": geometry["type"], "coordinates": geometry["coordinates"]})
+    try:
+        built = shape({"type": geometry["type"], "coordinates": geometry["coordinates"]})
+    except ValueError:  # positions of mixed dimension (some with altitude) make a ragged array
+        built = shape({"type": geometry["type"], "coordinates": _planar(geometry["coordinates"])})
     if built.has_z:
         built = shapely.force_2d(built)
     if geometry["type"] in ("Polygon", "MultiPolygon") and not built.is_valid:
         built = shapely.make_valid(built)
     return built
+
+
+def _planar(coordinates: Any) -> Any:
+    if coordinates and not isinstance(coordinates[0], list | tuple):
+        return list(coordinates[:2])
+    return [_planar(part) for part in coordinates]

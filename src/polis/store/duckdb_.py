@@ -114,6 +114,11 @@ class DuckDBStore:
         self._next_seq = self._scalar("SELECT COALESCE(max(seq), 0) + 1 FROM entities")
         self._next_instance = self._scalar("SELECT COALESCE(max(instance_id), 0) + 1 FROM history")
         self._tenants = {row[0] for row in self._con.execute("SELECT name FROM tenants").fetchall()}
+        # (tenant, attribute) pairs that hold a non-Point geometry: `near` on the others is decided in SQL alone.
+        # Only ever grows (a conservative answer stays correct after the shapes are deleted).
+        self._shaped: set[tuple[str, str]] = set(
+            self._con.execute("SELECT DISTINCT tenant, attr FROM geo_index WHERE gtype <> 'Point'").fetchall()
+        )
 
     def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         row = self._con.execute(sql, list(params)).fetchone()
@@ -212,6 +217,12 @@ class DuckDBStore:
                         if tables["index_rows"].num_rows:
                             con.execute("INSERT INTO attr_index SELECT ?, * FROM index_rows", [tenant])
                         if tables["geo_rows"].num_rows:
+                            geo = tables["geo_rows"]
+                            for attr, gtype in zip(
+                                geo.column("attr").to_pylist(), geo.column("gtype").to_pylist(), strict=True
+                            ):
+                                if gtype != "Point":
+                                    self._shaped.add((tenant, attr))
                             con.execute("INSERT INTO geo_index SELECT ?, * FROM geo_rows", [tenant])
                     if history:
                         con.execute("INSERT INTO history SELECT ?, * FROM history_rows", [tenant])
@@ -300,8 +311,10 @@ class DuckDBStore:
 
     # -- queries ---------------------------------------------------------------------------------
 
-    def _where(self, tenant: str, query: EntityQuery) -> tuple[str, list[Any]]:
+    def _where(self, tenant: str, query: EntityQuery) -> tuple[str, list[Any], bool]:
+        """The WHERE clause, its parameters, and whether SQL alone decides the answer (else a geometry check)."""
         clauses = ["e.tenant = ?"]
+        exact = True
         params: list[Any] = [tenant]
         if query.ids:
             clauses.append("e.id IN (SELECT unnest(?::VARCHAR[]))")
@@ -325,14 +338,18 @@ class DuckDBStore:
             clauses.append(sql)
             params.extend(q_params)
         if query.geo is not None:
-            sql, geo_params, _exact = geo_to_sql(query.geo, tenant)
+            sql, geo_params, exact = self._geo_sql(tenant, query)
             clauses.append(sql)
             params.extend(geo_params)
-        return " AND ".join(clauses), params
+        return " AND ".join(clauses), params, exact
+
+    def _geo_sql(self, tenant: str, query: EntityQuery) -> tuple[str, list[Any], bool]:
+        assert query.geo is not None
+        points_only = (tenant, query.geo.geoproperty) not in self._shaped
+        return geo_to_sql(query.geo, tenant, points_only=points_only)
 
     def query(self, tenant: str, query: EntityQuery) -> QueryResult:
-        where, params = self._where(tenant, query)
-        exact = query.geo is None or geo_to_sql(query.geo, tenant)[2]
+        where, params, exact = self._where(tenant, query)
         with self._lock:
             if exact:
                 count = None

@@ -25,6 +25,7 @@ from typing import Any
 
 import h3
 import orjson
+from shapely.errors import ShapelyError
 
 from polis.domain.entity import Entity, attribute_names
 from polis.domain.errors import BadRequestData
@@ -49,6 +50,7 @@ H3_RESOLUTION = 9
 H3_COARSE_RESOLUTION = 6
 MAX_RING_CELLS = 500
 _EPS_DEG = 1e-9  # widens every box a little, so rounding can only add candidates, never lose one
+_BOX = ("minx", "miny", "maxx", "maxy")
 
 GeoRow = tuple[str, str, str, float | None, float | None, float | None, float | None, float | None, float | None,
                int | None, int | None, str]
@@ -87,7 +89,10 @@ def _row(eid: str, attr: str, geometry: Any) -> GeoRow | None:
         cell, coarse = _cells(lon, lat)
         return eid, attr, gtype, lon, lat, lon, lat, lon, lat, cell, coarse, text
     # The box of the repaired shape, the one `matches` evaluates, so the prefilter agrees with it.
-    shaped = geometry_shape(geometry)
+    try:
+        shaped = geometry_shape(geometry)
+    except (ValueError, ShapelyError):  # what GEOS cannot build, `matches` cannot match either
+        return None
     if shaped.is_empty:
         return eid, attr, gtype, None, None, None, None, None, None, None, None, text
     minx, miny, maxx, maxy = shaped.bounds
@@ -223,9 +228,6 @@ def _near_sql(query: GeoQuery, points_only: bool) -> tuple[str, list[object], bo
         return " AND ".join(["gtype = 'Point'", *common, *exact_tests]), [*common_params, *exact_params], True
     either = f"(gtype <> 'Point' OR ({' AND '.join(exact_tests)}))"
     return " AND ".join([*common, either]), [*common_params, *exact_params], False
-
-
-_BOX = ("minx", "miny", "maxx", "maxy")
 
 
 def _window_sql(window: NearWindow, minx: str, miny: str, maxx: str, maxy: str) -> tuple[str, list[object]]:

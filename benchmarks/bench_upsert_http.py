@@ -1,0 +1,212 @@
+"""Batch upsert over HTTP: entity updates per second into a hub that holds 100,000 entities.
+
+Target (2 cores, load generator included): >= 20,000 entity updates/s.
+
+Phases, all on the same hub state:
+1. create: HUB_SIZE TrafficFlowObserved entities POSTed to /entityOperations/upsert in batches of BATCH
+   (new entities; reported, not the target);
+2. the database is copied twice, so the in-process levels start from the very same state;
+3. HTTP updates: ROUNDS timed rounds (after WARMUP_ROUNDS) each upserting UPDATED entities with the next
+   5-minute Los-loop reading (new speed, intensity and observedAt, so every update also adds 2 history
+   instances), by CLIENT_THREADS client threads with keep-alive httpx clients and pre-encoded bodies;
+4. the same rounds in process: the service (orjson.loads + EntityService.batch, what the route calls)
+   and the store (DuckDBStore.write of the already-expanded documents: the upper bound);
+5. the naive client: one entity per upsert request, NAIVE entities per round.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from benchmarks.common import (
+    JSON_HEADERS,
+    READY_PATH,
+    City,
+    batches,
+    check,
+    city,
+    cleanup,
+    expanded,
+    fresh_dir,
+    running_server,
+    save,
+    say,
+    sdm_terms,
+    throughput,
+    verdict,
+)
+
+TARGET_PER_S = 20_000.0
+HUB_SIZE = 100_000
+UPDATED = 10_000  # entities per timed round
+BATCH = 1_000
+ROUNDS = 5
+WARMUP_ROUNDS = 1
+CLIENT_THREADS = (1, 2)
+NAIVE = 1_000
+UPSERT = "/ngsi-ld/v1/entityOperations/upsert"
+
+
+def _bodies(c: City, indices: Sequence[int], round_: int, size: int) -> list[bytes]:
+    return [orjson.dumps(batch) for batch in batches(c, indices, round_, size)]
+
+
+def _post_all(url: str, bodies: Sequence[bytes], threads: int) -> float:
+    """Seconds to POST every body, split over `threads` clients (each a keep-alive connection)."""
+    clients = [httpx.Client(base_url=url, timeout=120.0) for _ in range(threads)]
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            for body in bodies[k::threads]:
+                check(clients[k].post(UPSERT, content=body, headers=JSON_HEADERS), 201, 204)
+        except BaseException as error:  # reported after the join
+            errors.append(error)
+
+    try:
+        for client in clients:  # open the connections before the clock starts
+            client.get(READY_PATH)
+        workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+        start = time.perf_counter()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        elapsed = time.perf_counter() - start
+    finally:
+        for client in clients:
+            client.close()
+    if errors:
+        raise errors[0]
+    return elapsed
+
+
+def _rounds(run_round: Callable[[int], float], first_round: int) -> list[float]:
+    """Seconds of each timed round; rounds are numbered so each one carries new observations."""
+    for k in range(WARMUP_ROUNDS):
+        run_round(first_round + k)
+    return [run_round(first_round + WARMUP_ROUNDS + k) for k in range(ROUNDS)]
+
+
+def _http_phase(hub: Path, c: City, first_round: int) -> dict[str, Any]:
+    updated = range(UPDATED)
+    out: dict[str, Any] = {}
+    with running_server(hub) as server:
+        round_ = first_round
+        for threads in CLIENT_THREADS:
+            def one(r: int, threads: int = threads) -> float:
+                return _post_all(server.url, _bodies(c, updated, r, BATCH), threads)
+
+            seconds = _rounds(one, round_)
+            round_ += WARMUP_ROUNDS + ROUNDS
+            out[f"http_{threads}_clients"] = throughput(UPDATED, seconds)
+            say(f"  HTTP batch upsert, {threads} client thread(s): "
+                f"{out[f'http_{threads}_clients']['median_per_s']:,.0f} updates/s")
+
+        def naive(r: int) -> float:
+            return _post_all(server.url, _bodies(c, range(NAIVE), r, 1), 1)
+
+        out["http_naive_single_entity"] = throughput(NAIVE, _rounds(naive, round_))
+        say(f"  HTTP one entity per request: {out['http_naive_single_entity']['median_per_s']:,.0f} updates/s")
+        out["server_memory_mib"] = server.memory_mib()
+    return out
+
+
+def _service_phase(hub: Path, c: City, first_round: int) -> dict[str, Any]:
+    from polis.platform import Platform
+    from polis.settings import Settings
+
+    platform = Platform(Settings(data_dir=hub))
+    terms = sdm_terms()
+    try:
+        def one(r: int) -> float:
+            bodies = _bodies(c, range(UPDATED), r, BATCH)
+            start = time.perf_counter()
+            for body in bodies:
+                result = platform.entities.batch("", "upsert", orjson.loads(body), lambda _item: terms)
+                if result.errors:
+                    raise RuntimeError(f"service upsert failed: {result.body()}")
+            return time.perf_counter() - start
+
+        return throughput(UPDATED, _rounds(one, first_round))
+    finally:
+        platform.close()
+
+
+def _store_phase(hub: Path, c: City, first_round: int) -> dict[str, Any]:
+    from polis.ngsi_ld.entities import utc_now
+    from polis.settings import Settings
+    from polis.store.duckdb_ import DuckDBStore
+
+    settings = Settings(data_dir=hub)
+    store = DuckDBStore(settings.database_path, threads=settings.duckdb_threads, memory_limit=settings.memory_limit)
+    try:
+        def one(r: int) -> float:
+            prepared = [expanded(batch, utc_now()) for batch in batches(c, range(UPDATED), r, BATCH)]
+            start = time.perf_counter()
+            for entities, history in prepared:
+                store.write("", upserts=entities, history=history)
+            return time.perf_counter() - start
+
+        return throughput(UPDATED, _rounds(one, first_round))
+    finally:
+        store.close()
+
+
+def run() -> dict[str, Any]:
+    say(f"bench_upsert_http: hub of {HUB_SIZE:,} entities, rounds of {UPDATED:,} updates in batches of {BATCH}")
+    work = fresh_dir("upsert")
+    try:
+        c = city(HUB_SIZE)
+        hub = work / "hub"
+        with running_server(hub) as server:
+            create_s = _post_all(server.url, _bodies(c, range(HUB_SIZE), 0, BATCH), 1)
+        say(f"  created {HUB_SIZE:,} entities over HTTP in {create_s:.1f} s ({HUB_SIZE / create_s:,.0f}/s)")
+        shutil.copytree(hub, work / "service")
+        shutil.copytree(hub, work / "store")
+        first = 1  # round 0 was the create
+        http = _http_phase(hub, c, first)
+        service = _service_phase(work / "service", c, first)
+        say(f"  in process, EntityService.batch: {service['median_per_s']:,.0f} updates/s")
+        store = _store_phase(work / "store", c, first)
+        say(f"  in process, DuckDBStore.write (upper bound): {store['median_per_s']:,.0f} updates/s")
+    finally:
+        cleanup(work)
+    best_threads = max(CLIENT_THREADS, key=lambda t: http[f"http_{t}_clients"]["median_per_s"])
+    headline = http[f"http_{best_threads}_clients"]["median_per_s"]
+    result = {
+        "target": f">= {TARGET_PER_S:,.0f} entity updates/s over HTTP",
+        "measured_per_s": headline,
+        "measured_with_client_threads": best_threads,
+        "verdict": verdict(headline, TARGET_PER_S, higher_is_better=True),
+        "setup": {"hub_entities": HUB_SIZE, "updates_per_round": UPDATED, "batch_size": BATCH,
+                  "rounds": ROUNDS, "warmup_rounds": WARMUP_ROUNDS, "history_instances_per_update": 2,
+                  "server": "polis serve: 1 uvicorn process, DuckDB threads=2",
+                  "load_generator": "httpx.Client per thread, keep-alive, bodies encoded before the clock starts"},
+        "create_over_http": {"entities": HUB_SIZE, "seconds": round(create_s, 2),
+                             "per_s": round(HUB_SIZE / create_s, 1)},
+        **http,
+        "service_in_process": service,
+        "store_in_process": store,
+        "ratios": {
+            "http_vs_store_upper_bound": round(headline / store["median_per_s"], 3),
+            "http_vs_service": round(headline / service["median_per_s"], 3),
+            "batch_vs_single_entity_requests": round(headline / http["http_naive_single_entity"]["median_per_s"], 2),
+        },
+    }
+    save("upsert_http", result)
+    say(f"  => {headline:,.0f} updates/s ({best_threads} client threads), target {TARGET_PER_S:,.0f}: "
+        f"{result['verdict']}")
+    return result
+
+
+if __name__ == "__main__":
+    run()
