@@ -38,13 +38,13 @@ def create(client: TestClient, body: dict[str, Any], headers: dict[str, str] | N
     return str(body["id"])
 
 
-def get(client: TestClient, eid: str, headers: dict[str, str] | None = None, **params: str) -> dict[str, Any]:
+def get(client: TestClient, eid: str, headers: dict[str, str] | None = None, /, **params: str) -> dict[str, Any]:
     r = client.get(f"{ENTITIES}/{eid}", params=params, headers=SDM_HDR if headers is None else headers)
     assert r.status_code == 200, r.text
     return r.json()  # type: ignore[no-any-return]
 
 
-def query(client: TestClient, headers: dict[str, str] | None = None, **params: str) -> list[dict[str, Any]]:
+def query(client: TestClient, headers: dict[str, str] | None = None, /, **params: str) -> list[dict[str, Any]]:
     r = client.get(ENTITIES, params=params, headers=SDM_HDR if headers is None else headers)
     assert r.status_code == 200, r.text
     return r.json()  # type: ignore[no-any-return]
@@ -224,6 +224,15 @@ def test_replace_with_another_id_or_unknown_entity_fails_and_writes_nothing(clie
     assert get(client, eid)["averageVehicleSpeed"]["value"] == 55.5
     r = client.put(f"{ENTITIES}/urn:ngsi-ld:TrafficFlowObserved:9", json={"intensity": 1}, headers=SDM_HDR)
     problem(r, 404, "ResourceNotFound")
+
+
+def test_replace_with_another_type_is_400_and_writes_nothing(client: TestClient) -> None:
+    # §5.6.18 (sheet §4): id and type in the body, if present, must match the entity's.
+    eid = create(client, flow(1, 55.5))
+    r = client.put(f"{ENTITIES}/{eid}", json={"type": "Vehicle", "intensity": 1}, headers=SDM_HDR)
+    problem(r, 400, "BadRequestData")
+    after = get(client, eid)
+    assert after["type"] == "TrafficFlowObserved" and after["averageVehicleSpeed"]["value"] == 55.5
 
 
 def test_merge_adds_overwrites_keeps_and_deletes_with_null(client: TestClient) -> None:
@@ -500,7 +509,10 @@ def test_query_q_alone_is_enough_and_uses_the_link_context(city: TestClient) -> 
 
 
 def test_query_without_any_filter_is_400(client: TestClient) -> None:
+    create(client, flow(1, 1.0))
     problem(client.get(ENTITIES), 400, "BadRequestData")
+    # The POST form is the same operation (§5.7.2): a Query with nothing to narrow it is refused too.
+    problem(client.post(BASE + "/entityOperations/query", json={"type": "Query"}), 400, "BadRequestData")
 
 
 POINT = "[-118.25,34.05]"

@@ -30,7 +30,7 @@ def speed(value: float, observed: str, **extra: Any) -> dict[str, Any]:
     return {"type": "Property", "value": value, "observedAt": observed, **extra}
 
 
-def history(client: TestClient, eid: str = EID, headers: dict[str, str] | None = None,
+def history(client: TestClient, eid: str = EID, headers: dict[str, str] | None = None, /,
             **params: str) -> dict[str, Any]:
     r = client.get(f"{TEMPORAL}/{eid}", params=params, headers=SDM_HDR if headers is None else headers)
     assert r.status_code == 200, r.text

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from polis import __version__
 from polis.api import routes_discovery, routes_entities, routes_temporal
@@ -34,6 +35,16 @@ def problem_response(
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
+def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route accepts on this path (Starlette reports only the first route's)."""
+    allowed = []
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
 def create_app(platform: Platform) -> FastAPI:
     app = FastAPI(
         title="Polis",
@@ -52,9 +63,12 @@ def create_app(platform: Platform) -> FastAPI:
         detail = error.detail if isinstance(error.detail, str) else title
         if error.status_code == 404:
             detail = f"no such resource: {request.method} {request.url.path}"
+        headers = getattr(error, "headers", None)
         if error.status_code == 405:
-            detail = f"{request.method} is not allowed on {request.url.path}"
-        return problem_response(error.status_code, name, title, detail, headers=getattr(error, "headers", None))
+            allowed = _allowed_methods(app, request)
+            detail = f"{request.method} is not allowed on {request.url.path}; allowed: {', '.join(allowed)}"
+            headers = {"Allow": ", ".join(allowed)}
+        return problem_response(error.status_code, name, title, detail, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> Response:

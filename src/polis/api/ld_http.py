@@ -101,8 +101,9 @@ class LdBody:
     ld: bool  # application/ld+json: the context comes from the body (per item in batches)
 
 
-async def json_body(request: Request) -> LdBody:
-    """Parse the body by §6.3.5: json + Link, or ld+json with @context in the body; anything else 415."""
+async def json_body(request: Request, *, context_document: bool = False) -> LdBody:
+    """Parse the body by §6.3.5: json + Link, or ld+json with @context in the body; anything else 415.
+    `context_document`: the body is itself an @context document (POST /jsonldContexts), not data."""
     raw = await read_body(request)
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media not in ("application/json", "application/ld+json", "application/merge-patch+json"):
@@ -129,6 +130,8 @@ async def json_body(request: Request) -> LdBody:
                     raise BadRequestData("each entity of an application/ld+json batch needs an @context member")
             return LdBody(data, None, True)
         raise BadRequestData("the request body must be a JSON object or array")
+    if context_document:
+        return LdBody(data, None, False)
     if isinstance(data, dict) and "@context" in data:
         raise BadRequestData("with Content-Type application/json the @context goes in a Link header, not the body")
     if isinstance(data, list) and any(isinstance(i, dict) and "@context" in i for i in data):
@@ -192,9 +195,9 @@ def json_response(
             body = {**body, "@context": context_value}
     elif accept == "application/geo+json":
         body = _geojson(body, geometry_property or "location")
-        out_headers["Link"] = _link_header(terms)
+        _add_link(out_headers, _link_header(terms))
     else:
-        out_headers["Link"] = _link_header(terms)
+        _add_link(out_headers, _link_header(terms))
     tenant = request.headers.get(TENANT_HEADER)
     if tenant:
         out_headers[TENANT_HEADER] = tenant
@@ -207,6 +210,11 @@ def empty_response(request: Request, status: int = 204, headers: dict[str, str] 
     if tenant:
         out[TENANT_HEADER] = tenant
     return Response(status_code=status, headers=out)
+
+
+def _add_link(headers: dict[str, str], link: str) -> None:
+    """The context Link joins any pagination links already there (one Link header, comma-separated)."""
+    headers["Link"] = f"{headers['Link']}, {link}" if headers.get("Link") else link
 
 
 def _context_value(terms: TermMap | None) -> Any:

@@ -113,7 +113,7 @@ async def attribute_info(attr_name: str, request: Request) -> Response:
 @router.post("/jsonldContexts", status_code=201, summary="Register a @context (§5.13.2)")
 async def add_context(request: Request) -> Response:
     platform = platform_of(request)
-    body = await json_body(request)
+    body = await json_body(request, context_document=True)
     if not isinstance(body.data, dict) or "@context" not in body.data:
         raise BadRequestData("the body must be a JSON object with an @context member")
     context_id = await run_in_threadpool(platform.contexts.register, body.data)
@@ -135,7 +135,12 @@ async def list_contexts(request: Request) -> Response:
 @router.get("/jsonldContexts/{context_id:path}", summary="Serve a @context (§5.13.4)")
 async def get_context(context_id: str, request: Request) -> Response:
     platform = platform_of(request)
-    document = platform.contexts.get_registered(context_id)
+    params = dict(request.query_params)
+    check_known(params, {"details"})
+    document = platform.contexts.get_registered(context_id)  # 404 when unknown
+    if parse_bool(params, "details"):
+        info = next(i for i in platform.contexts.registered() if i["id"] == context_id)
+        return json_response(request, info, None, accept="application/json")
     return Response(content=_dumps(document), media_type="application/ld+json")
 
 

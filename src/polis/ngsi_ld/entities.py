@@ -149,6 +149,11 @@ class EntityService:
         if "type" not in body:
             body["type"] = [terms.compact(t) for t in old["type"]]
         entity = expand_entity(body, terms, now)
+        if set(entity["type"]) != set(old["type"]):
+            raise BadRequestData(
+                f"the body's type {body['type']} does not match the entity's; replace keeps the type (delete and "
+                "create to change it)"
+            )
         entity["createdAt"] = old.get("createdAt", now)
         self._commit(tenant, "replaced", [entity], [old], history_of(entity))
 
@@ -283,7 +288,7 @@ class EntityService:
             terms.expand(k) for k, v in body.items() if v == NULL or (isinstance(v, dict) and v.get("value") == NULL)
         }
         rest = {k: v for k, v in body.items() if terms.expand(k) not in deletions}
-        fragment = self._fragment(rest, terms, now, old)
+        fragment = self._fragment(rest, terms, now, old, allow_empty=bool(deletions))
         entity = dict(old)
         for name in deletions:
             entity.pop(name, None)
@@ -305,7 +310,9 @@ class EntityService:
         entity["modifiedAt"] = now
         return entity
 
-    def _fragment(self, body: Any, terms: TermMap, now: str, old: Entity) -> dict[str, list[Instance]]:
+    def _fragment(
+        self, body: Any, terms: TermMap, now: str, old: Entity, *, allow_empty: bool = False
+    ) -> dict[str, list[Instance]]:
         if not isinstance(body, dict):
             raise BadRequestData("the request body must be a JSON object of attributes")
         body = dict(body)
@@ -313,8 +320,8 @@ class EntityService:
         if "id" in body and body.pop("id") != old["id"]:
             raise BadRequestData(f"the body's id does not match the entity {old['id']}")
         body.pop("type", None)
-        fragment = expand_fragment(body, terms, now)
-        if not fragment:
+        fragment = expand_fragment(body, terms, now) if body else {}
+        if not fragment and not allow_empty:
             raise BadRequestData("the request body holds no attributes")
         return fragment
 

@@ -215,7 +215,10 @@ def parse_datetime(raw: str, name: str) -> datetime:
         raise BadRequestData(f"{name} must be an ISO 8601 date-time, got '{raw}'") from None
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)  # NGSI-LD times without an offset are UTC
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise BadRequestData(f"{name} '{raw}' is outside the representable years 1-9999 in UTC") from None
 
 
 def check_known(params: Mapping[str, str], known: set[str]) -> None:

@@ -75,9 +75,10 @@ def parse_duration(text: str) -> timedelta:
     if not m or text in ("P", "PT") or text.endswith("T"):
         raise BadRequestData(f"aggrPeriodDuration must be an ISO 8601 duration such as PT1H, got '{text}'")
     g = {k: float(v) if v else 0.0 for k, v in m.groupdict().items()}
-    return timedelta(
-        days=g["y"] * 365 + g["mo"] * 30 + g["w"] * 7 + g["d"], hours=g["h"], minutes=g["mi"], seconds=g["s"]
-    )
+    days = g["y"] * 365 + g["mo"] * 30 + g["w"] * 7 + g["d"] + (g["h"] * 3600 + g["mi"] * 60 + g["s"]) / 86400
+    if days > 3_650_000:  # ten thousand years: longer than any history, and timedelta's own limit is near
+        raise BadRequestData(f"aggrPeriodDuration '{text}' is longer than any history")
+    return timedelta(days=days)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,12 @@ class TemporalService:
         if not isinstance(body, dict):
             raise BadRequestData("the request body must be a JSON object")
         entity_id = validate_entity_id(body.get("id"))
+        for name, value in body.items():
+            if name in ENTITY_MEMBERS:
+                continue
+            for instance in value if isinstance(value, list) else [value]:
+                if isinstance(instance, dict) and "observedAt" not in instance:
+                    raise BadRequestData(f"attribute '{name}': every temporal instance needs observedAt")
         old = self.store.get(tenant, [entity_id]).get(entity_id)
         if old is None:
             entity = expand_entity(body, terms, now)
@@ -257,7 +264,7 @@ def _aggregated(
     start = temporal.time_at if temporal is not None and temporal.time_at is not None else times[0]
     end = temporal.end_time_at if temporal is not None and temporal.end_time_at is not None else times[-1]
     if aggregation.period <= timedelta(0):
-        buckets = [(start, max(end, times[-1]) + timedelta(microseconds=1), list(range(len(instances))))]
+        buckets = [(start, max(end, times[-1]), list(range(len(instances))))]
     else:
         grouped: dict[int, list[int]] = {}
         for index, ts in enumerate(times):

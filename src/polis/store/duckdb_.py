@@ -427,12 +427,16 @@ class DuckDBStore:
             if slot is None:
                 slot = attrs[attr] = TemporalAttribute([])
             slot.instances.append(instance)
-        if query.last_n is None:
-            for attrs in result.values():
-                for slot in attrs.values():
-                    if len(slot.instances) > query.max_instances:
-                        del slot.instances[query.max_instances :]
-                        slot.truncated = True
+        # Over the cap: keep the oldest instances, or with lastN the newest (rows are oldest first here).
+        cap = query.max_instances
+        for attrs in result.values():
+            for slot in attrs.values():
+                if len(slot.instances) > cap:
+                    if query.last_n is None:
+                        del slot.instances[cap:]
+                    else:
+                        del slot.instances[: len(slot.instances) - cap]
+                    slot.truncated = True
         return result
 
     def delete_history(
