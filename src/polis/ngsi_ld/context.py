@@ -39,9 +39,15 @@ CORE_CONTEXT_FILE = ("ngsi-ld", "ngsi-ld-core-context-v1.9.jsonld")
 # The Smart Data Models contexts shipped in datasets_dir, under the URLs their examples cite.
 SDM_CONTEXT_FILES = {
     "https://raw.githubusercontent.com/smart-data-models/dataModel.Transportation/master/context.jsonld": (
-        "smart-data-models", "contexts", "dataModel.Transportation-context.jsonld"),
+        "smart-data-models",
+        "contexts",
+        "dataModel.Transportation-context.jsonld",
+    ),
     "https://raw.githubusercontent.com/smart-data-models/dataModel.Alert/master/context.jsonld": (
-        "smart-data-models", "contexts", "dataModel.Alert-context.jsonld"),
+        "smart-data-models",
+        "contexts",
+        "dataModel.Alert-context.jsonld",
+    ),
 }
 
 MAX_CONTEXT_BYTES = 1 << 20
@@ -102,8 +108,14 @@ class TermMap:
 
     __slots__ = ("_cmp", "_exp", "_prefixes", "_reverse", "_terms", "_vocab", "urls")
 
-    def __init__(self, terms: dict[str, str], prefixes: dict[str, str], vocab: str, reverse: dict[str, str],
-                 urls: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        terms: dict[str, str],
+        prefixes: dict[str, str],
+        vocab: str,
+        reverse: dict[str, str],
+        urls: tuple[str, ...] = (),
+    ) -> None:
         self._terms = terms
         self._prefixes = prefixes
         self._vocab = vocab
@@ -164,7 +176,7 @@ class TermMap:
             return term
         for vocab in (self._vocab, DEFAULT_VOCAB):
             if len(iri) > len(vocab) and iri.startswith(vocab):
-                candidate = iri[len(vocab):]
+                candidate = iri[len(vocab) :]
                 # Only a suffix that expands back to the same IRI is a faithful short name.
                 if self.expand(candidate) == iri:
                     return candidate
@@ -302,15 +314,25 @@ class _Record:
     last_usage: float | None = None
 
     def details(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": self.id, "url": self.url, "kind": self.kind, "createdAt": self.created_at,
-                               "numberOfHits": self.hits}
+        out: dict[str, Any] = {
+            "id": self.id,
+            "url": self.url,
+            "kind": self.kind,
+            "createdAt": self.created_at,
+            "numberOfHits": self.hits,
+        }
         if self.last_usage is not None:
             out["lastUsage"] = datetime.fromtimestamp(self.last_usage, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         return out
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "url": self.url, "kind": self.kind, "createdAt": self.created_at,
-                "@context": self.context}
+        return {
+            "id": self.id,
+            "url": self.url,
+            "kind": self.kind,
+            "createdAt": self.created_at,
+            "@context": self.context,
+        }
 
 
 class _Unavailable(Exception):
@@ -405,8 +427,9 @@ class ContextCache:
             urls: tuple[str, ...] = (context,)
         elif isinstance(context, list):
             # Every core URL is the one core: name it once, by its current URL, for Link headers.
-            urls = tuple(dict.fromkeys(CORE_CONTEXT_URL if is_core_context_url(c) else c
-                                       for c in context if isinstance(c, str)))
+            urls = tuple(
+                dict.fromkeys(CORE_CONTEXT_URL if is_core_context_url(c) else c for c in context if isinstance(c, str))
+            )
         else:
             urls = ()
         return TermMap._from_active(active, self._core_reverse, urls), tuple(dict.fromkeys(used))
@@ -416,7 +439,11 @@ class ContextCache:
             assert self._core_active is not None
             fresh = self._core_active.copy()
             active.terms, active.prefixes, active.vocab, active.user = (
-                fresh.terms, fresh.prefixes, fresh.vocab, fresh.user)
+                fresh.terms,
+                fresh.prefixes,
+                fresh.vocab,
+                fresh.user,
+            )
         elif isinstance(ctx, str):
             if is_core_context_url(ctx):
                 return  # the core is already the base of every active context
@@ -440,8 +467,10 @@ class ContextCache:
         try:
             document = orjson.loads(path.read_bytes())
         except (OSError, orjson.JSONDecodeError) as error:
-            raise RuntimeError(f"the NGSI-LD core context is missing or broken at {path} ({error}); "
-                               "point POLIS_DATASETS_DIR at the shipped data") from None
+            raise RuntimeError(
+                f"the NGSI-LD core context is missing or broken at {path} ({error}); "
+                "point POLIS_DATASETS_DIR at the shipped data"
+            ) from None
         active = _Active({}, {}, DEFAULT_VOCAB)
         _ObjectProcessor(document["@context"], active, frozenset()).run()
         self._protected = frozenset(active.terms)
@@ -474,8 +503,9 @@ class ContextCache:
             try:
                 found = orjson.loads(path.read_bytes())["@context"]
             except (OSError, orjson.JSONDecodeError, KeyError, TypeError) as error:
-                raise LdContextNotAvailable(f"could not retrieve @context from {url}: "
-                                            f"shipped copy {path} unreadable ({error})") from None
+                raise LdContextNotAvailable(
+                    f"could not retrieve @context from {url}: shipped copy {path} unreadable ({error})"
+                ) from None
             self._shipped[url] = found
         return found
 
@@ -483,7 +513,7 @@ class ContextCache:
         at = url.find(HOSTED_PATH)
         if at < 0 or (at > 0 and not url.startswith(("http://", "https://"))):
             return None
-        record = self._registry().get(url[at + len(HOSTED_PATH):])
+        record = self._registry().get(url[at + len(HOSTED_PATH) :])
         return record if record is not None and record.kind == "Hosted" else None
 
     def _remote(self, url: str) -> _Record:
@@ -519,8 +549,15 @@ class ContextCache:
         timeout = self._timeout
         deadline = time.monotonic() + 2 * timeout  # bounds a server that drips bytes slowly
         try:
-            with httpx.Client(timeout=httpx.Timeout(timeout), follow_redirects=True, max_redirects=MAX_REDIRECTS,
-                              headers={"Accept": _ACCEPT}) as client, client.stream("GET", url) as response:
+            with (
+                httpx.Client(
+                    timeout=httpx.Timeout(timeout),
+                    follow_redirects=True,
+                    max_redirects=MAX_REDIRECTS,
+                    headers={"Accept": _ACCEPT},
+                ) as client,
+                client.stream("GET", url) as response,
+            ):
                 if response.status_code != 200:
                     raise _Unavailable(f"HTTP {response.status_code}")
                 declared = response.headers.get("content-length", "")

@@ -51,14 +51,16 @@ MAX_DEPTH = 8  # attribute nesting (properties of properties …)
 FORMATS = {"normalized": "normalized", "concise": "concise", "keyValues": "keyValues", "simplified": "keyValues"}
 GEO_ATTRIBUTES = frozenset({LOCATION, OBSERVATION_SPACE, OPERATION_SPACE})
 GEOMETRY_TYPES = frozenset(
-    {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon", "GeometryCollection"})
+    {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon", "GeometryCollection"}
+)
 SCOPE = NGSI_LD + "scope"
 
 _VALUE_MEMBERS = tuple(dict.fromkeys(VALUE_MEMBER.values()))
 _KIND_OF_MEMBER = {member: kind for kind, member in VALUE_MEMBER.items() if kind != "GeoProperty"}
 # Members the broker sets itself (or that only appear in notifications): ignored in input.
 _IGNORED_MEMBERS = frozenset(
-    {"createdAt", "modifiedAt", "deletedAt", "instanceId", "previousValue", "previousObject", "previousLanguageMap"})
+    {"createdAt", "modifiedAt", "deletedAt", "instanceId", "previousValue", "previousObject", "previousLanguageMap"}
+)
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"{}|\\^`\x00-\x1f\x7f]+\Z")
 _BAD_NAME = re.compile(r"[\s<>\"'=;()\x00-\x1f\x7f]")
 _LANG_TAG = re.compile(r"[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*\Z")
@@ -97,8 +99,10 @@ def _check_name(name: str, parent: str | None) -> None:
         return
     if not name or name[0] == "@" or _BAD_NAME.search(name):
         what = f"sub-attribute name in attribute '{parent}'" if parent else "attribute name"
-        raise BadRequestData(f"invalid {what} {_show(name)}: a name must be non-empty, must not start with '@' "
-                             "and must not contain whitespace or any of <>\"'=;()")
+        raise BadRequestData(
+            f"invalid {what} {_show(name)}: a name must be non-empty, must not start with '@' "
+            "and must not contain whitespace or any of <>\"'=;()"
+        )
     if len(_good_names) >= _MEMO_LIMIT:
         _good_names.clear()
     _good_names.add(name)
@@ -157,8 +161,9 @@ def _expand_types(value: Any, terms: TermMap) -> list[str]:
     out: list[str] = []
     for name in names:
         if not name or _BAD_NAME.search(name):
-            raise BadRequestData(f"invalid entity type {_show(name)}: it must be non-empty, without whitespace "
-                                 "or any of <>\"'=;()")
+            raise BadRequestData(
+                f"invalid entity type {_show(name)}: it must be non-empty, without whitespace or any of <>\"'=;()"
+            )
         iri = terms.expand_type(name)
         if iri not in out:
             out.append(iri)
@@ -198,8 +203,10 @@ class _Reader:
     def attribute(self, name: str, iri: str, raw: Any) -> list[Instance]:
         if isinstance(raw, list) and raw and any(isinstance(x, dict) and _looks_like_instance(x) for x in raw):
             if not all(isinstance(x, dict) and _looks_like_instance(x) for x in raw):
-                raise BadRequestData(f"attribute '{name}': an array must hold either attribute instances "
-                                     "(one per datasetId) or plain values, not both")
+                raise BadRequestData(
+                    f"attribute '{name}': an array must hold either attribute instances "
+                    "(one per datasetId) or plain values, not both"
+                )
             instances = [self.instance(name, iri, x, 0) for x in raw]
             if len(instances) > 1:
                 _check_datasets(name, instances)
@@ -208,8 +215,10 @@ class _Reader:
 
     def instance(self, name: str, iri: str, raw: Any, depth: int, *, partial: bool = False) -> Instance:
         if raw is None:
-            raise BadRequestData(f"attribute '{name}': null is not a valid attribute"
-                                 + (f" (send '{NULL_MARKER}' to delete it)" if self.allow_null else ""))
+            raise BadRequestData(
+                f"attribute '{name}': null is not a valid attribute"
+                + (f" (send '{NULL_MARKER}' to delete it)" if self.allow_null else "")
+            )
         if isinstance(raw, dict) and (partial or _looks_like_instance(raw)):
             return self._instance_object(name, iri, raw, depth, partial)
         # Concise or keyValues input: the bare value.
@@ -226,14 +235,16 @@ class _Reader:
         present = [m for m in _VALUE_MEMBERS if m in raw]
         if kind is None and present:
             if len(present) > 1:
-                raise BadRequestData(f"attribute '{name}': give it a type; it has both '{present[0]}' and "
-                                     f"'{present[1]}'")
+                raise BadRequestData(
+                    f"attribute '{name}': give it a type; it has both '{present[0]}' and '{present[1]}'"
+                )
             kind = _KIND_OF_MEMBER[present[0]]
             if kind == "Property" and (iri in GEO_ATTRIBUTES or _is_geometry(raw["value"])):
                 kind = "GeoProperty"
         elif kind is not None and not (isinstance(kind, str) and kind in ATTRIBUTE_KINDS):
-            raise BadRequestData(f"attribute '{name}': unknown attribute type {_show(kind)}; expected one of "
-                                 f"{', '.join(VALUE_MEMBER)}")
+            raise BadRequestData(
+                f"attribute '{name}': unknown attribute type {_show(kind)}; expected one of {', '.join(VALUE_MEMBER)}"
+            )
         inst: Instance = {}
         if kind is not None:
             inst["type"] = kind
@@ -285,8 +296,9 @@ class _Reader:
         if key == "objectType":
             names = [value] if isinstance(value, str) else value
             if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
-                raise BadRequestData(f"attribute '{name}': objectType must be a type name or an array of them, "
-                                     f"got {_show(value)}")
+                raise BadRequestData(
+                    f"attribute '{name}': objectType must be a type name or an array of them, got {_show(value)}"
+                )
             expanded = [self.terms.expand_type(n) for n in names]
             return expanded[0] if isinstance(value, str) else expanded
         if key == "lang" and not isinstance(value, str):
@@ -358,7 +370,7 @@ def _check_datasets(name: str, instances: list[Instance]) -> None:
 def _typed_literal(name: str, value: dict[str, Any]) -> dict[str, Any]:
     kind = value["@type"]
     if isinstance(kind, str) and kind.startswith(NGSI_LD):
-        kind = kind[len(NGSI_LD):]
+        kind = kind[len(NGSI_LD) :]
     literal = value["@value"]
     if kind == "DateTime":
         return {"@type": "DateTime", "@value": normalize_datetime(literal, f"attribute '{name}': the DateTime @value")}
@@ -379,21 +391,25 @@ def _objects(name: str, value: Any) -> Any:
         return value
     if isinstance(value, list) and value and all(_is_uri(v) for v in value):
         return value
-    raise BadRequestData(f"attribute '{name}': a Relationship's 'object' must be a URI or an array of URIs, "
-                         f"got {_show(value)}")
+    raise BadRequestData(
+        f"attribute '{name}': a Relationship's 'object' must be a URI or an array of URIs, got {_show(value)}"
+    )
 
 
 def _language_map(name: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise BadRequestData(f"attribute '{name}': a languageMap must be an object of language tag -> text, "
-                             f"got {_show(value)}")
+        raise BadRequestData(
+            f"attribute '{name}': a languageMap must be an object of language tag -> text, got {_show(value)}"
+        )
     for tag, text in value.items():
         if tag != "@none" and not _LANG_TAG.match(tag):
             raise BadRequestData(f"attribute '{name}': {_show(tag)} is not a language tag")
         if not isinstance(text, str) and not (
-                isinstance(text, list) and text and all(isinstance(t, str) for t in text)):
-            raise BadRequestData(f"attribute '{name}': languageMap['{tag}'] must be a string or an array of "
-                                 f"strings, got {_show(text)}")
+            isinstance(text, list) and text and all(isinstance(t, str) for t in text)
+        ):
+            raise BadRequestData(
+                f"attribute '{name}': languageMap['{tag}'] must be a string or an array of strings, got {_show(text)}"
+            )
     return value
 
 
@@ -457,9 +473,16 @@ def _compact_names(value: Any, terms: TermMap) -> Any:
     return value
 
 
-def compact_entity(entity: Entity, terms: TermMap, *, fmt: str = "normalized", sys_attrs: bool = False,
-                   pick: set[str] | None = None, omit: set[str] | None = None,
-                   lang: str | None = None) -> dict[str, Any]:
+def compact_entity(
+    entity: Entity,
+    terms: TermMap,
+    *,
+    fmt: str = "normalized",
+    sys_attrs: bool = False,
+    pick: set[str] | None = None,
+    omit: set[str] | None = None,
+    lang: str | None = None,
+) -> dict[str, Any]:
     """The internal entity -> the representation a client asked for, names compacted with `terms`.
 
     `pick`/`omit` hold attribute IRIs and the member names "id", "type" (and "scope"); with `pick`,

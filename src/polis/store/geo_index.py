@@ -52,8 +52,20 @@ MAX_RING_CELLS = 500
 _EPS_DEG = 1e-9  # widens every box a little, so rounding can only add candidates, never lose one
 _BOX = ("minx", "miny", "maxx", "maxy")
 
-GeoRow = tuple[str, str, str, float | None, float | None, float | None, float | None, float | None, float | None,
-               int | None, int | None, str]
+GeoRow = tuple[
+    str,
+    str,
+    str,
+    float | None,
+    float | None,
+    float | None,
+    float | None,
+    float | None,
+    float | None,
+    int | None,
+    int | None,
+    str,
+]
 
 
 # -- rows ----------------------------------------------------------------------------------------
