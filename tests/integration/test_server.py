@@ -51,3 +51,12 @@ def test_problem_details_over_real_http(server: Server) -> None:
         assert missing.json()["type"] == "https://uri.etsi.org/ngsi-ld/errors/ResourceNotFound"
         bad = http.post("/ngsi-ld/v1/entities", content=b"[1,", headers={"Content-Type": "application/json"})
         assert bad.status_code == 400 and bad.json()["type"].endswith("/InvalidRequest")
+
+
+def test_api_docs_are_served_without_a_cdn(server: Server) -> None:
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        page = http.get("/docs")
+        assert page.status_code == 200
+        assert "cdn" not in page.text.lower() and "/docs-assets/swagger-ui-bundle.js" in page.text
+        script = http.get("/docs-assets/swagger-ui-bundle.js")
+        assert script.status_code == 200 and len(script.content) > 100_000

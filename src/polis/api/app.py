@@ -6,8 +6,11 @@ from __future__ import annotations
 import logging
 
 import orjson
+import swagger_ui_bundle  # type: ignore[import-untyped]
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.staticfiles import StaticFiles
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
@@ -47,6 +50,8 @@ def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
 
 def create_app(platform: Platform) -> FastAPI:
     app = FastAPI(
+        docs_url=None,  # served below from the installed swagger-ui-bundle: the docs work offline, no CDN
+        redoc_url=None,
         title="Polis",
         version=__version__,
         description="Open city data hub: NGSI-LD entities, history and queries. It counts, it never watches.",
@@ -82,6 +87,18 @@ def create_app(platform: Platform) -> FastAPI:
     app.include_router(routes_entities.router)
     app.include_router(routes_temporal.router)
     app.include_router(routes_discovery.router)
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="Polis API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
 
     @app.get("/health", tags=["operations"], summary="Liveness and what the hub holds")
     async def health() -> dict[str, object]:
