@@ -90,6 +90,18 @@ class HistoryColumns:
 
 
 @dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message an ingest source could not take, kept with the reason so nothing vanishes silently."""
+
+    source: str  # e.g. "mqtt"
+    topic: str
+    payload: str  # as received (decoded with replacement), truncated to a bounded size
+    reason: str
+    received_at: datetime
+    id: int | None = None  # assigned by the store
+
+
+@dataclass(frozen=True, slots=True)
 class TypeInfo:
     type: str
     entity_count: int
@@ -123,10 +135,22 @@ class Store(Protocol):
         upserts: Sequence[Entity] = (),
         deletes: Sequence[str] = (),
         history: Sequence[HistoryInstance] = (),
+        receipts: Sequence[tuple[str, str]] = (),
     ) -> None:
         """In one transaction: replace (or insert) whole entity documents, delete entities, add
-        temporal instances. Nothing is written if anything fails."""
+        temporal instances, record (source, key) receipts of the messages these writes came from.
+        Nothing is written if anything fails."""
         ...
+
+    def seen(self, source: str, keys: Sequence[str]) -> set[str]:
+        """Which of these message receipts are already committed (redeliveries to store only once)."""
+        ...
+
+    def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None: ...
+
+    def dead_letters(self, source: str | None = None, limit: int = 100, offset: int = 0) -> list[DeadLetter]: ...
+
+    def dead_letter_count(self, source: str | None = None) -> int: ...
 
     def query(self, tenant: str, query: EntityQuery) -> QueryResult: ...
 

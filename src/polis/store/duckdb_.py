@@ -34,6 +34,7 @@ from polis.store.attr_index import ATTR_INDEX_DDL, attr_index_rows
 from polis.store.base import (
     DEFAULT_TENANT,
     AttributeInfo,
+    DeadLetter,
     EntityQuery,
     HistoryColumns,
     QueryResult,
@@ -48,6 +49,12 @@ INSTANCE_PREFIX = "urn:ngsi-ld:Instance:"
 
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS tenants (name VARCHAR PRIMARY KEY)",
+    """CREATE TABLE IF NOT EXISTS receipts (
+        source VARCHAR NOT NULL, key VARCHAR NOT NULL, received_at TIMESTAMP NOT NULL, PRIMARY KEY (source, key))""",
+    "CREATE SEQUENCE IF NOT EXISTS dead_letter_ids",
+    """CREATE TABLE IF NOT EXISTS dead_letters (
+        id BIGINT NOT NULL DEFAULT nextval('dead_letter_ids'), source VARCHAR NOT NULL, topic VARCHAR NOT NULL,
+        payload VARCHAR NOT NULL, reason VARCHAR NOT NULL, received_at TIMESTAMP NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS entities (
         tenant VARCHAR NOT NULL, id VARCHAR NOT NULL, types VARCHAR[] NOT NULL, doc VARCHAR NOT NULL,
         seq BIGINT NOT NULL, PRIMARY KEY (tenant, id))""",
@@ -181,8 +188,9 @@ class DuckDBStore:
         upserts: Sequence[Entity] = (),
         deletes: Sequence[str] = (),
         history: Sequence[HistoryInstance] = (),
+        receipts: Sequence[tuple[str, str]] = (),
     ) -> None:
-        if not (upserts or deletes or history):
+        if not (upserts or deletes or history or receipts):
             return
         touched = [e["id"] for e in upserts] + list(deletes)
         with self._lock:
@@ -197,6 +205,13 @@ class DuckDBStore:
             tables["gone"] = pa.table({"id": pa.array(touched, pa.string())})
             if history:
                 tables["history_rows"] = self._history_table(history)
+            if receipts:
+                tables["receipt_rows"] = pa.table(
+                    {
+                        "source": pa.array([r[0] for r in receipts], pa.string()),
+                        "key": pa.array([r[1] for r in receipts], pa.string()),
+                    }
+                )
             con = self._con
             with self._registered(**tables):
                 con.execute("BEGIN TRANSACTION")
@@ -226,6 +241,8 @@ class DuckDBStore:
                             con.execute("INSERT INTO geo_index SELECT ?, * FROM geo_rows", [tenant])
                     if history:
                         con.execute("INSERT INTO history SELECT ?, * FROM history_rows", [tenant])
+                    if receipts:
+                        con.execute("INSERT INTO receipts SELECT source, key, now()::TIMESTAMP FROM receipt_rows")
                     con.execute("COMMIT")
                 except BaseException:
                     con.execute("ROLLBACK")
@@ -545,6 +562,60 @@ class DuckDBStore:
     def entity_count(self, tenant: str) -> int:
         with self._lock:
             return int(self._scalar("SELECT count(*) FROM entities WHERE tenant = ?", [tenant]))
+
+    # -- ingest receipts and dead letters ---------------------------------------------------------
+
+    def seen(self, source: str, keys: Sequence[str]) -> set[str]:
+        if not keys:
+            return set()
+        with self._lock, self._registered(wanted=pa.table({"key": pa.array(list(keys), pa.string())})):
+            rows = self._con.execute(
+                "SELECT r.key FROM receipts r JOIN wanted w ON r.key = w.key WHERE r.source = ?", [source]
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        if not letters:
+            return
+        table = pa.table(
+            {
+                "source": pa.array([d.source for d in letters], pa.string()),
+                "topic": pa.array([d.topic for d in letters], pa.string()),
+                "payload": pa.array([d.payload for d in letters], pa.string()),
+                "reason": pa.array([d.reason for d in letters], pa.string()),
+                "received_at": pa.array([_naive_utc(d.received_at) for d in letters], pa.timestamp("us")),
+            }
+        )
+        with self._lock, self._registered(letter_rows=table):
+            self._con.execute(
+                "INSERT INTO dead_letters (source, topic, payload, reason, received_at) "
+                "SELECT source, topic, payload, reason, received_at FROM letter_rows"
+            )
+
+    def dead_letters(self, source: str | None = None, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        where, params = ("WHERE source = ?", [source]) if source is not None else ("", [])
+        with self._lock:
+            rows = self._con.execute(
+                f"SELECT id, source, topic, payload, reason, received_at FROM dead_letters {where} "
+                "ORDER BY id LIMIT ? OFFSET ?",
+                [*params, limit, offset],
+            ).fetchall()
+        return [
+            DeadLetter(
+                source=src,
+                topic=topic,
+                payload=payload,
+                reason=reason,
+                received_at=received.replace(tzinfo=UTC),
+                id=ident,
+            )
+            for ident, src, topic, payload, reason, received in rows
+        ]
+
+    def dead_letter_count(self, source: str | None = None) -> int:
+        where, params = ("WHERE source = ?", [source]) if source is not None else ("", [])
+        with self._lock:
+            return int(self._scalar(f"SELECT count(*) FROM dead_letters {where}", params))
 
     # -- discovery -------------------------------------------------------------------------------
 
