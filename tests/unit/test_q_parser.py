@@ -217,7 +217,7 @@ _SCALARS = st.one_of(
     st.integers(-10**6, 10**6),
     st.floats(allow_nan=False, allow_infinity=False),
     st.booleans(),
-    st.text(st.characters(blacklist_categories=("Cs",)), max_size=6),
+    st.text(st.characters(codec="utf-8"), max_size=6),
 )
 
 

@@ -134,7 +134,8 @@ class EntityService:
         if attrs:
             if not any(a in entity for a in attrs):
                 raise ResourceNotFound(f"entity {entity_id} has none of the attributes asked for")
-            pick = (pick or set()) | {"id", "type", *attrs} if pick is None else pick & {"id", "type", *attrs}
+            wanted = {"id", "type", *attrs}
+            pick = wanted if pick is None else pick & wanted
         return compact_entity(entity, terms, fmt=fmt, sys_attrs=sys_attrs, pick=pick, omit=omit, lang=lang)
 
     def replace(self, tenant: str, entity_id: str, body: Any, terms: TermMap) -> None:

@@ -16,6 +16,10 @@ Grammar accepted (no whitespace anywhere, as in the spec's ABNF):
   (or sub-attribute). `[k1.k2]` digs into a compound value: value["k1"]["k2"]; keys are not expanded.
 - A name that starts with `http://`, `https://` or `urn:` is a full IRI: it runs up to the next operator,
   `[`, `;`, `|` or `)`, dots included, so it ends the path (an IRI cannot be followed by `.sub`).
+- The first name is always an attribute: `createdAt>...` asks about an attribute so named, not about the
+  entity's system timestamp. `attr[en]` on a LanguageProperty reaches languageMap["en"].
+- Limits, all answered with BadRequestData: MAX_Q_LENGTH characters, MAX_DEPTH nested parentheses,
+  MAX_TERMS conditions, MAX_KEYS keys in a key path.
 - In quoted strings `\\"` is a quote and `\\\\` a backslash; any other backslash is kept as written, so
   regular expressions such as `"^\\d+"` need no doubling.
 
@@ -25,12 +29,15 @@ Semantics (mirrored exactly by the SQL translation in polis.store.q_sql):
 - Numbers compare with numbers only, as IEEE doubles (bool is not a number; non-finite numbers compare
   with nothing); strings with strings by code point (right for ISO 8601 UTC date-times); booleans with
   booleans through == and != only. Any other pairing is simply false.
+- A path exists when some instance has it, whatever its value (null and {} included); a key path when
+  value["k1"]["k2"] can be looked up; a member when it is present and not null.
 - The negated operators `!=` and `!~=` hold when the path exists and the positive operator does not.
 - `~=` is a `re.search` in Python and `regexp_matches` (RE2) in DuckDB. Patterns using features RE2 lacks
   (look-around, back-references, atomic groups, possessive quantifiers, `\\Z`, verbose mode...) are rejected,
   and Python compiles with re.ASCII so `\\d`, `\\w`, `\\b` are ASCII as in RE2. Known remaining differences:
   `$` also matches before a final newline in Python; `(?i)` folds only ASCII letters in Python; Python's
-  `\\s` also matches \\v. A pathological pattern can backtrack for long in Python (RE2 cannot).
+  `\\s` also matches \\v. A pathological pattern can backtrack for long in Python (RE2 cannot), and
+  nested repeats whose product passes 1000 (`(a{100}){100}`) compile here but fail in DuckDB at query time.
 """
 
 from __future__ import annotations
@@ -103,14 +110,16 @@ _NAME_EXTRA = frozenset("_-:/#")
 _IRI_STOP = frozenset(";|)[<>=")
 _AFTER_VALUE = frozenset(";|),")
 _ORDERED_OPS = (">=", "<=", "!~=", "==", "!=", "~=", ">", "<")  # longest first where prefixes clash
-_BOOL = re.compile(r"(true|false)\b")
+_BOOL = re.compile(r"(true|false)\b", re.ASCII)
 _DATE = re.compile(
-    r"\d{4}-\d{2}-\d{2}(?:T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?|\d{2}:\d{2}:\d{2}(?:\.\d+)?Z?"
+    r"\d{4}-\d{2}-\d{2}(?:T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?|\d{2}:\d{2}:\d{2}(?:\.\d+)?Z?",
+    re.ASCII,  # Python's \d would also take other scripts' digits
 )
-_NUMBER = re.compile(r"-?\d+(\.\d+)?([eE][+-]?\d+)?")
+_NUMBER = re.compile(r"-?\d+(\.\d+)?([eE][+-]?\d+)?", re.ASCII)
 _GROUP_FLAGS = re.compile(r"\(\?(?::|P<|[ims]*(?:-[ims]+)?[:)])")
 _REPEAT = re.compile(r"\{(\d*)(?:,(\d*))?\}")
 _BAD_ESCAPES = frozenset("0123456789ZzgNuU")
+_BAD_CLASS_ESCAPES = _BAD_ESCAPES | {"b"}  # [\b] is a backspace in Python, an error in RE2
 RE2_MAX_REPEAT = 1000
 
 
@@ -400,7 +409,7 @@ def _skip_class(pattern: str, start: int) -> tuple[int, str | None]:
         i += 1
     while i < len(pattern):
         if pattern[i] == "\\":
-            if pattern[i + 1 : i + 2] in _BAD_ESCAPES and i + 1 < len(pattern):
+            if pattern[i + 1 : i + 2] in _BAD_CLASS_ESCAPES and i + 1 < len(pattern):
                 return i, f"the escape '\\{pattern[i + 1]}'"
             i += 2
             continue

@@ -111,4 +111,4 @@ def _column(value: Scalar) -> str:
 
 def _param(value: Scalar) -> object:
     # Integers go in as doubles: `num` is DOUBLE and the Python evaluator compares as floats too.
-    return value
+    return value if isinstance(value, (bool, str)) else float(value)
