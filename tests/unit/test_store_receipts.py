@@ -23,7 +23,7 @@ def test_receipts_are_committed_with_the_write() -> None:
 def test_a_failed_write_records_no_receipt() -> None:
     store = DuckDBStore(None)
     store.write("", receipts=[("mqtt", "k1")])
-    with pytest.raises(Exception, match="(?i)constraint|duplicate"):
+    with pytest.raises(Exception, match=r"(?i)constraint|duplicate"):
         # the same receipt twice violates the key: the whole transaction, entity included, rolls back
         store.write("", upserts=[ENTITY], receipts=[("mqtt", "k1")])
     assert store.get("", [ENTITY["id"]]) == {}
