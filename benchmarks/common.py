@@ -87,6 +87,8 @@ def machine_info() -> dict[str, Any]:
         "duckdb": duckdb.__version__,
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "git_commit": git_commit(),
+        # Other work on the machine shows up here; the numbers are only as quiet as the machine was.
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
     }
 
 

@@ -128,8 +128,9 @@ class DuckDBStore:
         )
 
     def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        row = self._con.execute(sql, list(params)).fetchone()
-        return row[0] if row else None
+        # fetchall, not fetchone: DuckDB 2 keeps a half-read result open, which blocks the next register().
+        rows = self._con.execute(sql, list(params)).fetchall()
+        return rows[0][0] if rows else None
 
     # -- tenants ---------------------------------------------------------------------------------
 
