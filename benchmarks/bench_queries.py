@@ -108,8 +108,8 @@ def _sql_baselines(db_path: Path, c: City) -> dict[str, Any]:
     con = duckdb.connect(str(db_path), config={"threads": settings.duckdb_threads,
                                                "memory_limit": settings.memory_limit})
     try:
-        near_sql = (f"SELECT e.doc FROM entities e WHERE e.tenant = '' AND list_has_all(e.types, [?]) AND e.id IN "
-                    f"(SELECT eid FROM geo_index WHERE tenant = '' AND attr = ? AND {_HAVERSINE} <= ?) "
+        near_sql = (f"SELECT e.doc FROM entities e WHERE e.tenant = '' AND list_has_all(e.types, [?]) AND e.seq IN "
+                    f"(SELECT seq FROM geo_index WHERE tenant = '' AND attr = ? AND {_HAVERSINE} <= ?) "
                     f"ORDER BY e.seq LIMIT {LIMIT}")
         q_sql = ("SELECT e.doc FROM entities e WHERE e.tenant = '' AND list_has_all(e.types, [?]) AND "
                  f"TRY_CAST(json_extract_string(e.doc, ?) AS DOUBLE) > ? ORDER BY e.seq LIMIT {LIMIT}")

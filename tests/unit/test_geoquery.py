@@ -293,7 +293,7 @@ def test_a_self_intersecting_polygon_is_repaired_not_an_error() -> None:
 def test_positions_with_and_without_altitude_mix() -> None:
     line = validate_geometry({"type": "LineString", "coordinates": [[0, 0, 10.0], [2, 0]]})
     assert matches(GeoQuery("intersects", point(1, 0), LOCATION), line)
-    assert geo_index_rows(entity("urn:e:1", line))[0][5:9] == (0, 0, 2, 0)
+    assert geo_index_rows(entity("urn:e:1", line), 1)[0][5:9] == (0, 0, 2, 0)
 
 
 def test_a_malformed_stored_geometry_matches_nothing() -> None:
@@ -309,9 +309,9 @@ def test_index_rows_cover_every_geoproperty_instance() -> None:
     doc[SPACE] = [{"type": "GeoProperty", "value": {"type": "LineString", "coordinates": [[0, 0], [2, 1]]}}]
     doc["https://example.org/name"] = [{"type": "Property", "value": {"type": "Point", "coordinates": [0, 0]}}]
     doc["https://example.org/broken"] = [{"type": "GeoProperty", "value": {"type": "Point", "coordinates": [0]}}]
-    rows = geo_index_rows(doc)
+    rows = geo_index_rows(doc, 1)
     assert [(r[0], r[1], r[2]) for r in rows] == [
-        ("urn:e:1", LOCATION, "Point"), ("urn:e:1", LOCATION, "Polygon"), ("urn:e:1", SPACE, "LineString")]
+        (1, LOCATION, "Point"), (1, LOCATION, "Polygon"), (1, SPACE, "LineString")]
     _, _, _, lon, lat, minx, miny, maxx, maxy, cell, coarse, text = rows[0]
     assert (lon, lat, minx, miny, maxx, maxy) == (-118.24, 34.05, -118.24, 34.05, -118.24, 34.05)
     assert cell == h3.str_to_int(h3.latlng_to_cell(34.05, -118.24, 9))
@@ -325,7 +325,7 @@ def test_rows_fit_the_ddl() -> None:
     con = duckdb.connect()
     con.execute(GEO_INDEX_DDL)
     con.executemany("INSERT INTO geo_index VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [("t", *row) for row in geo_index_rows(entity("urn:e:1", point(180, -90), box(0, 0, 1, 1)))])
+                    [("t", *row) for row in geo_index_rows(entity("urn:e:1", point(180, -90), box(0, 0, 1, 1)), 1)])
     assert con.execute("SELECT count(*), count(h3), count(h3_r6) FROM geo_index").fetchone() == (2, 2, 2)
 
 
@@ -352,7 +352,7 @@ def test_every_point_within_reach_is_in_the_ring_and_the_window(lon: float, lat:
     there = destination(lon, lat, bearing, distance * fraction)
     if haversine_m(lon, lat, *there) > distance:  # the direct formula's rounding left it just outside
         return
-    (row,) = geo_index_rows(entity("urn:e:1", point(*there)))
+    (row,) = geo_index_rows(entity("urn:e:1", point(*there)), 1)
     cells = covering_cells(lon, lat, distance)
     assert cells is not None and row[10] in cells
     window = near_window(lon, lat, distance)
@@ -425,7 +425,7 @@ def worlds(draw: st.DrawFn) -> tuple[list[Entity], GeoQuery]:
     return entities, GeoQuery(georel, shape(kind, size=draw(st.sampled_from([0.02, 0.1]))), LOCATION)
 
 
-_GEO_COLUMNS = ("VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR") + ("DOUBLE",) * 6 + ("UBIGINT", "UBIGINT", "VARCHAR")
+_GEO_COLUMNS = ("VARCHAR", "BIGINT", "VARCHAR", "VARCHAR") + ("DOUBLE",) * 6 + ("UBIGINT", "UBIGINT", "VARCHAR")
 
 
 @pytest.fixture(scope="module")
@@ -438,14 +438,14 @@ def con() -> Iterator[duckdb.DuckDBPyConnection]:
 def load(con: duckdb.DuckDBPyConnection, entities: list[Entity]) -> None:
     """A fresh entities table and geo_index, with decoys in another tenant and another attribute."""
     con.execute("DROP TABLE IF EXISTS geo_index")
-    con.execute("CREATE OR REPLACE TABLE entities (tenant VARCHAR NOT NULL, id VARCHAR NOT NULL)")
+    con.execute("CREATE OR REPLACE TABLE entities (tenant VARCHAR NOT NULL, id VARCHAR NOT NULL, seq BIGINT NOT NULL)")
     con.execute(GEO_INDEX_DDL)
     decoy = entity("urn:e:decoy", *(i["value"] for e in entities for i in e[LOCATION]), attr=SPACE)
     placed = [("t", e) for e in entities] + [("other", e) for e in entities] + [("t", decoy)]
-    rows = [(tenant, *row) for tenant, doc in placed for row in geo_index_rows(doc)]
+    rows = [(tenant, *row) for seq, (tenant, doc) in enumerate(placed) for row in geo_index_rows(doc, seq)]
     # Column lists unnested in one statement: row-at-a-time inserts would dominate the test's time.
-    con.execute("INSERT INTO entities SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[])",
-                [[tenant for tenant, _ in placed], [doc["id"] for _, doc in placed]])
+    con.execute("INSERT INTO entities SELECT unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::BIGINT[])",
+                [[tenant for tenant, _ in placed], [doc["id"] for _, doc in placed], list(range(len(placed)))])
     columns = ", ".join(f"unnest(?::{sql_type}[])" for sql_type in _GEO_COLUMNS)
     con.execute(f"INSERT INTO geo_index SELECT {columns}", [list(column) for column in zip(*rows, strict=True)])
 

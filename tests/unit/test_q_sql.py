@@ -24,15 +24,15 @@ def expand(term: str) -> str:
 
 def connect() -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
-    con.execute("CREATE TABLE entities (tenant VARCHAR, id VARCHAR)")
+    con.execute("CREATE TABLE entities (tenant VARCHAR, id VARCHAR, seq BIGINT)")
     con.execute(ATTR_INDEX_DDL)
     return con
 
 
 def load(con: duckdb.DuckDBPyConnection, tenant: str, entities: Iterable[dict[str, Any]]) -> None:
     entities = list(entities)
-    insert(con, "entities", [(tenant, ent["id"]) for ent in entities])
-    insert(con, "attr_index", [(tenant, *row) for ent in entities for row in attr_index_rows(ent)])
+    insert(con, "entities", [(tenant, ent["id"], seq) for seq, ent in enumerate(entities)])
+    insert(con, "attr_index", [(tenant, *row) for seq, ent in enumerate(entities) for row in attr_index_rows(ent, seq)])
 
 
 def insert(con: duckdb.DuckDBPyConnection, table: str, rows: list[tuple[Any, ...]]) -> None:
@@ -62,32 +62,43 @@ def prop(value: Any, **extra: Any) -> dict[str, Any]:
 
 def test_rows_hold_one_typed_value_each() -> None:
     ent = {
-        "id": "urn:e:1", "type": [NS + "T"], "createdAt": "2020", "scope": ["/a"],
+        "id": "urn:e:1",
+        "type": [NS + "T"],
+        "createdAt": "2020",
+        "scope": ["/a"],
         NS + "n": [prop(2, observedAt="2021-01-01T00:00:00Z", **{NS + "acc": prop(0.5)})],
         NS + "l": [prop([1, "x", True, None])],
         NS + "d": [prop({"k": {"j": "deep"}})],
         NS + "r": [{"type": "Relationship", "object": "urn:r:1"}],
     }
-    rows = {(path, num, txt, b) for _, path, num, txt, b in attr_index_rows(ent)}
+    rows = {(path, num, txt, b) for _, path, num, txt, b in attr_index_rows(ent, 1)}
     assert rows == {
         (NS + "n", 2.0, None, None),
         (encode_path(Path(NS + "n", member="observedAt")), None, "2021-01-01T00:00:00Z", None),
         (encode_path(Path(NS + "n", (NS + "acc",))), 0.5, None, None),
-        (NS + "l", 1.0, None, None), (NS + "l", None, "x", None), (NS + "l", None, None, True),
+        (NS + "l", 1.0, None, None),
+        (NS + "l", None, "x", None),
+        (NS + "l", None, None, True),
         (NS + "d", None, None, None),  # exists, compares with nothing
         (encode_path(Path(NS + "d", keys=("k",))), None, None, None),
         (encode_path(Path(NS + "d", keys=("k", "j"))), None, "deep", None),
         (NS + "r", None, "urn:r:1", None),
     }
-    assert all(row[0] == "urn:e:1" for row in attr_index_rows(ent))
+    assert all(row[0] == 7 for row in attr_index_rows(ent, 7))
 
 
 def test_paths_do_not_collide() -> None:
     paths = [
-        Path("a"), Path("a", ("b",)), Path("a", member="observedAt"), Path("a", keys=("b",)),
-        Path("a", ("b",), "observedAt"), Path("a", keys=("b", "c")), Path("a", ("b", "c")),
+        Path("a"),
+        Path("a", ("b",)),
+        Path("a", member="observedAt"),
+        Path("a", keys=("b",)),
+        Path("a", ("b",), "observedAt"),
+        Path("a", keys=("b", "c")),
+        Path("a", ("b", "c")),
         Path("a", ("b",), keys=("c",)),
-        Path("a", ("observedAt",)), Path("a", keys=("observedAt",)),
+        Path("a", ("observedAt",)),
+        Path("a", keys=("observedAt",)),
     ]
     assert len({encode_path(p) for p in paths}) == len(paths)
 
@@ -96,7 +107,7 @@ def test_ddl_is_idempotent() -> None:
     con = connect()
     con.execute(ATTR_INDEX_DDL)
     columns = [c[0] for c in con.execute("DESCRIBE attr_index").fetchall()]
-    assert columns == ["tenant", "eid", "path", "num", "txt", "bool"]
+    assert columns == ["tenant", "seq", "path", "num", "txt", "bool"]
 
 
 # -- translation ----------------------------------------------------------------------------------
@@ -104,8 +115,12 @@ def test_ddl_is_idempotent() -> None:
 ENTITIES = [
     {"id": "urn:e:1", "type": [NS + "T"], NS + "speed": [prop(61.3, unitCode="KMH")], NS + "name": [prop("Holly")]},
     {"id": "urn:e:2", "type": [NS + "T"], NS + "speed": [prop(12)], NS + "congested": [prop(True)]},
-    {"id": "urn:e:3", "type": [NS + "T"], NS + "speed": [prop(90), prop(5, datasetId="urn:ds:b")],
-     NS + "address": [prop({"locality": "Melbourne"})]},
+    {
+        "id": "urn:e:3",
+        "type": [NS + "T"],
+        NS + "speed": [prop(90), prop(5, datasetId="urn:ds:b")],
+        NS + "address": [prop({"locality": "Melbourne"})],
+    },
     {"id": "urn:e:4", "type": [NS + "T"], NS + "name": [prop("Wood")]},
 ]
 
@@ -181,7 +196,7 @@ def test_accepted_regexes_run_alike_in_duckdb(pattern: str) -> None:
 
 def test_single_condition_pushes_its_test_into_the_scan() -> None:
     sql, params = q_to_sql(parse_q("speed>50", expand), "t")
-    assert sql == "e.id IN (SELECT eid FROM attr_index WHERE tenant = ? AND path = ? AND num > ?)"
+    assert sql == "e.seq IN (SELECT seq FROM attr_index WHERE tenant = ? AND path = ? AND num > ?)"
     assert params == ["t", NS + "speed", 50.0]
 
 
@@ -205,13 +220,19 @@ values = st.one_of(
     leaf_values,
     st.lists(leaf_values, max_size=3),
     st.dictionaries(
-        dict_keys, st.one_of(leaf_values, st.lists(scalars, max_size=2), st.dictionaries(dict_keys, leaf_values)),
+        dict_keys,
+        st.one_of(leaf_values, st.lists(scalars, max_size=2), st.dictionaries(dict_keys, leaf_values)),
         max_size=2,
     ),
 )
 KIND_MEMBERS = [
-    ("Property", "value"), ("GeoProperty", "value"), ("Relationship", "object"), ("LanguageProperty", "languageMap"),
-    ("VocabProperty", "vocab"), ("JsonProperty", "json"), ("ListProperty", "valueList"),
+    ("Property", "value"),
+    ("GeoProperty", "value"),
+    ("Relationship", "object"),
+    ("LanguageProperty", "languageMap"),
+    ("VocabProperty", "vocab"),
+    ("JsonProperty", "json"),
+    ("ListProperty", "valueList"),
     ("ListRelationship", "objectList"),
 ]
 

@@ -38,3 +38,11 @@ def test_dead_letters_keep_topic_payload_and_reason() -> None:
     assert [(d.topic, d.reason) for d in letters] == [("polis/x", "not JSON"), ("polis/y", "empty batch")]
     assert letters[0].received_at == when and letters[0].id is not None
     assert store.dead_letter_count("mqtt") == 2 and store.dead_letter_count("other") == 0
+
+
+def test_a_count_does_not_block_the_next_multi_entity_read() -> None:
+    # Regression: a half-read result from a scalar query made the next Arrow registration fail (500s over HTTP).
+    store = DuckDBStore(None)
+    store.write("", upserts=[ENTITY])
+    assert store.entity_count("") == 1
+    assert set(store.get("", [ENTITY["id"], "urn:ngsi-ld:Sensor:2"])) == {ENTITY["id"]}

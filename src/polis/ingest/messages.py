@@ -81,8 +81,11 @@ PRIVACY_FIELDS = frozenset(
     }
 )  # fmt: skip
 
+_MEMO_LIMIT = 1 << 16
+_NAME_TAIL = re.compile(r"[/#:]")
 _TENANT = re.compile(r"[A-Za-z0-9_\-]{1,64}\Z")
 _ITEM_MEMBERS = frozenset({"id", "type", "@context", "dateObserved", "observedAt"})
+_PLAIN = (int, float)  # exact types: bool is not a plain number here
 _JSON_TYPES = {"number": "a number", "integer": "an integer", "boolean": "true or false"}
 
 
@@ -150,10 +153,28 @@ class MessageParser:
         self.value_types = {t: dict(v) for t, v in (value_types or {}).items()}
         self.max_payload_bytes = max_payload_bytes
         self.max_readings = max_readings
+        # Sensors publish on the same few topics again and again: remember each topic's verdict.
+        self._topics: dict[str, Topic | MessageRejected] = {}
+        # Item layouts (type, keys) whose names the codec accepted with plain numbers as values; see _plain.
+        self._shapes: dict[tuple[str, tuple[str, ...]], list[tuple[str, str, str | None]]] = {}
 
     # -- topic ---------------------------------------------------------------------------------
 
     def topic(self, topic: str) -> Topic:
+        known = self._topics.get(topic)
+        if known is None:
+            try:
+                known = self._topic(topic)
+            except MessageRejected as why:
+                known = why
+            if len(self._topics) >= _MEMO_LIMIT:
+                self._topics.clear()
+            self._topics[topic] = known
+        if isinstance(known, MessageRejected):
+            raise MessageRejected(known.reason)
+        return known
+
+    def _topic(self, topic: str) -> Topic:
         parts = topic.split("/")
         if len(parts) != 4 or parts[0] != TOPIC_ROOT:
             raise MessageRejected(
@@ -230,8 +251,14 @@ class MessageParser:
                 f"unsupported @context {_short(context)}: MQTT payloads are read with the Smart Data Models "
                 "Transportation @context; leave @context out"
             )
-        _check_privacy(item, 0)
         when = _item_time(item)
+        shape_key = (type_iri, tuple(item))
+        shape = self._shapes.get(shape_key) if when is not None else None
+        if shape is not None:
+            plain = _plain(item, shape, when, now)  # type: ignore[arg-type]
+            if plain is not None:
+                return Reading(where.tenant, entity_id, type_iri, plain, when)
+        _check_privacy(item, 0)
         body = {k: v for k, v in item.items() if k not in _ITEM_MEMBERS}
         if not body:
             raise MessageRejected("no readings: the payload holds no attributes")
@@ -243,6 +270,10 @@ class MessageParser:
         for iri, instances in attributes.items():
             for instance in instances:
                 self._check_instance(iri, instance, when, expected.get(iri))
+        if when is not None and shape is None and all(type(v) in _PLAIN for v in body.values()):
+            if len(self._shapes) >= _MEMO_LIMIT:
+                self._shapes.clear()
+            self._shapes[shape_key] = [(k, self.terms.expand(k), expected.get(self.terms.expand(k))) for k in body]
         return Reading(where.tenant, entity_id, type_iri, attributes, when)
 
     def _item_id(self, where: Topic, item: dict[str, Any]) -> str:
@@ -285,6 +316,24 @@ class MessageParser:
             )
 
 
+def _plain(
+    item: dict[str, Any], shape: list[tuple[str, str, str | None]], when: str, now: str
+) -> dict[str, list[Instance]] | None:
+    """The codec's result for an item of a layout it already accepted, when every value is a plain number.
+
+    For a number the codec's output depends on the attribute's name only (a Property holding the number),
+    and the names of this layout passed the codec, the privacy check and the schema types once; so the
+    instances are built directly. Any other value (a string, an object, a wrong type) returns None and
+    takes the full path, which gives the verdict and the reason. Equivalence is a tested property."""
+    out: dict[str, list[Instance]] = {}
+    for key, iri, expected in shape:
+        value = item[key]
+        if type(value) not in _PLAIN or (expected is not None and not _has_json_type(value, expected)):
+            return None
+        out[iri] = [{"type": "Property", "value": value, "createdAt": now, "modifiedAt": now, "observedAt": when}]
+    return out
+
+
 def _decode(payload: bytes) -> Any:
     try:
         return orjson.loads(payload)
@@ -322,9 +371,18 @@ def _has_json_type(value: Any, expected: str) -> bool:
     return isinstance(value, int | float)
 
 
-def _privacy_name(key: str) -> str:
-    tail = re.split(r"[/#:]", key)[-1]
-    return tail.replace("_", "").replace("-", "").lower()
+_private_keys: dict[str, bool] = {}
+
+
+def _is_private(key: str) -> bool:
+    known = _private_keys.get(key)
+    if known is None:
+        tail = _NAME_TAIL.split(key)[-1]
+        known = tail.replace("_", "").replace("-", "").lower() in PRIVACY_FIELDS
+        if len(_private_keys) >= _MEMO_LIMIT:
+            _private_keys.clear()
+        _private_keys[key] = known
+    return known
 
 
 def _check_privacy(node: Any, depth: int) -> None:
@@ -332,7 +390,7 @@ def _check_privacy(node: Any, depth: int) -> None:
         return
     if isinstance(node, dict):
         for key, value in node.items():
-            if _privacy_name(key) in PRIVACY_FIELDS:
+            if _is_private(key):
                 raise MessageRejected(
                     f"privacy: field '{key}' carries media or a personal identifier, which Polis does not take "
                     "(it counts, it never watches)"
@@ -354,7 +412,9 @@ def transportation_type_terms(context_path: Path) -> list[str]:
     return sorted(t for t in context if t[:1].isupper() and t != "URL")
 
 
-def load_value_types(models_dir: Path, terms: TermMap, types: Collection[str] | None = None) -> dict[str, dict[str, str]]:
+def load_value_types(
+    models_dir: Path, terms: TermMap, types: Collection[str] | None = None
+) -> dict[str, dict[str, str]]:
     """Per type IRI, attribute IRI -> JSON type, for every attribute a shipped Smart Data Models schema
     declares as number, integer or boolean. A model without a schema file simply has no checks."""
     out: dict[str, dict[str, str]] = {}

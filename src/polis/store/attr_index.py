@@ -29,14 +29,14 @@ from polis.domain.entity import ENTITY_MEMBERS, RESERVED_ATTRIBUTE_MEMBERS, Enti
 from polis.ngsi_ld.q import MAX_KEYS, MEMBERS, Path, classify, compared_values, instances, plain_values, value_member
 
 ATTR_INDEX_DDL = """CREATE TABLE IF NOT EXISTS attr_index (
-    tenant VARCHAR NOT NULL, eid VARCHAR NOT NULL, path VARCHAR NOT NULL,
+    tenant VARCHAR NOT NULL, seq BIGINT NOT NULL, path VARCHAR NOT NULL,
     num DOUBLE, txt VARCHAR, "bool" BOOLEAN)"""
 
 SUB_SEP = "\x1f"
 MEMBER_SEP = "\x1f@"
 KEY_SEP = "\x1e"
 
-IndexRow = tuple[str, str, float | None, str | None, bool | None]
+IndexRow = tuple[int, str, float | None, str | None, bool | None]
 
 
 def encode_path(path: Path) -> str:
@@ -51,9 +51,11 @@ def encode_path(path: Path) -> str:
     return out
 
 
-def attr_index_rows(entity: Entity) -> list[IndexRow]:
-    """(eid, path, num, txt, bool) rows for every comparable value of the entity; the store adds the tenant."""
-    eid = entity["id"]
+def attr_index_rows(entity: Entity, key: int) -> list[IndexRow]:
+    """(key, path, num, txt, bool) rows for every comparable value of the entity; `key` is the entity's
+    integer `seq` in the store (joins on integers are several times faster than on id strings); the
+    store adds the tenant."""
+    eid = key
     rows: list[IndexRow] = []
     for name, raw in entity.items():
         if name in ENTITY_MEMBERS or name.startswith("@") or _unsafe(name):
@@ -67,7 +69,7 @@ def _unsafe(name: str) -> bool:
     return SUB_SEP in name or KEY_SEP in name
 
 
-def _node_rows(eid: str, base: str, node: Instance, rows: list[IndexRow]) -> None:
+def _node_rows(eid: int, base: str, node: Instance, rows: list[IndexRow]) -> None:
     """Rows of one attribute (or sub-attribute) instance: its values, keys, members and sub-attributes."""
     member = value_member(node)
     raw = node.get(member)
@@ -89,7 +91,7 @@ _MULTI_MEMBERS = frozenset({"languageMap", "objectList"})
 _FINITE_INT = 2**1000  # any int below this converts to a finite double
 
 
-def _scalar_row(eid: str, path: str, value: Any, rows: list[IndexRow]) -> bool:
+def _scalar_row(eid: int, path: str, value: Any, rows: list[IndexRow]) -> bool:
     """The common case, a plain string or number, without the general machinery: same rows as
     `_value_rows(.., plain_values(value), ..)` would add. False when the value needs the general path."""
     kind = type(value)
@@ -104,7 +106,7 @@ def _scalar_row(eid: str, path: str, value: Any, rows: list[IndexRow]) -> bool:
     return True
 
 
-def _key_rows(eid: str, base: str, compound: dict[str, Any], depth: int, rows: list[IndexRow]) -> None:
+def _key_rows(eid: int, base: str, compound: dict[str, Any], depth: int, rows: list[IndexRow]) -> None:
     for key, value in compound.items():
         if not isinstance(key, str) or _unsafe(key):
             continue
@@ -114,7 +116,7 @@ def _key_rows(eid: str, base: str, compound: dict[str, Any], depth: int, rows: l
             _key_rows(eid, path, value, depth + 1, rows)
 
 
-def _value_rows(eid: str, path: str, values: list[Any], rows: list[IndexRow]) -> None:
+def _value_rows(eid: int, path: str, values: list[Any], rows: list[IndexRow]) -> None:
     before = len(rows)
     append = rows.append
     for value in values:

@@ -3,9 +3,12 @@
 Tables (all keyed by tenant; the default tenant is the empty string):
 - `entities`: one row per entity, the whole expanded document as JSON text, its types, and `seq`
   (creation order, which gives query results a stable order).
-- `entity_attrs`: (entity, attribute IRI, attribute kind), for `attrs=` filters and `/types`, `/attributes`.
+- `entity_types`, `entity_attrs`: (entity, type) and (entity, attribute IRI, attribute kind), for type and
+  `attrs=` filters and `/types`, `/attributes`.
 - `attr_index`: the flattened attribute values that `q` is translated against (see attr_index.py).
 - `geo_index`: every GeoProperty with its bounding box and H3 cells (see geo_index.py).
+- The index tables refer to an entity by its integer `seq`, not its id: a query first finds the page's
+  `seq`s from the narrow tables (integer joins, no document read), then reads only those documents.
 - `history`: every temporal instance; numeric Property instances keep only `num` (+ unit), others the
   instance JSON, so a week of one sensor reads without parsing JSON.
 
@@ -47,7 +50,9 @@ from polis.store.q_sql import q_to_sql
 
 INSTANCE_PREFIX = "urn:ngsi-ld:Instance:"
 
+SCHEMA_VERSION = "2"
 _SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
     "CREATE TABLE IF NOT EXISTS tenants (name VARCHAR PRIMARY KEY)",
     """CREATE TABLE IF NOT EXISTS receipts (
         source VARCHAR NOT NULL, key VARCHAR NOT NULL, received_at TIMESTAMP NOT NULL, PRIMARY KEY (source, key))""",
@@ -58,8 +63,10 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS entities (
         tenant VARCHAR NOT NULL, id VARCHAR NOT NULL, types VARCHAR[] NOT NULL, doc VARCHAR NOT NULL,
         seq BIGINT NOT NULL, PRIMARY KEY (tenant, id))""",
+    """CREATE TABLE IF NOT EXISTS entity_types (
+        tenant VARCHAR NOT NULL, seq BIGINT NOT NULL, type VARCHAR NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS entity_attrs (
-        tenant VARCHAR NOT NULL, eid VARCHAR NOT NULL, attr VARCHAR NOT NULL, kind VARCHAR NOT NULL)""",
+        tenant VARCHAR NOT NULL, seq BIGINT NOT NULL, attr VARCHAR NOT NULL, kind VARCHAR NOT NULL)""",
     ATTR_INDEX_DDL,
     GEO_INDEX_DDL,
     """CREATE TABLE IF NOT EXISTS history (
@@ -115,8 +122,19 @@ class DuckDBStore:
             config={"threads": threads, "memory_limit": memory_limit},
         )
         self._lock = threading.RLock()
+        existing = {r[0] for r in self._con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         for ddl in _SCHEMA:
             self._con.execute(ddl)
+        version = self._scalar("SELECT value FROM meta WHERE key = 'schema_version'")
+        if version is None and "entities" in existing:
+            self._con.close()
+            raise RuntimeError(
+                f"{path} was written by an older Polis (no schema version); move it aside and run `polis ingest` again"
+            )
+        if version not in (None, SCHEMA_VERSION):
+            self._con.close()
+            raise RuntimeError(f"{path} has schema version {version}; this Polis reads version {SCHEMA_VERSION}")
+        self._con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
         self._con.execute("INSERT OR IGNORE INTO tenants VALUES (?)", [DEFAULT_TENANT])
         self._next_seq = self._scalar("SELECT COALESCE(max(seq), 0) + 1 FROM entities")
         self._next_instance = self._scalar("SELECT COALESCE(max(instance_id), 0) + 1 FROM history")
@@ -197,13 +215,14 @@ class DuckDBStore:
         with self._lock:
             self.ensure_tenant(tenant)
             # Keep each entity's creation order across replacements; new ones go to the end.
-            seqs = self._seqs(tenant, [e["id"] for e in upserts])
+            old_seqs = self._seqs(tenant, touched)
+            seqs = dict(old_seqs)
             for entity in upserts:
                 if entity["id"] not in seqs:
                     seqs[entity["id"]] = self._next_seq
                     self._next_seq += 1
             tables = self._index_tables(upserts, seqs)
-            tables["gone"] = pa.table({"id": pa.array(touched, pa.string())})
+            tables["gone"] = pa.table({"seq": pa.array(list(old_seqs.values()), pa.int64())})
             if history:
                 tables["history_rows"] = self._history_table(history)
             if receipts:
@@ -217,18 +236,14 @@ class DuckDBStore:
             with self._registered(**tables):
                 con.execute("BEGIN TRANSACTION")
                 try:
-                    if touched:
-                        for table, key in (
-                            ("entities", "id"),
-                            ("entity_attrs", "eid"),
-                            ("attr_index", "eid"),
-                            ("geo_index", "eid"),
-                        ):
+                    if old_seqs:
+                        for table in ("entities", "entity_types", "entity_attrs", "attr_index", "geo_index"):
                             con.execute(
-                                f"DELETE FROM {table} WHERE tenant = ? AND {key} IN (SELECT id FROM gone)", [tenant]
+                                f"DELETE FROM {table} WHERE tenant = ? AND seq IN (SELECT seq FROM gone)", [tenant]
                             )
                     if upserts:
                         con.execute("INSERT INTO entities SELECT ?, * FROM entity_rows", [tenant])
+                        con.execute("INSERT INTO entity_types SELECT ?, * FROM type_rows", [tenant])
                         con.execute("INSERT INTO entity_attrs SELECT ?, * FROM attr_rows", [tenant])
                         if tables["index_rows"].num_rows:
                             con.execute("INSERT INTO attr_index SELECT ?, * FROM index_rows", [tenant])
@@ -260,19 +275,22 @@ class DuckDBStore:
 
     def _index_tables(self, upserts: Sequence[Entity], seqs: dict[str, int]) -> dict[str, pa.Table]:
         ids, types, docs = [], [], []
-        attr_rows: list[tuple[str, str, str]] = []
+        type_rows: list[tuple[int, str]] = []
+        attr_rows: list[tuple[int, str, str]] = []
         index_rows: list[tuple[Any, ...]] = []
         geo_rows: list[tuple[Any, ...]] = []
         for entity in upserts:
             eid = entity["id"]
+            seq = seqs[eid]
             ids.append(eid)
             types.append(entity["type"])
             docs.append(orjson.dumps(entity).decode())
+            type_rows.extend((seq, t) for t in entity["type"])
             for name, instances in entity.items():
                 if name not in ENTITY_MEMBERS:
-                    attr_rows.append((eid, name, instances[0].get("type", "Property")))
-            index_rows.extend(attr_index_rows(entity))
-            geo_rows.extend(geo_index_rows(entity))
+                    attr_rows.append((seq, name, instances[0].get("type", "Property")))
+            index_rows.extend(attr_index_rows(entity, seq))
+            geo_rows.extend(geo_index_rows(entity, seq))
         entity_table = pa.table(
             [
                 pa.array(ids, pa.string()),
@@ -282,16 +300,20 @@ class DuckDBStore:
             ],
             schema=_ENTITY_SCHEMA,
         )
+        type_cols = _columns(type_rows, 2)
+        types_table = pa.table({"seq": pa.array(type_cols[0], pa.int64()), "type": pa.array(type_cols[1], pa.string())})
+        attr_cols = _columns(attr_rows, 3)
         attrs_table = pa.table(
             {
-                k: pa.array(list(v), pa.string())
-                for k, v in zip(("eid", "attr", "kind"), _columns(attr_rows, 3), strict=True)
+                "seq": pa.array(attr_cols[0], pa.int64()),
+                "attr": pa.array(attr_cols[1], pa.string()),
+                "kind": pa.array(attr_cols[2], pa.string()),
             }
         )
         index_cols = _columns(index_rows, 5)
         index_table = pa.table(
             {
-                "eid": pa.array(index_cols[0], pa.string()),
+                "seq": pa.array(index_cols[0], pa.int64()),
                 "path": pa.array(index_cols[1], pa.string()),
                 "num": pa.array(index_cols[2], pa.float64()),
                 "txt": pa.array(index_cols[3], pa.string()),
@@ -300,11 +322,17 @@ class DuckDBStore:
         )
         geo_cols = _columns(geo_rows, 12)
         geo_types = (
-            [pa.string(), pa.string(), pa.string()] + [pa.float64()] * 6 + [pa.uint64(), pa.uint64(), pa.string()]
+            [pa.int64(), pa.string(), pa.string()] + [pa.float64()] * 6 + [pa.uint64(), pa.uint64(), pa.string()]
         )
-        geo_names = ["eid", "attr", "gtype", "lon", "lat", "minx", "miny", "maxx", "maxy", "h3", "h3_r6", "geojson"]
+        geo_names = ["seq", "attr", "gtype", "lon", "lat", "minx", "miny", "maxx", "maxy", "h3", "h3_r6", "geojson"]
         geo_table = pa.table({n: pa.array(c, t) for n, c, t in zip(geo_names, geo_cols, geo_types, strict=True)})
-        return {"entity_rows": entity_table, "attr_rows": attrs_table, "index_rows": index_table, "geo_rows": geo_table}
+        return {
+            "entity_rows": entity_table,
+            "type_rows": types_table,
+            "attr_rows": attrs_table,
+            "index_rows": index_table,
+            "geo_rows": geo_table,
+        }
 
     def _history_table(self, history: Sequence[HistoryInstance]) -> pa.Table:
         cols: dict[str, list[Any]] = {name: [] for name in _HISTORY_SCHEMA.names}
@@ -343,12 +371,19 @@ class DuckDBStore:
         if query.types is not None:
             groups = []
             for group in query.types.any_of:
-                groups.append("list_has_all(e.types, ?::VARCHAR[])")
-                params.append(list(group))
+                if len(group) == 1:
+                    groups.append("e.seq IN (SELECT seq FROM entity_types WHERE tenant = ? AND type = ?)")
+                    params.extend([tenant, group[0]])
+                else:  # every type of the group
+                    groups.append(
+                        "e.seq IN (SELECT seq FROM entity_types WHERE tenant = ? "
+                        "AND type IN (SELECT unnest(?::VARCHAR[])) GROUP BY seq HAVING count(DISTINCT type) = ?)"
+                    )
+                    params.extend([tenant, list(group), len(set(group))])
             clauses.append("(" + " OR ".join(groups) + ")")
         if query.attrs:
             clauses.append(
-                "e.id IN (SELECT eid FROM entity_attrs WHERE tenant = ? AND attr IN (SELECT unnest(?::VARCHAR[])))"
+                "e.seq IN (SELECT seq FROM entity_attrs WHERE tenant = ? AND attr IN (SELECT unnest(?::VARCHAR[])))"
             )
             params.extend([tenant, list(query.attrs)])
         if query.q is not None:
@@ -369,24 +404,34 @@ class DuckDBStore:
     def query(self, tenant: str, query: EntityQuery) -> QueryResult:
         where, params, exact = self._where(tenant, query)
         with self._lock:
-            if exact:
+            if not exact:
+                # Geometries the SQL prefilter cannot decide: check each candidate exactly, then paginate.
+                rows = self._con.execute(
+                    f"SELECT e.doc FROM entities e WHERE {where} ORDER BY e.seq", params
+                ).fetchall()
+            else:
                 count = None
                 if query.count:
                     count = int(self._scalar(f"SELECT count(*) FROM entities e WHERE {where}", params))
-                page = ""
-                page_params: list[Any] = []
-                if query.limit is not None:
-                    page = " LIMIT ? OFFSET ?"
-                    page_params = [query.limit, query.offset]
-                elif query.offset:
-                    page = " OFFSET ?"
-                    page_params = [query.offset]
-                rows = self._con.execute(
-                    f"SELECT e.doc FROM entities e WHERE {where} ORDER BY e.seq{page}", params + page_params
+                if query.limit == 0:
+                    return QueryResult([], count)
+                # Two steps: the page's seqs from the narrow columns and index tables, then only those documents.
+                page = " LIMIT ? OFFSET ?" if query.limit is not None else " OFFSET ?"
+                page_params = [query.limit, query.offset] if query.limit is not None else [query.offset]
+                seqs = [
+                    r[0]
+                    for r in self._con.execute(
+                        f"SELECT e.seq FROM entities e WHERE {where} ORDER BY e.seq{page}", params + page_params
+                    ).fetchall()
+                ]
+                if not seqs:
+                    return QueryResult([], count)
+                docs = self._con.execute(
+                    "SELECT doc FROM entities WHERE tenant = ? AND seq BETWEEN ? AND ? "
+                    "AND seq IN (SELECT unnest(?::BIGINT[])) ORDER BY seq",
+                    [tenant, seqs[0], seqs[-1], seqs],
                 ).fetchall()
-                return QueryResult([orjson.loads(r[0]) for r in rows], count)
-            # Geometries the SQL prefilter cannot decide: check each candidate exactly, then paginate.
-            rows = self._con.execute(f"SELECT e.doc FROM entities e WHERE {where} ORDER BY e.seq", params).fetchall()
+                return QueryResult([orjson.loads(r[0]) for r in docs], count)
         assert query.geo is not None
         matched = [doc for doc in (orjson.loads(r[0]) for r in rows) if _geo_match(query, doc)]
         end = None if query.limit is None else query.offset + query.limit
@@ -623,15 +668,13 @@ class DuckDBStore:
     def types(self, tenant: str) -> list[TypeInfo]:
         with self._lock:
             counts = self._con.execute(
-                "SELECT t, count(*) FROM (SELECT unnest(types) AS t FROM entities WHERE tenant = ?) "
-                "GROUP BY t ORDER BY t",
-                [tenant],
+                "SELECT type, count(*) FROM entity_types WHERE tenant = ? GROUP BY type ORDER BY type", [tenant]
             ).fetchall()
             details = self._con.execute(
-                "SELECT t, a.attr, list(DISTINCT a.kind) FROM "
-                "(SELECT id, unnest(types) AS t FROM entities WHERE tenant = ?) e "
-                "JOIN entity_attrs a ON a.eid = e.id AND a.tenant = ? GROUP BY t, a.attr",
-                [tenant, tenant],
+                "SELECT t.type, a.attr, list(DISTINCT a.kind) FROM entity_types t "
+                "JOIN entity_attrs a ON a.seq = t.seq AND a.tenant = t.tenant WHERE t.tenant = ? "
+                "GROUP BY t.type, a.attr",
+                [tenant],
             ).fetchall()
         attrs: dict[str, dict[str, set[str]]] = {}
         for type_, attr, kinds in details:
@@ -641,10 +684,9 @@ class DuckDBStore:
     def attributes(self, tenant: str) -> list[AttributeInfo]:
         with self._lock:
             rows = self._con.execute(
-                "SELECT a.attr, count(DISTINCT a.eid), list(DISTINCT a.kind), "
-                "flatten(list(DISTINCT e.types)) FROM entity_attrs a "
-                "JOIN entities e ON e.id = a.eid AND e.tenant = a.tenant WHERE a.tenant = ? "
-                "GROUP BY a.attr ORDER BY a.attr",
+                "SELECT a.attr, count(DISTINCT a.seq), list(DISTINCT a.kind), list(DISTINCT t.type) "
+                "FROM entity_attrs a JOIN entity_types t ON t.seq = a.seq AND t.tenant = a.tenant "
+                "WHERE a.tenant = ? GROUP BY a.attr ORDER BY a.attr",
                 [tenant],
             ).fetchall()
         return [AttributeInfo(attr, int(n), set(kinds), set(types)) for attr, n, kinds, types in rows]

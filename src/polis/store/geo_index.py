@@ -40,7 +40,7 @@ from polis.ngsi_ld.geoquery import (
 )
 
 GEO_INDEX_DDL = """CREATE TABLE IF NOT EXISTS geo_index (
-    tenant VARCHAR NOT NULL, eid VARCHAR NOT NULL, attr VARCHAR NOT NULL,
+    tenant VARCHAR NOT NULL, seq BIGINT NOT NULL, attr VARCHAR NOT NULL,
     gtype VARCHAR NOT NULL, lon DOUBLE, lat DOUBLE,
     minx DOUBLE, miny DOUBLE, maxx DOUBLE, maxy DOUBLE,
     h3 UBIGINT, h3_r6 UBIGINT,
@@ -53,7 +53,7 @@ _EPS_DEG = 1e-9  # widens every box a little, so rounding can only add candidate
 _BOX = ("minx", "miny", "maxx", "maxy")
 
 GeoRow = tuple[
-    str,
+    int,
     str,
     str,
     float | None,
@@ -71,11 +71,11 @@ GeoRow = tuple[
 # -- rows ----------------------------------------------------------------------------------------
 
 
-def geo_index_rows(entity: Entity) -> list[GeoRow]:
-    """(eid, attr, gtype, lon, lat, minx, miny, maxx, maxy, h3, h3_r6, geojson) for every GeoProperty
+def geo_index_rows(entity: Entity, key: int) -> list[GeoRow]:
+    """(key, attr, gtype, lon, lat, minx, miny, maxx, maxy, h3, h3_r6, geojson) for every GeoProperty
     instance; lon/lat are the point itself or the centroid of other shapes. Malformed values are skipped:
-    they can match no geo-query."""
-    eid = entity["id"]
+    they can match no geo-query. `key` is the entity's integer `seq` in the store."""
+    eid = key
     rows: list[GeoRow] = []
     for attr in attribute_names(entity):
         instances = entity[attr]
@@ -89,7 +89,7 @@ def geo_index_rows(entity: Entity) -> list[GeoRow]:
     return rows
 
 
-def _row(eid: str, attr: str, geometry: Any) -> GeoRow | None:
+def _row(eid: int, attr: str, geometry: Any) -> GeoRow | None:
     try:
         validate_geometry(geometry)
     except BadRequestData:
@@ -126,7 +126,7 @@ def _cells(lon: float, lat: float) -> tuple[int, int]:
 
 
 def geo_to_sql(query: GeoQuery, tenant: str, *, points_only: bool = False) -> tuple[str, list[object], bool]:
-    """A predicate on the entities table `e`, its parameters, and whether it is the exact answer.
+    """A predicate on the entities table `e` (its `seq` column), its parameters, and whether it is the exact answer.
 
     When `exact` is False the predicate selects a superset and the caller must keep only the entities with
     an instance that `matches`. `points_only=True` says the caller knows every stored value of this
@@ -136,7 +136,7 @@ def geo_to_sql(query: GeoQuery, tenant: str, *, points_only: bool = False) -> tu
         condition, params, exact = _near_sql(query, points_only)
     else:
         condition, params, exact = _relation_sql(query)
-    sql = f"e.id IN (SELECT eid FROM geo_index WHERE tenant = ? AND attr = ? AND ({condition}))"
+    sql = f"e.seq IN (SELECT seq FROM geo_index WHERE tenant = ? AND attr = ? AND ({condition}))"
     return sql, [tenant, query.geoproperty, *params], exact
 
 
