@@ -50,7 +50,7 @@ from polis.store.q_sql import q_to_sql
 
 INSTANCE_PREFIX = "urn:ngsi-ld:Instance:"
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
     "CREATE TABLE IF NOT EXISTS tenants (name VARCHAR PRIMARY KEY)",
@@ -62,7 +62,7 @@ _SCHEMA = [
         payload VARCHAR NOT NULL, reason VARCHAR NOT NULL, received_at TIMESTAMP NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS entities (
         tenant VARCHAR NOT NULL, id VARCHAR NOT NULL, types VARCHAR[] NOT NULL, doc VARCHAR NOT NULL,
-        seq BIGINT NOT NULL, PRIMARY KEY (tenant, id))""",
+        seq BIGINT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS entity_types (
         tenant VARCHAR NOT NULL, seq BIGINT NOT NULL, type VARCHAR NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS entity_attrs (
@@ -130,6 +130,12 @@ class DuckDBStore:
             raise RuntimeError(f"{path} has schema version {version}; this Polis reads version {SCHEMA_VERSION}")
         self._con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
         self._con.execute("INSERT OR IGNORE INTO tenants VALUES (?)", [DEFAULT_TENANT])
+        # The id directory: (tenant, id) -> seq for every entity, in memory. It replaces a primary-key index,
+        # whose upkeep made every DuckDB commit cost ~75 ms; 100,000 entities take ~15 MB here.
+        self._directory: dict[tuple[str, str], int] = {
+            (tenant, eid): seq
+            for tenant, eid, seq in self._con.execute("SELECT tenant, id, seq FROM entities").fetchall()
+        }
         self._next_seq = self._scalar("SELECT COALESCE(max(seq), 0) + 1 FROM entities")
         self._next_instance = self._scalar("SELECT COALESCE(max(instance_id), 0) + 1 FROM history")
         self._tenants = {row[0] for row in self._con.execute("SELECT name FROM tenants").fetchall()}
@@ -161,18 +167,19 @@ class DuckDBStore:
     # -- current state ---------------------------------------------------------------------------
 
     def get(self, tenant: str, ids: Sequence[str]) -> dict[str, Entity]:
-        if not ids:
-            return {}
         with self._lock:
-            if len(ids) == 1:
+            seqs = [seq for seq in (self._directory.get((tenant, i)) for i in ids) if seq is not None]
+            if not seqs:
+                return {}
+            if len(seqs) == 1:
                 rows = self._con.execute(
-                    "SELECT id, doc FROM entities WHERE tenant = ? AND id = ?", [tenant, ids[0]]
+                    "SELECT id, doc FROM entities WHERE tenant = ? AND seq = ?", [tenant, seqs[0]]
                 ).fetchall()
             else:
-                with self._registered(wanted=pa.table({"id": pa.array(list(ids), pa.string())})):
-                    rows = self._con.execute(
-                        "SELECT e.id, e.doc FROM entities e JOIN wanted w ON e.id = w.id WHERE e.tenant = ?", [tenant]
-                    ).fetchall()
+                rows = self._con.execute(
+                    "SELECT id, doc FROM entities WHERE tenant = ? AND seq IN (SELECT unnest(?::BIGINT[]))",
+                    [tenant, seqs],
+                ).fetchall()
         return {eid: orjson.loads(doc) for eid, doc in rows}
 
     @contextmanager
@@ -187,13 +194,8 @@ class DuckDBStore:
                 self._con.unregister(name)
 
     def existing_ids(self, tenant: str, ids: Sequence[str]) -> set[str]:
-        if not ids:
-            return set()
-        with self._lock, self._registered(wanted=pa.table({"id": pa.array(list(ids), pa.string())})):
-            rows = self._con.execute(
-                "SELECT e.id FROM entities e JOIN wanted w ON e.id = w.id WHERE e.tenant = ?", [tenant]
-            ).fetchall()
-        return {r[0] for r in rows}
+        with self._lock:
+            return {i for i in ids if (tenant, i) in self._directory}
 
     def write(
         self,
@@ -257,15 +259,14 @@ class DuckDBStore:
                 except BaseException:
                     con.execute("ROLLBACK")
                     raise
+            for eid in deletes:
+                self._directory.pop((tenant, eid), None)
+            for entity in upserts:
+                self._directory[(tenant, entity["id"])] = seqs[entity["id"]]
 
     def _seqs(self, tenant: str, ids: list[str]) -> dict[str, int]:
-        if not ids:
-            return {}
-        with self._registered(wanted=pa.table({"id": pa.array(ids, pa.string())})):
-            rows = self._con.execute(
-                "SELECT e.id, e.seq FROM entities e JOIN wanted w ON e.id = w.id WHERE e.tenant = ?", [tenant]
-            ).fetchall()
-        return dict(rows)
+        found = ((i, self._directory.get((tenant, i))) for i in ids)
+        return {i: seq for i, seq in found if seq is not None}
 
     def _index_tables(self, upserts: Sequence[Entity], seqs: dict[str, int]) -> dict[str, pa.Table]:
         ids, types, docs = [], [], []
