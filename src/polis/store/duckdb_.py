@@ -51,6 +51,9 @@ from polis.store.q_sql import q_to_sql
 INSTANCE_PREFIX = "urn:ngsi-ld:Instance:"
 
 SCHEMA_VERSION = "3"
+# DuckDB folds its write-ahead log into the tables when the log reaches this size. The default (16 MB) means
+# a checkpoint every few batch upserts, each rewriting whole row groups; a larger log amortises that.
+CHECKPOINT_WAL = "256MB"
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
     "CREATE TABLE IF NOT EXISTS tenants (name VARCHAR PRIMARY KEY)",
@@ -113,7 +116,7 @@ class DuckDBStore:
             path.parent.mkdir(parents=True, exist_ok=True)
         self._con = duckdb.connect(
             str(path) if path is not None else ":memory:",
-            config={"threads": threads, "memory_limit": memory_limit},
+            config={"threads": threads, "memory_limit": memory_limit, "checkpoint_threshold": CHECKPOINT_WAL},
         )
         self._lock = threading.RLock()
         existing = {r[0] for r in self._con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
