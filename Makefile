@@ -5,9 +5,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 POLIS_PORT ?= 8000
 
-.PHONY: run test lint bench clean setup
+.PHONY: run test lint bench clean setup system-packages
 
-setup: $(STAMP)
+setup: $(STAMP) system-packages
+
+# Mosquitto (the real MQTT broker the streaming tests and the live demo use) comes from Debian's packages.
+system-packages:
+	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
+		echo "installing mosquitto from Debian's packages"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq mosquitto >/dev/null; }
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,10 +22,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-run: $(STAMP)
+run: setup
 	$(BIN)/polis demo --port $(POLIS_PORT)
 
-test: $(STAMP) lint
+test: setup lint
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
