@@ -41,6 +41,9 @@ def _serve(settings: Settings) -> None:
 
     platform = Platform(settings)
     try:
+        if settings.mqtt_url:
+            platform.start_mqtt(settings.mqtt_url)
+            console.print(f"taking sensor streams from {settings.mqtt_url} (topics polis/<tenant>/<type>/<id>)")
         console.print(
             f"[bold]Polis[/bold] serving on http://{settings.host}:{settings.port} "
             f"(API docs at http://{settings.host}:{settings.port}/docs), data in {settings.data_dir}"
@@ -55,9 +58,12 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Listen address (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port (default 8000)")] = None,
     data_dir: DataDir = None,
+    mqtt: Annotated[
+        str | None, typer.Option(help="Take sensor streams from this broker, mqtt://127.0.0.1:1883")
+    ] = None,
 ) -> None:
-    """Serve the NGSI-LD API from the hub in DATA_DIR."""
-    _serve(_settings(data_dir, host=host, port=port))
+    """Serve the NGSI-LD API from the hub in DATA_DIR (and ingest MQTT streams with --mqtt)."""
+    _serve(_settings(data_dir, host=host, port=port, mqtt_url=mqtt))
 
 
 def _ingest(settings: Settings, names: list[str]) -> None:
@@ -123,11 +129,37 @@ def demo(
     port: Annotated[int | None, typer.Option(help="Listen port (default 8000)")] = None,
     data_dir: DataDir = None,
     datasets_dir: DatasetsDir = None,
+    speed: Annotated[float, typer.Option(help="Live replay speed, times real time")] = 60.0,
 ) -> None:
-    """The demo city: load Los-loop and Melbourne (idempotent), then serve them."""
+    """The demo city: load Los-loop and Melbourne (idempotent), start a Mosquitto broker, serve the hub with
+    MQTT ingest, and replay Los-loop's recorded readings as live sensors (60x real time, observed as of now)."""
+    import threading
+    from datetime import UTC, datetime
+
+    from polis.ingest.broker import start_broker
+    from polis.ingest.replay import replay
+
     settings = _settings(data_dir, datasets_dir, host=host, port=port)
     _ingest(settings, list(DEMO_DATASETS))
-    _serve(settings)
+    broker = start_broker(settings.data_dir / "mosquitto")
+    settings.mqtt_url = broker.url
+    stop = threading.Event()
+
+    def live() -> None:
+        try:
+            replay("los-loop", settings.datasets_dir, broker.url, speed, stop=stop, rebase=datetime.now(UTC))
+        except Exception as error:  # the demo keeps serving even if the live feed ends badly
+            console.print(f"[yellow]live replay stopped: {error}[/yellow]")
+
+    feeder = threading.Thread(target=live, name="polis-demo-replay", daemon=True)
+    feeder.start()
+    console.print(f"live: Los-loop readings replayed through {broker.url} at {speed:g}x real time")
+    try:
+        _serve(settings)
+    finally:
+        stop.set()
+        feeder.join(10)
+        broker.stop()
 
 
 @app.command()
@@ -146,6 +178,78 @@ def archive(
     finally:
         store.close()
     console.print(f"wrote {len(files)} Parquet files under {destination}")
+
+
+@app.command(name="replay")
+def replay_command(
+    dataset: Annotated[str, typer.Argument(help="los-loop, melbourne-pedestrians or sz-taxi")],
+    speed: Annotated[float, typer.Option(help="Times real time; 0 = as fast as the broker takes them")] = 60.0,
+    mqtt: Annotated[str, typer.Option(help="Broker URL")] = "mqtt://127.0.0.1:1883",
+    limit: Annotated[int | None, typer.Option(help="At most this many messages")] = None,
+    batch: Annotated[bool, typer.Option(help="One gateway message per time step instead of one per sensor")] = False,
+    now: Annotated[bool, typer.Option(help="Shift the recording so its first reading is observed now")] = False,
+    datasets_dir: DatasetsDir = None,
+) -> None:
+    """Publish a real dataset's readings as sensor messages over MQTT, in time order."""
+    from datetime import UTC, datetime
+
+    from polis.ingest.replay import REPLAYABLE, replay
+
+    if dataset not in REPLAYABLE:
+        console.print(f"[red]cannot replay '{dataset}'[/red]; sensor datasets: {', '.join(REPLAYABLE)}")
+        raise typer.Exit(2)
+    settings = _settings(None, datasets_dir)
+    with Progress(
+        TextColumn(f"[bold]{dataset}[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as progress:
+        task = progress.add_task(dataset, total=None)
+        summary = replay(
+            dataset,
+            settings.datasets_dir,
+            mqtt,
+            speed,
+            limit=limit,
+            batch=batch,
+            rebase=datetime.now(UTC) if now else None,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    console.print(
+        f"published {summary.messages:,} messages ({summary.readings:,} readings, {summary.steps:,} "
+        f"time steps) in {summary.seconds:.1f} s; observed {summary.first} .. {summary.last}"
+    )
+
+
+@app.command()
+def deadletters(
+    url: Annotated[
+        str | None, typer.Option(help="Ask a running server (its DuckDB file is locked while it runs)")
+    ] = None,
+    data_dir: DataDir = None,
+    limit: Annotated[int, typer.Option(help="How many, oldest first")] = 50,
+) -> None:
+    """Messages an ingest source refused, with the reason, from a running server or the hub's files."""
+    if url is not None:
+        import httpx
+
+        rows = httpx.get(f"{url.rstrip('/')}/polis/v1/deadletters", params={"limit": limit}, timeout=10).json()
+        letters = [(r["id"], r["receivedAt"], r["topic"], r["reason"], r["payload"]) for r in rows]
+    else:
+        from polis.store.duckdb_ import DuckDBStore
+
+        settings = _settings(data_dir)
+        store = DuckDBStore(settings.database_path, threads=settings.duckdb_threads)
+        try:
+            letters = [
+                (d.id, d.received_at.isoformat(), d.topic, d.reason, d.payload) for d in store.dead_letters(None, limit)
+            ]
+        finally:
+            store.close()
+    table = Table(title=f"dead letters ({len(letters)} shown)")
+    for column in ("id", "received", "topic", "reason", "payload"):
+        table.add_column(column, overflow="fold")
+    for ident, received, topic, reason, payload in letters:
+        table.add_row(str(ident), received, topic, reason, payload[:80])
+    console.print(table)
 
 
 @app.command()
@@ -170,9 +274,31 @@ def doctor(data_dir: DataDir = None, datasets_dir: DatasetsDir = None) -> None:
             table.add_row(f"  dataset {name}", "available")
     core = settings.datasets_dir / "ngsi-ld" / "ngsi-ld-core-context-v1.9.jsonld"
     table.add_row("core @context v1.9", "found" if core.is_file() else "[red]missing[/red]")
-    for tool in ("mosquitto", "chromium"):
-        table.add_row(tool, shutil.which(tool) or "not installed (needed by later features)")
+    try:
+        from polis.ingest.broker import find_mosquitto
+
+        table.add_row("mosquitto", find_mosquitto())
+    except (FileNotFoundError, RuntimeError):
+        table.add_row("mosquitto", "[red]not installed[/red] (make setup installs it)")
+    table.add_row("chromium", shutil.which("chromium") or "not installed (needed by the dashboard tests)")
+    table.add_row("server", _server_status(settings))
     console.print(table)
+
+
+def _server_status(settings: Settings) -> str:
+    """Whether a hub answers at the configured address, and its ingest lag (from /metrics)."""
+    import httpx
+
+    url = f"http://{settings.host}:{settings.port}"
+    try:
+        text = httpx.get(f"{url}/metrics", timeout=1.0).text
+    except httpx.HTTPError:
+        return f"none at {url}"
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    lag = values.get('polis_ingest_lag_s{source="mqtt"}')
+    pending = values.get('polis_ingest_pending{source="mqtt"}')
+    ingest = f"MQTT lag {lag} s, {pending} pending" if lag is not None else "no MQTT ingest"
+    return f"running at {url}: {values.get('polis_entities', '?')} entities, {ingest}"
 
 
 if __name__ == "__main__":  # pragma: no cover

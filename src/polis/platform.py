@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any, Protocol
 
 from polis.ngsi_ld.context import ContextCache
 from polis.ngsi_ld.entities import EntityService
@@ -12,6 +13,16 @@ from polis.ngsi_ld.events import EventBus
 from polis.ngsi_ld.temporal import TemporalService
 from polis.settings import Settings
 from polis.store.duckdb_ import DuckDBStore
+
+
+class Source(Protocol):
+    """A live ingest source the platform runs (MQTT today): started with the server, stopped with it."""
+
+    def start(self, wait_s: float | None = None) -> None: ...
+
+    def stop(self, timeout: float = 10.0) -> None: ...
+
+    def metrics(self) -> dict[str, Any]: ...
 
 
 class Platform:
@@ -27,6 +38,16 @@ class Platform:
         )
         self.entities = EntityService(self.store, self.bus)
         self.temporal = TemporalService(self.entities)
+        self.sources: dict[str, Source] = {}
+
+    def start_mqtt(self, url: str) -> Source:
+        """Take sensor streams from the broker at `url` into this hub (see polis.ingest.mqtt)."""
+        from polis.ingest.mqtt import MqttIngestor
+
+        ingestor = MqttIngestor(self, url)
+        ingestor.start()
+        self.sources["mqtt"] = ingestor
+        return ingestor
 
     @classmethod
     def in_memory(cls, **overrides: object) -> Platform:
@@ -36,4 +57,7 @@ class Platform:
         return cls(settings, store=DuckDBStore(None, threads=settings.duckdb_threads))
 
     def close(self) -> None:
+        for source in self.sources.values():
+            source.stop()  # commits and acknowledges what it holds before the store closes
+        self.sources.clear()
         self.store.close()

@@ -48,6 +48,10 @@ class Settings(BaseSettings):
         default=2.0,
         description="Seconds to wait for a remote @context before answering LdContextNotAvailable.",
     )
+    mqtt_url: str | None = Field(
+        default=None,
+        description="MQTT broker to take sensor streams from (mqtt://127.0.0.1:1883); unset = no MQTT ingest.",
+    )
     memory_limit: str = Field(default="512MB", description="DuckDB memory limit for the embedded store.")
     duckdb_threads: int = Field(default=2, description="Threads DuckDB may use.")
 

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from polis import __version__
-from polis.api import routes_discovery, routes_entities, routes_temporal
+from polis.api import routes_discovery, routes_entities, routes_operations, routes_temporal
 from polis.domain.errors import ERROR_TYPE_BASE, NgsiError
 from polis.platform import Platform
 
@@ -87,6 +87,7 @@ def create_app(platform: Platform) -> FastAPI:
     app.include_router(routes_entities.router)
     app.include_router(routes_temporal.router)
     app.include_router(routes_discovery.router)
+    app.include_router(routes_operations.router)
 
     app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
 

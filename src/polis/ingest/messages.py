@@ -157,6 +157,7 @@ class MessageParser:
         self._topics: dict[str, Topic | MessageRejected] = {}
         # Item layouts (type, keys) whose names the codec accepted with plain numbers as values; see _plain.
         self._shapes: dict[tuple[str, tuple[str, ...]], list[tuple[str, str, str | None]]] = {}
+        self._good_ids: set[str] = set()
 
     # -- topic ---------------------------------------------------------------------------------
 
@@ -200,12 +201,17 @@ class MessageParser:
             )
         return iri
 
-    @staticmethod
-    def _entity_id(value: Any, where: str) -> str:
+    def _entity_id(self, value: Any, where: str) -> str:
+        if isinstance(value, str) and value in self._good_ids:  # a gateway names the same sensors each time
+            return value
         try:
-            return validate_entity_id(value)
+            validate_entity_id(value)
         except BadRequestData as error:
             raise MessageRejected(f"invalid entity id in the {where}: {error.detail}") from None
+        if len(self._good_ids) >= _MEMO_LIMIT:
+            self._good_ids.clear()
+        self._good_ids.add(value)
+        return str(value)
 
     # -- payload -------------------------------------------------------------------------------
 

@@ -129,6 +129,7 @@ class _Plan:
     previous: dict[str, Entity | None] = field(default_factory=dict)
     history: list[HistoryInstance] = field(default_factory=list)
     receipts: list[tuple[str, str]] = field(default_factory=list)
+    date_observed: dict[str, str] = field(default_factory=dict)  # entity id -> newest dateObserved sent
     messages: int = 0
 
 
@@ -242,6 +243,7 @@ class MqttIngestor:
         topic: str = "polis/#",
         batch_max: int = 2000,
         batch_wait_s: float = 0.02,
+        batch_bytes_max: int = 2 << 20,
         max_pending: int = 8000,
         session_expiry_s: int = 7 * 24 * 3600,
         parser: MessageParser | None = None,
@@ -258,6 +260,7 @@ class MqttIngestor:
         self.topic = topic
         self.batch_max = max(1, batch_max)
         self.batch_wait_s = batch_wait_s
+        self.batch_bytes_max = batch_bytes_max  # gateway messages carry many readings: bound a group's size
         self.max_pending = max(self.batch_max, min(max_pending, 65_535))  # Receive Maximum is 16 bits
         self.session_expiry_s = session_expiry_s
         self.parser = parser or parser_for(platform, max_payload_bytes=max_payload_bytes, max_readings=max_readings)
@@ -330,10 +333,10 @@ class MqttIngestor:
 
     def metrics(self) -> dict[str, Any]:
         n = self._n
-        with self._cond:
+        with self._cond:  # the worker moves messages from the queue to its group under this lock
             pending = len(self._queue)
             oldest = self._queue[0].received_at if self._queue else None
-        group = self._in_group
+            group = self._in_group
         if group:
             oldest = group[0].received_at if oldest is None else min(oldest, group[0].received_at)
         backlog = None
@@ -417,7 +420,8 @@ class MqttIngestor:
     # -- worker thread ---------------------------------------------------------------------------
 
     def _take(self) -> list[ReceivedMessage]:
-        """The next group: up to batch_max messages, waiting at most batch_wait_s after the oldest arrived."""
+        """The next group: up to batch_max messages (and about batch_bytes_max of payload), waiting at most
+        batch_wait_s after the oldest arrived."""
         with self._cond:
             while not self._queue:
                 if self._draining:
@@ -429,8 +433,13 @@ class MqttIngestor:
                 if left <= 0:
                     break
                 self._cond.wait(left)
-            size = min(len(self._queue), self.batch_max)
-            group = [self._queue.popleft() for _ in range(size)]
+            group: list[ReceivedMessage] = []
+            size = 0
+            while self._queue and len(group) < self.batch_max and (not group or size < self.batch_bytes_max):
+                message = self._queue.popleft()
+                group.append(message)
+                size += len(message.payload)
+            self._in_group = group
             self._cond.notify_all()  # room again for a blocked network thread
             return group
 
@@ -439,7 +448,6 @@ class MqttIngestor:
             group = self._take()
             if not group:
                 return
-            self._in_group = group
             delay = 0.1
             while True:
                 try:
@@ -491,6 +499,7 @@ class MqttIngestor:
         n.last_latency_ms = round((committed_at - group[0].received_at) * 1000, 3)
         if self.on_commit is not None:
             self.on_commit(group, committed_at)
+        self._in_group = []  # about to be acknowledged: the broker may send as many again
         self._ack(group)
 
     def _parse(
@@ -529,6 +538,9 @@ class MqttIngestor:
             plan.receipts.append((SOURCE, message.key))
             plan.messages += 1
         plans = {t: p for t, p in plans.items() if p.messages}
+        for plan in plans.values():
+            for entity_id, when in plan.date_observed.items():
+                _set_date_observed(plan.entities[entity_id], when, now)
         started = time.perf_counter()
         n = self._n
         if rejected:
@@ -596,11 +608,22 @@ def _apply(plan: _Plan, reading: Reading, now: str) -> list[HistoryInstance]:
         entity = {"id": reading.entity_id, "type": [reading.type_iri], "createdAt": now, "modifiedAt": now}
         plan.entities[reading.entity_id] = entity
     for name, instances in reading.attributes.items():
-        current = {i.get("datasetId"): i for i in entity.get(name, ())}
+        held = entity.get(name)
+        if len(instances) == 1 and held is not None and len(held) == 1:
+            instance, old = instances[0], held[0]
+            if instance.get("datasetId") == old.get("datasetId"):  # the common case: one value replacing one
+                _inherit_unit(instance, old)
+                if not _earlier(instance.get("observedAt"), old.get("observedAt")):
+                    instance["createdAt"] = old.get("createdAt", now)
+                    instance["modifiedAt"] = now
+                    entity[name] = instances
+                continue
+        current = {i.get("datasetId"): i for i in held or ()}
         for instance in instances:
             dataset = instance.get("datasetId")
             old = current.get(dataset)
             if old is not None:
+                _inherit_unit(instance, old)
                 if _earlier(instance.get("observedAt"), old.get("observedAt")):
                     continue
                 if "createdAt" in old:
@@ -609,9 +632,18 @@ def _apply(plan: _Plan, reading: Reading, now: str) -> list[HistoryInstance]:
             current[dataset] = instance
         entity[name] = list(current.values())
     if reading.date_observed is not None:
-        _set_date_observed(entity, reading.date_observed, now)
+        latest = plan.date_observed.get(reading.entity_id)
+        if latest is None or _earlier(latest, reading.date_observed):
+            plan.date_observed[reading.entity_id] = reading.date_observed
     entity["modifiedAt"] = now
     return history_of({"id": reading.entity_id, **reading.attributes})
+
+
+def _inherit_unit(instance: dict[str, Any], old: dict[str, Any]) -> None:
+    """Key-values readings cannot carry a unit: they keep the one the attribute has (set by the dataset
+    loader or an earlier normalized message), in the current value and in history."""
+    if "unitCode" not in instance and "unitCode" in old and instance.get("type") == old.get("type"):
+        instance["unitCode"] = old["unitCode"]
 
 
 def _set_date_observed(entity: Entity, when: str, now: str) -> None:

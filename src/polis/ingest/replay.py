@@ -1,0 +1,232 @@
+"""Replay a recorded dataset as live sensors: its real readings published over MQTT, in time order, at N×
+real time, so the hub (and everything listening to it) sees the city as if the sensors were online.
+
+Each time step of the dataset becomes, per sensor with a reading, one QoS 1 message in Smart Data
+Models key-values form on the documented topic (see polis.ingest.messages):
+
+    polis/<tenant>/TrafficFlowObserved/urn:ngsi-ld:TrafficFlowObserved:los-loop:773869
+    {"averageVehicleSpeed": 61.3, "dateObserved": "2012-03-01T08:00:00Z"}
+
+or, with `batch=True`, one gateway message per time step on `polis/<tenant>/<Type>/_batch` holding an
+array of such readings, each with its "id". Key-values carry no unit: the ingestor keeps the unitCode the
+attribute already has (the dataset loaders set it), so ingest the dataset first (`polis ingest NAME`) for
+entities with their names, locations and units; without it, the entities are created bare.
+
+Pacing: step k is published (t_k - t_0) / speed seconds after the start; speed 0 or inf publishes as fast as
+the broker acknowledges. The publisher keeps at most `window` messages unacknowledged (QoS 1 flow control:
+a broker that slows down slows the replay), and returns once every message has been acknowledged.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import orjson
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from polis.ingest.datasets import load_dataset
+from polis.ingest.messages import BATCH_SEGMENT, MAX_READINGS, topic_for
+from polis.ingest.mqtt import parse_url
+from polis.ngsi_ld.entities import utc_now
+
+REPLAYABLE = ("los-loop", "melbourne-pedestrians", "sz-taxi")
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaySummary:
+    dataset: str
+    messages: int  # published and acknowledged by the broker
+    readings: int
+    steps: int
+    seconds: float
+    first: str | None  # observation time of the first and last step replayed
+    last: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    observed_at: np.datetime64
+    entity_ids: np.ndarray
+    attributes: np.ndarray
+    values: np.ndarray
+
+
+def _term(iri: str) -> str:
+    """The short name of a Smart Data Models IRI (the Transportation @context maps it back)."""
+    return iri.rsplit("/", 1)[-1]
+
+
+def _iso(instant: np.datetime64) -> str:
+    return f"{np.datetime_as_string(instant, unit='s')}Z"
+
+
+def _number(value: float) -> int | float:
+    return int(value) if value.is_integer() else value
+
+
+def _steps(dataset: str, datasets_dir: Path, start: datetime | None) -> tuple[dict[str, str], list[_Step]]:
+    """The dataset's readings grouped by observation time, oldest first, and each entity's type term."""
+    load = load_dataset(dataset, Path(datasets_dir), utc_now())
+    types = {e["id"]: _term(e["type"][0]) for e in load.entities}
+    columns = load.history
+    order = np.argsort(columns.observed_at, kind="stable")  # rows are entity-major; replay is time-major
+    times = columns.observed_at[order]
+    if start is not None:
+        first = np.datetime64(start.astimezone(UTC).replace(tzinfo=None), "us")
+        keep = times >= first
+        order, times = order[keep], times[keep]
+    if times.size == 0:
+        return types, []
+    bounds = np.flatnonzero(np.diff(times.astype(np.int64))) + 1
+    steps = []
+    for rows in np.split(order, bounds):
+        steps.append(
+            _Step(columns.observed_at[rows[0]], columns.entity_id[rows], columns.attribute[rows], columns.value[rows])
+        )
+    return types, steps
+
+
+def _messages(
+    step: _Step, types: dict[str, str], tenant: str, batch: bool
+) -> Iterator[tuple[str, bytes, int]]:
+    """(topic, payload, readings) of one time step."""
+    when = _iso(step.observed_at)
+    if not batch:
+        for entity_id, attribute, value in zip(step.entity_ids, step.attributes, step.values, strict=True):
+            body = {_term(attribute): _number(float(value)), "dateObserved": when}
+            yield topic_for(tenant, types[entity_id], entity_id), orjson.dumps(body), 1
+        return
+    by_type: dict[str, list[dict[str, object]]] = {}
+    for entity_id, attribute, value in zip(step.entity_ids, step.attributes, step.values, strict=True):
+        item = {"id": entity_id, _term(attribute): _number(float(value)), "dateObserved": when}
+        by_type.setdefault(types[entity_id], []).append(item)
+    for type_term, items in by_type.items():
+        for at in range(0, len(items), MAX_READINGS):
+            part = items[at : at + MAX_READINGS]
+            yield topic_for(tenant, type_term, BATCH_SEGMENT), orjson.dumps(part), len(part)
+
+
+class _Publisher:
+    """A QoS 1 publisher that keeps at most `window` messages unacknowledged."""
+
+    def __init__(self, url: str, window: int, client_id: str) -> None:
+        host, port = parse_url(url)
+        self._window = window
+        self._cond = threading.Condition()
+        self._outstanding = 0
+        self.acked = 0
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.client.max_inflight_messages_set(min(window, 100))  # more in flight makes paho slower, not faster
+        self.client.on_publish = self._on_publish
+        self.client.connect(host, port, keepalive=30)
+        self.client.loop_start()
+
+    def _on_publish(self, *_: object) -> None:
+        with self._cond:
+            self._outstanding -= 1
+            self.acked += 1
+            self._cond.notify_all()
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        with self._cond:
+            while self._outstanding >= self._window:
+                self._cond.wait(1.0)
+            self._outstanding += 1
+        self.client.publish(topic, payload, qos=1)
+
+    def drain(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._outstanding > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"the broker did not acknowledge {self._outstanding} messages in {timeout} s")
+                self._cond.wait(left)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _pause(seconds: float, stop: threading.Event | None) -> bool:
+    """Sleep; True when asked to stop meanwhile."""
+    if stop is None:
+        time.sleep(seconds)
+        return False
+    return stop.wait(seconds)
+
+
+def replay(
+    dataset: str,
+    datasets_dir: Path,
+    url: str,
+    speed: float,
+    *,
+    tenant: str = "default",
+    progress: Callable[[int, int], None] | None = None,
+    limit: int | None = None,
+    start: datetime | str | None = None,
+    batch: bool = False,
+    window: int = 1000,
+    stop: threading.Event | None = None,
+    rebase: datetime | None = None,
+) -> ReplaySummary:
+    """Publish `dataset`'s readings to the broker at `url`, `speed`× real time (0 or inf: no pauses).
+
+    `limit`: at most this many messages; `start`: skip readings observed before this instant;
+    `rebase`: shift every observation time so the first replayed step is observed at this instant (the
+    live demo passes now: the recorded readings arrive as today's, and never collide with the ingested
+    copy of the same dataset, which keeps its original times);
+    `progress(done, total)` is called after each time step, in messages; `stop` ends the replay early.
+    The tenant is the topic's segment: "default" (or "") is the default tenant."""
+    if dataset not in REPLAYABLE:
+        raise ValueError(f"replay takes a sensor dataset: {', '.join(REPLAYABLE)}; got {dataset!r}")
+    if isinstance(start, str):
+        start = datetime.fromisoformat(start.replace("Z", "+00:00"))
+        start = start if start.tzinfo is not None else start.replace(tzinfo=UTC)
+    tenant = "" if tenant == "default" else tenant
+    types, steps = _steps(dataset, datasets_dir, start)
+    if rebase is not None and steps:
+        shift = np.datetime64(rebase.astimezone(UTC).replace(tzinfo=None), "us") - steps[0].observed_at
+        steps = [_Step(s.observed_at + shift, s.entity_ids, s.attributes, s.values) for s in steps]
+    per_step = [step.entity_ids.size if not batch else len({types[e] for e in step.entity_ids}) for step in steps]
+    total = sum(per_step) if limit is None else min(limit, sum(per_step))
+    report = progress or (lambda done, total: None)
+    paced = speed > 0 and math.isfinite(speed)
+    publisher = _Publisher(url, window, f"polis-replay-{uuid.uuid4().hex[:8]}")
+    messages = readings = done_steps = 0
+    first = last = None
+    began = time.monotonic()
+    try:
+        report(0, total)
+        for step in steps:
+            if (limit is not None and messages >= limit) or (stop is not None and stop.is_set()):
+                break
+            if paced:
+                offset = (step.observed_at - steps[0].observed_at) / np.timedelta64(1, "s") / speed
+                wait = began + offset - time.monotonic()
+                if wait > 0 and _pause(wait, stop):
+                    break
+            for topic, payload, count in _messages(step, types, tenant, batch):
+                if limit is not None and messages >= limit:
+                    break
+                publisher.publish(topic, payload)
+                messages += 1
+                readings += count
+            first = first or _iso(step.observed_at)
+            last = _iso(step.observed_at)
+            done_steps += 1
+            report(messages, total)
+        publisher.drain(timeout=60.0)
+    finally:
+        publisher.close()
+    return ReplaySummary(dataset, messages, readings, done_steps, time.monotonic() - began, first, last)
