@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import platform as py_platform
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -33,7 +34,8 @@ def _settings(data_dir: Path | None = None, datasets_dir: Path | None = None, **
     return Settings(**overrides)  # type: ignore[arg-type]
 
 
-def _serve(settings: Settings) -> None:
+def _serve(settings: Settings, on_ready: Callable[[], None] | None = None) -> None:
+    """Serve until stopped; `on_ready` runs once the hub (and its MQTT subscription) is up."""
     import uvicorn
 
     from polis.api.app import create_app
@@ -42,8 +44,10 @@ def _serve(settings: Settings) -> None:
     platform = Platform(settings)
     try:
         if settings.mqtt_url:
-            platform.start_mqtt(settings.mqtt_url)
+            platform.start_mqtt(settings.mqtt_url, wait_s=30.0)
             console.print(f"taking sensor streams from {settings.mqtt_url} (topics polis/<tenant>/<type>/<id>)")
+        if on_ready is not None:
+            on_ready()
         console.print(
             f"[bold]Polis[/bold] serving on http://{settings.host}:{settings.port} "
             f"(API docs at http://{settings.host}:{settings.port}/docs), data in {settings.data_dir}"
@@ -152,13 +156,17 @@ def demo(
             console.print(f"[yellow]live replay stopped: {error}[/yellow]")
 
     feeder = threading.Thread(target=live, name="polis-demo-replay", daemon=True)
-    feeder.start()
-    console.print(f"live: Los-loop readings replayed through {broker.url} at {speed:g}x real time")
+
+    def go_live() -> None:  # only once ingest is subscribed: a fresh broker keeps nothing for absent subscribers
+        feeder.start()
+        console.print(f"live: Los-loop readings replayed through {broker.url} at {speed:g}x real time")
+
     try:
-        _serve(settings)
+        _serve(settings, on_ready=go_live)
     finally:
         stop.set()
-        feeder.join(10)
+        if feeder.is_alive():
+            feeder.join(10)
         broker.stop()
 
 

@@ -40,12 +40,13 @@ class Platform:
         self.temporal = TemporalService(self.entities)
         self.sources: dict[str, Source] = {}
 
-    def start_mqtt(self, url: str) -> Source:
-        """Take sensor streams from the broker at `url` into this hub (see polis.ingest.mqtt)."""
+    def start_mqtt(self, url: str, wait_s: float | None = None) -> Source:
+        """Take sensor streams from the broker at `url` into this hub (see polis.ingest.mqtt); with
+        `wait_s`, wait that long for the subscription (TimeoutError without it)."""
         from polis.ingest.mqtt import MqttIngestor
 
         ingestor = MqttIngestor(self, url)
-        ingestor.start()
+        ingestor.start(wait_s=wait_s)
         self.sources["mqtt"] = ingestor
         return ingestor
 

@@ -19,6 +19,8 @@ The config is what the ingest path relies on:
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import getpass
 import shutil
 import signal
@@ -29,10 +31,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MAX_QUEUED_MESSAGES = 100_000
-MAX_INFLIGHT_MESSAGES = 1_000
+MAX_INFLIGHT_MESSAGES = 20_000
 MESSAGE_SIZE_LIMIT = 1 << 20  # bytes; the ingestor's own limit is lower, so oversized messages get a dead letter
 CONFIG_NAME = "mosquitto.conf"
 LOG_NAME = "mosquitto.log"
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: Linux sends it SIGTERM when the process that started it dies, so a
+    broker never outlives a killed test or demo (it still saves its persistence on SIGTERM)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def find_mosquitto() -> str:
@@ -114,6 +124,7 @@ class Broker:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

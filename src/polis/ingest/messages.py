@@ -156,7 +156,7 @@ class MessageParser:
         # Sensors publish on the same few topics again and again: remember each topic's verdict.
         self._topics: dict[str, Topic | MessageRejected] = {}
         # Item layouts (type, keys) whose names the codec accepted with plain numbers as values; see _plain.
-        self._shapes: dict[tuple[str, tuple[str, ...]], list[tuple[str, str, str | None]]] = {}
+        self._shapes: dict[tuple[str, tuple[str, ...]], list[tuple[str, str, bool]]] = {}
         self._good_ids: set[str] = set()
 
     # -- topic ---------------------------------------------------------------------------------
@@ -277,9 +277,11 @@ class MessageParser:
             for instance in instances:
                 self._check_instance(iri, instance, when, expected.get(iri))
         if when is not None and shape is None and all(type(v) in _PLAIN for v in body.values()):
+            # Every value passed as a plain number, so no key's schema type is boolean.
             if len(self._shapes) >= _MEMO_LIMIT:
                 self._shapes.clear()
-            self._shapes[shape_key] = [(k, self.terms.expand(k), expected.get(self.terms.expand(k))) for k in body]
+            iris = [(k, self.terms.expand(k)) for k in body]
+            self._shapes[shape_key] = [(k, iri, expected.get(iri) == "integer") for k, iri in iris]
         return Reading(where.tenant, entity_id, type_iri, attributes, when)
 
     def _item_id(self, where: Topic, item: dict[str, Any]) -> str:
@@ -323,18 +325,20 @@ class MessageParser:
 
 
 def _plain(
-    item: dict[str, Any], shape: list[tuple[str, str, str | None]], when: str, now: str
+    item: dict[str, Any], shape: list[tuple[str, str, bool]], when: str, now: str
 ) -> dict[str, list[Instance]] | None:
     """The codec's result for an item of a layout it already accepted, when every value is a plain number.
 
     For a number the codec's output depends on the attribute's name only (a Property holding the number),
     and the names of this layout passed the codec, the privacy check and the schema types once; so the
-    instances are built directly. Any other value (a string, an object, a wrong type) returns None and
-    takes the full path, which gives the verdict and the reason. Equivalence is a tested property."""
+    instances are built directly. Any other value (a string, an object, a fraction where the schema wants
+    an integer) returns None and takes the full path, which gives the verdict and the reason. Equivalence
+    is a tested property."""
     out: dict[str, list[Instance]] = {}
-    for key, iri, expected in shape:
+    for key, iri, integer in shape:
         value = item[key]
-        if type(value) not in _PLAIN or (expected is not None and not _has_json_type(value, expected)):
+        kind = type(value)
+        if kind is not int and (kind is not float or (integer and not value.is_integer())):
             return None
         out[iri] = [{"type": "Property", "value": value, "createdAt": now, "modifiedAt": now, "observedAt": when}]
     return out

@@ -2,8 +2,9 @@
 
 The delivery contract, end to end:
 1. a sensor publishes with QoS 1; the broker PUBACKs it once the message is queued for Polis's
-   persistent session (client id `polis-ingest`, MQTT 5, clean_start=False, a session expiry), so
-   from then on the broker holds it for Polis, connected or not;
+   persistent session (client id `polis-ingest`, MQTT 3.1.1 with clean_session=False by default, or
+   MQTT 5 with clean_start=False and a session expiry), so from then on the broker holds it for Polis,
+   connected or not;
 2. the ingestor takes messages with manual acknowledgement: a message is acknowledged to the broker
    only after the store transaction holding its readings has committed. Until then the broker keeps it
    and redelivers it after any crash or reconnect;
@@ -18,14 +19,19 @@ The delivery contract, end to end:
 
 Throughput: messages are grouped (up to `batch_max`, waiting at most `batch_wait_s` after the oldest
 arrived) into one store write per tenant per group: the entities' new state, every reading into history
-and every receipt, in one transaction; then each message is acknowledged.
+and every receipt, in one transaction; then every message of the group is acknowledged in one write.
+Rewriting an entity costs the same for one reading as for fifty, so under load the groups grow (the
+worker takes everything queued) and the per-message cost falls.
 
-Flow control: the ingestor announces an MQTT 5 Receive Maximum of `max_pending`, so the broker never has
-more than that many unacknowledged messages out to it; the in-process queue is bounded by the same
-number. Should a broker ignore it, the network thread blocks on the full queue and stops reading the
-socket. Either way the excess waits in the broker's per-client queue (bounded by the broker's
-`max_queued_messages`, see polis.ingest.broker). The lag (the age of the oldest message not yet
-committed) and the broker's backlog and drop counters (from `$SYS`) are in `metrics()`.
+Flow control: the in-process queue holds at most `max_pending` messages; when it is full the network
+thread blocks, so nothing more is read from the socket and the broker keeps the rest. How many
+unacknowledged messages the broker sends ahead is its window: `max_inflight_messages` in its config for
+MQTT 3.1.1 (polis.ingest.broker sets 20,000; Mosquitto's default of 20 would cap ingest at 20 messages
+per commit), or our Receive Maximum (= `max_pending`) with `protocol="5"`. MQTT 3.1.1 is the default
+because paho decodes MQTT 5 properties on every message, which costs about 40 % of the network thread.
+Beyond the window messages wait in the broker's per-client queue (bounded by `max_queued_messages`).
+The lag (the age of the oldest message not yet committed) and the broker's backlog and drop counters
+(from `$SYS`) are in `metrics()`.
 
 Acknowledgements are tied to the connection they came from: a packet id is only meaningful on its own
 connection, and a late PUBACK sent on a new connection could acknowledge a different message that
@@ -55,7 +61,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from polis.domain.entity import Entity, HistoryInstance
+from polis.domain.entity import Entity, HistoryInstance, Instance
 from polis.ingest.messages import (
     MAX_PAYLOAD_BYTES,
     MAX_READINGS,
@@ -67,7 +73,7 @@ from polis.ingest.messages import (
     shown_payload,
     transportation_type_terms,
 )
-from polis.ngsi_ld.entities import history_of, utc_now
+from polis.ngsi_ld.entities import parse_observed_at, utc_now
 from polis.ngsi_ld.events import EntityChange
 from polis.store.base import DeadLetter
 
@@ -130,6 +136,7 @@ class _Plan:
     history: list[HistoryInstance] = field(default_factory=list)
     receipts: list[tuple[str, str]] = field(default_factory=list)
     date_observed: dict[str, str] = field(default_factory=dict)  # entity id -> newest dateObserved sent
+    instants: dict[str, datetime] = field(default_factory=dict)  # observedAt text -> parsed, per group
     messages: int = 0
 
 
@@ -137,13 +144,16 @@ class BufferedClient(mqtt.Client):
     """paho's Client reading the socket in 64 KiB chunks and handling every packet that arrived per wake-up.
 
     Stock paho (2.x) reads each packet's header one byte per recv() call and, for a client that only
-    receives, handles one packet per select() round; at 10,000 messages/s that is about half the ingest
-    process's CPU. Only the two read paths change: `_sock_recv` serves reads from a buffer refilled by
+    receives, handles one packet per select() round; at 10,000 messages/s that is a large share of the
+    ingest process's CPU. Only the read path changes: `_sock_recv` serves reads from a buffer refilled by
     one large recv(), and `loop_read` keeps handling packets until the socket is drained (the buffer is
-    then empty too, so select() never sleeps on buffered data). Incoming packets are bounded by our
-    Receive Maximum, so a drain loop cannot run away. Both hooks exist throughout paho-mqtt 2.x.
+    then empty too, so select() never sleeps on buffered data), then pauses `read_pause_s` so that the
+    next wake-up finds several messages rather than one (messages wait for a group anyway). The drain
+    loop cannot run away: the broker's window bounds what arrives, and a full queue blocks on_message.
+    `ack_many` queues many PUBACKs as one write. The hooks used exist throughout paho-mqtt 2.x.
     """
 
+    read_pause_s: float = 0.001
     _read_buffer: bytes = b""
     _read_pos: int = 0
     _read_sock: object = None
@@ -169,6 +179,7 @@ class BufferedClient(mqtt.Client):
             self._packet_queue(0x40, packet, 0, 0)
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        handled = 0
         while True:
             if self._sock is None:
                 return MQTTErrorCode.MQTT_ERR_NO_CONN
@@ -176,7 +187,10 @@ class BufferedClient(mqtt.Client):
             if rc > 0:
                 return self._loop_rc_handle(rc)
             if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                if handled and self.read_pause_s:
+                    time.sleep(self.read_pause_s)
                 return MQTTErrorCode.MQTT_ERR_SUCCESS
+            handled += 1
 
 
 def message_key(topic: str, payload: bytes) -> str:
@@ -241,11 +255,12 @@ class MqttIngestor:
         *,
         client_id: str = "polis-ingest",
         topic: str = "polis/#",
-        batch_max: int = 2000,
-        batch_wait_s: float = 0.02,
+        batch_max: int = 10_000,
+        batch_wait_s: float = 0.05,
         batch_bytes_max: int = 2 << 20,
-        max_pending: int = 8000,
+        max_pending: int = 20_000,
         session_expiry_s: int = 7 * 24 * 3600,
+        protocol: str = "3.1.1",
         parser: MessageParser | None = None,
         max_payload_bytes: int = MAX_PAYLOAD_BYTES,
         max_readings: int = MAX_READINGS,
@@ -263,6 +278,9 @@ class MqttIngestor:
         self.batch_bytes_max = batch_bytes_max  # gateway messages carry many readings: bound a group's size
         self.max_pending = max(self.batch_max, min(max_pending, 65_535))  # Receive Maximum is 16 bits
         self.session_expiry_s = session_expiry_s
+        if protocol not in ("3.1.1", "5"):
+            raise ValueError(f"MQTT protocol must be '3.1.1' or '5', got {protocol!r}")
+        self.protocol = protocol
         self.parser = parser or parser_for(platform, max_payload_bytes=max_payload_bytes, max_readings=max_readings)
         self.on_commit = on_commit
         self._queue: deque[ReceivedMessage] = deque()
@@ -281,21 +299,34 @@ class MqttIngestor:
 
     def start(self, wait_s: float | None = None) -> None:
         """Connect (in the background, retrying while the broker is down) and start ingesting.
-        With `wait_s`, wait that long for the first connection and raise TimeoutError without it."""
+        With `wait_s`, wait that long for the first connection and subscription, else raise TimeoutError."""
         if self._client is not None:
             raise RuntimeError("this ingestor is already started")
-        client = BufferedClient(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5, manual_ack=True
-        )
+        if self.protocol == "5":
+            client = BufferedClient(
+                CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5, manual_ack=True
+            )
+        else:
+            client = BufferedClient(
+                CallbackAPIVersion.VERSION2,
+                client_id=self.client_id,
+                protocol=mqtt.MQTTv311,
+                manual_ack=True,
+                clean_session=False,
+            )
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         client.reconnect_delay_set(1, 5)
         client.suppress_exceptions = True  # an exception in a callback must not end the network thread
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.session_expiry_s
-        props.ReceiveMaximum = self.max_pending
-        client.connect_async(self.host, self.port, keepalive=30, clean_start=False, properties=props)
+        if self.protocol == "5":
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.session_expiry_s
+            props.ReceiveMaximum = self.max_pending
+            client.connect_async(self.host, self.port, keepalive=30, clean_start=False, properties=props)
+        else:
+            client.connect_async(self.host, self.port, keepalive=30)
         self._client = client
         self._worker = threading.Thread(target=self._work, name="polis-mqtt-ingest", daemon=True)
         self._worker.start()
@@ -305,6 +336,7 @@ class MqttIngestor:
             raise TimeoutError(f"could not connect to the MQTT broker at {self.url} within {wait_s} s")
 
     def wait_connected(self, timeout: float) -> bool:
+        """Wait until connected and subscribed (the broker keeps messages for us from then on)."""
         return self._connected_event.wait(timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -352,6 +384,7 @@ class MqttIngestor:
             "duplicates": n.duplicates,
             "dead_lettered": n.dead_lettered,
             "acked": n.acked,
+            "left_for_redelivery": n.not_acked_stale,
             "pending": pending,
             "in_flight": pending + len(group),
             "max_pending": self.max_pending,
@@ -377,9 +410,20 @@ class MqttIngestor:
         self._n.connects += 1
         # The subscription lives in the persistent session; subscribing again is harmless and covers a
         # broker that lost its state.
-        client.subscribe([(self.topic, SubscribeOptions(qos=1)), *((t, SubscribeOptions(qos=0)) for t in SYS_TOPICS)])
-        self._connected_event.set()
+        if self.protocol == "5":
+            options = [(t, SubscribeOptions(qos=0)) for t in SYS_TOPICS]
+            client.subscribe([(self.topic, SubscribeOptions(qos=1)), *options])
+        else:
+            client.subscribe([(self.topic, 1), *((t, 0) for t in SYS_TOPICS)])
         log.info("MQTT ingest connected to %s (session present: %s)", self.url, flags.session_present)
+
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, _mid: int, reasons: Any, _props: Any) -> None:
+        # Only from here on does the broker keep messages for us: a message published before the first
+        # subscription reached the broker had no subscriber (MQTT semantics), so "ready" waits for this.
+        if reasons and reasons[0].is_failure:
+            log.error("the MQTT broker %s refused the subscription to %s: %s", self.url, self.topic, reasons[0])
+            return
+        self._connected_event.set()
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         with self._conn_lock:
@@ -399,7 +443,7 @@ class MqttIngestor:
         item = ReceivedMessage(topic, bytes(msg.payload), msg.mid, msg.qos, self._connection, time.time())
         with self._cond:
             # Full: block the network thread, so nothing more is read from the socket until the worker
-            # catches up (only reached if the broker ignores our Receive Maximum).
+            # catches up; the broker keeps the rest.
             while len(self._queue) >= self.max_pending and not self._draining:
                 self._cond.wait(0.5)
             if self._draining:
@@ -476,10 +520,9 @@ class MqttIngestor:
         try:
             self._commit(parsed, rejected, now)
         except Exception as error:
-            if len(parsed) <= 1:
-                raise
             # One message the store cannot take must not hold back the others: one at a time (skipping
             # what the failed attempt did commit), and a message whose own write fails is a dead letter.
+            # If the store is down altogether the dead letters fail too, and the group is retried whole.
             log.warning("group write failed (%s); retrying message by message", error)
             self._n.store_errors += 1
             done = self.store.seen(SOURCE, [m.key for m, _ in [*parsed, *rejected]])
@@ -593,10 +636,14 @@ class MqttIngestor:
 
 
 def _type_conflict(plan: _Plan, readings: list[Reading]) -> str | None:
+    """Why these readings cannot be merged: an entity that exists (or that the message itself creates)
+    with another type. Checked for the whole message before any of it is applied."""
+    types: dict[str, str] = {}
     for reading in readings:
         entity = plan.entities.get(reading.entity_id)
-        if entity is not None and reading.type_iri not in entity["type"]:
-            return f"entity {reading.entity_id} exists with type {', '.join(entity['type'])}, not {reading.type_iri}"
+        known = entity["type"] if entity is not None else [types.setdefault(reading.entity_id, reading.type_iri)]
+        if reading.type_iri not in known:
+            return f"entity {reading.entity_id} exists with type {', '.join(known)}, not {reading.type_iri}"
     return None
 
 
@@ -631,12 +678,34 @@ def _apply(plan: _Plan, reading: Reading, now: str) -> list[HistoryInstance]:
             instance["modifiedAt"] = now
             current[dataset] = instance
         entity[name] = list(current.values())
-    if reading.date_observed is not None:
+    when = reading.date_observed
+    if when is not None:
         latest = plan.date_observed.get(reading.entity_id)
-        if latest is None or _earlier(latest, reading.date_observed):
-            plan.date_observed[reading.entity_id] = reading.date_observed
+        if latest is None or (latest != when and _earlier(latest, when)):
+            plan.date_observed[reading.entity_id] = when
     entity["modifiedAt"] = now
-    return history_of({"id": reading.entity_id, **reading.attributes})
+    return _history(reading.entity_id, reading.attributes, plan.instants)
+
+
+def _history(
+    entity_id: str, attributes: dict[str, list[Instance]], instants: dict[str, datetime]
+) -> list[HistoryInstance]:
+    """`history_of` (polis.ngsi_ld.entities) for one reading's attributes: every instance with observedAt
+    becomes a temporal instance, without its system members. The same, except that each observation time
+    is parsed once per group (a gateway message shares one time among hundreds of readings); a test holds
+    the two to the same output."""
+    out = []
+    for name, instances in attributes.items():
+        for instance in instances:
+            observed = instance.get("observedAt")
+            if observed is None:
+                continue
+            at = instants.get(observed)
+            if at is None:
+                at = instants[observed] = parse_observed_at(observed)
+            stored = {k: v for k, v in instance.items() if k != "createdAt" and k != "modifiedAt"}
+            out.append(HistoryInstance(entity_id, name, at, stored, instance.get("datasetId")))
+    return out
 
 
 def _inherit_unit(instance: dict[str, Any], old: dict[str, Any]) -> None:
@@ -669,9 +738,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data-dir", required=True, help="the hub's data directory (its DuckDB file)")
     parser.add_argument("--client-id", default="polis-ingest")
     parser.add_argument("--topic", default="polis/#")
-    parser.add_argument("--batch-max", type=int, default=2000)
-    parser.add_argument("--batch-wait-ms", type=float, default=20.0)
-    parser.add_argument("--max-pending", type=int, default=8000)
+    parser.add_argument("--batch-max", type=int, default=10_000)
+    parser.add_argument("--batch-wait-ms", type=float, default=50.0)
+    parser.add_argument("--max-pending", type=int, default=20_000)
     args = parser.parse_args(argv)
 
     from pathlib import Path

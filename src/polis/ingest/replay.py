@@ -95,9 +95,7 @@ def _steps(dataset: str, datasets_dir: Path, start: datetime | None) -> tuple[di
     return types, steps
 
 
-def _messages(
-    step: _Step, types: dict[str, str], tenant: str, batch: bool
-) -> Iterator[tuple[str, bytes, int]]:
+def _messages(step: _Step, types: dict[str, str], tenant: str, batch: bool) -> Iterator[tuple[str, bytes, int]]:
     """(topic, payload, readings) of one time step."""
     when = _iso(step.observed_at)
     if not batch:
