@@ -46,3 +46,11 @@ def test_a_count_does_not_block_the_next_multi_entity_read() -> None:
     store.write("", upserts=[ENTITY])
     assert store.entity_count("") == 1
     assert set(store.get("", [ENTITY["id"], "urn:ngsi-ld:Sensor:2"])) == {ENTITY["id"]}
+
+
+def test_old_receipts_are_pruned_and_new_ones_kept() -> None:
+    store = DuckDBStore(None)
+    store.write("", receipts=[("mqtt", "k1")])
+    assert store.prune_receipts("mqtt", datetime(2000, 1, 1, tzinfo=UTC)) == 0
+    assert store.prune_receipts("mqtt", datetime(2999, 1, 1, tzinfo=UTC)) == 1
+    assert store.seen("mqtt", ["k1"]) == set()

@@ -51,7 +51,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -245,6 +245,9 @@ def _instant(text: Any) -> datetime | None:
         return datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
+
+
+PRUNE_EVERY_GROUPS = 1000
 
 
 class MqttIngestor:
@@ -537,6 +540,9 @@ class MqttIngestor:
         n = self._n
         n.duplicates += len(group) - len(firsts) + len(seen)
         n.groups += 1
+        if n.groups % PRUNE_EVERY_GROUPS == 0:
+            # A broker redelivers only within the session: receipts older than the session can go.
+            self.store.prune_receipts(SOURCE, datetime.now(UTC) - timedelta(seconds=self.session_expiry_s))
         n.last_group_size = len(group)
         committed_at = time.time()
         n.last_latency_ms = round((committed_at - group[0].received_at) * 1000, 3)

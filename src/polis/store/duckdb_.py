@@ -622,6 +622,16 @@ class DuckDBStore:
             ).fetchall()
         return {r[0] for r in rows}
 
+    def prune_receipts(self, source: str, before: datetime) -> int:
+        """Forget receipts recorded before `before` (older than any redelivery can be)."""
+        with self._lock:
+            return len(
+                self._con.execute(
+                    "DELETE FROM receipts WHERE source = ? AND received_at < ? RETURNING 1",
+                    [source, _naive_utc(before)],
+                ).fetchall()
+            )
+
     def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         if not letters:
             return
