@@ -23,6 +23,7 @@ BENCHMARKS = {
     "ingest": ("benchmarks.bench_history_ingest", "history_ingest"),
     "queries": ("benchmarks.bench_queries", "queries"),
     "upsert": ("benchmarks.bench_upsert_http", "upsert_http"),
+    "mqtt": ("benchmarks.bench_mqtt", "mqtt"),
 }
 
 
@@ -39,6 +40,16 @@ def _rows(name: str, result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         return [("server memory, demo city", result["target"],
                  f"RSS {result['measured_rss_mib']:.0f} MiB, peak {result['measured_peak_rss_mib']:.0f} MiB",
                  result["verdict"])]
+    if name == "mqtt":
+        single, batch, crash = result["single"], result["batch"], result["crash"]
+        return [
+            ("MQTT single-reading messages", single["target"], f"{single['measured_per_s']:,.0f} msg/s "
+             f"(bare paho {single['bare_paho_per_s']:,.0f})", single["verdict"]),
+            ("MQTT gateway batches", batch["target"], f"{batch['measured_readings_per_s']:,.0f} readings/s",
+             batch["verdict"]),
+            ("MQTT crash safety", str(crash.get("target", "0 lost, 0 duplicates")),
+             f"lost {crash.get('lost')}, duplicates {crash.get('duplicates')}", crash["verdict"]),
+        ]
     rows = []
     for kind, s in result["summary"].items():
         rows.append((f"{kind} query (HTTP)", f"p95 <= {s['target_p95_ms']:.0f} ms",
