@@ -240,7 +240,14 @@ def render_temporal_entity(
     return out
 
 
+_PLAIN_MEMBERS = frozenset({"type", "value", "object", "observedAt", "unitCode", "datasetId", "instanceId"})
+_PLAIN_KINDS = frozenset({"Property", "GeoProperty", "Relationship"})
+
+
 def _render_instance(instance: Instance, terms: TermMap) -> dict[str, Any]:
+    # Most history is plain readings already in their output shape: nothing to compact (a week is 2,016 of them).
+    if instance.get("type") in _PLAIN_KINDS and _PLAIN_MEMBERS.issuperset(instance):
+        return instance
     rendered = compact_instance(instance, terms, fmt="normalized", sys_attrs=False)
     rendered["observedAt"] = instance["observedAt"]
     rendered["instanceId"] = instance["instanceId"]
