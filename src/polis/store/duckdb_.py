@@ -469,14 +469,14 @@ class DuckDBStore:
         sql = (
             "SELECT eid, attr, dataset_id, CASE WHEN epoch_us(observed_at) % 1000000 = 0 "
             "THEN strftime(observed_at, '%Y-%m-%dT%H:%M:%SZ') ELSE strftime(observed_at, '%Y-%m-%dT%H:%M:%S.%fZ') END, "
-            "instance_id, num, doc, unit_code FROM history "
+            f"'{INSTANCE_PREFIX}' || instance_id, num, doc, unit_code FROM history "
             f"WHERE {' AND '.join(clauses)} {newest}"
             "ORDER BY eid, attr, observed_at, instance_id"
         )
         with self._lock:
             rows = self._con.execute(sql, params).fetchall()
         result: dict[str, dict[str, TemporalAttribute]] = {}
-        for eid, attr, dataset_id, observed_at, instance_id, num, doc, unit_code in rows:
+        for eid, attr, dataset_id, observed_at, instance_id, num, doc, unit_code in rows:  # instance_id: a URN
             if doc is None:
                 instance: dict[str, Any] = {"type": "Property", "value": _number(num)}
                 if unit_code is not None:
@@ -486,7 +486,7 @@ class DuckDBStore:
             else:
                 instance = orjson.loads(doc)
             instance["observedAt"] = observed_at
-            instance["instanceId"] = f"{INSTANCE_PREFIX}{instance_id}"
+            instance["instanceId"] = instance_id
             attrs = result.setdefault(eid, {})
             slot = attrs.get(attr)
             if slot is None:
