@@ -34,16 +34,17 @@ def platform_of(request: Request) -> Platform:
 
 
 def tenant_of(request: Request, *, write: bool = False) -> str:
-    """The request's tenant; reading from one that does not exist is 404 NonexistentTenant."""
+    """The request's tenant; reading from one that does not exist is 404 NonexistentTenant, writing to one
+    creates it (when the write commits)."""
     raw = request.headers.get(TENANT_HEADER)
     if raw is None or raw == "":
         return ""
     if not _TENANT.match(raw):
         raise BadRequestData(f"{TENANT_HEADER} must be 1-64 letters, digits, '_' or '-', got '{raw}'")
     store = platform_of(request).store
-    if write:
-        store.ensure_tenant(raw)
-    elif not store.has_tenant(raw):
+    # A write names its tenant and the store creates it with the first committed write: a rejected request
+    # must not leave an empty tenant behind.
+    if not write and not store.has_tenant(raw):
         raise NonexistentTenant(f"tenant '{raw}' does not exist")
     return raw
 

@@ -21,7 +21,7 @@ from polis.api.ld_http import (
     resolve,
     tenant_of,
 )
-from polis.domain.errors import BadRequestData
+from polis.domain.errors import BadRequestData, OperationNotSupported
 from polis.ngsi_ld.context import TermMap
 from polis.ngsi_ld.entity_codec import compact_entity, validate_entity_id
 from polis.ngsi_ld.geoquery import parse_geoquery
@@ -429,9 +429,17 @@ async def post_query(request: Request) -> Response:
     ids: list[str] = []
     groups: list[tuple[str, ...]] = []
     id_pattern = None
+    if len(selectors) > 1 and any(isinstance(x, dict) and ("id" in x or "idPattern" in x) for x in selectors):
+        # Each selector's id/idPattern belongs to its own type; one flat filter would mix them up.
+        raise OperationNotSupported(
+            "Query.entities with several selectors takes only their types; send one selector per query "
+            "when it has an id or idPattern"
+        )
     for selector in selectors:
         if not isinstance(selector, dict) or not isinstance(selector.get("type"), str):
             raise BadRequestData("each Query.entities item needs a type")
+        if "idPattern" in selector and not isinstance(selector["idPattern"], str):
+            raise BadRequestData("Query.entities idPattern must be a string")
         groups.extend(parse_type_selector(selector["type"], terms).any_of)  # type: ignore[union-attr]
         if "id" in selector:
             ids.append(validate_entity_id(selector["id"]))

@@ -567,7 +567,13 @@ class MqttIngestor:
         self, parsed: list[tuple[ReceivedMessage, list[Reading]]], rejected: list[tuple[ReceivedMessage, str]], now: str
     ) -> None:
         """Write one group: dead letters first, then per tenant the entities, history and receipts in one
-        transaction, each followed by its change events."""
+        transaction, each followed by its change events. Under the hub's write lock, like every writer."""
+        with self.platform.entities.write_lock:
+            self._commit_locked(parsed, rejected, now)
+
+    def _commit_locked(
+        self, parsed: list[tuple[ReceivedMessage, list[Reading]]], rejected: list[tuple[ReceivedMessage, str]], now: str
+    ) -> None:
         plans: dict[str, _Plan] = {}
         rejected = list(rejected)
         for _, readings in parsed:

@@ -7,10 +7,12 @@ call, so a rejected request writes nothing.
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from polis.domain.entity import ENTITY_MEMBERS, RESERVED_ATTRIBUTE_MEMBERS, Entity, HistoryInstance, Instance
 from polis.domain.errors import AlreadyExists, BadRequestData, NgsiError, ResourceNotFound
@@ -26,6 +28,8 @@ from polis.ngsi_ld.events import EntityChange, EventBus
 from polis.store.base import EntityQuery, QueryResult, Store
 
 NULL = "urn:ngsi-ld:null"
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def utc_now() -> str:
@@ -77,11 +81,25 @@ def _merge_instances(old: list[Instance], new: list[Instance], now: str) -> list
     return list(by_dataset.values())
 
 
+def serialised(method: Callable[P, R]) -> Callable[P, R]:
+    """Read-modify-write under the service's write lock: two requests changing the same entity must not
+    both start from the old document (one update would be lost), and two creates of one id must not both
+    succeed. Reads take no lock."""
+
+    @functools.wraps(method)
+    def locked(*args: P.args, **kwargs: P.kwargs) -> R:
+        with args[0].write_lock:  # type: ignore[attr-defined]
+            return method(*args, **kwargs)
+
+    return locked
+
+
 class EntityService:
     def __init__(self, store: Store, bus: EventBus, clock: Callable[[], str] = utc_now) -> None:
         self.store = store
         self.bus = bus
         self.clock = clock
+        self.write_lock = threading.RLock()  # shared by every writer of this hub (temporal API, MQTT ingest)
 
     # -- single entity -----------------------------------------------------------------------
 
@@ -105,6 +123,7 @@ class EntityService:
         for entity, before in zip(entities, previous, strict=True):
             self.bus.publish(EntityChange(tenant, kind, entity["id"], entity, before))
 
+    @serialised
     def create(self, tenant: str, body: Any, terms: TermMap) -> str:
         entity = expand_entity(body, terms, self.clock())
         if self.store.get(tenant, [entity["id"]]):
@@ -138,6 +157,7 @@ class EntityService:
             pick = wanted if pick is None else pick & wanted
         return compact_entity(entity, terms, fmt=fmt, sys_attrs=sys_attrs, pick=pick, omit=omit, lang=lang)
 
+    @serialised
     def replace(self, tenant: str, entity_id: str, body: Any, terms: TermMap) -> None:
         """§5.6.18: the body's attributes become the whole attribute set."""
         old = self._load(tenant, entity_id)
@@ -158,6 +178,7 @@ class EntityService:
         entity["createdAt"] = old.get("createdAt", now)
         self._commit(tenant, "replaced", [entity], [old], history_of(entity))
 
+    @serialised
     def delete(self, tenant: str, entity_id: str) -> None:
         old = self._load(tenant, entity_id)
         self.store.write(tenant, deletes=[entity_id])
@@ -165,6 +186,7 @@ class EntityService:
 
     # -- attributes --------------------------------------------------------------------------
 
+    @serialised
     def append_attrs(
         self, tenant: str, entity_id: str, body: Any, terms: TermMap, *, no_overwrite: bool = False
     ) -> UpdateResult:
@@ -188,6 +210,7 @@ class EntityService:
             self._commit(tenant, "updated", [entity], [old], _history_for(entity, fragment, written))
         return result
 
+    @serialised
     def update_attrs(self, tenant: str, entity_id: str, body: Any, terms: TermMap) -> UpdateResult:
         """§5.6.2: overwrite existing attributes only; the rest are reported as not updated."""
         old = self._load(tenant, entity_id)
@@ -209,6 +232,7 @@ class EntityService:
             self._commit(tenant, "updated", [entity], [old], _history_for(entity, fragment, written))
         return result
 
+    @serialised
     def patch_attr(self, tenant: str, entity_id: str, attr: str, body: Any, terms: TermMap) -> None:
         """§5.6.4 partial attribute update: only the members sent change."""
         old = self._load(tenant, entity_id)
@@ -236,6 +260,7 @@ class EntityService:
         entity["modifiedAt"] = now
         self._commit(tenant, "updated", [entity], [old], history_of({"id": entity_id, attr: [instance]}))
 
+    @serialised
     def replace_attr(self, tenant: str, entity_id: str, attr: str, body: Any, terms: TermMap) -> None:
         """§5.6.19: the attribute (one datasetId) becomes the body."""
         old = self._load(tenant, entity_id)
@@ -248,6 +273,7 @@ class EntityService:
         entity["modifiedAt"] = now
         self._commit(tenant, "updated", [entity], [old], history_of({"id": entity_id, attr: [instance]}))
 
+    @serialised
     def delete_attr(
         self,
         tenant: str,
@@ -276,6 +302,7 @@ class EntityService:
         entity["modifiedAt"] = self.clock()
         self._commit(tenant, "updated", [entity], [old], [])
 
+    @serialised
     def merge(self, tenant: str, entity_id: str, body: Any, terms: TermMap, *, observed_at: str | None = None) -> None:
         """§5.6.17 merge-patch: attributes present are added or overwritten; urn:ngsi-ld:null deletes."""
         old = self._load(tenant, entity_id)
@@ -333,6 +360,7 @@ class EntityService:
 
     # -- batch -------------------------------------------------------------------------------
 
+    @serialised
     def batch(
         self,
         tenant: str,

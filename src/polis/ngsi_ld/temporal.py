@@ -104,6 +104,10 @@ class TemporalService:
         self.store = entities.store
 
     def create_or_add(self, tenant: str, body: Any, terms: TermMap) -> bool:
+        with self.entities.write_lock:
+            return self._create_or_add(tenant, body, terms)
+
+    def _create_or_add(self, tenant: str, body: Any, terms: TermMap) -> bool:
         """§5.6.11; True when the entity was created. The entity's current state follows the newest
         instance of each attribute, so the entity API and the temporal API tell the same story."""
         now = self.entities.clock()
@@ -128,10 +132,10 @@ class TemporalService:
         current = dict(old) if old is not None else {k: v for k, v in entity.items() if k in ENTITY_MEMBERS}
         for name in (k for k in entity if k not in ENTITY_MEMBERS):
             newest: dict[str | None, Instance] = {i.get("datasetId"): i for i in current.get(name, ())}
-            for instance in sorted(entity[name], key=lambda i: i.get("observedAt", "")):
+            for instance in sorted(entity[name], key=_instant):
                 key = instance.get("datasetId")
                 held = newest.get(key)
-                if held is None or instance.get("observedAt", "") >= held.get("observedAt", ""):
+                if held is None or _instant(instance) >= _instant(held):
                     newest[key] = instance
             current[name] = list(newest.values())
         current["modifiedAt"] = now
@@ -197,6 +201,12 @@ class TemporalService:
         if not instances or len(instances) != 1:
             raise BadRequestData(f"the body must hold exactly one instance of {terms.compact(attr)}")
         return instances[0]
+
+
+def _instant(instance: Instance) -> datetime:
+    """When an instance was observed, as a time: the text forms differ ('…00Z' vs '…00.500000Z')."""
+    observed = instance.get("observedAt")
+    return parse_observed_at(observed) if observed else datetime.min.replace(tzinfo=UTC)
 
 
 def _instances_of(entity: Entity) -> list[HistoryInstance]:
@@ -320,6 +330,6 @@ def content_range(history: Mapping[str, Mapping[str, TemporalAttribute]], last_n
     truncated = [slot for attrs in history.values() for slot in attrs.values() if slot.truncated]
     if not truncated:
         return None
-    first = min(s.instances[0]["observedAt"] for s in truncated)
-    last = max(s.instances[-1]["observedAt"] for s in truncated)
+    first = min((s.instances[0] for s in truncated), key=_instant)["observedAt"]
+    last = max((s.instances[-1] for s in truncated), key=_instant)["observedAt"]
     return f"date-time {first}-{last}/{last_n if last_n is not None else '*'}"
