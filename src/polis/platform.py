@@ -58,7 +58,9 @@ class Platform:
         return cls(settings, store=DuckDBStore(None, threads=settings.duckdb_threads))
 
     def close(self) -> None:
-        for source in self.sources.values():
-            source.stop()  # commits and acknowledges what it holds before the store closes
-        self.sources.clear()
-        self.store.close()
+        try:
+            for source in self.sources.values():
+                source.stop()  # commits and acknowledges what it holds before the store closes
+        finally:
+            self.sources.clear()
+            self.store.close()
