@@ -27,6 +27,7 @@ from polis.ngsi_ld.entity_codec import compact_entity, validate_entity_id
 from polis.ngsi_ld.geoquery import parse_geoquery
 from polis.ngsi_ld.params import (
     check_known,
+    narrow_pick,
     parse_bool,
     parse_geo_params,
     parse_names,
@@ -169,8 +170,7 @@ async def _answer_query(
     tenant = tenant_of(request)
     pick = parse_projection(params.get("pick"), terms, "pick")
     omit = parse_projection(params.get("omit"), terms, "omit")
-    if attrs:
-        pick = {"id", "type", *attrs} if pick is None else pick & {"id", "type", *attrs}
+    pick = narrow_pick(pick, attrs)
     lang = params.get("lang")
     result = await run_in_threadpool(platform.entities.query, tenant, query)
     body = [

@@ -25,6 +25,7 @@ from polis.ngsi_ld.entity_codec import (
     validate_entity_id,
 )
 from polis.ngsi_ld.events import EntityChange, EventBus
+from polis.ngsi_ld.params import narrow_pick
 from polis.store.base import EntityQuery, QueryResult, Store
 
 NULL = "urn:ngsi-ld:null"
@@ -153,8 +154,7 @@ class EntityService:
         if attrs:
             if not any(a in entity for a in attrs):
                 raise ResourceNotFound(f"entity {entity_id} has none of the attributes asked for")
-            wanted = {"id", "type", *attrs}
-            pick = wanted if pick is None else pick & wanted
+            pick = narrow_pick(pick, tuple(attrs))
         return compact_entity(entity, terms, fmt=fmt, sys_attrs=sys_attrs, pick=pick, omit=omit, lang=lang)
 
     @serialised

@@ -126,6 +126,14 @@ def parse_projection(raw: str | None, terms: TermMap, what: str) -> set[str] | N
     return {n if n in ("id", "type") else terms.expand(n) for n in (n.strip() for n in names)}
 
 
+def narrow_pick(pick: set[str] | None, attrs: tuple[str, ...]) -> set[str] | None:
+    """`attrs` (deprecated in 1.8) projects like `pick`: id, type and those attributes, within any pick given."""
+    if not attrs:
+        return pick
+    wanted = {"id", "type", *attrs}
+    return wanted if pick is None else pick & wanted
+
+
 _TYPE_TOKEN = re.compile(r"\s*([(),;|])\s*|([^(),;|\s]+)")
 
 
