@@ -17,6 +17,8 @@ from rich.table import Table
 from polis.settings import Settings
 
 app = typer.Typer(help="Polis, the open city data platform: it counts, it never watches.", no_args_is_help=True)
+bench_app = typer.Typer(help="Accuracy and speed benchmarks on the real datasets.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 console = Console()
 
 DEMO_DATASETS = ("los-loop", "melbourne-pedestrians")
@@ -307,6 +309,11 @@ def _server_status(settings: Settings) -> str:
     pending = values.get('polis_ingest_pending{source="mqtt"}')
     ingest = f"MQTT lag {lag} s, {pending} pending" if lag is not None else "no MQTT ingest"
     return f"running at {url}: {values.get('polis_entities', '?')} entities, {ingest}"
+
+
+# Feature packages register their own commands here; each keeps its heavy imports inside its commands so
+# that `polis --help` stays fast. One line per package:
+# FEATURE-COMMANDS (keep this marker: lines are added below it)
 
 
 if __name__ == "__main__":  # pragma: no cover
