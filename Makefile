@@ -15,6 +15,11 @@ system-packages:
 		echo "installing mosquitto from Debian's packages"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq mosquitto >/dev/null; }
+	@# Chromium (headless) runs the dashboard's browser tests, driven by Playwright; never `playwright install`.
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing chromium from Debian's packages"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -86,7 +86,10 @@ def _first_melbourne_id(client: httpx.Client) -> str:
 
 
 def _measure(data_dir: Path, loaded: bool) -> dict[str, Any]:
-    with running_server(data_dir) as server, httpx.Client(base_url=server.url, timeout=120.0) as client:
+    with (
+        running_server(data_dir) as server,
+        httpx.Client(base_url=server.url, timeout=120.0, headers=server.headers) as client,
+    ):
         client.get(READY_PATH)
         after_start = server.memory_mib()
         ok = _workload(client, loaded)

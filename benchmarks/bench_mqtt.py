@@ -215,6 +215,7 @@ def _ingest_round(work: Path, seed_db: Path, messages: int, batch: bool, rate: f
     from polis.ingest.broker import start_broker
     from polis.ingest.mqtt import MqttIngestor
     from polis.platform import Platform
+    from polis.runtime import tune_for_service
     from polis.settings import Settings
 
     data_dir = work / "hub"
@@ -222,6 +223,7 @@ def _ingest_round(work: Path, seed_db: Path, messages: int, batch: bool, rate: f
     shutil.copy(seed_db, data_dir / "polis.duckdb")
     broker = start_broker(work / "broker")
     platform = Platform(Settings(data_dir=data_dir))
+    tune_for_service()  # as `polis serve` does once the hub is up
     commits: list[tuple[int, float]] = []
     ingestor = MqttIngestor(platform, broker.url, on_commit=lambda group, at: commits.append((len(group), at)))
     cpu0 = time.process_time()

@@ -218,7 +218,10 @@ def _store_level(db_path: Path, c: City) -> tuple[dict[str, Any], dict[str, floa
 def _http_level(hub: Path, c: City) -> dict[str, Any]:
     loop_ids = [f"urn:ngsi-ld:TrafficFlowObserved:los-loop:{s}" for s in c.loop.sensor_ids]
     entities = "/ngsi-ld/v1/entities"
-    with running_server(hub) as server, httpx.Client(base_url=server.url, timeout=60.0) as client:
+    with (
+        running_server(hub) as server,
+        httpx.Client(base_url=server.url, timeout=60.0, headers=server.headers) as client,
+    ):
         client.get(READY_PATH)
 
         def get(path: str, params: dict[str, str], status: int = 200) -> httpx.Response:

@@ -30,6 +30,7 @@ from benchmarks.common import (
     JSON_HEADERS,
     READY_PATH,
     City,
+    Server,
     batches,
     check,
     city,
@@ -59,9 +60,9 @@ def _bodies(c: City, indices: Sequence[int], round_: int, size: int) -> list[byt
     return [orjson.dumps(batch) for batch in batches(c, indices, round_, size)]
 
 
-def _post_all(url: str, bodies: Sequence[bytes], threads: int) -> float:
+def _post_all(server: Server, bodies: Sequence[bytes], threads: int) -> float:
     """Seconds to POST every body, split over `threads` clients (each a keep-alive connection)."""
-    clients = [httpx.Client(base_url=url, timeout=120.0) for _ in range(threads)]
+    clients = [httpx.Client(base_url=server.url, timeout=120.0, headers=server.headers) for _ in range(threads)]
     errors: list[BaseException] = []
 
     def work(k: int) -> None:
@@ -103,7 +104,7 @@ def _http_phase(hub: Path, c: City, first_round: int) -> dict[str, Any]:
         round_ = first_round
         for threads in CLIENT_THREADS:
             def one(r: int, threads: int = threads) -> float:
-                return _post_all(server.url, _bodies(c, updated, r, BATCH), threads)
+                return _post_all(server, _bodies(c, updated, r, BATCH), threads)
 
             seconds = _rounds(one, round_)
             round_ += WARMUP_ROUNDS + ROUNDS
@@ -112,7 +113,7 @@ def _http_phase(hub: Path, c: City, first_round: int) -> dict[str, Any]:
                 f"{out[f'http_{threads}_clients']['median_per_s']:,.0f} updates/s")
 
         def naive(r: int) -> float:
-            return _post_all(server.url, _bodies(c, range(NAIVE), r, 1), 1)
+            return _post_all(server, _bodies(c, range(NAIVE), r, 1), 1)
 
         out["http_naive_single_entity"] = throughput(NAIVE, _rounds(naive, round_))
         say(f"  HTTP one entity per request: {out['http_naive_single_entity']['median_per_s']:,.0f} updates/s")
@@ -168,7 +169,7 @@ def run() -> dict[str, Any]:
         c = city(HUB_SIZE)
         hub = work / "hub"
         with running_server(hub) as server:
-            create_s = _post_all(server.url, _bodies(c, range(HUB_SIZE), 0, BATCH), 1)
+            create_s = _post_all(server, _bodies(c, range(HUB_SIZE), 0, BATCH), 1)
         say(f"  created {HUB_SIZE:,} entities over HTTP in {create_s:.1f} s ({HUB_SIZE / create_s:,.0f}/s)")
         shutil.copytree(hub, work / "service")
         shutil.copytree(hub, work / "store")

@@ -164,6 +164,11 @@ class Server:
     def pid(self) -> int:
         return self.process.pid
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """The admin API key the server wrote on first start (every request needs a key: polis.access)."""
+        return {"Authorization": f"Bearer {(self.data_dir / 'admin.key').read_text().strip()}"}
+
     def memory_mib(self) -> dict[str, float]:
         return proc_memory_mib(self.process.pid)
 

@@ -24,6 +24,9 @@ BENCHMARKS = {
     "queries": ("benchmarks.bench_queries", "queries"),
     "upsert": ("benchmarks.bench_upsert_http", "upsert_http"),
     "mqtt": ("benchmarks.bench_mqtt", "mqtt"),
+    "notify": ("benchmarks.bench_notify", "notify"),
+    "gate": ("benchmarks.bench_gate", "gate"),
+    "epidemic": ("benchmarks.bench_epidemic", "epidemic"),
 }
 
 
@@ -50,6 +53,21 @@ def _rows(name: str, result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             ("MQTT crash safety", str(crash.get("target", "0 lost, 0 duplicates")),
              f"lost {crash.get('lost')}, duplicates {crash.get('duplicates')}", crash["verdict"]),
         ]
+    if name == "gate":
+        return [("privacy gate (pseudonymise + aggregate)", result["target"],
+                 f"{result['measured_per_s']:,.0f} trips/s (pseudonyms {result['ratio_to_baseline']}x per-record HMAC)",
+                 result["verdict"])]
+    if name == "epidemic":
+        target = "blend -15/-10/-10 % vs better baseline; coverage 70-90 %; scenario <= 2 s"
+        return [(f"epidemic {country}", target,
+                 " ".join(f"{g['horizon_days']}d {g['reduction']:+.0%}" for g in c["goals"])
+                 + f", coverage {c['coverage_80']:.0%}, scenario {c['scenario_30d_seconds_median']:.2f} s",
+                 "MET" if all(g["met"] for g in c["goals"]) and 0.7 <= c["coverage_80"] <= 0.9
+                 and c["scenario_30d_seconds_median"] <= 2 else "MISSED")
+                for country, c in result["countries"].items()]
+    if name == "notify":
+        return [("commit -> webhook notification at 5,000 obs/s", result["target"],
+                 f"p50 {result['measured_p50_ms']:.0f} ms, p99 {result['measured_p99_ms']:.0f} ms", result["verdict"])]
     rows = []
     for kind, s in result["summary"].items():
         rows.append((f"{kind} query (HTTP)", f"p95 <= {s['target_p95_ms']:.0f} ms",

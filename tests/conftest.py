@@ -32,8 +32,20 @@ def platform() -> Iterator[Platform]:
 
 @pytest.fixture
 def client(platform: Platform) -> Iterator[TestClient]:
-    with TestClient(create_app(platform), raise_server_exceptions=False) as c:
+    # Enforcement is on: the client acts as the bootstrap admin department (tests/*/test_access_* cover the rest).
+    with TestClient(create_app(platform), raise_server_exceptions=False, headers=admin_headers(platform)) as c:
         yield c
+
+
+def admin_headers(platform: Platform) -> dict[str, str]:
+    """The bootstrap admin key of this hub, as a request header."""
+    return {"Authorization": f"Bearer {platform.access.admin_key()}"}
+
+
+def key_headers(data_dir: Path) -> dict[str, str]:
+    """The admin key a `polis serve` on `data_dir` wrote on first start; none before it did."""
+    key_file = data_dir / "admin.key"
+    return {"Authorization": f"Bearer {key_file.read_text().strip()}"} if key_file.is_file() else {}
 
 
 def free_port() -> int:
@@ -47,6 +59,11 @@ class Server:
     url: str
     data_dir: Path
     process: subprocess.Popen[bytes]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The bootstrap admin key (written by the server on first start) as a request header."""
+        return key_headers(self.data_dir)
 
 
 def start_server(data_dir: Path, *, env: dict[str, str] | None = None, timeout: float = 30.0) -> Server:

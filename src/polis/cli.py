@@ -50,11 +50,17 @@ def _serve(settings: Settings, on_ready: Callable[[], None] | None = None) -> No
             console.print(f"taking sensor streams from {settings.mqtt_url} (topics polis/<tenant>/<type>/<id>)")
         if on_ready is not None:
             on_ready()
+        from polis.runtime import tune_for_service
+
+        tune_for_service()
         console.print(
             f"[bold]Polis[/bold] serving on http://{settings.host}:{settings.port} "
             f"(API docs at http://{settings.host}:{settings.port}/docs), data in {settings.data_dir}"
         )
-        uvicorn.run(create_app(platform), host=settings.host, port=settings.port, log_level="warning", access_log=False)
+        uvicorn.run(
+            create_app(platform), host=settings.host, port=settings.port, log_level="warning", access_log=False,
+            timeout_graceful_shutdown=3,  # open event streams (subscriptions) would otherwise hold a stop forever
+        )
     finally:
         platform.close()
 
@@ -74,12 +80,15 @@ def serve(
 
 def _ingest(settings: Settings, names: list[str]) -> None:
     from polis.ingest.datasets import DATASETS, ingest, load_dataset
+    from polis.mobility.cli import ingest_gated
+    from polis.mobility.ingest import MOBILITY_DATASETS
     from polis.ngsi_ld.entities import utc_now
     from polis.store.duckdb_ import DuckDBStore
 
     for name in names:
-        if name not in DATASETS:
-            console.print(f"[red]unknown dataset '{name}'[/red]; known: {', '.join(sorted(DATASETS))}")
+        if name not in DATASETS and name not in MOBILITY_DATASETS:
+            known = sorted([*DATASETS, *MOBILITY_DATASETS])
+            console.print(f"[red]unknown dataset '{name}'[/red]; known: {', '.join(known)}")
             raise typer.Exit(2)
     store = DuckDBStore(settings.database_path, threads=settings.duckdb_threads, memory_limit=settings.memory_limit)
     table = Table(title="Ingested")
@@ -87,6 +96,9 @@ def _ingest(settings: Settings, names: list[str]) -> None:
         table.add_column(column, justify="right" if column != "dataset" else "left")
     try:
         for name in names:
+            if name in MOBILITY_DATASETS:  # person-level: through the privacy gate, never as entities
+                ingest_gated(settings, store, name, console)
+                continue
             try:
                 load = load_dataset(name, settings.datasets_dir, utc_now())
             except FileNotFoundError as error:
@@ -116,12 +128,16 @@ def _ingest(settings: Settings, names: list[str]) -> None:
             )
     finally:
         store.close()
-    console.print(table)
+    if table.row_count:  # gated mobility datasets print their own line
+        console.print(table)
 
 
 @app.command(name="ingest")
 def ingest_command(
-    dataset: Annotated[list[str], typer.Argument(help="los-loop, sz-taxi, melbourne-pedestrians, montgomery-911")],
+    dataset: Annotated[
+        list[str],
+        typer.Argument(help="los-loop, sz-taxi, melbourne-pedestrians, montgomery-911, citibike-jersey-city"),
+    ],
     data_dir: DataDir = None,
     datasets_dir: DatasetsDir = None,
 ) -> None:
@@ -185,6 +201,9 @@ def archive(
     store = DuckDBStore(settings.database_path, threads=settings.duckdb_threads, memory_limit=settings.memory_limit)
     try:
         files = store.archive(destination)
+        from polis.mobility.store import MobilityStore
+
+        files += MobilityStore(store).archive(destination / "mobility")  # gated counts only, never raw trips
     finally:
         store.close()
     console.print(f"wrote {len(files)} Parquet files under {destination}")
@@ -241,7 +260,14 @@ def deadletters(
     if url is not None:
         import httpx
 
-        rows = httpx.get(f"{url.rstrip('/')}/polis/v1/deadletters", params={"limit": limit}, timeout=10).json()
+        from polis.access.control import client_headers
+
+        rows = httpx.get(
+            f"{url.rstrip('/')}/polis/v1/deadletters",
+            params={"limit": limit},
+            timeout=10,
+            headers=client_headers(_settings(data_dir)),
+        ).json()
         letters = [(r["id"], r["receivedAt"], r["topic"], r["reason"], r["payload"]) for r in rows]
     else:
         from polis.store.duckdb_ import DuckDBStore
@@ -299,9 +325,11 @@ def _server_status(settings: Settings) -> str:
     """Whether a hub answers at the configured address, and its ingest lag (from /metrics)."""
     import httpx
 
+    from polis.access.control import client_headers
+
     url = f"http://{settings.host}:{settings.port}"
     try:
-        text = httpx.get(f"{url}/metrics", timeout=1.0).text
+        text = httpx.get(f"{url}/metrics", timeout=1.0, headers=client_headers(settings)).text
     except httpx.HTTPError:
         return f"none at {url}"
     values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
@@ -314,6 +342,10 @@ def _server_status(settings: Settings) -> str:
 # Feature packages register their own commands here; each keeps its heavy imports inside its commands so
 # that `polis --help` stays fast. One line per package:
 # FEATURE-COMMANDS (keep this marker: lines are added below it)
+from polis.access.cli import register as _access_cli; _access_cli(app, bench_app)  # noqa: E402, E702, I001
+from polis.mobility.cli import register as _mobility_cli; _mobility_cli(app, bench_app)  # noqa: E402, E702, I001
+from polis.alerts.cli import register as _alerts_cli; _alerts_cli(app, bench_app)  # noqa: E402, E702, I001
+from polis.epidemic.cli import register as _epidemic_cli; _epidemic_cli(app, bench_app)  # noqa: E402, E702, I001
 
 
 if __name__ == "__main__":  # pragma: no cover

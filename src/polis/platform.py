@@ -7,12 +7,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
+from polis.access.control import AccessControl
 from polis.ngsi_ld.context import ContextCache
 from polis.ngsi_ld.entities import EntityService
 from polis.ngsi_ld.events import EventBus
 from polis.ngsi_ld.temporal import TemporalService
 from polis.settings import Settings
 from polis.store.duckdb_ import DuckDBStore
+from polis.subscriptions.service import SubscriptionService
 
 
 class Source(Protocol):
@@ -38,7 +40,17 @@ class Platform:
         )
         self.entities = EntityService(self.store, self.bus)
         self.temporal = TemporalService(self.entities)
+        from polis.privacy.service import PrivacyService  # mobility products, the ε ledger (tables made on first use)
+
+        self.privacy = PrivacyService(self.store, settings)
+        # Subscriptions and their durable outbox; delivery threads start only once a notification waits.
+        self.subscriptions = SubscriptionService(self.store, self.bus, self.contexts, settings)
         self.sources: dict[str, Source] = {}
+        from polis.alerts.engine import AlertEngine  # rules -> CAP alerts + Alert entities; worker starts on first use
+
+        self.alerts = AlertEngine(self)
+        self.access = AccessControl(settings)  # departments, keys, grants and the audit log
+        self.subscriptions.entity_gate = self.access.notification_allows  # notifications: only what may be read
 
     def start_mqtt(self, url: str, wait_s: float | None = None) -> Source:
         """Take sensor streams from the broker at `url` into this hub (see polis.ingest.mqtt); with
@@ -54,6 +66,8 @@ class Platform:
     def in_memory(cls, **overrides: object) -> Platform:
         """A platform whose store lives in memory and whose files go to a temporary directory (tests)."""
         data_dir = Path(tempfile.mkdtemp(prefix="polis-"))
+        # Cheap key hashing for test hubs: keys are random 256-bit secrets, the argon2 cost is defence in depth.
+        overrides = {"api_key_hash_time_cost": 1, "api_key_hash_memory_kib": 64, **overrides}
         settings = Settings(data_dir=data_dir, **overrides)  # type: ignore[arg-type]
         return cls(settings, store=DuckDBStore(None, threads=settings.duckdb_threads))
 
@@ -63,4 +77,7 @@ class Platform:
                 source.stop()  # commits and acknowledges what it holds before the store closes
         finally:
             self.sources.clear()
+            self.alerts.close()  # before the store: its worker may be writing an Alert entity
+            self.subscriptions.close()  # workers stop; undelivered notifications stay in the outbox
             self.store.close()
+            self.access.close()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -54,10 +55,93 @@ class Settings(BaseSettings):
     )
     memory_limit: str = Field(default="512MB", description="DuckDB memory limit for the embedded store.")
     duckdb_threads: int = Field(default=2, description="Threads DuckDB may use.")
+    alert_rules_file: Path | None = Field(
+        default=None,
+        description="Alert rules (JSON, or YAML) loaded into the default tenant at start, replacing same-id rules.",
+    )
+    alert_sender: str = Field(
+        default="polis.local",
+        description="CAP `sender` of every alert message: the hub's globally unique name (no spaces or commas).",
+    )
+    pseudonym_secret: SecretStr | None = Field(
+        default=None,
+        description="Master secret for the daily HMAC pseudonyms (32+ characters); unset = read pseudonym_secret_file.",
+    )
+    pseudonym_secret_file: Path | None = Field(
+        default=None,
+        description="File (mode 0600, created on first use) holding the pseudonym master secret, kept outside the "
+        "database; default ~/.config/polis/pseudonym-master.key.",
+    )
+    raw_retention_days: float = Field(
+        default=7.0,
+        gt=0,
+        description="Days raw pseudonymous mobility records are kept, counted from the data's own newest time.",
+    )
+    h3_resolution: int = Field(
+        default=8, ge=0, le=15, description="H3 resolution of released counts per cell (mobility flows)."
+    )
+    od_h3_resolution: int = Field(
+        default=7, ge=0, le=15, description="H3 resolution (coarser) of released origin-destination matrices."
+    )
+    suppression_k: int = Field(
+        default=10, ge=1, description="Released counts below k are suppressed, with complementary suppression."
+    )
+    flows_unit: Literal["cell", "station"] = Field(
+        default="cell",
+        description="Hourly flows are released per H3 cell or per station, not both (one would solve the other).",
+    )
+    od_window_hours: Literal[24, 8] = Field(
+        default=24,
+        description="OD matrices are released per day (24) or per 8-hour window (8), not both (same reason).",
+    )
+    dp_epsilon_budget: float = Field(
+        default=10.0, ge=0, description="Differential-privacy budget: total epsilon each dataset's releases may use."
+    )
+    dp_delta: float = Field(
+        default=1e-6, gt=0, lt=1, description="Delta at which Gaussian (zCDP) releases are charged to the budget."
+    )
+    notify_retry_initial_s: float = Field(
+        default=0.5, gt=0, description="First wait before retrying a failed notification; doubles on each failure."
+    )
+    notify_retry_max_s: float = Field(
+        default=60.0, gt=0, description="Longest wait between retries of a failed notification (it is never dropped)."
+    )
+    notify_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds a notification endpoint may take to answer, unless its endpoint.timeout says otherwise.",
+    )
+    api_key_hash_time_cost: int = Field(
+        default=3, ge=1, description="argon2id passes when hashing and checking API keys (argon2-cffi's default)."
+    )
+    api_key_hash_memory_kib: int = Field(
+        default=65536, ge=8, description="argon2id memory in KiB when hashing API keys (argon2-cffi's default, 64 MiB)."
+    )
+    api_key: str | None = Field(
+        default=None,
+        description="API key the CLI sends to a running hub (doctor, deadletters --url); default: DATA_DIR/admin.key.",
+    )
+    api_key_cache_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="Seconds a verified API key is remembered in memory (a revoked key may work this long).",
+    )
 
     @property
     def database_path(self) -> Path:
         return self.data_dir / "polis.duckdb"
+
+    @property
+    def access_db_path(self) -> Path:
+        return self.data_dir / "access.sqlite3"
+
+    @property
+    def audit_log_path(self) -> Path:
+        return self.data_dir / "audit" / "audit.jsonl"
+
+    @property
+    def admin_key_path(self) -> Path:
+        return self.data_dir / "admin.key"
 
     @property
     def context_cache_dir(self) -> Path:

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from polis.api.app import create_app
 from polis.platform import Platform
-from tests.conftest import LINK_SDM, SDM_TRANSPORT
+from tests.conftest import LINK_SDM, SDM_TRANSPORT, admin_headers
 
 BASE = "/ngsi-ld/v1"
 ENTITIES = BASE + "/entities"
@@ -408,7 +408,7 @@ def city() -> Iterator[TestClient]:
     """Four flows (three around LA, one in Paris) with varied attributes, one CrowdFlowObserved and one
     entity with both types. Shared by the read-only query tests of this module (writes are slow-ish)."""
     platform = Platform.in_memory()
-    with TestClient(create_app(platform), raise_server_exceptions=False) as client:
+    with TestClient(create_app(platform), raise_server_exceptions=False, headers=admin_headers(platform)) as client:
         _populate(client)
         yield client
     platform.close()

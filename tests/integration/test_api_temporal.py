@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from polis.api.app import create_app
 from polis.platform import Platform
-from tests.conftest import LINK_SDM
+from tests.conftest import LINK_SDM, admin_headers
 
 BASE = "/ngsi-ld/v1"
 ENTITIES = BASE + "/entities"
@@ -136,7 +136,7 @@ def test_temporal_instance_without_observed_at_is_400_and_not_written(client: Te
 def loaded() -> Iterator[TestClient]:
     """Two traffic flows with five speed instances each (different values) and an intensity series."""
     platform = Platform.in_memory()
-    with TestClient(create_app(platform), raise_server_exceptions=False) as client:
+    with TestClient(create_app(platform), raise_server_exceptions=False, headers=admin_headers(platform)) as client:
         post_temporal(client, temporal_entity(
             intensity=[speed(100, at(0)), speed(200, at(1))],
             congested={"type": "Property", "value": True, "observedAt": at(2, 30)}))
@@ -239,7 +239,7 @@ def test_temporal_retrieve_unknown_entity_is_404(loaded: TestClient) -> None:
 @pytest.fixture
 def capped() -> Iterator[TestClient]:
     platform = Platform.in_memory(max_temporal_instances=5)
-    with TestClient(create_app(platform), raise_server_exceptions=False) as client:
+    with TestClient(create_app(platform), raise_server_exceptions=False, headers=admin_headers(platform)) as client:
         post_temporal(client, temporal_entity(points=[(float(h), at(h)) for h in range(8)]))
         yield client
     platform.close()

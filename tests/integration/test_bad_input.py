@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from polis.api.app import create_app
 from polis.platform import Platform
-from tests.conftest import LINK_SDM
+from tests.conftest import LINK_SDM, admin_headers
 
 BASE = "/ngsi-ld/v1"
 ENTITIES = BASE + "/entities"
@@ -71,7 +71,7 @@ class Snapshot:
 def shared() -> Iterator[tuple[TestClient, Platform]]:
     """One hub for the module (a fresh one per test costs more than the tests); `Snapshot` is per test."""
     platform = Platform.in_memory()
-    with TestClient(create_app(platform), raise_server_exceptions=False) as client:
+    with TestClient(create_app(platform), raise_server_exceptions=False, headers=admin_headers(platform)) as client:
         assert client.post(ENTITIES, json=SEED).status_code == 201
         yield client, platform
     platform.close()
@@ -272,7 +272,7 @@ def test_malformed_or_repeated_link_header_is_400(client: TestClient, seeded: Sn
 @pytest.fixture
 def small() -> Iterator[tuple[TestClient, Platform]]:
     platform = Platform.in_memory(max_body_bytes=256)
-    with TestClient(create_app(platform), raise_server_exceptions=False) as client:
+    with TestClient(create_app(platform), raise_server_exceptions=False, headers=admin_headers(platform)) as client:
         yield client, platform
     platform.close()
 
@@ -539,7 +539,7 @@ def test_unknown_path_is_404_problem(client: TestClient) -> None:
 @pytest.fixture(scope="module")
 def fuzz_client() -> Iterator[TestClient]:
     platform = Platform.in_memory()
-    with TestClient(create_app(platform), raise_server_exceptions=False) as client:
+    with TestClient(create_app(platform), raise_server_exceptions=False, headers=admin_headers(platform)) as client:
         assert client.post(ENTITIES, json=SEED).status_code == 201
         yield client
     platform.close()

@@ -12,7 +12,7 @@ import duckdb
 import httpx
 
 from polis.settings import Settings
-from tests.conftest import free_port, stop_server
+from tests.conftest import free_port, key_headers, stop_server
 
 
 def polis(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -65,7 +65,7 @@ def test_demo_loads_the_city_and_serves_it(tmp_path: Path) -> None:
             assert process.poll() is None, "demo exited early"
             assert time.monotonic() < deadline, "demo did not start serving in 90 s"
             try:
-                types = httpx.get(f"http://127.0.0.1:{port}/ngsi-ld/v1/types", timeout=2)
+                types = httpx.get(f"http://127.0.0.1:{port}/ngsi-ld/v1/types", timeout=2, headers=key_headers(tmp_path))
                 break
             except httpx.HTTPError:
                 time.sleep(0.3)

@@ -14,7 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from polis.ingest.broker import start_broker
 from polis.settings import Settings
-from tests.conftest import free_port, stop_server
+from tests.conftest import free_port, key_headers, stop_server
 
 
 def polis(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -27,6 +27,7 @@ def polis(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
 def test_replayed_readings_reach_a_served_hub_and_bad_ones_are_listed(tmp_path: Path) -> None:
     broker = start_broker(tmp_path / "broker")
     port = free_port()
+    hub = tmp_path / "hub"
     server = subprocess.Popen(
         [
             sys.executable,
@@ -36,7 +37,7 @@ def test_replayed_readings_reach_a_served_hub_and_bad_ones_are_listed(tmp_path: 
             "--port",
             str(port),
             "--data-dir",
-            str(tmp_path / "hub"),
+            str(hub),
             "--mqtt",
             broker.url,
         ],
@@ -51,7 +52,7 @@ def test_replayed_readings_reach_a_served_hub_and_bad_ones_are_listed(tmp_path: 
             assert server.poll() is None, "serve exited early"
             assert time.monotonic() < deadline, "serve did not answer in 60 s"
             try:
-                if "polis_ingest_connected" in httpx.get(f"{url}/metrics", timeout=1).text:
+                if "polis_ingest_connected" in httpx.get(f"{url}/metrics", timeout=1, headers=key_headers(hub)).text:
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
@@ -73,7 +74,7 @@ def test_replayed_readings_reach_a_served_hub_and_bad_ones_are_listed(tmp_path: 
         while True:
             values = dict(
                 line.rsplit(" ", 1)
-                for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines()
+                for line in httpx.get(f"{url}/metrics", timeout=5, headers=key_headers(hub)).text.splitlines()
                 if line and not line.startswith("#")
             )
             if float(values['polis_ingest_committed{source="mqtt"}']) >= 414 and values["polis_dead_letters"] == "1":
@@ -84,15 +85,17 @@ def test_replayed_readings_reach_a_served_hub_and_bad_ones_are_listed(tmp_path: 
             f"{url}/ngsi-ld/v1/temporal/entities/urn:ngsi-ld:TrafficFlowObserved:los-loop:773869",
             params={"options": "temporalValues"},
             timeout=10,
+            headers=key_headers(hub),
         ).json()
         speed = history["https://smartdatamodels.org/dataModel.Transportation/averageVehicleSpeed"]["values"]
         assert [t for _, t in speed] == ["2012-03-01T08:00:00Z", "2012-03-01T08:05:00Z"]  # 414 = 2 steps x 207
 
-        listed = polis("deadletters", "--url", url)
+        api_key = {"POLIS_API_KEY": (hub / "admin.key").read_text().strip()}  # the CLI asks a hub with a key
+        listed = polis("deadletters", "--url", url, env=api_key)
         assert listed.returncode == 0, listed.stderr
         assert "{not json" in listed.stdout and "JSON" in listed.stdout
 
-        doctor = polis("doctor", env={"POLIS_PORT": str(port)})
+        doctor = polis("doctor", env={"POLIS_PORT": str(port), **api_key})
         assert "MQTT lag" in doctor.stdout
     finally:
         stop_server(server)

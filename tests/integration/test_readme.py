@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from collections.abc import Iterator
@@ -58,10 +59,16 @@ def test_tour_commands_all_succeed(demo_server: Server) -> None:
     commands = tour_commands()
     assert len(commands) >= 8, "the tour lost its examples"
     outputs = []
+    # What the tour's `export POLIS_API_KEY=$(cat polis-data/admin.key)` does, for this server's data dir.
+    env = {**os.environ, "POLIS_API_KEY": (demo_server.data_dir / "admin.key").read_text().strip()}
     for command in commands:
         assert command.startswith("curl "), command
         done = subprocess.run(
-            ["bash", "-c", command.replace(DEFAULT_URL, demo_server.url)], capture_output=True, text=True, timeout=30
+            ["bash", "-c", command.replace(DEFAULT_URL, demo_server.url)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
         )
         assert done.returncode == 0, f"{command}\n-> {done.returncode} {done.stdout} {done.stderr}"
         outputs.append(json.loads(done.stdout) if done.stdout.strip() else None)

@@ -14,7 +14,7 @@ ENTITY = {
 
 
 def test_entities_survive_a_restart(server: Server) -> None:
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with httpx.Client(base_url=server.url, timeout=10, headers=server.headers) as http:
         created = http.post("/ngsi-ld/v1/entities", json=ENTITY)
         assert created.status_code == 201
         assert created.headers["location"] == "/ngsi-ld/v1/entities/urn:ngsi-ld:CrowdFlowObserved:server-1"
@@ -29,7 +29,7 @@ def test_entities_survive_a_restart(server: Server) -> None:
 
     restarted = start_server(server.data_dir)
     try:
-        with httpx.Client(base_url=restarted.url, timeout=10) as http:
+        with httpx.Client(base_url=restarted.url, timeout=10, headers=restarted.headers) as http:
             entity = http.get(
                 "/ngsi-ld/v1/entities/urn:ngsi-ld:CrowdFlowObserved:server-1", params={"options": "keyValues"}
             ).json()
@@ -45,7 +45,7 @@ def test_entities_survive_a_restart(server: Server) -> None:
 
 
 def test_problem_details_over_real_http(server: Server) -> None:
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with httpx.Client(base_url=server.url, timeout=10, headers=server.headers) as http:
         missing = http.get("/ngsi-ld/v1/entities/urn:ngsi-ld:Nothing:1")
         assert missing.status_code == 404
         assert missing.json()["type"] == "https://uri.etsi.org/ngsi-ld/errors/ResourceNotFound"
@@ -54,7 +54,7 @@ def test_problem_details_over_real_http(server: Server) -> None:
 
 
 def test_api_docs_are_served_without_a_cdn(server: Server) -> None:
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+    with httpx.Client(base_url=server.url, timeout=10, headers=server.headers) as http:
         page = http.get("/docs")
         assert page.status_code == 200
         assert "cdn" not in page.text.lower() and "/docs-assets/swagger-ui-bundle.js" in page.text

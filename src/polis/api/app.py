@@ -7,7 +7,7 @@ import logging
 
 import orjson
 import swagger_ui_bundle  # type: ignore[import-untyped]
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import Response
@@ -16,7 +16,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from polis import __version__
-from polis.api import routes_discovery, routes_entities, routes_operations, routes_temporal
+from polis.access.enforce import enforce
+from polis.api import (
+    routes_access,
+    routes_alerts,
+    routes_dashboard,
+    routes_discovery,
+    routes_entities,
+    routes_epidemic,
+    routes_mobility,
+    routes_operations,
+    routes_subscriptions,
+    routes_temporal,
+)
 from polis.domain.errors import ERROR_TYPE_BASE, NgsiError
 from polis.platform import Platform
 
@@ -55,12 +67,14 @@ def create_app(platform: Platform) -> FastAPI:
         title="Polis",
         version=__version__,
         description="Open city data hub: NGSI-LD entities, history and queries. It counts, it never watches.",
+        dependencies=[Depends(enforce)],  # every route: API key -> department -> grants, audited (polis.access)
     )
     app.state.platform = platform
 
     @app.exception_handler(NgsiError)
     async def ngsi_error(request: Request, error: NgsiError) -> Response:
-        return problem_response(error.status, error.name, error.title, error.detail, **error.extra)
+        headers = getattr(error, "headers", None)  # e.g. WWW-Authenticate on 401
+        return problem_response(error.status, error.name, error.title, error.detail, headers=headers, **error.extra)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
@@ -88,8 +102,14 @@ def create_app(platform: Platform) -> FastAPI:
     app.include_router(routes_temporal.router)
     app.include_router(routes_discovery.router)
     app.include_router(routes_operations.router)
+    app.include_router(routes_access.router)
+    app.include_router(routes_subscriptions.router)
+    app.include_router(routes_mobility.router)  # polis.mobility: flows and OD (privacy gate)
+    app.include_router(routes_epidemic.router)  # polis.epidemic: risk, forecasts, scenarios
+    app.include_router(routes_alerts.router)  # polis.alerts: rules, alerts as JSON, CAP 1.2 and the Atom feed
 
     app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+    routes_dashboard.install(app)  # the web dashboard at / (page and assets; its data comes from the API)
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> Response:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from polis.access.enforce import readable_scope
 from polis.api.ld_http import empty_response, json_body, json_response, platform_of, request_terms, tenant_of
 from polis.domain.errors import BadRequestData, ResourceNotFound
 from polis.ngsi_ld.params import check_known, parse_bool
@@ -24,7 +25,7 @@ async def list_types(request: Request) -> Response:
     check_known(params, {"details", "local"})
     tenant = tenant_of(request)
     terms = await request_terms(request)
-    types = await run_in_threadpool(platform.store.types, tenant)
+    types = await run_in_threadpool(platform.store.types, tenant, readable_scope(request))
     if parse_bool(params, "details"):
         body: Any = [
             {
@@ -50,7 +51,7 @@ async def type_info(type_name: str, request: Request) -> Response:
     tenant = tenant_of(request)
     terms = await request_terms(request)
     iri = terms.expand_type(type_name)
-    types = await run_in_threadpool(platform.store.types, tenant)
+    types = await run_in_threadpool(platform.store.types, tenant, readable_scope(request))
     found = next((t for t in types if t.type == iri), None)
     if found is None:
         raise ResourceNotFound(f"no entity of type {type_name} exists")
@@ -85,7 +86,7 @@ async def list_attributes(request: Request) -> Response:
     check_known(params, {"details", "local"})
     tenant = tenant_of(request)
     terms = await request_terms(request)
-    attrs = await run_in_threadpool(platform.store.attributes, tenant)
+    attrs = await run_in_threadpool(platform.store.attributes, tenant, readable_scope(request))
     if parse_bool(params, "details"):
         body: Any = [_attribute_body(a, terms) for a in attrs]
     else:
@@ -103,7 +104,7 @@ async def attribute_info(attr_name: str, request: Request) -> Response:
     tenant = tenant_of(request)
     terms = await request_terms(request)
     iri = terms.expand(attr_name)
-    attrs = await run_in_threadpool(platform.store.attributes, tenant)
+    attrs = await run_in_threadpool(platform.store.attributes, tenant, readable_scope(request))
     found = next((a for a in attrs if a.attribute == iri), None)
     if found is None:
         raise ResourceNotFound(f"no entity holds the attribute {attr_name}")

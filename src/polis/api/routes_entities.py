@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import warnings
 from typing import Any
@@ -11,6 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from polis.access.enforce import access_of, body_ids, readable_scope
 from polis.api.ld_http import (
     accept_of,
     empty_response,
@@ -143,6 +145,7 @@ async def create_entity(request: Request) -> Response:
     platform = platform_of(request)
     tenant = tenant_of(request, write=True)
     body = await json_body(request)
+    access_of(request).require_entities(body_ids(body.data), "write")
     terms = await resolve(request, body.context)
     entity_id = await run_in_threadpool(platform.entities.create, tenant, body.data, terms)
     return empty_response(request, 201, {"Location": _entity_path(entity_id)})
@@ -172,6 +175,7 @@ async def _answer_query(
     omit = parse_projection(params.get("omit"), terms, "omit")
     pick = narrow_pick(pick, attrs)
     lang = params.get("lang")
+    query = dataclasses.replace(query, datasets=readable_scope(request))
     result = await run_in_threadpool(platform.entities.query, tenant, query)
     body = [
         compact_entity(e, terms, fmt=fmt, sys_attrs=sys_attrs, pick=pick, omit=omit, lang=lang) for e in result.entities
@@ -354,6 +358,7 @@ async def _batch(request: Request, op: str) -> Response:
         raise BadRequestData("options=replace and options=update exclude each other")
     tenant = tenant_of(request, write=True)
     body = await json_body(request)
+    access_of(request).require_entities(body_ids(body.data), "write")  # all or nothing: no partial batch
     shared_terms = await resolve(request, body.context) if not body.ld else None
     contexts = platform.contexts
 

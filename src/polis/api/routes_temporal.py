@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 from urllib.parse import quote
 
@@ -9,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from polis.access.enforce import access_of, body_ids, readable_scope
 from polis.api.ld_http import (
     accept_of,
     empty_response,
@@ -55,6 +57,7 @@ async def create_temporal(request: Request) -> Response:
     body = await json_body(request)
     terms = await resolve(request, body.context)
     data = body.data
+    access_of(request).require_entities(body_ids(data), "write")
     if isinstance(data, dict) and "@context" in data:
         data = {k: v for k, v in data.items() if k != "@context"}
     created = await run_in_threadpool(platform.temporal.create_or_add, tenant, data, terms)
@@ -76,6 +79,7 @@ async def query_temporal(request: Request) -> Response:
     query, attrs = build_entity_query(params, terms, default_limit=settings.default_limit, max_limit=settings.max_limit)
     temporal = parse_temporal_query(params, attrs, settings.max_temporal_instances)
     fmt, aggregation = _format(params)
+    query = dataclasses.replace(query, datasets=readable_scope(request))
     entities, count, history = await run_in_threadpool(platform.temporal.query, tenant, query, temporal)
     body = [
         render_temporal_entity(e, history.get(e["id"], {}), terms, fmt=fmt, aggregation=aggregation, temporal=temporal)

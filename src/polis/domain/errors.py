@@ -114,3 +114,38 @@ class PayloadTooLarge(NgsiError):
     name = "BadRequestData"
     status = 413
     title = "Payload too large"
+
+
+class Unauthorized(NgsiError):
+    """HTTP 401: the API key is missing where one is needed, malformed, unknown or revoked."""
+
+    name = "Unauthorized"
+    status = 401
+    title = "Unauthorized"
+    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'Bearer realm="polis"'}
+
+
+class Forbidden(NgsiError):
+    """HTTP 403: the department's grants do not cover this action on this dataset and tier."""
+
+    name = "Forbidden"
+    status = 403
+    title = "Forbidden"
+
+
+class PersonalDataRefused(NgsiError):
+    """HTTP 422: the message carries a field that identifies people (a face, a voice, a name, a phone
+    number, an e-mail address, a licence plate, a home address); Polis counts, it never watches. The
+    problem names the `field` and the `rule`; nothing of the message is stored."""
+
+    name = "PersonalDataRefused"
+    status = 422
+    title = "Personal data refused"
+
+
+class PrivacyBudgetExceeded(NgsiError):
+    """HTTP 403: a differentially private release would take the dataset past its ε budget."""
+
+    name = "PrivacyBudgetExceeded"
+    status = 403
+    title = "Privacy budget exceeded"

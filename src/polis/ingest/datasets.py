@@ -419,7 +419,17 @@ DATASETS: dict[str, DatasetInfo] = {
         "City of Melbourne pedestrian counters: 55 sensors, hourly, 2021-2022", load_melbourne_pedestrians
     ),
     "montgomery-911": DatasetInfo("Montgomery County PA 911 calls: 3,051 calls, 2016-2018", load_montgomery_911),
+    "covid-europe-2020": DatasetInfo(
+        "COVID-19 cases and daily region-to-region movement, England/France/Italy/Spain, spring 2020",
+        lambda datasets_dir, now: _load_covid_europe(datasets_dir, now),
+    ),
 }
+
+
+def _load_covid_europe(datasets_dir: Path, now: str) -> DatasetLoad:
+    from polis.epidemic.hub import load_covid_europe  # the epidemic package builds on this module
+
+    return load_covid_europe(datasets_dir, now)
 
 
 def load_dataset(name: str, datasets_dir: Path, now: str) -> DatasetLoad:

@@ -31,7 +31,8 @@ topic outside the scheme; an unknown type or an id that is not a URI; a payload 
 contradicts the topic; more readings in one message than `max_readings`; a value of the wrong JSON
 type for a Smart Data Models attribute whose published schema says number, integer or boolean;
 anything the entity codec's validation rejects (`expand_fragment`, the same checks the API applies);
-and fields named in PRIVACY_FIELDS.
+and fields named in PRIVACY_FIELDS or found identifying by `polis.privacy.refusal` (by name or by value:
+e-mail, phone, media data, embeddings); such a dead letter keeps the reason but not the payload.
 
 Privacy: Polis counts, it never watches. A field whose name (the last segment of its name, case,
 '_' and '-' ignored) is in PRIVACY_FIELDS is refused with a reason starting "privacy:", at any depth of
@@ -57,6 +58,7 @@ from polis.domain.entity import VALUE_MEMBER, Instance
 from polis.domain.errors import BadRequestData
 from polis.ngsi_ld.context import TermMap
 from polis.ngsi_ld.entity_codec import NULL_MARKER, expand_fragment, normalize_datetime, validate_entity_id
+from polis.privacy.refusal import refusal_reason
 
 TOPIC_ROOT = "polis"
 DEFAULT_TENANT_SEGMENT = "default"
@@ -106,6 +108,9 @@ class Reading:
     type_iri: str
     attributes: dict[str, list[Instance]]  # expanded names, internal instances, each with observedAt
     date_observed: str | None = None  # the item's dateObserved, normalized (kept as the entity's attribute)
+    # Every attribute holds one plain numeric Property observed at `date_observed` (the layout fast path):
+    # ingest may merge and store such readings column-wise.
+    plain: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,20 +238,24 @@ class MessageParser:
             raise MessageRejected(f"the payload must be a JSON object or array, got {type(body).__name__}")
         readings: list[Reading] = []
         count = 0
+        times: dict[str, str | None] = {}  # a gateway's items share one observation time: normalize it once
         for index, item in enumerate(items):
             try:
-                reading = self._item(where, item, now)
+                reading = self._item(where, item, now, times)
             except MessageRejected as why:
                 if len(items) == 1:
                     raise
                 raise MessageRejected(f"item {index}: {why.reason}") from None
-            count += sum(len(instances) for instances in reading.attributes.values())
+            if reading.plain:
+                count += len(reading.attributes)
+            else:
+                count += sum(len(instances) for instances in reading.attributes.values())
             if count > self.max_readings:
                 raise MessageRejected(f"too many readings: more than {self.max_readings} values in one message")
             readings.append(reading)
         return readings
 
-    def _item(self, where: Topic, item: Any, now: str) -> Reading:
+    def _item(self, where: Topic, item: Any, now: str, times: dict[str, str | None]) -> Reading:
         if not isinstance(item, dict):
             raise MessageRejected(f"each reading must be a JSON object, got {type(item).__name__}")
         entity_id = self._item_id(where, item)
@@ -257,13 +266,20 @@ class MessageParser:
                 f"unsupported @context {_short(context)}: MQTT payloads are read with the Smart Data Models "
                 "Transportation @context; leave @context out"
             )
-        when = _item_time(item)
+        raw_time = item.get("dateObserved", item.get("observedAt"))
+        if type(raw_time) is str and "dateObserved" in item:
+            when = times.get(raw_time)
+            if when is None:
+                when = times[raw_time] = _item_time(item)
+        else:
+            when = _item_time(item)
         shape_key = (type_iri, tuple(item))
         shape = self._shapes.get(shape_key) if when is not None else None
         if shape is not None:
             plain = _plain(item, shape, when, now)  # type: ignore[arg-type]
             if plain is not None:
-                return Reading(where.tenant, entity_id, type_iri, plain, when)
+                return Reading(where.tenant, entity_id, type_iri, plain, when, plain=True)
+        _refuse_personal(item)
         _check_privacy(item, 0)
         body = {k: v for k, v in item.items() if k not in _ITEM_MEMBERS}
         if not body:
@@ -393,6 +409,13 @@ def _is_private(key: str) -> bool:
             _private_keys.clear()
         _private_keys[key] = known
     return known
+
+
+def _refuse_personal(item: dict[str, Any]) -> None:
+    """polis.privacy.refusal: identifying fields by name and by value (e-mail, phone, media, embeddings)."""
+    reason = refusal_reason(item)
+    if reason is not None:
+        raise MessageRejected(reason)
 
 
 def _check_privacy(node: Any, depth: int) -> None:

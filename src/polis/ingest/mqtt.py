@@ -55,12 +55,14 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from polis.access.datasets import dataset_of
 from polis.domain.entity import Entity, HistoryInstance, Instance
 from polis.ingest.messages import (
     MAX_PAYLOAD_BYTES,
@@ -70,12 +72,12 @@ from polis.ingest.messages import (
     MessageRejected,
     Reading,
     load_value_types,
-    shown_payload,
     transportation_type_terms,
 )
 from polis.ngsi_ld.entities import parse_observed_at, utc_now
 from polis.ngsi_ld.events import EntityChange
-from polis.store.base import DeadLetter
+from polis.privacy.refusal import kept_payload
+from polis.store.base import DeadLetter, HistoryColumns
 
 if TYPE_CHECKING:
     from polis.platform import Platform
@@ -127,6 +129,15 @@ class _Counters:
 
 
 @dataclass(slots=True)
+class _PlainColumns:
+    entity_id: list[str] = field(default_factory=list)
+    attribute: list[str] = field(default_factory=list)
+    observed_at: list[str] = field(default_factory=list)
+    value: list[float] = field(default_factory=list)
+    merge: list[int] = field(default_factory=list)  # which merge of its entity took the row (for its unit)
+
+
+@dataclass(slots=True)
 class _Plan:
     """One tenant's share of a group: the entities' new state, their history, the receipts."""
 
@@ -138,6 +149,15 @@ class _Plan:
     date_observed: dict[str, str] = field(default_factory=dict)  # entity id -> newest dateObserved sent
     instants: dict[str, datetime] = field(default_factory=dict)  # observedAt text -> parsed, per group
     messages: int = 0
+    # Plain readings (one numeric Property per attribute, see Reading.plain) go to history as columns, and
+    # only the newest value of each attribute is merged into its entity: a gateway group of 100 messages of
+    # 207 readings then merges 207 times, not 20,700.
+    plain: _PlainColumns = field(default_factory=_PlainColumns)
+    pending: dict[str, dict[str, Instance]] = field(default_factory=dict)  # entity id -> attr -> newest
+    pending_types: dict[str, str] = field(default_factory=dict)  # entity id -> type of its plain readings
+    merges: dict[str, int] = field(default_factory=dict)  # entity id -> merges of pending values so far
+    units: dict[tuple[str, str, int], str | None] = field(default_factory=dict)  # (entity, attr, merge) -> unit
+
 
 
 class BufferedClient(mqtt.Client):
@@ -561,7 +581,23 @@ class MqttIngestor:
                 parsed.append((message, self.parser.parse(message.topic, message.payload, now)))
             except MessageRejected as why:
                 rejected.append((message, why.reason))
-        return parsed, rejected
+        return self._writable(parsed, rejected)
+
+    def _writable(
+        self, parsed: list[tuple[ReceivedMessage, list[Reading]]], rejected: list[tuple[ReceivedMessage, str]]
+    ) -> tuple[list[tuple[ReceivedMessage, list[Reading]]], list[tuple[ReceivedMessage, str]]]:
+        """Ingest writes as the `sensors` department (polis.access): a message touching a dataset it may not
+        write is a dead letter, whole. One audited decision per dataset per group."""
+        datasets = {m.key: {dataset_of(r.entity_id) for r in readings} for m, readings in parsed}
+        allowed = self.platform.access.sensor_writable(set().union(*datasets.values()), f"MQTT {self.topic}")
+        kept = []
+        for message, readings in parsed:
+            refused = sorted(datasets[message.key] - allowed)
+            if refused:
+                rejected.append((message, f"the sensors department may not write dataset '{refused[0]}'"))
+            else:
+                kept.append((message, readings))
+        return kept, rejected
 
     def _commit(
         self, parsed: list[tuple[ReceivedMessage, list[Reading]]], rejected: list[tuple[ReceivedMessage, str]], now: str
@@ -589,39 +625,51 @@ class MqttIngestor:
                 rejected.append((message, conflict))
                 continue
             for reading in readings:
-                plan.history.extend(_apply(plan, reading, now))
+                if reading.plain:
+                    _collect_plain(plan, reading)
+                else:
+                    if reading.entity_id in plan.pending:  # keep arrival order for this entity
+                        _merge_pending(plan, reading.entity_id, now)
+                    plan.history.extend(_apply(plan, reading, now))
             plan.receipts.append((SOURCE, message.key))
             plan.messages += 1
         plans = {t: p for t, p in plans.items() if p.messages}
         for plan in plans.values():
+            for entity_id in list(plan.pending):
+                _merge_pending(plan, entity_id, now)
             for entity_id, when in plan.date_observed.items():
                 _set_date_observed(plan.entities[entity_id], when, now)
         started = time.perf_counter()
         n = self._n
-        if rejected:
-            received = datetime.now(UTC)
-            self.store.add_dead_letters(
-                [DeadLetter(SOURCE, m.topic, shown_payload(m.payload), reason, received) for m, reason in rejected]
-            )
-            receipts = [(SOURCE, m.key) for m, _ in rejected]
-            first = next(iter(plans.values()), None)
-            if first is None:
-                self.store.write("", receipts=receipts)
-                n.dead_lettered += len(rejected)
-            else:
-                first.receipts.extend(receipts)
+        # Dead letters commit with their messages' receipts, in the first write: a crash can neither lose
+        # one nor, after the broker redelivers, keep it twice.
+        received = datetime.now(UTC)
+        letters = [
+            DeadLetter(SOURCE, m.topic, kept_payload(m.payload, reason), reason, received) for m, reason in rejected
+        ]
+        letter_receipts = [(SOURCE, m.key) for m, _ in rejected]
+        if letters and not plans:
+            self.store.write("", receipts=letter_receipts, dead_letters=letters)
+            n.dead_lettered += len(rejected)
         for index, plan in enumerate(plans.values()):
             self.store.write(
-                plan.tenant, upserts=list(plan.entities.values()), history=plan.history, receipts=plan.receipts
+                plan.tenant,
+                upserts=list(plan.entities.values()),
+                history=plan.history,
+                receipts=plan.receipts + letter_receipts if index == 0 else plan.receipts,
+                history_columns=_plain_history(plan),
+                dead_letters=letters if index == 0 else (),
             )
             if index == 0:
                 n.dead_lettered += len(rejected)
             n.committed += plan.messages
-            n.readings += len(plan.history)
+            n.readings += len(plan.history) + len(plan.plain.value)
+            changes = []
             for entity_id, entity in plan.entities.items():
                 before = plan.previous.get(entity_id)
                 kind = "created" if before is None else "updated"
-                self.platform.bus.publish(EntityChange(plan.tenant, kind, entity_id, entity, before))
+                changes.append(EntityChange(plan.tenant, kind, entity_id, entity, before))
+            self.platform.bus.publish_many(changes)  # one call per commit: batch listeners write once
         n.last_commit_ms = round((time.perf_counter() - started) * 1000, 3)
 
     def _load(self, plan: _Plan, entity_ids: list[str]) -> None:
@@ -653,7 +701,11 @@ def _type_conflict(plan: _Plan, readings: list[Reading]) -> str | None:
     types: dict[str, str] = {}
     for reading in readings:
         entity = plan.entities.get(reading.entity_id)
-        known = entity["type"] if entity is not None else [types.setdefault(reading.entity_id, reading.type_iri)]
+        if entity is not None:
+            known = entity["type"]
+        else:  # new: typed by an earlier message of the group (its plain readings wait to be merged) or this one
+            first = plan.pending_types.get(reading.entity_id)
+            known = [first if first is not None else types.setdefault(reading.entity_id, reading.type_iri)]
         if reading.type_iri not in known:
             return f"entity {reading.entity_id} exists with type {', '.join(known)}, not {reading.type_iri}"
     return None
@@ -697,6 +749,77 @@ def _apply(plan: _Plan, reading: Reading, now: str) -> list[HistoryInstance]:
             plan.date_observed[reading.entity_id] = when
     entity["modifiedAt"] = now
     return _history(reading.entity_id, reading.attributes, plan.instants)
+
+
+def _collect_plain(plan: _Plan, reading: Reading) -> None:
+    """A plain reading: every value to the history columns, the newest of each attribute kept to merge."""
+    entity_id = reading.entity_id
+    pending = plan.pending.get(entity_id)
+    if pending is None:
+        pending = plan.pending[entity_id] = {}
+        plan.pending_types.setdefault(entity_id, reading.type_iri)
+    columns = plan.plain
+    merge = plan.merges.get(entity_id, 0)
+    for iri, instances in reading.attributes.items():
+        instance = instances[0]
+        observed = instance["observedAt"]
+        columns.merge.append(merge)
+        columns.entity_id.append(entity_id)
+        columns.attribute.append(iri)
+        columns.observed_at.append(observed)
+        columns.value.append(instance["value"])
+        held = pending.get(iri)
+        if held is None:
+            pending[iri] = instance
+        else:  # ties: the later message wins; same-length normalized times compare as text (see _earlier)
+            last = held["observedAt"]
+            if observed >= last if len(observed) == len(last) else not _earlier(observed, last):
+                pending[iri] = instance
+    when = reading.date_observed
+    if when is not None:
+        latest = plan.date_observed.get(entity_id)
+        if latest is None or (latest < when if len(latest) == len(when) else _earlier(latest, when)):
+            plan.date_observed[entity_id] = when
+
+
+def _merge_pending(plan: _Plan, entity_id: str, now: str) -> None:
+    """Merge an entity's newest plain values, as `_apply` merges any reading (their history is in columns)."""
+    attributes = {iri: [instance] for iri, instance in plan.pending.pop(entity_id).items()}
+    _apply(plan, Reading(plan.tenant, entity_id, plan.pending_types[entity_id], attributes), now)
+    # The unit each of these values took (inherited from the attribute as it was): `_apply` just set it
+    # on the newest, and every older one of the same merge met the same held attribute.
+    merge = plan.merges.get(entity_id, 0)
+    for iri, instances in attributes.items():
+        plan.units[(entity_id, iri, merge)] = instances[0].get("unitCode")
+    plan.merges[entity_id] = merge + 1
+
+
+def _plain_history(plan: _Plan) -> HistoryColumns | None:
+    """The plan's plain readings as history columns; each value carries its attribute's unit, as `_apply`
+    gives a key-values reading the unit the attribute already has."""
+    columns = plan.plain
+    if not columns.value:
+        return None
+    stamps: dict[str, np.datetime64] = {}
+    for text in dict.fromkeys(columns.observed_at):
+        at = plan.instants.get(text)
+        if at is None:
+            at = plan.instants[text] = parse_observed_at(text)
+        stamps[text] = np.datetime64(at.astimezone(UTC).replace(tzinfo=None), "us")
+    units = plan.units
+    distinct = set(units.values())
+    unit_codes = None
+    if len(distinct) > 1:
+        rows = zip(columns.entity_id, columns.attribute, columns.merge, strict=True)
+        unit_codes = np.array([units[k] for k in rows], dtype=object)
+    return HistoryColumns(
+        np.array(columns.entity_id, dtype=object),
+        np.array(columns.attribute, dtype=object),
+        np.array([stamps[t] for t in columns.observed_at], dtype="datetime64[us]"),
+        np.array(columns.value, dtype=np.float64),
+        unit_code=next(iter(distinct)) if len(distinct) == 1 else None,
+        unit_codes=unit_codes,
+    )
 
 
 def _history(
@@ -774,6 +897,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         batch_wait_s=args.batch_wait_ms / 1000.0,
         max_pending=args.max_pending,
     )
+    from polis.runtime import tune_for_service
+
+    tune_for_service()
     try:
         ingestor.start()
         if ingestor.wait_connected(30.0):

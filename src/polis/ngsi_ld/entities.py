@@ -26,6 +26,7 @@ from polis.ngsi_ld.entity_codec import (
 )
 from polis.ngsi_ld.events import EntityChange, EventBus
 from polis.ngsi_ld.params import narrow_pick
+from polis.privacy.refusal import refuse_personal_data
 from polis.store.base import EntityQuery, QueryResult, Store
 
 NULL = "urn:ngsi-ld:null"
@@ -120,9 +121,11 @@ class EntityService:
         history: list[HistoryInstance],
         deletes: Sequence[str] = (),
     ) -> None:
+        refuse_personal_data(entities)  # 422 naming the field and rule before anything is stored (polis.privacy)
         self.store.write(tenant, upserts=entities, deletes=deletes, history=history)
-        for entity, before in zip(entities, previous, strict=True):
-            self.bus.publish(EntityChange(tenant, kind, entity["id"], entity, before))
+        self.bus.publish_many(
+            [EntityChange(tenant, kind, e["id"], e, before) for e, before in zip(entities, previous, strict=True)]
+        )
 
     @serialised
     def create(self, tenant: str, body: Any, terms: TermMap) -> str:
@@ -467,8 +470,7 @@ class EntityService:
                 result.fail(eid, ResourceNotFound(f"entity {eid} was not found"))
         if result.success:
             self.store.write(tenant, deletes=result.success)
-            for eid in result.success:
-                self.bus.publish(EntityChange(tenant, "deleted", eid, None, existing[eid]))
+            self.bus.publish_many([EntityChange(tenant, "deleted", eid, None, existing[eid]) for eid in result.success])
         return result
 
 

@@ -4,7 +4,7 @@ forecasters, subscriptions). Listeners run after the commit, so a failing listen
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,18 +21,37 @@ class EntityChange:
 
 
 Listener = Callable[[EntityChange], None]
+BatchListener = Callable[[Sequence[EntityChange]], None]
 
 
 class EventBus:
     def __init__(self) -> None:
         self._listeners: list[Listener] = []
+        self._batch_listeners: list[BatchListener] = []
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
+    def subscribe_batch(self, listener: BatchListener) -> None:
+        """Called once per commit with all its changes: a listener that writes (the subscriptions' outbox)
+        then pays one transaction per commit, not one per entity."""
+        self._batch_listeners.append(listener)
+
     def publish(self, change: EntityChange) -> None:
-        for listener in self._listeners:
+        self.publish_many((change,))
+
+    def publish_many(self, changes: Sequence[EntityChange]) -> None:
+        """The changes of one commit, in order."""
+        for change in changes:
+            for listener in self._listeners:
+                try:
+                    listener(change)
+                except Exception:  # a listener's bug must not fail the write that already committed
+                    log.exception("event listener %r failed on %s %s", listener, change.kind, change.entity_id)
+        if not changes:
+            return
+        for batch_listener in self._batch_listeners:
             try:
-                listener(change)
-            except Exception:  # a listener's bug must not fail the write that already committed
-                log.exception("event listener %r failed on %s %s", listener, change.kind, change.entity_id)
+                batch_listener(changes)
+            except Exception:
+                log.exception("event listener %r failed on a commit of %d changes", batch_listener, len(changes))

@@ -20,6 +20,7 @@ from polis.ngsi_ld.entities import EntityService, parse_observed_at
 from polis.ngsi_ld.entity_codec import compact_instance, expand_entity, expand_fragment, validate_entity_id
 from polis.ngsi_ld.events import EntityChange
 from polis.ngsi_ld.params import parse_datetime, parse_int
+from polis.privacy.refusal import refuse_personal_data
 from polis.store.base import EntityQuery, TemporalAttribute, TemporalQuery
 
 AGGREGATION_METHODS = ("totalCount", "distinctCount", "sum", "avg", "min", "max", "stddev", "sumsq")
@@ -126,6 +127,7 @@ class TemporalService:
         else:
             rest = {k: v for k, v in body.items() if k not in ("id", "type", "@context")}
             entity = {"id": entity_id, "type": old["type"], **expand_fragment(rest, terms, now)}
+        refuse_personal_data(entity)  # 422 naming the field and rule before anything is stored (polis.privacy)
         history = _instances_of(entity)
         if not history:
             raise BadRequestData("a temporal entity needs at least one attribute instance with observedAt")
@@ -197,6 +199,7 @@ class TemporalService:
         fragment = expand_fragment(
             {terms.compact(attr): body} if "type" in body or "value" in body else body, terms, self.entities.clock()
         )
+        refuse_personal_data(fragment)
         instances = fragment.get(attr)
         if not instances or len(instances) != 1:
             raise BadRequestData(f"the body must hold exactly one instance of {terms.compact(attr)}")

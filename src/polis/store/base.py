@@ -32,6 +32,7 @@ class EntityQuery:
     q: QExpr | None = None
     geo: GeoQuery | None = None
     scope_q: str | None = None
+    datasets: tuple[str, ...] | None = None  # access control: only entities of these datasets (polis.access)
     limit: int | None = 20
     offset: int = 0
     count: bool = False
@@ -84,6 +85,7 @@ class HistoryColumns:
     observed_at: np.ndarray  # datetime64[us], UTC
     value: np.ndarray  # float64; NaN rows are skipped (missing readings)
     unit_code: str | None = None
+    unit_codes: np.ndarray | None = None  # str or None per row (object); overrides unit_code when given
 
     def __len__(self) -> int:
         return int(self.value.shape[0])
@@ -136,10 +138,13 @@ class Store(Protocol):
         deletes: Sequence[str] = (),
         history: Sequence[HistoryInstance] = (),
         receipts: Sequence[tuple[str, str]] = (),
+        history_columns: HistoryColumns | None = None,
+        dead_letters: Sequence[DeadLetter] = (),
     ) -> None:
         """In one transaction: replace (or insert) whole entity documents, delete entities, add
-        temporal instances, record (source, key) receipts of the messages these writes came from.
-        Nothing is written if anything fails."""
+        temporal instances (as instances and/or as numeric columns, all kept; NaN values skipped),
+        keep dead letters, record (source, key) receipts of the messages these writes came from (so a
+        message is stored, or dead-lettered, exactly once). Nothing is written if anything fails."""
         ...
 
     def seen(self, source: str, keys: Sequence[str]) -> set[str]:
@@ -183,9 +188,11 @@ class Store(Protocol):
         returns how many were added."""
         ...
 
-    def types(self, tenant: str) -> list[TypeInfo]: ...
+    def types(self, tenant: str, datasets: Sequence[str] | None = None) -> list[TypeInfo]:
+        """Entity types held, counted over the entities of `datasets` only when given (access control)."""
+        ...
 
-    def attributes(self, tenant: str) -> list[AttributeInfo]: ...
+    def attributes(self, tenant: str, datasets: Sequence[str] | None = None) -> list[AttributeInfo]: ...
 
     def history_count(self, tenant: str) -> int: ...
 

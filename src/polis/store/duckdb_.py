@@ -31,6 +31,7 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
+from polis.access.datasets import dataset_sql
 from polis.domain.entity import ENTITY_MEMBERS, Entity, HistoryInstance
 from polis.ngsi_ld.geoquery import matches as geo_matches
 from polis.store.attr_index import ATTR_INDEX_DDL, attr_index_rows
@@ -207,8 +208,11 @@ class DuckDBStore:
         deletes: Sequence[str] = (),
         history: Sequence[HistoryInstance] = (),
         receipts: Sequence[tuple[str, str]] = (),
+        history_columns: HistoryColumns | None = None,
+        dead_letters: Sequence[DeadLetter] = (),
     ) -> None:
-        if not (upserts or deletes or history or receipts):
+        columns = history_columns if history_columns is not None and len(history_columns) else None
+        if not (upserts or deletes or history or receipts or columns or dead_letters):
             return
         touched = [e["id"] for e in upserts] + list(deletes)
         with self._lock:
@@ -224,6 +228,10 @@ class DuckDBStore:
             tables["gone"] = pa.table({"seq": pa.array(list(old_seqs.values()), pa.int64())})
             if history:
                 tables["history_rows"] = self._history_table(history)
+            if columns is not None:
+                tables["history_cols"] = self._history_columns_table(columns)
+            if dead_letters:
+                tables["letter_rows"] = _letters_table(dead_letters)
             if receipts:
                 tables["receipt_rows"] = pa.table(
                     {
@@ -256,6 +264,10 @@ class DuckDBStore:
                             con.execute("INSERT INTO geo_index SELECT ?, * FROM geo_rows", [tenant])
                     if history:
                         con.execute("INSERT INTO history SELECT ?, * FROM history_rows", [tenant])
+                    if columns is not None:
+                        con.execute("INSERT INTO history SELECT ?, * FROM history_cols", [tenant])
+                    if dead_letters:
+                        con.execute(_INSERT_LETTERS)
                     if receipts:
                         con.execute("INSERT INTO receipts SELECT source, key, now()::TIMESTAMP FROM receipt_rows")
                     con.execute("COMMIT")
@@ -353,6 +365,31 @@ class DuckDBStore:
             cols["unit_code"].append(instance.get("unitCode"))
         return pa.table(cols, schema=_HISTORY_SCHEMA)
 
+    def _history_columns_table(self, columns: HistoryColumns) -> pa.Table:
+        """Numeric observations straight from columns: no dict and no Python loop per row."""
+        keep = ~np.isnan(columns.value)
+        n = int(keep.sum())
+        first = self._next_instance
+        self._next_instance += n
+        units = (
+            pa.array(columns.unit_codes[keep], pa.string())
+            if columns.unit_codes is not None
+            else pa.array([columns.unit_code] * n, pa.string())
+        )
+        return pa.table(
+            [
+                pa.array(columns.entity_id[keep], pa.string()),
+                pa.array(columns.attribute[keep], pa.string()),
+                pa.nulls(n, pa.string()),
+                pa.array(columns.observed_at[keep].astype("datetime64[us]")),
+                pa.array(np.arange(first, first + n, dtype=np.int64)),
+                pa.array(columns.value[keep], pa.float64()),
+                pa.nulls(n, pa.string()),
+                units,
+            ],
+            schema=_HISTORY_SCHEMA,
+        )
+
     # -- queries ---------------------------------------------------------------------------------
 
     def _where(self, tenant: str, query: EntityQuery) -> tuple[str, list[Any], bool]:
@@ -379,6 +416,9 @@ class DuckDBStore:
                     )
                     params.extend([tenant, list(group), len(set(group))])
             clauses.append("(" + " OR ".join(groups) + ")")
+        if query.datasets is not None:
+            clauses.append(f"{dataset_sql('e.id')} IN (SELECT unnest(?::VARCHAR[]))")
+            params.append(list(query.datasets))
         if query.attrs:
             clauses.append(
                 "e.seq IN (SELECT seq FROM entity_attrs WHERE tenant = ? AND attr IN (SELECT unnest(?::VARCHAR[])))"
@@ -635,20 +675,8 @@ class DuckDBStore:
     def add_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         if not letters:
             return
-        table = pa.table(
-            {
-                "source": pa.array([d.source for d in letters], pa.string()),
-                "topic": pa.array([d.topic for d in letters], pa.string()),
-                "payload": pa.array([d.payload for d in letters], pa.string()),
-                "reason": pa.array([d.reason for d in letters], pa.string()),
-                "received_at": pa.array([_naive_utc(d.received_at) for d in letters], pa.timestamp("us")),
-            }
-        )
-        with self._lock, self._registered(letter_rows=table):
-            self._con.execute(
-                "INSERT INTO dead_letters (source, topic, payload, reason, received_at) "
-                "SELECT source, topic, payload, reason, received_at FROM letter_rows"
-            )
+        with self._lock, self._registered(letter_rows=_letters_table(letters)):
+            self._con.execute(_INSERT_LETTERS)
 
     def dead_letters(self, source: str | None = None, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         where, params = ("WHERE source = ?", [source]) if source is not None else ("", [])
@@ -677,29 +705,42 @@ class DuckDBStore:
 
     # -- discovery -------------------------------------------------------------------------------
 
-    def types(self, tenant: str) -> list[TypeInfo]:
+    def _in_datasets(self, alias: str, tenant: str, datasets: Sequence[str] | None) -> tuple[str, list[Any]]:
+        """A clause keeping the rows of `alias` whose entity belongs to `datasets` (none when None)."""
+        if datasets is None:
+            return "", []
+        return (
+            f" AND {alias}.seq IN (SELECT seq FROM entities WHERE tenant = ? "
+            f"AND {dataset_sql('id')} IN (SELECT unnest(?::VARCHAR[])))",
+            [tenant, list(datasets)],
+        )
+
+    def types(self, tenant: str, datasets: Sequence[str] | None = None) -> list[TypeInfo]:
+        scope, scope_params = self._in_datasets("t", tenant, datasets)
         with self._lock:
             counts = self._con.execute(
-                "SELECT type, count(*) FROM entity_types WHERE tenant = ? GROUP BY type ORDER BY type", [tenant]
+                f"SELECT type, count(*) FROM entity_types t WHERE tenant = ?{scope} GROUP BY type ORDER BY type",
+                [tenant, *scope_params],
             ).fetchall()
             details = self._con.execute(
                 "SELECT t.type, a.attr, list(DISTINCT a.kind) FROM entity_types t "
-                "JOIN entity_attrs a ON a.seq = t.seq AND a.tenant = t.tenant WHERE t.tenant = ? "
+                f"JOIN entity_attrs a ON a.seq = t.seq AND a.tenant = t.tenant WHERE t.tenant = ?{scope} "
                 "GROUP BY t.type, a.attr",
-                [tenant],
+                [tenant, *scope_params],
             ).fetchall()
         attrs: dict[str, dict[str, set[str]]] = {}
         for type_, attr, kinds in details:
             attrs.setdefault(type_, {})[attr] = set(kinds)
         return [TypeInfo(t, int(n), attrs.get(t, {})) for t, n in counts]
 
-    def attributes(self, tenant: str) -> list[AttributeInfo]:
+    def attributes(self, tenant: str, datasets: Sequence[str] | None = None) -> list[AttributeInfo]:
+        scope, scope_params = self._in_datasets("a", tenant, datasets)
         with self._lock:
             rows = self._con.execute(
                 "SELECT a.attr, count(DISTINCT a.seq), list(DISTINCT a.kind), list(DISTINCT t.type) "
                 "FROM entity_attrs a JOIN entity_types t ON t.seq = a.seq AND t.tenant = a.tenant "
-                "WHERE a.tenant = ? GROUP BY a.attr ORDER BY a.attr",
-                [tenant],
+                f"WHERE a.tenant = ?{scope} GROUP BY a.attr ORDER BY a.attr",
+                [tenant, *scope_params],
             ).fetchall()
         return [AttributeInfo(attr, int(n), set(kinds), set(types)) for attr, n, kinds, types in rows]
 
@@ -717,6 +758,12 @@ class DuckDBStore:
             )
         return sorted(destination.rglob("*.parquet"))
 
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        """Another connection to this database, for a feature's own tables (the subscriptions' outbox): its
+        transactions are its own, so its writes never wait on this store's lock. Close it before `close()`."""
+        with self._lock:
+            return self._con.cursor()
+
     def close(self) -> None:
         with self._lock:
             self._con.close()
@@ -727,6 +774,24 @@ def _geo_match(query: EntityQuery, doc: Entity) -> bool:
     return any(
         instance.get("type") == "GeoProperty" and geo_matches(query.geo, instance["value"])
         for instance in doc.get(query.geo.geoproperty, ())
+    )
+
+
+_INSERT_LETTERS = (
+    "INSERT INTO dead_letters (source, topic, payload, reason, received_at) "
+    "SELECT source, topic, payload, reason, received_at FROM letter_rows"
+)
+
+
+def _letters_table(letters: Sequence[DeadLetter]) -> pa.Table:
+    return pa.table(
+        {
+            "source": pa.array([d.source for d in letters], pa.string()),
+            "topic": pa.array([d.topic for d in letters], pa.string()),
+            "payload": pa.array([d.payload for d in letters], pa.string()),
+            "reason": pa.array([d.reason for d in letters], pa.string()),
+            "received_at": pa.array([_naive_utc(d.received_at) for d in letters], pa.timestamp("us")),
+        }
     )
 
 

@@ -1,0 +1,144 @@
+"""`polis admin` (departments, keys, grants) and `polis audit` (verify the chain), on a hub's data dir.
+
+They work beside a running server: the grants live in SQLite (the server notices changes at once) and
+the audit log takes appends from several processes."""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from polis.access.control import AccessControl
+
+console = Console()
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Hub files (default $POLIS_DATA_DIR or ./polis-data)")]
+
+
+def _control(data_dir: Path | None) -> AccessControl:
+    from polis.access.control import AccessControl
+    from polis.settings import Settings
+
+    settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()  # type: ignore[call-arg]
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return AccessControl(settings)
+
+
+def _who() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _run(data_dir: Path | None, action: str, *args: str) -> None:
+    from polis.access.departments import AccessError
+
+    control = _control(data_dir)
+    try:
+        getattr(control, action)(*args, who=_who())
+    except AccessError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    finally:
+        control.close()
+
+
+def register(app: typer.Typer, bench: typer.Typer) -> None:
+    admin = typer.Typer(help="Departments, API keys and grants (deny by default).", no_args_is_help=True)
+    audit = typer.Typer(help="The hash-chained audit log of every access decision.", no_args_is_help=True)
+    app.add_typer(admin, name="admin")
+    app.add_typer(audit, name="audit")
+
+    @admin.command("department")
+    def department(
+        name: Annotated[str, typer.Argument(help="lowercase name, e.g. transport, health, emergency")],
+        description: Annotated[str, typer.Option(help="What the department is")] = "",
+        data_dir: DataDir = None,
+    ) -> None:
+        """Create a department (it holds no grant until given one)."""
+        _run(data_dir, "create_department", name, description)
+        console.print(f"department '{name}' created; grant it access: polis admin grant {name} ...", soft_wrap=True)
+
+    @admin.command("key")
+    def create_key(
+        department: Annotated[str, typer.Argument(help="The department the key acts as")],
+        data_dir: DataDir = None,
+    ) -> None:
+        """Create an API key for a department. It is printed once and stored only hashed."""
+        from polis.access.departments import AccessError
+
+        control = _control(data_dir)
+        try:
+            key = control.create_key(department, who=_who())
+        except AccessError as error:
+            console.print(f"[red]{error}[/red]")
+            raise typer.Exit(2) from None
+        finally:
+            control.close()
+        console.print(f"key id {key.key_id} for '{department}'; the key (shown once, keep it safe):", highlight=False)
+        print(key.secret_key)  # plain stdout, nothing else on the line: easy to capture
+
+    @admin.command("revoke-key")
+    def revoke_key(key_id: Annotated[str, typer.Argument(help="The key id (the part after polis_)")],
+                   data_dir: DataDir = None) -> None:
+        """Revoke a key (a server that verified it recently honours it for at most POLIS_API_KEY_CACHE_S)."""
+        _run(data_dir, "revoke_key", key_id)
+        console.print(f"key {key_id} revoked")
+
+    @admin.command("grant")
+    def grant(
+        department: str,
+        dataset: Annotated[str, typer.Argument(help="e.g. los-loop, citibike-jersey-city, alerts, operations, *")],
+        tier: Annotated[str, typer.Argument(help="raw-pseudonymous, aggregate or public")],
+        action: Annotated[str, typer.Argument(help="read, write, subscribe or administer")],
+        data_dir: DataDir = None,
+    ) -> None:
+        """Let DEPARTMENT do ACTION on TIER of DATASET."""
+        _run(data_dir, "grant", department, dataset, tier, action)
+        console.print(f"granted {action} {dataset}/{tier} to '{department}'")
+
+    @admin.command("revoke")
+    def revoke(department: str, dataset: str, tier: str, action: str, data_dir: DataDir = None) -> None:
+        """Take a grant back."""
+        _run(data_dir, "revoke_grant", department, dataset, tier, action)
+        console.print(f"revoked {action} {dataset}/{tier} from '{department}'")
+
+    @admin.command("list")
+    def list_all(data_dir: DataDir = None) -> None:
+        """Departments with their grants and keys (ids only: keys are never shown again)."""
+        control = _control(data_dir)
+        try:
+            table = Table(title="departments")
+            for column in ("department", "grants", "keys (live)"):
+                table.add_column(column, overflow="fold")
+            for name, _ in control.departments.departments():
+                perms = control.departments.permissions(name)
+                keys = [k.id for k in control.departments.keys(name) if k.revoked_at is None]
+                table.add_row(name, "\n".join(sorted(str(g) for g in perms.grants)) or "-", "\n".join(keys) or "-")
+        finally:
+            control.close()
+        console.print(table)
+
+    @audit.command("verify")
+    def verify(
+        head: Annotated[str | None, typer.Option(help="A head hash recorded earlier: detects cut-off entries")] = None,
+        data_dir: DataDir = None,
+    ) -> None:
+        """Check the hash chain of the audit log; exit 1 at the first entry that was changed, removed or moved."""
+        from polis.access.audit import verify as verify_chain
+        from polis.settings import Settings
+
+        settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()  # type: ignore[call-arg]
+        result = verify_chain(settings.audit_log_path, head)
+        if result.ok:
+            console.print(f"audit log intact: {result.entries:,} entries, head {result.head}", soft_wrap=True)
+            return
+        console.print(f"[red]audit log broken[/red]: {result.problem} ({result.entries:,} entries good before it)")
+        raise typer.Exit(1)

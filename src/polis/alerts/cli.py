@@ -1,0 +1,143 @@
+"""`polis alerts ...`: load rules from a file (into a hub's files, or a running server), list rules and
+alerts, print the demo rule set; `polis bench crowd`: the crowd-gathering evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Hub files (default $POLIS_DATA_DIR or ./polis-data)")]
+Url = Annotated[str | None, typer.Option(help="A running hub, e.g. http://127.0.0.1:8000 (else its files)")]
+Tenant = Annotated[str, typer.Option(help="NGSI-LD tenant (default: the default tenant)")]
+
+
+def _settings(data_dir: Path | None) -> Any:
+    from polis.settings import Settings
+
+    return Settings(data_dir=data_dir) if data_dir is not None else Settings()
+
+
+def _headers(settings: Any, tenant: str) -> dict[str, str]:
+    headers = {"NGSILD-Tenant": tenant} if tenant else {}
+    key = settings.api_key
+    key_file = settings.data_dir / "admin.key"
+    if key is None and key_file.is_file():
+        key = key_file.read_text().strip()
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return headers
+
+
+def register(app: typer.Typer, bench: typer.Typer) -> None:
+    alerts = typer.Typer(help="Alert rules and the alerts they raise (CAP 1.2).", no_args_is_help=True)
+    app.add_typer(alerts, name="alerts")
+
+    @alerts.command("load")
+    def load(
+        file: Annotated[Path, typer.Argument(help="Rules file: JSON (or YAML) list, or {'rules': [...]}")],
+        url: Url = None,
+        data_dir: DataDir = None,
+        tenant: Tenant = "",
+    ) -> None:
+        """Validate a rules file and install its rules (same id: replaced). Without --url they go into the
+        hub's files and take effect when it next starts."""
+        from polis.alerts.rulebook import RuleBook
+        from polis.alerts.rules import load_rules_file, rule_json
+        from polis.domain.errors import BadRequestData
+
+        settings = _settings(data_dir)
+        try:
+            rules = load_rules_file(file)
+        except (BadRequestData, OSError) as error:
+            console.print(f"[red]{file}: {getattr(error, 'detail', error)}[/red]")
+            raise typer.Exit(2) from None
+        if url is not None:
+            import httpx
+
+            headers = _headers(settings, tenant)
+            for rule in rules:
+                response = httpx.put(
+                    f"{url.rstrip('/')}/polis/v1/alerts/rules/{rule.id}",
+                    json=rule_json(rule),
+                    headers=headers,
+                    timeout=30,
+                )
+                if response.status_code not in (200, 201):
+                    console.print(f"[red]rule {rule.id}: {response.status_code} {response.text}[/red]")
+                    raise typer.Exit(1)
+        else:
+            book = RuleBook(settings.data_dir / "alerts" / "rules.json")
+            for rule in rules:
+                book.put(tenant, rule)
+        where = url or f"{settings.data_dir} (active at the next start)"
+        console.print(f"loaded {len(rules)} alert rules into {where}: {', '.join(str(r.id) for r in rules)}")
+
+    @alerts.command("rules")
+    def rules(url: Url = None, data_dir: DataDir = None, tenant: Tenant = "") -> None:
+        """The declared rules."""
+        from polis.alerts.rulebook import RuleBook
+        from polis.alerts.rules import rule_json
+
+        settings = _settings(data_dir)
+        if url is not None:
+            import httpx
+
+            found = httpx.get(
+                f"{url.rstrip('/')}/polis/v1/alerts/rules", headers=_headers(settings, tenant), timeout=30
+            )
+            items = found.json()
+        else:
+            items = [rule_json(r) for r in RuleBook(settings.data_dir / "alerts" / "rules.json").of(tenant)]
+        table = Table(title=f"alert rules ({len(items)})")
+        for column in ("id", "kind", "name", "scope", "severity"):
+            table.add_column(column, overflow="fold")
+        for item in items:
+            table.add_row(item["id"], item["kind"], item["name"], item["scope"]["type"], item["severity"])
+        console.print(table)
+
+    @alerts.command("list")
+    def list_alerts(
+        url: Annotated[str, typer.Option(help="The running hub")] = "http://127.0.0.1:8000",
+        every: Annotated[bool, typer.Option("--all", help="Cancelled ones too")] = False,
+        data_dir: DataDir = None,
+        tenant: Tenant = "",
+    ) -> None:
+        """Alerts of a running hub, newest first."""
+        import httpx
+
+        response = httpx.get(
+            f"{url.rstrip('/')}/polis/v1/alerts",
+            params={"status": "all" if every else "active"},
+            headers=_headers(_settings(data_dir), tenant),
+            timeout=30,
+        )
+        table = Table(title="alerts")
+        for column in ("id", "status", "severity", "onset", "headline"):
+            table.add_column(column, overflow="fold")
+        for item in response.json():
+            table.add_row(item["id"], item["status"], item["severity"], item["onset"], item["headline"])
+        console.print(table)
+
+    @alerts.command("demo-rules")
+    def demo_rules() -> None:
+        """Print the demo city's rules as JSON (a starting point for your own file)."""
+        from polis.alerts.demo import DEMO_RULES
+
+        print(json.dumps({"rules": DEMO_RULES}, indent=2))
+
+    @bench.command("crowd")
+    def bench_crowd() -> None:
+        """Crowd-gathering detection on the real Melbourne counts with injected gatherings (from a checkout)."""
+        try:
+            from benchmarks.bench_crowd import run
+        except ImportError:
+            console.print("[red]run this from a Polis checkout: the benchmarks are not installed[/red]")
+            raise typer.Exit(2) from None
+        run()

@@ -1,0 +1,449 @@
+"""Per rule kind: what a committed change means for the rule, as lifecycle `Signal`s per subject.
+
+A `CompiledRule` is a rule bound to a tenant, with its terms expanded and the state its detector keeps
+(free-flow levels, the crowd panel, recent speeds, burst counters). Evaluation runs on the alerts worker
+thread, never in the write path.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from polis.alerts.bursts import BurstCounter
+from polis.alerts.lifecycle import Signal, Tracker
+from polis.alerts.model import distance_m, parse_iso
+from polis.alerts.rules import AnomalyRule, AnyRule, BurstRule, ForecastRule, ThresholdRule, rule_json
+from polis.crowd.gathering import CrowdParams, HourlyPanel, local_hour
+from polis.domain.entity import LOCATION, Entity
+from polis.ngsi_ld.context import TermMap
+from polis.store.base import EntityQuery, Store, TemporalQuery, TypeSelector
+from polis.traffic.incidents import LOS_LOOP_PREFIX, SpeedDropTracker, free_flow, los_loop_neighbours
+from polis.traffic.incidents import nearest_neighbours as nearest
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONTEXT = "https://raw.githubusercontent.com/smart-data-models/dataModel.Transportation/master/context.jsonld"
+FREE_FLOW_MIN_READINGS = 12
+FREE_FLOW_RETRY = 50  # readings between attempts for a sensor without enough history yet
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    subject: str  # entity id, or "<group>" for bursts
+    name: str
+    point: tuple[float, float] | None
+    at: datetime
+    signal: Signal
+
+
+def instance_of(entity: Entity, iri: str) -> dict[str, Any] | None:
+    instances = entity.get(iri)
+    if not isinstance(instances, list) or not instances:
+        return None
+    return next((i for i in instances if i.get("datasetId") is None), instances[0])
+
+
+def number_of(entity: Entity | None, iri: str) -> tuple[float, str | None] | None:
+    if entity is None:
+        return None
+    instance = instance_of(entity, iri)
+    if instance is None:
+        return None
+    value = instance.get("value")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value), instance.get("observedAt")
+
+
+def time_of(entity: Entity, iri: str) -> datetime | None:
+    instance = instance_of(entity, iri)
+    if instance is None:
+        return None
+    value = instance.get("value")
+    if isinstance(value, dict):
+        value = value.get("@value")
+    if isinstance(value, str):
+        try:
+            return parse_iso(value)
+        except ValueError:
+            return None
+    observed = instance.get("observedAt")
+    return parse_iso(observed) if isinstance(observed, str) else None
+
+
+def point_of(entity: Entity) -> tuple[float, float] | None:
+    instance = instance_of(entity, LOCATION)
+    if instance is None:
+        return None
+    geometry = instance.get("value")
+    if not isinstance(geometry, dict):
+        return None
+    if geometry.get("type") == "Point":
+        lon, lat = geometry["coordinates"][:2]
+        return float(lon), float(lat)
+    try:
+        from shapely.geometry import shape
+
+        centroid = shape(geometry).centroid
+        return float(centroid.x), float(centroid.y)
+    except Exception:  # an odd geometry only costs the alert its location
+        return None
+
+
+class CompiledRule:
+    def __init__(self, tenant: str, rule: AnyRule, terms: TermMap, store: Store, datasets_dir: Path) -> None:
+        self.tenant = tenant
+        self.rule = rule
+        self.json = rule_json(rule)
+        self.terms = terms
+        self.store = store
+        self.datasets_dir = datasets_dir
+        self.type_iri = terms.expand(rule.scope.type)
+        attribute = getattr(rule, "attribute", None)
+        self.attr_iri = terms.expand(attribute) if attribute else None
+        self.name_iri = terms.expand("name")
+        self.ids = frozenset(rule.scope.ids)
+        self.pattern = re.compile(rule.scope.id_pattern) if rule.scope.id_pattern else None
+        self.area: Any = None
+        if rule.scope.area is not None and rule.scope.area.type == "Polygon":
+            from shapely.geometry import shape
+
+            self.area = shape({"type": "Polygon", "coordinates": rule.scope.area.coordinates})
+        self.trackers: dict[str, Tracker] = {}
+        self.last_at: dict[str, datetime] = {}
+        self.membership: dict[str, str] = {}  # subject -> alert id
+        self.free: dict[str, float | None] = {}
+        self._free_misses: dict[str, int] = {}
+        self.panel: HourlyPanel | None = None
+        self.speeds = SpeedDropTracker()
+        self.neighbours: dict[str, list[str]] | None = None
+        self.bursts: BurstCounter | None = None
+        if isinstance(rule, BurstRule):
+            self.bursts = BurstCounter(rule.window_s)
+            self.match = {terms.expand(k): v for k, v in rule.match.items()}
+            self.group_iri = terms.expand(rule.group_by)
+            self.time_iri = terms.expand(rule.time_attribute)
+
+    @property
+    def rule_id(self) -> str:
+        return str(self.rule.id)
+
+    def tracker(self, subject: str) -> Tracker:
+        found = self.trackers.get(subject)
+        if found is None:
+            r = self.rule
+            found = self.trackers[subject] = Tracker(r.min_duration_s, r.cooldown_s, r.update_interval_s)
+        return found
+
+    # -- scope ------------------------------------------------------------------------------------
+
+    def in_scope(self, entity: Entity) -> bool:
+        if self.type_iri not in entity.get("type", ()):
+            return False
+        eid = entity["id"]
+        if self.ids and eid not in self.ids:
+            return False
+        if self.pattern is not None and not self.pattern.match(eid):
+            return False
+        area = self.rule.scope.area
+        if area is not None:
+            point = point_of(entity)
+            if point is None:
+                return False
+            if area.type == "Point":
+                center = (float(area.coordinates[0]), float(area.coordinates[1]))
+                return distance_m(center, point) <= float(area.radius_m or 0)
+            from shapely.geometry import Point
+
+            return bool(self.area.covers(Point(point)))
+        return True
+
+    def name(self, entity: Entity) -> str:
+        instance = instance_of(entity, self.name_iri)
+        value = instance.get("value") if instance else None
+        return value if isinstance(value, str) else str(entity["id"])
+
+    # -- evaluation ----------------------------------------------------------------------------------
+
+    def evaluate(self, changes: list[tuple[Entity, Entity | None]], platform: Any) -> list[Observation]:
+        rule = self.rule
+        if isinstance(rule, BurstRule):
+            return self._bursts(changes)
+        fresh = []
+        for entity, previous in changes:
+            now = number_of(entity, str(self.attr_iri))
+            if now is None or now == number_of(previous, str(self.attr_iri)):
+                continue  # no new reading of the watched attribute
+            value, observed = now
+            at = parse_iso(observed) if observed else datetime.now(UTC)
+            last = self.last_at.get(entity["id"])
+            if last is not None and at < last:
+                continue  # an old reading arriving late does not move the alert backwards
+            self.last_at[entity["id"]] = at
+            fresh.append((entity, value, at))
+        if isinstance(rule, ThresholdRule):
+            return [o for e, v, at in fresh if (o := self._threshold(rule, e, v, at)) is not None]
+        if isinstance(rule, ForecastRule):
+            return [o for e, v, at in fresh if (o := self._forecast(rule, e, at, platform)) is not None]
+        if rule.detector == "crowd-gathering":
+            return self._crowd(rule, fresh)
+        return self._speed_drop(rule, fresh)
+
+    def _observation(self, entity: Entity, at: datetime, signal: Signal) -> Observation:
+        return Observation(entity["id"], self.name(entity), point_of(entity), at, signal)
+
+    def _reference(self, entity_id: str) -> float | None:
+        """The free-flow level of a sensor, from its stored history (cached)."""
+        if entity_id in self.free:
+            return self.free[entity_id]
+        misses = self._free_misses.get(entity_id, 0)
+        if misses % FREE_FLOW_RETRY:
+            self._free_misses[entity_id] = misses + 1
+            return None
+        history = self.store.temporal(
+            self.tenant, [entity_id], TemporalQuery(attrs=(str(self.attr_iri),), last_n=4032, max_instances=4032)
+        )
+        slot = history.get(entity_id, {}).get(str(self.attr_iri))
+        values = [
+            float(i["value"]) for i in (slot.instances if slot else []) if isinstance(i.get("value"), int | float)
+        ]
+        if len(values) < FREE_FLOW_MIN_READINGS:
+            self._free_misses[entity_id] = misses + 1
+            return None
+        level = free_flow(np.array(values))
+        self.free[entity_id] = level
+        return level
+
+    def _crossing(self, above: float | None, below: float | None, scale: float) -> tuple[float, bool]:
+        if above is not None:
+            return above * scale, True
+        return float(below or 0.0) * scale, False
+
+    def _threshold(self, rule: ThresholdRule, entity: Entity, value: float, at: datetime) -> Observation | None:
+        scale = 1.0
+        if rule.relative_to == "freeFlow":
+            reference = self._reference(entity["id"])
+            if reference is None:
+                return None
+            scale = reference
+        threshold, upward = self._crossing(rule.above, rule.below, scale)
+        band = rule.hysteresis * scale
+        if upward:
+            signal = Signal(value > threshold, value <= threshold - band, value, threshold)
+        else:
+            signal = Signal(value < threshold, value >= threshold + band, value, threshold)
+        if rule.relative_to == "freeFlow":
+            signal.details["expected"] = scale
+        return self._observation(entity, at, signal)
+
+    def _forecast(self, rule: ForecastRule, entity: Entity, at: datetime, platform: Any) -> Observation | None:
+        forecasts = getattr(platform, "forecasts", None)
+        if forecasts is None:
+            return None  # no forecasting service in this hub: forecast rules stay silent
+        path = None
+        for name in (str(self.attr_iri), str(rule.attribute)):
+            try:
+                path = forecasts.latest(entity["id"], name, self.tenant)
+            except Exception:  # the forecaster's failure must not stop the other rules
+                log.exception("forecasts.latest failed for %s", entity["id"])
+                return None
+            if path is not None:
+                break
+        if path is None or not path.points:
+            return None
+        scale = 1.0
+        if rule.relative_to == "freeFlow":
+            reference = self._reference(entity["id"])
+            if reference is None:
+                return None
+            scale = reference
+        threshold, upward = self._crossing(rule.above, rule.below, scale)
+        band = rule.hysteresis * scale
+        horizon = at + timedelta(minutes=rule.within_minutes)
+        points = [p for p in path.points if at < _aware(p.valid_at) <= horizon]
+        if not points:
+            return None
+        values = [float(getattr(p, rule.bound)) for p in points]
+        if upward:
+            hits = [i for i, v in enumerate(values) if v > threshold]
+            off = all(v <= threshold - band for v in values)
+        else:
+            hits = [i for i, v in enumerate(values) if v < threshold]
+            off = all(v >= threshold + band for v in values)
+        first = hits[0] if hits else int(np.argmax(values) if upward else np.argmin(values))
+        details = {"crossingAt": _aware(points[first].valid_at).strftime("%Y-%m-%dT%H:%M:%SZ"), "model": path.model}
+        signal = Signal(bool(hits), off, values[first], threshold, details)
+        return self._observation(entity, at, signal)
+
+    # -- crowd gathering ------------------------------------------------------------------------------
+
+    def _crowd(self, rule: AnomalyRule, fresh: list[tuple[Entity, float, datetime]]) -> list[Observation]:
+        if not fresh:
+            return []
+        zone = ZoneInfo(rule.timezone)
+        newest = max(local_hour(at, zone) for _, _, at in fresh)
+        panel = self.panel
+        if panel is None or not panel.rows or newest - max(panel.rows) > 24:
+            panel = self.panel = self._load_panel(zone, max(at for _, _, at in fresh))
+        touched: dict[int, list[tuple[Entity, datetime]]] = {}
+        for entity, value, at in fresh:
+            hour = panel.add(entity["id"], at, value)
+            if hour is None:  # a sensor that joined the scope after the panel was built
+                panel = self.panel = self._load_panel(zone, at)
+                hour = panel.add(entity["id"], at, value)
+            if hour is not None:
+                touched.setdefault(hour, []).append((entity, at))
+        panel.prune(newest)
+        found = []
+        for hour, entities in sorted(touched.items()):
+            scores = panel.score_hour(hour)
+            for entity, at in entities:
+                column = panel.column[entity["id"]]
+                score = float(scores.score[0, column])
+                expected = float(scores.expected[0, column])
+                count = float(np.expm1(panel.rows[hour][column]))
+                if math.isnan(score):
+                    signal = Signal(False, True, count, rule.level, {"score": float("nan"), "expected": expected})
+                else:
+                    on, off = score >= rule.level, score < rule.level - rule.hysteresis
+                    signal = Signal(on, off, count, rule.level, {"score": score, "expected": expected})
+                found.append(self._observation(entity, at, signal))
+        return found
+
+    def scope_entities(self) -> list[Entity]:
+        query = EntityQuery(types=TypeSelector(((self.type_iri,),)), limit=None)
+        return [e for e in self.store.query(self.tenant, query).entities if self.in_scope(e)]
+
+    def _load_panel(self, zone: ZoneInfo, at: datetime) -> HourlyPanel:
+        params = CrowdParams()
+        sensors = sorted(e["id"] for e in self.scope_entities())
+        panel = HourlyPanel(sensors, zone, params)
+        start = at - timedelta(hours=params.history_hours + 1)
+        query = TemporalQuery(
+            attrs=(str(self.attr_iri),), timerel="between", time_at=start, end_time_at=at, max_instances=10**7
+        )
+        for entity_id, attrs in self.store.temporal(self.tenant, sensors, query).items():
+            slot = attrs.get(str(self.attr_iri))
+            for instance in slot.instances if slot else []:
+                value = instance.get("value")
+                if isinstance(value, int | float):
+                    panel.add(entity_id, parse_iso(instance["observedAt"]), float(value))
+        return panel
+
+    # -- sudden speed drops ---------------------------------------------------------------------------
+
+    def _speed_drop(self, rule: AnomalyRule, fresh: list[tuple[Entity, float, datetime]]) -> list[Observation]:
+        for entity, value, at in fresh:
+            self.speeds.add(entity["id"], at, value)
+        if self.neighbours is None:
+            self.neighbours = self._neighbour_map()
+        found = []
+        for entity, value, at in fresh:
+            near = self.neighbours.get(entity["id"], [])
+            free = {n: level for n in [entity["id"], *near] if (level := self._reference(n)) is not None}
+            score = self.speeds.score(entity["id"], at, free, near)
+            if score is None:
+                continue
+            on, off = score >= rule.level, score < rule.level - rule.hysteresis
+            details = {"score": score, "expected": free.get(entity["id"], float("nan"))}
+            found.append(self._observation(entity, at, Signal(on, off, value, rule.level, details)))
+        return found
+
+    def _neighbour_map(self) -> dict[str, list[str]]:
+        entities = self.scope_entities()
+        mapped: dict[str, list[str]] = {}
+        if any(e["id"].startswith(LOS_LOOP_PREFIX) for e in entities):
+            try:
+                mapped = los_loop_neighbours(self.datasets_dir)
+            except OSError:
+                log.warning("Los-loop road graph not found under %s; using nearest sensors", self.datasets_dir)
+        points = {e["id"]: p for e in entities if e["id"] not in mapped and (p := point_of(e)) is not None}
+        mapped.update(nearest(points))
+        return mapped
+
+    # -- bursts ---------------------------------------------------------------------------------------------
+
+    def prime_bursts(self) -> None:
+        """Count the events already stored, so the expected rate starts from the hub's history."""
+        assert self.bursts is not None
+        events = sorted(
+            (item for e in self.scope_entities() if (item := self._event(e)) is not None), key=lambda x: x[1]
+        )
+        for group, at, point in events:
+            if group is None:
+                self.bursts.note_day(at)
+            else:
+                self.bursts.add(group, at, point)
+
+    def _event(self, entity: Entity) -> tuple[str | None, datetime, tuple[float, float] | None] | None:
+        at = time_of(entity, self.time_iri)
+        if at is None:
+            return None
+        for iri, wanted in self.match.items():
+            instance = instance_of(entity, iri)
+            if instance is None or str(instance.get("value")) != wanted:
+                return (None, at, None)  # outside the filter; still shows the day was observed
+        instance = instance_of(entity, self.group_iri)
+        group = instance.get("value") if instance else None
+        return (str(group) if group is not None else None, at, point_of(entity))
+
+    def _bursts(self, changes: list[tuple[Entity, Entity | None]]) -> list[Observation]:
+        rule = self.rule
+        assert isinstance(rule, BurstRule) and self.bursts is not None
+        counter = self.bursts
+        touched = set()
+        for entity, previous in changes:
+            if previous is not None:
+                continue  # an event counts once, when it is created
+            event = self._event(entity)
+            if event is None:
+                continue
+            group, at, point = event
+            if group is None:
+                counter.note_day(at)
+                continue
+            counter.add(group, at, point)
+            touched.add(group)
+        if counter.watermark is None:
+            return []
+        # Groups with an alert are re-read at the new watermark so that they clear when the window moves on.
+        groups = touched | {g for g in self.membership if g in counter.times}
+        found = []
+        for group in sorted(groups):
+            reading = counter.reading(group)
+            enough = counter.observed_days >= rule.min_history_days
+            on = enough and reading.count >= rule.min_count and reading.p_value <= rule.max_p_value
+            off = not on
+            points = counter.points(group)
+            center = (
+                (sum(p[0] for p in points) / len(points), sum(p[1] for p in points) / len(points)) if points else None
+            )
+            details = {"expected": reading.expected, "pValue": reading.p_value, "count": reading.count}
+            signal = Signal(on, off, float(reading.count), float(rule.min_count), details)
+            found.append(Observation(group, group, center, counter.watermark, signal))
+        return found
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+@dataclass(slots=True)
+class RuleIndex:
+    """The compiled rules of every tenant, and the entity types any of them watches (the bus listener's
+    cheap first filter)."""
+
+    by_tenant: dict[str, dict[str, CompiledRule]] = field(default_factory=dict)
+    watched: frozenset[str] = frozenset()
+
+    def rebuild_watched(self) -> None:
+        self.watched = frozenset(c.type_iri for rules in self.by_tenant.values() for c in rules.values())

@@ -1,0 +1,124 @@
+"""The alerts the engine keeps: one `AlertRecord` per incident, with the CAP messages sent about it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+EARTH_RADIUS_M = 6_371_008.8
+
+
+def distance_m(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Great-circle distance between two (longitude, latitude) points."""
+    lon1, lat1, lon2, lat2 = map(math.radians, (*a, *b))
+    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(h)))
+
+
+def iso(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(text: str) -> datetime:
+    at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+@dataclass(slots=True)
+class Member:
+    """One entity (or burst group) whose condition holds, as last seen."""
+
+    key: str  # entity id, or "<groupBy>=<value>" for a burst
+    name: str
+    point: tuple[float, float] | None  # (longitude, latitude)
+    value: float
+    threshold: float
+    observed_at: datetime
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SentMessage:
+    identifier: str
+    sent: str  # CAP form, e.g. 2026-11-26T10:00:00-00:00
+    msg_type: str  # Alert | Update | Cancel
+
+
+@dataclass(slots=True)
+class AlertRecord:
+    id: str  # the NGSI-LD Alert entity id, urn:ngsi-ld:Alert:polis:<rule>:<n>
+    tenant: str
+    rule_id: str
+    rule: dict[str, Any]  # the rule as it was when the alert was raised (what the messages describe)
+    onset: datetime  # when the condition started holding
+    effective: datetime  # the observation time of the latest message
+    expires: datetime
+    members: dict[str, Member] = field(default_factory=dict)
+    messages: list[SentMessage] = field(default_factory=list)
+    status: str = "active"  # active | cancelled
+    headline: str = ""
+    description: str = ""
+    issued_at: str = ""  # wall-clock time of the first message (dateIssued's counterpart in CAP `sent`)
+
+    @property
+    def msg_type(self) -> str:
+        return self.messages[-1].msg_type if self.messages else "Alert"
+
+    def points(self) -> list[tuple[float, float]]:
+        return [m.point for m in self.members.values() if m.point is not None]
+
+    def center(self) -> tuple[float, float] | None:
+        points = self.points()
+        if not points:
+            return None
+        return (sum(p[0] for p in points) / len(points), sum(p[1] for p in points) / len(points))
+
+    def circle(self) -> tuple[tuple[float, float], float] | None:
+        """(center, radius in metres) covering every member plus the rule's radius."""
+        center = self.center()
+        if center is None:
+            return None
+        spread = max(distance_m(center, p) for p in self.points())
+        return center, spread + float(self.rule.get("radiusM", 500.0))
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("onset", "effective", "expires"):
+            data[key] = iso(data[key])
+        data["members"] = [
+            {**asdict(m), "point": list(m.point) if m.point else None, "observed_at": iso(m.observed_at)}
+            for m in self.members.values()
+        ]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AlertRecord:
+        members = {
+            m["key"]: Member(
+                m["key"],
+                m["name"],
+                tuple(m["point"]) if m["point"] else None,  # type: ignore[arg-type]
+                m["value"],
+                m["threshold"],
+                parse_iso(m["observed_at"]),
+                m.get("details", {}),
+            )
+            for m in data["members"]
+        }
+        return cls(
+            id=data["id"],
+            tenant=data["tenant"],
+            rule_id=data["rule_id"],
+            rule=data["rule"],
+            onset=parse_iso(data["onset"]),
+            effective=parse_iso(data["effective"]),
+            expires=parse_iso(data["expires"]),
+            members=members,
+            messages=[SentMessage(**m) for m in data["messages"]],
+            status=data["status"],
+            headline=data["headline"],
+            description=data["description"],
+            issued_at=data.get("issued_at", ""),
+        )

@@ -1,0 +1,353 @@
+"""Alert rules as declared by users (API body or file), validated on submission.
+
+Four kinds, each with a scope (entity type, ids or id pattern, area), CAP severity/urgency/certainty,
+a message template, and the lifecycle knobs every kind shares (hysteresis, minimum duration, cooldown):
+
+- `threshold`: an attribute above/below a value (optionally a fraction of the sensor's free-flow level);
+- `forecast`: the attribute's latest forecast crosses the value within N minutes;
+- `anomaly`: a detector's score (crowd gathering, sudden speed drop) reaches a level;
+- `burst`: events matching a filter, counted per group (e.g. township) in a sliding window, far above
+  their expected rate (Poisson tail probability below `maxPValue`).
+
+Errors are `BadRequestData` naming the field and why, so the API answers 400 and `polis alerts load`
+prints the same sentence.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from polis.domain.errors import BadRequestData
+
+Severity = Literal["Extreme", "Severe", "Moderate", "Minor", "Unknown"]
+Urgency = Literal["Immediate", "Expected", "Future", "Past", "Unknown"]
+Certainty = Literal["Observed", "Likely", "Possible", "Unlikely", "Unknown"]
+CapCategory = Literal[
+    "Geo", "Met", "Safety", "Security", "Rescue", "Fire", "Health", "Env", "Transport", "Infra", "CBRNE", "Other"
+]
+AlertCategory = Literal["traffic", "naturalDisaster", "weather", "environment", "health", "security", "agriculture"]
+
+# The placeholders a message template may use; anything else is refused at submission, not at 3 a.m.
+TEMPLATE_FIELDS = frozenset(
+    {
+        "rule",  # the rule's name
+        "entity",  # the (first) entity id
+        "entityName",  # its `name` attribute, else its id
+        "entities",  # how many entities the alert groups
+        "attribute",
+        "value",  # the observed / predicted value, the score, or the event count
+        "threshold",  # the effective threshold (after relativeTo), the level, or the expected count
+        "expected",  # the expected count (crowd, burst) or free-flow level
+        "score",
+        "count",
+        "group",  # the burst's group value (e.g. township)
+        "observedAt",
+        "crossingAt",  # forecast: when the predicted value crosses
+    }
+)
+_SAMPLE: dict[str, object] = {name: 1.5 for name in TEMPLATE_FIELDS} | {
+    "entities": 2,
+    "count": 2,
+    "rule": "r",
+    "entity": "urn:x",
+    "entityName": "n",
+    "attribute": "a",
+    "group": "g",
+    "observedAt": "t",
+    "crossingAt": "t",
+}
+RULE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+ALERT_TYPE_TERMS = frozenset({"Alert", "https://smartdatamodels.org/dataModel.Alert/Alert"})
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+
+class Area(_Model):
+    """A GeoJSON Polygon, or a Point with `radiusM` (a circle)."""
+
+    type: Literal["Polygon", "Point"]
+    coordinates: Any
+    radius_m: float | None = Field(default=None, gt=0, le=100_000)
+
+    @model_validator(mode="after")
+    def _shape(self) -> Area:
+        from shapely.geometry import shape
+
+        if self.type == "Point":
+            if self.radius_m is None:
+                raise ValueError("a Point area needs radiusM (metres): it is a circle")
+            c = self.coordinates
+            if not (isinstance(c, list) and len(c) == 2 and all(isinstance(v, int | float) for v in c)):
+                raise ValueError("a Point area's coordinates are [longitude, latitude]")
+            if not (-180 <= c[0] <= 180 and -90 <= c[1] <= 90):
+                raise ValueError("a Point area's coordinates are [longitude, latitude] in degrees")
+            return self
+        if self.radius_m is not None:
+            raise ValueError("radiusM only goes with a Point area")
+        try:
+            polygon = shape({"type": "Polygon", "coordinates": self.coordinates})
+        except Exception as error:  # shapely raises several types for malformed rings
+            raise ValueError(f"not a GeoJSON Polygon: {error}") from None
+        if polygon.is_empty or not polygon.is_valid:
+            raise ValueError("the Polygon is empty or self-intersecting")
+        return self
+
+
+class Backfill(_Model):
+    """A span of stored history to run through the rule when it is installed (alerts carry the
+    observations' own times): the demo city's recorded crowds, or a rule tried on last month."""
+
+    start: datetime = Field(alias="from")
+    end: datetime = Field(alias="to")
+
+    @model_validator(mode="after")
+    def _span(self) -> Backfill:
+        if self.start.tzinfo is None or self.end.tzinfo is None:
+            raise ValueError("'from' and 'to' need a time zone (e.g. 2022-03-14T00:00:00Z)")
+        if not self.start < self.end <= self.start + timedelta(days=400):
+            raise ValueError("'to' must come after 'from', at most 400 days later")
+        return self
+
+
+class Scope(_Model):
+    type: str = Field(min_length=1, max_length=256)
+    ids: tuple[str, ...] = ()
+    id_pattern: str | None = None
+    area: Area | None = None
+
+    @field_validator("type")
+    @classmethod
+    def _not_alerts(cls, value: str) -> str:
+        if value in ALERT_TYPE_TERMS:
+            raise ValueError("rules cannot watch Alert entities: each alert written would trigger the rules again")
+        return value
+
+    @field_validator("id_pattern")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(f"not a regular expression: {error}") from None
+        return value
+
+
+class _RuleBase(_Model):
+    id: str | None = None
+    name: str = Field(min_length=1, max_length=160)
+    scope: Scope
+    severity: Severity = "Moderate"
+    urgency: Urgency = "Expected"
+    certainty: Certainty = "Observed"
+    cap_category: CapCategory = "Other"
+    alert_category: AlertCategory | None = None
+    sub_category: str | None = Field(default=None, max_length=64)
+    message: str = Field(default="{rule}: {attribute} is {value:.1f} at {entityName}", max_length=1000)
+    instruction: str | None = Field(default=None, max_length=1000)
+    hysteresis: float = Field(default=0.0, ge=0)
+    min_duration_s: float = Field(default=0.0, ge=0, le=7 * 86400)
+    cooldown_s: float = Field(default=0.0, ge=0, le=7 * 86400)
+    update_interval_s: float = Field(default=300.0, ge=0, le=86400)
+    validity_s: float = Field(default=3600.0, gt=0, le=7 * 86400)
+    group_within_m: float = Field(default=0.0, ge=0, le=50_000)
+    radius_m: float = Field(default=500.0, gt=0, le=100_000)
+    context: str | tuple[str, ...] | None = None
+    enabled: bool = True
+    backfill: Backfill | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str | None) -> str | None:
+        if value is not None and not RULE_ID.match(value):
+            raise ValueError("1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return value
+
+    @field_validator("message", "instruction")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            for _, field, spec, conversion in string.Formatter().parse(value):
+                if field is None:
+                    continue
+                if field not in TEMPLATE_FIELDS:
+                    known = ", ".join(sorted(TEMPLATE_FIELDS))
+                    raise ValueError(f"unknown placeholder {{{field}}}; known: {known}")
+                if conversion is not None or (spec and "{" in spec):
+                    raise ValueError(f"placeholder {{{field}}}: only a format spec such as :.1f is allowed")
+            value.format(**_SAMPLE)
+        except (ValueError, IndexError, KeyError) as error:
+            raise ValueError(str(error)) from None
+        return value
+
+
+class _Crossing(_Model):
+    attribute: str = Field(min_length=1, max_length=256)
+    above: float | None = None
+    below: float | None = None
+    relative_to: Literal["freeFlow"] | None = None
+
+    @model_validator(mode="after")
+    def _one_side(self) -> _Crossing:
+        if (self.above is None) == (self.below is None):
+            raise ValueError("give exactly one of 'above' and 'below'")
+        if self.relative_to is not None and not 0 < (self.above if self.above is not None else self.below or 0) <= 2:
+            raise ValueError("with relativeTo the threshold is a fraction of the reference level, in (0, 2]")
+        return self
+
+
+class ThresholdRule(_RuleBase, _Crossing):
+    kind: Literal["threshold"]
+
+
+class ForecastRule(_RuleBase, _Crossing):
+    kind: Literal["forecast"]
+    within_minutes: float = Field(gt=0, le=7 * 1440)
+    bound: Literal["value", "lower", "upper"] = "value"
+    certainty: Certainty = "Likely"
+    urgency: Urgency = "Expected"
+
+
+class AnomalyRule(_RuleBase):
+    kind: Literal["anomaly"]
+    attribute: str = Field(min_length=1, max_length=256)
+    detector: Literal["crowd-gathering", "speed-drop"]
+    level: float = Field(gt=0)
+    timezone: str = "UTC"  # crowd-gathering: the sensors' local time, for the hour-of-week profile
+    message: str = Field(default="{rule}: score {score:.1f} at {entityName} ({value:.0f} vs {expected:.0f})")
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+
+class BurstRule(_RuleBase):
+    kind: Literal["burst"]
+    backfill: None = Field(default=None, description="bursts count events as they are created; no backfill")
+    match: dict[str, str] = Field(default_factory=dict)
+    group_by: str = Field(min_length=1, max_length=256)
+    time_attribute: str = "dateObserved"
+    window_s: float = Field(default=3600.0, gt=0, le=7 * 86400)
+    min_count: int = Field(default=3, ge=2)
+    max_p_value: float = Field(default=0.001, gt=0, le=0.5)
+    min_history_days: int = Field(default=7, ge=0, le=3650)  # observed days before the expected rate is trusted
+    message: str = Field(default="{rule}: {count:.0f} events in {group} within the window (expected {expected:.2f})")
+
+
+Rule = Annotated[ThresholdRule | ForecastRule | AnomalyRule | BurstRule, Field(discriminator="kind")]
+AnyRule = ThresholdRule | ForecastRule | AnomalyRule | BurstRule
+
+
+class _Envelope(BaseModel):
+    rule: Rule
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc[1:]]  # loc[0] is the envelope's "rule"
+    if len(parts) >= 1 and parts[0] in ("threshold", "forecast", "anomaly", "burst"):
+        parts = parts[1:]  # the discriminated union's tag
+    return ".".join(parts) or "(rule)"
+
+
+def _whole_rule_field(reason: str) -> str:
+    """Checks across fields (one of above/below) name the fields they are about."""
+    for names in (("above", "below"), ("relativeTo",)):
+        if all(n in reason for n in names):
+            return "/".join(names)
+    return "(rule)"
+
+
+def parse_rule(body: Any, *, rule_id: str | None = None) -> AnyRule:
+    """A validated rule from a JSON object; `rule_id` (from a URL) overrides or fills the body's id."""
+    if not isinstance(body, dict):
+        raise BadRequestData("a rule is a JSON object", field="(rule)", reason="a rule is a JSON object")
+    kind = body.get("kind")
+    if kind not in ("threshold", "forecast", "anomaly", "burst"):
+        reason = f"must be one of threshold, forecast, anomaly, burst (got {kind!r})"
+        raise BadRequestData(f"rule field 'kind': {reason}", field="kind", reason=reason)
+    if rule_id is not None:
+        if body.get("id") not in (None, rule_id):
+            reason = f"{body['id']!r} does not match the URL's {rule_id!r}"
+            raise BadRequestData(f"rule field 'id': {reason}", field="id", reason=reason)
+        body = {**body, "id": rule_id}
+    try:
+        return _Envelope.model_validate({"rule": body}).rule
+    except ValidationError as error:
+        problems = []
+        for e in error.errors():
+            reason = e["msg"].removeprefix("Value error, ")
+            where = _field(tuple(e["loc"]))
+            problems.append((_whole_rule_field(reason) if where == "(rule)" else where, reason))
+        first_field, first_reason = problems[0]
+        raise BadRequestData(
+            f"rule field '{first_field}': {first_reason}",
+            field=first_field,
+            reason=first_reason,
+            errors=[{"field": f, "reason": r} for f, r in problems],
+        ) from None
+
+
+def rule_json(rule: AnyRule) -> dict[str, Any]:
+    return rule.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def parse_rules_document(document: Any) -> list[AnyRule]:
+    """A rules file: a list of rules or {"rules": [...]}; an error names the rule by position."""
+    items = document.get("rules") if isinstance(document, dict) else document
+    if not isinstance(items, list):
+        raise BadRequestData('a rules file holds a list of rules, or {"rules": [...]}')
+    rules: list[AnyRule] = []
+    for index, item in enumerate(items):
+        try:
+            rules.append(parse_rule(item))
+        except BadRequestData as error:
+            raise BadRequestData(f"rule #{index + 1}: {error.detail}", **error.extra) from None
+        if rules[-1].id is None:
+            raise BadRequestData(f"rule #{index + 1}: a rule in a file needs an 'id'", field="id", reason="missing")
+    ids = [r.id for r in rules]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1 and i is not None})
+    if duplicates:
+        raise BadRequestData(f"rule ids repeat in the file: {', '.join(duplicates)}", field="id", reason="duplicate")
+    return rules
+
+
+def load_rules_file(path: Any) -> list[AnyRule]:
+    """Rules from a YAML (.yaml/.yml, needs PyYAML) or JSON file."""
+    from pathlib import Path
+
+    import orjson
+
+    file = Path(path)
+    text = file.read_text(encoding="utf-8")
+    if file.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml  # type: ignore[import-untyped]
+        except ImportError:
+            raise BadRequestData(f"{file}: YAML rules need PyYAML; write the rules as JSON instead") from None
+        try:
+            document = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise BadRequestData(f"{file}: not valid YAML: {error}") from None
+    else:
+        try:
+            document = orjson.loads(text)
+        except orjson.JSONDecodeError as error:
+            raise BadRequestData(f"{file}: not valid JSON: {error}") from None
+    return parse_rules_document(document)

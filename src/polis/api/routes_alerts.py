@@ -1,0 +1,167 @@
+"""Alerts over HTTP (polis.alerts does the work; this module only parses and serialises).
+
+Rules (declare, list, read, replace, delete):
+  POST   /polis/v1/alerts/rules              201 + Location; 400 names the bad field and why; 409 if the id exists
+  GET    /polis/v1/alerts/rules
+  GET    /polis/v1/alerts/rules/{ruleId}
+  PUT    /polis/v1/alerts/rules/{ruleId}     201 created / 200 replaced (open alerts of the old rule are cancelled)
+  DELETE /polis/v1/alerts/rules/{ruleId}     204 (its open alerts are cancelled)
+Alerts (read only; the engine raises them):
+  GET /polis/v1/alerts                        JSON list, newest first (?status=active|all, ?ruleId=)
+  GET /polis/v1/alerts/feed                   Atom feed of the active alerts, each entry's content a CAP 1.2 alert
+  GET /polis/v1/alerts/{alertId}              JSON; with Accept: application/cap+xml the latest CAP message
+  GET /polis/v1/alerts/{alertId}/cap          the latest CAP 1.2 message (?message=N: the N-th, from 1)
+Every route honours NGSILD-Tenant.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from polis.alerts.cap import ATOM_MEDIA_TYPE, CAP_MEDIA_TYPE, atom_feed
+from polis.alerts.model import AlertRecord, iso
+from polis.alerts.rules import parse_rule, rule_json
+from polis.api.ld_http import platform_of, tenant_of
+from polis.domain.errors import AlreadyExists, BadRequestData, ResourceNotFound
+
+router = APIRouter(prefix="/polis/v1/alerts", tags=["alerts"])
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+async def _body(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise BadRequestData(f"the request body is not valid JSON: {error}") from None
+
+
+def alert_json(record: AlertRecord) -> dict[str, Any]:
+    base = f"/polis/v1/alerts/{record.id}"
+    circle = record.circle()
+    return {
+        "id": record.id,
+        "ruleId": record.rule_id,
+        "status": record.status,
+        "msgType": record.msg_type,
+        "event": record.rule.get("name"),
+        "severity": record.rule.get("severity"),
+        "urgency": record.rule.get("urgency"),
+        "certainty": record.rule.get("certainty"),
+        "headline": record.headline,
+        "description": record.description,
+        "onset": iso(record.onset),
+        "effective": iso(record.effective),
+        "expires": iso(record.expires),
+        "area": None if circle is None else {"circle": {"center": list(circle[0]), "radiusM": round(circle[1], 1)}},
+        "entities": [
+            {
+                "id": m.key,
+                "name": m.name,
+                "value": m.value,
+                "threshold": m.threshold,
+                "observedAt": iso(m.observed_at),
+                "location": list(m.point) if m.point else None,
+                **{k: v for k, v in m.details.items() if isinstance(v, str | int | float)},
+            }
+            for m in record.members.values()
+        ],
+        "messages": [{"identifier": m.identifier, "msgType": m.msg_type, "sent": m.sent} for m in record.messages],
+        "cap": f"{base}/cap",
+        "rule": record.rule,
+    }
+
+
+# -- rules -----------------------------------------------------------------------------------------------
+
+
+@router.post("/rules", status_code=201, summary="Declare an alert rule")
+async def create_rule(request: Request) -> Response:
+    platform = platform_of(request)
+    tenant = tenant_of(request, write=True)
+    body = await _body(request)
+    rule = parse_rule(body)
+    if rule.id is not None and platform.alerts.book.get(tenant, rule.id) is not None:
+        raise AlreadyExists(f"alert rule {rule.id} already exists (PUT /polis/v1/alerts/rules/{rule.id} replaces it)")
+    created, _ = await run_in_threadpool(platform.alerts.put_rule, tenant, body)
+    return _json(rule_json(created), 201, {"Location": f"/polis/v1/alerts/rules/{created.id}"})
+
+
+@router.get("/rules", summary="List alert rules")
+async def list_rules(request: Request) -> Response:
+    platform = platform_of(request)
+    return _json([rule_json(r) for r in platform.alerts.rules(tenant_of(request))])
+
+
+@router.get("/rules/{rule_id}", summary="Read an alert rule")
+async def get_rule(rule_id: str, request: Request) -> Response:
+    platform = platform_of(request)
+    return _json(rule_json(platform.alerts.rule(tenant_of(request), rule_id)))
+
+
+@router.put("/rules/{rule_id}", summary="Declare or replace an alert rule")
+async def put_rule(rule_id: str, request: Request) -> Response:
+    platform = platform_of(request)
+    tenant = tenant_of(request, write=True)
+    body = await _body(request)
+    rule, created = await run_in_threadpool(platform.alerts.put_rule, tenant, body, rule_id)
+    return _json(rule_json(rule), 201 if created else 200, {"Location": f"/polis/v1/alerts/rules/{rule.id}"})
+
+
+@router.delete("/rules/{rule_id}", status_code=204, summary="Delete an alert rule (its open alerts are cancelled)")
+async def delete_rule(rule_id: str, request: Request) -> Response:
+    platform = platform_of(request)
+    await run_in_threadpool(platform.alerts.delete_rule, tenant_of(request), rule_id)
+    return Response(status_code=204)
+
+
+# -- alerts ---------------------------------------------------------------------------------------------------
+
+
+@router.get("", summary="Alerts as JSON, newest first")
+async def list_alerts(
+    request: Request,
+    status: str = Query("active", pattern="^(active|all)$", description="active (default) or all"),
+    rule_id: str | None = Query(None, alias="ruleId"),
+) -> Response:
+    platform = platform_of(request)
+    records = platform.alerts.alerts(tenant_of(request), active_only=status == "active", rule_id=rule_id)
+    return _json([alert_json(r) for r in records])
+
+
+@router.get("/feed", summary="Active alerts as an Atom feed of CAP 1.2 messages")
+async def feed(request: Request) -> Response:
+    platform = platform_of(request)
+    tenant = tenant_of(request)
+    records = platform.alerts.alerts(tenant)
+    entries = [(r, platform.alerts.caps[r.id][-1]) for r in records if platform.alerts.caps.get(r.id)]
+    body = atom_feed(entries, str(request.base_url).rstrip("/"), tenant)
+    return Response(body, media_type=ATOM_MEDIA_TYPE)
+
+
+@router.get("/{alert_id}", summary="One alert as JSON (or CAP XML with Accept: application/cap+xml)")
+async def get_alert(alert_id: str, request: Request) -> Response:
+    platform = platform_of(request)
+    tenant = tenant_of(request)
+    record = platform.alerts.alert(tenant, alert_id)
+    accept = request.headers.get("accept", "")
+    if CAP_MEDIA_TYPE in accept or ("application/xml" in accept and "json" not in accept):
+        return Response(platform.alerts.cap_messages(tenant, alert_id)[-1], media_type=CAP_MEDIA_TYPE)
+    return _json(alert_json(record))
+
+
+@router.get("/{alert_id}/cap", summary="One alert's latest (or N-th) CAP 1.2 message")
+async def get_cap(alert_id: str, request: Request, message: int | None = Query(None, ge=1)) -> Response:
+    platform = platform_of(request)
+    messages = platform.alerts.cap_messages(tenant_of(request), alert_id)
+    if message is not None and message > len(messages):
+        raise ResourceNotFound(f"alert {alert_id} has {len(messages)} messages, not {message}")
+    return Response(messages[(message or len(messages)) - 1], media_type=CAP_MEDIA_TYPE)

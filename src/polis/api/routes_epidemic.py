@@ -1,0 +1,190 @@
+"""Epidemic endpoints: region risk, blended case forecasts with intervals, and what-if scenarios on
+region-to-region movement. Region-level counts and flows only (see polis.epidemic.guard).
+
+The routes only parse and serialise; the work is in polis.epidemic. Cases and flows are read from the
+public covid-europe-2020 files under `settings.datasets_dir` (the same files `polis ingest` loads).
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+
+from polis.api.ld_http import platform_of
+from polis.domain.errors import BadRequestData, InvalidRequest, ResourceNotFound
+from polis.epidemic.data import COUNTRIES, CountryData, load_country
+from polis.epidemic.guard import refuse_person_fields
+
+router = APIRouter(tags=["epidemic"])
+
+SCENARIO_FIELDS = {"regions", "reductionPercent", "start", "mode", "days", "asOf"}
+
+
+def _json(body: object) -> Response:
+    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+
+
+def _country(request: Request, country: str) -> CountryData:
+    if country not in COUNTRIES:
+        raise ResourceNotFound(f"no epidemic data for country {country!r}; known: {', '.join(COUNTRIES)}")
+    return load_country(platform_of(request).settings.datasets_dir, country)
+
+
+def _date(value: Any, field: str) -> date:
+    try:
+        return date.fromisoformat(str(value))
+    except ValueError:
+        raise BadRequestData(f"{field}: not an ISO date (YYYY-MM-DD): {value!r}", field=field) from None
+
+
+def _rounded(values: Any) -> list[float]:
+    return [round(float(v), 2) for v in values]
+
+
+@router.get("/polis/v1/epidemic/{country}/risk", summary="Reproduction number and importation pressure per region")
+async def risk(request: Request, country: str) -> Response:
+    from polis.epidemic.risk import WINDOW, region_risk
+
+    data = _country(request, country)
+    rows = await run_in_threadpool(region_risk, data)
+    return _json(
+        {
+            "country": country,
+            "asOf": data.dates[-1].isoformat(),
+            "windowDays": WINDOW,
+            "regions": [
+                {
+                    "region": r.region,
+                    "reproductionNumber": None
+                    if r.r_mean is None
+                    else {
+                        "mean": round(r.r_mean, 3),
+                        "lower95": round(r.r_lower or 0.0, 3),
+                        "upper95": round(r.r_upper or 0.0, 3),
+                    },
+                    "casesLast7Days": r.cases_last_7_days,
+                    "importationPressure": round(r.importation_pressure, 3),
+                    "importedShare": round(r.imported_share, 4),
+                }
+                for r in rows
+            ],
+        }
+    )
+
+
+@router.get("/polis/v1/epidemic/{country}/forecast", summary="Cases per region 1-14 days ahead with 80 % intervals")
+async def forecast(request: Request, country: str) -> Response:
+    from polis.epidemic.blend import blended_forecast
+    from polis.epidemic.evaluation import LastDay, MeanOfLastWeek
+    from polis.epidemic.metapopulation import Metapopulation
+
+    params = dict(request.query_params)
+    unknown = sorted(set(params) - {"horizons"})
+    if unknown:
+        raise BadRequestData(f"unknown query parameter(s) {unknown}", field=unknown[0])
+    try:
+        horizons = int(params.get("horizons", "14"))
+    except ValueError:
+        raise BadRequestData("horizons: must be an integer 1..14", field="horizons") from None
+    if not 1 <= horizons <= 14:
+        raise BadRequestData("horizons: must be an integer 1..14", field="horizons")
+    data = _country(request, country)
+    result = await run_in_threadpool(blended_forecast, data, [LastDay(), MeanOfLastWeek(), Metapopulation()], horizons)
+    from datetime import timedelta
+
+    dates = [(data.dates[-1] + timedelta(days=h)).isoformat() for h in range(1, horizons + 1)]
+    return _json(
+        {
+            "country": country,
+            "dates": dates,
+            "interval": 0.8,
+            "weights": result.weights,
+            "regions": [
+                {
+                    "region": name,
+                    "cases": _rounded(result.point[:, i]),
+                    "lower": _rounded(result.lower[:, i]),
+                    "upper": _rounded(result.upper[:, i]),
+                }
+                for i, name in enumerate(data.regions)
+            ],
+        }
+    )
+
+
+@router.post("/polis/v1/epidemic/{country}/scenario", summary="Project cases with and without a movement cut")
+async def scenario(request: Request, country: str) -> Response:
+    from polis.epidemic.scenario import run_scenario, validate
+
+    data = _country(request, country)
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as error:
+        raise InvalidRequest(f"body is not JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise BadRequestData("body must be a JSON object", field="body")
+    refuse_person_fields(body.keys(), "scenario request")
+    unknown = sorted(set(body) - SCENARIO_FIELDS)
+    if unknown:
+        raise BadRequestData(f"unknown field(s) {unknown}; allowed: {sorted(SCENARIO_FIELDS)}", field=unknown[0])
+    for required in ("regions", "reductionPercent", "start"):
+        if required not in body:
+            raise BadRequestData(f"{required}: required", field=required)
+    regions = body["regions"]
+    if isinstance(regions, str):
+        regions = [regions]
+    if not isinstance(regions, list) or not all(isinstance(r, str) for r in regions):
+        raise BadRequestData("regions: a list of region names", field="regions")
+    percent = body["reductionPercent"]
+    if not isinstance(percent, int | float) or isinstance(percent, bool):
+        raise BadRequestData("reductionPercent: a number between 0 and 100", field="reductionPercent")
+    days = body.get("days", 30)
+    if not isinstance(days, int) or isinstance(days, bool):
+        raise BadRequestData("days: an integer", field="days")
+    mode = body.get("mode", "between")
+    if not isinstance(mode, str):
+        raise BadRequestData("mode: 'between' or 'outOf'", field="mode")
+    as_of = _date(body["asOf"], "asOf") if "asOf" in body else None
+    if as_of is not None and not data.dates[7] <= as_of <= data.dates[-1]:
+        raise BadRequestData(f"asOf: must be within {data.dates[7]} .. {data.dates[-1]}", field="asOf")
+    intervention = validate(data, regions, float(percent), _date(body["start"], "start"), mode, days)
+    result = await run_in_threadpool(run_scenario, data, intervention, days, as_of)
+    return _json(scenario_body(result))
+
+
+def scenario_body(result: Any) -> dict[str, Any]:
+    iv = result.intervention
+    return {
+        "country": result.country,
+        "intervention": {
+            "regions": list(iv.regions),
+            "reductionPercent": round(iv.reduction * 100, 3),
+            "start": iv.start.isoformat(),
+            "mode": iv.mode,
+        },
+        "dates": [d.isoformat() for d in result.dates],
+        "interval": 0.8,
+        "totals": {k: round(v, 1) for k, v in result.totals().items()},
+        "regions": [
+            {
+                "region": name,
+                "baseline": {
+                    "expected": _rounded(result.baseline.median[:, i]),
+                    "lower": _rounded(result.baseline.lower[:, i]),
+                    "upper": _rounded(result.baseline.upper[:, i]),
+                },
+                "intervention": {
+                    "expected": _rounded(result.restricted.median[:, i]),
+                    "lower": _rounded(result.restricted.lower[:, i]),
+                    "upper": _rounded(result.restricted.upper[:, i]),
+                },
+            }
+            for i, name in enumerate(result.regions)
+        ],
+        "seconds": round(result.seconds, 3),
+    }

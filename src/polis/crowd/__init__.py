@@ -1,0 +1,1 @@
+"""Crowds from people counts: expected counts per sensor and hour, and gathering detection."""

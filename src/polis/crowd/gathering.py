@@ -1,0 +1,260 @@
+"""Crowd-gathering detection on hourly people counts (one series per counting sensor).
+
+The expected count of a sensor at an hour comes from its counts at the same hour of the week over the
+previous `weeks` weeks: their mean without the highest and the lowest week (a seasonal profile that
+ignores one past gathering or one rained-off week, and forgets lockdowns and reopenings within two months).
+The excess is measured on the log scale, where a gathering that doubles the count is the same step at a
+busy corner and a quiet lane, and cleaned twice before it is scored:
+
+1. city-wide swings (rain, a public holiday, a lockdown) move every sensor together, so the median
+   excess over all sensors in that hour is taken off;
+2. what is left of the sensor's own level over the previous `level_hours` hours is taken off too (a
+   slow drift, not a gathering).
+
+The score divides that by the sensor's robust spread (1.4826 x MAD over the previous `scale_days` days,
+recomputed at each local midnight), and a gathering shows as a score above the level in one hour, or
+a smaller excess held for two hours: score = max(z_t, pair_weight x (z_t + z_{t-1})).
+
+Hours whose expected count is under `min_expected` are not scored: doubling a handful of night walkers
+is not a crowd. Rows are local wall-clock hours numbered from the epoch (`first_hour` is row 0's
+number), so a live window and the whole series agree on the same hour's score.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+HOURS_PER_WEEK = 168
+EPOCH = datetime(1970, 1, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class CrowdParams:
+    weeks: int = 8
+    level_hours: int = 3
+    scale_days: int = 28
+    scale_floor: float = 0.08
+    min_expected: float = 100.0
+    pair_weight: float = 5 / 6
+    trimmed: bool = True  # expected = mean of the weeks without the highest and lowest (else their median)
+    scale_by_hour: bool = False  # spread per hour of day (28 samples each) instead of pooled over the day
+    common_mode: str = "drops"  # take off city-wide swings: "both", "drops" (only lulls) or "none"
+
+    @property
+    def history_hours(self) -> int:
+        """Rows a window needs before the hour it scores."""
+        return (self.scale_days + 1) * 24 + self.weeks * HOURS_PER_WEEK + self.level_hours + 2
+
+
+@dataclass(frozen=True, slots=True)
+class CrowdScores:
+    score: np.ndarray  # (T, S), NaN where not scored
+    z: np.ndarray
+    expected: np.ndarray  # expected count
+    usable: np.ndarray  # bool: scored
+
+
+def local_hour(at: datetime, zone: ZoneInfo) -> int:
+    """The local wall-clock hour number of an instant (hours since 1970-01-01T00:00 local)."""
+    local = at.astimezone(zone).replace(tzinfo=None)
+    return int((local - EPOCH).total_seconds() // 3600)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    # nanmedian over an all-missing slice is NaN, which is what we want; its warning is noise.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+def _lagged(a: np.ndarray, lags: range, step: int) -> np.ndarray:
+    """Stack of `a` shifted down by lag*step rows (NaN where nothing precedes)."""
+    out = np.full((len(lags), *a.shape), np.nan)
+    for i, lag in enumerate(lags):
+        shift = lag * step
+        if shift < a.shape[0]:
+            out[i, shift:] = a[: a.shape[0] - shift]
+    return out
+
+
+def profile(lags: np.ndarray, p: CrowdParams) -> np.ndarray:
+    """The expected log count from the same hour of earlier weeks (axis 0): their median, or with
+    `trimmed` the mean of what is left without the highest and lowest week (steadier than the median,
+    still blind to one past gathering or one rained-off week)."""
+    if not p.trimmed:
+        return np.asarray(np.nanmedian(lags, axis=0))
+    ordered = np.sort(lags, axis=0)  # NaN last
+    present = np.sum(~np.isnan(lags), axis=0)
+    total = np.nansum(ordered, axis=0)
+    highest = np.take_along_axis(ordered, np.maximum(present - 1, 0)[None], axis=0)[0]
+    trimmed = (total - ordered[0] - highest) / np.maximum(present - 2, 1)
+    return np.where(present >= 3, trimmed, np.nanmedian(lags, axis=0))
+
+
+def expected_log(logc: np.ndarray, p: CrowdParams) -> tuple[np.ndarray, np.ndarray]:
+    """(expected log1p count, usable mask) of every row: the same-hour-of-week median of earlier weeks."""
+    with _quiet():
+        lags = _lagged(logc, range(1, p.weeks + 1), HOURS_PER_WEEK)
+        med = profile(lags, p)
+        enough = np.sum(~np.isnan(lags), axis=0) >= max(1, p.weeks // 2)
+    usable = enough & ~np.isnan(logc) & (np.expm1(med) >= p.min_expected)
+    return med, usable
+
+
+def corrected(r: np.ndarray, usable: np.ndarray, p: CrowdParams) -> np.ndarray:
+    """The excess r (log count - expected) less the city-wide swing of its hour and the sensor's own level
+    over the previous `level_hours` rows. Rows are contiguous: the first `level_hours` of a block lack
+    their full level history."""
+    with _quiet():
+        common = np.nan_to_num(np.nanmedian(np.where(usable, r, np.nan), axis=1))
+    if p.common_mode == "drops":
+        common = np.minimum(common, 0.0)
+    elif p.common_mode == "none":
+        common = np.zeros_like(common)
+    with _quiet():
+        rc = r - common[:, None]
+        level = np.nan_to_num(
+            np.nanmedian(_lagged(np.where(usable, rc, np.nan), range(1, p.level_hours + 1), 1), axis=0)
+        )
+    return rc - level
+
+
+def residuals(logc: np.ndarray, p: CrowdParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(expected log count, usable mask, corrected excess) for every row."""
+    med, usable = expected_log(logc, p)
+    return med, usable, corrected(logc - med, usable, p)
+
+
+def daily_scale(excess: np.ndarray, usable: np.ndarray, first_hour: int, p: CrowdParams) -> np.ndarray:
+    """Per row and sensor: the robust spread of the excess over the `scale_days` local days before the row's day."""
+    rows = excess.shape[0]
+    scale = np.full(excess.shape, np.nan)
+    masked = np.where(usable, excess, np.nan)
+    day_of_row = (first_hour + np.arange(rows)) // 24
+    with _quiet():
+        for day in np.unique(day_of_row):
+            start = (int(day) - p.scale_days) * 24 - first_hour
+            stop = int(day) * 24 - first_hour
+            if start < 0:
+                continue  # not enough history in this window for this day
+            block = masked[start:stop]
+            if p.scale_by_hour:
+                hours = block.reshape(p.scale_days, 24, block.shape[1])  # days x hour of day x sensors
+                centre = np.nanmedian(hours, axis=0)
+                spread = 1.4826 * np.nanmedian(np.abs(hours - centre), axis=0)  # (24, S)
+                rows_of_day = np.nonzero(day_of_row == day)[0]
+                scale[rows_of_day] = spread[(first_hour + rows_of_day) % 24]
+                continue
+            centre = np.nanmedian(block, axis=0)
+            spread = 1.4826 * np.nanmedian(np.abs(block - centre), axis=0)
+            scale[day_of_row == day] = spread
+    return np.maximum(scale, p.scale_floor)
+
+
+def crowd_scores(logc: np.ndarray, first_hour: int, p: CrowdParams | None = None) -> CrowdScores:
+    """Scores of every row of a regular hourly matrix of log1p counts (rows: hours, columns: sensors)."""
+    p = p or CrowdParams()
+    med, usable, excess = residuals(logc, p)
+    scale = daily_scale(excess, usable, first_hour, p)
+    usable = usable & ~np.isnan(scale)
+    # A gathering is more people than this place normally sees: an hour below its own expectation is
+    # never one, however much worse the rest of the city is doing (a lockdown, a storm).
+    z = np.where(usable, np.where(logc > med, excess, np.minimum(excess, 0.0)) / scale, np.nan)
+    previous = np.vstack([np.zeros((1, z.shape[1])), np.nan_to_num(z[:-1])]) if len(z) else z
+    score = np.where(usable, np.maximum(z, p.pair_weight * (np.nan_to_num(z) + previous)), np.nan)
+    return CrowdScores(score=score, z=z, expected=np.expm1(med), usable=usable)
+
+
+def alarm_runs(score: np.ndarray, level: float) -> np.ndarray:
+    """Bool (T, S): the first hour of each run of hours at or above the level (one alarm per run)."""
+    on = np.nan_to_num(score, nan=-np.inf) >= level
+    before = np.vstack([np.zeros((1, on.shape[1]), dtype=bool), on[:-1]])
+    return on & ~before
+
+
+class HourlyPanel:
+    """A live sliding window of log1p counts per local hour and sensor, fed by observations; scores the
+    newest hours with the same arithmetic as `crowd_scores` on the whole series."""
+
+    def __init__(self, sensors: list[str], zone: ZoneInfo, p: CrowdParams | None = None) -> None:
+        self.sensors = list(sensors)
+        self.column = {s: i for i, s in enumerate(self.sensors)}
+        self.zone = zone
+        self.p = p or CrowdParams()
+        self.rows: dict[int, np.ndarray] = {}
+        self._scales: dict[int, np.ndarray] = {}
+
+    def add(self, sensor: str, at: datetime, count: float) -> int | None:
+        """Record a count; returns its local hour number (None for an unknown sensor)."""
+        column = self.column.get(sensor)
+        if column is None:
+            return None
+        hour = local_hour(at, self.zone)
+        row = self.rows.get(hour)
+        if row is None:
+            row = self.rows[hour] = np.full(len(self.sensors), np.nan)
+        row[column] = np.log1p(max(count, 0.0))
+        for day in [d for d in self._scales if d * 24 > hour]:  # a late reading changes later days' spreads
+            del self._scales[day]
+        return hour
+
+    def prune(self, newest: int) -> None:
+        oldest = newest - self.p.history_hours - 24
+        for hour in [h for h in self.rows if h < oldest]:
+            del self.rows[hour]
+
+    def _matrix(self, first: int, last: int) -> np.ndarray:
+        matrix = np.full((last - first + 1, len(self.sensors)), np.nan)
+        for h in range(first, last + 1):
+            row = self.rows.get(h)
+            if row is not None:
+                matrix[h - first] = row
+        return matrix
+
+    def _day_scale(self, day: int) -> np.ndarray:
+        """(24, S): the spread of each hour of local day `day`, from the days before it (cached per day)."""
+        found = self._scales.get(day)
+        if found is None:
+            p = self.p
+            first = (day - p.scale_days) * 24 - p.weeks * HOURS_PER_WEEK - p.level_hours - 1
+            matrix = self._matrix(first, day * 24 + 23)
+            _, usable, excess = residuals(matrix, p)
+            found = daily_scale(excess, usable, first, p)[-24:]
+            self._scales[day] = found
+            for old in [d for d in self._scales if d < day - 2]:
+                del self._scales[old]
+        return found
+
+    def score_hour(self, hour: int) -> CrowdScores:
+        """The scores of row `hour` (shape (1, S)): the arithmetic of `crowd_scores` on just the rows it
+        needs (the hour, the one before it and their level history; spreads cached per day)."""
+        p = self.p
+        count = p.level_hours + 2
+        rows = range(hour - count + 1, hour + 1)
+        current = self._matrix(rows[0], hour)
+        stack = np.full((p.weeks, count, len(self.sensors)), np.nan)
+        for k in range(1, p.weeks + 1):
+            for j, row in enumerate(rows):
+                found = self.rows.get(row - k * HOURS_PER_WEEK)
+                if found is not None:
+                    stack[k - 1, j] = found
+        with _quiet():
+            med = profile(stack, p)
+        enough = np.sum(~np.isnan(stack), axis=0) >= max(1, p.weeks // 2)
+        usable = enough & ~np.isnan(current) & (np.expm1(med) >= p.min_expected)
+        excess = corrected(current - med, usable, p)
+        scale = np.stack([self._day_scale(r // 24)[r % 24] for r in (hour - 1, hour)])
+        tail = slice(count - 2, count)
+        use = usable[tail] & ~np.isnan(scale)
+        positive = np.where(current[tail] > med[tail], excess[tail], np.minimum(excess[tail], 0.0))
+        z = np.where(use, positive / scale, np.nan)
+        score = np.where(use[1], np.maximum(z[1], p.pair_weight * (np.nan_to_num(z[1]) + np.nan_to_num(z[0]))), np.nan)
+        return CrowdScores(score[None, :], z[1:], np.expm1(med[-1:]), use[1:])

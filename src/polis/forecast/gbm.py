@@ -1,0 +1,210 @@
+"""A global gradient-boosted forecaster (LightGBM): one booster per step ahead ("direct" forecasting,
+so no step feeds its own error into the next), trained on every sensor at once with the sensor's
+identity as a categorical feature. Each booster predicts the change from the last reading in the
+sensor's standard units; the number of trees is chosen by early stopping on the validation slice.
+Boosters are saved in LightGBM's own text format, the learned state as a plain .npz and JSON.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+
+from polis.forecast.data import Panel
+from polis.forecast.features import Common, FeatureState, common_features, step_features
+from polis.forecast.model import Forecast, IntervalCalibration, Progress, read_json, targets, write_json
+
+__all__ = ["GbmParams", "GlobalGbm"]
+
+
+@dataclass(frozen=True, slots=True)
+class GbmParams:
+    lags: int = 12
+    objective: str = "l2"  # l2 | l1 | huber
+    learning_rate: float = 0.05
+    num_leaves: int = 63
+    min_data_in_leaf: int = 100
+    feature_fraction: float = 0.8
+    bagging_fraction: float = 0.8
+    lambda_l2: float = 1.0
+    max_rounds: int = 1000
+    early_stopping: int = 50
+    max_bin: int = 127
+    threads: int = 2
+    refit: bool = False  # after selection, train again on train + validation with the chosen tree count
+
+
+class GlobalGbm:
+    kind: ClassVar[str] = "lightgbm"
+
+    def __init__(self, steps: tuple[int, ...], seed: int = 0, params: GbmParams | None = None) -> None:
+        self.steps = tuple(steps)
+        self.seed = seed
+        self.params = params or GbmParams()
+        self.boosters: list[Any] = []
+        self.state: FeatureState | None = None
+        self.calibration: IntervalCalibration | None = None
+        self.feature_names: list[str] = []
+        self.rounds: list[int] = []
+
+    # ------------------------------------------------------------------------------------------ features
+
+    def _matrix(
+        self, common: Common, rows: np.ndarray, origins: np.ndarray, step: int, target: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The feature matrix for `rows` of `common` (origins `origins`), one row per (origin, sensor)."""
+        assert self.state is not None
+        sub = Common(common.block[rows], common.names, common.z, common.filled, common.base[rows],
+                     common.slots[rows], common.days[rows])
+        extra, extra_names = step_features(sub, origins, step, self.state, target)
+        m, n = len(rows), common.block.shape[1]
+        sensor = np.broadcast_to(np.arange(n, dtype=np.float32)[None, :, None], (m, n, 1))
+        n_slots = self.state.profile.shape[0]
+        clock = np.stack(
+            [sub.slots / n_slots, ((sub.slots + step) % n_slots) / n_slots, sub.days.astype(np.float64)], axis=-1
+        ).astype(np.float32)
+        clock = np.broadcast_to(clock[:, None, :], (m, n, 3))
+        scale = np.broadcast_to(
+            np.stack([self.state.mean, self.state.std], axis=-1).astype(np.float32)[None], (m, n, 2)
+        )
+        matrix = np.concatenate([sub.block, extra, sensor, clock, scale], axis=-1)
+        if not self.feature_names:
+            self.feature_names = [*common.names, *extra_names, "sensor", "slot", "target_slot", "dow", "sensor_mean", "sensor_std"]
+        return matrix.reshape(m * n, -1)
+
+    # ------------------------------------------------------------------------------------------ fitting
+
+    def _train_params(self) -> dict[str, Any]:
+        p = self.params
+        return {
+            "objective": {"l2": "regression", "l1": "regression_l1", "huber": "huber"}[p.objective],
+            "learning_rate": p.learning_rate,
+            "num_leaves": p.num_leaves,
+            "min_data_in_leaf": p.min_data_in_leaf,
+            "feature_fraction": p.feature_fraction,
+            "bagging_fraction": p.bagging_fraction,
+            "bagging_freq": 1,
+            "lambda_l2": p.lambda_l2,
+            "max_bin": p.max_bin,
+            "num_threads": p.threads,
+            "seed": self.seed,
+            "deterministic": True,
+            "force_row_wise": True,
+            "verbosity": -1,
+        }
+
+    def fit(self, history: Panel, valid_from: int, progress: Progress | None = None) -> None:
+        import lightgbm as lgb
+
+        report = progress or (lambda what, done: None)
+        self.state = FeatureState.learn(history.head(valid_from), self.params.lags)
+        self.feature_names = []
+        origins = np.arange(0, len(history.values) - 1)
+        common = common_features(history, origins, self.state)
+        z_target = self.state.standardise(history.values)
+        n = history.n_sensors
+        self.boosters, self.rounds = [], []
+        for index, step in enumerate(self.steps):
+            report(f"step {step}", index / len(self.steps))
+            train_rows = np.flatnonzero(origins + step < valid_from)
+            valid_rows = np.flatnonzero((origins >= valid_from - 1) & (origins + step < len(history.values)))
+            data = {}
+            for label, rows in (("train", train_rows), ("valid", valid_rows)):
+                leave_out = z_target[origins[rows] + step] if label == "train" else None
+                x = self._matrix(common, rows, origins[rows], step, leave_out)
+                y = (z_target[origins[rows] + step] - common.base[rows]).reshape(-1)
+                keep = ~np.isnan(y)
+                data[label] = (x[keep], y[keep])
+            sensor_column = self.feature_names.index("sensor")
+            train_set = lgb.Dataset(data["train"][0], data["train"][1], categorical_feature=[sensor_column],
+                                    feature_name=self.feature_names, free_raw_data=True)
+            valid_set = lgb.Dataset(data["valid"][0], data["valid"][1], reference=train_set)
+            booster = lgb.train(
+                self._train_params(), train_set, num_boost_round=self.params.max_rounds, valid_sets=[valid_set],
+                callbacks=[lgb.early_stopping(self.params.early_stopping, verbose=False)],
+            )
+            rounds = max(booster.best_iteration, 1)
+            self.rounds.append(rounds)
+            self.boosters.append(booster)
+        report("calibrating", 0.95)
+        valid_origins = np.arange(valid_from - 1, len(history.values) - 1)
+        forecast = self._mean(history, valid_origins)
+        self.calibration = IntervalCalibration.from_errors(forecast - targets(history, valid_origins, self.steps))
+        if self.params.refit:
+            self._refit(history, origins, common, z_target, n)
+        report("done", 1.0)
+
+    def _refit(self, history: Panel, origins: np.ndarray, common: Common, z_target: np.ndarray, n: int) -> None:
+        import lightgbm as lgb
+
+        boosters = []
+        for step, rounds in zip(self.steps, self.rounds, strict=True):
+            rows = np.flatnonzero(origins + step < len(history.values))
+            x = self._matrix(common, rows, origins[rows], step, z_target[origins[rows] + step])
+            y = (z_target[origins[rows] + step] - common.base[rows]).reshape(-1)
+            keep = ~np.isnan(y)
+            train_set = lgb.Dataset(x[keep], y[keep], categorical_feature=[self.feature_names.index("sensor")],
+                                    feature_name=self.feature_names)
+            boosters.append(lgb.train(self._train_params(), train_set, num_boost_round=rounds))
+        self.boosters = boosters
+
+    # ------------------------------------------------------------------------------------------ forecasting
+
+    def _mean(self, panel: Panel, origins: np.ndarray) -> np.ndarray:
+        assert self.state is not None
+        common = common_features(panel, origins, self.state)
+        m, n = len(origins), panel.n_sensors
+        out = np.empty((m, len(self.steps), n))
+        rows = np.arange(m)
+        for j, (step, booster) in enumerate(zip(self.steps, self.boosters, strict=True)):
+            x = self._matrix(common, rows, origins, step)
+            change = booster.predict(x, num_threads=self.params.threads).reshape(m, n)
+            out[:, j] = (common.base + change) * self.state.std + self.state.mean
+        return out
+
+    def predict(self, panel: Panel, origins: np.ndarray) -> Forecast:
+        if self.state is None or self.calibration is None:
+            raise RuntimeError("the model is not fitted")
+        origins = np.asarray(origins, dtype=np.int64)
+        mean = self._mean(panel, origins)
+        lower, upper = self.calibration.bounds(mean)
+        return Forecast(origins, self.steps, mean, lower, upper)
+
+    # ------------------------------------------------------------------------------------------ files
+
+    def save(self, directory: Path) -> None:
+        if self.state is None or self.calibration is None:
+            raise RuntimeError("the model is not fitted")
+        directory.mkdir(parents=True, exist_ok=True)
+        for step, booster in zip(self.steps, self.boosters, strict=True):
+            booster.save_model(str(directory / f"step{step}.txt"))
+        np.savez(directory / "state.npz", **self.state.to_arrays())
+        write_json(directory / "model.json", {
+            "kind": self.kind, "steps": list(self.steps), "seed": self.seed, "params": asdict(self.params),
+            "state": self.state.to_json(), "calibration": self.calibration.to_json(),
+            "feature_names": self.feature_names, "rounds": self.rounds,
+        })
+
+    @classmethod
+    def load(cls, directory: Path) -> Self:
+        import lightgbm as lgb
+
+        meta = read_json(directory / "model.json")
+        model = cls(tuple(meta["steps"]), int(meta["seed"]), GbmParams(**meta["params"]))  # type: ignore[arg-type,call-overload]
+        with np.load(directory / "state.npz", allow_pickle=False) as arrays:
+            model.state = FeatureState.restore(dict(arrays), meta["state"])  # type: ignore[arg-type]
+        model.calibration = IntervalCalibration.from_json(meta["calibration"])  # type: ignore[arg-type]
+        model.feature_names = list(meta["feature_names"])  # type: ignore[call-overload]
+        model.rounds = list(meta["rounds"])  # type: ignore[call-overload]
+        model.boosters = [lgb.Booster(model_file=str(directory / f"step{s}.txt")) for s in model.steps]
+        return model
+
+
+def timed_fit(model: Any, history: Panel, valid_from: int, progress: Progress | None = None) -> float:
+    started = time.perf_counter()
+    model.fit(history, valid_from, progress)
+    return time.perf_counter() - started

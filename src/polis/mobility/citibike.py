@@ -1,0 +1,143 @@
+"""Citi Bike Jersey City trip files (`mobility/citibike-jersey-city/JC-YYYYMM-citibike-tripdata.csv`).
+
+The published months differ: early files have headers like "Start Time", later ones "starttime" (some
+quoted); Feb-Apr 2017 write times as `2017-02-01 00:06:33`, Nov 2017-Jan 2018 as `11/1/2017 0:04`.
+Headers are matched after lower-casing and removing spaces, so both styles read the same. Times are
+local wall-clock time in New York: they are placed in UTC with the zone's rules (a repeated hour in
+November takes its first occurrence, a skipped hour in March moves forward).
+
+The loader returns person-level `TripBatch`es: they go straight to the privacy gate, never to the store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+
+from polis.mobility.schema import Places, TripBatch
+
+DATASET = "citibike-jersey-city"
+FOLDER = Path("mobility") / DATASET
+ZONE = "America/New_York"
+_FORMATS = ("%Y-%m-%d %H:%M:%S", "%m/%d/%Y %H:%M", "%Y-%m-%d %H:%M:%S.%f", "%m/%d/%Y %H:%M:%S")
+_COLUMNS = {
+    "starttime": "start_time",
+    "stoptime": "end_time",
+    "startstationid": "start_station",
+    "startstationname": "start_name",
+    "startstationlatitude": "start_lat",
+    "startstationlongitude": "start_lon",
+    "endstationid": "end_station",
+    "endstationname": "end_name",
+    "endstationlatitude": "end_lat",
+    "endstationlongitude": "end_lon",
+    "bikeid": "bike_id",
+    "usertype": "user_type",
+    "birthyear": "birth_year",
+    "gender": "gender",
+    "tripduration": "trip_duration",
+}
+_REQUIRED = ("start_time", "end_time", "start_station", "end_station", "start_lat", "start_lon", "end_lat", "end_lon")
+
+
+def trip_files(datasets_dir: Path) -> list[Path]:
+    folder = datasets_dir / FOLDER
+    files = sorted(folder.glob("*-citibike-tripdata.csv"))
+    if not files:
+        raise FileNotFoundError(f"no Citi Bike trip files (*-citibike-tripdata.csv) in {folder}")
+    return files
+
+
+def _utc_seconds(column: pa.ChunkedArray, path: Path, name: str) -> np.ndarray:
+    if pa.types.is_timestamp(column.type):
+        local = column.cast(pa.timestamp("s"))
+    else:
+        text = pc.utf8_trim_whitespace(column.cast(pa.string()))
+        local = None
+        for fmt in _FORMATS:
+            try:
+                local = pc.strptime(text, format=fmt, unit="s", error_is_null=False)
+                break
+            except pa.ArrowInvalid:
+                continue
+        if local is None:
+            raise ValueError(f"{path.name}: column {name} holds times in no known format (e.g. {text[0]})")
+    utc = pc.assume_timezone(local, ZONE, ambiguous="earliest", nonexistent="latest")
+    return utc.cast(pa.timestamp("s")).to_numpy().astype("datetime64[s]")
+
+
+def read_trip_file(path: Path) -> TripBatch:
+    """One month of trips, either header style, either time format."""
+    table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(null_values=["NULL", "", "\\N"]))
+    renamed = {}
+    for name in table.column_names:
+        key = name.lower().replace(" ", "").replace("_", "")
+        if key in _COLUMNS:
+            renamed[_COLUMNS[key]] = table.column(name)
+    missing = [c for c in _REQUIRED if c not in renamed]
+    if missing:
+        raise ValueError(f"{path.name}: missing columns {missing} (header: {table.column_names})")
+
+    def text(name: str) -> np.ndarray:
+        return np.asarray(renamed[name].cast(pa.string()).to_pylist(), dtype=object)
+
+    def number(name: str) -> np.ndarray:
+        return renamed[name].cast(pa.float64()).to_numpy(zero_copy_only=False)
+
+    start_station, end_station = text("start_station"), text("end_station")
+    names: dict[str, str] = {}
+    for side in ("start", "end"):
+        if f"{side}_name" in renamed:
+            ids = renamed[f"{side}_station"].cast(pa.string())
+            pairs = (
+                pa.table({"id": ids, "name": renamed[f"{side}_name"].cast(pa.string())})
+                .group_by("id")
+                .aggregate([("name", "max")])
+            )
+            names.update(zip(pairs.column("id").to_pylist(), pairs.column("name_max").to_pylist(), strict=True))
+    identifiers = {"bike_id": text("bike_id")} if "bike_id" in renamed else {}
+    quasi: dict[str, np.ndarray] = {
+        name: text(name) for name in ("birth_year", "gender", "user_type", "trip_duration") if name in renamed
+    }
+    return TripBatch(
+        dataset=DATASET,
+        start_time=_utc_seconds(renamed["start_time"], path, "start time"),
+        end_time=_utc_seconds(renamed["end_time"], path, "stop time"),
+        start=Places(start_station, number("start_lat"), number("start_lon")),
+        end=Places(end_station, number("end_lat"), number("end_lon")),
+        identifiers=identifiers,
+        quasi_identifiers=quasi,
+        station_names={k: v for k, v in names.items() if k is not None and v is not None},
+    )
+
+
+def load_trips(datasets_dir: Path) -> TripBatch:
+    """Every published month, in one batch (trips crossing midnight at a month's end stay whole)."""
+    return concat([read_trip_file(path) for path in trip_files(datasets_dir)])
+
+
+def concat(batches: list[TripBatch]) -> TripBatch:
+    first = batches[0]
+
+    def join(get: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(get)
+
+    names: dict[str, str] = {}
+    for b in batches:
+        names.update(b.station_names)
+    keys_ids = set.intersection(*(set(b.identifiers) for b in batches))
+    keys_quasi = set.intersection(*(set(b.quasi_identifiers) for b in batches))
+    return TripBatch(
+        dataset=first.dataset,
+        start_time=join([b.start_time for b in batches]),
+        end_time=join([b.end_time for b in batches]),
+        start=Places(*(join([getattr(b.start, f) for b in batches]) for f in ("station", "lat", "lon"))),
+        end=Places(*(join([getattr(b.end, f) for b in batches]) for f in ("station", "lat", "lon"))),
+        identifiers={k: join([b.identifiers[k] for b in batches]) for k in sorted(keys_ids)},
+        quasi_identifiers={k: join([b.quasi_identifiers[k] for b in batches]) for k in sorted(keys_quasi)},
+        station_names=names,
+    )

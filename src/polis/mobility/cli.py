@@ -1,0 +1,153 @@
+"""`polis flows`, `polis privacy purge|budget`, and the gated path of `polis ingest citibike-jersey-city`."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from polis.settings import Settings
+
+if TYPE_CHECKING:
+    from polis.store.duckdb_ import DuckDBStore
+
+__all__ = ["ingest_gated", "register"]
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Hub files (default $POLIS_DATA_DIR or ./polis-data)")]
+
+
+def ingest_gated(settings: Settings, store: DuckDBStore, name: str, console: Console) -> None:
+    from polis.mobility.ingest import ingest_mobility
+
+    try:
+        summary = ingest_mobility(settings, store, name)
+    except FileNotFoundError as error:
+        console.print(f"[red]{name}: {error}[/red] (set POLIS_DATASETS_DIR or --datasets-dir)")
+        raise typer.Exit(1) from None
+    console.print(
+        f"{name}: {summary.trips:,} trips over {summary.days} days through the privacy gate in "
+        f"{summary.seconds:.1f} s (pseudonymised, birth year and gender dropped, times to the hour); "
+        f"{summary.raw_kept:,} raw pseudonymous trips kept (the last {settings.raw_retention_days:g} days of "
+        f"data time), {summary.raw_purged:,} purged"
+    )
+
+
+def _settings(data_dir: Path | None) -> Settings:
+    return Settings(data_dir=data_dir) if data_dir is not None else Settings()  # type: ignore[call-arg]
+
+
+def _store(settings: Settings) -> DuckDBStore:
+    from polis.store.duckdb_ import DuckDBStore
+
+    return DuckDBStore(settings.database_path, threads=settings.duckdb_threads, memory_limit=settings.memory_limit)
+
+
+def register(app: typer.Typer, bench: typer.Typer) -> None:
+    console = Console()
+    privacy = typer.Typer(
+        help="The privacy gate: retention purge and differential-privacy budget.", no_args_is_help=True
+    )
+    app.add_typer(privacy, name="privacy")
+
+    @app.command()
+    def flows(
+        day: Annotated[str, typer.Option(help="Local day, YYYY-MM-DD")],
+        dataset: Annotated[str, typer.Option(help="Mobility dataset")] = "citibike-jersey-city",
+        od: Annotated[bool, typer.Option("--od", help="The origin-destination matrix instead of hourly flows")] = False,
+        by: Annotated[str | None, typer.Option(help="'station' or 'cell' (H3); default POLIS_FLOWS_UNIT")] = None,
+        direction: Annotated[str, typer.Option(help="'departures' or 'arrivals'")] = "departures",
+        window: Annotated[
+            str | None, typer.Option(help="OD: day, or 00-08/08-16/16-24 (POLIS_OD_WINDOW_HOURS=8)")
+        ] = None,
+        epsilon: Annotated[float | None, typer.Option(help="Add differential-privacy noise spending this ε")] = None,
+        mechanism: Annotated[str, typer.Option(help="'laplace' or 'gaussian' (with --epsilon)")] = "laplace",
+        as_json: Annotated[bool, typer.Option("--json", help="The whole release as JSON")] = False,
+        data_dir: DataDir = None,
+    ) -> None:
+        """Released mobility products (suppressed below k, optionally noisy): hourly flows or the OD matrix."""
+        from polis.domain.errors import NgsiError
+        from polis.mobility.products import Direction, DpRequest, Unit
+        from polis.privacy.dp import Mechanism
+        from polis.privacy.service import PrivacyService
+
+        settings = _settings(data_dir)
+        store = _store(settings)
+        try:
+            service = PrivacyService(store, settings)
+            dp = DpRequest(epsilon, Mechanism(mechanism), settings.dp_delta) if epsilon is not None else None
+            when = date.fromisoformat(day)
+            if od:
+                chosen = window or ("day" if settings.od_window_hours == 24 else "00-08")
+                release = service.products(dataset).od_matrix(dataset, when, chosen, dp)
+            else:
+                unit = Unit(by or settings.flows_unit)
+                release = service.products(dataset).hourly_flows(dataset, when, unit, Direction(direction), dp)
+        except (NgsiError, ValueError) as error:
+            console.print(f"[red]{getattr(error, 'detail', error)}[/red]")
+            raise typer.Exit(1) from None
+        finally:
+            store.close()
+        body = release.body()
+        if as_json:
+            import orjson
+
+            typer.echo(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
+            return
+        # Long format (one published count per line): a 24-column or 19x19 grid does not fit a terminal.
+        table = Table(title=f"{dataset} {body['product']} {day}: {body['description']}")
+        for column in ("row", "column", "trips"):
+            table.add_column(column, justify="right" if column == "trips" else "left")
+        labels = dict(zip(body["rows"], body["rowLabels"], strict=True))
+        for row, cells, total in zip(body["rows"], body["cells"], body["rowTotals"], strict=True):
+            name = labels.get(row) or row
+            for column, value in zip(body["columns"], cells, strict=True):
+                if value is not None:
+                    table.add_row(name, column, str(value))
+            if total is not None:
+                table.add_row(name, "total", str(total))
+        for column, value in zip(body["columns"], body["columnTotals"], strict=True):
+            if value is not None:
+                table.add_row("total", column, str(value))
+        table.add_row("total", "total", "-" if body["total"] is None else str(body["total"]))
+        console.print(table)
+        shown = sum(v is not None for row in body["cells"] for v in row)
+        console.print(
+            f"{shown} cells published, {body['suppressedCells']} suppressed (counts below k={body['k']} and their "
+            "complements); --json for the whole table"
+        )
+        if body["differentialPrivacy"]:
+            console.print(f"differential privacy: {body['differentialPrivacy']}")
+
+    @privacy.command()
+    def purge(data_dir: DataDir = None) -> None:
+        """Delete raw pseudonymous records older than the retention period (counted in data time)."""
+        from polis.mobility.store import MobilityStore
+
+        settings = _settings(data_dir)
+        store = _store(settings)
+        try:
+            purged = MobilityStore(store).purge(timedelta(days=settings.raw_retention_days))
+        finally:
+            store.close()
+        for name, rows in purged.items() or {"(no mobility dataset)": 0}.items():
+            console.print(f"{name}: {rows:,} raw pseudonymous records purged")
+
+    @privacy.command()
+    def budget(
+        dataset: Annotated[str, typer.Option(help="Mobility dataset")] = "citibike-jersey-city",
+        data_dir: DataDir = None,
+    ) -> None:
+        """The differential-privacy ε a dataset has spent, of its budget."""
+        from polis.privacy.dp import BudgetLedger
+
+        settings = _settings(data_dir)
+        store = _store(settings)
+        try:
+            spent = BudgetLedger(store, settings.dp_epsilon_budget).spent(dataset)
+        finally:
+            store.close()
+        console.print(f"{dataset}: ε {spent:g} spent of {settings.dp_epsilon_budget:g}")

@@ -1,0 +1,296 @@
+"""Refusal at the door: fields that identify people are not taken, whatever the path (NGSI-LD API, MQTT).
+
+Camera and microphone systems may send counts only. A message is refused when one of its fields, at any
+depth, is identifying by its name or by its value:
+
+- by name (the last segment of a term or IRI, split into words: `faceEmbedding` -> face, embedding):
+  face images or embeddings, biometrics, voice or audio, images and video, personal names, phone numbers,
+  e-mail addresses, licence plates, home addresses, device identifiers that follow a person (IMEI, IMSI,
+  MAC). A numeric field named as a count or a level (`peopleCount`, `faceCount`, `numberOfFaces`,
+  `audioLevel`) passes: it counts, it does not identify. `name`, `stationName`, `address` pass: Smart Data
+  Models use them for places and devices;
+- by value: an e-mail address or a phone number in any string, a base64 image/audio/video (data URI or
+  raw JPEG/PNG/WAV/MP3/Ogg/FLAC/WebM bytes), a MAC address, and long float vectors (embeddings) on
+  fields named like identity features.
+
+The reason names the field (as sent) and the rule, never the value: the refusal itself must not store
+what it refused.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from polis.domain.errors import PersonalDataRefused
+
+MAX_DEPTH = 32
+EMBEDDING_MIN_LENGTH = 16
+MEDIA_MIN_CHARS = 64
+
+RULES = {
+    "face": "face images and face embeddings identify people",
+    "biometric": "biometric templates (embeddings, fingerprints, iris, gait) identify people",
+    "voice-audio": "voice and audio recordings identify people; send sound levels or counts",
+    "image": "images and video of public space identify people; send counts",
+    "person-name": "names of people are personal identifiers",
+    "phone-number": "phone numbers are personal identifiers",
+    "e-mail": "e-mail addresses are personal identifiers",
+    "licence-plate": "licence plates identify vehicle keepers",
+    "home-address": "home addresses identify people",
+    "device-identifier": "device identifiers (IMEI, IMSI, MAC) follow a person",
+}
+
+# Members that belong to NGSI-LD itself, not to the sender's data: never scanned as field names.
+_SYSTEM_MEMBERS = frozenset(
+    {
+        "@context", "@id", "@type", "id", "type", "observedAt", "createdAt", "modifiedAt", "deletedAt",
+        "datasetId", "unitCode", "value", "object", "objectList", "languageMap", "valueList", "json", "vocab",
+        "coordinates", "location", "observationSpace", "operationSpace", "scope", "lang", "instanceId",
+    }
+)  # fmt: skip
+
+# Members whose values are NGSI-LD machinery (times, units, type names, coordinates): not scanned.
+_OPAQUE_MEMBERS = frozenset(
+    {"@context", "unitCode", "coordinates", "observedAt", "createdAt", "modifiedAt", "deletedAt", "type", "@type"}
+)
+_COUNT_HEAD = frozenset({"number", "num", "count", "total", "n"})
+_COUNT_TAIL = frozenset(
+    {
+        "count", "counts", "total", "number", "level", "levels", "density", "rate", "occupancy", "intensity",
+        "ratio", "percentage", "percent", "index", "db", "decibels", "pressure", "detected", "present",
+    }
+)  # fmt: skip
+_FACE = frozenset({"face", "faces", "facial", "faceprint", "faceid", "headshot", "portrait"})
+_BIOMETRIC = frozenset(
+    {"embedding", "embeddings", "biometric", "biometrics", "fingerprint", "iris", "retina", "gait", "faceprint"}
+)
+_VOICE = frozenset({"voice", "voices", "voiceprint", "audio", "speech", "recording", "recordings", "transcript"})
+_IMAGE = frozenset(
+    {"image", "images", "photo", "photos", "photograph", "picture", "pictures", "snapshot", "video", "thumbnail"}
+)
+_NAME_QUALIFIERS = frozenset(
+    {
+        "person", "personal", "full", "first", "last", "given", "family", "middle", "maiden", "owner", "driver",
+        "passenger", "patient", "resident", "contact", "customer", "rider", "citizen", "holder", "cardholder",
+        "user", "member", "subscriber", "victim", "caller", "birth",
+    }
+)  # fmt: skip
+_NAME_WORDS = frozenset({"surname", "forename", "nickname", "fullname", "firstname", "lastname", "givenname"})
+_PHONE = frozenset({"phone", "telephone", "msisdn", "mobile", "cellphone", "fax"})
+_EMAIL = frozenset({"email", "mail", "emailaddress"})
+_PLATE = frozenset({"plate", "licenseplate", "licenceplate", "numberplate", "registrationplate"})
+_HOME = frozenset({"home", "residence", "residential", "domicile", "dwelling"})
+_PLACE = frozenset({"address", "location", "position", "coordinates", "place", "street", "geo", "lat", "lon", "point"})
+_DEVICE = frozenset({"imei", "imsi", "mac", "macaddress", "bluetooth", "iccid", "idfa", "gaid"})
+
+_WORD_SPLIT = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+_TAIL = re.compile(r"[/#:]")
+_EMAIL_VALUE = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
+_PHONE_VALUE = re.compile(r"\+?\(?\d[\d\s().\-/]{6,20}\d")
+_MAC_VALUE = re.compile(r"(?:[0-9A-Fa-f]{2}[:\-]){5}[0-9A-Fa-f]{2}")
+_DATA_URI = re.compile(r"\s*data:(image|audio|video)/", re.IGNORECASE)
+# Base64 openings of common image/audio/video files (JPEG, PNG, GIF, WebP/WAV (RIFF), MP3 (ID3), Ogg, FLAC,
+# WebM/Matroska, MP4 (....ftyp)).
+_MEDIA_MAGIC = {
+    "/9j/": "image",
+    "iVBORw0KGgo": "image",
+    "R0lGOD": "image",
+    "UklGR": "voice-audio",
+    "SUQz": "voice-audio",
+    "T2dnUw": "voice-audio",
+    "ZkxhQw": "voice-audio",
+    "GkXfo": "image",
+    "AAAAGGZ0eXA": "image",
+    "AAAAIGZ0eXA": "image",
+}
+_BASE64 = re.compile(r"[A-Za-z0-9+/=\s]+")
+_DATE_LIKE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{1,2}:\d{2}")
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    field: str  # the path of the field as sent, dotted
+    rule: str  # a key of RULES
+    by: str  # "name" or "value"
+
+    def reason(self) -> str:
+        return f"field '{self.field}' is refused by rule '{self.rule}' ({RULES[self.rule]}; detected by its {self.by})"
+
+
+def _words(key: str) -> list[str]:
+    tail = _TAIL.split(key)[-1]
+    return [w.lower() for w in _WORD_SPLIT.findall(tail)]
+
+
+_name_memo: dict[str, str | None] = {}
+
+
+def rule_for_name(key: str, numeric: bool) -> str | None:
+    """The rule a field name breaks (None: it may pass). `numeric`: the field's value is a number, so a
+    count or level of faces or voices passes."""
+    memo_key = f"{int(numeric)}{key}"
+    if memo_key in _name_memo:
+        return _name_memo[memo_key]
+    words = _words(key)
+    joined = "".join(words)
+    found = _name_rule(words, joined, numeric)
+    if len(_name_memo) > 65536:
+        _name_memo.clear()
+    _name_memo[memo_key] = found
+    return found
+
+
+def _name_rule(words: list[str], joined: str, numeric: bool) -> str | None:
+    if not words:
+        return None
+    word_set = set(words)
+    counting = numeric and (words[-1] in _COUNT_TAIL or words[0] in _COUNT_HEAD)
+    if word_set & _BIOMETRIC and not counting:
+        return "face" if word_set & _FACE else "biometric"
+    if word_set & _FACE and not counting:
+        return "face"
+    if word_set & _VOICE and not counting:
+        return "voice-audio"
+    if word_set & _IMAGE and not counting:
+        return "image"
+    if joined in _NAME_WORDS or word_set & _NAME_WORDS or ("name" in word_set and word_set & _NAME_QUALIFIERS):
+        return "person-name"
+    if word_set & _EMAIL or "email" in joined:
+        return "e-mail"
+    if word_set & _PHONE and not counting:
+        return "phone-number"
+    if word_set & _PLATE or joined in _PLATE:
+        return "licence-plate"
+    if word_set & _HOME and (word_set & _PLACE or len(words) == 1):
+        return "home-address"
+    if word_set & _DEVICE or joined in _DEVICE:
+        return "device-identifier"
+    return None
+
+
+def rule_for_value(value: str) -> str | None:
+    """The rule a string value breaks, whatever its field is called."""
+    if len(value) < 7:
+        return None
+    if _DATA_URI.match(value):
+        kind = _DATA_URI.match(value).group(1).lower()  # type: ignore[union-attr]
+        return "voice-audio" if kind == "audio" else "image"
+    if len(value) >= MEDIA_MIN_CHARS:
+        head = value.lstrip()[:16]
+        for magic, rule in _MEDIA_MAGIC.items():
+            if head.startswith(magic) and _BASE64.fullmatch(value[:4096]):
+                return rule
+    if "@" in value and _EMAIL_VALUE.search(value):
+        return "e-mail"
+    if _MAC_VALUE.fullmatch(value.strip()):
+        return "device-identifier"
+    stripped = value.strip()
+    if _PHONE_VALUE.fullmatch(stripped) and not _DATE_LIKE.search(stripped):
+        digits = sum(c.isdigit() for c in stripped)
+        separated = stripped.startswith("+") or bool(re.search(r"\d[\s.\-)]\d", stripped))
+        if 9 <= digits <= 15 and separated:
+            return "phone-number"
+    return None
+
+
+def find_identifying(body: Any) -> Finding | None:
+    """The first identifying field of a JSON body (compact or expanded, one entity, a fragment or a list)."""
+    return _scan(body, "", 0, None)
+
+
+def _scan(node: Any, path: str, depth: int, owner: str | None) -> Finding | None:
+    if depth > MAX_DEPTH:
+        return None
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if not isinstance(key, str):
+                continue
+            short = _TAIL.split(key)[-1] if "://" in key else key
+            field = f"{path}.{short}" if path else short
+            if key not in _SYSTEM_MEMBERS:
+                if _EMAIL_VALUE.search(key) or rule_for_value(key) is not None:
+                    return Finding(
+                        path or "(body)", "e-mail" if "@" in key else rule_for_value(key) or "e-mail", "name"
+                    )
+                rule = rule_for_name(key, _numeric(value))
+                if rule is not None:
+                    return Finding(field, rule, "name")
+            if key in _OPAQUE_MEMBERS:
+                continue
+            found = _scan(value, field, depth + 1, key if key not in _SYSTEM_MEMBERS else owner)
+            if found is not None:
+                return found
+    elif isinstance(node, list):
+        if owner is not None and len(node) >= EMBEDDING_MIN_LENGTH and _is_float_vector(node):
+            words = set(_words(owner))
+            if words & (_FACE | _BIOMETRIC | _VOICE | {"vector", "descriptor", "features", "template", "signature"}):
+                return Finding(path, "face" if words & _FACE else "biometric", "value")
+        for index, value in enumerate(node):
+            # Instances of an attribute (the expanded form keeps them in a list) are named by the attribute.
+            instance = isinstance(value, dict) and any(k in value for k in ("type", "value", "object"))
+            where = path if instance and path else (f"{path}[{index}]" if path else f"[{index}]")
+            found = _scan(value, where, depth + 1, owner)
+            if found is not None:
+                return found
+    elif isinstance(node, str):
+        rule = rule_for_value(node)
+        if rule is not None:
+            return Finding(path or "(body)", rule, "value")
+    return None
+
+
+def _numeric(value: Any) -> bool:
+    """A number, or an NGSI-LD instance (or list of instances) whose value is a number."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int | float):
+        return True
+    if isinstance(value, dict):
+        inner = value.get("value", value.get("https://uri.etsi.org/ngsi-ld/hasValue"))
+        if isinstance(inner, list) and len(inner) == 1 and isinstance(inner[0], dict):
+            inner = inner[0].get("@value")
+        return isinstance(inner, int | float) and not isinstance(inner, bool)
+    if isinstance(value, list) and value:
+        return all(_numeric(v) for v in value)
+    return False
+
+
+def _is_float_vector(values: list[Any]) -> bool:
+    return all(isinstance(v, float | int) and not isinstance(v, bool) for v in values) and any(
+        isinstance(v, float) and not float(v).is_integer() for v in values
+    )
+
+
+def refuse_personal_data(body: Any) -> None:
+    """Raise PersonalDataRefused (422, naming the field and the rule) if `body` identifies people. A list
+    (a batch, or the entities of one write) is checked item by item, so the field is named within its item."""
+    for item in body if isinstance(body, list | tuple) else [body]:
+        found = find_identifying(item)
+        if found is None:
+            continue
+        entity = item.get("id") if isinstance(item, dict) and isinstance(item.get("id"), str) else None
+        raise PersonalDataRefused(
+            f"{found.reason()}"
+            + (f" in entity {entity}" if entity and found.field != "id" else "")
+            + ". Polis counts, it never watches: nothing of this message was stored",
+            field=found.field,
+            rule=found.rule,
+        )
+
+
+def refusal_reason(body: Any) -> str | None:
+    """For ingest paths that dead-letter instead of answering: the reason, starting 'privacy:'."""
+    found = find_identifying(body)
+    return None if found is None else f"privacy: {found.reason()}"
+
+
+def kept_payload(payload: bytes, reason: str) -> str:
+    """What a dead letter keeps of a refused message: the payload as usual, but nothing of one refused
+    for privacy (only its size: the reason already names the field and the rule)."""
+    if "privacy:" in reason:
+        return f"[withheld: {len(payload)} bytes refused for privacy]"
+    from polis.ingest.messages import shown_payload
+
+    return shown_payload(payload)

@@ -1,0 +1,125 @@
+"""The epidemic API and CLI as a user meets them: scenarios, risk, forecasts, bad input, ingest, bench."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+from click.testing import Result
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from polis.cli import app
+from polis.settings import Settings
+
+SCENARIO = "/polis/v1/epidemic/England/scenario"
+
+
+def _london(client: TestClient) -> list[str]:
+    risk = client.get("/polis/v1/epidemic/England/risk")
+    assert risk.status_code == 200, risk.text
+    return [r["region"] for r in risk.json()["regions"] if r["region"].startswith("E09")]
+
+
+def test_scenario_over_the_api_lowers_cases_where_movement_is_cut(client: TestClient) -> None:
+    london = _london(client)
+    body = {"regions": london, "reductionPercent": 90, "start": "2020-05-13", "mode": "between", "days": 30}
+    answer = client.post(SCENARIO, json=body)
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert len(result["dates"]) == 30 and result["totals"]["intervention"] < result["totals"]["baseline"]
+    rows = {r["region"]: r for r in result["regions"]}
+    base = sum(sum(rows[r]["baseline"]["expected"]) for r in london)
+    cut = sum(sum(rows[r]["intervention"]["expected"]) for r in london)
+    assert cut < 0.97 * base
+
+
+def test_bad_scenario_input_is_400_naming_the_field(client: TestClient) -> None:
+    good = {"regions": ["E09000001", "E09000033"], "reductionPercent": 50, "start": "2020-05-13"}
+    bad = [
+        ({**good, "reductionPercent": 250}, "reductionPercent"),
+        ({**good, "reductionPercent": "half"}, "reductionPercent"),
+        ({**good, "regions": ["Atlantis", "E09000001"]}, "regions"),
+        ({**good, "start": "13/05/2020"}, "start"),
+        ({**good, "days": 1000}, "days"),
+        ({**good, "mode": "sideways"}, "mode"),
+        ({**good, "colour": "red"}, "colour"),
+        ({k: v for k, v in good.items() if k != "start"}, "start"),
+        ({**good, "deviceId": "3f2a"}, "deviceId"),
+    ]
+    for body, field in bad:
+        answer = client.post(SCENARIO, json=body)
+        assert answer.status_code == 400, (body, answer.text)
+        problem = answer.json()
+        assert problem["type"].endswith("BadRequestData") and problem["field"] == field, problem
+    assert client.post(SCENARIO, content=b"{not json").status_code == 400
+    assert client.post(SCENARIO, json=[1, 2]).status_code == 400
+    assert client.post("/polis/v1/epidemic/Atlantis/scenario", json=good).status_code == 404
+    assert client.get("/polis/v1/epidemic/Italy/forecast", params={"horizons": 40}).json()["field"] == "horizons"
+
+
+def test_person_level_records_offered_to_the_api_are_refused(client: TestClient) -> None:
+    trip = {
+        "regions": ["E09000001", "E09000033"],
+        "reductionPercent": 50,
+        "start": "2020-05-13",
+        "user_id": 991,
+        "Birth Year": 1980,
+    }
+    answer = client.post(SCENARIO, json=trip)
+    assert answer.status_code == 400
+    assert "person-level" in answer.json()["detail"]
+
+
+def test_risk_and_forecast_views(client: TestClient) -> None:
+    risk = client.get("/polis/v1/epidemic/Italy/risk").json()
+    assert len(risk["regions"]) == 105 and risk["asOf"] == "2020-06-05"
+    known = [r for r in risk["regions"] if r["reproductionNumber"] is not None]
+    assert known and all(
+        r["reproductionNumber"]["lower95"] <= r["reproductionNumber"]["mean"] <= r["reproductionNumber"]["upper95"]
+        for r in known
+    )
+    assert all(r["importationPressure"] >= 0 for r in risk["regions"])
+    forecast = client.get("/polis/v1/epidemic/France/forecast", params={"horizons": 14}).json()
+    assert forecast["dates"][0] == "2020-05-27" and len(forecast["dates"]) == 14
+    row = forecast["regions"][0]
+    assert all(lo <= mid <= hi for lo, mid, hi in zip(row["lower"], row["cases"], row["upper"], strict=True))
+
+
+def _polis(*args: str) -> Result:
+    """The `polis` command in-process (the same typer app the console script runs)."""
+    env = {"POLIS_DATASETS_DIR": str(Settings().datasets_dir), "COLUMNS": "200"}
+    return CliRunner().invoke(app, list(args), env=env)
+
+
+def test_ingest_and_bench_from_the_command_line(tmp_path: Path) -> None:
+    ingested = _polis("ingest", "covid-europe-2020", "--data-dir", str(tmp_path))
+    assert ingested.exit_code == 0, ingested.output
+    con = duckdb.connect(str(tmp_path / "polis.duckdb"), read_only=True)
+    try:
+        types = dict(con.execute("SELECT types[1], count(*) FROM entities GROUP BY 1").fetchall())
+    finally:
+        con.close()
+    assert sum(v for k, v in types.items() if "AdministrativeArea" in k) == 151 + 94 + 105 + 52
+    assert sum(v for k, v in types.items() if "OriginDestinationFlow" in k) > 4000
+    bench = _polis("bench", "epidemic", "--country", "France", "--json", "--no-learned")
+    assert bench.exit_code == 0, bench.output
+    result = json.loads(bench.stdout)
+    assert result["country"] == "France"
+    week = {r["horizon_days"]: r["mae"] for r in result["results"] if r["model"] == "mean of last 7 days"}
+    assert round(week[1], 2) == 4.26 and round(week[14], 2) == 6.17
+    assert {"metapopulation", "blend"} <= {r["model"] for r in result["results"]}
+    scenario = _polis(
+        "epidemic",
+        "scenario",
+        "--country",
+        "Spain",
+        "--regions",
+        "madrid,toledo",
+        "--reduction",
+        "200",
+        "--start",
+        "2020-06-21",
+    )
+    assert scenario.exit_code == 2 and "reductionPercent" in scenario.output

@@ -1,0 +1,105 @@
+"""A real webhook receiver on a loopback port for the subscription tests: records every POST it gets.
+
+`Receiver(port).start()` listens; before `start()` (or after `stop()`) the port refuses connections, which
+is how the tests make an endpoint "down" and bring it back on the same address."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Receiver:
+    def __init__(self, port: int | None = None, status: int = 200) -> None:
+        self.port = port or free_port()
+        self.status = status
+        self.received: list[tuple[float, dict[str, str], dict[str, Any]]] = []
+        self._server: ThreadingHTTPServer | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/notify"
+
+    def start(self) -> Receiver:
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                size = int(self.headers.get("content-length", "0"))
+                body = json.loads(self.rfile.read(size))
+                with owner._lock:
+                    owner.received.append((time.time(), dict(self.headers), body))
+                self.send_response(owner.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def bodies(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [b for _, _, b in self.received]
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        return wait_until(lambda: (b if len(b := self.bodies()) >= count else None), timeout,
+                          f"{count} notifications at {self.url}; got {len(self.bodies())}")
+
+    def values(self, attribute: str) -> list[Any]:
+        """The attribute's value in every notified entity, in arrival order (keyValues or normalized)."""
+        out = []
+        for body in self.bodies():
+            for entity in body["data"]:
+                value = entity.get(attribute)
+                out.append(value["value"] if isinstance(value, dict) else value)
+        return out
+
+
+def wait_until(probe: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = probe()
+        if found is not None:
+            return found
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class BlackHole:
+    """An endpoint that accepts TCP connections and never answers: the worst kind of dead endpoint."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self.port = int(self._sock.getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/notify"
+
+    def close(self) -> None:
+        self._sock.close()

@@ -1,0 +1,125 @@
+"""Refusal rules: every identifying kind is caught by its name or its value; legitimate city data passes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from polis.domain.errors import PersonalDataRefused
+from polis.privacy.refusal import RULES, find_identifying, kept_payload, refuse_personal_data
+
+JPEG = "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDBQNDAsLDBkSEw8UHRofHh0aHBwgJC4nICIsIxwcKDcpLDA"
+EMBEDDING = [0.0132, -0.2231, 0.5012, 0.0044] * 32
+
+IDENTIFYING: list[tuple[str, dict[str, Any], str, str]] = [
+    # (kind, body, field named in the refusal, rule)
+    ("face image by name", {"faceImage": {"type": "Property", "value": "https://cam/1.png"}}, "faceImage", "face"),
+    ("face embedding", {"faceEmbedding": {"type": "Property", "value": EMBEDDING}}, "faceEmbedding", "face"),
+    (
+        "embedding on a neutral name",
+        {"descriptor": {"type": "Property", "value": EMBEDDING}},
+        "descriptor.value",
+        "biometric",
+    ),
+    (
+        "image data URI",
+        {"snapshot2": {"type": "Property", "value": "data:image/png;base64,iVBORw0KGgo="}},
+        "snapshot2",
+        "image",
+    ),
+    ("raw JPEG base64", {"frame": {"type": "Property", "value": JPEG}}, "frame.value", "image"),
+    ("video", {"videoClip": {"type": "Property", "value": "rtsp://x"}}, "videoClip", "image"),
+    ("voice print", {"voicePrint": {"type": "Property", "value": "abc"}}, "voicePrint", "voice-audio"),
+    (
+        "audio data URI",
+        {"clip": {"type": "Property", "value": "data:audio/wav;base64,UklGRiQAAABXQVZF"}},
+        "clip.value",
+        "voice-audio",
+    ),
+    (
+        "audio recording",
+        {"audioRecording": {"type": "Property", "value": "s3://b/r.wav"}},
+        "audioRecording",
+        "voice-audio",
+    ),
+    ("person name", {"driverName": {"type": "Property", "value": "Ann Smith"}}, "driverName", "person-name"),
+    ("surname", {"surname": {"type": "Property", "value": "Smith"}}, "surname", "person-name"),
+    ("phone by name", {"phoneNumber": {"type": "Property", "value": "x"}}, "phoneNumber", "phone-number"),
+    ("phone by value", {"contact": {"type": "Property", "value": "+1 201-555-0143"}}, "contact.value", "phone-number"),
+    ("e-mail by name", {"email": {"type": "Property", "value": "x"}}, "email", "e-mail"),
+    (
+        "e-mail by value",
+        {"note": {"type": "Property", "value": "write to ann.smith@example.org"}},
+        "note.value",
+        "e-mail",
+    ),
+    ("licence plate", {"licensePlate": {"type": "Property", "value": "NJ X12-ABC"}}, "licensePlate", "licence-plate"),
+    (
+        "SDM plate identifier",
+        {"vehiclePlateIdentifier": {"type": "Property", "value": "X12"}},
+        "vehiclePlateIdentifier",
+        "licence-plate",
+    ),
+    (
+        "home address",
+        {"homeAddress": {"type": "Property", "value": {"streetAddress": "1 Grove St"}}},
+        "homeAddress",
+        "home-address",
+    ),
+    (
+        "nested identifier",
+        {"owner": {"type": "Property", "value": {"contact": {"email": "x"}}}},
+        "owner.value.contact.email",
+        "e-mail",
+    ),
+    (
+        "MAC address",
+        {"seenDevice": {"type": "Property", "value": "a4:5e:60:12:9b:01"}},
+        "seenDevice.value",
+        "device-identifier",
+    ),
+    ("IMEI", {"imei": {"type": "Property", "value": "356938035643809"}}, "imei", "device-identifier"),
+    ("expanded IRI", {"https://example.org/ns/faceImage": [{"type": "Property", "value": "x"}]}, "faceImage", "face"),
+]
+
+LEGITIMATE: list[dict[str, Any]] = [
+    {"peopleCount": {"type": "Property", "value": 12, "observedAt": "2024-05-01T08:00:00Z"}},
+    {"faceCount": 3, "numberOfFaces": 3, "voicesDetected": 2},  # cameras and microphones may send counts
+    {"audioLevel": {"type": "Property", "value": 61.5, "unitCode": "2N"}, "noiseLevel": 55},
+    {"name": {"type": "Property", "value": "Grove St PATH"}, "stationName": "Hamilton Park"},
+    {"address": {"type": "Property", "value": {"streetAddress": "30 Montgomery St", "postalCode": "07302"}}},
+    {"id": "urn:ngsi-ld:TrafficFlowObserved:los-loop:773869", "type": "TrafficFlowObserved"},
+    {"dateObserved": "2017-02-01 00:06:33", "refDevice": "urn:ngsi-ld:Device:201-555", "code": "2017-11-05"},
+    {"location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [-74.0431, 40.7196]}}},
+    {"intensity": 1234567890, "serial": "SN-4471-220", "speeds": [52.1, 48.3, 50.0] * 10},
+    {"description": "Bike lane closed between Grove St and Newark Ave, 8 am to 5 pm"},
+    {"occupancy": 0.42, "congested": False},
+]
+
+
+@pytest.mark.parametrize(("kind", "body", "field", "rule"), IDENTIFYING, ids=[c[0] for c in IDENTIFYING])
+def test_each_identifying_kind_is_refused_naming_field_and_rule(kind: str, body: Any, field: str, rule: str) -> None:
+    found = find_identifying(body)
+    assert found is not None, kind
+    assert (found.field, found.rule) == (field, rule)
+    with pytest.raises(PersonalDataRefused) as refused:
+        refuse_personal_data(body)
+    problem = refused.value.problem()
+    assert problem["status"] == 422 and problem["field"] == field and problem["rule"] == rule
+
+
+def test_every_rule_is_exercised() -> None:
+    assert {rule for *_, rule in IDENTIFYING} == set(RULES)
+
+
+@pytest.mark.parametrize("body", LEGITIMATE)
+def test_legitimate_city_data_passes(body: dict[str, Any]) -> None:
+    assert find_identifying(body) is None
+
+
+def test_the_refusal_never_repeats_the_value() -> None:
+    with pytest.raises(PersonalDataRefused) as refused:
+        refuse_personal_data({"contact": {"type": "Property", "value": "ann.smith@example.org"}})
+    assert "ann.smith" not in str(refused.value.problem())
+    assert "ann.smith" not in kept_payload(b'{"contact": "ann.smith@example.org"}', "privacy: field 'contact' ...")
