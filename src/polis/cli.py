@@ -161,8 +161,11 @@ def demo(
     from polis.ingest.broker import start_broker
     from polis.ingest.replay import replay
 
+    from polis.alerts.demo import install_demo_rules
+
     settings = _settings(data_dir, datasets_dir, host=host, port=port)
     _ingest(settings, list(DEMO_DATASETS))
+    install_demo_rules(settings)  # congestion, incidents and crowding alerts for the demo city
     broker = start_broker(settings.data_dir / "mosquitto")
     settings.mqtt_url = broker.url
     stop = threading.Event()

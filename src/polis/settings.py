@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     api_key_cache_s: float = Field(
         default=60.0,
         ge=0,
-        description="Seconds a verified API key is remembered in memory (a revoked key may work this long).",
+        description="Seconds a verified API key is remembered in memory (argon2 is slow); a revocation clears it.",
     )
 
     @property

@@ -328,3 +328,10 @@ def test_polis_flows_and_privacy_commands(hub: Hub) -> None:
     assert "ε 0.5 spent of 10" in budget.output
     purged = runner.invoke(app, ["privacy", "purge", *data_dir])
     assert purged.exit_code == 0 and f"{DATASET}: 0 raw pseudonymous records purged" in purged.output
+    # Ingesting the same files again changes nothing (days are rewritten whole).
+    before = hub.mobility._run("SELECT count(*), sum(trips) FROM mobility_flows")
+    raw = hub.mobility.raw_count(DATASET)
+    again = runner.invoke(app, ["ingest", DATASET, *data_dir], env={"POLIS_PSEUDONYM_SECRET": "s" * 32})
+    assert again.exit_code == 0, again.output
+    assert hub.mobility._run("SELECT count(*), sum(trips) FROM mobility_flows") == before
+    assert hub.mobility.raw_count(DATASET) == raw

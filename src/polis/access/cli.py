@@ -88,7 +88,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     @admin.command("revoke-key")
     def revoke_key(key_id: Annotated[str, typer.Argument(help="The key id (the part after polis_)")],
                    data_dir: DataDir = None) -> None:
-        """Revoke a key (a server that verified it recently honours it for at most POLIS_API_KEY_CACHE_S)."""
+        """Revoke a key: it stops working at once, running servers included."""
         _run(data_dir, "revoke_key", key_id)
         console.print(f"key {key_id} revoked")
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from polis.access.audit import AuditLog
-from polis.access.datasets import CONTEXTS, DATASETS, OPERATIONS, OTHER, dataset_of, entity_tier
+from polis.access.datasets import CONTEXTS, DATASETS, OTHER, dataset_of, entity_tier
 from polis.access.departments import AccessError, DepartmentStore
 from polis.access.grants import ANY, Permissions
 from polis.access.keys import KeyHasher, NewKey, Verified, parse_key
@@ -125,6 +125,7 @@ class AccessControl:
 
     def cached(self, presented: str) -> Verified | None:
         """A remembered verification (raises for a remembered bad key); None when not remembered."""
+        self._refresh()
         found, verified = self.keys.cached(presented)
         if found and verified is None:
             raise Unauthorized("the API key is not valid (unknown, revoked or mistyped)")
@@ -143,12 +144,20 @@ class AccessControl:
             raise Unauthorized("the API key is not valid (unknown, revoked or mistyped)")
         return verified
 
-    def permissions(self, department: str) -> Permissions:
+    def _refresh(self) -> None:
+        """Another process (`polis admin`) changed grants or keys: forget what is remembered, so that a
+        revoked key or grant stops working at once."""
         version = self.departments.data_version()
         with self._perm_lock:
-            if version != self._version:  # another process (polis admin) changed grants or keys
-                self._perms.clear()
-                self._version = version
+            if version == self._version:
+                return
+            self._perms.clear()
+            self._version = version
+        self.keys.forget()
+
+    def permissions(self, department: str) -> Permissions:
+        self._refresh()
+        with self._perm_lock:
             perms = self._perms.get(department)
         if perms is None:
             perms = self.departments.permissions(department)
@@ -252,5 +261,3 @@ def write_key_file(path: Path, key: str) -> None:
         f.write(key + "\n")
     path.chmod(0o600)
 
-
-__all__ = ["ADMIN", "CONTEXTS", "OPERATIONS", "PUBLIC", "SENSORS", "AccessControl", "Principal"]

@@ -3,8 +3,8 @@
 Verifying an argon2 hash costs tens of milliseconds by design, too much for every request. The key id
 finds the one stored hash to check (no scan over all keys), and a verified key is remembered in memory
 for a short time (`api_key_cache_s`), keyed by a SHA-256 of the presented key so that the process does
-not keep the secret either. A revoked key therefore stops working within that time in a server that has
-already seen it, and at once everywhere else."""
+not keep the secret either. Any change to keys or grants (a revocation by `polis admin` included) clears
+what is remembered (`AccessControl._refresh`), so a revoked key stops working at once."""
 
 from __future__ import annotations
 

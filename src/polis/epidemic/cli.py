@@ -86,7 +86,7 @@ def scenario(
     as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON body")] = False,
     datasets_dir: DatasetsDir = None,
 ) -> None:
-    """Project cases per region with and without a movement restriction (median and 80 % band)."""
+    """Project cases per region with and without a movement restriction (expected cases and 80 % band)."""
     from polis.api.routes_epidemic import scenario_body
     from polis.domain.errors import NgsiError
     from polis.epidemic.data import load_country
@@ -112,7 +112,13 @@ def scenario(
     table = Table(
         title=f"{country}: {days} days from {result.dates[0]}, {reduction:g} % fewer trips ({mode}) from {day}"
     )
-    for column in ("region", "no intervention", "80 % band", "with intervention", "80 % band"):
+    for column in (
+        "region",
+        "no intervention",
+        "daily 80 % bounds, summed",
+        "with intervention",
+        "daily bounds, summed",
+    ):
         table.add_column(column, justify="left" if column == "region" else "right")
     for i in index:
         base, cut = result.baseline, result.restricted
@@ -127,7 +133,7 @@ def scenario(
     totals = result.totals()
     console.print(
         f"whole country: {totals['baseline']:.0f} projected cases without, {totals['intervention']:.0f} with "
-        f"(medians of daily draws, summed); computed in {result.seconds:.2f} s"
+        f"(expected cases, summed); computed in {result.seconds:.2f} s"
     )
 
 

@@ -105,6 +105,8 @@ _MEDIA_MAGIC = {
     "AAAAGGZ0eXA": "image",
     "AAAAIGZ0eXA": "image",
 }
+# First characters a phone number (+, (, digit), a MAC address (hex digit) or leading blanks can start with.
+_PHONE_OR_MAC_START = frozenset("+(0123456789abcdefABCDEF \t")
 _BASE64 = re.compile(r"[A-Za-z0-9+/=\s]+")
 _DATE_LIKE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{1,2}:\d{2}")
 
@@ -174,6 +176,9 @@ def rule_for_value(value: str) -> str | None:
     """The rule a string value breaks, whatever its field is called."""
     if len(value) < 7:
         return None
+    first = value[0]
+    if "@" not in value and first not in _PHONE_OR_MAC_START and len(value) < MEDIA_MIN_CHARS and first != "d":
+        return None  # the common case (names, IRIs, times): nothing below can match
     if _DATA_URI.match(value):
         kind = _DATA_URI.match(value).group(1).lower()  # type: ignore[union-attr]
         return "voice-audio" if kind == "audio" else "image"
@@ -196,8 +201,63 @@ def rule_for_value(value: str) -> str | None:
 
 
 def find_identifying(body: Any) -> Finding | None:
-    """The first identifying field of a JSON body (compact or expanded, one entity, a fragment or a list)."""
+    """The first identifying field of a JSON body (compact or expanded, one entity, a fragment or a list).
+
+    A fast pass (memoised key verdicts, no paths) runs on every write; only a body it flags is scanned
+    again to name the field."""
+    if not _hit(body, 0, None):
+        return None
     return _scan(body, "", 0, None)
+
+
+_EMBEDDING_OWNERS = frozenset({"vector", "descriptor", "features", "template", "signature"})
+_key_info_memo: dict[str, tuple[bool, bool, str | None, str | None]] = {}
+
+
+def _key_info(key: str) -> tuple[bool, bool, str | None, str | None]:
+    """(opaque, system, rule if the value is not a number, rule if it is), memoised per key."""
+    info = _key_info_memo.get(key)
+    if info is None:
+        system = key in _SYSTEM_MEMBERS
+        if system:
+            plain = counted = None
+        elif "@" in key and _EMAIL_VALUE.search(key):
+            plain = counted = "e-mail"
+        else:
+            by_value = rule_for_value(key)
+            plain = by_value or rule_for_name(key, False)
+            counted = by_value or rule_for_name(key, True)
+        info = (key in _OPAQUE_MEMBERS, system, plain, counted)
+        if len(_key_info_memo) > 65536:
+            _key_info_memo.clear()
+        _key_info_memo[key] = info
+    return info
+
+
+def _hit(node: Any, depth: int, owner: str | None) -> bool:
+    if depth > MAX_DEPTH:
+        return False
+    kind = type(node)
+    if kind is dict:
+        for key, value in node.items():
+            if type(key) is not str:
+                continue
+            opaque, system, plain, counted = _key_info(key)
+            if plain is not None and (counted is not None or not _numeric(value)):
+                return True
+            if not opaque and _hit(value, depth + 1, owner if system else key):
+                return True
+    elif kind is list:
+        if owner is not None and len(node) >= EMBEDDING_MIN_LENGTH and _is_float_vector(node):
+            words = set(_words(owner))
+            if words & (_FACE | _BIOMETRIC | _VOICE | _EMBEDDING_OWNERS):
+                return True
+        for value in node:
+            if _hit(value, depth + 1, owner):
+                return True
+    elif kind is str:
+        return rule_for_value(node) is not None
+    return False
 
 
 def _scan(node: Any, path: str, depth: int, owner: str | None) -> Finding | None:
@@ -225,7 +285,7 @@ def _scan(node: Any, path: str, depth: int, owner: str | None) -> Finding | None
     elif isinstance(node, list):
         if owner is not None and len(node) >= EMBEDDING_MIN_LENGTH and _is_float_vector(node):
             words = set(_words(owner))
-            if words & (_FACE | _BIOMETRIC | _VOICE | {"vector", "descriptor", "features", "template", "signature"}):
+            if words & (_FACE | _BIOMETRIC | _VOICE | _EMBEDDING_OWNERS):
                 return Finding(path, "face" if words & _FACE else "biometric", "value")
         for index, value in enumerate(node):
             # Instances of an attribute (the expanded form keeps them in a list) are named by the attribute.

@@ -105,6 +105,11 @@ export class AlertsView {
   render(alerts, known = true) {
     alerts.sort((a, b) => (SEVERITY_ORDER[a.severity] ?? 5) - (SEVERITY_ORDER[b.severity] ?? 5) || (b.onset || "").localeCompare(a.onset || ""));
     this.count.textContent = alerts.length ? String(alerts.length) : "";
+    if (this.selected && !alerts.some((a) => a.id === this.selected)) {
+      this.selected = null; // it ended: its message goes with it
+      this.detail.hidden = true;
+      this.detail.replaceChildren();
+    }
     const items = alerts.map((alert) => {
       const item = el("li", { class: `alert sev-${(alert.severity || "Unknown").toLowerCase()}`, "data-alert": alert.id, tabindex: "0" });
       item.append(el("span", { class: "sev" }, alert.severity || "Unknown"), el("span", { class: "headline" }, alert.headline || alert.event || alert.id));

@@ -37,7 +37,10 @@ class Dashboard {
       count: $("alerts-count"),
       notice: $("alerts-notice"),
       detail: $("cap-detail"),
-      onAreas: (areas) => this.traffic.map.setAreas(areas),
+      onAreas: (areas) => {
+        this.traffic.map.setAreas(areas);
+        this.crowd.map.setAreas(areas);
+      },
     });
     this.crowd = new CrowdView({ svg: $("crowd-map"), table: $("crowd-table"), hour: $("crowd-hour") });
     this.mobility = new MobilityView({

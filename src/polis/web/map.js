@@ -68,12 +68,15 @@ export class CityMap {
     this.layer = svgElement("g", { class: "sensors" }, svg);
     this.geojson = null;
     this.projection = null;
+    this.bounds = null;
+    this.areas = [];
   }
 
   // Frame the sensors when there are some (the base map is larger than the network), else the base map.
   frame(points) {
     const bounds = boundsOf(points) || (this.geojson && boundsOf(featurePoints(this.geojson), 0.02));
     if (!bounds) return;
+    this.bounds = bounds;
     this.projection = new Projection(bounds, this.width, this.height);
     this.drawBase();
   }
@@ -120,6 +123,7 @@ export class CityMap {
       this.markers.set(sensor.id, { circle, sensor });
       this.update(sensor.id, sensor.value);
     }
+    this.setAreas(this.areas);
   }
 
   update(id, value, extra = {}) {
@@ -142,11 +146,14 @@ export class CityMap {
     if (marker && this.onSelect) this.onSelect(marker.sensor);
   }
 
-  // circles: [{center: [lon, lat], radiusM, id, title}]
+  // circles: [{center: [lon, lat], radiusM, id, title}]; those whose centre is on this map are drawn
   setAreas(areas) {
+    this.areas = areas; // drawn again once the sensors have framed the map
     this.overlay.replaceChildren();
     if (!this.projection) return;
-    for (const area of areas) {
+    const [minLon, minLat, maxLon, maxLat] = this.bounds;
+    const here = areas.filter(({ center: [lon, lat] }) => lon >= minLon && lon <= maxLon && lat >= minLat && lat <= maxLat);
+    for (const area of here) {
       const [x, y] = this.projection.point(area.center);
       const ring = svgElement(
         "circle",
