@@ -158,10 +158,9 @@ def demo(
     import threading
     from datetime import UTC, datetime
 
+    from polis.alerts.demo import install_demo_rules
     from polis.ingest.broker import start_broker
     from polis.ingest.replay import replay
-
-    from polis.alerts.demo import install_demo_rules
 
     settings = _settings(data_dir, datasets_dir, host=host, port=port)
     _ingest(settings, list(DEMO_DATASETS))
@@ -349,6 +348,7 @@ from polis.access.cli import register as _access_cli; _access_cli(app, bench_app
 from polis.mobility.cli import register as _mobility_cli; _mobility_cli(app, bench_app)  # noqa: E402, E702, I001
 from polis.alerts.cli import register as _alerts_cli; _alerts_cli(app, bench_app)  # noqa: E402, E702, I001
 from polis.epidemic.cli import register as _epidemic_cli; _epidemic_cli(app, bench_app)  # noqa: E402, E702, I001
+from polis.forecast.cli import register as _forecast_cli; _forecast_cli(app, bench_app)  # noqa: E402, E702, I001
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -49,6 +49,9 @@ class Platform:
         from polis.alerts.engine import AlertEngine  # rules -> CAP alerts + Alert entities; worker starts on first use
 
         self.alerts = AlertEngine(self)
+        from polis.forecast.live import ForecastService  # live forecasts; nothing runs until start()/attach()
+
+        self.forecasts = ForecastService(self)
         self.access = AccessControl(settings)  # departments, keys, grants and the audit log
         self.subscriptions.entity_gate = self.access.notification_allows  # notifications: only what may be read
 
@@ -77,6 +80,7 @@ class Platform:
                 source.stop()  # commits and acknowledges what it holds before the store closes
         finally:
             self.sources.clear()
+            self.forecasts.close()  # its refresh thread reads the store
             self.alerts.close()  # before the store: its worker may be writing an Alert entity
             self.subscriptions.close()  # workers stop; undelivered notifications stay in the outbox
             self.store.close()

@@ -159,7 +159,7 @@ def test_a_sensor_chart_shows_its_history(admin_page: Page) -> None:
     page.dispatch_event(marker(ALERT_SENSOR), "click")  # neighbours overlap it at this zoom
     page.wait_for_selector("#sensor-chart polyline.history", timeout=5_000)
     points = page.get_attribute("#sensor-chart polyline.history", "points") or ""
-    assert len(points.split()) > 100  # a day of 5-minute readings
+    assert len(points.split()) == 72  # six hours of 5-minute readings
     assert "767541" in (page.text_content("#sensor-name") or "")
     assert page.text_content("#forecast-note")  # the forecast, or why there is none
 

@@ -137,6 +137,10 @@ def _entity_probes(dataset: str) -> dict[str, tuple[str, Probe]]:
                 "notification": {"endpoint": {"uri": "urn:polis:sse"}}}
         return c.post(f"{LD}/subscriptions", json=body, headers=h)
 
+    def forecast(c: TestClient, h: dict[str, str], d: str) -> Response:
+        r = c.get(f"/polis/v1/forecasts/{entity_id}", params={"attr": "level"}, headers=h)
+        return Response(200) if r.status_code == 404 else r  # allowed, and no forecast made for it
+
     attr = {"probe": {"type": "Property", "value": 2}}
     return {
         "retrieve": ("read", lambda c, h, d: c.get(f"{LD}/entities/{entity_id}", headers=h)),
@@ -156,6 +160,7 @@ def _entity_probes(dataset: str) -> dict[str, tuple[str, Probe]]:
             "level": [{"type": "Property", "value": 4, "observedAt": "2026-11-26T09:00:00Z"}]})),
         "create-delete": ("write", create_delete),
         "subscribe": ("subscribe", subscribe),
+        "forecast": ("read", forecast),
     }
 
 

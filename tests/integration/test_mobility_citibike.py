@@ -9,10 +9,11 @@ import csv
 import json
 import os
 import re
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -28,10 +29,17 @@ from polis.mobility.citibike import ZONE, trip_files
 from polis.mobility.products import Direction, MobilityProducts, Release, Unit
 from polis.mobility.store import MobilityStore
 from polis.privacy.dp import BudgetLedger
+from polis.privacy.suppression import suppress
 from polis.settings import Settings
 from polis.store.duckdb_ import DuckDBStore
 from tests.conftest import start_server, stop_server
-from tests.unit.test_privacy_suppression import assert_protected
+from tests.unit.test_privacy_suppression import (
+    Cell,
+    assert_jointly_protected,
+    assert_protected,
+    joint_attacker_intervals,
+    with_totals,
+)
 
 DATASET = "citibike-jersey-city"
 K = 10
@@ -241,6 +249,110 @@ def _truth(hub: Hub, release: Release) -> np.ndarray:
         for area, hour, n in hub.mobility.hourly(DATASET, "cell", "departures", release.day):
             counts[rows[area], cols[f"{hour.isoformat()}Z"]] += n
     return counts
+
+
+def _day_release(products: MobilityProducts, day: date) -> tuple[list[Release], list[str]]:
+    """Everything a department granted the aggregate tier can ask about one day, through the product API."""
+    releases = [products.hourly_flows(DATASET, day, products.flows_unit, d) for d in Direction]
+    releases += [products.od_matrix(DATASET, day, w) for w in products.od_windows]
+    return releases, [d.value for d in Direction] + products.od_windows
+
+
+def _true_counts(hub: Hub, products: MobilityProducts, release: Release, name: str) -> np.ndarray:
+    t = release.table
+    counts = np.zeros((len(t.rows), len(t.columns)), dtype=np.int64)
+    rows, cols = {r: i for i, r in enumerate(t.rows)}, {c: j for j, c in enumerate(t.columns)}
+    if release.product == "od-matrix":
+        windows = {"day": [0, 1, 2], "00-08": [0], "08-16": [1], "16-24": [2]}[name]
+        for o, d, n in hub.mobility.od(DATASET, release.day, windows):
+            counts[rows[o], cols[d]] += n
+    else:
+        for area, hour, n in hub.mobility.hourly(DATASET, products.flows_unit.value, name, release.day):
+            counts[rows[area], cols[f"{hour.isoformat()}Z"]] += n
+    return with_totals(counts)
+
+
+def _attacker_links(hub: Hub, releases: list[Release], names: list[str]) -> list[tuple[list[Cell], list[Cell]]]:
+    """The equations an attacker writes between a day's products from public knowledge only: the stations'
+    places (public summary) put each station in one flow row and one OD cell; per connected group of those,
+    the departures in an OD window's local hours equal the window's OD row totals, and the grand totals
+    agree. Built here from scratch, not from the implementation's links."""
+    departures = releases[0].table
+    od_rows = releases[2].table.rows
+    fine = h3.get_resolution(departures.rows[0]) if h3.is_valid_cell(departures.rows[0]) else None
+    coarse = h3.get_resolution(od_rows[0])
+    parent: dict[str, str] = {}
+
+    def root(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    for s in hub.mobility.areas(DATASET, "station"):
+        flow = s.area if fine is None else h3.latlng_to_cell(s.lat, s.lon, fine)
+        parent[root("f" + flow)] = root("o" + h3.latlng_to_cell(s.lat, s.lon, coarse))
+    local = [
+        datetime.fromisoformat(c.removesuffix("Z")).replace(tzinfo=UTC).astimezone(ZoneInfo(ZONE)).hour // 8
+        for c in departures.columns
+    ]
+    links = []
+    n_hours, n_od = len(departures.columns), len(od_rows)
+    for t, name in enumerate(names[2:], start=2):
+        windows = {"day": [0, 1, 2], "00-08": [0], "08-16": [1], "16-24": [2]}[name]
+        hours = [j for j, w in enumerate(local) if w in windows]
+        groups: dict[str, tuple[list[int], list[int]]] = {}
+        for i, area in enumerate(departures.rows):
+            groups.setdefault(root("f" + area), ([], []))[0].append(i)
+        for g, area in enumerate(od_rows):
+            groups.setdefault(root("o" + area), ([], []))[1].append(g)
+        for flow_rows, od_group in groups.values():
+            if flow_rows and od_group:
+                links.append(([(0, i, j) for i in flow_rows for j in hours], [(t, g, n_od) for g in od_group]))
+        links.append(([(0, len(departures.rows), j) for j in hours], [(t, n_od, n_od)]))
+    assert n_hours == len(local)
+    return links
+
+
+@pytest.mark.parametrize(
+    ("unit", "window_hours", "day"),
+    [(Unit.CELL, 24, date(2017, 4, 12)), (Unit.CELL, 24, date(2017, 11, 5)), (Unit.STATION, 8, date(2017, 4, 12))],
+)
+def test_a_days_products_attacked_together_reveal_no_suppressed_count(
+    hub: Hub, unit: Unit, window_hours: int, day: date
+) -> None:
+    """The gap suppression table by table leaves: the OD row totals of a coarse cell equal the departures of
+    the stations (or fine cells) inside it. One LP attacker over all of a day's products and those equations
+    finds every attacked suppressed entry at least 1 wide and holding its true value; with the same links,
+    the tables suppressed one by one (the old release) leak on the station / 8-hour configuration."""
+    products = MobilityProducts(
+        hub.mobility, BudgetLedger(hub.store, 10.0), k=K, zone=ZONE, flows_unit=unit, od_window_hours=window_hours
+    )
+    started = time.perf_counter()
+    releases, names = _day_release(products, day)
+    elapsed = time.perf_counter() - started
+    fulls = [_true_counts(hub, products, r, n) for r, n in zip(releases, names, strict=True)]
+    links = _attacker_links(hub, releases, names)
+    for plus, minus in links:  # the attacker's equations are true: the attack is sound
+        assert sum(fulls[t][i, j] for t, i, j in plus) == sum(fulls[t][i, j] for t, i, j in minus)
+    tables = [r.table for r in releases]
+    # Attack what the links touch (hidden row totals and link cells, hidden totals) and a random sample.
+    hidden = [(t, int(i), int(j)) for t, table in enumerate(tables) for i, j in np.argwhere(table.extended()[1])]
+    in_links = {c for plus, minus in links for c in plus + minus}
+    rng = np.random.default_rng(7)
+    linked = [c for c in hidden if c in in_links or c[1] == fulls[c[0]].shape[0] - 1]
+    others = [c for c in hidden if c not in set(linked)]
+    targets = [linked[i] for i in rng.choice(len(linked), min(40, len(linked)), replace=False)]
+    targets += [others[i] for i in rng.choice(len(others), 10, replace=False)]
+    assert assert_jointly_protected(tables, fulls, links, targets) == len(targets)
+    assert elapsed < 60  # a day's joint suppression, under the test machine's contention
+    if unit is Unit.STATION:
+        alone = [suppress(f[:-1, :-1], t.rows, t.columns, K) for f, t in zip(fulls, tables, strict=True)]
+        hidden_alone = [
+            (t, int(i), int(j)) for t, table in enumerate(alone) for i, j in np.argwhere(table.extended()[1])
+        ]
+        row_totals = [c for c in hidden_alone if c[0] == 0 and c[2] == fulls[0].shape[1] - 1]
+        intervals = joint_attacker_intervals(alone, links, row_totals)
+        assert any(high - low < 1 - 1e-6 for low, high in intervals.values())
 
 
 def test_four_known_trips_do_not_single_out_a_rider(raw_trips: list[RawTrip], hub: Hub) -> None:

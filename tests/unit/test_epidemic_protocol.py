@@ -50,7 +50,10 @@ def test_no_model_sees_data_from_its_test_day_on() -> None:
     data = country("France").truncated(45)
     cut = 28
     tampered = _perturbed_after(data, cut)
-    models = lambda: [LastDay(), MeanOfLastWeek(), Metapopulation(), LearnedForecaster(trees=15, window=14)]  # noqa: E731
+    # refit_every=4: both a refit and a reuse of a fitted booster happen on either side of the cut
+    models = lambda: [  # noqa: E731
+        LastDay(), MeanOfLastWeek(), Metapopulation(), LearnedForecaster(trees=15, window=14, refit_every=4)
+    ]
     origins = list(range(20, 36))
     honest = rolling_origin(data, models(), origins=origins)
     changed = rolling_origin(tampered, models(), origins=origins)

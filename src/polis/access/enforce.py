@@ -130,6 +130,12 @@ ROUTE_POLICIES: dict[tuple[str, str], Policy] = {
     ("GET", f"{_A}/feed"): Fixed(ALERTS, "public", READ),
     ("GET", f"{_A}/{{alert_id}}"): Fixed(ALERTS, "aggregate", READ),
     ("GET", f"{_A}/{{alert_id}}/cap"): Fixed(ALERTS, "public", READ),
+    # forecasts (polis.api.routes_forecasts): a forecast of an entity is data of that entity's dataset; the
+    # per-type list is narrowed (in the route) to the datasets the department may read; accuracy per model
+    ("GET", "/polis/v1/forecasts"): InRoute(READ),
+    ("GET", "/polis/v1/forecasts/{entity_id}"): EntityById(READ),
+    ("GET", "/polis/v1/forecasts/{entity_id}/history"): EntityById(READ),
+    ("GET", "/polis/v1/forecast-accuracy"): Fixed("forecasts", "aggregate", READ),
     # who am I; the audit chain
     ("GET", "/polis/v1/access/me"): Open(),
     ("GET", "/polis/v1/access/audit/verify"): Fixed(AUDIT, "raw-pseudonymous", "administer"),

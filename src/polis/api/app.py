@@ -24,6 +24,7 @@ from polis.api import (
     routes_discovery,
     routes_entities,
     routes_epidemic,
+    routes_forecasts,
     routes_mobility,
     routes_operations,
     routes_subscriptions,
@@ -106,6 +107,7 @@ def create_app(platform: Platform) -> FastAPI:
     app.include_router(routes_subscriptions.router)
     app.include_router(routes_mobility.router)  # polis.mobility: flows and OD (privacy gate)
     app.include_router(routes_epidemic.router)  # polis.epidemic: risk, forecasts, scenarios
+    app.include_router(routes_forecasts.router)  # polis.forecast: live forecasts and their accuracy
     app.include_router(routes_alerts.router)  # polis.alerts: rules, alerts as JSON, CAP 1.2 and the Atom feed
 
     app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")

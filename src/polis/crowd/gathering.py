@@ -43,6 +43,8 @@ class CrowdParams:
     scale_floor: float = 0.08
     min_expected: float = 100.0
     pair_weight: float = 5 / 6
+    single_weight: float = 1.0  # score = max(single_weight x z_t, pair_weight x (z_t + z_{t-1}))
+    gate_ratio: float = 1.0  # an hour under gate_ratio x its expected count never scores (0: no gate)
     trimmed: bool = True  # expected = mean of the weeks without the highest and lowest (else their median)
     scale_by_hour: bool = False  # spread per hour of day (28 samples each) instead of pooled over the day
     common_mode: str = "drops"  # take off city-wide swings: "both", "drops" (only lulls) or "none"
@@ -165,12 +167,27 @@ def crowd_scores(logc: np.ndarray, first_hour: int, p: CrowdParams | None = None
     med, usable, excess = residuals(logc, p)
     scale = daily_scale(excess, usable, first_hour, p)
     usable = usable & ~np.isnan(scale)
-    # A gathering is more people than this place normally sees: an hour below its own expectation is
-    # never one, however much worse the rest of the city is doing (a lockdown, a storm).
-    z = np.where(usable, np.where(logc > med, excess, np.minimum(excess, 0.0)) / scale, np.nan)
+    z = standardised(logc, med, excess, scale, usable, p)
     previous = np.vstack([np.zeros((1, z.shape[1])), np.nan_to_num(z[:-1])]) if len(z) else z
-    score = np.where(usable, np.maximum(z, p.pair_weight * (np.nan_to_num(z) + previous)), np.nan)
-    return CrowdScores(score=score, z=z, expected=np.expm1(med), usable=usable)
+    return CrowdScores(score=combined(z, previous, usable, p), z=z, expected=np.expm1(med), usable=usable)
+
+
+def standardised(
+    logc: np.ndarray, med: np.ndarray, excess: np.ndarray, scale: np.ndarray, usable: np.ndarray, p: CrowdParams
+) -> np.ndarray:
+    """z: the corrected excess over the spread, NaN where not usable."""
+    # A gathering is more people than this place normally sees: an hour under `gate_ratio` x its own
+    # expectation is never one, however much worse the rest of the city is doing (a lockdown, a storm).
+    if p.gate_ratio > 0:
+        excess = np.where(logc > med + np.log(p.gate_ratio), excess, np.minimum(excess, 0.0))
+    return np.where(usable, excess / scale, np.nan)
+
+
+def combined(z: np.ndarray, previous: np.ndarray, usable: np.ndarray, p: CrowdParams) -> np.ndarray:
+    """The score of each hour from its z and the previous hour's (0 where that was not scored): one
+    strong hour, or two moderate ones in a row (a 2-hour gathering adds up over both)."""
+    zs = np.nan_to_num(z)
+    return np.where(usable, np.maximum(p.single_weight * zs, p.pair_weight * (zs + previous)), np.nan)
 
 
 def alarm_runs(score: np.ndarray, level: float) -> np.ndarray:
@@ -254,7 +271,6 @@ class HourlyPanel:
         scale = np.stack([self._day_scale(r // 24)[r % 24] for r in (hour - 1, hour)])
         tail = slice(count - 2, count)
         use = usable[tail] & ~np.isnan(scale)
-        positive = np.where(current[tail] > med[tail], excess[tail], np.minimum(excess[tail], 0.0))
-        z = np.where(use, positive / scale, np.nan)
-        score = np.where(use[1], np.maximum(z[1], p.pair_weight * (np.nan_to_num(z[1]) + np.nan_to_num(z[0]))), np.nan)
-        return CrowdScores(score[None, :], z[1:], np.expm1(med[-1:]), use[1:])
+        z = standardised(current[tail], med[tail], excess[tail], scale, use, p)
+        score = combined(z[1:], np.nan_to_num(z[:1]), use[1:], p)
+        return CrowdScores(score, z[1:], np.expm1(med[-1:]), use[1:])

@@ -1,5 +1,5 @@
 """A learned forecaster: one global LightGBM model over every region and horizon, with mobility-weighted
-neighbour features, refit every few days on data strictly before the forecast origin.
+neighbour features, refit (daily by default) on data strictly before the forecast origin.
 
 Rows are (origin s, region i, horizon h) with the target "cases on day s + h - 1" divided by the
 region's scale (mean of its last 3 days + 1: it follows a reporting break within days; 7 days was worse
@@ -101,8 +101,8 @@ def _fingerprint(history: CountryData) -> str:
 class LearnedForecaster:
     """Global LightGBM on scaled targets; `refit_every` days between fits, `window` origins of training."""
 
-    refit_every: int = 7
-    window: int = 28
+    refit_every: int = 1  # daily refits: 7-day-old models cost 10-30 % MAE at 7-14 days (BENCHMARKS.md)
+    window: int = 14
     trees: int = 80
     threads: int = 1  # LightGBM threads busy-wait: on 2 shared cores one thread is 5x faster than two
     name: str = "learned (LightGBM)"

@@ -63,7 +63,8 @@ class _Baseline:
     @classmethod
     def load(cls, directory: Path) -> Self:
         state = read_json(directory / "baseline.json")
-        model = cls(tuple(int(s) for s in state["steps"]), int(state["seed"]))  # type: ignore[arg-type,call-overload]
+        steps: list[int] = state["steps"]  # type: ignore[assignment]
+        model = cls(tuple(int(s) for s in steps), int(state["seed"]))  # type: ignore[call-overload]
         calibration = state.get("calibration")
         model.calibration = IntervalCalibration.from_json(calibration) if calibration else None  # type: ignore[arg-type]
         model._restore(state)
@@ -160,4 +161,4 @@ class HistoricalAverage(_Baseline):
 
 def _nan_list(array: np.ndarray) -> object:
     """JSON has no NaN: missing cells go out as null."""
-    return np.where(np.isnan(array), None, array).tolist()
+    return np.where(np.isnan(array), None, array).tolist()  # type: ignore[call-overload]

@@ -8,6 +8,9 @@ so a forecast served live sees the same transform as the backtest.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -192,15 +195,9 @@ def step_features(
     return block, names
 
 
-class _quiet:
+@contextmanager
+def _quiet() -> Iterator[None]:
     """numpy warns on all-NaN slices (a sensor with no neighbours, a gap); NaN is the right answer there."""
-
-    def __enter__(self) -> None:
-        import warnings
-
-        self._catch = warnings.catch_warnings()
-        self._catch.__enter__()
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc: object) -> None:
-        self._catch.__exit__(*exc)
+        yield

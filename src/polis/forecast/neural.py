@@ -119,12 +119,12 @@ class SpatioTemporalMlp:
         for epoch in range(self.params.epochs):
             self.network.train()
             order = rng.permutation(len(train_o))
-            window, when, y = tensors["train"]
+            train_window, train_when, y = tensors["train"]
             for start in range(0, len(order), per_batch):
                 pick = torch.from_numpy(order[start : start + per_batch])
                 target = y[pick]
                 known = ~torch.isnan(target)
-                out = self.network(window[pick], when[pick])
+                out = self.network(train_window[pick], train_when[pick])
                 loss = loss_fn(out[known], target[known])
                 optimiser.zero_grad()
                 loss.backward()
@@ -158,7 +158,7 @@ class SpatioTemporalMlp:
         window, base, when = _inputs(panel, origins, self.state)
         self.network.eval()
         with torch.no_grad():
-            change = self.network(torch.from_numpy(window), torch.from_numpy(when)).numpy()  # [M, N, H]
+            change: np.ndarray = self.network(torch.from_numpy(window), torch.from_numpy(when)).numpy()  # [M, N, H]
         z = base[:, None, :] + change.transpose(0, 2, 1)
         out: np.ndarray = z * self.state.std + self.state.mean
         return out
@@ -178,7 +178,7 @@ class SpatioTemporalMlp:
             raise RuntimeError("the model is not fitted")
         directory.mkdir(parents=True, exist_ok=True)
         torch.save(self.network.state_dict(), directory / "network.pt")
-        np.savez(directory / "state.npz", **self.state.to_arrays())
+        np.savez(directory / "state.npz", **self.state.to_arrays())  # type: ignore[arg-type]
         write_json(directory / "model.json", {
             "kind": self.kind, "steps": list(self.steps), "seed": self.seed, "params": asdict(self.params),
             "state": self.state.to_json(), "calibration": self.calibration.to_json(),

@@ -38,8 +38,8 @@ def make_split(dataset: str, protocol: str, length: int, input_steps: int, max_s
     if dataset == "melbourne-pedestrians":
         if protocol not in ("melbourne", "tgcn", "fair"):
             raise ValueError(f"unknown protocol {protocol!r}")
-        test_from = int(round(length * 0.8))
-        valid_from = int(round(length * 0.7))
+        test_from = round(length * 0.8)
+        valid_from = round(length * 0.7)
         origins = np.arange(test_from - 1, length - max_step)  # every test hour is a target at every horizon
         return Split("melbourne", valid_from, test_from, origins, (False,))
     if protocol == "tgcn":

@@ -12,12 +12,14 @@ from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import h3
 import numpy as np
 
 from polis.domain.errors import BadRequestData, ResourceNotFound
 from polis.mobility.store import MobilityStore
 from polis.privacy.dp import BudgetLedger, Mechanism, Spend, release_noise
-from polis.privacy.suppression import SuppressedTable, suppress
+from polis.privacy.gate import WINDOW_HOURS
+from polis.privacy.suppression import Link, SuppressedTable, released_table, suppress, suppress_jointly, with_margins
 
 
 class Unit(StrEnum):
@@ -31,6 +33,22 @@ class Direction(StrEnum):
 
 
 WINDOWS = {"day": [0, 1, 2], "00-08": [0], "08-16": [1], "16-24": [2]}
+
+
+@dataclass(frozen=True, slots=True)
+class DayTables:
+    """Everything released about one local day, suppressed jointly (see `MobilityProducts.day_tables`)."""
+
+    names: list[str]  # departures, arrivals, then od/<window> for each window the hub releases
+    rows: list[list[str]]
+    columns: list[list[str]]
+    fulls: list[np.ndarray]  # counts with margins
+    masks: list[np.ndarray]  # hidden entries
+    links: list[Link]
+
+    def table(self, name: str, k: int) -> SuppressedTable:
+        t = self.names.index(name)
+        return released_table(self.fulls[t], self.masks[t], self.rows[t], self.columns[t], k)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +115,7 @@ class MobilityProducts:
         zone: str,
         flows_unit: Unit = Unit.CELL,
         od_window_hours: int = 24,
+        cache: dict[tuple[str, date, str, tuple[str, ...], int, datetime | None], DayTables] | None = None,
     ) -> None:
         self.store = store
         self.ledger = ledger
@@ -107,6 +126,111 @@ class MobilityProducts:
         # table on its own, so releasing both would let an attacker solve one with the other.
         self.flows_unit = flows_unit
         self.od_windows = ["day"] if od_window_hours == 24 else ["00-08", "08-16", "16-24"]
+        # Joint suppression of a day costs about a second: keep the result, shared by the hub's requests
+        # (PrivacyService) and keyed by the data's newest time, so a new load recomputes it.
+        self._days = {} if cache is None else cache
+
+    def day_tables(self, dataset: str, day: date) -> DayTables:
+        """The day's hourly departures and arrivals (the hub's unit) and its OD matrices, suppressed as one
+        linear system. They are cut from the same trips, so they are linked by sums: the OD row totals of a
+        coarse cell (per window) equal the departures of the stations or fine cells inside it in those
+        hours, and the OD grand total equals the day's departures. Suppressing each table on its own would
+        let an attacker who adds those equations solve hidden entries; `suppress_jointly` audits all the
+        tables together with the links and hides more until nothing is pinned. Arrivals are counted by the
+        day a trip ends, the OD by the day it starts: trips crossing midnight break every exact equation
+        between them within one day (see PRIVACY.md)."""
+        key = (dataset, day, self.flows_unit.value, tuple(self.od_windows), self.k, self.store.newest(dataset))
+        if key in self._days:
+            return self._days[key]
+        unit = self.flows_unit.value
+        areas = self.store.areas(dataset, unit)
+        rows = [a.area for a in areas]
+        hours = local_hours(day, self.zone)
+        row_index = {a: i for i, a in enumerate(rows)}
+        column_index = {h: j for j, h in enumerate(hours)}
+        columns = [f"{h.isoformat()}Z" for h in hours]
+        names: list[str] = []
+        all_rows: list[list[str]] = []
+        all_columns: list[list[str]] = []
+        fulls: list[np.ndarray] = []
+        for direction in Direction:
+            counts = np.zeros((len(rows), len(hours)), dtype=np.int64)
+            for area, hour, trips in self.store.hourly(dataset, unit, direction.value, day):
+                if area in row_index and hour in column_index:
+                    counts[row_index[area], column_index[hour]] += trips
+            names.append(direction.value)
+            all_rows.append(rows)
+            all_columns.append(columns)
+            fulls.append(with_margins(counts))
+        od_areas = [a.area for a in self.store.areas(dataset, "od")]
+        od_index = {a: i for i, a in enumerate(od_areas)}
+        for window in self.od_windows:
+            counts = np.zeros((len(od_areas), len(od_areas)), dtype=np.int64)
+            for origin, destination, trips in self.store.od(dataset, day, WINDOWS[window]):
+                if origin in od_index and destination in od_index:
+                    counts[od_index[origin], od_index[destination]] += trips
+            names.append(f"od/{window}")
+            all_rows.append(od_areas)
+            all_columns.append(od_areas)
+            fulls.append(with_margins(counts))
+        links = self._links(dataset, rows, hours, od_areas, fulls)
+        masks = suppress_jointly(fulls, links, self.k)
+        tables = DayTables(names, all_rows, all_columns, fulls, masks, links)
+        self._days[key] = tables
+        return tables
+
+    def _links(
+        self, dataset: str, rows: list[str], hours: list[datetime], od_areas: list[str], fulls: list[np.ndarray]
+    ) -> list[Link]:
+        """departures (table 0) vs each OD window (tables 2..): per group of areas connected through the
+        stations' public places (a station lies in one flow area and one OD cell), the departures in the
+        window's hours equal the OD row totals; and the grand totals. Only equations that hold on the counts
+        are kept (a station whose place moved between files can blur a group; the attacker can't use an
+        equation that is false either)."""
+        od_resolution = h3.get_resolution(od_areas[0]) if od_areas else 7
+        parent: dict[str, str] = {}
+
+        def find(x: str) -> str:
+            while parent.setdefault(x, x) != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        flow_row = {a: i for i, a in enumerate(rows)}
+        od_row = {a: i for i, a in enumerate(od_areas)}
+        for station in self.store.areas(dataset, "station"):
+            if station.lat is None or station.lon is None:
+                continue
+            flow_area = (
+                station.area
+                if self.flows_unit is Unit.STATION
+                else h3.latlng_to_cell(station.lat, station.lon, h3.get_resolution(rows[0]))
+            )
+            od_area = h3.latlng_to_cell(station.lat, station.lon, od_resolution)
+            if flow_area in flow_row and od_area in od_row:
+                parent[find("f:" + flow_area)] = find("o:" + od_area)
+        groups: dict[str, tuple[list[int], list[int]]] = {}
+        for area, i in flow_row.items():
+            groups.setdefault(find("f:" + area), ([], []))[0].append(i)
+        for area, i in od_row.items():
+            groups.setdefault(find("o:" + area), ([], []))[1].append(i)
+        zone = ZoneInfo(self.zone)
+        local_window = [h.replace(tzinfo=UTC).astimezone(zone).hour // WINDOW_HOURS for h in hours]
+        n_hours = len(hours)
+        links: list[Link] = []
+        for t, window in enumerate(self.od_windows, start=2):
+            in_window = [j for j, w in enumerate(local_window) if w in WINDOWS[window]]
+            n_od = len(od_areas)
+            for flow_rows, od_rows in groups.values():
+                if not flow_rows or not od_rows:
+                    continue
+                if window == "day":
+                    plus = tuple((0, i, n_hours) for i in flow_rows)
+                else:
+                    plus = tuple((0, i, j) for i in flow_rows for j in in_window)
+                links.append(Link(plus, tuple((t, g, n_od) for g in od_rows)))
+            links.append(Link(tuple((0, len(rows), j) for j in in_window), ((t, n_od, n_od),)))
+        return [link for link in links if link.holds(fulls)]
 
     def _check_day(self, dataset: str, day: date) -> None:
         if dataset not in self.store.datasets():
@@ -147,12 +271,19 @@ class MobilityProducts:
         product = f"hourly-flows/{unit.value}/{direction.value}/{day.isoformat()}"
         counts, spend = self._release(counts, dataset, product, dp)
         columns = [f"{h.isoformat()}Z" for h in hours]
+        # Without noise, the table comes from the day's joint suppression; noisy tables break the exact links
+        # (each release draws its own noise), so they are suppressed on their own.
+        table = (
+            suppress(counts, rows, columns, self.k)
+            if dp
+            else self.day_tables(dataset, day).table(direction.value, self.k)
+        )
         return Release(
             dataset=dataset,
             product="hourly-flows",
             day=day,
             description=f"{direction.value} per {unit.value} per hour (columns: UTC start of each local hour)",
-            table=suppress(counts, rows, columns, self.k),
+            table=table,
             row_labels={a.area: a.name for a in areas if a.name},
             dp=spend,
         )
@@ -172,12 +303,17 @@ class MobilityProducts:
                 counts[index[origin], index[destination]] += trips
         product = f"od-matrix/{window}/{day.isoformat()}"
         counts, spend = self._release(counts, dataset, product, dp)
+        table = (
+            suppress(counts, areas, areas, self.k)
+            if dp
+            else self.day_tables(dataset, day).table(f"od/{window}", self.k)
+        )
         return Release(
             dataset=dataset,
             product="od-matrix",
             day=day,
             description=f"trips from origin (rows) to destination (columns) H3 cells, window {window} local time",
-            table=suppress(counts, areas, areas, self.k),
+            table=table,
             row_labels={},
             dp=spend,
         )

@@ -21,6 +21,7 @@ bounds of every hidden entry by linear programming, two LPs per entry).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -78,11 +79,12 @@ def with_margins(counts: np.ndarray) -> np.ndarray:
     return full
 
 
-def suppression_mask(full: np.ndarray, k: int) -> np.ndarray:
-    """Which entries of a table with margins (`with_margins`) to hide: primary then complementary."""
+def suppression_mask(full: np.ndarray, k: int, hidden: np.ndarray | None = None) -> np.ndarray:
+    """Which entries of a table with margins (`with_margins`) to hide: primary then complementary. `hidden`:
+    entries already hidden for other reasons (joint suppression), kept hidden."""
     if k < 1:
         raise ValueError(f"the suppression threshold k must be at least 1, got {k}")
-    hidden = full < k
+    hidden = full < k if hidden is None else (hidden | (full < k))
     while True:
         changed = _protect_residuals(full, hidden, k)
         changed |= _break_bridges(full, hidden)
@@ -103,11 +105,17 @@ def suppress(counts: np.ndarray, rows: list[str], columns: list[str], k: int = D
     if (counts < 0).any():
         raise ValueError("counts must be non-negative")
     full = with_margins(counts)
-    hidden = suppression_mask(full, k)
+    return released_table(full, suppression_mask(full, k), rows, columns, k)
+
+
+def released_table(
+    full: np.ndarray, hidden: np.ndarray, rows: list[str], columns: list[str], k: int
+) -> SuppressedTable:
+    """A table with margins (`with_margins`) as released under the mask `hidden`."""
     shown: list[list[int | None]] = [
         [None if hidden[i, j] else int(full[i, j]) for j in range(full.shape[1])] for i in range(full.shape[0])
     ]
-    n_rows, n_cols = counts.shape
+    n_rows, n_cols = full.shape[0] - 1, full.shape[1] - 1
     return SuppressedTable(
         rows=list(rows),
         columns=list(columns),
@@ -339,3 +347,186 @@ def _component_without(n_nodes: int, edges: list[tuple[int, int]], removed: tupl
                 seen.add(neighbour)
                 frontier.append(neighbour)
     return seen
+
+
+# -- joint suppression of linked tables -----------------------------------------------------------
+
+Entry = tuple[int, int, int]  # (table, row, column) in the table with margins
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """An equation between tables released together: sum(plus) == sum(minus), over their entries (margins
+    included). Example: a day's origin-destination row total of a coarse cell equals the sum of the day's
+    departure row totals of the finer areas inside it."""
+
+    plus: tuple[Entry, ...]
+    minus: tuple[Entry, ...]
+
+    def holds(self, fulls: list[np.ndarray]) -> bool:
+        return sum(int(fulls[t][i, j]) for t, i, j in self.plus) == sum(int(fulls[t][i, j]) for t, i, j in self.minus)
+
+
+def suppress_jointly(fulls: list[np.ndarray], links: list[Link], k: int) -> list[np.ndarray]:
+    """Hidden masks for tables with margins that are released together and linked by `links`: no entry
+    below k, and no hidden entry of any table pinned to one value by everything published in all of them
+    (every table's line equations, every link, non-negativity). Each table is first suppressed on its own
+    (the fast exact rules above); then the joint system is checked exactly (`joint_derivable`), every
+    pinned entry gets a published partner from one of its equations hidden, the tables it touched are
+    made safe on their own again, and the check repeats."""
+    for link in links:
+        if not link.holds(fulls):
+            raise ValueError(f"the link {link} does not hold on the tables: it would mislead the audit")
+    masks = [suppression_mask(full, k) for full in fulls]
+    by_entry: dict[Entry, list[Link]] = {}
+    for link in links:
+        for entry in set(link.plus + link.minus):
+            by_entry.setdefault(entry, []).append(link)
+    while True:
+        pinned = joint_derivable(fulls, masks, links)
+        if not pinned:
+            return masks
+        touched: set[int] = set()
+        before = sum(int(mask.sum()) for mask in masks)
+        for entry in pinned:
+            touched.add(_hide_joint_partner(fulls, masks, by_entry, entry))
+        if sum(int(mask.sum()) for mask in masks) == before:  # pragma: no cover - everything already hidden
+            raise RuntimeError("joint suppression cannot protect these tables: nothing left to hide")
+        for table in touched:
+            masks[table] = suppression_mask(fulls[table], k, masks[table])
+
+
+def joint_equations(
+    fulls: list[np.ndarray], masks: list[np.ndarray], links: list[Link]
+) -> tuple[list[Entry], Any, np.ndarray]:
+    """Hidden entries of all tables as unknowns u, every line and link as rows of A u = b (sparse A)."""
+    from scipy.sparse import coo_matrix
+
+    unknown: list[Entry] = [(t, int(i), int(j)) for t, mask in enumerate(masks) for i, j in np.argwhere(mask)]
+    position = {e: n for n, e in enumerate(unknown)}
+    rows: list[int] = []
+    cols: list[int] = []
+    data: list[float] = []
+    targets: list[float] = []
+
+    def add(terms: list[tuple[Entry, float]]) -> None:
+        constant = 0.0
+        coefficients: dict[int, float] = {}
+        for (t, i, j), sign in terms:
+            if masks[t][i, j]:
+                n = position[(t, i, j)]
+                coefficients[n] = coefficients.get(n, 0.0) + sign
+            else:
+                constant += sign * float(fulls[t][i, j])
+        coefficients = {n: c for n, c in coefficients.items() if c != 0.0}
+        if coefficients:
+            row = len(targets)
+            for n, c in coefficients.items():
+                rows.append(row)
+                cols.append(n)
+                data.append(c)
+            targets.append(-constant)
+
+    for t, (full, mask) in enumerate(zip(fulls, masks, strict=True)):
+        for line_rows, line_cols, total in _lines(full.shape):
+            if not (mask[line_rows, line_cols].any() or mask[total]):
+                continue  # fully published: no unknown
+            terms: list[tuple[Entry, float]] = [
+                ((t, i, j), 1.0) for i, j in zip(line_rows.tolist(), line_cols.tolist(), strict=True)
+            ]
+            terms.append(((t, *total), -1.0))
+            add(terms)
+    for link in links:
+        add([(e, 1.0) for e in link.plus] + [(e, -1.0) for e in link.minus])
+    a = coo_matrix((data, (rows, cols)), shape=(len(targets), len(unknown))).tocsr()
+    return unknown, a, np.array(targets)
+
+
+def joint_derivable(fulls: list[np.ndarray], masks: list[np.ndarray], links: list[Link]) -> list[Entry]:
+    """The hidden entries pinned to a single value by the published ones, exactly: entries that are 0 in
+    every consistent release (one LP over the homogenised cone, as in `derivable`), then entries constant on
+    the affine hull of the rest (a unit vector in the row space of the equations, `_in_row_space`): the set of
+    consistent releases has a relative-interior point, so an entry not pinned there takes a range of values."""
+    unknown, a, b = joint_equations(fulls, masks, links)
+    n = len(unknown)
+    if n == 0:
+        return []
+    support = _support(a, b)
+    pinned = [unknown[i] for i in np.flatnonzero(~support)]
+    free = np.flatnonzero(support)
+    if len(free):
+        sub = a[:, free].tocsr()
+        sub = sub[np.flatnonzero(np.diff(sub.indptr) > 0)]
+        if sub.shape[0]:
+            pinned += [unknown[int(free[i])] for i in np.flatnonzero(_in_row_space(sub))]
+    return pinned
+
+
+def _in_row_space(a: Any) -> np.ndarray:
+    """Which unit vectors e_i lie in the row space of sparse A: exactly those on which every null-space
+    vector vanishes. Two random vectors are projected onto the null space (w - A^T y, y the least-squares
+    solution of A^T y = w by LSQR: sparse products only; a dense QR or SVD of a day's 200 x 3,000 system
+    costs seconds when BLAS threads fight over two cores); a coordinate is free when either projection is
+    clearly non-zero there. A free coordinate that both draws miss is taken as pinned: the error, with
+    probability near zero, only ever hides one entry more."""
+    from scipy.sparse.linalg import lsqr
+
+    transposed = a.T.tocsr()
+    rng = np.random.default_rng(0)
+    free = np.zeros(a.shape[1], dtype=bool)
+    for _ in range(2):
+        w = rng.standard_normal(a.shape[1])
+        y = lsqr(transposed, w, atol=1e-14, btol=1e-14, iter_lim=20 * (a.shape[0] + a.shape[1]))[0]
+        free |= np.abs(w - transposed @ y) > 1e-6
+    return ~free
+
+
+def _support(a: Any, b: np.ndarray) -> np.ndarray:
+    """Which unknowns can be positive in some solution of A u = b, u >= 0 (one LP)."""
+    from scipy.optimize import linprog
+    from scipy.sparse import csr_matrix, hstack, identity
+
+    m, n = a.shape
+    c = np.concatenate([np.zeros(n), -np.ones(n), [0.0]])
+    a_eq = hstack([a, csr_matrix((m, n)), csr_matrix(-b.reshape(-1, 1))]).tocsr() if m else None
+    a_ub = hstack([-identity(n), identity(n), csr_matrix((n, 1))]).tocsr()
+    bounds = [(0, None)] * n + [(0, 1)] * n + [(1, None)]
+    result = linprog(c, A_ub=a_ub, b_ub=np.zeros(n), A_eq=a_eq, b_eq=np.zeros(m) if m else None, bounds=bounds)
+    if result.status != 0:  # pragma: no cover - the true tables are always a solution
+        raise RuntimeError(f"joint suppression check failed: {result.message}")
+    return np.asarray(result.x[n : 2 * n] > 0.5)
+
+
+def _hide_joint_partner(
+    fulls: list[np.ndarray], masks: list[np.ndarray], by_entry: dict[Entry, list[Link]], entry: Entry
+) -> int:
+    """Hide the smallest published entry sharing an equation (its row, its column, a link) with `entry`, a
+    link term before a cell before a total; when every equation around it is hidden already, the nearest published entry
+    through the hidden ones (breadth first). Returns the table of the entry hidden."""
+
+    def neighbours(e: Entry) -> list[Entry]:
+        t, i, j = e
+        full = fulls[t]
+        out = [(t, i, jj) for jj in range(full.shape[1])] + [(t, ii, j) for ii in range(full.shape[0])]
+        for link in by_entry.get(e, []):
+            out += list(link.plus + link.minus)
+        return out
+
+    def rank(e: Entry) -> tuple[bool, bool, int]:
+        # A term of a link first: the pins suppression table by table leaves come through the links, and
+        # hiding one more term of the link opens it (a plain cell would often just move the pin along).
+        f = fulls[e[0]]
+        return (e not in by_entry, e[1] == f.shape[0] - 1 or e[2] == f.shape[1] - 1, int(f[e[1], e[2]]))
+
+    seen = {entry}
+    frontier = [entry]
+    while frontier:
+        around = {n for e in frontier for n in neighbours(e)} - seen
+        published = [e for e in around if not masks[e[0]][e[1], e[2]]]
+        if published:
+            best = min(published, key=rank)
+            masks[best[0]][best[1], best[2]] = True
+            return best[0]
+        seen |= around
+        frontier = sorted(around)
+    return entry[0]

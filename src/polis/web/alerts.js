@@ -27,6 +27,7 @@ export class AlertsView {
 
   // Reloads coalesce: a burst of Alert notifications costs one request in flight and one after it.
   refresh() {
+    if (this.denied) return Promise.resolve(); // grants change with a new sign-in, which resets this
     if (this.loading) {
       this.again = true;
       return this.loading;
@@ -58,6 +59,7 @@ export class AlertsView {
         if (!(feedError instanceof ApiError && feedError.noAccess)) throw feedError;
         this.show(`No access: ${error.message}`, "no-access");
         this.render([], false);
+        this.denied = true;
         return;
       }
       this.show("The public CAP feed: this department may not read the alerts' details.", "not-available");
@@ -88,6 +90,7 @@ export class AlertsView {
   }
 
   reset() {
+    this.denied = false;
     this.selected = null;
     this.detail.hidden = true;
     this.detail.replaceChildren();

@@ -22,8 +22,13 @@ export class SensorChart {
     this.draw();
   }
 
+  setForecast(forecast) {
+    this.forecast = forecast;
+    this.draw();
+  }
+
   // A live reading: kept if newer than the last; the chart shows the `window` ms before the newest.
-  append(time, value, window = 24 * 3600 * 1000) {
+  append(time, value, window) {
     const last = this.history[this.history.length - 1];
     if (last && time <= last[0]) {
       if (time === last[0]) last[1] = value;

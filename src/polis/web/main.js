@@ -113,6 +113,7 @@ class Dashboard {
     ]);
     const streaming = await live;
     this.timers.push(setInterval(() => settle("status", this.status.refresh()), METRICS_MS));
+    this.timers.push(setInterval(() => settle("accuracy", this.loadAccuracy()), POLL_MS * 3));
     this.timers.push(setInterval(() => settle("alerts", this.alerts.refresh()), POLL_MS));
     if (!streaming && mayRead("los-loop")) {
       this.timers.push(setInterval(() => settle("traffic", this.traffic.load(laMap, mayRead("los-loop"))), POLL_MS));
@@ -145,25 +146,34 @@ class Dashboard {
     }
   }
 
+  // Live accuracy: the rolling mean absolute error of each model's forecasts once their times have passed.
   async loadAccuracy() {
-    const path = await findPath("/polis/v1/forecasts/accuracy", "/polis/v1/forecasts/models");
-    if (!path) {
+    if (!(await findPath("/polis/v1/forecast-accuracy"))) {
       this.status.setAccuracy("not available", "idle");
       return;
     }
+    let scores;
     try {
-      const body = await getJson(path);
-      const models = Array.isArray(body) ? body : body.models || [body];
-      const scored = models.find((m) => m && (m.mae !== undefined || (m.accuracy && m.accuracy.mae !== undefined)));
-      if (!scored) {
-        this.status.setAccuracy("not scored yet", "idle");
-        return;
-      }
-      const mae = scored.mae ?? scored.accuracy.mae;
-      this.status.setAccuracy(`${scored.model || scored.name || "model"} MAE ${Number(mae).toFixed(2)}`);
+      scores = await getJson("/polis/v1/forecast-accuracy");
     } catch (error) {
       this.status.setAccuracy(error instanceof ApiError && error.noAccess ? "no access" : "not available", "idle");
+      return;
     }
+    if (!scores.length) {
+      this.status.setAccuracy("not scored yet", "idle");
+      return;
+    }
+    const byModel = new Map();
+    for (const s of scores) {
+      const m = byModel.get(s.model) || { errors: 0, points: 0, steps: [] };
+      m.errors += s.mae * s.points;
+      m.points += s.points;
+      m.steps.push(s);
+      byModel.set(s.model, m);
+    }
+    const text = [...byModel].map(([model, m]) => `${model} MAE ${(m.errors / m.points).toFixed(2)}`).join(" · ");
+    this.status.setAccuracy(text);
+    this.status.accuracy.title = scores.map((s) => `${s.model} step ${s.step}: MAE ${s.mae.toFixed(2)} (${s.points} points)`).join("\n");
   }
 
   onData(entities) {

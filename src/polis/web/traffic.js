@@ -7,26 +7,17 @@ import { CityMap, speedColour } from "./map.js";
 
 const PREFIX = "^urn:ngsi-ld:TrafficFlowObserved:los-loop:";
 const ATTRIBUTE = "averageVehicleSpeed";
-const HISTORY_POINTS = 288; // a day of 5-minute readings
-const DAY_MS = 24 * 3600 * 1000;
+const HISTORY_POINTS = 72; // six hours of 5-minute readings: the hour of forecast stays readable beside them
+const WINDOW_MS = 6 * 3600 * 1000;
 
-export const FORECAST_PATHS = [
-  "/polis/v1/forecasts/{entity_id}",
-  "/polis/v1/forecasts/{entity_id}/{attribute}",
-  "/polis/v1/forecasts",
-];
+const FORECASTS = "/polis/v1/forecasts";
+const FORECAST_CACHE_MS = 20_000;
+const FORECAST_REFRESH_MS = 3_000;
 
-// The forecast of one entity's attribute as [{t, value, lower, upper}], from whichever shape the hub serves.
-export function forecastPoints(body) {
-  const path = Array.isArray(body) ? body[0] : body && (body.forecast || body.path || body);
-  const points = (path && (path.points || path.steps || path.values)) || [];
-  return points
-    .map((p) => ({
-      t: Date.parse(p.validAt || p.valid_at || p.time || p.at),
-      value: p.value,
-      lower: p.lower ?? p.value,
-      upper: p.upper ?? p.value,
-    }))
+// A forecast path as the hub serves it -> [{t, value, lower, upper}] (the 80 % interval).
+export function forecastPoints(path) {
+  return (path.points || [])
+    .map((p) => ({ t: Date.parse(p.validAt), value: p.value, lower: p.lower80 ?? p.value, upper: p.upper80 ?? p.value }))
     .filter((p) => Number.isFinite(p.t) && typeof p.value === "number");
 }
 
@@ -45,6 +36,7 @@ export class TrafficView {
   // Another department signs in: nothing of the previous one stays on screen.
   reset() {
     this.selected = null;
+    clearTimeout(this.forecastTimer);
     this.detail.hidden = true;
     this.hint.hidden = false;
     this.chart.set([], [], "");
@@ -96,8 +88,20 @@ export class TrafficView {
     this.map.update(entity.id, value);
     if (this.selected === entity.id) {
       const at = Date.parse(entity.observedAt[ATTRIBUTE]);
-      if (Number.isFinite(at)) this.chart.append(at, value);
+      if (Number.isFinite(at)) this.chart.append(at, value, WINDOW_MS);
+      this.refreshForecastSoon();
     }
+  }
+
+  // New readings make new forecasts (the hub refreshes them after each burst): look again shortly.
+  refreshForecastSoon() {
+    clearTimeout(this.forecastTimer);
+    this.forecastTimer = setTimeout(async () => {
+      const id = this.selected;
+      if (!id) return;
+      const points = await this.forecast(id);
+      if (this.selected === id) this.chart.setForecast(points);
+    }, FORECAST_REFRESH_MS);
   }
 
   async select(sensor) {
@@ -113,28 +117,39 @@ export class TrafficView {
     if (this.selected !== sensor.id) return;
     const values = (history[ATTRIBUTE] && history[ATTRIBUTE].values) || [];
     const series = values.map(([v, t]) => [Date.parse(t), v]).sort((a, b) => a[0] - b[0]);
-    // The last day before the newest reading: a replay observed "now" follows a recording years older.
+    // The hours before the newest reading: a replay observed "now" follows a recording years older.
     const newest = series.length ? series[series.length - 1][0] : 0;
-    const recent = series.filter(([t]) => t > newest - DAY_MS);
+    const recent = series.filter(([t]) => t > newest - WINDOW_MS);
     const forecast = await this.forecast(sensor.id);
     if (this.selected !== sensor.id) return;
     this.chart.set(recent, forecast, "mph");
   }
 
+  // The latest forecasts of every loop detector, in one request that is never a 404 (none yet = []),
+  // reused for a few seconds while an operator clicks around.
+  async forecasts() {
+    const now = Date.now();
+    if (!this.cached || now - this.cached.at > FORECAST_CACHE_MS) {
+      this.cached = { at: now, paths: getJson(query(FORECASTS, { type: "TrafficFlowObserved" })) };
+    }
+    try {
+      return await this.cached.paths;
+    } catch (error) {
+      this.cached = null;
+      throw error;
+    }
+  }
+
   async forecast(entityId) {
-    const template = await findPath(...FORECAST_PATHS);
-    if (!template) {
+    if (!(await findPath(FORECASTS))) {
       this.forecastNote.textContent = "Forecasts are not available on this hub.";
       return [];
     }
-    const path = template
-      .replace("{entity_id}", encodeURIComponent(entityId))
-      .replace("{attribute}", ATTRIBUTE);
-    const url = template.includes("{entity_id}") ? query(path, { attrs: ATTRIBUTE }) : query(path, { id: entityId, attrs: ATTRIBUTE });
     try {
-      const points = forecastPoints(await getJson(url, { ld: true }));
+      const path = (await this.forecasts()).find((p) => p.entityId === entityId && p.attribute.endsWith(ATTRIBUTE));
+      const points = path ? forecastPoints(path) : [];
       this.forecastNote.textContent = points.length
-        ? "Dashed: forecast; shaded: its 80 % interval."
+        ? `Dashed: ${path.model} forecast issued ${path.issuedAt.slice(11, 16)} UTC; shaded: its 80 % interval.`
         : "No forecast has been issued for this sensor yet.";
       return points;
     } catch (error) {

@@ -1,0 +1,157 @@
+"""`polis bench forecast`, `polis train` and `polis forecast`. Heavy imports stay inside the commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console(width=None if Console().is_terminal else 200)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                    TimeElapsedColumn(), console=console, transient=True)
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def register(app: typer.Typer, bench: typer.Typer) -> None:
+    @bench.command(name="forecast")
+    def bench_forecast(
+        dataset: Annotated[str, typer.Option(help="los-loop, sz-taxi or melbourne-pedestrians")],
+        protocol: Annotated[str, typer.Option(help="tgcn or fair (melbourne-pedestrians has its own)")] = "tgcn",
+        quick: Annotated[bool, typer.Option(help="Small models: seconds, not minutes")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+        seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+        datasets_dir: Annotated[Path | None, typer.Option(help="Public datasets (default ../shared/data)")] = None,
+    ) -> None:
+        """Baselines, Polis models and published numbers side by side on one dataset and protocol."""
+        from polis.forecast.bench import run_benchmark
+        from polis.forecast.data import DATASETS
+        from polis.forecast.protocols import PROTOCOLS
+        from polis.settings import Settings
+
+        if dataset not in DATASETS:
+            console.print(f"[red]unknown dataset '{dataset}'[/red]; known: {', '.join(DATASETS)}")
+            raise typer.Exit(2)
+        if protocol not in PROTOCOLS:
+            console.print(f"[red]unknown protocol '{protocol}'[/red]; known: {', '.join(PROTOCOLS)}")
+            raise typer.Exit(2)
+        settings = Settings(**({"datasets_dir": datasets_dir} if datasets_dir else {}))  # type: ignore[arg-type]
+        if as_json:
+            rows, _ = run_benchmark(dataset, protocol, settings.datasets_dir, quick=quick, seed=seed)
+        else:
+            with _progress() as bar:
+                task = bar.add_task(f"{dataset} / {protocol}", total=1.0)
+                rows, _ = run_benchmark(dataset, protocol, settings.datasets_dir, quick=quick, seed=seed,
+                                        progress=lambda what, done: bar.update(task, completed=done,
+                                                                                description=what))
+        if as_json:
+            shown = "melbourne" if dataset == "melbourne-pedestrians" else protocol
+            print(json.dumps({"dataset": dataset, "protocol": shown, "results": [r.to_json() for r in rows]}))
+            return
+        horizons = sorted({r.horizon_minutes for r in rows})
+        table = Table(title=f"{dataset}, protocol {protocol}: MAE / RMSE / MAPE % (80 % interval coverage)")
+        table.add_column("model")
+        table.add_column("errors")
+        for h in horizons:
+            table.add_column(f"{h} min", justify="right")
+        table.add_column("train s", justify="right")
+        keys = list(dict.fromkeys((r.model, r.averaged, r.published) for r in rows))
+        for model, averaged, published in keys:
+            cells = {r.horizon_minutes: r for r in rows if (r.model, r.averaged, r.published) == (model, averaged,
+                                                                                                 published)}
+            texts = []
+            for h in horizons:
+                r = cells.get(h)
+                if r is None:
+                    texts.append("")
+                elif published:
+                    texts.append(f"{_fmt(r.mae)} / {_fmt(r.rmse)}")
+                else:
+                    texts.append(f"{_fmt(r.mae)} / {_fmt(r.rmse)} / {_fmt(r.mape, 1)} ({_fmt(r.coverage, 2)})")
+            seconds = next(iter(cells.values())).train_seconds
+            label = f"[italic]{model}[/italic]" if published else model
+            table.add_row(label, "published" if published else ("mean up to" if averaged else "at step"), *texts,
+                          _fmt(seconds, 1))
+        console.print(table)
+
+    @app.command()
+    def train(
+        dataset: Annotated[str, typer.Argument(help="los-loop, sz-taxi or melbourne-pedestrians")],
+        model: Annotated[str, typer.Option(help="lightgbm, mlp or a baseline")] = "lightgbm",
+        quick: Annotated[bool, typer.Option(help="A small model in seconds")] = False,
+        seed: Annotated[int, typer.Option(help="Random seed")] = 0,
+        data_dir: Annotated[Path | None, typer.Option(help="Hub files (registry under DATA_DIR/models)")] = None,
+    ) -> None:
+        """Train a forecaster on a whole dataset (the last 10 % for selection) and put it in the registry."""
+        from polis.forecast.bench import build_models
+        from polis.forecast.data import DATASETS, load_panel
+        from polis.forecast.live import registry_for
+        from polis.settings import Settings
+
+        if dataset not in DATASETS:
+            console.print(f"[red]unknown dataset '{dataset}'[/red]; known: {', '.join(DATASETS)}")
+            raise typer.Exit(2)
+        chosen = [m for m in build_models(dataset, quick, seed) if m.kind == model]
+        if not chosen:
+            console.print(f"[red]unknown model '{model}'[/red]")
+            raise typer.Exit(2)
+        settings = Settings(**({"data_dir": data_dir} if data_dir else {}))  # type: ignore[arg-type]
+        panel = load_panel(dataset, settings.datasets_dir)
+        import time
+
+        started = time.perf_counter()
+        with _progress() as bar:
+            task = bar.add_task(f"training {model} on {dataset}", total=1.0)
+            chosen[0].fit(panel, int(len(panel.values) * 0.9),
+                          lambda what, done: bar.update(task, completed=done, description=f"{model}: {what}"))
+        seconds = time.perf_counter() - started
+        record = registry_for(settings).save(chosen[0], dataset, "all-data", train_seconds=seconds,
+                                             entity_type=panel.entity_type, attribute=panel.attribute,
+                                             entity_ids=panel.entity_ids)
+        console.print(f"trained {model} on {dataset} in {seconds:.1f} s: {record.path}")
+
+    @app.command()
+    def forecast(
+        dataset: Annotated[str, typer.Argument(help="los-loop, sz-taxi or melbourne-pedestrians")],
+        model: Annotated[str | None, typer.Option(help="Model kind (default: the registry's best)")] = None,
+        sensors: Annotated[int, typer.Option(help="How many sensors to show")] = 10,
+        data_dir: Annotated[Path | None, typer.Option(help="Hub files (registry under DATA_DIR/models)")] = None,
+    ) -> None:
+        """Forecast from the end of a dataset's recording with a registered model."""
+        import numpy as np
+
+        from polis.forecast.data import load_panel
+        from polis.forecast.live import registry_for
+        from polis.settings import Settings
+
+        settings = Settings(**({"data_dir": data_dir} if data_dir else {}))  # type: ignore[arg-type]
+        registry = registry_for(settings)
+        record = registry.latest(dataset, model)
+        if record is None:
+            console.print(f"[red]no trained model for {dataset}[/red]; run `polis train {dataset}` first")
+            raise typer.Exit(1)
+        with _progress() as bar:
+            bar.add_task(f"loading {record.kind} v{record.version}", total=None)
+            fitted = registry.load(record)
+            panel = load_panel(dataset, settings.datasets_dir)
+            result = fitted.predict(panel, np.array([len(panel.values) - 1]))
+        minutes = panel.step_s // 60
+        table = Table(title=f"{dataset}: {record.kind} v{record.version}, issued at {panel.times[-1]}Z")
+        table.add_column("sensor")
+        for step in result.steps:
+            table.add_column(f"+{step * minutes} min", justify="right")
+        for i in range(min(sensors, panel.n_sensors)):
+            table.add_row(panel.entity_ids[i].rsplit(":", 1)[-1], *(
+                f"{result.mean[0, j, i]:.1f} [{result.lower[0, j, i]:.1f}, {result.upper[0, j, i]:.1f}]"
+                for j in range(len(result.steps))))
+        console.print(table)

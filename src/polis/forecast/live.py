@@ -1,0 +1,337 @@
+"""Live forecasts: while the hub runs, every watched series is forecast again shortly after new readings
+arrive (the bus tells us; a debounce thread batches a burst of readings into one refresh), from the recent
+history in the store. Each issued forecast is kept with its issue time and steps, so once its valid times
+pass it is scored against what was observed: the rolling live MAE per model.
+
+Forecasts and their scores are kept in memory (bounded), per tenant; a restarted hub starts a new record.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from polis.forecast.data import Panel
+from polis.forecast.model import Forecaster
+from polis.forecast.path import ForecastPath, ForecastPoint
+from polis.forecast.registry import ModelRegistry
+
+if TYPE_CHECKING:
+    from polis.ngsi_ld.events import EntityChange
+    from polis.platform import Platform
+    from polis.settings import Settings
+
+__all__ = ["ForecastService", "LiveModel", "registry_for"]
+
+log = logging.getLogger(__name__)
+
+HISTORY_PER_SERIES = 288  # issued paths kept per (tenant, entity, attribute)
+SCORES_KEPT = 100_000  # scored (model, step, error) points kept for the rolling MAE
+
+
+def registry_for(settings: Settings) -> ModelRegistry:
+    return ModelRegistry(settings.data_dir / "models")
+
+
+@dataclass(slots=True)
+class LiveModel:
+    """A fitted model watching a set of entities' attribute (expanded IRIs), on the model's time grid."""
+
+    name: str
+    model: Forecaster
+    entity_type: str
+    attribute: str
+    entity_ids: tuple[str, ...]
+    step_s: int
+    timezone: str
+    context_steps: int  # how much history a forecast reads
+    adjacency: np.ndarray | None = None
+    index: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.index = {entity_id: i for i, entity_id in enumerate(self.entity_ids)}
+
+
+@dataclass(slots=True)
+class _Scored:
+    model: str
+    step: int
+    error: float
+    valid_at: datetime
+
+
+class ForecastService:
+    """Cheap to construct: nothing runs until `attach` or `start`."""
+
+    def __init__(self, platform: Platform, debounce_s: float = 1.0) -> None:
+        self.platform = platform
+        self.debounce_s = debounce_s
+        self.models: list[LiveModel] = []
+        self._latest: dict[tuple[str, str, str], ForecastPath] = {}
+        self._history: dict[tuple[str, str, str], deque[ForecastPath]] = {}
+        self._scored: deque[_Scored] = deque(maxlen=SCORES_KEPT)
+        self._scored_keys: set[tuple[str, str, str, str, datetime]] = set()
+        self._dirty: set[tuple[str, int]] = set()  # (tenant, model index)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._subscribed = False
+        self.refreshes = 0
+
+    # ------------------------------------------------------------------------------------------ wiring
+
+    def attach(self, live: LiveModel) -> None:
+        """Watch `live`'s entities from now on (refreshing forecasts after each burst of readings)."""
+        with self._lock:
+            self.models.append(live)
+        if not self._subscribed:
+            self.platform.bus.subscribe(self._on_change)
+            self._subscribed = True
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="polis-forecasts", daemon=True)
+            self._thread.start()
+
+    def start(self, datasets: Iterable[str] = ("los-loop",), quick: bool = True) -> threading.Thread:
+        """For the demo: in the background, load each dataset's latest registered model (or train a quick
+        LightGBM and register it), attach it, and forecast from what the hub already holds."""
+
+        def work() -> None:
+            for dataset in datasets:
+                try:
+                    live = self.load_or_train(dataset, quick=quick)
+                    self.attach(live)
+                    self.mark_dirty("", live)
+                except Exception:  # the hub keeps serving without forecasts for that dataset
+                    log.exception("could not start live forecasts for %s", dataset)
+
+        thread = threading.Thread(target=work, name="polis-forecast-start", daemon=True)
+        thread.start()
+        return thread
+
+    def load_or_train(self, dataset: str, quick: bool = True, kind: str = "lightgbm") -> LiveModel:
+        from polis.forecast.bench import build_models
+        from polis.forecast.data import load_panel
+
+        settings = self.platform.settings
+        registry = registry_for(settings)
+        panel = load_panel(dataset, settings.datasets_dir)
+        record = registry.latest(dataset, kind)
+        if record is not None:
+            model = registry.load(record)
+        else:
+            model = next(m for m in build_models(dataset, quick) if m.kind == kind)
+            import time
+
+            started = time.perf_counter()
+            model.fit(panel, int(len(panel.values) * 0.9))
+            registry.save(model, dataset, "all-data", train_seconds=time.perf_counter() - started,
+                          entity_type=panel.entity_type, attribute=panel.attribute, entity_ids=panel.entity_ids)
+        return live_model_for(panel, model, settings.datasets_dir)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    # ------------------------------------------------------------------------------------------ events
+
+    def _on_change(self, change: EntityChange) -> None:
+        if change.entity is None:
+            return
+        for number, live in enumerate(self.models):
+            if change.entity_id in live.index:
+                with self._lock:
+                    self._dirty.add((change.tenant, number))
+                self._wake.set()
+
+    def mark_dirty(self, tenant: str, live: LiveModel) -> None:
+        with self._lock:
+            self._dirty.add((tenant, self.models.index(live)))
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait()
+            if self._stop.is_set():
+                return
+            self._stop.wait(self.debounce_s)  # let a burst of readings land first
+            self._wake.clear()
+            with self._lock:
+                dirty, self._dirty = self._dirty, set()
+            for tenant, number in sorted(dirty):
+                try:
+                    self.refresh(tenant, self.models[number])
+                except Exception:
+                    log.exception("live forecast refresh failed for %s", self.models[number].name)
+
+    # ------------------------------------------------------------------------------------------ forecasting
+
+    def recent_panel(self, tenant: str, live: LiveModel) -> Panel | None:
+        """The last `context_steps` steps of the watched entities from the store, on the model's grid (the
+        latest reading in each step; NaN where none)."""
+        from polis.ngsi_ld.entities import parse_observed_at
+        from polis.store.base import TemporalQuery
+
+        store = self.platform.store
+        if not store.has_tenant(tenant):
+            return None
+        current = store.get(tenant, list(live.entity_ids))
+        newest = None
+        for entity in current.values():
+            for instance in entity.get(live.attribute, []):
+                if isinstance(instance, dict) and "observedAt" in instance:
+                    stamp = parse_observed_at(str(instance["observedAt"]))
+                    newest = stamp if newest is None or stamp > newest else newest
+        if newest is None:
+            return None
+        step = timedelta(seconds=live.step_s)
+        epoch = datetime(1970, 1, 1, tzinfo=UTC)
+        end = epoch + ((newest - epoch) // step) * step
+        start = end - (live.context_steps - 1) * step
+        query = TemporalQuery(attrs=(live.attribute,), timerel="after", time_at=start - timedelta(microseconds=1),
+                              max_instances=live.context_steps * 4)
+        history = store.temporal(tenant, list(live.entity_ids), query)
+        values = np.full((live.context_steps, len(live.entity_ids)), np.nan)
+        for entity_id, attributes in history.items():
+            column = live.index.get(entity_id)
+            attribute = attributes.get(live.attribute)
+            if column is None or attribute is None:
+                continue
+            for instance in attribute.instances:
+                value = instance.get("value")
+                if not isinstance(value, int | float) or "observedAt" not in instance:
+                    continue
+                row = (parse_observed_at(str(instance["observedAt"])) - start) // step
+                if 0 <= row < live.context_steps:
+                    values[row, column] = float(value)
+        times = np.datetime64(start.replace(tzinfo=None), "s") + np.arange(live.context_steps) * np.timedelta64(
+            live.step_s, "s")
+        return Panel("live", times, values, live.entity_ids, live.step_s, live.timezone, live.entity_type,
+                     live.attribute, live.adjacency)
+
+    def refresh(self, tenant: str, live: LiveModel) -> int:
+        """Forecast every watched entity from the latest readings; returns how many paths were issued."""
+        panel = self.recent_panel(tenant, live)
+        if panel is None:
+            return 0
+        self._score(tenant, live, panel)
+        origin = len(panel.values) - 1
+        if np.isnan(panel.values[origin]).all():
+            return 0
+        result = live.model.predict(panel, np.array([origin]))
+        issued_at = _utc(panel.times[origin])
+        step = timedelta(seconds=live.step_s)
+        issued = 0
+        with self._lock:
+            for i, entity_id in enumerate(live.entity_ids):
+                if np.isnan(panel.values[: origin + 1, i]).all():
+                    continue  # never observed here: nothing to forecast from
+                points = tuple(
+                    ForecastPoint(issued_at + s * step, float(result.mean[0, j, i]), float(result.lower[0, j, i]),
+                                  float(result.upper[0, j, i]))
+                    for j, s in enumerate(result.steps)
+                )
+                path = ForecastPath(entity_id, live.attribute, live.name, issued_at, points)
+                key = (tenant, entity_id, live.attribute)
+                self._latest[key] = path
+                kept = self._history.setdefault(key, deque(maxlen=HISTORY_PER_SERIES))
+                if kept and kept[-1].issued_at == issued_at and kept[-1].model == path.model:
+                    kept.pop()  # the same origin forecast again with more of its readings in: keep the newer one
+                kept.append(path)
+                issued += 1
+            self.refreshes += 1
+        return issued
+
+    def _score(self, tenant: str, live: LiveModel, panel: Panel) -> None:
+        """Score every kept forecast point whose valid time now has an observation."""
+        row_of = {_utc(t): r for r, t in enumerate(panel.times)}
+        with self._lock:
+            for (key_tenant, entity_id, attribute), paths in self._history.items():
+                if key_tenant != tenant or attribute != live.attribute or entity_id not in live.index:
+                    continue
+                column = live.index[entity_id]
+                for path in paths:
+                    for number, point in enumerate(path.points, start=1):
+                        row = row_of.get(point.valid_at)
+                        if row is None or np.isnan(panel.values[row, column]):
+                            continue
+                        mark = (tenant, path.model, entity_id, path.issued_at.isoformat(), point.valid_at)
+                        if mark in self._scored_keys:
+                            continue
+                        self._scored_keys.add(mark)
+                        error = abs(point.value - float(panel.values[row, column]))
+                        self._scored.append(_Scored(path.model, number, error, point.valid_at))
+
+    # ------------------------------------------------------------------------------------------ reading
+
+    def latest(self, entity_id: str, attribute: str, tenant: str | None = None) -> ForecastPath | None:
+        """The newest forecast of `attribute` (expanded IRI or short term) of `entity_id`, or None."""
+        with self._lock:
+            path = self._latest.get((tenant or "", entity_id, attribute))
+            if path is None:
+                for (t, e, a), candidate in self._latest.items():
+                    if t == (tenant or "") and e == entity_id and _short(a) == attribute:
+                        return candidate
+            return path
+
+    def latest_for_type(self, entity_type: str, tenant: str | None = None) -> list[ForecastPath]:
+        with self._lock:
+            watched = {e for live in self.models if entity_type in (live.entity_type, _short(live.entity_type))
+                       for e in live.entity_ids}
+            return [p for (t, e, _), p in self._latest.items() if t == (tenant or "") and e in watched]
+
+    def history(self, entity_id: str, attribute: str, tenant: str | None = None) -> list[ForecastPath]:
+        with self._lock:
+            for (t, e, a), paths in self._history.items():
+                if t == (tenant or "") and e == entity_id and attribute in (a, _short(a)):
+                    return list(paths)
+            return []
+
+    def accuracy(self, window: timedelta | None = None) -> list[dict[str, Any]]:
+        """Rolling live MAE per model and step over the scored points (within `window` of the newest)."""
+        with self._lock:
+            scored = list(self._scored)
+        if not scored:
+            return []
+        newest = max(s.valid_at for s in scored)
+        if window is not None:
+            scored = [s for s in scored if s.valid_at > newest - window]
+        groups: dict[tuple[str, int], list[float]] = {}
+        for s in scored:
+            groups.setdefault((s.model, s.step), []).append(s.error)
+        return [{"model": m, "step": step, "mae": float(np.mean(e)), "points": len(e)}
+                for (m, step), e in sorted(groups.items())]
+
+
+def live_model_for(panel: Panel, model: Forecaster, datasets_dir: Any) -> LiveModel:
+    """Watch the hub's entities for `panel`'s sensors, by the expanded IRIs the dataset loader writes."""
+    from polis.ingest.datasets import Vocab
+
+    vocab = Vocab.load(datasets_dir)
+    # a day (hourly counts: a week) back from the furthest step, plus the lag windows
+    days = 8 if panel.step_s >= 3600 else 2
+    context = days * panel.steps_per_day + 64
+    return LiveModel(
+        name=f"{model.kind}:{panel.name}", model=model, entity_type=vocab(panel.entity_type),
+        attribute=vocab(panel.attribute), entity_ids=panel.entity_ids, step_s=panel.step_s,
+        timezone=panel.timezone, context_steps=context, adjacency=panel.adjacency,
+    )
+
+
+def _utc(instant: np.datetime64) -> datetime:
+    return datetime.fromisoformat(str(instant.astype("datetime64[s]"))).replace(tzinfo=UTC)
+
+
+def _short(iri: str) -> str:
+    return iri.rstrip("/").rsplit("/", 1)[-1].rsplit("#", 1)[-1]
+
+
