@@ -27,6 +27,7 @@ BENCHMARKS = {
     "notify": ("benchmarks.bench_notify", "notify"),
     "gate": ("benchmarks.bench_gate", "gate"),
     "epidemic": ("benchmarks.bench_epidemic", "epidemic"),
+    "forecast": ("benchmarks.bench_forecast", "forecast"),
 }
 
 
@@ -65,6 +66,9 @@ def _rows(name: str, result: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                  "MET" if all(g["met"] for g in c["goals"]) and 0.7 <= c["coverage_80"] <= 0.9
                  and c["scenario_30d_seconds_median"] <= 2 else "MISSED")
                 for country, c in result["countries"].items()]
+    if name == "forecast":  # one row per goal of each dataset/protocol run
+        return [(f"{run['dataset']}/{run['protocol']}: {g['goal']}", "see BENCHMARKS.md", g["measured"],
+                 "MET" if g["met"] else "MISSED") for run in result["runs"] for g in run["goals"]]
     if name == "notify":
         return [("commit -> webhook notification at 5,000 obs/s", result["target"],
                  f"p50 {result['measured_p50_ms']:.0f} ms, p99 {result['measured_p99_ms']:.0f} ms", result["verdict"])]

@@ -155,6 +155,22 @@ def test_crowd_gathering_injected_into_the_real_counts(client: TestClient, melbo
     assert assert_every_cap_valid(platform) >= 2
 
 
+def test_a_crowd_under_half_its_usual_count_never_scores() -> None:
+    """Twice a lull's count scores when it is above half the usual crowd (a gathering in a lockdown), and
+    not when it is still under half of it (the old gate, `gate_ratio=1`, hid both)."""
+    p = CrowdParams()
+    rows = p.history_hours + 48
+    rng = np.random.default_rng(7)
+    logc = np.log1p(1000.0) + rng.normal(0.0, 0.03, size=(rows, 3))
+    first_hour = local_hour(datetime(2022, 3, 1, tzinfo=ZONE), ZONE)
+    logc[-6:-1, 0] = np.log1p(300.0)  # sensor 0 alone at 30 % of its usual count for five hours
+    for ratio, scores in ((0.6, True), (0.45, False)):
+        logc[-1, 0] = np.log1p(1000.0 * ratio)  # then twice that, or 1.5 times
+        assert bool(crowd_scores(logc, first_hour, p).score[-1, 0] >= 4) is scores, ratio
+        assert crowd_scores(logc, first_hour, CrowdParams(gate_ratio=1.0)).score[-1, 0] <= 0
+    assert np.nanmax(crowd_scores(logc, first_hour, p).score[-60:-6]) < 4  # the steady hours stay quiet
+
+
 def test_backfill_finds_moomba_in_the_stored_counts(client: TestClient, melbourne: Platform) -> None:
     """A rule run over stored history: Moomba's Labour Day Monday (14 March 2022) by the Yarra."""
     rule = {

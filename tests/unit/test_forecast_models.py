@@ -79,7 +79,8 @@ def test_no_test_value_reaches_fitting_or_selection() -> None:
     spec = DATASETS["los-loop"]
     split = make_split("los-loop", "tgcn", len(data.values), spec.input_steps, max(spec.horizon_steps))
     scrambled_values = data.values.copy()
-    scrambled_values[split.test_from :] = np.random.default_rng(0).uniform(0, 200, scrambled_values[split.test_from :].shape)
+    test_shape = scrambled_values[split.test_from :].shape
+    scrambled_values[split.test_from :] = np.random.default_rng(0).uniform(0, 200, test_shape)
     scrambled = Panel(data.name, data.times, scrambled_values, data.entity_ids, data.step_s, data.timezone,
                       data.entity_type, data.attribute, data.adjacency)
     fitted = []

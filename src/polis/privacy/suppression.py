@@ -388,8 +388,19 @@ def suppress_jointly(fulls: list[np.ndarray], links: list[Link], k: int) -> list
             return masks
         touched: set[int] = set()
         before = sum(int(mask.sum()) for mask in masks)
+        hidden_now: set[Entry] = set()
         for entry in pinned:
+            # One partner per neighbourhood per round: entries pinned together (a whole row pinned at 0 by a
+            # link) are usually freed by one hide, and a partner for each would over-suppress.
+            t, i, j = entry
+            near = {e for link in by_entry.get(entry, []) for e in link.plus + link.minus}
+            if any(e[0] == t and (e[1] == i or e[2] == j) for e in hidden_now) or near & hidden_now:
+                continue
+            before = [mask.copy() for mask in masks]
             touched.add(_hide_joint_partner(fulls, masks, by_entry, entry))
+            for table, (old, new) in enumerate(zip(before, masks, strict=True)):
+                hidden_now |= {(table, int(a), int(b)) for a, b in np.argwhere(old != new)}
+            hidden_now.add(entry)
         if sum(int(mask.sum()) for mask in masks) == before:  # pragma: no cover - everything already hidden
             raise RuntimeError("joint suppression cannot protect these tables: nothing left to hide")
         for table in touched:
@@ -500,9 +511,9 @@ def _support(a: Any, b: np.ndarray) -> np.ndarray:
 def _hide_joint_partner(
     fulls: list[np.ndarray], masks: list[np.ndarray], by_entry: dict[Entry, list[Link]], entry: Entry
 ) -> int:
-    """Hide the smallest published entry sharing an equation (its row, its column, a link) with `entry`, a
-    link term before a cell before a total; when every equation around it is hidden already, the nearest published entry
-    through the hidden ones (breadth first). Returns the table of the entry hidden."""
+    """Hide the smallest published entry sharing an equation (its row, its column, a link) with `entry`: a
+    cell before a total, a link term first; when every equation around it is hidden already, the nearest
+    published entry through the hidden ones (breadth first). Returns the table of the entry hidden."""
 
     def neighbours(e: Entry) -> list[Entry]:
         t, i, j = e
@@ -513,10 +524,10 @@ def _hide_joint_partner(
         return out
 
     def rank(e: Entry) -> tuple[bool, bool, int]:
-        # A term of a link first: the pins suppression table by table leaves come through the links, and
-        # hiding one more term of the link opens it (a plain cell would often just move the pin along).
+        # Cells before totals (a hidden total costs every user); among those, a term of a link first: the
+        # pins left by suppression table by table come through the links, and one more hidden term opens one.
         f = fulls[e[0]]
-        return (e not in by_entry, e[1] == f.shape[0] - 1 or e[2] == f.shape[1] - 1, int(f[e[1], e[2]]))
+        return (e[1] == f.shape[0] - 1 or e[2] == f.shape[1] - 1, e not in by_entry, int(f[e[1], e[2]]))
 
     seen = {entry}
     frontier = [entry]

@@ -1,0 +1,31 @@
+"""`polis train`, `polis forecast` and `polis bench forecast` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from polis.cli import app
+
+
+def test_train_then_forecast_through_the_registry(tmp_path: Path) -> None:
+    runner = CliRunner()
+    trained = runner.invoke(app, ["train", "sz-taxi", "--model", "persistence", "--data-dir", str(tmp_path)])
+    assert trained.exit_code == 0, trained.output
+    meta = json.loads(next((tmp_path / "models" / "sz-taxi" / "persistence").glob("*/meta.json")).read_text())
+    assert meta["dataset"] == "sz-taxi" and meta["version"] == 1 and meta["train_seconds"] >= 0
+    shown = runner.invoke(app, ["forecast", "sz-taxi", "--sensors", "3", "--data-dir", str(tmp_path)])
+    assert shown.exit_code == 0, shown.output
+    assert "+15 min" in shown.output and "+60 min" in shown.output
+
+
+def test_forecast_without_a_model_and_unknown_names_fail_clearly(tmp_path: Path) -> None:
+    runner = CliRunner()
+    missing = runner.invoke(app, ["forecast", "los-loop", "--data-dir", str(tmp_path)])
+    assert missing.exit_code == 1 and "polis train los-loop" in missing.output
+    unknown = runner.invoke(app, ["bench", "forecast", "--dataset", "nowhere"])
+    assert unknown.exit_code == 2 and "unknown dataset" in unknown.output
+    protocol = runner.invoke(app, ["bench", "forecast", "--dataset", "los-loop", "--protocol", "best"])
+    assert protocol.exit_code == 2 and "unknown protocol" in protocol.output
