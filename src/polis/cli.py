@@ -36,8 +36,11 @@ def _settings(data_dir: Path | None = None, datasets_dir: Path | None = None, **
     return Settings(**overrides)  # type: ignore[arg-type]
 
 
-def _serve(settings: Settings, on_ready: Callable[[], None] | None = None) -> None:
-    """Serve until stopped; `on_ready` runs once the hub (and its MQTT subscription) is up."""
+def _serve(
+    settings: Settings, on_ready: Callable[[], None] | None = None, forecast_datasets: tuple[str, ...] = ()
+) -> None:
+    """Serve until stopped; `on_ready` runs once the hub (and its MQTT subscription) is up; live forecasts
+    for `forecast_datasets` start in the background (a registered model, or a quick one trained first)."""
     import uvicorn
 
     from polis.api.app import create_app
@@ -45,6 +48,8 @@ def _serve(settings: Settings, on_ready: Callable[[], None] | None = None) -> No
 
     platform = Platform(settings)
     try:
+        if forecast_datasets:
+            platform.forecasts.start(forecast_datasets)
         if settings.mqtt_url:
             platform.start_mqtt(settings.mqtt_url, wait_s=30.0)
             console.print(f"taking sensor streams from {settings.mqtt_url} (topics polis/<tenant>/<type>/<id>)")
@@ -182,7 +187,7 @@ def demo(
         console.print(f"live: Los-loop readings replayed through {broker.url} at {speed:g}x real time")
 
     try:
-        _serve(settings, on_ready=go_live)
+        _serve(settings, on_ready=go_live, forecast_datasets=("los-loop",))
     finally:
         stop.set()
         if feeder.is_alive():

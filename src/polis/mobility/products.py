@@ -1,7 +1,8 @@
 """The released mobility products: hourly flows per station or H3 cell, and the origin-destination matrix
 per day or 8-hour window at the coarser resolution. Every release is a table with margins through
-`privacy.suppression` (no count below k, complementary suppression), optionally with differential-privacy
-noise charged to the dataset's ε budget first. Nothing else about trips ever leaves the hub (except the
+`privacy.suppression` (no count below k, complementary suppression); all the tables of one day are
+suppressed together with the equations between them (`day_tables`), or, with differential-privacy noise
+charged to the dataset's ε budget first, one by one. Nothing else about trips ever leaves the hub (except the
 raw-pseudonymous tier, to departments granted it)."""
 
 from __future__ import annotations
@@ -187,7 +188,9 @@ class MobilityProducts:
         window's hours equal the OD row totals; and the grand totals. Only equations that hold on the counts
         are kept (a station whose place moved between files can blur a group; the attacker can't use an
         equation that is false either)."""
-        od_resolution = h3.get_resolution(od_areas[0]) if od_areas else 7
+        if not rows or not od_areas:
+            return []
+        od_resolution = h3.get_resolution(od_areas[0])
         parent: dict[str, str] = {}
 
         def find(x: str) -> str:

@@ -16,6 +16,11 @@ When neither rule fires, `derivable` checks exactly (one LP plus a bridge search
 is still pinned to one value by the published numbers under non-negativity, and hides a partner of each
 one that is; the loop ends when none is. The tests attack the released tables independently (interval
 bounds of every hidden entry by linear programming, two LPs per entry).
+
+Tables released together and linked by sums (a day's hourly departures and its OD matrix: the OD row totals
+of a coarse cell are the departures of the areas inside it) go through `suppress_jointly`: each table as
+above, then the same exact check on the joint system (every table's lines plus the `Link` equations), a
+partner for each pinned entry, repeated until nothing is pinned.
 """
 
 from __future__ import annotations
@@ -396,9 +401,9 @@ def suppress_jointly(fulls: list[np.ndarray], links: list[Link], k: int) -> list
             near = {e for link in by_entry.get(entry, []) for e in link.plus + link.minus}
             if any(e[0] == t and (e[1] == i or e[2] == j) for e in hidden_now) or near & hidden_now:
                 continue
-            before = [mask.copy() for mask in masks]
+            snapshot = [mask.copy() for mask in masks]
             touched.add(_hide_joint_partner(fulls, masks, by_entry, entry))
-            for table, (old, new) in enumerate(zip(before, masks, strict=True)):
+            for table, (old, new) in enumerate(zip(snapshot, masks, strict=True)):
                 hidden_now |= {(table, int(a), int(b)) for a, b in np.argwhere(old != new)}
             hidden_now.add(entry)
         if sum(int(mask.sum()) for mask in masks) == before:  # pragma: no cover - everything already hidden
