@@ -62,8 +62,14 @@ def shoot(url: str, key: str, args: argparse.Namespace, started: float | None) -
             page.wait_for_function("document.querySelector('#m-live b').textContent === 'live'", timeout=30_000)
             if started is not None:
                 print(f"dashboard live {time.monotonic() - started:.1f} s after `polis demo` started")
-            page.dispatch_event(f"#traffic-map circle.sensor[data-id='{args.sensor}']", "click")
+            sensor = f"#traffic-map circle.sensor[data-id='{args.sensor}']"
+            page.dispatch_event(sensor, "click")
             page.wait_for_selector("#sensor-chart polyline.history", timeout=30_000)
+            # the demo trains its first forecasting model in the background: wait for its forecasts
+            deadline = time.monotonic() + args.forecast_wait
+            while not page.locator("#sensor-chart polygon.band").count() and time.monotonic() < deadline:
+                time.sleep(5)
+                page.dispatch_event(sensor, "click")
             time.sleep(args.settle)
             if page.locator("#alerts-list li.alert").count():
                 page.click("#alerts-list li.alert >> nth=0")
@@ -83,6 +89,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/dashboard.png"), help="where to write the PNG")
     parser.add_argument("--sensor", default="urn:ngsi-ld:TrafficFlowObserved:los-loop:773869", help="sensor to chart")
     parser.add_argument("--settle", type=float, default=10.0, help="seconds of live updates before the shot")
+    parser.add_argument("--forecast-wait", type=float, default=0.0, help="seconds to wait for a forecast to show")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the hub")
     parser.add_argument("--chromium", default="/usr/bin/chromium", help="Chromium executable")
     args = parser.parse_args()

@@ -62,6 +62,10 @@ def _serve(
             f"[bold]Polis[/bold] serving on http://{settings.host}:{settings.port} "
             f"(API docs at http://{settings.host}:{settings.port}/docs), data in {settings.data_dir}"
         )
+        console.print(
+            f"dashboard at http://{settings.host}:{settings.port}/ ; the admin department's key is in "
+            f"{settings.admin_key_path} (send it as 'Authorization: Bearer <key>'; `polis admin` makes others)"
+        )
         uvicorn.run(
             create_app(platform), host=settings.host, port=settings.port, log_level="warning", access_log=False,
             timeout_graceful_shutdown=3,  # open event streams (subscriptions) would otherwise hold a stop forever

@@ -3,7 +3,9 @@ Nothing is built at import time; the API, the CLI and the tests all start from a
 
 from __future__ import annotations
 
+import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -16,6 +18,7 @@ from polis.settings import Settings
 from polis.store.duckdb_ import DuckDBStore
 from polis.subscriptions.service import SubscriptionService
 
+log = logging.getLogger(__name__)
 
 class Source(Protocol):
     """A live ingest source the platform runs (MQTT today): started with the server, stopped with it."""
@@ -34,6 +37,13 @@ class Platform:
         self.store = store or DuckDBStore(
             settings.database_path, threads=settings.duckdb_threads, memory_limit=settings.memory_limit
         )
+        try:
+            self._build(settings)
+        except BaseException:  # e.g. an unreadable context cache: the database file is not left locked
+            self.store.close()
+            raise
+
+    def _build(self, settings: Settings) -> None:
         self.bus = EventBus()
         self.contexts = ContextCache(
             settings.datasets_dir, settings.context_cache_dir, fetch_timeout_s=settings.context_fetch_timeout_s
@@ -75,13 +85,22 @@ class Platform:
         return cls(settings, store=DuckDBStore(None, threads=settings.duckdb_threads))
 
     def close(self) -> None:
-        try:
-            for source in self.sources.values():
-                source.stop()  # commits and acknowledges what it holds before the store closes
-        finally:
-            self.sources.clear()
-            self.forecasts.close()  # its refresh thread reads the store
-            self.alerts.close()  # before the store: its worker may be writing an Alert entity
-            self.subscriptions.close()  # workers stop; undelivered notifications stay in the outbox
-            self.store.close()
-            self.access.close()
+        """Stop every part, in order, even when one of them fails (the first failure is raised after)."""
+        steps: list[Callable[[], None]] = [
+            *(source.stop for source in self.sources.values()),  # commit and acknowledge what they hold
+            self.forecasts.close,  # its refresh thread reads the store
+            self.alerts.close,  # before the store: its worker may be writing an Alert entity
+            self.subscriptions.close,  # workers stop; undelivered notifications stay in the outbox
+            self.store.close,
+            self.access.close,
+        ]
+        self.sources.clear()
+        failure: BaseException | None = None
+        for step in steps:
+            try:
+                step()
+            except BaseException as error:
+                log.exception("closing the platform: %r failed", step)
+                failure = failure or error
+        if failure is not None:
+            raise failure
