@@ -21,7 +21,7 @@ bench_app = typer.Typer(help="Accuracy and speed benchmarks on the real datasets
 app.add_typer(bench_app, name="bench")
 console = Console()
 
-DEMO_DATASETS = ("los-loop", "melbourne-pedestrians")
+DEMO_DATASETS = ("los-loop", "melbourne-pedestrians", "citibike-jersey-city")
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Hub files (default $POLIS_DATA_DIR or ./polis-data)")]
 DatasetsDir = Annotated[Path | None, typer.Option("--datasets-dir", help="Public datasets (default ../shared/data)")]
@@ -162,8 +162,9 @@ def demo(
     datasets_dir: DatasetsDir = None,
     speed: Annotated[float, typer.Option(help="Live replay speed, times real time")] = 60.0,
 ) -> None:
-    """The demo city: load Los-loop and Melbourne (idempotent), start a Mosquitto broker, serve the hub with
-    MQTT ingest, and replay Los-loop's recorded readings as live sensors (60x real time, observed as of now)."""
+    """The demo city: load Los-loop, Melbourne and the Jersey City bike trips (through the privacy gate;
+    idempotent), install the demo alert rules, start a Mosquitto broker, serve the hub with MQTT ingest and
+    live forecasts, and replay Los-loop's recorded readings as live sensors (60x real time, observed as of now)."""
     import threading
     from datetime import UTC, datetime
 

@@ -42,6 +42,7 @@ them on the new one and the receipts recognise them.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import logging
 import signal
@@ -128,13 +129,8 @@ class _Counters:
     _broker_retained: int | None = None
 
 
-@dataclass(slots=True)
-class _PlainColumns:
-    entity_id: list[str] = field(default_factory=list)
-    attribute: list[str] = field(default_factory=list)
-    observed_at: list[str] = field(default_factory=list)
-    value: list[float] = field(default_factory=list)
-    merge: list[int] = field(default_factory=list)  # which merge of its entity took the row (for its unit)
+# One plain reading's value: (entity id, attribute IRI, observedAt text, value, which merge of its entity).
+_PlainRow = tuple[str, str, str, float, int]
 
 
 @dataclass(slots=True)
@@ -152,7 +148,7 @@ class _Plan:
     # Plain readings (one numeric Property per attribute, see Reading.plain) go to history as columns, and
     # only the newest value of each attribute is merged into its entity: a gateway group of 100 messages of
     # 207 readings then merges 207 times, not 20,700.
-    plain: _PlainColumns = field(default_factory=_PlainColumns)
+    plain: list[_PlainRow] = field(default_factory=list)
     pending: dict[str, dict[str, Instance]] = field(default_factory=dict)  # entity id -> attr -> newest
     pending_types: dict[str, str] = field(default_factory=dict)  # entity id -> type of its plain readings
     merges: dict[str, int] = field(default_factory=dict)  # entity id -> merges of pending values so far
@@ -588,7 +584,8 @@ class MqttIngestor:
     ) -> tuple[list[tuple[ReceivedMessage, list[Reading]]], list[tuple[ReceivedMessage, str]]]:
         """Ingest writes as the `sensors` department (polis.access): a message touching a dataset it may not
         write is a dead letter, whole. One audited decision per dataset per group."""
-        datasets = {m.key: {dataset_of(r.entity_id) for r in readings} for m, readings in parsed}
+        of = _dataset_memo
+        datasets = {m.key: {of(r.entity_id) for r in readings} for m, readings in parsed}
         allowed = self.platform.access.sensor_writable(set().union(*datasets.values()), f"MQTT {self.topic}")
         kept = []
         for message, readings in parsed:
@@ -663,7 +660,7 @@ class MqttIngestor:
             if index == 0:
                 n.dead_lettered += len(rejected)
             n.committed += plan.messages
-            n.readings += len(plan.history) + len(plan.plain.value)
+            n.readings += len(plan.history) + len(plan.plain)
             changes = []
             for entity_id, entity in plan.entities.items():
                 before = plan.previous.get(entity_id)
@@ -751,6 +748,10 @@ def _apply(plan: _Plan, reading: Reading, now: str) -> list[HistoryInstance]:
     return _history(reading.entity_id, reading.attributes, plan.instants)
 
 
+# A gateway names the same sensors in every message: their datasets are looked up once.
+_dataset_memo = functools.lru_cache(maxsize=1 << 16)(dataset_of)
+
+
 def _collect_plain(plan: _Plan, reading: Reading) -> None:
     """A plain reading: every value to the history columns, the newest of each attribute kept to merge."""
     entity_id = reading.entity_id
@@ -758,16 +759,12 @@ def _collect_plain(plan: _Plan, reading: Reading) -> None:
     if pending is None:
         pending = plan.pending[entity_id] = {}
         plan.pending_types.setdefault(entity_id, reading.type_iri)
-    columns = plan.plain
+    rows = plan.plain
     merge = plan.merges.get(entity_id, 0)
     for iri, instances in reading.attributes.items():
         instance = instances[0]
         observed = instance["observedAt"]
-        columns.merge.append(merge)
-        columns.entity_id.append(entity_id)
-        columns.attribute.append(iri)
-        columns.observed_at.append(observed)
-        columns.value.append(instance["value"])
+        rows.append((entity_id, iri, observed, instance["value"], merge))
         held = pending.get(iri)
         if held is None:
             pending[iri] = instance
@@ -797,11 +794,11 @@ def _merge_pending(plan: _Plan, entity_id: str, now: str) -> None:
 def _plain_history(plan: _Plan) -> HistoryColumns | None:
     """The plan's plain readings as history columns; each value carries its attribute's unit, as `_apply`
     gives a key-values reading the unit the attribute already has."""
-    columns = plan.plain
-    if not columns.value:
+    if not plan.plain:
         return None
+    entity_ids, attributes, observed_at, values, merges = zip(*plan.plain, strict=True)
     stamps: dict[str, np.datetime64] = {}
-    for text in dict.fromkeys(columns.observed_at):
+    for text in dict.fromkeys(observed_at):
         at = plan.instants.get(text)
         if at is None:
             at = plan.instants[text] = parse_observed_at(text)
@@ -810,13 +807,13 @@ def _plain_history(plan: _Plan) -> HistoryColumns | None:
     distinct = set(units.values())
     unit_codes = None
     if len(distinct) > 1:
-        rows = zip(columns.entity_id, columns.attribute, columns.merge, strict=True)
-        unit_codes = np.array([units[k] for k in rows], dtype=object)
+        keys = zip(entity_ids, attributes, merges, strict=True)
+        unit_codes = np.array([units[k] for k in keys], dtype=object)
     return HistoryColumns(
-        np.array(columns.entity_id, dtype=object),
-        np.array(columns.attribute, dtype=object),
-        np.array([stamps[t] for t in columns.observed_at], dtype="datetime64[us]"),
-        np.array(columns.value, dtype=np.float64),
+        np.array(entity_ids, dtype=object),
+        np.array(attributes, dtype=object),
+        np.array([stamps[t] for t in observed_at], dtype="datetime64[us]"),
+        np.array(values, dtype=np.float64),
         unit_code=next(iter(distinct)) if len(distinct) == 1 else None,
         unit_codes=unit_codes,
     )
