@@ -9,6 +9,7 @@ UTC, never "Z") and whole seconds; `identifier` and `sender` hold no spaces, com
 
 from __future__ import annotations
 
+import math
 import threading
 from datetime import UTC, datetime
 from importlib import resources
@@ -131,7 +132,8 @@ def _parameters(record: AlertRecord) -> list[tuple[str, str]]:
     values = [("polisRuleId", record.rule_id), ("polisRuleKind", str(record.rule.get("kind")))]
     values.append(("polisEntities", " ".join(sorted(record.members))))
     for member in list(record.members.values())[:20]:
-        values.append((f"value {member.name}", f"{member.value:.6g}"))
+        shown = "suppressed" if math.isnan(member.value) else f"{member.value:.6g}"  # a count below k
+        values.append((f"value {member.name}", shown))
     return values
 
 

@@ -109,7 +109,10 @@ class AlertEngine:
     def _compile(self, tenant: str, rule: AnyRule) -> CompiledRule:
         context = rule.context if rule.context is not None else DEFAULT_CONTEXT
         terms = self.platform.contexts.resolve(list(context) if isinstance(context, tuple) else context)
-        compiled = CompiledRule(tenant, rule, terms, self.platform.store, self.platform.settings.datasets_dir)
+        settings = self.platform.settings
+        compiled = CompiledRule(
+            tenant, rule, terms, self.platform.store, settings.datasets_dir, suppression_k=settings.suppression_k
+        )
         if compiled.type_iri == "https://smartdatamodels.org/dataModel.Alert/Alert":
             raise BadRequestData(
                 "rule field 'scope.type': rules cannot watch Alert entities", field="scope.type", reason="loop"
@@ -359,6 +362,9 @@ class AlertEngine:
         members = list(record.members.values())
         names = ", ".join(m.name for m in members[:3]) + (f" and {len(members) - 3} more" if len(members) > 3 else "")
         headline = f"{rule.get('name')}: {names}"[:160]
+        if isinstance(member.value, float) and math.isnan(member.value):  # a count below k: never published
+            k = self.platform.settings.suppression_k
+            return headline, f"{rule.get('name')}: {member.name}: now under {k} events (smaller counts are unpublished)"
         details = member.details
         fields: dict[str, object] = {
             "rule": rule.get("name"),

@@ -100,8 +100,11 @@ def point_of(entity: Entity) -> tuple[float, float] | None:
 
 
 class CompiledRule:
-    def __init__(self, tenant: str, rule: AnyRule, terms: TermMap, store: Store, datasets_dir: Path) -> None:
+    def __init__(
+        self, tenant: str, rule: AnyRule, terms: TermMap, store: Store, datasets_dir: Path, suppression_k: int = 10
+    ) -> None:
         self.tenant = tenant
+        self.suppression_k = suppression_k
         self.rule = rule
         self.json = rule_json(rule)
         self.terms = terms
@@ -421,14 +424,18 @@ class CompiledRule:
         for group in sorted(groups):
             reading = counter.reading(group)
             enough = counter.observed_days >= rule.min_history_days
-            on = enough and reading.count >= rule.min_count and reading.p_value <= rule.max_p_value
+            # Events are about people (911 calls): a burst is raised only on at least k of them, and a count
+            # below the suppression threshold is never released (NaN: null in JSON, "suppressed" in CAP).
+            floor = max(rule.min_count, self.suppression_k)
+            on = enough and reading.count >= floor and reading.p_value <= rule.max_p_value
             off = not on
             points = counter.points(group)
             center = (
                 (sum(p[0] for p in points) / len(points), sum(p[1] for p in points) / len(points)) if points else None
             )
-            details = {"expected": reading.expected, "pValue": reading.p_value, "count": reading.count}
-            signal = Signal(on, off, float(reading.count), float(rule.min_count), details)
+            count = float(reading.count) if reading.count >= self.suppression_k else math.nan
+            details = {"expected": reading.expected, "pValue": reading.p_value, "count": count}
+            signal = Signal(on, off, count, float(floor), details)
             found.append(Observation(group, group, center, counter.watermark, signal))
         return found
 
