@@ -99,7 +99,7 @@ class MessageRejected(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is built per reading, and a frozen init costs 5x (gateway messages)
 class Reading:
     """What one message (or one item of a batch) writes to one entity."""
 
