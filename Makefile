@@ -9,17 +9,18 @@ POLIS_PORT ?= 8000
 
 setup: $(STAMP) system-packages
 
-# Mosquitto (the real MQTT broker the streaming tests and the live demo use) comes from Debian's packages.
+# Debian packages the tests and the demo need, installed only when missing, in one apt run: Mosquitto (the real
+# MQTT broker of the streaming tests and the live demo) and Chromium (the dashboard's browser tests drive
+# Debian's chromium through Playwright's Python package with executable_path; no browser is ever downloaded).
 system-packages:
-	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
-		echo "installing mosquitto from Debian's packages"; \
+	@missing=""; \
+	command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || missing="$$missing mosquitto"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing from Debian's packages"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq mosquitto >/dev/null; }
-	@# Chromium (headless) runs the dashboard's browser tests, driven by Playwright; never `playwright install`.
-	@command -v chromium >/dev/null 2>&1 || { \
-		echo "installing chromium from Debian's packages"; \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
