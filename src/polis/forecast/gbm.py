@@ -8,7 +8,7 @@ Boosters are saved in LightGBM's own text format, the learned state as a plain .
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -16,7 +16,8 @@ import numpy as np
 
 from polis.forecast.data import Panel
 from polis.forecast.features import Common, FeatureState, common_features, step_features
-from polis.forecast.model import Forecast, IntervalCalibration, Progress, read_json, targets, write_json
+from polis.forecast.model import IntervalCalibration, Progress, targets
+from polis.forecast.standardised import StandardisedForecaster, read_meta
 
 __all__ = ["GbmParams", "GlobalGbm"]
 
@@ -40,7 +41,7 @@ class GbmParams:
     refit: bool = False  # after selection, train again on train + validation with the chosen tree count
 
 
-class GlobalGbm:
+class GlobalGbm(StandardisedForecaster):
     kind: ClassVar[str] = "lightgbm"
 
     def __init__(self, steps: tuple[int, ...], seed: int = 0, params: GbmParams | None = None) -> None:
@@ -169,40 +170,22 @@ class GlobalGbm:
             out[:, j] = (common.base + change) * self.state.std + self.state.mean
         return out
 
-    def predict(self, panel: Panel, origins: np.ndarray) -> Forecast:
-        if self.state is None or self.calibration is None:
-            raise RuntimeError("the model is not fitted")
-        origins = np.asarray(origins, dtype=np.int64)
-        mean = self._mean(panel, origins)
-        lower, upper = self.calibration.bounds(mean)
-        return Forecast(origins, self.steps, mean, lower, upper)
-
     # ------------------------------------------------------------------------------------------ files
 
     def save(self, directory: Path) -> None:
-        if self.state is None or self.calibration is None:
-            raise RuntimeError("the model is not fitted")
-        directory.mkdir(parents=True, exist_ok=True)
+        self._save_state(directory, feature_names=self.feature_names, rounds=self.rounds)
         for step, booster in zip(self.steps, self.boosters, strict=True):
             booster.save_model(str(directory / f"step{step}.txt"))
-        np.savez(directory / "state.npz", **self.state.to_arrays())  # type: ignore[arg-type]
-        write_json(directory / "model.json", {
-            "kind": self.kind, "steps": list(self.steps), "seed": self.seed, "params": asdict(self.params),
-            "state": self.state.to_json(), "calibration": self.calibration.to_json(),
-            "feature_names": self.feature_names, "rounds": self.rounds,
-        })
 
     @classmethod
     def load(cls, directory: Path) -> Self:
         import lightgbm as lgb
 
-        meta = read_json(directory / "model.json")
-        model = cls(tuple(meta["steps"]), int(meta["seed"]), GbmParams(**meta["params"]))  # type: ignore[arg-type,call-overload]
-        with np.load(directory / "state.npz", allow_pickle=False) as arrays:
-            model.state = FeatureState.restore(dict(arrays), meta["state"])  # type: ignore[arg-type]
-        model.calibration = IntervalCalibration.from_json(meta["calibration"])  # type: ignore[arg-type]
-        model.feature_names = list(meta["feature_names"])  # type: ignore[call-overload]
-        model.rounds = list(meta["rounds"])  # type: ignore[call-overload]
+        meta = read_meta(directory)
+        model = cls(tuple(meta["steps"]), int(meta["seed"]), GbmParams(**meta["params"]))
+        model._load_state(directory, meta)
+        model.feature_names = list(meta["feature_names"])
+        model.rounds = list(meta["rounds"])
         model.boosters = [lgb.Booster(model_file=str(directory / f"step{s}.txt")) for s in model.steps]
         return model
 

@@ -7,7 +7,7 @@ changes from the last reading in the sensor's standard units. Saved as a torch s
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -15,7 +15,8 @@ import numpy as np
 
 from polis.forecast.data import Panel
 from polis.forecast.features import FeatureState
-from polis.forecast.model import Forecast, IntervalCalibration, Progress, forward_fill, read_json, targets, write_json
+from polis.forecast.model import IntervalCalibration, Progress, forward_fill, targets
+from polis.forecast.standardised import StandardisedForecaster, read_meta
 
 __all__ = ["MlpParams", "SpatioTemporalMlp"]
 
@@ -51,7 +52,7 @@ def _inputs(panel: Panel, origins: np.ndarray, state: FeatureState) -> tuple[np.
     return extra.astype(np.float32), base, np.stack([slots, days], axis=-1)
 
 
-class SpatioTemporalMlp:
+class SpatioTemporalMlp(StandardisedForecaster):
     kind: ClassVar[str] = "mlp"
 
     def __init__(self, steps: tuple[int, ...], seed: int = 0, params: MlpParams | None = None) -> None:
@@ -163,38 +164,20 @@ class SpatioTemporalMlp:
         out: np.ndarray = z * self.state.std + self.state.mean
         return out
 
-    def predict(self, panel: Panel, origins: np.ndarray) -> Forecast:
-        if self.state is None or self.calibration is None:
-            raise RuntimeError("the model is not fitted")
-        origins = np.asarray(origins, dtype=np.int64)
-        mean = self._mean(panel, origins)
-        lower, upper = self.calibration.bounds(mean)
-        return Forecast(origins, self.steps, mean, lower, upper)
-
     def save(self, directory: Path) -> None:
         import torch
 
-        if self.state is None or self.calibration is None:
-            raise RuntimeError("the model is not fitted")
-        directory.mkdir(parents=True, exist_ok=True)
+        self._save_state(directory, n_sensors=self.n_sensors, n_slots=self.n_slots)
         torch.save(self.network.state_dict(), directory / "network.pt")
-        np.savez(directory / "state.npz", **self.state.to_arrays())  # type: ignore[arg-type]
-        write_json(directory / "model.json", {
-            "kind": self.kind, "steps": list(self.steps), "seed": self.seed, "params": asdict(self.params),
-            "state": self.state.to_json(), "calibration": self.calibration.to_json(),
-            "n_sensors": self.n_sensors, "n_slots": self.n_slots,
-        })
 
     @classmethod
     def load(cls, directory: Path) -> Self:
         import torch
 
-        meta = read_json(directory / "model.json")
-        model = cls(tuple(meta["steps"]), int(meta["seed"]), MlpParams(**meta["params"]))  # type: ignore[arg-type,call-overload]
-        with np.load(directory / "state.npz", allow_pickle=False) as arrays:
-            model.state = FeatureState.restore(dict(arrays), meta["state"])  # type: ignore[arg-type]
-        model.calibration = IntervalCalibration.from_json(meta["calibration"])  # type: ignore[arg-type]
-        model.n_sensors, model.n_slots = int(meta["n_sensors"]), int(meta["n_slots"])  # type: ignore[call-overload]
+        meta = read_meta(directory)
+        model = cls(tuple(meta["steps"]), int(meta["seed"]), MlpParams(**meta["params"]))
+        model._load_state(directory, meta)
+        model.n_sensors, model.n_slots = int(meta["n_sensors"]), int(meta["n_slots"])
         model.network = model._build()
         model.network.load_state_dict(torch.load(directory / "network.pt", weights_only=True))
         return model
