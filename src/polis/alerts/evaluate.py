@@ -226,20 +226,24 @@ class CompiledRule:
         self.free[entity_id] = level
         return level
 
-    def _crossing(self, above: float | None, below: float | None, scale: float) -> tuple[float, bool]:
-        if above is not None:
-            return above * scale, True
-        return float(below or 0.0) * scale, False
-
-    def _threshold(self, rule: ThresholdRule, entity: Entity, value: float, at: datetime) -> Observation | None:
+    def _crossing(self, rule: ThresholdRule | ForecastRule, entity_id: str) -> tuple[float, bool, float, float] | None:
+        """(threshold, upward, hysteresis band, scale), scaled to the sensor's free flow when the rule is
+        relative to it; None while that reference is not known yet."""
         scale = 1.0
         if rule.relative_to == "freeFlow":
-            reference = self._reference(entity["id"])
+            reference = self._reference(entity_id)
             if reference is None:
                 return None
             scale = reference
-        threshold, upward = self._crossing(rule.above, rule.below, scale)
-        band = rule.hysteresis * scale
+        if rule.above is not None:
+            return rule.above * scale, True, rule.hysteresis * scale, scale
+        return float(rule.below or 0.0) * scale, False, rule.hysteresis * scale, scale
+
+    def _threshold(self, rule: ThresholdRule, entity: Entity, value: float, at: datetime) -> Observation | None:
+        crossing = self._crossing(rule, entity["id"])
+        if crossing is None:
+            return None
+        threshold, upward, band, scale = crossing
         if upward:
             signal = Signal(value > threshold, value <= threshold - band, value, threshold)
         else:
@@ -263,14 +267,10 @@ class CompiledRule:
                 break
         if path is None or not path.points:
             return None
-        scale = 1.0
-        if rule.relative_to == "freeFlow":
-            reference = self._reference(entity["id"])
-            if reference is None:
-                return None
-            scale = reference
-        threshold, upward = self._crossing(rule.above, rule.below, scale)
-        band = rule.hysteresis * scale
+        crossing = self._crossing(rule, entity["id"])
+        if crossing is None:
+            return None
+        threshold, upward, band, _ = crossing
         horizon = at + timedelta(minutes=rule.within_minutes)
         points = [p for p in path.points if at < _aware(p.valid_at) <= horizon]
         if not points:
