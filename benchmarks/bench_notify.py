@@ -79,7 +79,6 @@ def _round(work: Path, seed_db: Path, messages: int) -> dict[str, Any]:
     from benchmarks.common import free_port
     from polis.ingest.broker import start_broker
     from polis.ingest.mqtt import MqttIngestor
-    from polis.ngsi_ld.events import EntityChange
     from polis.platform import Platform
     from polis.runtime import tune_for_service
     from polis.settings import Settings
@@ -96,13 +95,7 @@ def _round(work: Path, seed_db: Path, messages: int) -> dict[str, Any]:
     _subscribe(platform, terms, f"http://127.0.0.1:{port}", los_loop().entity_ids[0])
 
     committed: dict[tuple[str, str], float] = {}
-
-    def stamp(change: EntityChange) -> None:  # runs right after each commit, before the outbox write
-        entity = change.entity
-        if entity is not None and speed_iri in entity:
-            committed[(change.entity_id, entity[speed_iri][0].get("observedAt", ""))] = time.time()
-
-    platform.bus.subscribe(stamp)
+    platform.bus._stagers.insert(0, _commit_stamps(speed_iri, committed))
     tune_for_service()
     commits: list[tuple[int, float]] = []
     ingestor = MqttIngestor(platform, broker.url, on_commit=lambda group, at: commits.append((len(group), at)))
@@ -151,7 +144,6 @@ def _direct_round(work: Path, seed_db: Path, seconds: float) -> dict[str, Any]:
     """The same subscriptions and receiver, with the MQTT path taken out: the benchmark itself commits
     upserts of 100 Los-loop sensors every 20 ms (5,000 observations/s) through `EntityService.batch`."""
     from benchmarks.common import free_port
-    from polis.ngsi_ld.events import EntityChange
     from polis.platform import Platform
     from polis.runtime import tune_for_service
     from polis.settings import Settings
@@ -170,22 +162,17 @@ def _direct_round(work: Path, seed_db: Path, seconds: float) -> dict[str, Any]:
     committed: dict[tuple[str, str], float] = {}
     listener_s: list[float] = []
 
-    def stamp(change: EntityChange) -> None:
-        entity = change.entity
-        if entity is not None and speed_iri in entity:
-            committed[(change.entity_id, entity[speed_iri][0].get("observedAt", ""))] = time.time()
-
-    platform.bus.subscribe(stamp)
     service = platform.subscriptions
-    on_commit = service._on_commit  # timed, to report what the listener adds to each write
+    stage = service._stage  # timed, to report what matching adds to each write
 
-    def timed(changes: Any) -> None:
+    def timed(changes: Any) -> Any:
         t = time.perf_counter()
-        on_commit(changes)
+        rows = stage(changes)
         listener_s.append(time.perf_counter() - t)
+        return rows
 
     bus = platform.bus
-    bus._batch_listeners = [timed if listener == on_commit else listener for listener in bus._batch_listeners]
+    bus._stagers = [_commit_stamps(speed_iri, committed)] + [timed if f == stage else f for f in bus._stagers]
     tune_for_service()
     per_commit, period = 100, 0.02
     commits = int(seconds / period)
@@ -221,6 +208,27 @@ def _direct_round(work: Path, seed_db: Path, seconds: float) -> dict[str, Any]:
         "commit_to_delivered": {name: latency_stats(v) for name, v in sorted(per_sub.items())},
         "commit_to_delivered_all_subscriptions": latency_stats([x for v in per_sub.values() for x in v]),
     }
+
+
+def _commit_stamps(speed_iri: str, committed: dict[tuple[str, str], float]) -> Any:
+    """A staged bus listener that records each reading's commit time, right after COMMIT (the first
+    after-commit step, before the outbox hands anything to the delivery workers)."""
+
+    class Stamp:
+        def __init__(self, changes: Any) -> None:
+            self.changes = changes
+
+        def write(self, con: Any) -> None:
+            pass
+
+        def committed(self) -> None:
+            now = time.time()
+            for change in self.changes:
+                entity = change.entity
+                if entity is not None and speed_iri in entity:
+                    committed[(change.entity_id, entity[speed_iri][0].get("observedAt", ""))] = now
+
+    return Stamp
 
 
 def _subscribe(platform: Any, terms: Any, base: str, sensor: str) -> None:

@@ -648,7 +648,13 @@ class MqttIngestor:
         if letters and not plans:
             self.store.write("", receipts=letter_receipts, dead_letters=letters)
             n.dead_lettered += len(rejected)
+        bus = self.platform.bus
         for index, plan in enumerate(plans.values()):
+            changes = []
+            for entity_id, entity in plan.entities.items():
+                before = plan.previous.get(entity_id)
+                kind = "created" if before is None else "updated"
+                changes.append(EntityChange(plan.tenant, kind, entity_id, entity, before))
             self.store.write(
                 plan.tenant,
                 upserts=list(plan.entities.values()),
@@ -656,17 +662,13 @@ class MqttIngestor:
                 receipts=plan.receipts + letter_receipts if index == 0 else plan.receipts,
                 history_columns=_plain_history(plan),
                 dead_letters=letters if index == 0 else (),
+                staged=bus.stage(changes),  # the subscriptions' outbox commits with the readings
             )
             if index == 0:
                 n.dead_lettered += len(rejected)
             n.committed += plan.messages
             n.readings += len(plan.history) + len(plan.plain)
-            changes = []
-            for entity_id, entity in plan.entities.items():
-                before = plan.previous.get(entity_id)
-                kind = "created" if before is None else "updated"
-                changes.append(EntityChange(plan.tenant, kind, entity_id, entity, before))
-            self.platform.bus.publish_many(changes)  # one call per commit: batch listeners write once
+            bus.publish_many(changes)  # one call per commit: batch listeners write once
         n.last_commit_ms = round((time.perf_counter() - started) * 1000, 3)
 
     def _load(self, plan: _Plan, entity_ids: list[str]) -> None:

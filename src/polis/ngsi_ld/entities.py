@@ -122,10 +122,9 @@ class EntityService:
         deletes: Sequence[str] = (),
     ) -> None:
         refuse_personal_data(entities)  # 422 naming the field and rule before anything is stored (polis.privacy)
-        self.store.write(tenant, upserts=entities, deletes=deletes, history=history)
-        self.bus.publish_many(
-            [EntityChange(tenant, kind, e["id"], e, before) for e, before in zip(entities, previous, strict=True)]
-        )
+        changes = [EntityChange(tenant, kind, e["id"], e, before) for e, before in zip(entities, previous, strict=True)]
+        self.store.write(tenant, upserts=entities, deletes=deletes, history=history, staged=self.bus.stage(changes))
+        self.bus.publish_many(changes)
 
     @serialised
     def create(self, tenant: str, body: Any, terms: TermMap) -> str:
@@ -184,8 +183,9 @@ class EntityService:
     @serialised
     def delete(self, tenant: str, entity_id: str) -> None:
         old = self._load(tenant, entity_id)
-        self.store.write(tenant, deletes=[entity_id])
-        self.bus.publish(EntityChange(tenant, "deleted", entity_id, None, old))
+        changes = [EntityChange(tenant, "deleted", entity_id, None, old)]
+        self.store.write(tenant, deletes=[entity_id], staged=self.bus.stage(changes))
+        self.bus.publish_many(changes)
 
     # -- attributes --------------------------------------------------------------------------
 
@@ -469,8 +469,9 @@ class EntityService:
             else:
                 result.fail(eid, ResourceNotFound(f"entity {eid} was not found"))
         if result.success:
-            self.store.write(tenant, deletes=result.success)
-            self.bus.publish_many([EntityChange(tenant, "deleted", eid, None, existing[eid]) for eid in result.success])
+            changes = [EntityChange(tenant, "deleted", eid, None, existing[eid]) for eid in result.success]
+            self.store.write(tenant, deletes=result.success, staged=self.bus.stage(changes))
+            self.bus.publish_many(changes)
         return result
 
 

@@ -1,12 +1,19 @@
 """The in-process event bus: everything committed is published to whoever listens (rules, detectors,
-forecasters, subscriptions). Listeners run after the commit, so a failing listener never undoes a write."""
+forecasters). Listeners run after the commit, so a failing listener never undoes a write.
+
+A *staged* listener (the subscriptions' outbox) runs before the commit instead: it returns rows that the
+store writes in the same transaction as the entities, so an acknowledged write can never lose the
+notifications it owes (no crash window between the entity commit and the outbox insert). Every writer
+therefore commits through the same three steps: `stage(changes)`, `store.write(..., staged=...)`,
+`publish_many(changes)`.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -20,14 +27,26 @@ class EntityChange:
     previous: dict[str, Any] | None  # the state before (None when created)
 
 
+class Staged(Protocol):
+    """Rows a staged listener adds to a commit."""
+
+    def write(self, con: Any) -> None:
+        """Inside the commit's transaction, on the store's connection; raising rolls the whole commit back."""
+
+    def committed(self) -> None:
+        """After the commit, still under the store's write lock (so hand-overs happen in commit order)."""
+
+
 Listener = Callable[[EntityChange], None]
 BatchListener = Callable[[Sequence[EntityChange]], None]
+Stager = Callable[[Sequence[EntityChange]], Staged | None]
 
 
 class EventBus:
     def __init__(self) -> None:
         self._listeners: list[Listener] = []
         self._batch_listeners: list[BatchListener] = []
+        self._stagers: list[Stager] = []
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -36,6 +55,26 @@ class EventBus:
         """Called once per commit with all its changes: a listener that writes (the subscriptions' outbox)
         then pays one transaction per commit, not one per entity."""
         self._batch_listeners.append(listener)
+
+    def subscribe_staged(self, stager: Stager) -> None:
+        """Called with a commit's changes before it is written; what it returns is written with them."""
+        self._stagers.append(stager)
+
+    def stage(self, changes: Sequence[EntityChange]) -> list[Staged]:
+        """What the staged listeners add to the commit of `changes` (pass it to `Store.write(staged=...)`).
+        A stager's bug is logged and skips its rows, as a failing listener did: the write itself goes on."""
+        staged: list[Staged] = []
+        if not changes:
+            return staged
+        for stager in self._stagers:
+            try:
+                rows = stager(changes)
+            except Exception:
+                log.exception("staged listener %r failed on a commit of %d changes", stager, len(changes))
+                continue
+            if rows is not None:
+                staged.append(rows)
+        return staged
 
     def publish(self, change: EntityChange) -> None:
         self.publish_many((change,))

@@ -142,8 +142,10 @@ class TemporalService:
             current[name] = list(newest.values())
         current["modifiedAt"] = now
         current.setdefault("createdAt", now)
-        self.store.write(tenant, upserts=[current], history=history)
-        self.entities.bus.publish(EntityChange(tenant, "temporal", entity_id, current, old))
+        changes = [EntityChange(tenant, "temporal", entity_id, current, old)]
+        bus = self.entities.bus
+        self.store.write(tenant, upserts=[current], history=history, staged=bus.stage(changes))
+        bus.publish_many(changes)
         return old is None
 
     def query(

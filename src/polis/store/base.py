@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 
 from polis.domain.entity import Entity, HistoryInstance
+from polis.ngsi_ld.events import Staged
 
 if TYPE_CHECKING:
     from polis.ngsi_ld.geoquery import GeoQuery
@@ -140,11 +141,13 @@ class Store(Protocol):
         receipts: Sequence[tuple[str, str]] = (),
         history_columns: HistoryColumns | None = None,
         dead_letters: Sequence[DeadLetter] = (),
+        staged: Sequence[Staged] = (),
     ) -> None:
         """In one transaction: replace (or insert) whole entity documents, delete entities, add
         temporal instances (as instances and/or as numeric columns, all kept; NaN values skipped),
         keep dead letters, record (source, key) receipts of the messages these writes came from (so a
-        message is stored, or dead-lettered, exactly once). Nothing is written if anything fails."""
+        message is stored, or dead-lettered, exactly once), and the rows of staged listeners (the
+        subscriptions' outbox, `EventBus.stage`). Nothing is written if anything fails."""
         ...
 
     def seen(self, source: str, keys: Sequence[str]) -> set[str]:

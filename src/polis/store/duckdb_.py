@@ -19,6 +19,7 @@ itself, and writes must be serialised anyway.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -33,6 +34,7 @@ import pyarrow as pa
 
 from polis.access.datasets import dataset_sql
 from polis.domain.entity import ENTITY_MEMBERS, Entity, HistoryInstance
+from polis.ngsi_ld.events import Staged
 from polis.ngsi_ld.geoquery import matches as geo_matches
 from polis.store.attr_index import ATTR_INDEX_DDL, attr_index_rows
 from polis.store.base import (
@@ -48,6 +50,8 @@ from polis.store.base import (
 )
 from polis.store.geo_index import GEO_INDEX_DDL, geo_index_rows, geo_to_sql
 from polis.store.q_sql import q_to_sql
+
+log = logging.getLogger(__name__)
 
 INSTANCE_PREFIX = "urn:ngsi-ld:Instance:"
 
@@ -210,6 +214,7 @@ class DuckDBStore:
         receipts: Sequence[tuple[str, str]] = (),
         history_columns: HistoryColumns | None = None,
         dead_letters: Sequence[DeadLetter] = (),
+        staged: Sequence[Staged] = (),
     ) -> None:
         columns = history_columns if history_columns is not None and len(history_columns) else None
         if not (upserts or deletes or history or receipts or columns or dead_letters):
@@ -270,10 +275,17 @@ class DuckDBStore:
                         con.execute(_INSERT_LETTERS)
                     if receipts:
                         con.execute("INSERT INTO receipts SELECT source, key, now()::TIMESTAMP FROM receipt_rows")
+                    for rows in staged:
+                        rows.write(con)
                     con.execute("COMMIT")
                 except BaseException:
                     con.execute("ROLLBACK")
                     raise
+            for rows in staged:
+                try:
+                    rows.committed()
+                except Exception:  # what is committed stays committed; the rows are picked up again at start
+                    log.exception("after-commit step of %r failed", rows)
             for eid in deletes:
                 self._directory.pop((tenant, eid), None)
             for entity in upserts:

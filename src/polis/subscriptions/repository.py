@@ -2,13 +2,14 @@
 
 - `subscriptions`: one row per (tenant, id): the subscription document (expanded names) and its delivery
   status counters, so `timesSent`/`lastSuccess`/... survive a restart.
-- `notification_outbox`: one row per notification not yet delivered, in `seq` order. A row is written by
-  the bus listener right after the entity commit (before an MQTT message is acknowledged or an HTTP write
-  answered) and deleted once its endpoint accepted it: rows still here when the process stops are
-  delivered after it starts again.
+- `notification_outbox`: one row per notification not yet delivered, in `seq` order. A row is written in
+  the same transaction as the entity change it reports (`enqueue` runs on the store's connection, inside
+  `DuckDBStore.write`), so a write that was acknowledged always has its notifications stored, and a write
+  that failed has none; the row is deleted once its endpoint accepted it: rows still here when the process
+  stops are delivered after it starts again.
 
-Its own connection (`DuckDBStore.connection()`) and lock: these writes never wait on the entity store's
-lock, and they are small (one row per subscription per commit), so one lock for all of them is enough.
+Everything else (subscriptions, acknowledgements, status counters) uses its own connection
+(`DuckDBStore.connection()`) and lock, so it never waits on the entity store's lock.
 """
 
 from __future__ import annotations
@@ -90,9 +91,12 @@ class SubscriptionRepository:
 
     # -- outbox --------------------------------------------------------------------------------------
 
-    def enqueue(self, drafts: Sequence[tuple[str, str, str, str, Sequence[Change]]]) -> list[OutboxItem]:
-        """(tenant, subscription id, notification id, notifiedAt, changes) -> stored items, in one
-        transaction; their `seq` follows every earlier one."""
+    def enqueue(
+        self, drafts: Sequence[tuple[str, str, str, str, Sequence[Change]]], con: duckdb.DuckDBPyConnection
+    ) -> list[OutboxItem]:
+        """(tenant, subscription id, notification id, notifiedAt, changes) -> stored items, written on `con`
+        inside its caller's transaction (the entity commit); their `seq` follows every earlier one (a commit
+        that rolls back leaves a gap, never a repeat)."""
         with self._lock:
             items = []
             for tenant, sub_id, notification_id, notified_at, changes in drafts:
@@ -109,9 +113,9 @@ class SubscriptionRepository:
                 ]
                 for i in items
             ]
-            # One statement, one implicit transaction: DuckDB's executemany is slower for a few rows.
+            # One statement: DuckDB's executemany is slower for a few rows.
             values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(rows))
-            self._con.execute(f"INSERT INTO notification_outbox VALUES {values}", [v for row in rows for v in row])
+            con.execute(f"INSERT INTO notification_outbox VALUES {values}", [v for row in rows for v in row])
         return items
 
     def pending(self) -> list[OutboxItem]:

@@ -1,8 +1,9 @@
 """The subscription service: create, list, retrieve, update and delete subscriptions (§5.8), match every
 committed change against them, and put what matches in the durable outbox for the delivery workers.
 
-The bus listener runs in the write path, right after the commit: it only matches and enqueues (one outbox
-insert per commit, whatever the number of entities and subscriptions); rendering and sending happen in
+The staged bus listener runs in the write path, before the commit: it only matches, and the store writes
+what matched to the outbox in the entity commit's own transaction (one outbox insert per commit, whatever
+the number of entities and subscriptions), then hands it to the workers; rendering and sending happen in
 the workers. No thread starts until a notification is waiting.
 """
 
@@ -24,13 +25,15 @@ from polis.store.duckdb_ import DuckDBStore
 from polis.subscriptions.delivery import Dispatcher, Key, Target
 from polis.subscriptions.matching import Compiled, Diff
 from polis.subscriptions.model import DeliveryStatus, Subscription, apply_patch, parse_subscription, utc_text
-from polis.subscriptions.notification import Change, new_notification_id
+from polis.subscriptions.notification import Change, OutboxItem, new_notification_id
 from polis.subscriptions.repository import SubscriptionRepository
 from polis.subscriptions.transports import StreamClient, StreamHub
 
 log = logging.getLogger(__name__)
 
 MAX_CHANGES_PER_NOTIFICATION = 500  # a bulk commit becomes several notifications, not one huge body
+
+Draft = tuple[str, str, str, str, list[Change]]  # tenant, subscription id, notification id, notifiedAt, changes
 
 
 class _Active:
@@ -61,7 +64,6 @@ class SubscriptionService:
         self.clock = clock
         self.repo = SubscriptionRepository(store.connection())
         self._lock = threading.RLock()
-        self._enqueue_lock = threading.Lock()  # outbox seq order == hand-over order
         self._active: dict[Key, _Active] = {}
         self._subs: dict[Key, Subscription] = {}
         # (department, entity id) -> may its subscriptions carry that entity; the platform sets it to
@@ -82,7 +84,7 @@ class SubscriptionService:
         pending = self.repo.pending()
         if pending:
             self.dispatcher.submit(pending)
-        bus.subscribe_batch(self._on_commit)
+        bus.subscribe_staged(self._stage)
 
     # -- CRUD ----------------------------------------------------------------------------------------
 
@@ -163,14 +165,15 @@ class SubscriptionService:
 
     # -- matching ------------------------------------------------------------------------------------
 
-    def _on_commit(self, changes: Sequence[EntityChange]) -> None:
+    def _stage(self, changes: Sequence[EntityChange]) -> _OutboxRows | None:
+        """The notifications a commit owes, matched before it is written and stored with it."""
         if not self._active:
-            return
+            return None
         now = self.clock()
         with self._lock:
             candidates = [a for a in self._active.values() if a.sub.status(now) == "active"]
         if not candidates:
-            return
+            return None
         matched: dict[Key, list[Change]] = {}
         for change in changes:
             diff = Diff(change)
@@ -192,16 +195,14 @@ class SubscriptionService:
                     )
                 )
         if not matched:
-            return
+            return None
         notified_at = utc_text(now)
         drafts = [
             (tenant, sid, new_notification_id(), notified_at, found[i : i + MAX_CHANGES_PER_NOTIFICATION])
             for (tenant, sid), found in matched.items()
             for i in range(0, len(found), MAX_CHANGES_PER_NOTIFICATION)
         ]
-        with self._enqueue_lock:
-            items = self.repo.enqueue(drafts)
-            self.dispatcher.submit(items)
+        return _OutboxRows(self, drafts)
 
     # -- internals -----------------------------------------------------------------------------------
 
@@ -237,6 +238,22 @@ class SubscriptionService:
         self.streams.close_all()
         self.dispatcher.stop()
         self.repo.close()
+
+
+class _OutboxRows:
+    """A commit's notifications: stored in its transaction, handed to the workers once it is committed
+    (under the store's lock, so the workers receive them in commit order)."""
+
+    def __init__(self, service: SubscriptionService, drafts: list[Draft]) -> None:
+        self.service = service
+        self.drafts = drafts
+        self.items: list[OutboxItem] = []
+
+    def write(self, con: Any) -> None:
+        self.items = self.service.repo.enqueue(self.drafts, con)
+
+    def committed(self) -> None:
+        self.service.dispatcher.submit(self.items)
 
 
 def _projected(entity: Entity | None, attributes: tuple[str, ...]) -> Entity | None:
