@@ -83,10 +83,23 @@ def test_a_rejected_write_leaves_no_tenant_behind(client: TestClient) -> None:
     assert read.status_code == 404 and read.json()["type"].endswith("/NonexistentTenant")
 
 
-def test_post_query_refuses_mixed_selectors_with_ids(client: TestClient) -> None:
-    body = {"type": "Query", "entities": [{"type": "X", "id": "urn:ngsi-ld:X:1"}, {"type": "Y"}]}
-    answer = client.post(f"{BASE}/entityOperations/query", json=body)
-    assert answer.status_code == 422 and answer.json()["type"].endswith("/OperationNotSupported")
+def test_post_query_with_several_selectors_matches_any_of_them_each_with_its_own_ids(client: TestClient) -> None:
+    things = [{"id": f"urn:ngsi-ld:{t}:{n}", "type": t, "n": {"type": "Property", "value": n}}
+              for t in ("X", "Y", "Z") for n in (1, 2)] + [{"id": "urn:ngsi-ld:X:special-9", "type": "X"}]
+    assert client.post(f"{BASE}/entityOperations/create", json=things).status_code == 201
+    body = {"type": "Query", "entities": [
+        {"type": "X", "id": "urn:ngsi-ld:X:1"},  # only this X
+        {"type": "Y"},  # every Y
+        {"type": "X", "idPattern": "special"},  # and the X matching the pattern
+        {"type": "Z", "id": "urn:ngsi-ld:X:2"},  # an X id under type Z: matches nothing
+    ]}
+    answer = client.post(f"{BASE}/entityOperations/query", json=body, params={"count": "true"})
+    assert answer.status_code == 200, answer.text
+    assert sorted(e["id"] for e in answer.json()) == [
+        "urn:ngsi-ld:X:1", "urn:ngsi-ld:X:special-9", "urn:ngsi-ld:Y:1", "urn:ngsi-ld:Y:2"]
+    assert answer.headers["NGSILD-Results-Count"] == "4"
+    with_q = dict(body, q="n==2")  # the other filters still narrow every selector's matches
+    assert [e["id"] for e in client.post(f"{BASE}/entityOperations/query", json=with_q).json()] == ["urn:ngsi-ld:Y:2"]
     bad = client.post(
         f"{BASE}/entityOperations/query", json={"type": "Query", "entities": [{"type": "X", "idPattern": 5}]}
     )

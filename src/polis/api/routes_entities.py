@@ -23,7 +23,7 @@ from polis.api.ld_http import (
     resolve,
     tenant_of,
 )
-from polis.domain.errors import BadRequestData, OperationNotSupported
+from polis.domain.errors import BadRequestData
 from polis.ngsi_ld.context import TermMap
 from polis.ngsi_ld.entity_codec import compact_entity, validate_entity_id
 from polis.ngsi_ld.geoquery import parse_geoquery
@@ -40,7 +40,7 @@ from polis.ngsi_ld.params import (
     parse_type_selector,
 )
 from polis.ngsi_ld.q import parse_q, re2_problem
-from polis.store.base import EntityQuery, TypeSelector
+from polis.store.base import EntityQuery, EntitySelector, TypeSelector
 
 router = APIRouter(prefix="/ngsi-ld/v1", tags=["entities"])
 
@@ -431,26 +431,25 @@ async def post_query(request: Request) -> Response:
     selectors = data.get("entities") or []
     if not isinstance(selectors, list):
         raise BadRequestData("Query.entities must be an array")
-    ids: list[str] = []
-    groups: list[tuple[str, ...]] = []
-    id_pattern = None
-    if len(selectors) > 1 and any(isinstance(x, dict) and ("id" in x or "idPattern" in x) for x in selectors):
-        # Each selector's id/idPattern belongs to its own type; one flat filter would mix them up.
-        raise OperationNotSupported(
-            "Query.entities with several selectors takes only their types; send one selector per query "
-            "when it has an id or idPattern"
-        )
+    parsed: list[EntitySelector] = []
     for selector in selectors:
         if not isinstance(selector, dict) or not isinstance(selector.get("type"), str):
             raise BadRequestData("each Query.entities item needs a type")
         if "idPattern" in selector and not isinstance(selector["idPattern"], str):
             raise BadRequestData("Query.entities idPattern must be a string")
-        groups.extend(parse_type_selector(selector["type"], terms).any_of)  # type: ignore[union-attr]
-        if "id" in selector:
-            ids.append(validate_entity_id(selector["id"]))
-        if "idPattern" in selector:
-            id_pattern = str(selector["idPattern"])
-            _check_regex(id_pattern)
+        types = parse_type_selector(selector["type"], terms)
+        assert types is not None  # a string type always gives a selector
+        pattern = selector.get("idPattern")
+        if pattern is not None:
+            _check_regex(pattern)
+        ids: tuple[str, ...] = (validate_entity_id(selector["id"]),) if "id" in selector else ()
+        parsed.append(EntitySelector(types, ids, None if ids else pattern))
+    # One selector narrows as the GET query's id/idPattern/type do; several match any one of them, each with
+    # its own ids and pattern (§5.2.23).
+    one = parsed[0] if len(parsed) == 1 else None
+    groups = list(one.types.any_of) if one is not None else []
+    ids = one.ids if one is not None else ()
+    id_pattern = one.id_pattern if one is not None else None
     attrs_raw = data.get("attrs")
     if attrs_raw is not None and (not isinstance(attrs_raw, list) or not all(isinstance(a, str) for a in attrs_raw)):
         raise BadRequestData("Query.attrs must be an array of attribute names")
@@ -470,12 +469,13 @@ async def post_query(request: Request) -> Response:
             geo_body.get("geoproperty"),
             terms.expand,
         )
-    if not (ids or id_pattern or groups or attrs or q_text or geo):
+    if not (parsed or attrs or q_text or geo):
         raise BadRequestData("a Query needs at least one of entities, attrs, q or geoQ")
     query = EntityQuery(
-        ids=tuple(ids),
+        ids=ids,
         id_pattern=id_pattern,
         types=TypeSelector(tuple(groups)) if groups else None,
+        selectors=tuple(parsed) if len(parsed) > 1 else (),
         attrs=attrs,
         q=parse_q(q_text, terms.expand) if q_text else None,
         geo=geo,

@@ -29,6 +29,9 @@ class EntityQuery:
     ids: tuple[str, ...] = ()
     id_pattern: str | None = None
     types: TypeSelector | None = None
+    # Several §5.2.23 entity selectors (POST /entityOperations/query): an entity matches any one of them;
+    # narrows like the fields above (which a query with selectors leaves empty).
+    selectors: tuple[EntitySelector, ...] = ()
     attrs: tuple[str, ...] = ()  # entity must have at least one of these
     q: QExpr | None = None
     geo: GeoQuery | None = None
@@ -37,6 +40,15 @@ class EntityQuery:
     limit: int | None = 20
     offset: int = 0
     count: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EntitySelector:
+    """One entity selector: its types, and optionally its ids or an id pattern (all must hold)."""
+
+    types: TypeSelector
+    ids: tuple[str, ...] = ()
+    id_pattern: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

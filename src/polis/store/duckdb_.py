@@ -51,6 +51,7 @@ from polis.store.base import (
     TemporalAttribute,
     TemporalQuery,
     TypeInfo,
+    TypeSelector,
 )
 from polis.store.geo_index import GEO_INDEX_DDL, geo_index_rows, geo_to_sql
 from polis.store.q_sql import q_to_sql
@@ -477,25 +478,14 @@ class DuckDBStore:
         clauses = ["e.tenant = ?"]
         exact = True
         params: list[Any] = [tenant]
-        if query.ids:
-            clauses.append("e.id IN (SELECT unnest(?::VARCHAR[]))")
-            params.append(list(query.ids))
-        elif query.id_pattern:
-            clauses.append("regexp_matches(e.id, ?)")
-            params.append(query.id_pattern)
-        if query.types is not None:
-            groups = []
-            for group in query.types.any_of:
-                if len(group) == 1:
-                    groups.append("e.seq IN (SELECT seq FROM entity_types WHERE tenant = ? AND type = ?)")
-                    params.extend([tenant, group[0]])
-                else:  # every type of the group
-                    groups.append(
-                        "e.seq IN (SELECT seq FROM entity_types WHERE tenant = ? "
-                        "AND type IN (SELECT unnest(?::VARCHAR[])) GROUP BY seq HAVING count(DISTINCT type) = ?)"
-                    )
-                    params.extend([tenant, list(group), len(set(group))])
-            clauses.append("(" + " OR ".join(groups) + ")")
+        _selector_sql(tenant, query.ids, query.id_pattern, query.types, clauses, params)
+        if query.selectors:
+            alternatives = []
+            for selector in query.selectors:
+                own: list[str] = []
+                _selector_sql(tenant, selector.ids, selector.id_pattern, selector.types, own, params)
+                alternatives.append("(" + " AND ".join(own) + ")")
+            clauses.append("(" + " OR ".join(alternatives) + ")")
         if query.datasets is not None:
             clauses.append(f"{dataset_sql('e.id')} IN (SELECT unnest(?::VARCHAR[]))")
             params.append(list(query.datasets))
@@ -861,6 +851,36 @@ class DuckDBStore:
     def close(self) -> None:
         with self._lock:
             self._con.close()
+
+
+def _selector_sql(
+    tenant: str,
+    ids: Sequence[str],
+    id_pattern: str | None,
+    types: TypeSelector | None,
+    clauses: list[str],
+    params: list[Any],
+) -> None:
+    """The clauses (appended, ANDed by the caller) of one entity selector: ids or id pattern, and types."""
+    if ids:
+        clauses.append("e.id IN (SELECT unnest(?::VARCHAR[]))")
+        params.append(list(ids))
+    elif id_pattern:
+        clauses.append("regexp_matches(e.id, ?)")
+        params.append(id_pattern)
+    if types is not None:
+        groups = []
+        for group in types.any_of:
+            if len(group) == 1:
+                groups.append("e.seq IN (SELECT seq FROM entity_types WHERE tenant = ? AND type = ?)")
+                params.extend([tenant, group[0]])
+            else:  # every type of the group
+                groups.append(
+                    "e.seq IN (SELECT seq FROM entity_types WHERE tenant = ? "
+                    "AND type IN (SELECT unnest(?::VARCHAR[])) GROUP BY seq HAVING count(DISTINCT type) = ?)"
+                )
+                params.extend([tenant, list(group), len(set(group))])
+        clauses.append("(" + " OR ".join(groups) + ")")
 
 
 def _geo_match(query: EntityQuery, doc: Entity) -> bool:
