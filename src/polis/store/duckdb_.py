@@ -679,6 +679,12 @@ class DuckDBStore:
             first = self._next_instance
             eids = columns.entity_id[keep]
             fresh: dict[str, int] = {}
+            eids_with_keys: set[str] = set()
+
+            def keys_of(ids: list[str]) -> list[int]:
+                eids_with_keys.update(i for i in ids if (tenant, i) in self._hkeys)
+                return self._history_keys(tenant, ids, fresh)
+
             batch = pa.table(
                 {
                     "eid": pa.array(eids, pa.string()),
@@ -686,7 +692,7 @@ class DuckDBStore:
                     "observed_at": pa.array(columns.observed_at[keep].astype("datetime64[us]")),
                     "instance_id": pa.array(np.arange(first, first + n, dtype=np.int64)),
                     "num": pa.array(columns.value[keep], pa.float64()),
-                    "hkey": pa.array(_run_keys(eids, lambda ids: self._history_keys(tenant, ids, fresh)), pa.int64()),
+                    "hkey": pa.array(_run_keys(eids, keys_of), pa.int64()),
                 }
             )
             con = self._con
@@ -694,26 +700,22 @@ class DuckDBStore:
             con.register("fresh_keys", _keys_table(fresh))
             con.execute("BEGIN TRANSACTION")
             try:
-                before = self._scalar("SELECT count(*) FROM history WHERE tenant = ?", [tenant])
-                has_overlap = self._scalar(
-                    "SELECT count(*) > 0 FROM history h WHERE h.tenant = ? "
-                    "AND h.eid IN (SELECT DISTINCT eid FROM batch)",
-                    [tenant],
-                )
                 select = (
                     "SELECT ?, b.eid, b.attr, NULL, b.observed_at, b.instance_id, b.num, NULL, ?, b.hkey FROM batch b"
                 )
-                if has_overlap:
+                # Only entities that had a key before this batch can hold any of its rows already.
+                held = sorted({self._hkeys[(tenant, eid)] for eid in eids_with_keys})
+                if held:
                     # Idempotent re-ingest: skip observations already held.
                     select += (
-                        " ANTI JOIN (SELECT eid, attr, observed_at FROM history WHERE tenant = ? "
-                        "AND dataset_id IS NULL) h ON b.eid = h.eid AND b.attr = h.attr "
-                        "AND b.observed_at = h.observed_at"
+                        " ANTI JOIN (SELECT hkey, attr, observed_at FROM history WHERE tenant = ? "
+                        "AND hkey IN (SELECT unnest(?::BIGINT[])) AND dataset_id IS NULL) h "
+                        "ON b.hkey = h.hkey AND b.attr = h.attr AND b.observed_at = h.observed_at"
                     )
-                    con.execute(f"INSERT INTO history {select}", [tenant, columns.unit_code, tenant])
+                    inserted = con.execute(f"INSERT INTO history {select}", [tenant, columns.unit_code, tenant, held])
                 else:
-                    con.execute(f"INSERT INTO history {select}", [tenant, columns.unit_code])
-                added = int(self._scalar("SELECT count(*) FROM history WHERE tenant = ?", [tenant])) - int(before)
+                    inserted = con.execute(f"INSERT INTO history {select}", [tenant, columns.unit_code])
+                added = int(inserted.fetchall()[0][0])  # DuckDB answers an INSERT with its row count
                 if fresh:
                     con.execute("INSERT INTO history_keys SELECT ?, * FROM fresh_keys", [tenant])
                 con.execute("COMMIT")
