@@ -124,13 +124,14 @@ def _naive_utc(ts: datetime) -> datetime:
     return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo is not None else ts
 
 
+_PLAIN_MEMBERS = frozenset({"type", "value", "observedAt", "unitCode", "createdAt", "modifiedAt", "datasetId"})
+
+
 def _is_plain_number(instance: dict[str, Any]) -> bool:
     """A numeric Property with nothing but value/observedAt/unitCode/system members: stored as `num` only."""
-    value = instance.get("value")
-    if instance.get("type", "Property") != "Property" or isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return all(
-        k in ("type", "value", "observedAt", "unitCode", "createdAt", "modifiedAt", "datasetId") for k in instance
+    kind = type(instance.get("value"))
+    return (kind is float or kind is int) and instance.get("type", "Property") == "Property" and (
+        instance.keys() <= _PLAIN_MEMBERS
     )
 
 
@@ -423,26 +424,37 @@ class DuckDBStore:
         }
 
     def _history_table(self, tenant: str, history: Sequence[HistoryInstance], fresh: dict[str, int]) -> pa.Table:
-        cols: dict[str, list[Any]] = {name: [] for name in _HISTORY_SCHEMA.names}
-        cols["hkey"] = self._history_keys(tenant, (item.entity_id for item in history), fresh)
+        n = len(history)
+        first = self._next_instance
+        self._next_instance += n
+        nums: list[float | None] = []
+        docs: list[str | None] = []
         for item in history:
             instance = item.instance
-            cols["eid"].append(item.entity_id)
-            cols["attr"].append(item.attribute)
-            cols["dataset_id"].append(item.dataset_id)
-            cols["observed_at"].append(_naive_utc(item.observed_at))
-            cols["instance_id"].append(self._next_instance)
-            self._next_instance += 1
             if _is_plain_number(instance):
-                cols["num"].append(float(instance["value"]))
-                cols["doc"].append(None)
+                nums.append(float(instance["value"]))
+                docs.append(None)
             else:
                 value = instance.get("value")
                 numeric = isinstance(value, int | float) and not isinstance(value, bool)
-                cols["num"].append(float(value) if numeric and value is not None else None)
-                cols["doc"].append(orjson.dumps(instance).decode())
-            cols["unit_code"].append(instance.get("unitCode"))
-        return pa.table(cols, schema=_HISTORY_SCHEMA)
+                nums.append(float(value) if numeric and value is not None else None)
+                docs.append(orjson.dumps(instance).decode())
+        # Timestamps go to Arrow as they are (tz-aware) and are converted to naive UTC there, in one pass.
+        observed = pa.array([item.observed_at for item in history], pa.timestamp("us", tz="UTC"))
+        return pa.table(
+            [
+                pa.array([item.entity_id for item in history], pa.string()),
+                pa.array([item.attribute for item in history], pa.string()),
+                pa.array([item.dataset_id for item in history], pa.string()),
+                observed.cast(pa.timestamp("us")),
+                pa.array(np.arange(first, first + n, dtype=np.int64)),
+                pa.array(nums, pa.float64()),
+                pa.array(docs, pa.string()),
+                pa.array([item.instance.get("unitCode") for item in history], pa.string()),
+                pa.array(self._history_keys(tenant, (item.entity_id for item in history), fresh), pa.int64()),
+            ],
+            schema=_HISTORY_SCHEMA,
+        )
 
     def _history_columns_table(self, tenant: str, columns: HistoryColumns, fresh: dict[str, int]) -> pa.Table:
         """Numeric observations straight from columns: no dict per row."""
