@@ -5,7 +5,8 @@ better of the two baselines next day and >= 10 % lower at 7 and 14 days; its 80 
 70-90 % of test targets; a whole-country 30-day scenario runs in <= 2 s on 2 cores.
 
 Protocol: exactly `polis bench epidemic --country NAME` (polis.epidemic.comparison.compare): rolling
-origin from the 15th day, every model fitted on the days before each test day. The scenario timing is
+origin from the 15th day, every model fitted on the days before each test day, and the blend's own
+settings chosen online on origins resolved before each test day (polis.epidemic.blend.select_at). The scenario timing is
 the median of 5 runs of a 30-day, 100-draw projection with a 50 % cut of movement out of the country's
 five busiest regions (after one warm-up run), with the machine's load average recorded (2 shared cores).
 """
@@ -81,5 +82,49 @@ def main() -> None:
     save("epidemic", result)
 
 
+# (scale days, refit every) of the learned model; the first is the one in use, the others the grid it
+# was chosen from, on the first half of each country's test days only (`--settings`).
+SETTINGS_GRID = ((1, 1), (2, 1), (3, 1), (7, 1), (3, 7))
+
+
+def learned_settings_on_first_half() -> None:
+    """Score the learned model's settings on the first half of every series' test days (origins 14 ..
+    mid, targets before mid too: the data is cut at mid) as MAE relative to the better baseline, averaged
+    over 1, 7 and 14 days and the four countries; prints the one an honest choice would take."""
+    import numpy as np
+
+    import polis.epidemic.learned as learned
+    from polis.epidemic.data import load_country
+    from polis.epidemic.evaluation import LastDay, MeanOfLastWeek, rolling_origin
+    from polis.settings import Settings
+
+    scores: dict[tuple[int, int], list[float]] = {c: [] for c in SETTINGS_GRID}
+    in_use = learned.SCALE_DAYS
+    try:
+        for country in COUNTRIES:
+            data = load_country(Settings().datasets_dir, country)
+            mid = 14 + (data.n_days - 14) // 2
+            part, origins = data.truncated(mid), list(range(14, mid))
+            base = rolling_origin(part, [LastDay(), MeanOfLastWeek()], origins=origins)
+            best = np.minimum(base.mae("last day"), base.mae("mean of last 7 days"))
+            for scale, refit in SETTINGS_GRID:
+                learned.SCALE_DAYS = scale
+                run = rolling_origin(part, [learned.LearnedForecaster(refit_every=refit)], origins=origins)
+                relative = run.mae("learned (LightGBM)")[[0, 6, 13]] / best[[0, 6, 13]]
+                scores[(scale, refit)].append(float(np.nanmean(relative)))
+                say(f"{country} scale {scale} d, refit every {refit} d: MAE / better baseline "
+                    f"{' / '.join(f'{v:.3f}' for v in relative)}")
+    finally:
+        learned.SCALE_DAYS = in_use
+    for setting, values in scores.items():
+        say(f"scale {setting[0]} d, refit every {setting[1]} d: mean {float(np.mean(values)):.4f}")
+    say(f"chosen on the first half: {min(scores, key=lambda c: float(np.mean(scores[c])))} (scale, refit)")
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if "--settings" in sys.argv[1:]:
+        learned_settings_on_first_half()
+    else:
+        main()

@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from playwright import sync_api
 
 from polis.access.control import AccessControl
 from polis.ingest.datasets import ingest, load_dataset
@@ -20,8 +20,6 @@ from polis.settings import Settings
 from polis.store.duckdb_ import DuckDBStore
 from tests.conftest import LINK_SDM, Server, start_server, stop_server
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 LOS_LOOP_SENSORS = 207
 MELBOURNE_COUNTERS = 55
 SENSOR = "urn:ngsi-ld:TrafficFlowObserved:los-loop:773869"
@@ -40,14 +38,14 @@ class Hub:
         return self.server.headers["Authorization"].removeprefix("Bearer ")
 
 
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    data_dir = tmp_path_factory.mktemp("dashboard") / "hub"
+def serve_city(data_dir: Path, datasets: Sequence[str]) -> Iterator[Hub]:
+    """A real `polis serve` on a hub holding `datasets`, with a "parks" department that may read the
+    Melbourne counters only (generator: stops the server when resumed)."""
     settings = Settings(data_dir=data_dir)
     data_dir.mkdir(parents=True)
     store = DuckDBStore(settings.database_path, threads=settings.duckdb_threads)
     try:
-        for name in ("los-loop", "melbourne-pedestrians"):
+        for name in datasets:
             ingest(store, "", load_dataset(name, settings.datasets_dir, utc_now()))
     finally:
         store.close()
@@ -59,16 +57,15 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     finally:
         access.close()
     server = start_server(data_dir)
-    yield Hub(server, parks_key)
-    stop_server(server.process)
+    try:
+        yield Hub(server, parks_key)
+    finally:
+        stop_server(server.process)
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    yield from serve_city(tmp_path_factory.mktemp("dashboard") / "hub", ("los-loop", "melbourne-pedestrians"))
 
 
 @dataclass

@@ -1,19 +1,72 @@
-"""The epidemic API and CLI as a user meets them: scenarios, risk, forecasts, bad input, ingest, bench."""
+"""The epidemic API and CLI as a user meets them: scenarios, risk, forecasts, bad input, ingest, bench.
+The API serves what the hub holds: one in-memory hub with covid-europe-2020 ingested for the module."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
+import numpy as np
+import pytest
 from click.testing import Result
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from polis.api.app import create_app
 from polis.cli import app
+from polis.epidemic.data import load_country
+from polis.epidemic.hub import country_from_store
+from polis.ingest.datasets import ingest, load_dataset
+from polis.ngsi_ld.entities import utc_now
+from polis.platform import Platform
 from polis.settings import Settings
+from tests.conftest import admin_headers
 
 SCENARIO = "/polis/v1/epidemic/England/scenario"
+TENANT = "health"  # the data goes to a named tenant: the default one holds nothing
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[Platform]:
+    platform = Platform.in_memory()
+    ingest(platform.store, TENANT, load_dataset("covid-europe-2020", Settings().datasets_dir, utc_now()))
+    yield platform
+    platform.close()
+
+
+@pytest.fixture(scope="module")
+def client(hub: Platform) -> Iterator[TestClient]:
+    headers = {**admin_headers(hub), "NGSILD-Tenant": TENANT}
+    with TestClient(create_app(hub), raise_server_exceptions=False, headers=headers) as c:
+        yield c
+
+
+def test_the_hub_returns_exactly_what_the_files_hold(hub: Platform) -> None:
+    for country in ("Italy", "Spain"):
+        held = country_from_store(hub.store, TENANT, country)
+        files = load_country(Settings().datasets_dir, country)
+        assert held is not None and held.regions == files.regions and held.dates == files.dates
+        assert np.array_equal(held.cases, files.cases) and np.array_equal(held.flows, files.flows)
+        assert np.array_equal(held.flow_observed, files.flow_observed)
+    assert country_from_store(hub.store, "", "Italy") is None
+
+
+def test_views_read_the_tenant_and_say_when_nothing_is_ingested(hub: Platform, client: TestClient) -> None:
+    assert client.get("/polis/v1/epidemic").json()["countries"] == ["England", "France", "Italy", "Spain"]
+    default = {"Authorization": client.headers["Authorization"], "NGSILD-Tenant": ""}
+    assert client.get("/polis/v1/epidemic", headers=default).json()["countries"] == []
+    body = {"regions": ["E09000001", "E09000033"], "reductionPercent": 50, "start": "2020-05-13"}
+    for method, path in (
+        ("GET", "/polis/v1/epidemic/Italy/risk"),
+        ("GET", "/polis/v1/epidemic/Italy/forecast"),
+        ("POST", SCENARIO),
+    ):
+        answer = client.request(method, path, headers=default, json=body if method == "POST" else None)
+        assert answer.status_code == 404, answer.text
+        problem = answer.json()
+        assert problem["type"].endswith("ResourceNotFound") and "polis ingest covid-europe-2020" in problem["detail"]
 
 
 def _london(client: TestClient) -> list[str]:
@@ -123,3 +176,29 @@ def test_ingest_and_bench_from_the_command_line(tmp_path: Path) -> None:
         "2020-06-21",
     )
     assert scenario.exit_code == 2 and "reductionPercent" in scenario.output
+
+
+def test_a_new_day_in_the_hub_moves_the_views_forward(hub: Platform, client: TestClient) -> None:
+    """Spain only (the other tests read England, France and Italy): one more day of cases written to the
+    hub, and the risk view and the forecast start from it; nothing in the files changed."""
+    from polis.epidemic.hub import region_id
+    from polis.ingest.datasets import Vocab
+    from polis.store.base import HistoryColumns
+
+    before = client.get("/polis/v1/epidemic/Spain/risk").json()
+    assert before["asOf"] == "2020-06-20"
+    attribute = Vocab.load(Settings().datasets_dir)("newConfirmedCases")
+    hub.store.bulk_history(
+        TENANT,
+        HistoryColumns(
+            entity_id=np.array([region_id("Spain", "madrid")], dtype=object),
+            attribute=np.array([attribute], dtype=object),
+            observed_at=np.array([np.datetime64("2020-06-21T00:00:00", "us")]),
+            value=np.array([5000.0]),
+        ),
+    )
+    after = client.get("/polis/v1/epidemic/Spain/risk").json()
+    assert after["asOf"] == "2020-06-21"
+    madrid = {r["region"]: r for r in after["regions"]}["madrid"]
+    assert madrid["casesLast7Days"] > {r["region"]: r for r in before["regions"]}["madrid"]["casesLast7Days"] + 4000
+    assert client.get("/polis/v1/epidemic/Spain/forecast").json()["dates"][0] == "2020-06-22"

@@ -3,14 +3,15 @@ a reproduction number that reads a curve correctly."""
 
 from __future__ import annotations
 
-from datetime import date
+from dataclasses import dataclass, replace
+from datetime import date, timedelta
 
 import numpy as np
 import pytest
 
 from polis.domain.errors import BadRequestData
-from polis.epidemic.blend import add_blend, coverage
-from polis.epidemic.data import load_country
+from polis.epidemic.blend import DEFAULT, BlendSetting, add_blend, candidate_blends, coverage, select_at
+from polis.epidemic.data import CountryData, load_country
 from polis.epidemic.evaluation import LastDay, MeanOfLastWeek, rolling_origin
 from polis.epidemic.learned import LearnedForecaster
 from polis.epidemic.metapopulation import Metapopulation
@@ -79,3 +80,42 @@ def test_reproduction_number_reads_growth_and_decline() -> None:
     assert mean[0] > 1.3 and low[0] > 1.0
     assert mean[1] < 0.8 and high[1] < 1.0
     assert low[2] < 1.0 < high[2]
+
+
+@dataclass(frozen=True, slots=True)
+class _Offset:
+    """A stand-in forecaster that knows the truth and misses it by a fixed amount (to test the blend)."""
+
+    name: str
+    truth: np.ndarray
+    miss: float
+
+    def forecast(self, history: CountryData, horizons: int) -> np.ndarray:
+        ahead = self.truth[history.n_days : history.n_days + horizons]
+        padded = np.vstack([ahead, np.repeat(self.truth[-1:], horizons - len(ahead), axis=0)])
+        return padded + self.miss
+
+
+def test_the_blend_setting_is_chosen_from_past_origins_only() -> None:
+    days, n = 70, 3
+    truth = np.tile(np.arange(days, dtype=np.float64)[:, None], (1, n)) + 50.0
+    flows = np.broadcast_to(np.eye(n), (days, n, n))
+    start = date(2020, 3, 1)
+    data = CountryData(
+        "Synthetic", ("a", "b", "c"), tuple(start + timedelta(days=k) for k in range(days)), truth, flows,
+        np.ones(days, dtype=bool),
+    )
+    run = rolling_origin(data, [_Offset("near", truth, 1.0), _Offset("far", truth, 10.0)], horizons=7)
+    candidates = (BlendSetting(2.0, 14), DEFAULT, BlendSetting(16.0, 14))
+    blends = candidate_blends(run, candidates)
+    actual = run.actual()
+    assert select_at(run, blends, run.origins[0], actual) == [DEFAULT] * 7  # no record yet
+    # a steep power follows the model that is always nearer: it errs least on every resolved origin
+    assert select_at(run, blends, 40, actual) == [BlendSetting(16.0, 14)] * 7
+    # the choice at t reads nothing from day t on: the same choice when later days are wrecked
+    wrecked = truth.copy()
+    wrecked[40:] = 0.0
+    later = rolling_origin(
+        replace(data, cases=wrecked), [_Offset("near", truth, 1.0), _Offset("far", truth, 10.0)], horizons=7
+    )
+    assert select_at(later, candidate_blends(later, candidates), 40, later.actual()) == [BlendSetting(16.0, 14)] * 7

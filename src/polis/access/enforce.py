@@ -147,6 +147,7 @@ ROUTE_POLICIES: dict[tuple[str, str], Policy] = {
     # epidemic products (polis.api.routes_epidemic): region-level aggregates; a scenario computes, it writes nothing
     **{(m, f"/polis/v1/epidemic/{{country}}/{p}"): Fixed("epidemic", "aggregate", READ)
        for m, p in (("GET", "risk"), ("GET", "forecast"), ("POST", "scenario"))},
+    ("GET", "/polis/v1/epidemic"): Fixed("epidemic", "aggregate", READ),  # which countries the hub holds
 }
 
 # Served outside FastAPI's routing (no dependency runs): the API's own description, public by design.

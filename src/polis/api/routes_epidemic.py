@@ -1,12 +1,15 @@
 """Epidemic endpoints: region risk, blended case forecasts with intervals, and what-if scenarios on
 region-to-region movement. Region-level counts and flows only (see polis.epidemic.guard).
 
-The routes only parse and serialise; the work is in polis.epidemic. Cases and flows are read from the
-public covid-europe-2020 files under `settings.datasets_dir` (the same files `polis ingest` loads).
+The routes only parse and serialise; the work is in polis.epidemic. Cases and flows are what the hub
+holds for the request's tenant (regions' `newConfirmedCases` history and `OriginDestinationFlow`
+entities, written by `polis ingest covid-europe-2020`; read back by `polis.epidemic.hub`), so a tenant
+that has not ingested them gets a 404 problem saying so, and `GET /polis/v1/epidemic` lists what is held.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
@@ -15,10 +18,11 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from polis.api.ld_http import platform_of
+from polis.api.ld_http import platform_of, tenant_of
 from polis.domain.errors import BadRequestData, InvalidRequest, ResourceNotFound
-from polis.epidemic.data import COUNTRIES, CountryData, load_country
+from polis.epidemic.data import COUNTRIES, CountryData
 from polis.epidemic.guard import refuse_person_fields
+from polis.epidemic.hub import NAME, HubCountries, countries_in_store
 
 router = APIRouter(tags=["epidemic"])
 
@@ -29,10 +33,40 @@ def _json(body: object) -> Response:
     return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
-def _country(request: Request, country: str) -> CountryData:
+def _state(request: Request, name: str, make: Callable[[], Any]) -> Any:
+    """An object kept on the app for these routes (made on first use: one per app, nothing at import)."""
+    state = request.app.state
+    held = getattr(state, name, None)
+    if held is None:
+        held = make()
+        setattr(state, name, held)
+    return held
+
+
+def _hub(request: Request) -> HubCountries:
+    """The app's reader of countries from the hub (it caches what it read per tenant)."""
+    hub: HubCountries = _state(request, "epidemic_countries", lambda: HubCountries(platform_of(request).store))
+    return hub
+
+
+async def _country(request: Request, country: str) -> CountryData:
     if country not in COUNTRIES:
         raise ResourceNotFound(f"no epidemic data for country {country!r}; known: {', '.join(COUNTRIES)}")
-    return load_country(platform_of(request).settings.datasets_dir, country)
+    tenant = tenant_of(request)
+    data = await run_in_threadpool(_hub(request).get, tenant, country)
+    if data is None:
+        where = f"tenant '{tenant}'" if tenant else "the default tenant"
+        raise ResourceNotFound(
+            f"{country}'s regions and flows are not in {where} of this hub; load them with `polis ingest {NAME}`"
+        )
+    return data
+
+
+@router.get("/polis/v1/epidemic", summary="Countries whose epidemic data this hub holds")
+async def held(request: Request) -> Response:
+    tenant = tenant_of(request)
+    countries = await run_in_threadpool(countries_in_store, platform_of(request).store, tenant)
+    return _json({"dataset": NAME, "countries": countries, "known": list(COUNTRIES)})
 
 
 def _date(value: Any, field: str) -> date:
@@ -50,7 +84,7 @@ def _rounded(values: Any) -> list[float]:
 async def risk(request: Request, country: str) -> Response:
     from polis.epidemic.risk import WINDOW, region_risk
 
-    data = _country(request, country)
+    data = await _country(request, country)
     rows = await run_in_threadpool(region_risk, data)
     return _json(
         {
@@ -93,8 +127,18 @@ async def forecast(request: Request, country: str) -> Response:
         raise BadRequestData("horizons: must be an integer 1..14", field="horizons") from None
     if not 1 <= horizons <= 14:
         raise BadRequestData("horizons: must be an integer 1..14", field="horizons")
-    data = _country(request, country)
-    result = await run_in_threadpool(blended_forecast, data, [LastDay(), MeanOfLastWeek(), Metapopulation()], horizons)
+    data = await _country(request, country)
+    # The blend re-runs every model on the past origins (seconds for England): kept until the data changes.
+    cache: dict[tuple[str, str, int], tuple[CountryData, Any]] = _state(request, "epidemic_forecasts", dict)
+    key = (tenant_of(request), country, horizons)
+    kept = cache.get(key)
+    if kept is not None and kept[0] is data:
+        result = kept[1]
+    else:
+        result = await run_in_threadpool(
+            blended_forecast, data, [LastDay(), MeanOfLastWeek(), Metapopulation()], horizons
+        )
+        cache[key] = (data, result)
     from datetime import timedelta
 
     dates = [(data.dates[-1] + timedelta(days=h)).isoformat() for h in range(1, horizons + 1)]
@@ -104,6 +148,7 @@ async def forecast(request: Request, country: str) -> Response:
             "dates": dates,
             "interval": 0.8,
             "weights": result.weights,
+            "blendSettings": [{"power": b.power, "window": b.window} for b in result.settings],
             "regions": [
                 {
                     "region": name,
@@ -121,7 +166,7 @@ async def forecast(request: Request, country: str) -> Response:
 async def scenario(request: Request, country: str) -> Response:
     from polis.epidemic.scenario import run_scenario, validate
 
-    data = _country(request, country)
+    data = await _country(request, country)
     try:
         body = orjson.loads(await request.body())
     except orjson.JSONDecodeError as error:

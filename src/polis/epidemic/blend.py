@@ -1,11 +1,16 @@
 """The served forecast: an online blend of the forecasters, with conformal intervals.
 
-At each origin t, each model's weight for horizon h is 1 / MAE^POWER over the recent past pairs (origin s,
-horizon h) whose target day s + h - 1 is already before t; the interval for horizon h is the 10 % and
-90 % quantiles of the blend's own scaled residuals (y - yhat) / sqrt(yhat + 1) over the same pairs
-(split conformal on a rolling window). Nothing after t enters either. Where a horizon has no past pair
-yet, the nearest shorter horizon's record stands in; with none at all, equal weights and a wide
+At each origin t, each model's weight for horizon h is 1 / MAE^power over the most recent `window` past
+pairs (origin s, horizon h) whose target day s + h - 1 is already before t; the interval for horizon h is
+the 10 % and 90 % quantiles of the blend's own scaled residuals (y - yhat) / sqrt(yhat + 1) over the same
+pairs (split conformal on a rolling window). Nothing after t enters either. Where a horizon has no past
+pair yet, the nearest shorter horizon's record stands in; with none at all, equal weights and a wide
 Poisson-like band.
+
+The blend's own settings (power, window) are chosen the same way, online: every candidate setting is
+blended at every origin, and at origin t each horizon takes the candidate whose blend had the lowest MAE
+over the last SELECT_WINDOW origins resolved before t (`select_at`). Before any candidate has a record,
+DEFAULT serves. So no setting is picked by looking at the days it is scored on.
 """
 
 from __future__ import annotations
@@ -19,12 +24,20 @@ from polis.epidemic.data import CountryData
 from polis.epidemic.evaluation import Forecaster, RollingRun, rolling_origin
 
 LOWER_Q, UPPER_Q = 0.1, 0.9  # 80 % nominal
-# Weight 1 / MAE^POWER over the last WINDOW resolved origins. 8 and 14 were picked among 2/4/8/16 and
-# 14/21/28 on the benchmark's own test days (BENCHMARKS.md says so): a steep power nearly follows the
-# recent leader, which is what paid on these series.
-POWER = 8.0
-WINDOW = 14
 FALLBACK_Z = 2.5  # residual band (in sqrt(yhat + 1) units) before any residual is known
+
+
+@dataclass(frozen=True, slots=True)
+class BlendSetting:
+    power: float  # weight = 1 / MAE^power: 0 is an equal mix, a steep power follows the recent leader
+    window: int  # past resolved origins the weights and the residual quantiles are taken over
+
+
+# The grid the online selection chooses from (the grid an earlier, test-day tuning searched).
+CANDIDATES = tuple(BlendSetting(p, w) for p in (2.0, 4.0, 8.0, 16.0) for w in (14, 21, 28))
+DEFAULT = BlendSetting(4.0, 21)  # before any record: the middle of the grid, fixed a priori
+SELECT_WINDOW = 21  # resolved origins whose blend errors choose the setting
+POWER, WINDOW = DEFAULT.power, DEFAULT.window  # a single fixed blend (tests, and the served fallback)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +48,7 @@ class BlendedForecast:
     lower: np.ndarray
     upper: np.ndarray
     weights: dict[str, list[float]]  # model -> weight per horizon
+    settings: list[BlendSetting]  # the blend setting chosen per horizon
 
 
 def _past_pairs(origins: np.ndarray, t: int, h: int, window: int) -> np.ndarray:
@@ -43,53 +57,122 @@ def _past_pairs(origins: np.ndarray, t: int, h: int, window: int) -> np.ndarray:
     return ok[-window:]
 
 
+Blended = tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, list[float]]]  # point, lower, upper, weights
+
+
 def blend_at(
-    run: RollingRun, t: int, window: int = WINDOW, power: float = POWER
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, list[float]]]:
+    run: RollingRun,
+    t: int,
+    window: int = WINDOW,
+    power: float = POWER,
+) -> Blended:
     """Blend the run's models at origin t, using only pairs resolved before t."""
-    names = list(run.predictions)
-    horizons, n = run.horizons, run.data.n_regions
+    return _Blender(run).at(t, window, power)
+
+
+class _Blender:
+    """The run's predictions stacked once ((models, days, horizons, regions)), so that blending many
+    origins and settings costs array slices, not Python loops over models."""
+
+    def __init__(self, run: RollingRun) -> None:
+        self.run = run
+        self.names = list(run.predictions)
+        self.stacked = np.stack([run.predictions[m] for m in self.names])
+        self.actual = run.actual()
+
+    def at(self, t: int, window: int, power: float) -> Blended:
+        return self.at_powers(t, window, (power,))[0]
+
+    def at_powers(self, t: int, window: int, powers: Sequence[float]) -> list[Blended]:
+        """The blends at origin t for several powers at once (they share the window's past pairs)."""
+        run, names = self.run, self.names
+        horizons, n, k = run.horizons, run.data.n_regions, len(powers)
+        exponent = np.asarray(powers, dtype=np.float64)[:, None]
+        origins = np.array([s for s in run.origins if s < t], dtype=np.int64)
+        point = np.zeros((k, horizons, n))
+        w_all = np.zeros((k, horizons, len(names)))
+        residual_q = np.zeros((k, horizons, 2))
+        last_w = np.full((k, len(names)), 1.0 / len(names))
+        last_q = np.tile([-FALLBACK_Z, FALLBACK_Z], (k, 1))
+        for h in range(1, horizons + 1):
+            past = _past_pairs(origins, t, h, window)
+            if len(past):
+                predicted = self.stacked[:, past, h - 1]  # (models, pairs, regions)
+                truth = self.actual[past, h - 1]
+                present = ~np.isnan(truth) & ~np.isnan(predicted).any(axis=0)
+                errors = np.array([np.abs(p[present] - truth[present]).mean() for p in predicted])
+                w = 1.0 / np.maximum(errors, 1e-6)[None, :] ** exponent  # (powers, models)
+                w = w / w.sum(axis=1, keepdims=True)
+                blended = np.einsum("km,mq->kq", w, predicted[:, present])
+                scaled = (truth[present][None, :] - blended) / np.sqrt(np.maximum(blended, 0.0) + 1.0)
+                q = np.quantile(scaled, [LOWER_Q, UPPER_Q], axis=1).T  # (powers, 2)
+            else:
+                w, q = last_w, last_q
+            point[:, h - 1] = w @ self.stacked[:, t, h - 1]
+            w_all[:, h - 1], residual_q[:, h - 1] = w, q
+            last_w, last_q = w, q
+        spread = np.sqrt(np.maximum(point, 0.0) + 1.0)
+        lower = np.maximum(point + residual_q[:, :, :1] * spread, 0.0)
+        upper = np.maximum(point + residual_q[:, :, 1:] * spread, lower)
+        out: list[Blended] = []
+        for j in range(k):
+            weights = {name: [round(float(v), 4) for v in w_all[j, :, m]] for m, name in enumerate(names)}
+            out.append((np.maximum(point[j], 0.0), lower[j], upper[j], weights))
+        return out
+
+
+Bands = tuple[np.ndarray, np.ndarray, np.ndarray]  # point, lower, upper: (days, horizons, regions)
+
+
+def candidate_blends(
+    run: RollingRun, candidates: Sequence[BlendSetting] = CANDIDATES, at: Sequence[int] | None = None
+) -> dict[BlendSetting, Bands]:
+    """Every candidate setting's blend (of the run's models as they are now) at every origin of the run
+    (or at the origins `at` only; NaN elsewhere)."""
+    blender = _Blender(run)
+    shape = (run.data.n_days, run.horizons, run.data.n_regions)
+    out: dict[BlendSetting, Bands] = {}
+    for c in candidates:
+        out[c] = (np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan))
+    for window in dict.fromkeys(c.window for c in candidates):
+        group = [c for c in candidates if c.window == window]
+        for t in run.origins if at is None else at:
+            blends = blender.at_powers(t, window, [c.power for c in group])
+            for c, (point, lower, upper, _) in zip(group, blends, strict=True):
+                out[c][0][t], out[c][1][t], out[c][2][t] = point, lower, upper
+    return out
+
+
+def select_at(run: RollingRun, blends: dict[BlendSetting, Bands], t: int, actual: np.ndarray) -> list[BlendSetting]:
+    """Per horizon, the candidate whose blend erred least over the last SELECT_WINDOW origins whose
+    target was known before t (ties: the earlier candidate); DEFAULT (if a candidate) with no such
+    origin yet."""
     origins = np.array([s for s in run.origins if s < t], dtype=np.int64)
+    fallback = DEFAULT if DEFAULT in blends else next(iter(blends))
+    chosen: list[BlendSetting] = []
+    for h in range(1, run.horizons + 1):
+        past = _past_pairs(origins, t, h, SELECT_WINDOW)
+        if not len(past):
+            chosen.append(chosen[-1] if chosen else fallback)
+            continue
+        errors = [float(np.nanmean(np.abs(b[0][past, h - 1] - actual[past, h - 1]))) for b in blends.values()]
+        chosen.append(list(blends)[int(np.nanargmin(errors))])
+    return chosen
+
+
+def add_blend(
+    run: RollingRun, name: str = "blend", candidates: Sequence[BlendSetting] = CANDIDATES
+) -> tuple[np.ndarray, np.ndarray]:
+    """Add the online blend (its setting chosen online per origin and horizon) to a finished run as one
+    more model; returns its (lower, upper) bounds. `candidates` of one setting is that fixed blend."""
+    blends = candidate_blends(run, candidates)
     actual = run.actual()
-    point = np.zeros((horizons, n))
-    weights: dict[str, list[float]] = {name: [] for name in names}
-    residual_q = np.zeros((horizons, 2))
-    last_w: np.ndarray | None = None
-    last_q: np.ndarray | None = None
-    for h in range(1, horizons + 1):
-        past = _past_pairs(origins, t, h, window)
-        if len(past):
-            errors = np.array(
-                [np.nanmean(np.abs(run.predictions[m][past, h - 1] - actual[past, h - 1])) for m in names]
-            )
-            w = 1.0 / np.maximum(errors, 1e-6) ** power
-            w = w / w.sum()
-        else:
-            w = last_w if last_w is not None else np.full(len(names), 1.0 / len(names))
-        stacked = np.stack([run.predictions[m][t, h - 1] for m in names])
-        point[h - 1] = w @ stacked
-        if len(past):
-            blended = np.einsum("m,mpn->pn", w, np.stack([run.predictions[m][past, h - 1] for m in names]))
-            scaled = (actual[past, h - 1] - blended) / np.sqrt(np.maximum(blended, 0.0) + 1.0)
-            q = np.nanquantile(scaled, [LOWER_Q, UPPER_Q])
-        else:
-            q = last_q if last_q is not None else np.array([-FALLBACK_Z, FALLBACK_Z])
-        residual_q[h - 1] = q
-        last_w, last_q = w, q
-        for k, name in enumerate(names):
-            weights[name].append(round(float(w[k]), 4))
-    spread = np.sqrt(np.maximum(point, 0.0) + 1.0)
-    lower = np.maximum(point + residual_q[:, :1] * spread, 0.0)
-    upper = np.maximum(point + residual_q[:, 1:] * spread, lower)
-    return np.maximum(point, 0.0), lower, upper, weights
-
-
-def add_blend(run: RollingRun, name: str = "blend", window: int = WINDOW) -> tuple[np.ndarray, np.ndarray]:
-    """Add the online blend to a finished run as one more model; returns its (lower, upper) bounds."""
     shape = (run.data.n_days, run.horizons, run.data.n_regions)
     point, lower, upper = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
     for t in run.origins:
-        point[t], lower[t], upper[t], _ = blend_at(run, t, window)
+        for h, setting in enumerate(select_at(run, blends, t, actual)):
+            best = blends[setting]
+            point[t, h], lower[t, h], upper[t, h] = best[0][t, h], best[1][t, h], best[2][t, h]
     run.predictions[name] = point
     return lower, upper
 
@@ -104,16 +187,30 @@ def coverage(run: RollingRun, lower: np.ndarray, upper: np.ndarray) -> float:
 
 
 def blended_forecast(
-    history: CountryData, forecasters: Sequence[Forecaster], horizons: int = 14, window: int = WINDOW
+    history: CountryData, forecasters: Sequence[Forecaster], horizons: int = 14, first_origin: int = 7
 ) -> BlendedForecast:
-    """The forecast served for the days after `history`: each model re-run on the last origins to earn
-    its weight and the residuals that size the interval, then blended at the end of the history."""
+    """The forecast served for the days after `history`: each model re-run on the past origins to earn
+    its weight, the residuals that size the interval and the record that picks the blend's setting,
+    then blended at the end of the history with the setting chosen per horizon."""
     days = history.n_days
-    first = max(days - window - horizons, 7)
     extended = _with_open_day(history)
+    # Only what the choice at `days` reads: candidate blends at the last SELECT_WINDOW + horizons origins,
+    # each of which reads model errors up to the widest window + horizons further back.
+    widest = max(c.window for c in CANDIDATES)
+    blended = max(first_origin, days - SELECT_WINDOW - horizons)
+    first = min(max(first_origin, blended - widest - horizons), days)
     run = rolling_origin(extended, forecasters, horizons, origins=[*range(first, days), days])
-    point, lower, upper, weights = blend_at(run, days, window)
-    return BlendedForecast(point, lower, upper, weights)
+    blends = candidate_blends(run, at=[*range(min(blended, days), days), days])
+    actual = run.actual()
+    chosen = select_at(run, blends, days, actual)
+    point, lower, upper = (np.empty((horizons, history.n_regions)) for _ in range(3))
+    weights: dict[str, list[float]] = {name: [] for name in run.predictions}
+    for h, setting in enumerate(chosen):
+        point[h], lower[h], upper[h] = (b[days, h] for b in blends[setting])
+        _, _, _, w = blend_at(run, days, setting.window, setting.power)
+        for name in weights:
+            weights[name].append(w[name][h])
+    return BlendedForecast(point, lower, upper, weights, chosen)
 
 
 def _with_open_day(history: CountryData) -> CountryData:

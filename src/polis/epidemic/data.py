@@ -151,9 +151,15 @@ def _load_flows(
         observed[t] = True
     if not observed.any():
         raise FileNotFoundError(f"no movement files for {code} under {graphs}")
+    fill_flow_gaps(flows, observed)
+    return flows, observed
+
+
+def fill_flow_gaps(flows: np.ndarray, observed: np.ndarray) -> None:
+    """In place: days before the first observed day take its flows, later unobserved days carry the
+    previous day's flows forward (see the module docstring; the hub reader makes the same choice)."""
     first = int(np.argmax(observed))
     flows[:first] = flows[first]
-    for t in range(first + 1, len(dates)):
+    for t in range(first + 1, len(flows)):
         if not observed[t]:
             flows[t] = flows[t - 1]
-    return flows, observed

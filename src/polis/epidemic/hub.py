@@ -13,18 +13,25 @@
   region names exactly as in the labels files (the loader refuses a flow naming an unknown region).
 - Days with no graph file get no flow instance in the hub: the store keeps only what was published.
   The models' carry-forward of missing days (polis.epidemic.data) is a modelling choice, not data.
+
+`country_from_store` reads a country back from a tenant of the hub into the same `CountryData` the
+models take (the API serves what the hub holds, not the files); `HubCountries` caches it per tenant
+until the tenant's history changes.
 """
 
 from __future__ import annotations
 
+import re
+import threading
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 
 from polis.domain.entity import Entity
-from polis.epidemic.data import COUNTRIES, CountryData, load_country
+from polis.epidemic.data import COUNTRIES, CountryData, fill_flow_gaps, load_country
 from polis.ingest.datasets import DatasetLoad, Vocab, _date_time, _prop
-from polis.store.base import HistoryColumns
+from polis.store.base import EntityQuery, HistoryColumns, Store, TemporalQuery
 
 NAME = "covid-europe-2020"
 PROVIDER = "Facebook Data for Good / national health agencies via Panagopoulos et al., AAAI 2021 (MIT)"
@@ -114,3 +121,123 @@ def _flow_entity(
         vocab("dateObserved"): [_prop(_date_time(last), now)],
         vocab("source"): [_prop(PROVIDER, now)],
     }
+
+
+# -- reading a country back from the hub ------------------------------------------------------------
+
+MAX_DAYS = 2000  # instances read per entity and attribute: years of daily values
+
+
+def region_prefix(country: str) -> str:
+    return f"urn:ngsi-ld:AdministrativeArea:epidemic:{NAME}:{country}:"
+
+
+def flow_prefix(country: str) -> str:
+    return f"urn:ngsi-ld:OriginDestinationFlow:epidemic:{NAME}:{COUNTRIES[country]}:"
+
+
+def countries_in_store(store: Store, tenant: str) -> list[str]:
+    """The countries whose regions this tenant holds (one cheap query per country)."""
+    if not store.has_tenant(tenant):
+        return []
+    return [c for c in COUNTRIES if _ids(store, tenant, region_prefix(c), limit=1)]
+
+
+def country_from_store(store: Store, tenant: str, country: str) -> CountryData | None:
+    """The country's daily cases and flows as held by `tenant`, or None when its regions are not there.
+
+    Regions keep the hub's order (the ingest's, which is the labels file's); the calendar runs from the
+    first to the last day any region reported; a region with no value on a day counts zero cases (as an
+    empty cell in the files does). Days without any flow instance are unobserved and filled as the file
+    loader fills them (`fill_flow_gaps`)."""
+    if country not in COUNTRIES or not store.has_tenant(tenant):
+        return None
+    region_ids = _ids(store, tenant, region_prefix(country))
+    if not region_ids:
+        return None
+    regions = tuple(i.removeprefix(region_prefix(country)) for i in region_ids)
+    cases_by_region = _series(store, tenant, region_ids, "newConfirmedCases")
+    stamps = [d for series in cases_by_region.values() for d in series]
+    if not stamps:
+        return None
+    first, last = min(stamps), max(stamps)
+    dates = tuple(first + timedelta(days=k) for k in range((last - first).days + 1))
+    cases = np.zeros((len(dates), len(regions)))
+    for i, entity_id in enumerate(region_ids):
+        for day, value in cases_by_region.get(entity_id, {}).items():
+            cases[(day - first).days, i] = value
+    flows, observed = _flows(store, tenant, country, regions, first, len(dates))
+    return CountryData(country, regions, dates, cases, flows, observed)
+
+
+def _ids(store: Store, tenant: str, prefix: str, limit: int | None = None) -> list[str]:
+    found = store.query(tenant, EntityQuery(id_pattern=f"^{re.escape(prefix)}.*", limit=limit))
+    return [str(e["id"]) for e in found.entities]
+
+
+def _series(store: Store, tenant: str, ids: list[str], term: str) -> dict[str, dict[date, float]]:
+    """Daily values of the attribute whose IRI ends with `term`, per entity (the IRI depends on the
+    @context the data came with, the term does not)."""
+    out: dict[str, dict[date, float]] = {}
+    history = store.temporal(tenant, ids, TemporalQuery(max_instances=MAX_DAYS))
+    for entity_id, attributes in history.items():
+        for attribute, series in attributes.items():
+            if attribute.rstrip("/").rsplit("/", 1)[-1].rsplit("#", 1)[-1] != term:
+                continue
+            values = out.setdefault(entity_id, {})
+            for instance in series.instances:
+                value = instance.get("value")
+                if isinstance(value, int | float) and not isinstance(value, bool) and "observedAt" in instance:
+                    values[datetime.fromisoformat(str(instance["observedAt"]).replace("Z", "+00:00")).date()] = float(
+                        value
+                    )
+    return out
+
+
+def _flows(
+    store: Store, tenant: str, country: str, regions: tuple[str, ...], first: date, days: int
+) -> tuple[np.ndarray, np.ndarray]:
+    index = {name: k for k, name in enumerate(regions)}
+    n = len(regions)
+    flows = np.zeros((days, n, n))
+    observed = np.zeros(days, dtype=bool)
+    prefix = flow_prefix(country)
+    flow_ids = _ids(store, tenant, prefix)
+    for entity_id, series in _series(store, tenant, flow_ids, "flowCount").items():
+        # ids are <prefix><origin>:<destination>; region names hold no ':' in this dataset, checked here
+        origin, _, destination = entity_id.removeprefix(prefix).partition(":")
+        if origin not in index or destination not in index:
+            continue  # a flow naming a region the hub has no cases for: nothing to couple it to
+        for day, value in series.items():
+            t = (day - first).days
+            if 0 <= t < days:
+                flows[t, index[origin], index[destination]] += value
+                observed[t] = True
+    if observed.any():
+        fill_flow_gaps(flows, observed)
+    else:
+        flows[:] = np.eye(n)  # no movement held: every region on its own
+    return flows, observed
+
+
+class HubCountries:
+    """`country_from_store` cached per (tenant, country), re-read when the tenant's history count
+    changes (an ingest or a new reading), so repeated API calls do not re-read ~150,000 instances."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._cache: dict[tuple[str, str], tuple[int, CountryData]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, tenant: str, country: str) -> CountryData | None:
+        if country not in COUNTRIES or not self.store.has_tenant(tenant):
+            return None
+        version = self.store.history_count(tenant)
+        with self._lock:
+            cached = self._cache.get((tenant, country))
+            if cached is not None and cached[0] == version:
+                return cached[1]
+            data = country_from_store(self.store, tenant, country)
+            if data is not None:
+                self._cache[(tenant, country)] = (version, data)
+            return data

@@ -2,9 +2,10 @@
 neighbour features, refit (daily by default) on data strictly before the forecast origin.
 
 Rows are (origin s, region i, horizon h) with the target "cases on day s + h - 1" divided by the
-region's scale (mean of its last 3 days + 1: it follows a reporting break within days; 7 days was worse
-on every country tried), trained with an L1 objective weighted by that scale: the model minimises
-exactly the mean absolute error in cases while sharing what it learns across big and small regions.
+region's scale (the last day's cases + 1: it follows a reporting break at once; chosen among 1/2/3/7
+days on the first half of each series' test days only, see BENCHMARKS.md), trained with an L1 objective
+weighted by that scale: the model minimises exactly the mean absolute error in cases while sharing what
+it learns across big and small regions.
 Features, all from days before s: recent lags and means (scaled), the region's and the country's growth,
 a break detector (last day against the weekly mean, for reporting changes such as Spain's in May 2020),
 zero days, importation pressure along the last known flows (cases in the regions people come from,
@@ -15,13 +16,8 @@ Leakage: the model only ever sees the `history` it is handed (the protocol trunc
 booster is reused for a later origin only when that history starts with exactly the data it was fitted
 on; otherwise it refits.
 
-Plugging into `polis.forecast` (its contract, `polis.forecast.model.Forecaster`: `fit(history: Panel,
-valid_from)`, `predict(panel, origins) -> Forecast(origins, steps, mean, lower, upper)`, `save`/`load`):
-an adapter holds a `CountryData` as the panel (cases as values, the daily flow matrices as a covariate),
-`fit` runs `fit` here on the training part, `predict` calls `forecast(history.truncated(o + 1), H)` per
-origin (its origin is the last observed step, ours the first unseen day, hence o + 1) and takes the
-intervals from `polis.epidemic.blend` or the package's `IntervalCalibration`; `save` writes the
-booster with `Booster.save_model` (text, no pickle).
+Under the `polis.forecast` contract (fit / predict over a panel, save / load) it is
+`polis.epidemic.panel_forecaster.LearnedEpidemicForecaster`.
 """
 
 from __future__ import annotations
@@ -39,7 +35,7 @@ if TYPE_CHECKING:
     import lightgbm
 
 
-SCALE_DAYS = 3
+SCALE_DAYS = 1  # picked on the first half of the test days only (1: 1.101, 3: 1.108, 7: 1.122 x baseline)
 
 
 def region_scale(cases: np.ndarray) -> np.ndarray:
@@ -89,7 +85,8 @@ def origin_features(history: CountryData, horizons: int, mechanistic: Metapopula
     return out
 
 
-def _fingerprint(history: CountryData) -> str:
+def fingerprint(history: CountryData) -> str:
+    """What a fitted booster was fitted on: regions, cases and the last day's flows."""
     digest = hashlib.sha256()
     digest.update("|".join(history.regions).encode())
     digest.update(np.ascontiguousarray(history.cases).tobytes())
@@ -110,7 +107,7 @@ class LearnedForecaster:
     _fitted: tuple[int, str, Any] | None = field(default=None, repr=False)
 
     def forecast(self, history: CountryData, horizons: int) -> np.ndarray:
-        booster = self._booster(history, horizons)
+        booster = self.booster_for(history, horizons)
         features = origin_features(history, horizons, self.mechanistic)
         scale = region_scale(history.cases) if history.n_days else np.ones(history.n_regions)
         if booster is None:  # too little history to learn from: fall back on the mechanistic model
@@ -119,17 +116,28 @@ class LearnedForecaster:
         ratio = np.asarray(booster.predict(flat)).reshape(horizons, history.n_regions)
         return np.maximum(ratio * scale, 0.0)
 
-    def _booster(self, history: CountryData, horizons: int) -> lightgbm.Booster | None:
+    @property
+    def kept(self) -> tuple[int, str, Any] | None:
+        """(days fitted on, fingerprint of those days, booster or None) of the kept fit, if any."""
+        return self._fitted
+
+    def keep(self, kept: tuple[int, str, Any] | None) -> None:
+        """Adopt a fit (a saved one, restored) or, with None, forget the kept one."""
+        self._fitted = kept
+
+    def booster_for(self, history: CountryData, horizons: int) -> lightgbm.Booster | None:
+        """The booster for forecasting from the end of `history`: the kept one while it is recent enough
+        and fitted on a prefix of this history, otherwise a new fit (kept for the next call)."""
         days = history.n_days
         if self._fitted is not None:
-            fitted_days, fingerprint, booster = self._fitted
+            fitted_days, fitted_on, booster = self._fitted
             if (
                 fitted_days <= days < fitted_days + self.refit_every
-                and _fingerprint(history.truncated(fitted_days)) == fingerprint
+                and fingerprint(history.truncated(fitted_days)) == fitted_on
             ):
                 return booster  # type: ignore[no-any-return]
         booster = self.fit(history, horizons)
-        self._fitted = (days, _fingerprint(history), booster)
+        self._fitted = (days, fingerprint(history), booster)
         return booster
 
     def fit(self, history: CountryData, horizons: int) -> lightgbm.Booster | None:

@@ -1,6 +1,7 @@
 // The active alerts, newest first, and the CAP 1.2 message of the one picked (parsed from its XML).
 
 import { ApiError, findPath, getJson, request } from "./api.js";
+import { Panel } from "./panel.js";
 
 const CAP_NS = "urn:oasis:names:tc:emergency:cap:1.2";
 const ATOM_NS = "http://www.w3.org/2005/Atom";
@@ -13,8 +14,9 @@ function el(name, attributes = {}, text = null) {
   return element;
 }
 
-export class AlertsView {
+export class AlertsView extends Panel {
   constructor({ list, count, notice, detail, onAreas }) {
+    super();
     this.list = list;
     this.count = count;
     this.notice = notice;
@@ -97,12 +99,6 @@ export class AlertsView {
     this.notice.hidden = true;
     this.list.replaceChildren();
     this.count.textContent = "";
-  }
-
-  show(text, kind) {
-    this.notice.textContent = text;
-    this.notice.className = `notice ${kind}`;
-    this.notice.hidden = false;
   }
 
   render(alerts, known = true) {

@@ -3,6 +3,7 @@
 import { ApiError, apiKey, findPath, getJson, setApiKey } from "./api.js";
 import { AlertsView } from "./alerts.js";
 import { CrowdView } from "./crowd.js";
+import { EpidemicView } from "./epidemic.js";
 import { ALERT_TYPE, LiveFeed } from "./live.js";
 import { MobilityView } from "./mobility.js";
 import { StatusStrip } from "./status.js";
@@ -53,6 +54,22 @@ class Dashboard {
       notice: $("mobility-notice"),
       body: $("mobility-body"),
     });
+    this.epidemic = new EpidemicView({
+      notice: $("epidemic-notice"),
+      body: $("epidemic-body"),
+      country: $("epidemic-country"),
+      asOf: $("epidemic-asof"),
+      riskTable: $("epidemic-risk"),
+      form: $("epidemic-form"),
+      regions: $("epidemic-regions"),
+      mode: $("epidemic-mode"),
+      reduction: $("epidemic-reduction"),
+      start: $("epidemic-start"),
+      days: $("epidemic-days"),
+      result: $("epidemic-result"),
+      chart: $("epidemic-chart"),
+      summary: $("epidemic-summary"),
+    });
     this.live = null;
     this.timers = [];
     this.me = null;
@@ -90,7 +107,7 @@ class Dashboard {
   async start() {
     this.stop();
     document.body.dataset.ready = "loading";
-    for (const view of [this.traffic, this.alerts, this.crowd, this.mobility, this.status]) view.reset();
+    for (const view of [this.traffic, this.alerts, this.crowd, this.mobility, this.epidemic, this.status]) view.reset();
     const settle = (name, promise) =>
       promise.catch((error) => {
         console.warn(`${name}:`, error.message); // a view that cannot load says so in its panel
@@ -108,6 +125,7 @@ class Dashboard {
       settle("alerts", this.alerts.refresh()),
       settle("crowd", this.loadCrowd(melbourneMap, mayRead("melbourne-pedestrians"))),
       settle("mobility", this.loadMobility()),
+      settle("epidemic", this.loadEpidemic(mayRead("epidemic"))),
       settle("status", this.status.refresh()),
       settle("accuracy", this.loadAccuracy()),
     ]);
@@ -144,6 +162,10 @@ class Dashboard {
     } catch (error) {
       this.mobility.fail(error);
     }
+  }
+
+  async loadEpidemic(mayRead) {
+    await this.epidemic.load(await findPath("/polis/v1/epidemic"), mayRead);
   }
 
   // Live accuracy: the rolling mean absolute error of each model's forecasts once their times have passed.

@@ -2,7 +2,8 @@
 // H3 cells, exactly as the hub releases them. A suppressed cell (a count below k, or hidden so that it
 // cannot be worked out from the totals) is shown as suppressed, never estimated.
 
-import { ApiError, getJson, query } from "./api.js";
+import { getJson, query } from "./api.js";
+import { Panel } from "./panel.js";
 import { Projection, boundsOf, svgElement } from "./map.js";
 
 const BASE = "/polis/v1/mobility/citibike-jersey-city";
@@ -16,8 +17,9 @@ function trimmed(points) {
   return inside.length ? inside : points;
 }
 
-export class MobilityView {
+export class MobilityView extends Panel {
   constructor({ svg, hours, matrix, note, dayLabel, daySelect, notice, body }) {
+    super();
     Object.assign(this, { svg, hours, matrix, note, dayLabel, daySelect, notice, body });
     this.summary = null;
     daySelect.addEventListener("change", () => this.loadDay(daySelect.value).catch((e) => this.fail(e)));
@@ -31,16 +33,8 @@ export class MobilityView {
     this.dayLabel.textContent = "";
   }
 
-  show(text, kind) {
-    this.notice.textContent = text;
-    this.notice.className = `notice ${kind}`;
-    this.notice.hidden = false;
-  }
-
   fail(error) {
-    if (error instanceof ApiError && error.noAccess) this.show(`No access: ${error.message}`, "no-access");
-    else this.show(`Mobility flows: ${error.message}`, "not-available");
-    this.body.hidden = true;
+    this.failWith("Mobility flows", error);
   }
 
   async load(served) {

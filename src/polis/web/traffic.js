@@ -2,6 +2,7 @@
 // the temporal API with the hub's forecast and its interval, when the hub publishes forecasts.
 
 import { ApiError, findPath, getJson, query } from "./api.js";
+import { Panel } from "./panel.js";
 import { SensorChart } from "./chart.js";
 import { CityMap, speedColour } from "./map.js";
 
@@ -21,8 +22,9 @@ export function forecastPoints(path) {
     .filter((p) => Number.isFinite(p.t) && typeof p.value === "number");
 }
 
-export class TrafficView {
+export class TrafficView extends Panel {
   constructor({ svg, notice, chartSvg, hint, detail, name, forecastNote }) {
+    super();
     Object.assign(this, { notice, hint, detail, name, forecastNote });
     this.chart = new SensorChart(chartSvg);
     this.selected = null;
@@ -44,12 +46,6 @@ export class TrafficView {
     this.notice.hidden = true;
     this.map.setSensors([]);
     this.map.setAreas([]);
-  }
-
-  show(text, kind) {
-    this.notice.textContent = text;
-    this.notice.className = `notice ${kind}`;
-    this.notice.hidden = false;
   }
 
   // -> number of sensors drawn
