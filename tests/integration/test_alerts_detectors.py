@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from lxml import etree
 
 from polis.alerts.cap import CAP_NS, validate_cap
-from polis.crowd.gathering import EPOCH, CrowdParams, crowd_scores, local_hour
+from polis.crowd.gathering import EPOCH, CrowdParams, crowd_scores, local_hour, nearest
 from polis.crowd.melbourne import ZONE, load_counts
 from polis.forecast.path import ForecastPath, ForecastPoint
 from polis.ingest.datasets import DatasetLoad, ingest, load_dataset
@@ -139,7 +139,8 @@ def test_crowd_gathering_injected_into_the_real_counts(client: TestClient, melbo
     live = compiled.panel.score_hour(local_hour(H_LOCAL.replace(tzinfo=ZONE), ZONE))
     order = [compiled.panel.column[e] for e in panel.entity_ids]
     p = CrowdParams()
-    offline = crowd_scores(panel.logc[row - p.history_hours : row + 1], panel.first_hour + row - p.history_hours, p)
+    window = panel.logc[row - p.history_hours : row + 1]
+    offline = crowd_scores(window, panel.first_hour + row - p.history_hours, p, nearest(panel.points, p.neighbours))
     np.testing.assert_allclose(live.score[0, order], offline.score[-1], rtol=1e-9, equal_nan=True)
 
     hour(1, doubled=True)  # twice the normal count at Bourke Street Mall for two hours
@@ -164,12 +165,13 @@ def test_a_crowd_under_half_its_usual_count_never_scores() -> None:
     rng = np.random.default_rng(7)
     logc = np.log1p(1000.0) + rng.normal(0.0, 0.03, size=(rows, 3))
     first_hour = local_hour(datetime(2022, 3, 1, tzinfo=ZONE), ZONE)
+    near = nearest([(144.96, -37.81), (144.961, -37.81), (144.962, -37.81)], p.neighbours)
     logc[-6:-1, 0] = np.log1p(300.0)  # sensor 0 alone at 30 % of its usual count for five hours
     for ratio, scores in ((0.6, True), (0.45, False)):
         logc[-1, 0] = np.log1p(1000.0 * ratio)  # then twice that, or 1.5 times
-        assert bool(crowd_scores(logc, first_hour, p).score[-1, 0] >= 4) is scores, ratio
-        assert crowd_scores(logc, first_hour, CrowdParams(gate_ratio=1.0)).score[-1, 0] <= 0
-    assert np.nanmax(crowd_scores(logc, first_hour, p).score[-60:-6]) < 4  # the steady hours stay quiet
+        assert bool(crowd_scores(logc, first_hour, p, near).score[-1, 0] >= 4) is scores, ratio
+        assert crowd_scores(logc, first_hour, CrowdParams(gate_ratio=1.0), near).score[-1, 0] <= 0
+    assert np.nanmax(crowd_scores(logc, first_hour, p, near).score[-60:-6]) < 4  # the steady hours stay quiet
 
 
 def test_backfill_finds_moomba_in_the_stored_counts(client: TestClient, melbourne: Platform) -> None:

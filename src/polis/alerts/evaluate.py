@@ -328,8 +328,9 @@ class CompiledRule:
 
     def _load_panel(self, zone: ZoneInfo, at: datetime) -> HourlyPanel:
         params = CrowdParams()
-        sensors = sorted(e["id"] for e in self.scope_entities())
-        panel = HourlyPanel(sensors, zone, params)
+        where = {e["id"]: point_of(e) for e in self.scope_entities()}
+        sensors = sorted(where)
+        panel = HourlyPanel(sensors, zone, params, [where[s] for s in sensors])
         start = at - timedelta(hours=params.history_hours + 1)
         query = TemporalQuery(
             attrs=(str(self.attr_iri),), timerel="between", time_at=start, end_time_at=at, max_instances=10**7

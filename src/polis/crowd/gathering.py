@@ -4,11 +4,14 @@ The expected count of a sensor at an hour comes from its counts at the same hour
 previous `weeks` weeks: their mean without the highest and the lowest week (a seasonal profile that
 ignores one past gathering or one rained-off week, and forgets lockdowns and reopenings within two months).
 The excess is measured on the log scale, where a gathering that doubles the count is the same step at a
-busy corner and a quiet lane, and cleaned twice before it is scored:
+busy corner and a quiet lane, and cleaned three times before it is scored:
 
-1. city-wide swings (rain, a public holiday, a lockdown) move every sensor together, so the median
-   excess over all sensors in that hour is taken off;
-2. what is left of the sensor's own level over the previous `level_hours` hours is taken off too (a
+1. city-wide lulls (rain, a lockdown) move every sensor together, so the median excess over all sensors
+   in that hour is taken off when it is negative (`common_mode`);
+2. `neighbour_weight` x the median of what is left at the sensor's `neighbours` nearest sensors in the
+   same hour is taken off: a district-wide swing is mostly explained by the sensors around, a local
+   gathering is not (and half of a shared rise stays, so a city-wide celebration is still seen);
+3. what is left of the sensor's own level over the previous `level_hours` hours is taken off too (a
    slow drift, not a gathering).
 
 The score divides that by the sensor's robust spread (1.4826 x MAD over the previous `scale_days` days,
@@ -27,7 +30,7 @@ number), so a live window and the whole series agree on the same hour's score.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -52,6 +55,8 @@ class CrowdParams:
     trimmed: bool = True  # expected = mean of the weeks without the highest and lowest (else their median)
     scale_by_hour: bool = False  # spread per hour of day (28 samples each) instead of pooled over the day
     common_mode: str = "drops"  # take off city-wide swings: "both", "drops" (only lulls) or "none"
+    neighbours: int = 20  # take off part of the median excess of the k nearest sensors (0: not)
+    neighbour_weight: float = 0.5  # that part: what nearby sensors share is partly a local event too
 
     @property
     def history_hours(self) -> int:
@@ -115,7 +120,30 @@ def expected_log(logc: np.ndarray, p: CrowdParams) -> tuple[np.ndarray, np.ndarr
     return med, usable
 
 
-def corrected(r: np.ndarray, usable: np.ndarray, p: CrowdParams) -> np.ndarray:
+def nearest(points: Sequence[tuple[float, float] | None], k: int) -> np.ndarray:
+    """(S, k) int: the columns of each sensor's k nearest other sensors, nearest first, from their
+    (longitude, latitude); S (one past the last column, no sensor) where fewer than k have a location."""
+    size = len(points)
+    lonlat = np.array([point if point is not None else (np.nan, np.nan) for point in points], dtype=float)
+    lonlat = lonlat.reshape(size, 2)
+    with _quiet():
+        lat = np.radians(np.nanmean(lonlat[:, 1])) if size else 0.0
+    xy = np.c_[lonlat[:, 0] * np.cos(lat), lonlat[:, 1]] * 111_320.0  # metres, flat within a city
+    distance = np.hypot(xy[:, None, 0] - xy[None, :, 0], xy[:, None, 1] - xy[None, :, 1])
+    distance = np.where(np.isnan(distance) | np.eye(size, dtype=bool), np.inf, distance)
+    order = np.argsort(distance, axis=1, kind="stable")[:, :k]
+    found = np.where(np.take_along_axis(distance, order, axis=1) < np.inf, order, size)
+    return np.hstack([found, np.full((size, k - found.shape[1]), size, dtype=int)]).astype(int)
+
+
+def around(rc: np.ndarray, usable: np.ndarray, near: np.ndarray) -> np.ndarray:
+    """(T, S): the median excess of each sensor's neighbours in the same hour (0 where none is scored)."""
+    masked = np.hstack([np.where(usable, rc, np.nan), np.full((rc.shape[0], 1), np.nan)])  # column S: none
+    with _quiet():
+        return np.nan_to_num(np.nanmedian(masked[:, near], axis=2))
+
+
+def corrected(r: np.ndarray, usable: np.ndarray, p: CrowdParams, near: np.ndarray | None = None) -> np.ndarray:
     """The excess r (log count - expected) less the city-wide swing of its hour and the sensor's own level
     over the previous `level_hours` rows. Rows are contiguous: the first `level_hours` of a block lack
     their full level history."""
@@ -127,16 +155,22 @@ def corrected(r: np.ndarray, usable: np.ndarray, p: CrowdParams) -> np.ndarray:
         common = np.zeros_like(common)
     with _quiet():
         rc = r - common[:, None]
+        if p.neighbours > 0:
+            if near is None:
+                raise ValueError("the neighbour correction needs each sensor's neighbours (see nearest())")
+            rc = rc - p.neighbour_weight * around(rc, usable, near[:, : p.neighbours])
         level = np.nan_to_num(
             np.nanmedian(_lagged(np.where(usable, rc, np.nan), range(1, p.level_hours + 1), 1), axis=0)
         )
     return rc - level
 
 
-def residuals(logc: np.ndarray, p: CrowdParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def residuals(
+    logc: np.ndarray, p: CrowdParams, near: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(expected log count, usable mask, corrected excess) for every row."""
     med, usable = expected_log(logc, p)
-    return med, usable, corrected(logc - med, usable, p)
+    return med, usable, corrected(logc - med, usable, p, near)
 
 
 def daily_scale(excess: np.ndarray, usable: np.ndarray, first_hour: int, p: CrowdParams) -> np.ndarray:
@@ -165,10 +199,12 @@ def daily_scale(excess: np.ndarray, usable: np.ndarray, first_hour: int, p: Crow
     return np.maximum(scale, p.scale_floor)
 
 
-def crowd_scores(logc: np.ndarray, first_hour: int, p: CrowdParams | None = None) -> CrowdScores:
+def crowd_scores(
+    logc: np.ndarray, first_hour: int, p: CrowdParams | None = None, near: np.ndarray | None = None
+) -> CrowdScores:
     """Scores of every row of a regular hourly matrix of log1p counts (rows: hours, columns: sensors)."""
     p = p or CrowdParams()
-    med, usable, excess = residuals(logc, p)
+    med, usable, excess = residuals(logc, p, near)
     scale = daily_scale(excess, usable, first_hour, p)
     usable = usable & ~np.isnan(scale)
     z = standardised(logc, med, excess, scale, usable, p)
@@ -201,15 +237,47 @@ def alarm_runs(score: np.ndarray, level: float) -> np.ndarray:
     return on & ~before
 
 
+def alert_starts(
+    score: np.ndarray, level: float, hysteresis: float, cooldown_hours: int, observed: np.ndarray | None = None
+) -> np.ndarray:
+    """Bool (T, S): the hours where a live rule on hourly readings raises an alert for a sensor (the life
+    of `polis.alerts.lifecycle.Tracker`): raised at the level, cancelled once the score falls under
+    level - hysteresis or is not scored, and no new alert for `cooldown_hours` after a cancel. Hours
+    without a reading (`observed` False) change nothing: the live rule is not called for them. This is
+    what an operator sees, which `alarm_runs` over-counts (a score dipping just under the level and back
+    is one alert, not two)."""
+    seen = np.ones(score.shape, dtype=bool) if observed is None else observed
+    on = np.nan_to_num(score, nan=-np.inf) >= level
+    kept = np.nan_to_num(score, nan=-np.inf) >= level - hysteresis
+    active = np.zeros(score.shape[1], dtype=bool)
+    cancelled = np.full(score.shape[1], -(10**9))
+    starts = np.zeros(score.shape, dtype=bool)
+    for t in range(score.shape[0]):
+        rise = seen[t] & ~active & (t - cancelled >= cooldown_hours) & on[t]
+        cancel = seen[t] & active & ~kept[t]
+        cancelled[cancel] = t
+        active = (active | rise) & ~cancel
+        starts[t] = rise
+    return starts
+
+
 class HourlyPanel:
     """A live sliding window of log1p counts per local hour and sensor, fed by observations; scores the
     newest hours with the same arithmetic as `crowd_scores` on the whole series."""
 
-    def __init__(self, sensors: list[str], zone: ZoneInfo, p: CrowdParams | None = None) -> None:
+    def __init__(
+        self,
+        sensors: list[str],
+        zone: ZoneInfo,
+        p: CrowdParams | None = None,
+        points: Sequence[tuple[float, float] | None] | None = None,
+    ) -> None:
         self.sensors = list(sensors)
         self.column = {s: i for i, s in enumerate(self.sensors)}
         self.zone = zone
         self.p = p or CrowdParams()
+        # (longitude, latitude) of each sensor, in `sensors` order: whose counts explain whose
+        self.near = nearest(points if points is not None else [None] * len(self.sensors), self.p.neighbours)
         self.rows: dict[int, np.ndarray] = {}
         self._scales: dict[int, np.ndarray] = {}
 
@@ -247,7 +315,7 @@ class HourlyPanel:
             p = self.p
             first = (day - p.scale_days) * 24 - p.weeks * HOURS_PER_WEEK - p.level_hours - 1
             matrix = self._matrix(first, day * 24 + 23)
-            _, usable, excess = residuals(matrix, p)
+            _, usable, excess = residuals(matrix, p, self.near)
             found = daily_scale(excess, usable, first, p)[-24:]
             self._scales[day] = found
             for old in [d for d in self._scales if d < day - 2]:
@@ -271,7 +339,7 @@ class HourlyPanel:
             med = profile(stack, p)
         enough = np.sum(~np.isnan(stack), axis=0) >= max(1, p.weeks // 2)
         usable = enough & ~np.isnan(current) & (np.expm1(med) >= p.min_expected)
-        excess = corrected(current - med, usable, p)
+        excess = corrected(current - med, usable, p, self.near)
         scale = np.stack([self._day_scale(r // 24)[r % 24] for r in (hour - 1, hour)])
         tail = slice(count - 2, count)
         use = usable[tail] & ~np.isnan(scale)
