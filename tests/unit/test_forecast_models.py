@@ -4,6 +4,7 @@ saved model loads and forecasts identically."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from polis.forecast.baselines import HistoricalAverage, Persistence, SeasonalNaive
 from polis.forecast.bench import run_benchmark
 from polis.forecast.data import DATASETS, Panel, load_panel, time_features
+from polis.forecast.features import FeatureState, common_features, recent_window, step_features
 from polis.forecast.gbm import GbmParams, GlobalGbm
 from polis.forecast.model import Forecaster, IntervalCalibration, forward_fill, targets
 from polis.forecast.neural import MlpParams, SpatioTemporalMlp
@@ -188,3 +190,41 @@ def test_time_features_follow_local_clocks() -> None:
 def test_forward_fill_keeps_leading_gaps() -> None:
     values = np.array([[np.nan, 1.0], [2.0, np.nan], [np.nan, np.nan]])
     assert np.array_equal(forward_fill(values), np.array([[np.nan, 1.0], [2.0, 1.0], [2.0, 1.0]]), equal_nan=True)
+
+
+def _with_gaps(data: Panel) -> Panel:
+    """Gaps that the forward fill must carry across a window's start: long ones, and the whole second half."""
+    values = data.values.copy()
+    values[len(values) - 900 : len(values) - 2, 3] = np.nan
+    values[len(values) // 2 :, 5] = np.nan
+    values[len(values) - 400 :, 7] = np.nan
+    return Panel(data.name, data.times, values, data.entity_ids, data.step_s, data.timezone, data.entity_type,
+                 data.attribute, data.adjacency)
+
+
+@pytest.mark.parametrize("name", ["los-loop", "sz-taxi"])  # a day back (one week of data) and a week back
+def test_features_from_the_recent_window_equal_the_whole_panels(name: str) -> None:
+    """A served forecast builds its features from only the recent part of the panel: every value must be
+    what the whole panel gives, gaps included, or the backtested model is not the one served."""
+    data = _with_gaps(panel(name))
+    state = FeatureState.learn(data.head(len(data.values) // 2), lags=12)
+    end = len(data.values)
+    origins = np.array([end - 60, end - 3, end - 1])
+    whole = common_features(data, origins, state)
+    window, at = recent_window(data, origins, state)
+    assert len(window.values) < end // 2  # the point: far less than the whole history is read
+    recent = common_features(window, at, state)
+    assert np.array_equal(whole.block, recent.block, equal_nan=True)
+    for step in (1, 4, 12):
+        assert np.array_equal(step_features(whole, origins, step, state)[0],
+                              step_features(recent, at, step, state)[0], equal_nan=True)
+
+
+def test_lightgbm_forecast_is_the_same_from_one_or_two_workers() -> None:
+    data = _with_gaps(panel("los-loop"))
+    model = GlobalGbm((1, 2, 3), seed=0, params=TINY_GBM)
+    model.fit(data.head(1500), 1300)
+    origins = np.array([1600, len(data.values) - 1])
+    parallel = model.predict(data, origins).mean
+    model.params = replace(model.params, predict_workers=1)
+    assert np.array_equal(parallel, model.predict(data, origins).mean, equal_nan=True)

@@ -108,7 +108,7 @@ def run_benchmark(
     return rows, fitted
 
 
-def forecast_latency_ms(model: Forecaster, panel: Panel, repeats: int = 20) -> float:
+def forecast_latency_ms(model: Forecaster, panel: Panel, repeats: int = 30) -> float:
     """Median wall time of one forecast from the latest step for every sensor and step."""
     origin = np.array([len(panel.values) - 1])
     context = panel

@@ -8,6 +8,7 @@ Boosters are saved in LightGBM's own text format, the learned state as a plain .
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -15,7 +16,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from polis.forecast.data import Panel
-from polis.forecast.features import Common, FeatureState, common_features, step_features
+from polis.forecast.features import Common, FeatureState, common_features, recent_window, step_features
 from polis.forecast.model import IntervalCalibration, Progress, targets
 from polis.forecast.standardised import StandardisedForecaster, read_meta
 
@@ -38,6 +39,9 @@ class GbmParams:
     # One thread: on a shared 2-core machine LightGBM's OpenMP threads spin against other work and run
     # several times slower than one thread (measured: 0.5 s against 0.09 s per round on Los-loop).
     threads: int = 1
+    # Forecasting calls the step boosters from this many Python threads at once (LightGBM lets go of the
+    # GIL while it predicts), each on one OpenMP thread: both cores busy without OpenMP's spinning.
+    predict_workers: int = 2
     refit: bool = False  # after selection, train again on train + validation with the chosen tree count
 
 
@@ -159,15 +163,26 @@ class GlobalGbm(StandardisedForecaster):
     # ------------------------------------------------------------------------------------------ forecasting
 
     def _mean(self, panel: Panel, origins: np.ndarray) -> np.ndarray:
+        """Features from only the recent part of the panel that they read (see `recent_window`: identical
+        values), one matrix per step, each booster called once on every origin and sensor."""
         assert self.state is not None
-        common = common_features(panel, origins, self.state)
+        window, at = recent_window(panel, origins, self.state)
+        common = common_features(window, at, self.state)
         m, n = len(origins), panel.n_sensors
-        out = np.empty((m, len(self.steps), n))
         rows = np.arange(m)
-        for j, (step, booster) in enumerate(zip(self.steps, self.boosters, strict=True)):
-            x = self._matrix(common, rows, origins, step)
-            change = booster.predict(x, num_threads=self.params.threads).reshape(m, n)
-            out[:, j] = (common.base + change) * self.state.std + self.state.mean
+
+        def change(step: int, booster: Any) -> np.ndarray:
+            x = self._matrix(common, rows, at, step)
+            return np.asarray(booster.predict(x, num_threads=self.params.threads)).reshape(m, n)
+
+        pairs = list(zip(self.steps, self.boosters, strict=True))
+        if self.params.predict_workers > 1 and len(pairs) > 1:
+            with ThreadPoolExecutor(min(self.params.predict_workers, len(pairs))) as pool:
+                changes = list(pool.map(lambda pair: change(*pair), pairs))
+        else:
+            changes = [change(*pair) for pair in pairs]
+        z = common.base[:, None, :] + np.stack(changes, axis=1)  # [M, H, N]
+        out: np.ndarray = z * self.state.std + self.state.mean
         return out
 
     # ------------------------------------------------------------------------------------------ files

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from polis.forecast.data import Panel
-from polis.forecast.features import FeatureState
+from polis.forecast.features import FeatureState, recent_window
 from polis.forecast.model import IntervalCalibration, Progress, forward_fill, targets
 from polis.forecast.standardised import StandardisedForecaster, read_meta
 
@@ -156,7 +156,8 @@ class SpatioTemporalMlp(StandardisedForecaster):
 
         assert self.state is not None
         torch.set_num_threads(self.params.threads)
-        window, base, when = _inputs(panel, origins, self.state)
+        recent, at = recent_window(panel, origins, self.state)  # the same inputs from far fewer steps
+        window, base, when = _inputs(recent, at, self.state)
         self.network.eval()
         with torch.no_grad():
             change: np.ndarray = self.network(torch.from_numpy(window), torch.from_numpy(when)).numpy()  # [M, N, H]
