@@ -15,6 +15,7 @@ from polis.epidemic.learned import LearnedForecaster
 from polis.epidemic.panel_forecaster import LearnedEpidemicForecaster, MobilityPanel, country_of, mobility_panel
 from polis.forecast.data import Panel
 from polis.forecast.model import Forecaster
+from polis.forecast.registry import ModelRegistry, model_class
 from polis.settings import Settings
 
 REGIONS = 20
@@ -88,6 +89,10 @@ def test_same_settings_same_forecast_and_save_load_identical(france: CountryData
     loaded = LearnedEpidemicForecaster.load(tmp_path / "model")
     c = loaded.predict(panel, origins)
     assert np.array_equal(a.mean, c.mean) and np.array_equal(a.lower, c.lower) and np.array_equal(a.upper, c.upper)
+    registry = ModelRegistry(tmp_path / "models")  # the forecasting package's registry knows its kind too
+    record = registry.save(first, "covid-europe-2020-France", "rolling-origin")
+    again = model_class(record.kind).load(record.path).predict(panel, origins)
+    assert np.array_equal(a.mean, again.mean) and np.array_equal(a.upper, again.upper)
 
 
 def test_a_plain_panel_uses_its_graph_as_the_flows(france: CountryData) -> None:

@@ -27,6 +27,10 @@ def model_class(kind: str) -> Any:
         from polis.forecast.neural import SpatioTemporalMlp
 
         return SpatioTemporalMlp
+    if kind == "epidemic-lightgbm":  # the epidemic module's learned forecaster, behind the same contract
+        from polis.epidemic.panel_forecaster import LearnedEpidemicForecaster
+
+        return LearnedEpidemicForecaster
     known = {c.kind: c for c in (Persistence, HistoricalAverage, SeasonalNaive)}
     if kind not in known:
         raise ValueError(f"unknown model kind {kind!r}")
