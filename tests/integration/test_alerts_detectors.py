@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from lxml import etree
 
 from polis.alerts.cap import CAP_NS, validate_cap
-from polis.crowd.gathering import EPOCH, CrowdParams, crowd_scores, local_hour, nearest
+from polis.crowd.gathering import EPOCH, CrowdParams, alarm_levels, crowd_scores, local_hour, nearest
 from polis.crowd.melbourne import ZONE, load_counts
 from polis.forecast.path import ForecastPath, ForecastPoint
 from polis.ingest.datasets import DatasetLoad, ingest, load_dataset
@@ -142,6 +142,14 @@ def test_crowd_gathering_injected_into_the_real_counts(client: TestClient, melbo
     window = panel.logc[row - p.history_hours : row + 1]
     offline = crowd_scores(window, panel.first_hour + row - p.history_hours, p, nearest(panel.points, p.neighbours))
     np.testing.assert_allclose(live.score[0, order], offline.score[-1], rtol=1e-9, equal_nan=True)
+    # ... and sets the same adaptive alarm level (the rule's level is its floor; floor 0 shows the level
+    # the scores of the previous 8 weeks set)
+    first = panel.first_hour + row - p.history_hours
+    for floor in (5.0, 0.0):
+        levels = alarm_levels(offline.score, ~np.isnan(window), first, floor, p)[-1]
+        live_level = compiled.panel.alarm_level(local_hour(H_LOCAL.replace(tzinfo=ZONE), ZONE), floor)
+        np.testing.assert_allclose(live_level[order], levels, rtol=1e-12)
+    assert live_level.min() > 2 and live_level.max() < 6
 
     hour(1, doubled=True)  # twice the normal count at Bourke Street Mall for two hours
     hour(2, doubled=True)

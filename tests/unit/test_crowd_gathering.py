@@ -3,12 +3,24 @@ correction, and how many alerts a live rule raises from a run of scores."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
 
-from polis.crowd.gathering import CrowdParams, alert_starts, crowd_scores, local_hour, nearest
+from polis.crowd.gathering import (
+    EPOCH,
+    HOURS_PER_WEEK,
+    CrowdParams,
+    HourlyPanel,
+    alarm_levels,
+    alert_starts,
+    crowd_scores,
+    local_hour,
+    nearest,
+    window_level,
+)
 from polis.crowd.melbourne import ZONE
 
 ROW = [(144.960, -37.810), (144.961, -37.810), (144.963, -37.810), (144.970, -37.810)]  # west to east
@@ -59,3 +71,95 @@ def test_live_alerts_follow_the_hysteresis_and_the_cooldown() -> None:
     assert np.nonzero(alert_starts(score, 4.0, 1.0, 2, observed)[:, 0])[0].tolist() == [1, 8]
     gap = np.array([[4.5], [np.nan], [4.5]])
     assert alert_starts(gap, 4.0, 1.0, 2, ~np.isnan(gap))[:, 0].tolist() == [True, False, False]
+
+
+def test_the_adaptive_level_is_the_kth_highest_score_of_the_observed_hours() -> None:
+    p = CrowdParams(alarm_hours=2.0, alarm_weeks=1, alarm_scope="city")
+    rng = np.random.default_rng(5)
+    score = rng.normal(0.0, 1.0, size=(HOURS_PER_WEEK, 2))
+    score[:, 1] = np.nan  # the second sensor is observed but never scored: its hours rank lowest
+    observed = np.ones(score.shape, dtype=bool)
+    # 336 observed hours x 2 alarm hours per 168: the 4th highest score of all
+    assert window_level(score, observed, 0.0, p) == pytest.approx(np.sort(score[:, 0])[-4])
+    assert window_level(score, observed, 9.0, p).tolist() == [9.0, 9.0]  # never under the floor
+    own = window_level(score, observed, -5.0, CrowdParams(alarm_hours=2.0, alarm_scope="sensor"))
+    assert own[0] == pytest.approx(np.sort(score[:, 0])[-2]) and own[1] == -5.0  # nothing scored: the floor
+    # under a week of observed hours: the floor alone
+    assert window_level(score[:80], observed[:80], 1.0, p).tolist() == [1.0, 1.0]  # 160 hours
+
+
+def test_the_adaptive_level_holds_the_alarm_rate_when_more_hours_are_scored() -> None:
+    """A city reopening: the share of scored hours doubles. A fixed level alarms twice as often per observed
+    hour; the adaptive level stays near its target, and an hour never moves its own day's level."""
+    p = CrowdParams(alarm_hours=1.5, alarm_weeks=1, alarm_scope="city")
+    rng = np.random.default_rng(11)
+    weeks, sensors = 12, 20
+    score = rng.normal(0.0, 1.0, size=(weeks * HOURS_PER_WEEK, sensors))
+    half = score.shape[0] // 2
+    score[:half][rng.random((half, sensors)) > 0.4] = np.nan  # 40 % of the hours scored, then 80 %
+    score[half:][rng.random((score.shape[0] - half, sensors)) > 0.8] = np.nan
+    observed = np.ones(score.shape, dtype=bool)
+    levels = alarm_levels(score, observed, 0, 0.0, p)
+    hours_per_week = sensors * HOURS_PER_WEEK * 2  # two weeks: one after the first, one at the end
+
+    def rate(level: float | np.ndarray, rows: slice) -> float:
+        return (
+            float(
+                (
+                    np.nan_to_num(score[rows], nan=-np.inf) >= level[rows]
+                    if isinstance(level, np.ndarray)
+                    else np.nan_to_num(score[rows], nan=-np.inf) >= level
+                ).sum()
+            )
+            / hours_per_week
+            * HOURS_PER_WEEK
+        )
+
+    early, late = slice(half - 2 * HOURS_PER_WEEK, half), slice(-2 * HOURS_PER_WEEK, None)
+    fixed = float(np.quantile(np.nan_to_num(score[:half], nan=-np.inf), 1 - 1.5 / HOURS_PER_WEEK))
+    assert rate(fixed, late) > 1.6 * rate(fixed, early)
+    assert 1.0 < rate(levels, early) < 2.0 and 1.0 < rate(levels, late) < 2.0
+    # causal: raising a day's scores moves the next days' levels, not its own
+    day = 60
+    raised = score.copy()
+    raised[day * 24 : day * 24 + 24] += 10.0
+    moved = alarm_levels(raised, observed, 0, 0.0, p)
+    assert np.array_equal(moved[: day * 24 + 24], levels[: day * 24 + 24])
+    assert (moved[day * 24 + 24 :][:24] > levels[day * 24 + 24 :][:24]).all()
+
+
+def test_the_live_panel_sets_the_same_levels_day_after_day_and_after_a_late_reading() -> None:
+    """`HourlyPanel.alarm_level`: one pass the first day, one day of scores at a time after that, and a
+    late reading recomputes what it changes; always equal to `alarm_levels` on the whole series."""
+    p = CrowdParams(neighbours=2, alarm_weeks=2, alarm_hours=1.5, alarm_scope="city")
+    rng = np.random.default_rng(17)
+    rows = p.history_hours + 3 * 24
+    week = rng.uniform(200.0, 2000.0, size=(HOURS_PER_WEEK, 3))
+    counts = week[np.arange(rows) % HOURS_PER_WEEK] * rng.lognormal(0.0, 0.15, size=(rows, 3))
+    zone = ZoneInfo("UTC")
+    first_hour = local_hour(datetime(2022, 1, 3, tzinfo=zone), zone)
+    panel = HourlyPanel(["a", "b", "c"], zone, p, ROW[:3])
+
+    def feed(row: int, sensor: int) -> None:
+        panel.add("abc"[sensor], EPOCH.replace(tzinfo=zone) + timedelta(hours=first_hour + row), counts[row, sensor])
+
+    def offline(row: int) -> np.ndarray:
+        logc = np.log1p(counts)
+        score = crowd_scores(logc, first_hour, p, nearest(ROW[:3], 2)).score
+        return alarm_levels(score, ~np.isnan(logc), first_hour, 0.0, p)[row]
+
+    last_days = [rows - 72 + 5, rows - 48 + 5, rows - 24 + 5]  # an hour in each of the last three days
+    for row in range(last_days[1]):
+        for sensor in range(3):
+            feed(row, sensor)
+    np.testing.assert_allclose(panel.alarm_level(first_hour + last_days[0], 0.0), offline(last_days[0]), rtol=1e-12)
+    np.testing.assert_allclose(panel.alarm_level(first_hour + last_days[1], 0.0), offline(last_days[1]), rtol=1e-12)
+    counts[last_days[0] + 3, 1] *= 30  # a late reading on the day before: a gathering the level must now see
+    feed(last_days[0] + 3, 1)
+    before = offline(last_days[2])
+    for row in range(last_days[1], last_days[2] + 1):
+        for sensor in range(3):
+            feed(row, sensor)
+    level = panel.alarm_level(first_hour + last_days[2], 0.0)
+    np.testing.assert_allclose(level, before, rtol=1e-12)
+    assert level[0] > 0

@@ -309,16 +309,18 @@ class CompiledRule:
         found = []
         for hour, entities in sorted(touched.items()):
             scores = panel.score_hour(hour)
+            levels = panel.alarm_level(hour, rule.level)  # the rule's level is the floor of an adaptive one
             for entity, at in entities:
                 column = panel.column[entity["id"]]
                 score = float(scores.score[0, column])
                 expected = float(scores.expected[0, column])
                 count = float(np.expm1(panel.rows[hour][column]))
+                level = float(levels[column])
                 if math.isnan(score):
-                    signal = Signal(False, True, count, rule.level, {"score": float("nan"), "expected": expected})
+                    signal = Signal(False, True, count, level, {"score": float("nan"), "expected": expected})
                 else:
-                    on, off = score >= rule.level, score < rule.level - rule.hysteresis
-                    signal = Signal(on, off, count, rule.level, {"score": score, "expected": expected})
+                    on, off = score >= level, score < level - rule.hysteresis
+                    signal = Signal(on, off, count, level, {"score": score, "expected": expected})
                 found.append(self._observation(entity, at, signal))
         return found
 

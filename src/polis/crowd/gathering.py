@@ -57,11 +57,22 @@ class CrowdParams:
     common_mode: str = "drops"  # take off city-wide swings: "both", "drops" (only lulls) or "none"
     neighbours: int = 20  # take off part of the median excess of the k nearest sensors (0: not)
     neighbour_weight: float = 0.5  # that part: what nearby sensors share is partly a local event too
+    # The alarm level: max(the rule's level, a floor, and the score each sensor reached in `alarm_hours` of
+    # its observed hours per week over the previous `alarm_weeks` weeks (see alarm_levels); 0: fixed level.
+    alarm_hours: float = 1.5  # chosen on 2021 with the rule's level (the floor) 3.5, see BENCHMARKS.md
+    alarm_weeks: int = 8  # the regime (lockdown, reopening), not last week's events: 1 week sank the next events
+    alarm_scope: str = "city"  # whose past scores set the level: "city" (all sensors') or "sensor" (its own)
+
+    @property
+    def score_hours(self) -> int:
+        """Rows a window needs before the hour it scores."""
+        return (self.scale_days + 1) * 24 + self.weeks * HOURS_PER_WEEK + self.level_hours + 2
 
     @property
     def history_hours(self) -> int:
-        """Rows a window needs before the hour it scores."""
-        return (self.scale_days + 1) * 24 + self.weeks * HOURS_PER_WEEK + self.level_hours + 2
+        """Rows a window needs before the hour it scores and sets the alarm level of."""
+        adaptive = self.alarm_weeks * HOURS_PER_WEEK + 24 if self.alarm_hours > 0 else 0
+        return self.score_hours + adaptive
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +241,46 @@ def combined(z: np.ndarray, previous: np.ndarray, usable: np.ndarray, p: CrowdPa
     return np.where(usable, np.maximum(p.single_weight * zs, p.pair_weight * (zs + previous)), np.nan)
 
 
-def alarm_runs(score: np.ndarray, level: float) -> np.ndarray:
+def window_level(score: np.ndarray, observed: np.ndarray, floor: float, p: CrowdParams) -> np.ndarray:
+    """(S,): the alarm level set by a block of past rows: max(floor, the k-th highest score of each sensor,
+    k = ceil(alarm_hours x its observed hours / 168)), or over all sensors' hours with scope "city".
+
+    Ranked over *observed* hours, an unscored hour counting as the lowest score: a fixed level alarms in a
+    share of the scored hours, which grows when a city reopens; this level alarms in at most a share of
+    the observed ones, whatever part of them is scored."""
+    size = score.shape[1]
+    if p.alarm_hours <= 0:
+        return np.full(size, floor)
+    ranked = np.where(observed, np.nan_to_num(score, nan=-np.inf), -np.inf)
+    seen = observed.sum(axis=0)
+    if p.alarm_scope == "city":
+        ranked, seen = ranked.reshape(-1, 1), seen.sum(keepdims=True)
+    k = np.maximum(np.ceil(p.alarm_hours * seen / HOURS_PER_WEEK).astype(int), 1)
+    top = -np.sort(-ranked, axis=0)
+    kth = top[np.minimum(k, len(top)) - 1, np.arange(top.shape[1])] if len(top) else np.full(top.shape[1], -np.inf)
+    # Too few observed hours (under one week) say nothing about the sensor's usual tail: the floor alone.
+    level = np.where(seen >= HOURS_PER_WEEK, np.maximum(kth, floor), floor)
+    return np.broadcast_to(level, (size,)).astype(float)
+
+
+def alarm_levels(score: np.ndarray, observed: np.ndarray, first_hour: int, floor: float, p: CrowdParams) -> np.ndarray:
+    """(T, S): the alarm level of every row, set at each local midnight from the scores of the previous
+    `alarm_weeks` weeks (only rows before that day: an hour never moves its own level; the rows before
+    the start of the series are treated as not observed)."""
+    levels = np.full(score.shape, float(floor))
+    if p.alarm_hours <= 0:
+        return levels
+    day_of_row = (first_hour + np.arange(score.shape[0])) // 24
+    for day in np.unique(day_of_row):
+        stop = int(day) * 24 - first_hour
+        start = max(stop - p.alarm_weeks * HOURS_PER_WEEK, 0)
+        if stop <= 0:
+            continue
+        levels[day_of_row == day] = window_level(score[start:stop], observed[start:stop], floor, p)
+    return levels
+
+
+def alarm_runs(score: np.ndarray, level: float | np.ndarray) -> np.ndarray:
     """Bool (T, S): the first hour of each run of hours at or above the level (one alarm per run)."""
     on = np.nan_to_num(score, nan=-np.inf) >= level
     before = np.vstack([np.zeros((1, on.shape[1]), dtype=bool), on[:-1]])
@@ -238,7 +288,11 @@ def alarm_runs(score: np.ndarray, level: float) -> np.ndarray:
 
 
 def alert_starts(
-    score: np.ndarray, level: float, hysteresis: float, cooldown_hours: int, observed: np.ndarray | None = None
+    score: np.ndarray,
+    level: float | np.ndarray,
+    hysteresis: float,
+    cooldown_hours: int,
+    observed: np.ndarray | None = None,
 ) -> np.ndarray:
     """Bool (T, S): the hours where a live rule on hourly readings raises an alert for a sensor (the life
     of `polis.alerts.lifecycle.Tracker`): raised at the level, cancelled once the score falls under
@@ -280,6 +334,8 @@ class HourlyPanel:
         self.near = nearest(points if points is not None else [None] * len(self.sensors), self.p.neighbours)
         self.rows: dict[int, np.ndarray] = {}
         self._scales: dict[int, np.ndarray] = {}
+        self._levels: dict[tuple[int, float], np.ndarray] = {}
+        self._day_scores: dict[int, np.ndarray] = {}  # local day -> its (24, S) scores, for the levels
 
     def add(self, sensor: str, at: datetime, count: float) -> int | None:
         """Record a count; returns its local hour number (None for an unknown sensor)."""
@@ -293,6 +349,10 @@ class HourlyPanel:
         row[column] = np.log1p(max(count, 0.0))
         for day in [d for d in self._scales if d * 24 > hour]:  # a late reading changes later days' spreads
             del self._scales[day]
+        for key in [k for k in self._levels if k[0] * 24 > hour]:  # ... and their alarm levels
+            del self._levels[key]
+        for day in [d for d in self._day_scores if (d + 1) * 24 > hour]:  # ... and the scores from its day on
+            del self._day_scores[day]
         return hour
 
     def prune(self, newest: int) -> None:
@@ -321,6 +381,42 @@ class HourlyPanel:
             for old in [d for d in self._scales if d < day - 2]:
                 del self._scales[old]
         return found
+
+    def alarm_level(self, hour: int, floor: float) -> np.ndarray:
+        """(S,): the alarm level of row `hour`, as `alarm_levels` sets it on the whole series: from the
+        scores of the `alarm_weeks` weeks before the hour's local day (recomputed once a day)."""
+        p = self.p
+        if p.alarm_hours <= 0:
+            return np.full(len(self.sensors), float(floor))
+        key = (hour // 24, float(floor))
+        found = self._levels.get(key)
+        if found is None:
+            days = range(key[0] - p.alarm_weeks * 7, key[0])
+            scores = self._scores_of(days)
+            found = window_level(scores, ~np.isnan(self._matrix(days[0] * 24, days[-1] * 24 + 23)), floor, p)
+            self._levels[key] = found
+            for old in [k for k in self._levels if k[0] < key[0] - 2]:
+                del self._levels[old]
+        return found
+
+    def _scores_of(self, days: range) -> np.ndarray:
+        """(24 x len(days), S): the scores of whole local days, cached per day. The first time in one pass
+        of `crowd_scores` over the days and their history (about a second for 8 weeks of 55 sensors), then
+        a new day's 24 hours one by one with `score_hour` (the spreads are cached already)."""
+        p = self.p
+        missing = [d for d in days if d not in self._day_scores]
+        if len(missing) > 2:
+            first = days[0] * 24 - p.score_hours  # every row of the days with its full scoring history
+            score = crowd_scores(self._matrix(first, days[-1] * 24 + 23), first, p, self.near).score
+            for i, day in enumerate(days):
+                self._day_scores[day] = score[len(score) - 24 * (len(days) - i) :][:24]
+        else:
+            for day in missing:
+                hours = range(day * 24, day * 24 + 24)
+                self._day_scores[day] = np.vstack([self.score_hour(h).score for h in hours])
+        for old in [d for d in self._day_scores if d < days[0]]:
+            del self._day_scores[old]
+        return np.vstack([self._day_scores[d] for d in days])
 
     def score_hour(self, hour: int) -> CrowdScores:
         """The scores of row `hour` (shape (1, S)): the arithmetic of `crowd_scores` on just the rows it
