@@ -15,11 +15,14 @@ from polis.crowd.gathering import (
     CrowdParams,
     HourlyPanel,
     alarm_levels,
+    alert_life,
     alert_starts,
+    alerts_raised,
     crowd_scores,
     local_hour,
     nearest,
     window_level,
+    within,
 )
 from polis.crowd.melbourne import ZONE
 
@@ -71,6 +74,32 @@ def test_live_alerts_follow_the_hysteresis_and_the_cooldown() -> None:
     assert np.nonzero(alert_starts(score, 4.0, 1.0, 2, observed)[:, 0])[0].tolist() == [1, 8]
     gap = np.array([[4.5], [np.nan], [4.5]])
     assert alert_starts(gap, 4.0, 1.0, 2, ~np.isnan(gap))[:, 0].tolist() == [True, False, False]
+
+
+def test_neighbours_within_the_radius_share_one_alert() -> None:
+    # ROW: 0-1 88 m apart, 1-2 176 m, 0-2 264 m, 2-3 617 m; no location or radius 0: never grouped
+    assert within(ROW, 200).astype(int).tolist() == [[0, 1, 0, 0], [1, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0]]
+    assert not within([*ROW[:3], None], 1e6)[3].any() and not within(ROW, 0).any()
+    close = within(ROW, 200)
+    on = np.zeros((12, 4), dtype=bool)  # starts, one row per hour
+    off = np.zeros((12, 4), dtype=bool)  # ends
+    on[0, 0] = True  # 0 starts: a new alert
+    on[1, 2] = True  # 2 is 264 m from 0: a new alert
+    on[2, 1] = True  # 1 is next to both: joins one, nothing new
+    off[3, 0], off[3, 1] = True, True  # 0 and 1 leave; 2 keeps its alert open
+    on[4, 0] = True  # nobody near 0 is in an alert: new
+    off[5, 0], on[5, 1] = True, True  # 0 leaves before 1 starts in the same hour, but 2 is still in: joins
+    off[6, 1], off[6, 2], on[6, 3] = True, True, True  # the alert closes; 3 is far from all: new
+    on[8, 0], on[8, 1] = True, True  # together: 0 raises it, 1 joins it
+    off[9, 0], off[9, 1], on[9, 2] = True, True, True  # the hour's earlier columns left: 2 raises a new one
+    new = alerts_raised(on, off, close)
+    assert [tuple(cell) for cell in np.argwhere(new)] == [(0, 0), (1, 2), (4, 0), (6, 3), (8, 0), (9, 2)]
+    assert alerts_raised(on, off, within(ROW, 0)).sum() == on.sum()  # no grouping: one alert per start
+    # from scores: the starts and ends of `alert_life` (hysteresis 1, cooldown 2 h)
+    score = np.array([[4.2, 3.5, 2.0, 4.5, 0, 4.1], [0, 4.3, 4.0, 2.5, 0, 0]]).T
+    starts, ends = alert_life(score, 4.0, 1.0, 2)
+    assert np.argwhere(starts).tolist() == [[0, 0], [1, 1], [5, 0]] and np.argwhere(ends).tolist() == [[2, 0], [3, 1]]
+    assert np.argwhere(alerts_raised(starts, ends, close[:2, :2])).tolist() == [[0, 0], [5, 0]]
 
 
 def test_the_adaptive_level_is_the_kth_highest_score_of_the_observed_hours() -> None:

@@ -38,6 +38,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from polis.alerts.model import distance_m  # the engine's own distance: the same groups
+
 HOURS_PER_WEEK = 168
 EPOCH = datetime(1970, 1, 1)
 
@@ -59,7 +61,7 @@ class CrowdParams:
     neighbour_weight: float = 0.5  # that part: what nearby sensors share is partly a local event too
     # The alarm level: max(the rule's level, a floor, and the score each sensor reached in `alarm_hours` of
     # its observed hours per week over the previous `alarm_weeks` weeks (see alarm_levels); 0: fixed level.
-    alarm_hours: float = 1.5  # chosen on 2021 with the rule's level (the floor) 3.5, see BENCHMARKS.md
+    alarm_hours: float = 1.5  # chosen on 2021 with the rule's level (the floor), see BENCHMARKS.md
     alarm_weeks: int = 8  # the regime (lockdown, reopening), not last week's events: 1 week sank the next events
     alarm_scope: str = "city"  # whose past scores set the level: "city" (all sensors') or "sensor" (its own)
 
@@ -287,6 +289,34 @@ def alarm_runs(score: np.ndarray, level: float | np.ndarray) -> np.ndarray:
     return on & ~before
 
 
+def alert_life(
+    score: np.ndarray,
+    level: float | np.ndarray,
+    hysteresis: float,
+    cooldown_hours: int,
+    observed: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends), bool (T, S): the hours where a live rule on hourly readings raises a sensor's
+    alert and where it cancels it (the life of `polis.alerts.lifecycle.Tracker`): raised at the level,
+    cancelled once the score falls under level - hysteresis or is not scored, and no new alert for
+    `cooldown_hours` after a cancel. Hours without a reading (`observed` False) change nothing: the
+    live rule is not called for them."""
+    seen = np.ones(score.shape, dtype=bool) if observed is None else observed
+    on = np.nan_to_num(score, nan=-np.inf) >= level
+    kept = np.nan_to_num(score, nan=-np.inf) >= level - hysteresis
+    active = np.zeros(score.shape[1], dtype=bool)
+    cancelled = np.full(score.shape[1], -(10**9))
+    starts = np.zeros(score.shape, dtype=bool)
+    ends = np.zeros(score.shape, dtype=bool)
+    for t in range(score.shape[0]):
+        rise = seen[t] & ~active & (t - cancelled >= cooldown_hours) & on[t]
+        cancel = seen[t] & active & ~kept[t]
+        cancelled[cancel] = t
+        active = (active | rise) & ~cancel
+        starts[t], ends[t] = rise, cancel
+    return starts, ends
+
+
 def alert_starts(
     score: np.ndarray,
     level: float | np.ndarray,
@@ -294,25 +324,44 @@ def alert_starts(
     cooldown_hours: int,
     observed: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Bool (T, S): the hours where a live rule on hourly readings raises an alert for a sensor (the life
-    of `polis.alerts.lifecycle.Tracker`): raised at the level, cancelled once the score falls under
-    level - hysteresis or is not scored, and no new alert for `cooldown_hours` after a cancel. Hours
-    without a reading (`observed` False) change nothing: the live rule is not called for them. This is
-    what an operator sees, which `alarm_runs` over-counts (a score dipping just under the level and back
-    is one alert, not two)."""
-    seen = np.ones(score.shape, dtype=bool) if observed is None else observed
-    on = np.nan_to_num(score, nan=-np.inf) >= level
-    kept = np.nan_to_num(score, nan=-np.inf) >= level - hysteresis
-    active = np.zeros(score.shape[1], dtype=bool)
-    cancelled = np.full(score.shape[1], -(10**9))
-    starts = np.zeros(score.shape, dtype=bool)
-    for t in range(score.shape[0]):
-        rise = seen[t] & ~active & (t - cancelled >= cooldown_hours) & on[t]
-        cancel = seen[t] & active & ~kept[t]
-        cancelled[cancel] = t
-        active = (active | rise) & ~cancel
-        starts[t] = rise
-    return starts
+    """Bool (T, S): the hours where a live rule raises an alert for a sensor (see `alert_life`). This is
+    what one sensor's operator would see, which `alarm_runs` over-counts (a score dipping just under the
+    level and back is one alert, not two)."""
+    return alert_life(score, level, hysteresis, cooldown_hours, observed)[0]
+
+
+def within(points: Sequence[tuple[float, float] | None], radius_m: float) -> np.ndarray:
+    """Bool (S, S): the pairs of distinct sensors within `radius_m` metres of each other (great-circle,
+    as the live engine measures), False where either has no location or the radius is 0 (no grouping)."""
+    size = len(points)
+    close = np.zeros((size, size), dtype=bool)
+    for i, a in enumerate(points):
+        for j, b in enumerate(points):
+            close[i, j] = radius_m > 0 and i != j and a is not None and b is not None and distance_m(a, b) <= radius_m
+    return close
+
+
+def alerts_raised(starts: np.ndarray, ends: np.ndarray, close: np.ndarray) -> np.ndarray:
+    """Bool (T, S): the sensor starts (from `alert_life`) that raise a new alert once neighbours are
+    grouped as the live engine groups them (`AlertEngine._apply`, a rule's `groupWithinM`): a sensor
+    whose alert starts joins an open alert that has a member within the radius (`close`) - an Update of
+    that alert, not a new one - and a member whose alert ends leaves it; an alert closes with its last
+    member. So a start is a new alert exactly when no sensor within the radius is in an alert at that
+    moment. Within an hour the sensors are taken in column order, as the live rule takes one batch of
+    readings sent in that order (a neighbour that leaves before a sensor starts in the same hour leaves
+    it nothing to join)."""
+    active = np.zeros(starts.shape[1], dtype=bool)  # in an alert after the previous hour
+    new = np.zeros(starts.shape, dtype=bool)
+    for t in np.nonzero(starts.any(axis=1) | ends.any(axis=1))[0]:
+        now = active.copy()
+        for s in range(starts.shape[1]):
+            if ends[t, s]:
+                now[s] = False
+            elif starts[t, s]:
+                new[t, s] = not bool((now & close[s]).any())
+                now[s] = True
+        active = now
+    return new
 
 
 class HourlyPanel:
