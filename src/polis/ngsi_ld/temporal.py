@@ -250,6 +250,8 @@ def render_temporal_entity(
             out[name] = _temporal_values(slot.instances, terms)
         elif fmt == "aggregatedValues" and aggregation is not None:
             out[name] = _aggregated(slot.instances, aggregation, temporal)
+        elif slot.plain:
+            out[name] = slot.instances  # plain readings are already in their output shape
         else:
             out[name] = [_render_instance(i, terms) for i in slot.instances]
     return out

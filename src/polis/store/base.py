@@ -80,6 +80,9 @@ class TemporalQuery:
 class TemporalAttribute:
     instances: list[dict[str, Any]]  # each an Instance plus observedAt and instanceId, oldest first
     truncated: bool = False
+    # Every instance is a plain numeric Property (type, value, unitCode, datasetId, observedAt, instanceId),
+    # already in its output shape: a renderer may pass the list on as it is (a week is 2,016 of them).
+    plain: bool = False
 
 
 @dataclass(slots=True)

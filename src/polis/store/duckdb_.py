@@ -603,6 +603,10 @@ class DuckDBStore:
             rows = self._con.execute(sql, params).fetchall()
         result: dict[str, dict[str, TemporalAttribute]] = {}
         for hkey, attr, dataset_id, observed_at, instance_id, num, doc, unit_code in rows:  # instance_id: a URN
+            attrs = result.setdefault(names[hkey], {})
+            slot = attrs.get(attr)
+            if slot is None:
+                slot = attrs[attr] = TemporalAttribute([], plain=True)
             if doc is None:
                 instance: dict[str, Any] = {"type": "Property", "value": _number(num)}
                 if unit_code is not None:
@@ -611,12 +615,9 @@ class DuckDBStore:
                     instance["datasetId"] = dataset_id
             else:
                 instance = orjson.loads(doc)
+                slot.plain = False
             instance["observedAt"] = observed_at
             instance["instanceId"] = instance_id
-            attrs = result.setdefault(names[hkey], {})
-            slot = attrs.get(attr)
-            if slot is None:
-                slot = attrs[attr] = TemporalAttribute([])
             slot.instances.append(instance)
         # Over the cap: keep the oldest instances, or with lastN the newest (rows are oldest first here).
         cap = query.max_instances
