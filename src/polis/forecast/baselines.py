@@ -9,7 +9,7 @@ from typing import ClassVar, Self
 
 import numpy as np
 
-from polis.forecast.data import Panel, time_features
+from polis.forecast.data import Panel, time_features, weekly_sums
 from polis.forecast.model import Forecast, IntervalCalibration, Progress, forward_fill, read_json, targets, write_json
 
 __all__ = ["HistoricalAverage", "Persistence", "SeasonalNaive"]
@@ -124,19 +124,11 @@ class HistoricalAverage(_Baseline):
         self.step_s = 3600
 
     def _learn(self, history: Panel) -> None:
-        slots, days = time_features(history.times, history.timezone, history.step_s)
-        n_slots = history.steps_per_day
-        values = history.values
-        present = ~np.isnan(values)
-        zeros = np.where(present, values, 0.0)
-        total = np.zeros((7, n_slots, history.n_sensors))
-        count = np.zeros_like(total)
-        np.add.at(total, (days, slots), zeros)
-        np.add.at(count, (days, slots), present)
+        total, count = weekly_sums(history, history.values)
         with np.errstate(invalid="ignore", divide="ignore"):
             self.table = total / count
             self.by_slot = total.sum(0) / count.sum(0)
-            self.overall = zeros.sum(0) / present.sum(0)
+            self.overall = np.nansum(history.values, axis=0) / (~np.isnan(history.values)).sum(0)
         self.timezone, self.step_s = history.timezone, history.step_s
 
     def _point(self, panel: Panel, origins: np.ndarray) -> np.ndarray:

@@ -81,6 +81,18 @@ def time_features(times: np.ndarray, timezone: str, step_s: int) -> tuple[np.nda
     return slot.astype(np.int64), dow.astype(np.int64)
 
 
+def weekly_sums(history: Panel, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(total, count), each [7, slots, N]: the sum of the present `values` (rows aligned with
+    `history.times`; NaN = missing) and how many there are, per local weekday and time-of-day slot."""
+    slots, days = time_features(history.times, history.timezone, history.step_s)
+    present = ~np.isnan(values)
+    total = np.zeros((7, history.steps_per_day, values.shape[1]))
+    count = np.zeros_like(total)
+    np.add.at(total, (days, slots), np.where(present, values, 0.0))
+    np.add.at(count, (days, slots), present)
+    return total, count
+
+
 # ---------------------------------------------------------------------------------------------- datasets
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from polis.forecast.data import Panel, time_features
+from polis.forecast.data import Panel, time_features, weekly_sums
 from polis.forecast.model import forward_fill
 
 __all__ = ["FeatureState", "common_features", "recent_window", "step_features"]
@@ -43,14 +43,8 @@ class FeatureState:
         mean = np.where(np.isfinite(mean), mean, 0.0)
         std = np.where(np.isfinite(std) & (std > 1e-6), std, 1.0)
         z = (values - mean) / std
-        slots, days = time_features(history.times, history.timezone, history.step_s)
         n_slots = history.steps_per_day
-        present = ~np.isnan(z)
-        filled = np.where(present, z, 0.0)
-        total = np.zeros((7, n_slots, history.n_sensors))
-        count = np.zeros_like(total)
-        np.add.at(total, (days, slots), filled)
-        np.add.at(count, (days, slots), present)
+        total, count = weekly_sums(history, z)
         with np.errstate(invalid="ignore", divide="ignore"):
             profile = total.sum(0) / count.sum(0)
             weekly = total / count
