@@ -76,7 +76,7 @@ def _receiver_main(port: str, out_path: str) -> None:
 
 
 def _round(work: Path, seed_db: Path, messages: int) -> dict[str, Any]:
-    from benchmarks.common import free_port
+    from polis.localserver import free_port
     from polis.ingest.broker import start_broker
     from polis.ingest.mqtt import MqttIngestor
     from polis.platform import Platform
@@ -143,7 +143,7 @@ def _round(work: Path, seed_db: Path, messages: int) -> dict[str, Any]:
 def _direct_round(work: Path, seed_db: Path, seconds: float) -> dict[str, Any]:
     """The same subscriptions and receiver, with the MQTT path taken out: the benchmark itself commits
     upserts of 100 Los-loop sensors every 20 ms (5,000 observations/s) through `EntityService.batch`."""
-    from benchmarks.common import free_port
+    from polis.localserver import free_port
     from polis.platform import Platform
     from polis.runtime import tune_for_service
     from polis.settings import Settings

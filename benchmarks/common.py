@@ -13,9 +13,7 @@ import math
 import os
 import platform as py_platform
 import shutil
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,6 +27,7 @@ import httpx
 import numpy as np
 
 from polis.domain.entity import Entity, HistoryInstance
+from polis.localserver import Server, start_server, stop_server
 from polis.settings import Settings
 
 if TYPE_CHECKING:
@@ -137,83 +136,15 @@ def throughput(items_per_round: int, round_seconds: Sequence[float]) -> dict[str
 # ---------------------------------------------------------------------------------------------- server
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def proc_memory_mib(pid: int) -> dict[str, float]:
-    """VmRSS (now) and VmHWM (peak resident) of a process, in MiB."""
-    out: dict[str, float] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = round(int(rest.split()[0]) / 1024.0, 1)
-    return out
-
-
-@dataclass
-class Server:
-    url: str
-    data_dir: Path
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def headers(self) -> dict[str, str]:
-        """The admin API key the server wrote on first start (every request needs a key: polis.access)."""
-        return {"Authorization": f"Bearer {(self.data_dir / 'admin.key').read_text().strip()}"}
-
-    def memory_mib(self) -> dict[str, float]:
-        return proc_memory_mib(self.process.pid)
-
-
-def start_server(data_dir: Path, *, timeout: float = 60.0) -> Server:
-    """`polis serve` (one uvicorn process, the shipped defaults) on a free loopback port; waits until it answers."""
-    port = free_port()
-    env = {**os.environ, "POLIS_DATASETS_DIR": str(Settings().datasets_dir)}
-    log_path = data_dir.parent / f"server-{port}.log"
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "polis.cli", "serve", "--port", str(port), "--data-dir", str(data_dir)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited early: {log_path.read_text()[-2000:]}")
-        try:
-            if httpx.get(url + READY_PATH, timeout=2.0).status_code == 200:
-                return Server(url, data_dir, process, log_path)
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    stop_server(process)
-    raise RuntimeError("server did not start in time")
-
-
-def stop_server(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=15)
-
-
 @contextmanager
 def running_server(data_dir: Path) -> Iterator[Server]:
-    server = start_server(data_dir)
+    """`polis serve` (one uvicorn process, the shipped defaults) on a free loopback port, ready when its
+    OpenAPI document answers (every route is mounted)."""
+    server = start_server(data_dir, timeout=60.0, ready_path=READY_PATH)
     try:
         yield server
     except BaseException:
-        say(f"server log ({server.log_path}), last lines:\n{server.log_path.read_text(errors='replace')[-3000:]}")
+        say(f"server log ({server.log_path}), last lines:\n{server.log_tail()}")
         raise
     finally:
         stop_server(server.process)

@@ -122,11 +122,8 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
             assert answer.status_code == 200, answer.text
             log.write(answer.content)  # what a client saw is part of the scan too
     finally:
-        server.process.terminate()
-        server.process.wait(timeout=20)
-        if server.process.stderr is not None:
-            log.write(server.process.stderr.read())  # the server's own log
         stop_server(server.process)
+        log.write(server.log_path.read_bytes())  # the server's own log
         log.close()
     archive = runner.invoke(app, ["archive", "--data-dir", str(data_dir)], env=env)
     assert archive.exit_code == 0, archive.output[-2000:]
