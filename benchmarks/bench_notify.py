@@ -76,9 +76,9 @@ def _receiver_main(port: str, out_path: str) -> None:
 
 
 def _round(work: Path, seed_db: Path, messages: int) -> dict[str, Any]:
-    from polis.localserver import free_port
     from polis.ingest.broker import start_broker
     from polis.ingest.mqtt import MqttIngestor
+    from polis.localserver import free_port
     from polis.platform import Platform
     from polis.runtime import tune_for_service
     from polis.settings import Settings
