@@ -16,7 +16,6 @@ from polis.crowd.gathering import (
     HourlyPanel,
     alarm_levels,
     alert_life,
-    alert_starts,
     alerts_raised,
     crowd_scores,
     local_hour,
@@ -67,13 +66,13 @@ def test_live_alerts_follow_the_hysteresis_and_the_cooldown() -> None:
     score = np.array([[0, 4.2, 3.5, 4.1, 2.0, 4.5, 1.0, 0.0, 4.0, np.nan, 4.0]], dtype=float).T
     # one alert over 4.2, 3.5 (inside the band), 4.1; cancelled at 2.0; 4.5 one hour later is in the
     # cooldown; 4.0 after it is a new alert; a hour not scored cancels it and starts the cooldown again
-    assert np.nonzero(alert_starts(score, 4.0, 1.0, 2)[:, 0])[0].tolist() == [1, 8]
-    assert np.nonzero(alert_starts(score, 4.0, 0.0, 0)[:, 0])[0].tolist() == [1, 3, 5, 8, 10]
+    assert np.nonzero(alert_life(score, 4.0, 1.0, 2)[0][:, 0])[0].tolist() == [1, 8]
+    assert np.nonzero(alert_life(score, 4.0, 0.0, 0)[0][:, 0])[0].tolist() == [1, 3, 5, 8, 10]
     # an hour without a reading is not evaluated: the alert stands
     observed = ~np.isnan(score)
-    assert np.nonzero(alert_starts(score, 4.0, 1.0, 2, observed)[:, 0])[0].tolist() == [1, 8]
+    assert np.nonzero(alert_life(score, 4.0, 1.0, 2, observed)[0][:, 0])[0].tolist() == [1, 8]
     gap = np.array([[4.5], [np.nan], [4.5]])
-    assert alert_starts(gap, 4.0, 1.0, 2, ~np.isnan(gap))[:, 0].tolist() == [True, False, False]
+    assert alert_life(gap, 4.0, 1.0, 2, ~np.isnan(gap))[0][:, 0].tolist() == [True, False, False]
 
 
 def test_neighbours_within_the_radius_share_one_alert() -> None:

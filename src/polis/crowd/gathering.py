@@ -317,19 +317,6 @@ def alert_life(
     return starts, ends
 
 
-def alert_starts(
-    score: np.ndarray,
-    level: float | np.ndarray,
-    hysteresis: float,
-    cooldown_hours: int,
-    observed: np.ndarray | None = None,
-) -> np.ndarray:
-    """Bool (T, S): the hours where a live rule raises an alert for a sensor (see `alert_life`). This is
-    what one sensor's operator would see, which `alarm_runs` over-counts (a score dipping just under the
-    level and back is one alert, not two)."""
-    return alert_life(score, level, hysteresis, cooldown_hours, observed)[0]
-
-
 def within(points: Sequence[tuple[float, float] | None], radius_m: float) -> np.ndarray:
     """Bool (S, S): the pairs of distinct sensors within `radius_m` metres of each other (great-circle,
     as the live engine measures), False where either has no location or the radius is 0 (no grouping)."""
