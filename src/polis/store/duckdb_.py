@@ -175,6 +175,11 @@ class DuckDBStore:
             (tenant, eid): hkey for tenant, eid, hkey in self._con.execute("SELECT * FROM history_keys").fetchall()
         }
         self._next_hkey = self._scalar("SELECT COALESCE(max(hkey), 0) + 1 FROM history_keys")
+        # (tenant, seq) -> hashes of the entity's (types + attribute kinds) rows and of its geo rows, as last
+        # written by this process: an update that changes neither (a new reading) leaves those index rows
+        # alone, which saves two DELETE scans and two INSERTs per table and commit. Unknown (after a start):
+        # rewritten, then known. ~150 bytes an entity.
+        self._shapes: dict[tuple[str, int], tuple[int, int]] = {}
         self._tenants = {row[0] for row in self._con.execute("SELECT name FROM tenants").fetchall()}
         # (tenant, attribute) pairs that hold a non-Point geometry: `near` on the others is decided in SQL alone.
         # Only ever grows (a conservative answer stays correct after the shapes are deleted).
@@ -290,8 +295,13 @@ class DuckDBStore:
                 if entity["id"] not in seqs:
                     seqs[entity["id"]] = self._next_seq
                     self._next_seq += 1
-            tables = self._index_tables(upserts, seqs)
-            tables["gone"] = pa.table({"seq": pa.array(list(old_seqs.values()), pa.int64())})
+            tables, shapes = self._index_tables(tenant, upserts, seqs)
+            gone = list(old_seqs.values())
+            tables["gone"] = _seq_table(gone)
+            # Entities deleted, or whose types and attributes (geo rows) changed, lose their old rows there.
+            old_shapes = {q: self._shape(tenant, q) for q in gone}
+            tables["gone_shape"] = _seq_table([q for q in gone if q not in shapes or shapes[q][0] != old_shapes[q][0]])
+            tables["gone_geo"] = _seq_table([q for q in gone if q not in shapes or shapes[q][1] != old_shapes[q][1]])
             fresh: dict[str, int] = {}
             if history:
                 tables["history_rows"] = self._history_table(tenant, history, fresh)
@@ -312,15 +322,23 @@ class DuckDBStore:
             with self._registered(**tables):
                 con.execute("BEGIN TRANSACTION")
                 try:
-                    if old_seqs:
-                        for table in ("entities", "entity_types", "entity_attrs", "attr_index", "geo_index"):
+                    for table, gone_rows in (
+                        ("entities", "gone"),
+                        ("attr_index", "gone"),
+                        ("entity_types", "gone_shape"),
+                        ("entity_attrs", "gone_shape"),
+                        ("geo_index", "gone_geo"),
+                    ):
+                        if tables[gone_rows].num_rows:
                             con.execute(
-                                f"DELETE FROM {table} WHERE tenant = ? AND seq IN (SELECT seq FROM gone)", [tenant]
+                                f"DELETE FROM {table} WHERE tenant = ? AND seq IN (SELECT seq FROM {gone_rows})",
+                                [tenant],
                             )
                     if upserts:
                         con.execute("INSERT INTO entities SELECT ?, * FROM entity_rows", [tenant])
-                        con.execute("INSERT INTO entity_types SELECT ?, * FROM type_rows", [tenant])
-                        con.execute("INSERT INTO entity_attrs SELECT ?, * FROM attr_rows", [tenant])
+                        if tables["type_rows"].num_rows:
+                            con.execute("INSERT INTO entity_types SELECT ?, * FROM type_rows", [tenant])
+                            con.execute("INSERT INTO entity_attrs SELECT ?, * FROM attr_rows", [tenant])
                         if tables["index_rows"].num_rows:
                             con.execute("INSERT INTO attr_index SELECT ?, * FROM index_rows", [tenant])
                         if tables["geo_rows"].num_rows:
@@ -354,32 +372,52 @@ class DuckDBStore:
                 except Exception:  # what is committed stays committed; the rows are picked up again at start
                     log.exception("after-commit step of %r failed", rows)
             for eid in deletes:
-                self._directory.pop((tenant, eid), None)
+                seq = self._directory.pop((tenant, eid), None)
+                self._shapes.pop((tenant, seq or 0), None)
             for entity in upserts:
                 self._directory[(tenant, entity["id"])] = seqs[entity["id"]]
+            for seq, shape in shapes.items():
+                self._shapes[(tenant, seq)] = shape
+
+    def _shape(self, tenant: str, seq: int) -> tuple[int, int]:
+        """The shape hashes last written for an entity; (-1, -1) when unknown, which matches nothing."""
+        return self._shapes.get((tenant, seq), (-1, -1))
 
     def _seqs(self, tenant: str, ids: list[str]) -> dict[str, int]:
         found = ((i, self._directory.get((tenant, i))) for i in ids)
         return {i: seq for i, seq in found if seq is not None}
 
-    def _index_tables(self, upserts: Sequence[Entity], seqs: dict[str, int]) -> dict[str, pa.Table]:
+    def _index_tables(
+        self, tenant: str, upserts: Sequence[Entity], seqs: dict[str, int]
+    ) -> tuple[dict[str, pa.Table], dict[int, tuple[int, int]]]:
+        """The rows to insert, and each upserted entity's shape hashes. Type, attribute and geo rows are
+        left out where they equal what this process last wrote for the entity (the caller keeps those)."""
         ids, types, docs = [], [], []
         type_rows: list[tuple[int, str]] = []
         attr_rows: list[tuple[int, str, str]] = []
         index_rows: list[tuple[Any, ...]] = []
         geo_rows: list[tuple[Any, ...]] = []
+        shapes: dict[int, tuple[int, int]] = {}
         for entity in upserts:
             eid = entity["id"]
             seq = seqs[eid]
             ids.append(eid)
             types.append(entity["type"])
             docs.append(orjson.dumps(entity).decode())
-            type_rows.extend((seq, t) for t in entity["type"])
-            for name, instances in entity.items():
-                if name not in ENTITY_MEMBERS:
-                    attr_rows.append((seq, name, instances[0].get("type", "Property")))
+            attrs = tuple(
+                (name, instances[0].get("type", "Property"))
+                for name, instances in entity.items()
+                if name not in ENTITY_MEMBERS
+            )
+            geo = geo_index_rows(entity, seq)
+            shape = shapes[seq] = (hash((tuple(entity["type"]), attrs)), hash(tuple(geo)))
+            old = self._shape(tenant, seq)
+            if shape[0] != old[0]:
+                type_rows.extend((seq, t) for t in entity["type"])
+                attr_rows.extend((seq, name, kind) for name, kind in attrs)
+            if shape[1] != old[1]:
+                geo_rows.extend(geo)
             index_rows.extend(attr_index_rows(entity, seq))
-            geo_rows.extend(geo_index_rows(entity, seq))
         entity_table = pa.table(
             [
                 pa.array(ids, pa.string()),
@@ -421,7 +459,7 @@ class DuckDBStore:
             "attr_rows": attrs_table,
             "index_rows": index_table,
             "geo_rows": geo_table,
-        }
+        }, shapes
 
     def _history_table(self, tenant: str, history: Sequence[HistoryInstance], fresh: dict[str, int]) -> pa.Table:
         n = len(history)
@@ -910,6 +948,10 @@ _INSERT_LETTERS = (
     "INSERT INTO dead_letters (source, topic, payload, reason, received_at) "
     "SELECT source, topic, payload, reason, received_at FROM letter_rows"
 )
+
+
+def _seq_table(seqs: list[int]) -> pa.Table:
+    return pa.table({"seq": pa.array(seqs, pa.int64())})
 
 
 def _keys_table(fresh: dict[str, int]) -> pa.Table:
