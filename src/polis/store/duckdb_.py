@@ -178,7 +178,8 @@ class DuckDBStore:
         # (tenant, seq) -> hashes of the entity's (types + attribute kinds) rows and of its geo rows, as last
         # written by this process: an update that changes neither (a new reading) leaves those index rows
         # alone, which saves two DELETE scans and two INSERTs per table and commit. Unknown (after a start):
-        # rewritten, then known. ~150 bytes an entity.
+        # rewritten, then known. ~150 bytes an entity; Python's 64-bit tuple hash, so a changed shape could
+        # pass for the old one with a chance of about 2^-64 per update.
         self._shapes: dict[tuple[str, int], tuple[int, int]] = {}
         self._tenants = {row[0] for row in self._con.execute("SELECT name FROM tenants").fetchall()}
         # (tenant, attribute) pairs that hold a non-Point geometry: `near` on the others is decided in SQL alone.
