@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import threading
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ import numpy as np
 from polis.domain.entity import Entity
 from polis.epidemic.data import COUNTRIES, CountryData, fill_flow_gaps, load_country
 from polis.ingest.datasets import DatasetLoad, Vocab, _date_time, _prop
+from polis.ngsi_ld.entities import parse_observed_at
 from polis.store.base import EntityQuery, HistoryColumns, Store, TemporalQuery
 
 NAME = "covid-europe-2020"
@@ -188,9 +189,7 @@ def _series(store: Store, tenant: str, ids: list[str], term: str) -> dict[str, d
             for instance in series.instances:
                 value = instance.get("value")
                 if isinstance(value, int | float) and not isinstance(value, bool) and "observedAt" in instance:
-                    values[datetime.fromisoformat(str(instance["observedAt"]).replace("Z", "+00:00")).date()] = float(
-                        value
-                    )
+                    values[parse_observed_at(str(instance["observedAt"])).date()] = float(value)
     return out
 
 

@@ -76,7 +76,7 @@ from polis.ingest.messages import (
     transportation_type_terms,
 )
 from polis.ngsi_ld.entities import parse_observed_at, utc_now
-from polis.ngsi_ld.events import EntityChange
+from polis.ngsi_ld.events import EntityChange, Staged
 from polis.privacy.refusal import kept_payload
 from polis.store.base import DeadLetter, HistoryColumns
 
@@ -648,27 +648,29 @@ class MqttIngestor:
         if letters and not plans:
             self.store.write("", receipts=letter_receipts, dead_letters=letters)
             n.dead_lettered += len(rejected)
-        bus = self.platform.bus
         for index, plan in enumerate(plans.values()):
             changes = []
             for entity_id, entity in plan.entities.items():
                 before = plan.previous.get(entity_id)
                 kind = "created" if before is None else "updated"
                 changes.append(EntityChange(plan.tenant, kind, entity_id, entity, before))
-            self.store.write(
-                plan.tenant,
-                upserts=list(plan.entities.values()),
-                history=plan.history,
-                receipts=plan.receipts + letter_receipts if index == 0 else plan.receipts,
-                history_columns=_plain_history(plan),
-                dead_letters=letters if index == 0 else (),
-                staged=bus.stage(changes),  # the subscriptions' outbox commits with the readings
-            )
+
+            def write(staged: Sequence[Staged], plan: _Plan = plan, first: bool = index == 0) -> None:
+                self.store.write(
+                    plan.tenant,
+                    upserts=list(plan.entities.values()),
+                    history=plan.history,
+                    receipts=plan.receipts + letter_receipts if first else plan.receipts,
+                    history_columns=_plain_history(plan),
+                    dead_letters=letters if first else (),
+                    staged=staged,  # the subscriptions' outbox commits with the readings
+                )
+
+            self.platform.bus.commit(changes, write)  # one commit, one publish: batch listeners write once
             if index == 0:
                 n.dead_lettered += len(rejected)
             n.committed += plan.messages
             n.readings += len(plan.history) + len(plan.plain)
-            bus.publish_many(changes)  # one call per commit: batch listeners write once
         n.last_commit_ms = round((time.perf_counter() - started) * 1000, 3)
 
     def _load(self, plan: _Plan, entity_ids: list[str]) -> None:

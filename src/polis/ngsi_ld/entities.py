@@ -123,8 +123,10 @@ class EntityService:
     ) -> None:
         refuse_personal_data(entities)  # 422 naming the field and rule before anything is stored (polis.privacy)
         changes = [EntityChange(tenant, kind, e["id"], e, before) for e, before in zip(entities, previous, strict=True)]
-        self.store.write(tenant, upserts=entities, deletes=deletes, history=history, staged=self.bus.stage(changes))
-        self.bus.publish_many(changes)
+        self.bus.commit(
+            changes,
+            lambda staged: self.store.write(tenant, upserts=entities, deletes=deletes, history=history, staged=staged),
+        )
 
     @serialised
     def create(self, tenant: str, body: Any, terms: TermMap) -> str:
@@ -184,8 +186,7 @@ class EntityService:
     def delete(self, tenant: str, entity_id: str) -> None:
         old = self._load(tenant, entity_id)
         changes = [EntityChange(tenant, "deleted", entity_id, None, old)]
-        self.store.write(tenant, deletes=[entity_id], staged=self.bus.stage(changes))
-        self.bus.publish_many(changes)
+        self.bus.commit(changes, lambda staged: self.store.write(tenant, deletes=[entity_id], staged=staged))
 
     # -- attributes --------------------------------------------------------------------------
 
@@ -470,8 +471,7 @@ class EntityService:
                 result.fail(eid, ResourceNotFound(f"entity {eid} was not found"))
         if result.success:
             changes = [EntityChange(tenant, "deleted", eid, None, existing[eid]) for eid in result.success]
-            self.store.write(tenant, deletes=result.success, staged=self.bus.stage(changes))
-            self.bus.publish_many(changes)
+            self.bus.commit(changes, lambda staged: self.store.write(tenant, deletes=result.success, staged=staged))
         return result
 
 

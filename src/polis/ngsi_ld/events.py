@@ -4,8 +4,7 @@ forecasters). Listeners run after the commit, so a failing listener never undoes
 A *staged* listener (the subscriptions' outbox) runs before the commit instead: it returns rows that the
 store writes in the same transaction as the entities, so an acknowledged write can never lose the
 notifications it owes (no crash window between the entity commit and the outbox insert). Every writer
-therefore commits through the same three steps: `stage(changes)`, `store.write(..., staged=...)`,
-`publish_many(changes)`.
+therefore commits through `EventBus.commit`: stage, write (with what was staged), publish.
 """
 
 from __future__ import annotations
@@ -75,6 +74,12 @@ class EventBus:
             if rows is not None:
                 staged.append(rows)
         return staged
+
+    def commit(self, changes: Sequence[EntityChange], write: Callable[[Sequence[Staged]], None]) -> None:
+        """Write `changes` with what the staged listeners add (`write` calls `Store.write(..., staged=...)`),
+        then tell the other listeners."""
+        write(self.stage(changes))
+        self.publish_many(changes)
 
     def publish(self, change: EntityChange) -> None:
         self.publish_many((change,))

@@ -143,9 +143,9 @@ class TemporalService:
         current["modifiedAt"] = now
         current.setdefault("createdAt", now)
         changes = [EntityChange(tenant, "temporal", entity_id, current, old)]
-        bus = self.entities.bus
-        self.store.write(tenant, upserts=[current], history=history, staged=bus.stage(changes))
-        bus.publish_many(changes)
+        self.entities.bus.commit(
+            changes, lambda staged: self.store.write(tenant, upserts=[current], history=history, staged=staged)
+        )
         return old is None
 
     def query(

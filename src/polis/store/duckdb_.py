@@ -296,13 +296,12 @@ class DuckDBStore:
                 if entity["id"] not in seqs:
                     seqs[entity["id"]] = self._next_seq
                     self._next_seq += 1
-            tables, shapes = self._index_tables(tenant, upserts, seqs)
+            tables, shapes, retyped, moved = self._index_tables(tenant, upserts, seqs)
             gone = list(old_seqs.values())
             tables["gone"] = _seq_table(gone)
-            # Entities deleted, or whose types and attributes (geo rows) changed, lose their old rows there.
-            old_shapes = {q: self._shape(tenant, q) for q in gone}
-            tables["gone_shape"] = _seq_table([q for q in gone if q not in shapes or shapes[q][0] != old_shapes[q][0]])
-            tables["gone_geo"] = _seq_table([q for q in gone if q not in shapes or shapes[q][1] != old_shapes[q][1]])
+            # Entities deleted, or whose types and attributes (geo rows) are rewritten, lose their old rows there.
+            tables["gone_shape"] = _seq_table([q for q in gone if q not in shapes or q in retyped])
+            tables["gone_geo"] = _seq_table([q for q in gone if q not in shapes or q in moved])
             fresh: dict[str, int] = {}
             if history:
                 tables["history_rows"] = self._history_table(tenant, history, fresh)
@@ -374,15 +373,12 @@ class DuckDBStore:
                     log.exception("after-commit step of %r failed", rows)
             for eid in deletes:
                 seq = self._directory.pop((tenant, eid), None)
-                self._shapes.pop((tenant, seq or 0), None)
+                if seq is not None:
+                    self._shapes.pop((tenant, seq), None)
             for entity in upserts:
                 self._directory[(tenant, entity["id"])] = seqs[entity["id"]]
             for seq, shape in shapes.items():
                 self._shapes[(tenant, seq)] = shape
-
-    def _shape(self, tenant: str, seq: int) -> tuple[int, int]:
-        """The shape hashes last written for an entity; (-1, -1) when unknown, which matches nothing."""
-        return self._shapes.get((tenant, seq), (-1, -1))
 
     def _seqs(self, tenant: str, ids: list[str]) -> dict[str, int]:
         found = ((i, self._directory.get((tenant, i))) for i in ids)
@@ -390,15 +386,18 @@ class DuckDBStore:
 
     def _index_tables(
         self, tenant: str, upserts: Sequence[Entity], seqs: dict[str, int]
-    ) -> tuple[dict[str, pa.Table], dict[int, tuple[int, int]]]:
-        """The rows to insert, and each upserted entity's shape hashes. Type, attribute and geo rows are
-        left out where they equal what this process last wrote for the entity (the caller keeps those)."""
+    ) -> tuple[dict[str, pa.Table], dict[int, tuple[int, int]], set[int], set[int]]:
+        """The rows to insert; each upserted entity's shape hashes; and the entities whose type and attribute
+        rows, and whose geo rows, are among them. Those rows are left out where they equal what this process
+        last wrote for the entity (the caller keeps the stored ones)."""
         ids, types, docs = [], [], []
         type_rows: list[tuple[int, str]] = []
         attr_rows: list[tuple[int, str, str]] = []
         index_rows: list[tuple[Any, ...]] = []
         geo_rows: list[tuple[Any, ...]] = []
         shapes: dict[int, tuple[int, int]] = {}
+        retyped: set[int] = set()
+        moved: set[int] = set()
         for entity in upserts:
             eid = entity["id"]
             seq = seqs[eid]
@@ -412,11 +411,13 @@ class DuckDBStore:
             )
             geo = geo_index_rows(entity, seq)
             shape = shapes[seq] = (hash((tuple(entity["type"]), attrs)), hash(tuple(geo)))
-            old = self._shape(tenant, seq)
-            if shape[0] != old[0]:
+            old = self._shapes.get((tenant, seq))  # None when unknown: everything is written
+            if old is None or shape[0] != old[0]:
+                retyped.add(seq)
                 type_rows.extend((seq, t) for t in entity["type"])
                 attr_rows.extend((seq, name, kind) for name, kind in attrs)
-            if shape[1] != old[1]:
+            if old is None or shape[1] != old[1]:
+                moved.add(seq)
                 geo_rows.extend(geo)
             index_rows.extend(attr_index_rows(entity, seq))
         entity_table = pa.table(
@@ -460,7 +461,7 @@ class DuckDBStore:
             "attr_rows": attrs_table,
             "index_rows": index_table,
             "geo_rows": geo_table,
-        }, shapes
+        }, shapes, retyped, moved
 
     def _history_table(self, tenant: str, history: Sequence[HistoryInstance], fresh: dict[str, int]) -> pa.Table:
         n = len(history)
