@@ -106,7 +106,7 @@ class TermMap:
     Immutable in meaning; the memo dicts inside only remember answers already computed.
     """
 
-    __slots__ = ("_cmp", "_exp", "_prefixes", "_reverse", "_terms", "_vocab", "urls")
+    __slots__ = ("_cmp", "_exp", "_prefixes", "_reverse", "_terms", "_vocab", "plans", "urls")
 
     def __init__(
         self,
@@ -123,6 +123,8 @@ class TermMap:
         self._exp: dict[str, str] = dict(terms)
         self._cmp: dict[str, str] = {}
         self.urls = urls
+        # Batch plans made for this context, by item shape (polis.ngsi_ld.batch_plan; None: no plan fits).
+        self.plans: dict[Any, Any] = {}
 
     @classmethod
     def _from_active(cls, active: _Active, core_reverse: dict[str, str], urls: tuple[str, ...]) -> TermMap:

@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
-from polis.domain.entity import ENTITY_MEMBERS, RESERVED_ATTRIBUTE_MEMBERS, Entity, HistoryInstance, Instance
+from polis.domain.entity import (
+    ENTITY_MEMBERS,
+    RESERVED_ATTRIBUTE_MEMBERS,
+    Entity,
+    HistoryInstance,
+    Instance,
+    same_instances,
+)
 from polis.domain.errors import AlreadyExists, BadRequestData, NgsiError, ResourceNotFound
+from polis.ngsi_ld.batch_plan import BatchExpansion, expand_batch
 from polis.ngsi_ld.context import TermMap
 from polis.ngsi_ld.entity_codec import (
     compact_entity,
@@ -27,6 +35,7 @@ from polis.ngsi_ld.entity_codec import (
 from polis.ngsi_ld.events import EntityChange, EventBus
 from polis.ngsi_ld.params import narrow_pick
 from polis.privacy.refusal import refuse_personal_data
+from polis.store.attr_index import IndexColumns
 from polis.store.base import EntityQuery, QueryResult, Store
 
 NULL = "urn:ngsi-ld:null"
@@ -39,7 +48,16 @@ def utc_now() -> str:
 
 
 def parse_observed_at(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    known = _instants.get(text)
+    if known is None:
+        known = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        if len(_instants) >= 4096:
+            _instants.clear()
+        _instants[text] = known
+    return known
+
+
+_instants: dict[str, datetime] = {}  # a batch of readings shares a few observedAt values
 
 
 @dataclass(slots=True)
@@ -120,12 +138,24 @@ class EntityService:
         previous: Sequence[Entity | None],
         history: list[HistoryInstance],
         deletes: Sequence[str] = (),
+        *,
+        index_columns: IndexColumns | None = None,
+        cleared: Set[int] = frozenset(),
     ) -> None:
-        refuse_personal_data(entities)  # 422 naming the field and rule before anything is stored (polis.privacy)
+        """`cleared`: id() of entities a batch plan has already shown the privacy gate (polis.ngsi_ld.batch_plan)."""
+        # 422 naming the field and rule before anything is stored (polis.privacy)
+        refuse_personal_data([e for e in entities if id(e) not in cleared] if cleared else entities)
         changes = [EntityChange(tenant, kind, e["id"], e, before) for e, before in zip(entities, previous, strict=True)]
         self.bus.commit(
             changes,
-            lambda staged: self.store.write(tenant, upserts=entities, deletes=deletes, history=history, staged=staged),
+            lambda staged: self.store.write(
+                tenant,
+                upserts=entities,
+                deletes=deletes,
+                history=history,
+                staged=staged,
+                index_columns=index_columns,
+            ),
         )
 
     @serialised
@@ -364,7 +394,6 @@ class EntityService:
 
     # -- batch -------------------------------------------------------------------------------
 
-    @serialised
     def batch(
         self,
         tenant: str,
@@ -376,33 +405,50 @@ class EntityService:
         no_overwrite: bool = False,
     ) -> BatchResult:
         """§5.6.7–5.6.10, §5.6.20: each item succeeds or fails on its own; all successes are written
-        in one store call. An id appearing twice in one batch is a conflict for the later items."""
+        in one store call. An id appearing twice in one batch is a conflict for the later items.
+
+        The items are expanded before the write lock is taken: that needs no stored state, so one
+        request's expansion runs while another's write is in the store (which works outside the GIL)."""
         if not isinstance(items, list):
             raise BadRequestData("a batch operation takes a JSON array")
         if not items:
             raise BadRequestData("the batch is empty")
-        now = self.clock()
-        result = BatchResult()
         if op == "delete":
-            return self._batch_delete(tenant, items, result)
-        parsed: list[tuple[Entity, Any, TermMap]] = []
+            with self.write_lock:
+                return self._batch_delete(tenant, items, BatchResult())
+        now = self.clock()
+        expansion = expand_batch(items, terms_for, now)
+        with self.write_lock:
+            return self._batch_write(tenant, op, items, terms_for, expansion, now, replace, no_overwrite)
+
+    def _batch_write(
+        self,
+        tenant: str,
+        op: str,
+        items: list[Any],
+        terms_for: Callable[[Any], TermMap],
+        expansion: BatchExpansion,
+        now: str,
+        replace: bool,
+        no_overwrite: bool,
+    ) -> BatchResult:
+        result = BatchResult()
+        parsed: list[tuple[Entity, Any]] = []
         seen: set[str] = set()
-        for item in items:
-            item_id = item.get("id") if isinstance(item, dict) else None
-            try:
-                terms = terms_for(item)
-                entity = expand_entity(item, terms, now)
-                if entity["id"] in seen:
-                    raise BadRequestData(f"entity {entity['id']} appears more than once in this batch")
+        for item, entity in zip(items, expansion.entities, strict=True):
+            if isinstance(entity, NgsiError):
+                result.fail(item.get("id") if isinstance(item, dict) else None, entity)
+            elif entity["id"] in seen:
+                error = BadRequestData(f"entity {entity['id']} appears more than once in this batch")
+                result.fail(entity["id"], error)
+            else:
                 seen.add(entity["id"])
-                parsed.append((entity, item, terms))
-            except NgsiError as error:
-                result.fail(item_id, error)
-        existing = self.store.get(tenant, [e["id"] for e, _, _ in parsed])
+                parsed.append((entity, item))
+        existing = self.store.get(tenant, [e["id"] for e, _ in parsed])
         writes: list[Entity] = []
         before: list[Entity | None] = []
         history: list[HistoryInstance] = []
-        for entity, item, terms in parsed:
+        for entity, item in parsed:
             eid = entity["id"]
             old = existing.get(eid)
             try:
@@ -427,7 +473,7 @@ class EntityService:
                     if old is None:
                         raise ResourceNotFound(f"entity {eid} was not found")
                     body = {k: v for k, v in item.items() if k not in ("id", "type", "@context")}
-                    new = self._merged(old, body, terms, now)
+                    new = self._merged(old, body, terms_for(item), now)
                 else:  # pragma: no cover - the router only passes the operations above
                     raise BadRequestData(f"unknown batch operation {op}")
             except NgsiError as error:
@@ -438,7 +484,11 @@ class EntityService:
             history.extend(history_of(new, _changed(old, new) if old is not None else None))
             result.success.append(eid)
         if writes:
-            self._commit(tenant, "batch", writes, before, history)
+            # Index rows built with the plans hold for documents written as expanded (a replaced entity's own
+            # createdAt is not indexed); the store matches them by identity, so merged documents get their own.
+            self._commit(
+                tenant, "batch", writes, before, history, index_columns=expansion.index, cleared=expansion.cleared
+            )
         return result
 
     @staticmethod
@@ -497,13 +547,7 @@ def _changed(old: Entity | None, new: Entity) -> list[str]:
     """Attributes whose instances differ: only those enter the history on an update."""
     if old is None:
         return [k for k in new if k not in ENTITY_MEMBERS]
-    return [k for k in new if k not in ENTITY_MEMBERS and _strip(new[k]) != _strip(old.get(k))]
-
-
-def _strip(instances: list[Instance] | None) -> Any:
-    if instances is None:
-        return None
-    return [{k: v for k, v in i.items() if k not in ("createdAt", "modifiedAt")} for i in instances]
+    return [k for k in new if k not in ENTITY_MEMBERS and not same_instances(new[k], old.get(k))]
 
 
 def _history_for(entity: Entity, fragment: dict[str, Any], names: Sequence[str]) -> list[HistoryInstance]:

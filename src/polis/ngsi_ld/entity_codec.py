@@ -35,12 +35,16 @@ from polis.ngsi_ld.context import TermMap
 
 __all__ = [
     "FORMATS",
+    "MAX_ID_LENGTH",
     "NULL_MARKER",
+    "check_attribute_name",
     "compact_entity",
     "compact_instance",
     "expand_attribute_instance",
     "expand_entity",
     "expand_fragment",
+    "expand_types",
+    "is_uri",
     "normalize_datetime",
     "validate_entity_id",
 ]
@@ -90,8 +94,13 @@ def validate_entity_id(value: Any) -> str:
     return value
 
 
-def _is_uri(value: Any) -> bool:
+def is_uri(value: Any) -> bool:
     return isinstance(value, str) and len(value) <= MAX_ID_LENGTH and _URI.match(value) is not None
+
+
+def check_attribute_name(name: str) -> None:
+    """An attribute name as sent: BadRequestData unless it is a usable name."""
+    _check_name(name, None)
 
 
 def _check_name(name: str, parent: str | None) -> None:
@@ -154,7 +163,7 @@ def _geometry_validator() -> Callable[[Any], Any]:
 # -- expansion ------------------------------------------------------------------------------------------
 
 
-def _expand_types(value: Any, terms: TermMap) -> list[str]:
+def expand_types(value: Any, terms: TermMap) -> list[str]:
     names = [value] if isinstance(value, str) else value
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise BadRequestData(f"the entity type must be a non-empty string or array of strings, got {_show(value)}")
@@ -290,7 +299,7 @@ class _Reader:
                 raise BadRequestData(f"attribute '{name}': unitCode must be a non-empty string, got {_show(value)}")
             return value
         if key == "datasetId":
-            if not _is_uri(value):
+            if not is_uri(value):
                 raise BadRequestData(f"attribute '{name}': datasetId must be a URI, got {_show(value)}")
             return value
         if key == "objectType":
@@ -325,7 +334,7 @@ class _Reader:
         if kind == "ListRelationship":
             for item in value:
                 target = item.get("object") if isinstance(item, dict) else item
-                if not _is_uri(target):
+                if not is_uri(target):
                     raise BadRequestData(f"attribute '{name}': objectList items must be URIs, got {_show(item)}")
         return value  # JsonProperty and ListProperty hold any JSON
 
@@ -387,9 +396,9 @@ def _typed_literal(name: str, value: dict[str, Any]) -> dict[str, Any]:
 
 
 def _objects(name: str, value: Any) -> Any:
-    if _is_uri(value):
+    if is_uri(value):
         return value
-    if isinstance(value, list) and value and all(_is_uri(v) for v in value):
+    if isinstance(value, list) and value and all(is_uri(v) for v in value):
         return value
     raise BadRequestData(
         f"attribute '{name}': a Relationship's 'object' must be a URI or an array of URIs, got {_show(value)}"
@@ -425,7 +434,7 @@ def expand_entity(body: Any, terms: TermMap, now: str, *, require_id_type: bool 
     if "type" in body or require_id_type:
         if "type" not in body:
             raise BadRequestData("the entity has no 'type'")
-        entity["type"] = _expand_types(body["type"], terms)
+        entity["type"] = expand_types(body["type"], terms)
     if "scope" in body:
         entity["scope"] = _scopes(body["scope"])
     entity["createdAt"] = now

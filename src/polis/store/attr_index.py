@@ -23,6 +23,7 @@ the column, i.e. in a database file after a checkpoint (a numeric q over 100k en
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from polis.domain.entity import ENTITY_MEMBERS, RESERVED_ATTRIBUTE_MEMBERS, Entity, Instance
@@ -37,6 +38,56 @@ MEMBER_SEP = "\x1f@"
 KEY_SEP = "\x1e"
 
 IndexRow = tuple[int, str, float | None, str | None, bool | None]
+
+
+@dataclass(slots=True)
+class IndexColumns:
+    """`attr_index` rows of some entities built column-wise (by polis.ngsi_ld.batch_plan): row k belongs to
+    `entities[owner[k]]`; numbers may still be ints (the store's column is DOUBLE). A store uses them for
+    those very entity objects (matched by identity, so a document replaced or rebuilt since is indexed
+    afresh), which must not have changed since: only the entity-level createdAt/modifiedAt may, as they are
+    not indexed."""
+
+    entities: list[Entity]
+    owner: list[int] = field(default_factory=list)
+    path: list[str] = field(default_factory=list)
+    num: list[float | int | None] = field(default_factory=list)
+    txt: list[str | None] = field(default_factory=list)
+    bool: list[bool | None] = field(default_factory=list)
+
+    def add(
+        self,
+        owners: list[int],
+        path: str,
+        *,
+        nums: list[Any] | None = None,
+        txts: list[Any] | None = None,
+        bools: list[Any] | None = None,
+    ) -> None:
+        """One row per owner under `path`, its value from whichever column is given (none: an all-NULL row)."""
+        n = len(owners)
+        self.owner.extend(owners)
+        self.path.extend([path] * n)
+        self.num.extend(nums if nums is not None else [None] * n)
+        self.txt.extend(txts if txts is not None else [None] * n)
+        self.bool.extend(bools if bools is not None else [None] * n)
+
+    def extend(self, other: IndexColumns) -> IndexColumns:
+        shift = len(self.entities)
+        self.entities.extend(other.entities)
+        self.owner.extend(k + shift for k in other.owner)
+        self.path.extend(other.path)
+        self.num.extend(other.num)
+        self.txt.extend(other.txt)
+        self.bool.extend(other.bool)
+        return self
+
+    def rows(self) -> list[IndexRow]:
+        """As `attr_index_rows` gives them, with the owner's position for its key."""
+        return [
+            (k, p, None if n is None else float(n), t, b)
+            for k, p, n, t, b in zip(self.owner, self.path, self.num, self.txt, self.bool, strict=True)
+        ]
 
 
 def encode_path(path: Path) -> str:

@@ -18,6 +18,7 @@ from polis.ngsi_ld.events import Staged
 if TYPE_CHECKING:
     from polis.ngsi_ld.geoquery import GeoQuery
     from polis.ngsi_ld.q import QExpr
+    from polis.store.attr_index import IndexColumns
 
 DEFAULT_TENANT = ""
 
@@ -157,12 +158,14 @@ class Store(Protocol):
         history_columns: HistoryColumns | None = None,
         dead_letters: Sequence[DeadLetter] = (),
         staged: Sequence[Staged] = (),
+        index_columns: IndexColumns | None = None,
     ) -> None:
         """In one transaction: replace (or insert) whole entity documents, delete entities, add
         temporal instances (as instances and/or as numeric columns, all kept; NaN values skipped),
         keep dead letters, record (source, key) receipts of the messages these writes came from (so a
         message is stored, or dead-lettered, exactly once), and the rows of staged listeners (the
-        subscriptions' outbox, `EventBus.stage`). Nothing is written if anything fails."""
+        subscriptions' outbox, `EventBus.stage`). Nothing is written if anything fails. `index_columns`
+        may carry the `attr_index` rows of some upserts, already built (a store may ignore it)."""
         ...
 
     def seen(self, source: str, keys: Sequence[str]) -> set[str]:

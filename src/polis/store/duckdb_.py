@@ -40,7 +40,7 @@ from polis.access.datasets import dataset_sql
 from polis.domain.entity import ENTITY_MEMBERS, Entity, HistoryInstance
 from polis.ngsi_ld.events import Staged
 from polis.ngsi_ld.geoquery import matches as geo_matches
-from polis.store.attr_index import ATTR_INDEX_DDL, attr_index_rows
+from polis.store.attr_index import ATTR_INDEX_DDL, IndexColumns, attr_index_rows
 from polis.store.base import (
     DEFAULT_TENANT,
     AttributeInfo,
@@ -53,7 +53,7 @@ from polis.store.base import (
     TypeInfo,
     TypeSelector,
 )
-from polis.store.geo_index import GEO_INDEX_DDL, geo_index_rows, geo_to_sql
+from polis.store.geo_index import GEO_INDEX_DDL, geo_index_rows, geo_to_sql, geo_values
 from polis.store.q_sql import q_to_sql
 
 log = logging.getLogger(__name__)
@@ -175,11 +175,12 @@ class DuckDBStore:
             (tenant, eid): hkey for tenant, eid, hkey in self._con.execute("SELECT * FROM history_keys").fetchall()
         }
         self._next_hkey = self._scalar("SELECT COALESCE(max(hkey), 0) + 1 FROM history_keys")
-        # (tenant, seq) -> hashes of the entity's (types + attribute kinds) rows and of its geo rows, as last
-        # written by this process: an update that changes neither (a new reading) leaves those index rows
-        # alone, which saves two DELETE scans and two INSERTs per table and commit. Unknown (after a start):
-        # rewritten, then known. ~150 bytes an entity; Python's 64-bit tuple hash, so a changed shape could
-        # pass for the old one with a chance of about 2^-64 per update.
+        # (tenant, seq) -> hashes of the entity's (types + attribute kinds) rows and of its GeoProperty values
+        # (what its geo rows are made from), as last written by this process: an update that changes neither
+        # (a new reading) leaves those index rows alone, which saves two DELETE scans and two INSERTs per table
+        # and commit, and the geometry checks and H3 cells of an unmoved entity. Unknown (after a start):
+        # rewritten, then known. ~150 bytes an entity; Python's 64-bit hash, so a changed shape could pass for
+        # the old one with a chance of about 2^-64 per update.
         self._shapes: dict[tuple[str, int], tuple[int, int]] = {}
         self._tenants = {row[0] for row in self._con.execute("SELECT name FROM tenants").fetchall()}
         # (tenant, attribute) pairs that hold a non-Point geometry: `near` on the others is decided in SQL alone.
@@ -282,6 +283,7 @@ class DuckDBStore:
         history_columns: HistoryColumns | None = None,
         dead_letters: Sequence[DeadLetter] = (),
         staged: Sequence[Staged] = (),
+        index_columns: IndexColumns | None = None,
     ) -> None:
         columns = history_columns if history_columns is not None and len(history_columns) else None
         if not (upserts or deletes or history or receipts or columns or dead_letters):
@@ -296,7 +298,7 @@ class DuckDBStore:
                 if entity["id"] not in seqs:
                     seqs[entity["id"]] = self._next_seq
                     self._next_seq += 1
-            tables, shapes, retyped, moved = self._index_tables(tenant, upserts, seqs)
+            tables, shapes, retyped, moved = self._index_tables(tenant, upserts, seqs, index_columns)
             gone = list(old_seqs.values())
             tables["gone"] = _seq_table(gone)
             # Entities deleted, or whose types and attributes (geo rows) are rewritten, lose their old rows there.
@@ -385,11 +387,13 @@ class DuckDBStore:
         return {i: seq for i, seq in found if seq is not None}
 
     def _index_tables(
-        self, tenant: str, upserts: Sequence[Entity], seqs: dict[str, int]
+        self, tenant: str, upserts: Sequence[Entity], seqs: dict[str, int], prepared: IndexColumns | None = None
     ) -> tuple[dict[str, pa.Table], dict[int, tuple[int, int]], set[int], set[int]]:
         """The rows to insert; each upserted entity's shape hashes; and the entities whose type and attribute
         rows, and whose geo rows, are among them. Those rows are left out where they equal what this process
-        last wrote for the entity (the caller keeps the stored ones)."""
+        last wrote for the entity (the caller keeps the stored ones). The `attr_index` rows of entities in
+        `prepared` are taken from it."""
+        covered = {id(e) for e in prepared.entities} if prepared is not None else set()
         ids, types, docs = [], [], []
         type_rows: list[tuple[int, str]] = []
         attr_rows: list[tuple[int, str, str]] = []
@@ -409,8 +413,8 @@ class DuckDBStore:
                 for name, instances in entity.items()
                 if name not in ENTITY_MEMBERS
             )
-            geo = geo_index_rows(entity, seq)
-            shape = shapes[seq] = (hash((tuple(entity["type"]), attrs)), hash(tuple(geo)))
+            where = geo_values(entity)
+            shape = shapes[seq] = (hash((tuple(entity["type"]), attrs)), _geo_hash(where))
             old = self._shapes.get((tenant, seq))  # None when unknown: everything is written
             if old is None or shape[0] != old[0]:
                 retyped.add(seq)
@@ -418,8 +422,9 @@ class DuckDBStore:
                 attr_rows.extend((seq, name, kind) for name, kind in attrs)
             if old is None or shape[1] != old[1]:
                 moved.add(seq)
-                geo_rows.extend(geo)
-            index_rows.extend(attr_index_rows(entity, seq))
+                geo_rows.extend(geo_index_rows(entity, seq, where))
+            if id(entity) not in covered:
+                index_rows.extend(attr_index_rows(entity, seq))
         entity_table = pa.table(
             [
                 pa.array(ids, pa.string()),
@@ -449,6 +454,8 @@ class DuckDBStore:
                 "bool": pa.array(index_cols[4], pa.bool_()),
             }
         )
+        if prepared is not None:
+            index_table = pa.concat_tables([index_table, _prepared_index(prepared, upserts, seqs)])
         geo_cols = _columns(geo_rows, 12)
         geo_types = (
             [pa.int64(), pa.string(), pa.string()] + [pa.float64()] * 6 + [pa.uint64(), pa.uint64(), pa.string()]
@@ -950,6 +957,33 @@ _INSERT_LETTERS = (
     "INSERT INTO dead_letters (source, topic, payload, reason, received_at) "
     "SELECT source, topic, payload, reason, received_at FROM letter_rows"
 )
+
+
+def _prepared_index(prepared: IndexColumns, upserts: Sequence[Entity], seqs: dict[str, int]) -> pa.Table:
+    """`prepared` as `index_rows`, without the rows of entities that are not (or no longer) among the upserts."""
+    written = {id(e) for e in upserts}
+    owner_seq = np.array([seqs[e["id"]] if id(e) in written else -1 for e in prepared.entities], dtype=np.int64)
+    seq = owner_seq[np.asarray(prepared.owner, dtype=np.int64)] if prepared.owner else np.zeros(0, np.int64)
+    table = pa.table(
+        {
+            "seq": pa.array(seq),
+            "path": pa.array(prepared.path, pa.string()),
+            "num": pa.array(prepared.num, pa.float64()),
+            "txt": pa.array(prepared.txt, pa.string()),
+            "bool": pa.array(prepared.bool, pa.bool_()),
+        }
+    )
+    keep = seq >= 0
+    return table if keep.all() else table.filter(pa.array(keep))
+
+
+def _geo_hash(values: list[tuple[str, Any]]) -> int:
+    if not values:
+        return 0
+    try:
+        return hash(orjson.dumps(values))
+    except TypeError:  # a value JSON cannot hold (an int over 64 bits): its repr is as telling
+        return hash(repr(values))
 
 
 def _seq_table(seqs: list[int]) -> pa.Table:

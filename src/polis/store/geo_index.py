@@ -71,21 +71,29 @@ GeoRow = tuple[
 # -- rows ----------------------------------------------------------------------------------------
 
 
-def geo_index_rows(entity: Entity, key: int) -> list[GeoRow]:
-    """(key, attr, gtype, lon, lat, minx, miny, maxx, maxy, h3, h3_r6, geojson) for every GeoProperty
-    instance; lon/lat are the point itself or the centroid of other shapes. Malformed values are skipped:
-    they can match no geo-query. `key` is the entity's integer `seq` in the store."""
-    eid = key
-    rows: list[GeoRow] = []
+def geo_values(entity: Entity) -> list[tuple[str, Any]]:
+    """(attribute, value) of every GeoProperty instance: all that its geo rows are made from."""
+    out = []
     for attr in attribute_names(entity):
         instances = entity[attr]
         if not isinstance(instances, list):
             continue
         for instance in instances:
             if isinstance(instance, dict) and instance.get("type") == "GeoProperty":
-                row = _row(eid, attr, instance.get("value"))
-                if row is not None:
-                    rows.append(row)
+                out.append((attr, instance.get("value")))
+    return out
+
+
+def geo_index_rows(entity: Entity, key: int, values: list[tuple[str, Any]] | None = None) -> list[GeoRow]:
+    """(key, attr, gtype, lon, lat, minx, miny, maxx, maxy, h3, h3_r6, geojson) for every GeoProperty
+    instance (`values`: its `geo_values`, if known); lon/lat are the point itself or the centroid of other
+    shapes. Malformed values are skipped: they can match no geo-query. `key` is the entity's integer `seq`
+    in the store."""
+    rows: list[GeoRow] = []
+    for attr, value in geo_values(entity) if values is None else values:
+        row = _row(key, attr, value)
+        if row is not None:
+            rows.append(row)
     return rows
 
 

@@ -13,15 +13,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from polis.domain.entity import ENTITY_MEMBERS, Entity
+from polis.domain.entity import ENTITY_MEMBERS, Entity, same_instances
 from polis.ngsi_ld.events import EntityChange
 from polis.ngsi_ld.geoquery import GeoQuery
 from polis.ngsi_ld.geoquery import matches as geo_matches
 from polis.ngsi_ld.q import QExpr
 from polis.ngsi_ld.q import matches as q_matches
 from polis.subscriptions.model import Selector, Subscription
-
-_SYSTEM = ("createdAt", "modifiedAt")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,17 +108,11 @@ class Diff:
             before = old.get(name)
             if before is None:
                 self.created.add(name)
-            elif _strip(instances) != _strip(before):
+            elif not same_instances(instances, before):
                 self.updated.add(name)
         if self._change.entity is not None:
             self.deleted = {n for n in old if n not in ENTITY_MEMBERS and n not in new}
         return self
-
-
-def _strip(instances: Any) -> Any:
-    if not isinstance(instances, list):
-        return instances
-    return [{k: v for k, v in i.items() if k not in _SYSTEM} if isinstance(i, dict) else i for i in instances]
 
 
 def _trigger(sub: Subscription, change: EntityChange, diff: Diff) -> str | None:

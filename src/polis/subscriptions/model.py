@@ -421,7 +421,7 @@ def _triggers(raw: Any) -> frozenset[str]:
     if not isinstance(raw, list) or not raw:
         raise BadRequestData(f"notificationTrigger must be a non-empty array, got {_show(raw)}")
     for item in raw:
-        if item not in TRIGGERS:
+        if not isinstance(item, str) or item not in TRIGGERS:  # a list or object item is not hashable
             raise BadRequestData(
                 f"notificationTrigger: {_show(item)} is not one of {', '.join(sorted(TRIGGERS))}"
             )
