@@ -186,10 +186,15 @@ def test_random_values_in_a_known_shape(speeds: list[Any], lon: float, lat: floa
     check_same_as_generic(items)
 
 
-def _index(store: DuckDBStore) -> list[tuple[Any, ...]]:
-    return store.connection().execute(
-        "SELECT e.id, a.path, a.num, a.txt, a.bool FROM attr_index a JOIN entities e USING (tenant, seq) ORDER BY ALL"
-    ).fetchall()
+def _index(store: Any) -> list[tuple[Any, ...]]:
+    return (
+        store.connection()
+        .execute(
+            "SELECT e.id, a.path, a.num, a.txt, a.bool FROM attr_index a"
+            " JOIN entities e USING (tenant, seq) ORDER BY ALL"
+        )
+        .fetchall()
+    )
 
 
 def test_the_store_holds_the_same_index_whichever_path_built_it() -> None:
@@ -219,3 +224,44 @@ def test_merge_and_update_do_not_use_the_plans_rows() -> None:
     stored = service.store.get("", [sensor(i)["id"] for i in range(5)])
     plain.write("", upserts=list(stored.values()))
     assert _index(service.store) == _index(plain)
+
+
+def _history(store: Any) -> list[tuple[Any, ...]]:
+    return (
+        store.connection()
+        .execute("SELECT eid, attr, dataset_id, observed_at, num, doc, unit_code FROM history ORDER BY ALL")
+        .fetchall()
+    )
+
+
+def test_a_batch_stores_the_history_the_generic_path_stores() -> None:
+    from polis.ngsi_ld.entities import _changed, history_of
+
+    terms = _terms()
+    first = [sensor(i) for i in range(6)] + [
+        sensor(
+            9,
+            status={
+                "type": "Property",
+                "value": 3,
+                "observedAt": "2024-05-01T08:00:00Z",
+                "datasetId": "urn:ngsi-ld:Dataset:b",
+            },
+        )
+    ]
+    second = [
+        sensor(i, intensity={"type": "Property", "value": 1000 + i, "observedAt": "2024-05-01T08:05:00Z"})
+        for i in range(6)
+    ]
+    service = EntityService(DuckDBStore(None), EventBus(), clock=lambda: NOW)
+    plain = DuckDBStore(None)
+    for batch in (first, second):
+        service.batch("", "upsert", copy.deepcopy(batch), lambda _item: terms)
+        news = [expand_entity(copy.deepcopy(item), terms, NOW) for item in batch]
+        olds = plain.get("", [e["id"] for e in news])
+        history = [h for e in news for h in history_of(e, _changed(olds[e["id"]], e) if e["id"] in olds else None)]
+        plain.write("", upserts=news, history=history)
+    rows = _history(service.store)
+    assert rows == _history(plain)
+    # Numbers, strings, relationships, a dataset's reading; the repeated speed of the second batch is not new.
+    assert len(rows) == 7 * 3 + 1 + 6

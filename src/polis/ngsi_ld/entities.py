@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
+import numpy as np
+
 from polis.domain.entity import (
     ENTITY_MEMBERS,
     RESERVED_ATTRIBUTE_MEMBERS,
@@ -36,7 +38,7 @@ from polis.ngsi_ld.events import EntityChange, EventBus
 from polis.ngsi_ld.params import narrow_pick
 from polis.privacy.refusal import refuse_personal_data
 from polis.store.attr_index import IndexColumns
-from polis.store.base import EntityQuery, QueryResult, Store
+from polis.store.base import EntityQuery, HistoryColumns, QueryResult, Store
 
 NULL = "urn:ngsi-ld:null"
 P = ParamSpec("P")
@@ -89,6 +91,58 @@ def history_of(entity: Entity, attributes: Sequence[str] | None = None) -> list[
     return items
 
 
+class _History:
+    """A batch's temporal instances: plain numeric readings go in columns (the bulk of a sensor batch, with
+    no object per reading), the rest as `HistoryInstance`s. Same rows in the store as `history_of` gives."""
+
+    _PLAIN = frozenset({"type", "value", "observedAt", "unitCode", "createdAt", "modifiedAt"})
+
+    def __init__(self) -> None:
+        self.instances: list[HistoryInstance] = []
+        self._ids: list[str] = []
+        self._attrs: list[str] = []
+        self._times: list[str] = []
+        self._values: list[float | int] = []
+        self._units: list[str | None] = []
+
+    def add(self, entity: Entity, attributes: Sequence[str] | None) -> None:
+        eid = entity["id"]
+        names = attributes if attributes is not None else [k for k in entity if k not in ENTITY_MEMBERS]
+        for name in names:
+            for instance in entity.get(name, ()):
+                observed = instance.get("observedAt")
+                if observed is None:
+                    continue
+                kind = type(instance.get("value"))
+                if (
+                    (kind is float or kind is int)
+                    and observed[-1] == "Z"  # normalized UTC, which numpy reads without the Z
+                    and instance.get("type", "Property") == "Property"
+                    and instance.keys() <= self._PLAIN
+                ):
+                    self._ids.append(eid)
+                    self._attrs.append(name)
+                    self._times.append(observed[:-1])
+                    self._values.append(instance["value"])
+                    self._units.append(instance.get("unitCode"))
+                else:
+                    stored = {k: v for k, v in instance.items() if k not in ("createdAt", "modifiedAt")}
+                    self.instances.append(
+                        HistoryInstance(eid, name, parse_observed_at(observed), stored, instance.get("datasetId"))
+                    )
+
+    def columns(self) -> HistoryColumns | None:
+        if not self._ids:
+            return None
+        return HistoryColumns(
+            entity_id=np.array(self._ids, dtype=object),
+            attribute=np.array(self._attrs, dtype=object),
+            observed_at=np.array(self._times, dtype="datetime64[us]"),
+            value=np.array(self._values, dtype=np.float64),
+            unit_codes=np.array(self._units, dtype=object),
+        )
+
+
 def _merge_instances(old: list[Instance], new: list[Instance], now: str) -> list[Instance]:
     """Replace the instances of `old` that share a datasetId with one in `new`; keep the rest."""
     by_dataset = {i.get("datasetId"): i for i in old}
@@ -139,6 +193,7 @@ class EntityService:
         history: list[HistoryInstance],
         deletes: Sequence[str] = (),
         *,
+        history_columns: HistoryColumns | None = None,
         index_columns: IndexColumns | None = None,
         cleared: Set[int] = frozenset(),
     ) -> None:
@@ -153,6 +208,7 @@ class EntityService:
                 upserts=entities,
                 deletes=deletes,
                 history=history,
+                history_columns=history_columns,
                 staged=staged,
                 index_columns=index_columns,
             ),
@@ -447,7 +503,7 @@ class EntityService:
         existing = self.store.get(tenant, [e["id"] for e, _ in parsed])
         writes: list[Entity] = []
         before: list[Entity | None] = []
-        history: list[HistoryInstance] = []
+        history = _History()
         for entity, item in parsed:
             eid = entity["id"]
             old = existing.get(eid)
@@ -481,13 +537,20 @@ class EntityService:
                 continue
             writes.append(new)
             before.append(old)
-            history.extend(history_of(new, _changed(old, new) if old is not None else None))
+            history.add(new, _changed(old, new) if old is not None else None)
             result.success.append(eid)
         if writes:
             # Index rows built with the plans hold for documents written as expanded (a replaced entity's own
             # createdAt is not indexed); the store matches them by identity, so merged documents get their own.
             self._commit(
-                tenant, "batch", writes, before, history, index_columns=expansion.index, cleared=expansion.cleared
+                tenant,
+                "batch",
+                writes,
+                before,
+                history.instances,
+                history_columns=history.columns(),
+                index_columns=expansion.index,
+                cleared=expansion.cleared,
             )
         return result
 

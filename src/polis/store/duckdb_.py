@@ -321,7 +321,7 @@ class DuckDBStore:
                     }
                 )
             con = self._con
-            with self._registered(**tables):
+            with self._registered(**{name: t for name, t in tables.items() if t.num_rows}):  # SQL reads no empty one
                 con.execute("BEGIN TRANSACTION")
                 try:
                     for table, gone_rows in (
