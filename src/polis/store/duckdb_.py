@@ -340,6 +340,7 @@ class DuckDBStore:
                         con.execute("INSERT INTO entities SELECT ?, * FROM entity_rows", [tenant])
                         if tables["type_rows"].num_rows:
                             con.execute("INSERT INTO entity_types SELECT ?, * FROM type_rows", [tenant])
+                        if tables["attr_rows"].num_rows:
                             con.execute("INSERT INTO entity_attrs SELECT ?, * FROM attr_rows", [tenant])
                         if tables["index_rows"].num_rows:
                             con.execute("INSERT INTO attr_index SELECT ?, * FROM index_rows", [tenant])
