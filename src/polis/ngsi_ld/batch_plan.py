@@ -132,9 +132,9 @@ class BatchPlan:
             if kind == "GeoProperty" and detail not in (2, 3):
                 raise ValueError("not a position")
             members = tuple(k for k in keys if k not in ("type", "value", "object"))
-            attributes.append(
-                _Attribute(name, iri, kind, members, detail if kind == "Property" else None, detail)
-            )
+            value_type = detail if kind == "Property" else None
+            positions = detail if kind == "GeoProperty" else 0
+            attributes.append(_Attribute(name, iri, kind, members, value_type, positions))
         if types is None:
             raise ValueError("no type")
         self.types = types
