@@ -265,3 +265,76 @@ def test_a_batch_stores_the_history_the_generic_path_stores() -> None:
     assert rows == _history(plain)
     # Numbers, strings, relationships, a dataset's reading; the repeated speed of the second batch is not new.
     assert len(rows) == 7 * 3 + 1 + 6
+
+
+class _InterleavingStore(DuckDBStore):
+    """The real store, with a hook run right after a write is prepared: another writer gets in there."""
+
+    hook: Any = None
+
+    def prepare(self, *args: Any, **kwargs: Any) -> Any:
+        prepared = super().prepare(*args, **kwargs)
+        hook, self.hook = self.hook, None
+        if hook is not None:
+            hook()
+        return prepared
+
+
+def test_a_batch_prepared_outside_the_lock_is_redone_when_another_write_got_in_first() -> None:
+    terms = _terms()
+    store = _InterleavingStore(None)
+    service = EntityService(store, EventBus(), clock=lambda: NOW)
+    service.batch("", "upsert", [sensor(i) for i in range(3)], lambda _item: terms)
+    concurrent = sensor(1, speed={"type": "Property", "value": 777.0, "observedAt": "2024-05-01T08:01:00Z"})
+    newcomer = sensor(7)
+    store.hook = lambda: service.batch("", "upsert", [copy.deepcopy(concurrent), sensor(7)], lambda _item: terms)
+    ours = [sensor(i, speed={"type": "Property", "value": 5.0, "observedAt": "2024-05-01T08:02:00Z"}) for i in (0, 1)]
+    result = service.batch("", "upsert", [*ours, copy.deepcopy(newcomer)], lambda _item: terms)
+    assert result.success == [ours[0]["id"], ours[1]["id"], newcomer["id"]]
+    assert result.created == []  # redone: the newcomer had been created by the other write meanwhile
+    speeds = store.connection().execute(
+        "SELECT observed_at::VARCHAR, num FROM history WHERE eid = ? AND attr = ? ORDER BY observed_at",
+        [ours[1]["id"], "https://example.org/speed"],
+    ).fetchall()
+    assert [num for _, num in speeds] == [51.5, 777.0, 5.0]  # nothing lost, nothing twice
+    keys = store.connection().execute("SELECT eid, count(DISTINCT hkey) FROM history GROUP BY eid").fetchall()
+    assert all(count == 1 for _, count in keys) and len(keys) == 4
+
+
+def test_concurrent_batches_keep_documents_history_and_index_consistent() -> None:
+    import random
+    import threading
+
+    terms = _terms()
+    store = DuckDBStore(None)
+    service = EntityService(store, EventBus(), clock=lambda: NOW)
+    errors: list[BaseException] = []
+
+    def client(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for round_ in range(15):
+                ids = rng.sample(range(40), 12)
+                when = f"2024-05-01T{seed:02d}:{round_:02d}:00Z"
+                batch = [
+                    sensor(i, speed={"type": "Property", "value": float(seed * 100 + round_), "observedAt": when})
+                    for i in ids
+                ]
+                service.batch("", "upsert", batch, lambda _item: terms)
+        except BaseException as error:  # reported after the join
+            errors.append(error)
+
+    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    docs = store.get("", [sensor(i)["id"] for i in range(40)])
+    rebuilt = DuckDBStore(None)
+    rebuilt.write("", upserts=list(docs.values()))
+    assert _index(store) == _index(rebuilt)  # the index says what the documents say
+    keys = store.connection().execute("SELECT eid, count(DISTINCT hkey) FROM history GROUP BY eid").fetchall()
+    assert all(count == 1 for _, count in keys)
+    written = store.connection().execute("SELECT count(*) FROM history WHERE attr = 'https://example.org/speed'")
+    assert written.fetchall()[0][0] == 4 * 15 * 12  # every reading of every batch, once

@@ -474,8 +474,49 @@ class EntityService:
                 return self._batch_delete(tenant, items, BatchResult())
         now = self.clock()
         expansion = expand_batch(items, terms_for, now)
+        if op in ("create", "upsert"):
+            done = self._batch_prepared(tenant, op, items, terms_for, expansion, now, replace)
+            if done is not None:
+                return done
         with self.write_lock:
             return self._batch_write(tenant, op, items, terms_for, expansion, now, replace, no_overwrite)
+
+    def _batch_prepared(
+        self,
+        tenant: str,
+        op: str,
+        items: list[Any],
+        terms_for: Callable[[Any], TermMap],
+        expansion: BatchExpansion,
+        now: str,
+        replace: bool,
+    ) -> BatchResult | None:
+        """A create or upsert worked out from the stored state without the write lock, then written under it
+        if no other write touched its entities meanwhile (else None: the caller does it all under the lock).
+        Under the lock are then only the check and the store's transaction, which runs outside the GIL: one
+        request's SQL overlaps the next one's Python."""
+        store = self.store
+        snapshot = store.commit_number()
+        batch = self._batch_changes(tenant, op, items, terms_for, expansion, now, replace, False)
+        if not batch.writes:
+            return None
+        refuse_personal_data([e for e in batch.writes if id(e) not in expansion.cleared])
+        prepared = store.prepare(
+            tenant,
+            upserts=batch.writes,
+            history=batch.history.instances,
+            history_columns=batch.history.columns(),
+            index_columns=expansion.index,
+        )
+        with self.write_lock:
+            if not store.unchanged_since(tenant, (e["id"] for e in batch.writes), snapshot):
+                return None
+            changes = [
+                EntityChange(tenant, "batch", e["id"], e, old)
+                for e, old in zip(batch.writes, batch.before, strict=True)
+            ]
+            self.bus.commit(changes, lambda staged: store.apply(prepared, staged))
+        return batch.result
 
     def _batch_write(
         self,
@@ -488,7 +529,36 @@ class EntityService:
         replace: bool,
         no_overwrite: bool,
     ) -> BatchResult:
-        result = BatchResult()
+        batch = self._batch_changes(tenant, op, items, terms_for, expansion, now, replace, no_overwrite)
+        if batch.writes:
+            # Index rows built with the plans hold for documents written as expanded (a replaced entity's own
+            # createdAt is not indexed); the store matches them by identity, so merged documents get their own.
+            self._commit(
+                tenant,
+                "batch",
+                batch.writes,
+                batch.before,
+                batch.history.instances,
+                history_columns=batch.history.columns(),
+                index_columns=expansion.index,
+                cleared=expansion.cleared,
+            )
+        return batch.result
+
+    def _batch_changes(
+        self,
+        tenant: str,
+        op: str,
+        items: list[Any],
+        terms_for: Callable[[Any], TermMap],
+        expansion: BatchExpansion,
+        now: str,
+        replace: bool,
+        no_overwrite: bool,
+    ) -> _BatchChanges:
+        """Each item's new document (or error) against the stored state, and the history it adds."""
+        batch = _BatchChanges()
+        result = batch.result
         parsed: list[tuple[Entity, Any]] = []
         seen: set[str] = set()
         for item, entity in zip(items, expansion.entities, strict=True):
@@ -501,9 +571,6 @@ class EntityService:
                 seen.add(entity["id"])
                 parsed.append((entity, item))
         existing = self.store.get(tenant, [e["id"] for e, _ in parsed])
-        writes: list[Entity] = []
-        before: list[Entity | None] = []
-        history = _History()
         for entity, item in parsed:
             eid = entity["id"]
             old = existing.get(eid)
@@ -535,24 +602,11 @@ class EntityService:
             except NgsiError as error:
                 result.fail(eid, error)
                 continue
-            writes.append(new)
-            before.append(old)
-            history.add(new, _changed(old, new) if old is not None else None)
+            batch.writes.append(new)
+            batch.before.append(old)
+            batch.history.add(new, _changed(old, new) if old is not None else None)
             result.success.append(eid)
-        if writes:
-            # Index rows built with the plans hold for documents written as expanded (a replaced entity's own
-            # createdAt is not indexed); the store matches them by identity, so merged documents get their own.
-            self._commit(
-                tenant,
-                "batch",
-                writes,
-                before,
-                history.instances,
-                history_columns=history.columns(),
-                index_columns=expansion.index,
-                cleared=expansion.cleared,
-            )
-        return result
+        return batch
 
     @staticmethod
     def _merge_attrs(old: Entity, entity: Entity, now: str, *, no_overwrite: bool) -> Entity:
@@ -586,6 +640,14 @@ class EntityService:
             changes = [EntityChange(tenant, "deleted", eid, None, existing[eid]) for eid in result.success]
             self.bus.commit(changes, lambda staged: self.store.write(tenant, deletes=result.success, staged=staged))
         return result
+
+
+@dataclass(slots=True)
+class _BatchChanges:
+    result: BatchResult = field(default_factory=lambda: BatchResult())
+    writes: list[Entity] = field(default_factory=list)
+    before: list[Entity | None] = field(default_factory=list)
+    history: _History = field(default_factory=lambda: _History())
 
 
 @dataclass(slots=True)

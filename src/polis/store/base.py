@@ -168,6 +168,33 @@ class Store(Protocol):
         may carry the `attr_index` rows of some upserts, already built (a store may ignore it)."""
         ...
 
+    def prepare(
+        self,
+        tenant: str,
+        upserts: Sequence[Entity] = (),
+        deletes: Sequence[str] = (),
+        history: Sequence[HistoryInstance] = (),
+        receipts: Sequence[tuple[str, str]] = (),
+        history_columns: HistoryColumns | None = None,
+        dead_letters: Sequence[DeadLetter] = (),
+        *,
+        index_columns: IndexColumns | None = None,
+    ) -> Any:
+        """`write` in two steps: this builds what to store (opaque to the caller) without holding the store;
+        `apply` stores it. Whoever prepares without holding its own write lock must check `unchanged_since`
+        under that lock before `apply`."""
+        ...
+
+    def apply(self, prepared: Any, staged: Sequence[Staged] = ()) -> None: ...
+
+    def commit_number(self) -> int:
+        """A counter of committed writes, for `unchanged_since`."""
+        ...
+
+    def unchanged_since(self, tenant: str, ids: Iterable[str], snapshot: int) -> bool:
+        """Whether no write committed after `commit_number()` returned `snapshot` touched these entities."""
+        ...
+
     def seen(self, source: str, keys: Sequence[str]) -> set[str]:
         """Which of these message receipts are already committed (redeliveries to store only once)."""
         ...

@@ -27,6 +27,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,8 @@ _MIGRATE_3_TO_4 = [
 _ENTITY_SCHEMA = pa.schema(
     [("id", pa.string()), ("types", pa.list_(pa.string())), ("doc", pa.string()), ("seq", pa.int64())]
 )
-_HISTORY_SCHEMA = pa.schema(
+# History rows as a write prepares them; `apply` appends `hkey`, the table's last column.
+_HISTORY_ROW_SCHEMA = pa.schema(
     [
         ("eid", pa.string()),
         ("attr", pa.string()),
@@ -115,9 +117,23 @@ _HISTORY_SCHEMA = pa.schema(
         ("num", pa.float64()),
         ("doc", pa.string()),
         ("unit_code", pa.string()),
-        ("hkey", pa.int64()),
     ]
 )
+
+
+@dataclass(slots=True)
+class PreparedWrite:
+    """A write's rows, built by `DuckDBStore.prepare`; `DuckDBStore.apply` stores them."""
+
+    tenant: str
+    upserts: Sequence[Entity]
+    deletes: Sequence[str]
+    history: bool  # whether tables hold "history_rows"
+    columns: bool  # ... and "history_cols"
+    empty: bool = True
+    seqs: dict[str, int] = field(default_factory=dict)
+    shapes: dict[int, tuple[int, int]] = field(default_factory=dict)
+    tables: dict[str, pa.Table] = field(default_factory=dict)
 
 
 def _naive_utc(ts: datetime) -> datetime:
@@ -183,6 +199,9 @@ class DuckDBStore:
         # the old one with a chance of about 2^-64 per update.
         self._shapes: dict[tuple[str, int], tuple[int, int]] = {}
         self._tenants = {row[0] for row in self._con.execute("SELECT name FROM tenants").fetchall()}
+        # Commits of this process, and the last that upserted or deleted each entity (see `unchanged_since`).
+        self._commits = 0
+        self._last_write: dict[tuple[str, str], int] = {}
         # (tenant, attribute) pairs that hold a non-Point geometry: `near` on the others is decided in SQL alone.
         # Only ever grows (a conservative answer stays correct after the shapes are deleted).
         self._shaped: set[tuple[str, str]] = set(
@@ -285,12 +304,43 @@ class DuckDBStore:
         staged: Sequence[Staged] = (),
         index_columns: IndexColumns | None = None,
     ) -> None:
+        prepared = self.prepare(
+            tenant, upserts, deletes, history, receipts, history_columns, dead_letters, index_columns=index_columns
+        )
+        self.apply(prepared, staged)
+
+    def commit_number(self) -> int:
+        """How many writes this store has committed: `unchanged_since` takes it as a snapshot."""
+        return self._commits
+
+    def unchanged_since(self, tenant: str, ids: Iterable[str], snapshot: int) -> bool:
+        """Whether no write committed after `commit_number()` was `snapshot` touched any of these entities."""
+        last = self._last_write
+        return all(last.get((tenant, i), 0) <= snapshot for i in ids)
+
+    def prepare(
+        self,
+        tenant: str,
+        upserts: Sequence[Entity] = (),
+        deletes: Sequence[str] = (),
+        history: Sequence[HistoryInstance] = (),
+        receipts: Sequence[tuple[str, str]] = (),
+        history_columns: HistoryColumns | None = None,
+        dead_letters: Sequence[DeadLetter] = (),
+        *,
+        index_columns: IndexColumns | None = None,
+    ) -> PreparedWrite:
+        """The rows of a write, built in Python without holding the store (`apply` stores them). A caller may
+        prepare outside its own lock if it checks `unchanged_since` under the lock before `apply`: what was
+        read for the preparation (sequence numbers, shape hashes) then still holds."""
         columns = history_columns if history_columns is not None and len(history_columns) else None
+        prepared = PreparedWrite(tenant, upserts, deletes, bool(history), columns is not None)
         if not (upserts or deletes or history or receipts or columns or dead_letters):
-            return
+            return prepared
+        prepared.empty = False
         touched = [e["id"] for e in upserts] + list(deletes)
+        kept_columns = int((~np.isnan(columns.value)).sum()) if columns is not None else 0
         with self._lock:
-            self.ensure_tenant(tenant)
             # Keep each entity's creation order across replacements; new ones go to the end.
             old_seqs = self._seqs(tenant, touched)
             seqs = dict(old_seqs)
@@ -298,28 +348,53 @@ class DuckDBStore:
                 if entity["id"] not in seqs:
                     seqs[entity["id"]] = self._next_seq
                     self._next_seq += 1
-            tables, shapes, retyped, moved = self._index_tables(tenant, upserts, seqs, index_columns)
-            gone = list(old_seqs.values())
-            tables["gone"] = _seq_table(gone)
-            # Entities deleted, or whose types and attributes (geo rows) are rewritten, lose their old rows there.
-            tables["gone_shape"] = _seq_table([q for q in gone if q not in shapes or q in retyped])
-            tables["gone_geo"] = _seq_table([q for q in gone if q not in shapes or q in moved])
+            first_instance = self._next_instance
+            self._next_instance += len(history) + kept_columns
+        prepared.seqs = seqs
+        tables, prepared.shapes, retyped, moved = self._index_tables(tenant, upserts, seqs, index_columns)
+        gone = list(old_seqs.values())
+        tables["gone"] = _seq_table(gone)
+        # Entities deleted, or whose types and attributes (geo rows) are rewritten, lose their old rows there.
+        tables["gone_shape"] = _seq_table([q for q in gone if q not in prepared.shapes or q in retyped])
+        tables["gone_geo"] = _seq_table([q for q in gone if q not in prepared.shapes or q in moved])
+        if history:
+            tables["history_rows"] = _history_table(history, first_instance)
+        if columns is not None:
+            tables["history_cols"] = _history_columns_table(columns, first_instance + len(history))
+        if dead_letters:
+            tables["letter_rows"] = _letters_table(dead_letters)
+        if receipts:
+            tables["receipt_rows"] = pa.table(
+                {
+                    "source": pa.array([r[0] for r in receipts], pa.string()),
+                    "key": pa.array([r[1] for r in receipts], pa.string()),
+                }
+            )
+        prepared.tables = tables
+        return prepared
+
+    def apply(self, prepared: PreparedWrite, staged: Sequence[Staged] = ()) -> None:
+        """Store a prepared write in one transaction, with the rows of staged listeners."""
+        if prepared.empty:
+            return
+        tenant, upserts, deletes, tables = prepared.tenant, prepared.upserts, prepared.deletes, prepared.tables
+        history, columns = prepared.history, prepared.columns
+        dead_letters, receipts = "letter_rows" in tables, "receipt_rows" in tables
+        shapes, seqs = prepared.shapes, prepared.seqs
+        with self._lock:
+            self.ensure_tenant(tenant)
+            # History keys are handed out here, under the lock, in commit order (never twice for one entity).
             fresh: dict[str, int] = {}
             if history:
-                tables["history_rows"] = self._history_table(tenant, history, fresh)
-            if columns is not None:
-                tables["history_cols"] = self._history_columns_table(tenant, columns, fresh)
+                eids = tables["history_rows"].column("eid").to_pylist()
+                keys = self._history_keys(tenant, eids, fresh)
+                tables["history_rows"] = tables["history_rows"].append_column("hkey", pa.array(keys, pa.int64()))
+            if columns:
+                eids_array = tables["history_cols"].column("eid").to_numpy(zero_copy_only=False)
+                run_keys = _run_keys(eids_array, lambda ids: self._history_keys(tenant, ids, fresh))
+                tables["history_cols"] = tables["history_cols"].append_column("hkey", pa.array(run_keys, pa.int64()))
             if fresh:
                 tables["fresh_keys"] = _keys_table(fresh)
-            if dead_letters:
-                tables["letter_rows"] = _letters_table(dead_letters)
-            if receipts:
-                tables["receipt_rows"] = pa.table(
-                    {
-                        "source": pa.array([r[0] for r in receipts], pa.string()),
-                        "key": pa.array([r[1] for r in receipts], pa.string()),
-                    }
-                )
             con = self._con
             with self._registered(**{name: t for name, t in tables.items() if t.num_rows}):  # SQL reads no empty one
                 con.execute("BEGIN TRANSACTION")
@@ -354,7 +429,7 @@ class DuckDBStore:
                             con.execute("INSERT INTO geo_index SELECT ?, * FROM geo_rows", [tenant])
                     if history:
                         con.execute("INSERT INTO history SELECT ?, * FROM history_rows", [tenant])
-                    if columns is not None:
+                    if columns:
                         con.execute("INSERT INTO history SELECT ?, * FROM history_cols", [tenant])
                     if fresh:
                         con.execute("INSERT INTO history_keys SELECT ?, * FROM fresh_keys", [tenant])
@@ -382,6 +457,9 @@ class DuckDBStore:
                 self._directory[(tenant, entity["id"])] = seqs[entity["id"]]
             for seq, shape in shapes.items():
                 self._shapes[(tenant, seq)] = shape
+            self._commits += 1
+            for eid in seqs:  # every entity upserted or deleted
+                self._last_write[(tenant, eid)] = self._commits
 
     def _seqs(self, tenant: str, ids: list[str]) -> dict[str, int]:
         found = ((i, self._directory.get((tenant, i))) for i in ids)
@@ -470,66 +548,6 @@ class DuckDBStore:
             "index_rows": index_table,
             "geo_rows": geo_table,
         }, shapes, retyped, moved
-
-    def _history_table(self, tenant: str, history: Sequence[HistoryInstance], fresh: dict[str, int]) -> pa.Table:
-        n = len(history)
-        first = self._next_instance
-        self._next_instance += n
-        nums: list[float | None] = []
-        docs: list[str | None] = []
-        for item in history:
-            instance = item.instance
-            if _is_plain_number(instance):
-                nums.append(float(instance["value"]))
-                docs.append(None)
-            else:
-                value = instance.get("value")
-                numeric = isinstance(value, int | float) and not isinstance(value, bool)
-                nums.append(float(value) if numeric and value is not None else None)
-                docs.append(orjson.dumps(instance).decode())
-        # Timestamps go to Arrow as they are (tz-aware) and are converted to naive UTC there, in one pass.
-        observed = pa.array([item.observed_at for item in history], pa.timestamp("us", tz="UTC"))
-        return pa.table(
-            [
-                pa.array([item.entity_id for item in history], pa.string()),
-                pa.array([item.attribute for item in history], pa.string()),
-                pa.array([item.dataset_id for item in history], pa.string()),
-                observed.cast(pa.timestamp("us")),
-                pa.array(np.arange(first, first + n, dtype=np.int64)),
-                pa.array(nums, pa.float64()),
-                pa.array(docs, pa.string()),
-                pa.array([item.instance.get("unitCode") for item in history], pa.string()),
-                pa.array(self._history_keys(tenant, (item.entity_id for item in history), fresh), pa.int64()),
-            ],
-            schema=_HISTORY_SCHEMA,
-        )
-
-    def _history_columns_table(self, tenant: str, columns: HistoryColumns, fresh: dict[str, int]) -> pa.Table:
-        """Numeric observations straight from columns: no dict per row."""
-        keep = ~np.isnan(columns.value)
-        n = int(keep.sum())
-        eids = columns.entity_id[keep]
-        first = self._next_instance
-        self._next_instance += n
-        units = (
-            pa.array(columns.unit_codes[keep], pa.string())
-            if columns.unit_codes is not None
-            else pa.array([columns.unit_code] * n, pa.string())
-        )
-        return pa.table(
-            [
-                pa.array(eids, pa.string()),
-                pa.array(columns.attribute[keep], pa.string()),
-                pa.nulls(n, pa.string()),
-                pa.array(columns.observed_at[keep].astype("datetime64[us]")),
-                pa.array(np.arange(first, first + n, dtype=np.int64)),
-                pa.array(columns.value[keep], pa.float64()),
-                pa.nulls(n, pa.string()),
-                units,
-                pa.array(_run_keys(eids, lambda ids: self._history_keys(tenant, ids, fresh)), pa.int64()),
-            ],
-            schema=_HISTORY_SCHEMA,
-        )
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -976,6 +994,62 @@ def _prepared_index(prepared: IndexColumns, upserts: Sequence[Entity], seqs: dic
     )
     keep = seq >= 0
     return table if keep.all() else table.filter(pa.array(keep))
+
+
+def _history_table(history: Sequence[HistoryInstance], first: int) -> pa.Table:
+    """History rows of instances (no `hkey` yet: `apply` adds it), instance ids from `first` on."""
+    n = len(history)
+    nums: list[float | None] = []
+    docs: list[str | None] = []
+    for item in history:
+        instance = item.instance
+        if _is_plain_number(instance):
+            nums.append(float(instance["value"]))
+            docs.append(None)
+        else:
+            value = instance.get("value")
+            numeric = isinstance(value, int | float) and not isinstance(value, bool)
+            nums.append(float(value) if numeric and value is not None else None)
+            docs.append(orjson.dumps(instance).decode())
+    # Timestamps go to Arrow as they are (tz-aware) and are converted to naive UTC there, in one pass.
+    observed = pa.array([item.observed_at for item in history], pa.timestamp("us", tz="UTC"))
+    return pa.table(
+        [
+            pa.array([item.entity_id for item in history], pa.string()),
+            pa.array([item.attribute for item in history], pa.string()),
+            pa.array([item.dataset_id for item in history], pa.string()),
+            observed.cast(pa.timestamp("us")),
+            pa.array(np.arange(first, first + n, dtype=np.int64)),
+            pa.array(nums, pa.float64()),
+            pa.array(docs, pa.string()),
+            pa.array([item.instance.get("unitCode") for item in history], pa.string()),
+        ],
+        schema=_HISTORY_ROW_SCHEMA,
+    )
+
+
+def _history_columns_table(columns: HistoryColumns, first: int) -> pa.Table:
+    """Numeric observations straight from columns (no dict per row; NaN skipped), like `_history_table`."""
+    keep = ~np.isnan(columns.value)
+    n = int(keep.sum())
+    units = (
+        pa.array(columns.unit_codes[keep], pa.string())
+        if columns.unit_codes is not None
+        else pa.array([columns.unit_code] * n, pa.string())
+    )
+    return pa.table(
+        [
+            pa.array(columns.entity_id[keep], pa.string()),
+            pa.array(columns.attribute[keep], pa.string()),
+            pa.nulls(n, pa.string()),
+            pa.array(columns.observed_at[keep].astype("datetime64[us]")),
+            pa.array(np.arange(first, first + n, dtype=np.int64)),
+            pa.array(columns.value[keep], pa.float64()),
+            pa.nulls(n, pa.string()),
+            units,
+        ],
+        schema=_HISTORY_ROW_SCHEMA,
+    )
 
 
 def _geo_hash(values: list[tuple[str, Any]]) -> int:
