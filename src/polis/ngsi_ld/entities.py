@@ -143,6 +143,12 @@ class _History:
         )
 
 
+def _changes(
+    tenant: str, kind: str, entities: Sequence[Entity], previous: Sequence[Entity | None]
+) -> list[EntityChange]:
+    return [EntityChange(tenant, kind, e["id"], e, before) for e, before in zip(entities, previous, strict=True)]
+
+
 def _merge_instances(old: list[Instance], new: list[Instance], now: str) -> list[Instance]:
     """Replace the instances of `old` that share a datasetId with one in `new`; keep the rest."""
     by_dataset = {i.get("datasetId"): i for i in old}
@@ -200,9 +206,8 @@ class EntityService:
         """`cleared`: id() of entities a batch plan has already shown the privacy gate (polis.ngsi_ld.batch_plan)."""
         # 422 naming the field and rule before anything is stored (polis.privacy)
         refuse_personal_data([e for e in entities if id(e) not in cleared] if cleared else entities)
-        changes = [EntityChange(tenant, kind, e["id"], e, before) for e, before in zip(entities, previous, strict=True)]
         self.bus.commit(
-            changes,
+            _changes(tenant, kind, entities, previous),
             lambda staged: self.store.write(
                 tenant,
                 upserts=entities,
@@ -479,7 +484,22 @@ class EntityService:
             if done is not None:
                 return done
         with self.write_lock:
-            return self._batch_write(tenant, op, items, terms_for, expansion, now, replace, no_overwrite)
+            batch = self._batch_changes(tenant, op, items, terms_for, expansion, now, replace, no_overwrite)
+            if batch.writes:
+                # Index rows built with the plans hold for documents written as expanded (a replaced entity's
+                # own createdAt is not indexed); the store matches them by identity, so merged documents get
+                # their own.
+                self._commit(
+                    tenant,
+                    "batch",
+                    batch.writes,
+                    batch.before,
+                    batch.history.instances,
+                    history_columns=batch.history.columns(),
+                    index_columns=expansion.index,
+                    cleared=expansion.cleared,
+                )
+            return batch.result
 
     def _batch_prepared(
         self,
@@ -511,37 +531,8 @@ class EntityService:
         with self.write_lock:
             if not store.unchanged_since(tenant, (e["id"] for e in batch.writes), snapshot):
                 return None
-            changes = [
-                EntityChange(tenant, "batch", e["id"], e, old)
-                for e, old in zip(batch.writes, batch.before, strict=True)
-            ]
-            self.bus.commit(changes, lambda staged: store.apply(prepared, staged))
-        return batch.result
-
-    def _batch_write(
-        self,
-        tenant: str,
-        op: str,
-        items: list[Any],
-        terms_for: Callable[[Any], TermMap],
-        expansion: BatchExpansion,
-        now: str,
-        replace: bool,
-        no_overwrite: bool,
-    ) -> BatchResult:
-        batch = self._batch_changes(tenant, op, items, terms_for, expansion, now, replace, no_overwrite)
-        if batch.writes:
-            # Index rows built with the plans hold for documents written as expanded (a replaced entity's own
-            # createdAt is not indexed); the store matches them by identity, so merged documents get their own.
-            self._commit(
-                tenant,
-                "batch",
-                batch.writes,
-                batch.before,
-                batch.history.instances,
-                history_columns=batch.history.columns(),
-                index_columns=expansion.index,
-                cleared=expansion.cleared,
+            self.bus.commit(
+                _changes(tenant, "batch", batch.writes, batch.before), lambda staged: store.apply(prepared, staged)
             )
         return batch.result
 
