@@ -92,32 +92,24 @@ def instance_value(instance: Instance) -> Any:
     return instance.get(VALUE_MEMBER.get(instance.get("type", "Property"), "value"))
 
 
-_MISSING = object()
-
-
 def same_instances(a: Any, b: Any) -> bool:
     """Whether two attributes hold equal instances, apart from their createdAt and modifiedAt (a write that
-    repeats a reading changes nothing else). Runs once per attribute on every update, so it compares in
-    place instead of building stripped copies."""
+    repeats a reading changes nothing else). Runs once per attribute on every update, so both sides get the
+    two timestamps blanked in a shallow copy and C compares the rest."""
     if type(a) is not list or type(b) is not list:
         return bool(a == b)
     if len(a) != len(b):
         return False
     for x, y in zip(a, b, strict=True):
-        if type(x) is not dict or type(y) is not dict:
-            if x != y:
+        if type(x) is dict and type(y) is dict:
+            if {**x, **_BLANK} != {**y, **_BLANK}:
                 return False
-            continue
-        kept = 0
-        for key, value in x.items():
-            if key == "createdAt" or key == "modifiedAt":
-                continue
-            kept += 1
-            if y.get(key, _MISSING) != value:
-                return False
-        if kept != len(y) - ("createdAt" in y) - ("modifiedAt" in y):
+        elif x != y:
             return False
     return True
+
+
+_BLANK = {"createdAt": None, "modifiedAt": None}
 
 
 @dataclass(frozen=True, slots=True)
