@@ -355,7 +355,7 @@ def run() -> dict[str, Any]:
     near = nearest(panel.points, p.neighbours)
     scores = crowd_scores(panel.logc, panel.first_hour, p, near)
     # The spread only looks at earlier days, so an injection leaves it unchanged: computed once.
-    med, use_all, excess = residuals(panel.logc, p, near)
+    med, use_all, excess = residuals(panel.logc, panel.first_hour, p, near)
     scale = daily_scale(excess, use_all, panel.first_hour, p)
     base = (med, use_all, scores.usable, scale)
     split = int((SPLIT - EPOCH).total_seconds() // 3600) - panel.first_hour

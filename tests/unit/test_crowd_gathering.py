@@ -18,6 +18,7 @@ from polis.crowd.gathering import (
     alert_life,
     alerts_raised,
     crowd_scores,
+    expected_log,
     local_hour,
     nearest,
     window_level,
@@ -55,6 +56,64 @@ def test_a_rise_shared_with_the_neighbours_scores_lower_than_a_rise_alone() -> N
     unaware = CrowdParams(neighbours=0)  # the previous detector sees the same rise either way
     before = crowd_scores(alone, first_hour, unaware).score[-1, 0]
     assert np.isclose(crowd_scores(shared, first_hour, unaware).score[-1, 0], before, rtol=0.1)
+
+
+def _weekly(weeks: int, first: datetime) -> tuple[np.ndarray, int]:
+    """(log1p counts of one sensor, first hour): 1,000 an hour on weekdays, 300 on Saturdays and Sundays."""
+    hours = local_hour(first, ZONE) + np.arange(weeks * HOURS_PER_WEEK)
+    weekend = (hours // 24 + 3) % 7 >= 5
+    return np.log1p(np.where(weekend, 300.0, 1000.0))[:, None], int(hours[0])
+
+
+def test_a_weekday_holiday_is_expected_like_a_sunday_and_not_for_the_weekdays_after_it() -> None:
+    first = datetime(2022, 4, 11, tzinfo=ZONE)  # a Monday, nine weeks before the King's Birthday holiday
+    logc, first_hour = _weekly(11, first)
+    holiday = local_hour(datetime(2022, 6, 13, 12, tzinfo=ZONE), ZONE) - first_hour  # Monday 13 June, noon
+    logc[holiday - 12 : holiday + 12] = np.log1p(300.0)  # the city keeps a Sunday
+    p, unaware = CrowdParams(holidays="AU-VIC"), CrowdParams()
+    expected, usable = expected_log(logc, first_hour, p)
+    assert np.expm1(expected[holiday, 0]) == pytest.approx(300.0) and usable[holiday, 0]
+    assert np.expm1(expected_log(logc, first_hour, unaware)[0][holiday, 0]) == pytest.approx(1000.0)
+    # the Monday after: its weeks are ordinary Mondays, the holiday stands for none of them
+    after = holiday + HOURS_PER_WEEK
+    assert np.expm1(expected[after, 0]) == pytest.approx(1000.0)
+    assert np.expm1(expected_log(logc, first_hour, unaware)[0][after, 0]) < 750.0  # last week's lull pulls it
+
+
+def test_the_expected_count_follows_a_changing_city_within_weeks() -> None:
+    """A sensor whose count doubles: the 8-week profile alone would wait for three weeks of the new level
+    (trimmed mean), the blend with last week moves at once, by `recent_weight` of the step."""
+    logc, first_hour = _weekly(11, datetime(2022, 7, 4, tzinfo=ZONE))
+    logc[10 * HOURS_PER_WEEK - 24 :] += np.log(2.0)  # from the last day of week 10
+    p = CrowdParams()
+    row = 11 * HOURS_PER_WEEK - 12  # the Sunday noon a week into the new level
+    moved = expected_log(logc, first_hour, p)[0][row, 0] - logc[row - 2 * HOURS_PER_WEEK, 0]
+    assert moved == pytest.approx(p.recent_weight * np.log(2.0), abs=0.01)
+    assert expected_log(logc, first_hour, CrowdParams(recent_weight=0.0))[0][row, 0] == pytest.approx(
+        logc[row - 2 * HOURS_PER_WEEK, 0], abs=0.01
+    )
+
+
+def test_the_live_panel_scores_a_holiday_as_the_whole_series_does() -> None:
+    p = CrowdParams(neighbours=2, holidays="AU-VIC")
+    rng = np.random.default_rng(23)
+    logc, first_hour = _weekly(24, datetime(2022, 1, 10, tzinfo=ZONE))  # to 26 June, six holidays on the way
+    counts = np.expm1(logc) * rng.lognormal(0.0, 0.1, size=(len(logc), 3))
+    holiday = local_hour(datetime(2022, 6, 13, 11, tzinfo=ZONE), ZONE) - first_hour  # King's Birthday
+    after = holiday + HOURS_PER_WEEK  # a Monday whose last week was the holiday
+    # a day whose spread starts on Good Friday, whose Sundays reach 5 days further back than a Friday's
+    spread = local_hour(datetime(2022, 5, 13, 11, tzinfo=ZONE), ZONE) - first_hour
+    panel = HourlyPanel(["a", "b", "c"], ZONE, p, ROW[:3])
+    for row in range(after + 1):
+        for sensor in range(3):
+            at = EPOCH.replace(tzinfo=ZONE) + timedelta(hours=first_hour + row)  # wall-clock arithmetic
+            panel.add("abc"[sensor], at, counts[row, sensor])
+    offline = crowd_scores(np.log1p(counts[: after + 1]), first_hour, p, nearest(ROW[:3], 2))
+    for row in (spread, holiday, after):
+        live = panel.score_hour(first_hour + row)
+        np.testing.assert_allclose(live.score[0], offline.score[row], rtol=1e-9, equal_nan=True)
+        np.testing.assert_allclose(live.expected[0], offline.expected[row], rtol=1e-9)
+        assert live.usable.all()
 
 
 def test_the_neighbour_correction_needs_the_neighbours() -> None:

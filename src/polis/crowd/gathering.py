@@ -2,7 +2,10 @@
 
 The expected count of a sensor at an hour comes from its counts at the same hour of the week over the
 previous `weeks` weeks: their mean without the highest and the lowest week (a seasonal profile that
-ignores one past gathering or one rained-off week, and forgets lockdowns and reopenings within two months).
+ignores one past gathering or one rained-off week, and forgets lockdowns and reopenings within two months),
+blended with the mean of the last `recent_weeks` weeks (`recent_weight`: the profile lags a city that is
+changing, the last week alone is noisy). As an option (`holidays`, off), a weekday public holiday is
+expected like a Sunday and stands for no weekday of later weeks (`polis.crowd.holidays`).
 The excess is measured on the log scale, where a gathering that doubles the count is the same step at a
 busy corner and a quiet lane, and cleaned three times before it is scored:
 
@@ -39,6 +42,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from polis.alerts.model import distance_m  # the engine's own distance: the same groups
+from polis.crowd.holidays import weekday_holidays
 
 HOURS_PER_WEEK = 168
 EPOCH = datetime(1970, 1, 1)
@@ -55,6 +59,12 @@ class CrowdParams:
     single_weight: float = 1.0  # score = max(single_weight x z_t, pair_weight x (z_t + z_{t-1}))
     gate_ratio: float = 0.5  # an hour under gate_ratio x its expected count never scores (0: no gate)
     trimmed: bool = True  # expected = mean of the weeks without the highest and lowest (else their median)
+    # ... blended: (1 - recent_weight) x that + recent_weight x the mean of the last `recent_weeks` weeks
+    recent_weeks: int = 1  # chosen on 2021 (see BENCHMARKS.md), with the weight
+    recent_weight: float = 0.3
+    # whose weekday public holidays are expected like Sundays ("": none; "AU-VIC" set aside on 2021, see
+    # BENCHMARKS.md: no more gatherings found, and events on holidays, measured against Sundays, rank lower)
+    holidays: str = ""
     scale_by_hour: bool = False  # spread per hour of day (28 samples each) instead of pooled over the day
     common_mode: str = "drops"  # take off city-wide swings: "both", "drops" (only lulls) or "none"
     neighbours: int = 20  # take off part of the median excess of the k nearest sensors (0: not)
@@ -66,9 +76,15 @@ class CrowdParams:
     alarm_scope: str = "city"  # whose past scores set the level: "city" (all sensors') or "sensor" (its own)
 
     @property
+    def lag_hours(self) -> int:
+        """Rows before an hour that its expected count reads: `weeks` weeks, and with `holidays` 5 days
+        more (a Friday holiday reads the Sundays from 12 days before it, see week_lag)."""
+        return self.weeks * HOURS_PER_WEEK + (5 * 24 if self.holidays else 0)
+
+    @property
     def score_hours(self) -> int:
         """Rows a window needs before the hour it scores."""
-        return (self.scale_days + 1) * 24 + self.weeks * HOURS_PER_WEEK + self.level_hours + 2
+        return (self.scale_days + 1) * 24 + self.lag_hours + self.level_hours + 2
 
     @property
     def history_hours(self) -> int:
@@ -123,12 +139,40 @@ def profile(lags: np.ndarray, p: CrowdParams) -> np.ndarray:
     return np.where(present >= 3, trimmed, np.nanmedian(lags, axis=0))
 
 
-def expected_log(logc: np.ndarray, p: CrowdParams) -> tuple[np.ndarray, np.ndarray]:
-    """(expected log1p count, usable mask) of every row: the same-hour-of-week median of earlier weeks."""
+def week_lag(hours: np.ndarray, k: int, p: CrowdParams) -> tuple[np.ndarray, np.ndarray]:
+    """(hour numbers, valid): the hours whose counts stand for `hours` k weeks back: the same hour of the
+    week, or for a weekday public holiday the same hour of a Sunday (a holiday moves like one): the Sunday
+    8 to 12 days before it for k = 1, a week earlier for each k after (the Sunday just before a Monday
+    holiday is the same long weekend: Moomba, Cup weekend); not valid where that hour is itself a weekday
+    holiday (it says nothing of an ordinary weekday)."""
+    off = np.array(sorted(weekday_holidays(p.holidays)), dtype=np.int64)
+    day = hours // 24
+    weekday = (day + 3) % 7  # Monday 0: 1970-01-01 was a Thursday
+    sunday = hours + (6 - weekday) * 24 - HOURS_PER_WEEK  # the Sunday 1 to 5 days before
+    lag = np.where(np.isin(day, off), sunday, hours) - k * HOURS_PER_WEEK
+    return lag, ~np.isin(lag // 24, off)
+
+
+def expected_from(lags: np.ndarray, p: CrowdParams) -> tuple[np.ndarray, np.ndarray]:
+    """(expected log1p count, enough history) from the same hour of earlier weeks (axis 0, last week first)."""
     with _quiet():
-        lags = _lagged(logc, range(1, p.weeks + 1), HOURS_PER_WEEK)
-        med = profile(lags, p)
-        enough = np.sum(~np.isnan(lags), axis=0) >= max(1, p.weeks // 2)
+        expected = profile(lags, p)
+        if p.recent_weight > 0:
+            recent = np.nanmean(lags[: p.recent_weeks], axis=0)
+            expected = np.where(np.isnan(recent), expected, (1 - p.recent_weight) * expected + p.recent_weight * recent)
+    return expected, np.sum(~np.isnan(lags), axis=0) >= max(1, p.weeks // 2)
+
+
+def expected_log(logc: np.ndarray, first_hour: int, p: CrowdParams) -> tuple[np.ndarray, np.ndarray]:
+    """(expected log1p count, usable mask) of every row, from the rows of earlier weeks."""
+    hours = first_hour + np.arange(logc.shape[0], dtype=np.int64)
+    lags = np.full((p.weeks, *logc.shape), np.nan)
+    for k in range(1, p.weeks + 1):
+        lag, valid = week_lag(hours, k, p)
+        rows = lag - first_hour
+        valid &= rows >= 0
+        lags[k - 1, valid] = logc[rows[valid]]
+    med, enough = expected_from(lags, p)
     usable = enough & ~np.isnan(logc) & (np.expm1(med) >= p.min_expected)
     return med, usable
 
@@ -179,10 +223,10 @@ def corrected(r: np.ndarray, usable: np.ndarray, p: CrowdParams, near: np.ndarra
 
 
 def residuals(
-    logc: np.ndarray, p: CrowdParams, near: np.ndarray | None = None
+    logc: np.ndarray, first_hour: int, p: CrowdParams, near: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(expected log count, usable mask, corrected excess) for every row."""
-    med, usable = expected_log(logc, p)
+    med, usable = expected_log(logc, first_hour, p)
     return med, usable, corrected(logc - med, usable, p, near)
 
 
@@ -217,7 +261,7 @@ def crowd_scores(
 ) -> CrowdScores:
     """Scores of every row of a regular hourly matrix of log1p counts (rows: hours, columns: sensors)."""
     p = p or CrowdParams()
-    med, usable, excess = residuals(logc, p, near)
+    med, usable, excess = residuals(logc, first_hour, p, near)
     scale = daily_scale(excess, usable, first_hour, p)
     usable = usable & ~np.isnan(scale)
     z = standardised(logc, med, excess, scale, usable, p)
@@ -409,9 +453,9 @@ class HourlyPanel:
         found = self._scales.get(day)
         if found is None:
             p = self.p
-            first = (day - p.scale_days) * 24 - p.weeks * HOURS_PER_WEEK - p.level_hours - 1
+            first = (day - p.scale_days) * 24 - p.lag_hours - p.level_hours - 1
             matrix = self._matrix(first, day * 24 + 23)
-            _, usable, excess = residuals(matrix, p, self.near)
+            _, usable, excess = residuals(matrix, first, p, self.near)
             found = daily_scale(excess, usable, first, p)[-24:]
             self._scales[day] = found
             for old in [d for d in self._scales if d < day - 2]:
@@ -463,13 +507,12 @@ class HourlyPanel:
         current = self._matrix(rows[0], hour)
         stack = np.full((p.weeks, count, len(self.sensors)), np.nan)
         for k in range(1, p.weeks + 1):
-            for j, row in enumerate(rows):
-                found = self.rows.get(row - k * HOURS_PER_WEEK)
+            lags, valid = week_lag(np.arange(rows.start, rows.stop, dtype=np.int64), k, p)
+            for j, (lag, ok) in enumerate(zip(lags.tolist(), valid.tolist(), strict=True)):
+                found = self.rows.get(lag) if ok else None
                 if found is not None:
                     stack[k - 1, j] = found
-        with _quiet():
-            med = profile(stack, p)
-        enough = np.sum(~np.isnan(stack), axis=0) >= max(1, p.weeks // 2)
+        med, enough = expected_from(stack, p)
         usable = enough & ~np.isnan(current) & (np.expm1(med) >= p.min_expected)
         excess = corrected(current - med, usable, p, self.near)
         scale = np.stack([self._day_scale(r // 24)[r % 24] for r in (hour - 1, hour)])
