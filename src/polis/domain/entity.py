@@ -102,7 +102,8 @@ def same_instances(a: Any, b: Any) -> bool:
         return False
     for x, y in zip(a, b, strict=True):
         if type(x) is dict and type(y) is dict:
-            if {**x, **_BLANK} != {**y, **_BLANK}:
+            # A new reading differs in its value: say so before copying anything.
+            if x.get("value") != y.get("value") or {**x, **_BLANK} != {**y, **_BLANK}:
                 return False
         elif x != y:
             return False
