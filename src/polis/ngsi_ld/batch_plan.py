@@ -292,28 +292,32 @@ class BatchExpansion:
 def expand_batch(items: Sequence[Any], terms_for: Callable[[Any], TermMap], now: str) -> BatchExpansion:
     """Expand a batch's items: by plan where one fits, else by the generic reader."""
     out = BatchExpansion()
-    groups: dict[int, tuple[BatchPlan, list[int]]] = {}
-    for position, item in enumerate(items):
+    entities = out.entities
+    cleared = out.cleared
+    groups: dict[int, tuple[BatchPlan, list[Entity]]] = {}
+    for item in items:
         try:
             terms = terms_for(item)
         except NgsiError as error:
-            out.entities.append(error)
+            entities.append(error)
             continue
         plan = _plan(item, terms, now)
         entity = plan.expand(item, now) if plan is not None else None
-        if entity is None:
+        if plan is None or entity is None:
             try:
-                entity = expand_entity(item, terms, now)
+                entities.append(expand_entity(item, terms, now))
             except NgsiError as error:
-                out.entities.append(error)
-                continue
-        elif plan is not None and not plan.identifying(item):
-            groups.setdefault(id(plan), (plan, []))[1].append(position)
-            out.cleared.add(id(entity))
-        out.entities.append(entity)
-    for plan, positions in groups.values():
-        expanded = [out.entities[p] for p in positions]
-        columns = plan.index_columns(expanded, now)  # type: ignore[arg-type]
+                entities.append(error)
+            continue
+        if not plan.identifying(item):
+            group = groups.get(id(plan))
+            if group is None:
+                group = groups[id(plan)] = (plan, [])
+            group[1].append(entity)
+            cleared.add(id(entity))
+        entities.append(entity)
+    for plan, expanded in groups.values():
+        columns = plan.index_columns(expanded, now)
         out.index = columns if out.index is None else out.index.extend(columns)
     return out
 
