@@ -338,3 +338,73 @@ def test_concurrent_batches_keep_documents_history_and_index_consistent() -> Non
     assert all(count == 1 for _, count in keys)
     written = store.connection().execute("SELECT count(*) FROM history WHERE attr = 'https://example.org/speed'")
     assert written.fetchall()[0][0] == 4 * 15 * 12  # every reading of every batch, once
+
+
+def test_a_shape_refused_by_a_field_name_stays_refused_whatever_its_values() -> None:
+    terms = _terms()
+    service = EntityService(DuckDBStore(None), EventBus(), clock=lambda: NOW)
+
+    def kiosk(i: int, value: str) -> dict[str, Any]:
+        return {"id": f"urn:ngsi-ld:Kiosk:{i}", "type": "Kiosk", "contactEmail": {"type": "Property", "value": value}}
+
+    for body in ([kiosk(1, "alice@example.org")], [kiosk(2, "see the desk")], [kiosk(3, "see the desk")]):
+        with pytest.raises(PersonalDataRefused):
+            service.batch("", "upsert", body, lambda _item: terms)
+    assert service.store.entity_count("") == 0
+
+
+def test_integers_beyond_double_precision_are_stored_as_the_generic_path_stores_them() -> None:
+    terms = _terms()
+    big = 1_700_000_000_000_000_000  # epoch nanoseconds: over 2^53
+    items = [sensor(i, intensity={"type": "Property", "value": big + i}) for i in range(3)]
+    planned = EntityService(DuckDBStore(None), EventBus(), clock=lambda: NOW)
+    planned.batch("", "upsert", copy.deepcopy(items), lambda _item: terms)
+    plain = DuckDBStore(None)
+    plain.write("", upserts=[expand_entity(copy.deepcopy(item), terms, NOW) for item in items])
+    assert _index(planned.store) == _index(plain)
+    assert planned.store.get("", [items[0]["id"]])[items[0]["id"]]["https://example.org/v#intensity"][0]["value"] == big
+
+
+@pytest.mark.parametrize("replace", [True, False])
+def test_a_batch_redone_after_a_delete_recreates_the_entity_afresh(replace: bool) -> None:
+    terms = _terms()
+    store = _InterleavingStore(None)
+    clock = ["2020-01-01T00:00:00.000000Z"]
+    service = EntityService(store, EventBus(), clock=lambda: clock[0])
+    service.batch("", "upsert", [sensor(1)], lambda _item: terms)
+    clock[0] = NOW
+    eid = sensor(1)["id"]
+    store.hook = lambda: service.batch("", "delete", [eid], lambda _item: terms)
+    result = service.batch("", "upsert", [sensor(1)], lambda _item: terms, replace=replace)
+    assert result.created == [eid]
+    doc = store.get("", [eid])[eid]
+    assert doc["createdAt"] == NOW and doc["https://example.org/speed"][0]["createdAt"] == NOW
+    rebuilt = DuckDBStore(None)
+    rebuilt.write("", upserts=[doc])
+    assert _index(store) == _index(rebuilt)
+
+
+def test_a_write_of_only_missing_readings_keeps_its_receipts() -> None:
+    import numpy as np
+
+    from polis.store.base import HistoryColumns
+
+    store = DuckDBStore(None)
+    nan = HistoryColumns(
+        entity_id=np.array(["urn:a:1"], dtype=object),
+        attribute=np.array(["https://example.org/speed"], dtype=object),
+        observed_at=np.array(["2024-05-01T00:00:00"], dtype="datetime64[us]"),
+        value=np.array([np.nan]),
+    )
+    store.write("", history_columns=nan, receipts=[("mqtt", "k1")])
+    assert store.seen("mqtt", ["k1"]) == {"k1"} and store.history_count("") == 0
+
+
+def test_a_write_prepared_against_an_older_state_is_refused_not_stored_twice() -> None:
+    store = DuckDBStore(None)
+    entity = {"id": "urn:a:1", "type": ["T"], "createdAt": NOW, "modifiedAt": NOW}
+    prepared = store.prepare("", upserts=[dict(entity)])
+    store.write("", upserts=[dict(entity)])
+    with pytest.raises(RuntimeError, match="prepare it again"):
+        store.apply(prepared)
+    assert store.entity_count("") == 1

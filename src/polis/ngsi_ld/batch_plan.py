@@ -55,6 +55,7 @@ _VALUE_KEY = {"Property": "value", "GeoProperty": "value", "Relationship": "obje
 _PROPERTY_VALUES = frozenset({str, int, float, bool})
 _FINITE_INT = 2**1000  # what attr_index takes as a plain number (see attr_index._scalar_row)
 _PLANS_PER_CONTEXT = 256
+_UNKNOWN = object()
 
 
 def signature(item: Any) -> Signature | None:
@@ -184,7 +185,7 @@ class BatchPlan:
                 out.add(everyone, iri, nums=[None] * n)  # the geometry itself compares with nothing
                 out.add(everyone, iri + KEY_SEP + "type", txts=["Point"] * n)
                 for k in range(attribute.positions):
-                    positions = [i["value"]["coordinates"][k] for i in instances]
+                    positions = [float(i["value"]["coordinates"][k]) for i in instances]
                     out.add(everyone, iri + KEY_SEP + "coordinates", nums=positions)
             elif attribute.kind == "Relationship":
                 out.add(everyone, iri, txts=[i["object"] for i in instances])
@@ -192,6 +193,8 @@ class BatchPlan:
                 out.add(everyone, iri, txts=[i["value"] for i in instances])
             elif attribute.value_type is bool:
                 out.add(everyone, iri, bools=[i["value"] for i in instances])
+            elif attribute.value_type is int:  # as doubles, like the index column (Arrow refuses ints over 2^53)
+                out.add(everyone, iri, nums=[float(i["value"]) for i in instances])
             else:
                 out.add(everyone, iri, nums=[i["value"] for i in instances])
             for member in attribute.members:
@@ -207,11 +210,11 @@ class BatchPlan:
             generic = expand_entity(item, terms, now)
         except NgsiError:
             return None
+        if find_identifying(generic) is not None:
+            return None  # the gate objects to this item (by a name or a value): a harmless one must decide
         mine = self.expand(item, now)
         if mine is None or mine != generic:
             return False
-        if find_identifying(generic) is not None and not self.identifying(item):
-            return False  # the gate objects to something the plan does not look at
         rows = sorted(attr_index_rows(generic, 0), key=_row_key)
         return rows == sorted(self.index_columns([mine], now).rows(), key=_row_key)
 
@@ -327,8 +330,9 @@ def _plan(item: Any, terms: TermMap, now: str) -> BatchPlan | None:
     if sig is None:
         return None
     plans = terms.plans
-    if sig in plans:
-        return plans[sig]  # type: ignore[no-any-return]
+    known = plans.get(sig, _UNKNOWN)  # one lookup: another request may clear the dict meanwhile
+    if known is not _UNKNOWN:
+        return known  # type: ignore[no-any-return]
     plan: BatchPlan | None
     try:
         plan = BatchPlan(sig, terms)

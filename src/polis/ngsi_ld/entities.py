@@ -154,10 +154,11 @@ def _merge_instances(old: list[Instance], new: list[Instance], now: str) -> list
     by_dataset = {i.get("datasetId"): i for i in old}
     for instance in new:
         previous = by_dataset.get(instance.get("datasetId"))
+        merged = dict(instance)  # `new` stays as expanded: a batch redone after a conflict starts from it again
         if previous is not None and "createdAt" in previous:
-            instance["createdAt"] = previous["createdAt"]
-        instance["modifiedAt"] = now
-        by_dataset[instance.get("datasetId")] = instance
+            merged["createdAt"] = previous["createdAt"]
+        merged["modifiedAt"] = now
+        by_dataset[instance.get("datasetId")] = merged
     return list(by_dataset.values())
 
 
@@ -570,10 +571,12 @@ class EntityService:
                     if old is not None:
                         raise AlreadyExists(f"entity {eid} already exists")
                     new = entity
+                    new["createdAt"] = now  # set again: a batch redone after a conflict reuses its documents
                 elif op == "upsert":
                     if old is None:
                         result.created.append(eid)
                         new = entity
+                        new["createdAt"] = now
                     elif replace:
                         new = entity
                         new["createdAt"] = old.get("createdAt", now)

@@ -43,7 +43,7 @@ IndexRow = tuple[int, str, float | None, str | None, bool | None]
 @dataclass(slots=True)
 class IndexColumns:
     """`attr_index` rows of some entities built column-wise (by polis.ngsi_ld.batch_plan): row k belongs to
-    `entities[owner[k]]`; numbers may still be ints (the store's column is DOUBLE). A store uses them for
+    `entities[owner[k]]`; numbers are floats, as the store's column holds them. A store uses them for
     those very entity objects (matched by identity, so a document replaced or rebuilt since is indexed
     afresh), which must not have changed since: only the entity-level createdAt/modifiedAt may, as they are
     not indexed."""
@@ -51,7 +51,7 @@ class IndexColumns:
     entities: list[Entity]
     owner: list[int] = field(default_factory=list)
     path: list[str] = field(default_factory=list)
-    num: list[float | int | None] = field(default_factory=list)
+    num: list[float | None] = field(default_factory=list)
     txt: list[str | None] = field(default_factory=list)
     bool: list[bool | None] = field(default_factory=list)
 

@@ -132,6 +132,7 @@ class PreparedWrite:
     columns: bool  # ... and "history_cols"
     empty: bool = True
     seqs: dict[str, int] = field(default_factory=dict)
+    created: list[str] = field(default_factory=list)  # upserts that were new when prepared
     shapes: dict[int, tuple[int, int]] = field(default_factory=dict)
     tables: dict[str, pa.Table] = field(default_factory=dict)
 
@@ -304,10 +305,11 @@ class DuckDBStore:
         staged: Sequence[Staged] = (),
         index_columns: IndexColumns | None = None,
     ) -> None:
-        prepared = self.prepare(
-            tenant, upserts, deletes, history, receipts, history_columns, dead_letters, index_columns=index_columns
-        )
-        self.apply(prepared, staged)
+        with self._lock:  # prepared and applied as one step: nothing it read can change in between
+            prepared = self.prepare(
+                tenant, upserts, deletes, history, receipts, history_columns, dead_letters, index_columns=index_columns
+            )
+            self.apply(prepared, staged)
 
     def commit_number(self) -> int:
         """How many writes this store has committed: `unchanged_since` takes it as a snapshot."""
@@ -333,13 +335,13 @@ class DuckDBStore:
         """The rows of a write, built in Python without holding the store (`apply` stores them). A caller may
         prepare outside its own lock if it checks `unchanged_since` under the lock before `apply`: what was
         read for the preparation (sequence numbers, shape hashes) then still holds."""
-        columns = history_columns if history_columns is not None and len(history_columns) else None
+        kept_columns = int((~np.isnan(history_columns.value)).sum()) if history_columns is not None else 0
+        columns = history_columns if kept_columns else None  # NaN readings are skipped: maybe all of them
         prepared = PreparedWrite(tenant, upserts, deletes, bool(history), columns is not None)
         if not (upserts or deletes or history or receipts or columns or dead_letters):
             return prepared
         prepared.empty = False
         touched = [e["id"] for e in upserts] + list(deletes)
-        kept_columns = int((~np.isnan(columns.value)).sum()) if columns is not None else 0
         with self._lock:
             # Keep each entity's creation order across replacements; new ones go to the end.
             old_seqs = self._seqs(tenant, touched)
@@ -348,6 +350,7 @@ class DuckDBStore:
                 if entity["id"] not in seqs:
                     seqs[entity["id"]] = self._next_seq
                     self._next_seq += 1
+                    prepared.created.append(entity["id"])
             first_instance = self._next_instance
             self._next_instance += len(history) + kept_columns
         prepared.seqs = seqs
@@ -382,6 +385,10 @@ class DuckDBStore:
         dead_letters, receipts = "letter_rows" in tables, "receipt_rows" in tables
         shapes, seqs = prepared.shapes, prepared.seqs
         with self._lock:
+            if any((tenant, eid) in self._directory for eid in prepared.created):
+                raise RuntimeError(  # a caller's bug: it skipped `unchanged_since`; refuse rather than store twice
+                    "this write was prepared before another one created some of its entities; prepare it again"
+                )
             self.ensure_tenant(tenant)
             # History keys are handed out here, under the lock, in commit order (never twice for one entity).
             fresh: dict[str, int] = {}
