@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.browser.test_dashboard import Hub, Page, open_dashboard, serve_city
@@ -94,3 +95,22 @@ def test_a_department_without_the_grant_is_told_so(browser: Any, hub: Hub) -> No
         assert not page.locator("#epidemic-body").is_visible()
     finally:
         opened.page.context.close()
+
+
+def test_the_panel_shows_the_served_forecast_once_the_hub_has_fitted_it(admin_page: Page, hub: Hub) -> None:
+    page = admin_page.page
+    page.wait_for_selector("#epidemic-body:not([hidden])", timeout=20_000)
+    page.select_option("#epidemic-country", "England")
+    # the first fit runs in the hub's background (202 meanwhile); the panel asks again until it is there
+    page.wait_for_selector("#epidemic-forecast[data-status='ready']", timeout=240_000)
+    served = httpx.get(f"{hub.server.url}/polis/v1/epidemic/England/forecast", headers=hub.server.headers, timeout=30)
+    assert served.status_code == 200
+    body = served.json()
+    next_day = sum(r["cases"][0] for r in body["regions"])
+    shown = float(page.get_attribute("#epidemic-forecast", "data-next-day") or "nan")
+    assert shown == pytest.approx(next_day, abs=0.06)
+    status = page.text_content("#epidemic-forecast-status") or ""
+    assert "Data to 2020-05-12. 2020-05-13:" in status and "learned (LightGBM)" in status
+    points = page.get_attribute("#epidemic-forecast-chart polyline.arm-line", "points") or ""
+    assert len(points.split()) == 14 and page.locator("#epidemic-forecast-chart polygon.arm-band").count() == 1
+    assert admin_page.errors == []

@@ -4,15 +4,16 @@ The API serves what the hub holds: one in-memory hub with covid-europe-2020 inge
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
 import pytest
-from click.testing import Result
 from fastapi.testclient import TestClient
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from polis.api.app import create_app
 from polis.cli import app
@@ -125,7 +126,7 @@ def test_person_level_records_offered_to_the_api_are_refused(client: TestClient)
     assert "person-level" in answer.json()["detail"]
 
 
-def test_risk_and_forecast_views(client: TestClient) -> None:
+def test_risk_view(client: TestClient) -> None:
     risk = client.get("/polis/v1/epidemic/Italy/risk").json()
     assert len(risk["regions"]) == 105 and risk["asOf"] == "2020-06-05"
     known = [r for r in risk["regions"] if r["reproductionNumber"] is not None]
@@ -134,10 +135,47 @@ def test_risk_and_forecast_views(client: TestClient) -> None:
         for r in known
     )
     assert all(r["importationPressure"] >= 0 for r in risk["regions"])
-    forecast = client.get("/polis/v1/epidemic/France/forecast", params={"horizons": 14}).json()
-    assert forecast["dates"][0] == "2020-05-27" and len(forecast["dates"]) == 14
-    row = forecast["regions"][0]
-    assert all(lo <= mid <= hi for lo, mid, hi in zip(row["lower"], row["cases"], row["upper"], strict=True))
+
+
+def _forecast(client: TestClient, country: str, **params: int) -> tuple[list[int], dict[str, Any]]:
+    """Ask as the dashboard does: again after Retry-After while the server answers 202 (fitting)."""
+    statuses: list[int] = []
+    deadline = time.monotonic() + 300
+    while True:
+        answer = client.get(f"/polis/v1/epidemic/{country}/forecast", params=params)
+        statuses.append(answer.status_code)
+        body: dict[str, Any] = answer.json()
+        if answer.status_code != 202:
+            assert answer.status_code == 200, answer.text
+            return statuses, body
+        assert body["status"] == "fitting" and 0 <= body["progress"] <= 1 and int(answer.headers["Retry-After"]) > 0
+        assert time.monotonic() < deadline, body
+        time.sleep(0.5)
+
+
+def test_the_forecast_serves_the_benchmarks_blend_fitted_once_and_kept(hub: Platform, client: TestClient) -> None:
+    statuses, forecast = _forecast(client, "France")
+    assert statuses[0] == 202 and statuses[-1] == 200  # the first fit runs in the background
+    assert forecast["dates"][0] == "2020-05-27" and len(forecast["dates"]) == 14 and forecast["status"] == "ready"
+    assert set(forecast["weights"]) == {"last day", "mean of last 7 days", "metapopulation", "learned (LightGBM)"}
+    assert all(abs(sum(w[h] for w in forecast["weights"].values()) - 1) < 1e-3 for h in range(14))
+    for row in forecast["regions"]:
+        assert all(lo <= mid <= hi for lo, mid, hi in zip(row["lower"], row["cases"], row["upper"], strict=True))
+    model = forecast["model"]
+    assert model["fits"] > 50 and Path(model["registry"]).is_relative_to(hub.settings.data_dir / "models")
+    assert (Path(model["registry"]) / "record.npz").is_file()
+
+    again = client.get("/polis/v1/epidemic/France/forecast")  # kept in memory: no 202, the same answer
+    assert again.status_code == 200 and again.json() == forecast
+    short = client.get("/polis/v1/epidemic/France/forecast", params={"horizons": 3}).json()
+    assert short["dates"] == forecast["dates"][:3]
+    assert short["regions"][5]["upper"] == forecast["regions"][5]["upper"][:3]
+
+    # a restarted server (a new app, nothing in memory) restores the model from the registry: no refit
+    with TestClient(create_app(hub), raise_server_exceptions=False, headers=client.headers) as restarted:
+        _, restored = _forecast(restarted, "France")
+    assert restored["model"]["fits"] == 0 and restored["model"]["registry"] == model["registry"]
+    assert restored["regions"] == forecast["regions"] and restored["weights"] == forecast["weights"]
 
 
 def _polis(*args: str) -> Result:
@@ -174,6 +212,8 @@ def test_ingest_and_bench_from_the_command_line(tmp_path: Path) -> None:
         "200",
         "--start",
         "2020-06-21",
+        "--data-dir",
+        str(tmp_path),
     )
     assert scenario.exit_code == 2 and "reductionPercent" in scenario.output
 
@@ -201,4 +241,4 @@ def test_a_new_day_in_the_hub_moves_the_views_forward(hub: Platform, client: Tes
     assert after["asOf"] == "2020-06-21"
     madrid = {r["region"]: r for r in after["regions"]}["madrid"]
     assert madrid["casesLast7Days"] > {r["region"]: r for r in before["regions"]}["madrid"]["casesLast7Days"] + 4000
-    assert client.get("/polis/v1/epidemic/Spain/forecast").json()["dates"][0] == "2020-06-22"
+    assert _forecast(client, "Spain")[1]["dates"][0] == "2020-06-22"

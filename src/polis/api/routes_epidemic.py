@@ -5,10 +5,18 @@ The routes only parse and serialise; the work is in polis.epidemic. Cases and fl
 holds for the request's tenant (regions' `newConfirmedCases` history and `OriginDestinationFlow`
 entities, written by `polis ingest covid-europe-2020`; read back by `polis.epidemic.hub`), so a tenant
 that has not ingested them gets a 404 problem saying so, and `GET /polis/v1/epidemic` lists what is held.
+
+The forecast is the blend `polis bench epidemic` scores, learned model included (polis.epidemic.serving):
+fitted once per tenant, country and data version in a background thread, kept in memory and in the model
+registry under the data directory. A request that finds no finished fit waits up to READY_WAIT_S (enough
+for a model restored from the registry) and otherwise answers 202 with `status: "fitting"`, its progress
+and Retry-After; asking again gets the forecast once the fit is done.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from datetime import date
 from typing import Any
@@ -23,14 +31,21 @@ from polis.domain.errors import BadRequestData, InvalidRequest, ResourceNotFound
 from polis.epidemic.data import COUNTRIES, CountryData
 from polis.epidemic.guard import refuse_person_fields
 from polis.epidemic.hub import NAME, HubCountries, countries_in_store
+from polis.epidemic.serving import READY_WAIT_S, Served, ServedForecasts
 
 router = APIRouter(tags=["epidemic"])
 
 SCENARIO_FIELDS = {"regions", "reductionPercent", "start", "mode", "days", "asOf"}
+RETRY_AFTER_S = 2  # what a 202 "fitting" answer tells the client to wait before asking again
 
 
-def _json(body: object) -> Response:
-    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+        status_code=status,
+        headers=headers,
+        media_type="application/json",
+    )
 
 
 def _state(request: Request, name: str, make: Callable[[], Any]) -> Any:
@@ -82,41 +97,50 @@ def _rounded(values: Any) -> list[float]:
 
 @router.get("/polis/v1/epidemic/{country}/risk", summary="Reproduction number and importation pressure per region")
 async def risk(request: Request, country: str) -> Response:
+    data = await _country(request, country)
+    return _json(await run_in_threadpool(risk_body, data))
+
+
+def risk_body(data: CountryData) -> dict[str, Any]:
+    """The risk view as the API (and `polis epidemic risk --json`) gives it."""
     from polis.epidemic.risk import WINDOW, region_risk
 
-    data = await _country(request, country)
-    rows = await run_in_threadpool(region_risk, data)
-    return _json(
-        {
-            "country": country,
-            "asOf": data.dates[-1].isoformat(),
-            "windowDays": WINDOW,
-            "regions": [
-                {
-                    "region": r.region,
-                    "reproductionNumber": None
-                    if r.r_mean is None
-                    else {
-                        "mean": round(r.r_mean, 3),
-                        "lower95": round(r.r_lower or 0.0, 3),
-                        "upper95": round(r.r_upper or 0.0, 3),
-                    },
-                    "casesLast7Days": r.cases_last_7_days,
-                    "importationPressure": round(r.importation_pressure, 3),
-                    "importedShare": round(r.imported_share, 4),
-                }
-                for r in rows
-            ],
-        }
+    return {
+        "country": data.country,
+        "asOf": data.dates[-1].isoformat(),
+        "windowDays": WINDOW,
+        "regions": [
+            {
+                "region": r.region,
+                "reproductionNumber": None
+                if r.r_mean is None
+                else {
+                    "mean": round(r.r_mean, 3),
+                    "lower95": round(r.r_lower or 0.0, 3),
+                    "upper95": round(r.r_upper or 0.0, 3),
+                },
+                "casesLast7Days": r.cases_last_7_days,
+                "importationPressure": round(r.importation_pressure, 3),
+                "importedShare": round(r.imported_share, 4),
+            }
+            for r in region_risk(data)
+        ],
+    }
+
+
+def _served(request: Request) -> ServedForecasts:
+    """The app's served forecasts (the learned model's registry under the hub's data directory)."""
+    served: ServedForecasts = _state(
+        request, "epidemic_served", lambda: ServedForecasts(platform_of(request).settings.data_dir / "models")
     )
+    return served
 
 
-@router.get("/polis/v1/epidemic/{country}/forecast", summary="Cases per region 1-14 days ahead with 80 % intervals")
+@router.get(
+    "/polis/v1/epidemic/{country}/forecast",
+    summary="Cases per region 1-14 days ahead with 80 % intervals (202 while the model is being fitted)",
+)
 async def forecast(request: Request, country: str) -> Response:
-    from polis.epidemic.blend import blended_forecast
-    from polis.epidemic.evaluation import LastDay, MeanOfLastWeek
-    from polis.epidemic.metapopulation import Metapopulation
-
     params = dict(request.query_params)
     unknown = sorted(set(params) - {"horizons"})
     if unknown:
@@ -128,38 +152,54 @@ async def forecast(request: Request, country: str) -> Response:
     if not 1 <= horizons <= 14:
         raise BadRequestData("horizons: must be an integer 1..14", field="horizons")
     data = await _country(request, country)
-    # The blend re-runs every model on the past origins (seconds for England): kept until the data changes.
-    cache: dict[tuple[str, str, int], tuple[CountryData, Any]] = _state(request, "epidemic_forecasts", dict)
-    key = (tenant_of(request), country, horizons)
-    kept = cache.get(key)
-    if kept is not None and kept[0] is data:
-        result = kept[1]
-    else:
-        result = await run_in_threadpool(
-            blended_forecast, data, [LastDay(), MeanOfLastWeek(), Metapopulation()], horizons
+    tenant, served = tenant_of(request), _served(request)
+    version = await run_in_threadpool(served.version_of, tenant, country, data)
+    job = served.request(tenant, country, data, version)
+    try:  # a kept forecast is done already; a restored or small one finishes within the wait
+        result = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(job)), READY_WAIT_S)
+    except TimeoutError:
+        state = served.fitting(tenant, country, version)
+        return _json(
+            {
+                "country": country,
+                "asOf": data.dates[-1].isoformat(),
+                "status": "fitting",
+                "stage": state.stage if state else "finishing",
+                "progress": round(state.done, 3) if state else 1.0,
+                "secondsSoFar": round(time.time() - state.since, 1) if state else None,
+                "retryAfterSeconds": RETRY_AFTER_S,
+            },
+            status=202,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
         )
-        cache[key] = (data, result)
+    return _json(forecast_body(data, result, horizons))
+
+
+def forecast_body(data: CountryData, served: Served, horizons: int = 14) -> dict[str, Any]:
+    """The served forecast as the API (and `polis epidemic forecast --json`) gives it."""
     from datetime import timedelta
 
+    result = served.forecast
     dates = [(data.dates[-1] + timedelta(days=h)).isoformat() for h in range(1, horizons + 1)]
-    return _json(
-        {
-            "country": country,
-            "dates": dates,
-            "interval": 0.8,
-            "weights": result.weights,
-            "blendSettings": [{"power": b.power, "window": b.window} for b in result.settings],
-            "regions": [
-                {
-                    "region": name,
-                    "cases": _rounded(result.point[:, i]),
-                    "lower": _rounded(result.lower[:, i]),
-                    "upper": _rounded(result.upper[:, i]),
-                }
-                for i, name in enumerate(data.regions)
-            ],
-        }
-    )
+    return {
+        "country": data.country,
+        "asOf": data.dates[-1].isoformat(),
+        "status": "ready",
+        "dates": dates,
+        "interval": 0.8,
+        "weights": {name: w[:horizons] for name, w in result.weights.items()},
+        "blendSettings": [{"rule": b.rule, "power": b.power, "window": b.window} for b in result.settings[:horizons]],
+        "model": {"registry": served.registry_path, "fits": served.fits, "seconds": round(served.seconds, 2)},
+        "regions": [
+            {
+                "region": name,
+                "cases": _rounded(result.point[:horizons, i]),
+                "lower": _rounded(result.lower[:horizons, i]),
+                "upper": _rounded(result.upper[:horizons, i]),
+            }
+            for i, name in enumerate(data.regions)
+        ],
+    }
 
 
 @router.post("/polis/v1/epidemic/{country}/scenario", summary="Project cases with and without a movement cut")

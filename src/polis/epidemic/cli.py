@@ -1,15 +1,24 @@
-"""`polis bench epidemic` and `polis epidemic ...`: thin typer adapters over polis.epidemic."""
+"""`polis bench epidemic` and `polis epidemic ...`: thin typer adapters over polis.epidemic.
+
+`polis bench epidemic` scores the models on the published files (the protocol); `polis epidemic risk |
+forecast | scenario` read what the hub holds, from a running server (`--url`) or from the hub's database
+under the data directory (polis.epidemic.views), and print the API's bodies (`--json`) or tables of them."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from polis.epidemic.views import LocalViews, RemoteViews
 
 console = Console()
 
@@ -76,6 +85,34 @@ def bench_epidemic(
         )
 
 
+Url = Annotated[
+    str | None,
+    typer.Option(help="A running hub's address (its database file is locked while it runs); default: the hub files"),
+]
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Hub files (default $POLIS_DATA_DIR or ./polis-data)")]
+Tenant = Annotated[str, typer.Option(help="NGSI-LD tenant holding the data (`polis ingest` writes the default one)")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the API's JSON body")]
+
+
+def _views(url: str | None, data_dir: Path | None, tenant: str) -> LocalViews | RemoteViews:
+    """The hub the command reads: the server at `url`, else the database under the data directory."""
+    from polis.epidemic.views import LocalViews, RemoteViews
+    from polis.settings import Settings
+
+    settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()  # type: ignore[call-arg]
+    return RemoteViews(url, settings, tenant) if url else LocalViews(settings, tenant)
+
+
+def _or_exit(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    from polis.epidemic.views import HubError
+
+    try:
+        return work()
+    except HubError as error:
+        console.print(f"[red]{escape(error.message)}[/red]")
+        raise typer.Exit(error.code) from None
+
+
 def scenario(
     country: Country,
     regions: Annotated[str, typer.Option(help="Comma-separated region names, as in the labels file")],
@@ -83,34 +120,27 @@ def scenario(
     start: Annotated[str, typer.Option(help="First day of the restriction, YYYY-MM-DD")],
     mode: Annotated[str, typer.Option(help="'between' (among the regions) or 'outOf' (leaving them)")] = "between",
     days: Annotated[int, typer.Option(help="Days to project")] = 30,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON body")] = False,
-    datasets_dir: DatasetsDir = None,
+    as_json: AsJson = False,
+    url: Url = None,
+    data_dir: DataDir = None,
+    tenant: Tenant = "",
 ) -> None:
-    """Project cases per region with and without a movement restriction (expected cases and 80 % band)."""
-    from polis.api.routes_epidemic import scenario_body
-    from polis.domain.errors import NgsiError
-    from polis.epidemic.data import load_country
-    from polis.epidemic.scenario import run_scenario, validate
-
+    """Project cases per region with and without a movement restriction (expected cases and 80 % band),
+    from what the hub holds."""
     _check_country(country)
-    data = load_country(_datasets_dir(datasets_dir), country)
     try:
         day = date.fromisoformat(start)
     except ValueError:
         console.print(f"[red]--start: not an ISO date: {start!r}[/red]")
         raise typer.Exit(2) from None
-    try:
-        intervention = validate(data, [r.strip() for r in regions.split(",") if r.strip()], reduction, day, mode, days)
-    except NgsiError as error:
-        console.print(f"[red]{error.detail}[/red]")
-        raise typer.Exit(2) from None
-    result = run_scenario(data, intervention, days)
+    chosen = [r.strip() for r in regions.split(",") if r.strip()]
+    views = _views(url, data_dir, tenant)
+    body = _or_exit(lambda: views.scenario(country, chosen, reduction, day, mode, days))
     if as_json:
-        print(json.dumps(scenario_body(result)))
+        print(json.dumps(body))
         return
-    index = [data.region_index(r) for r in intervention.regions]
     table = Table(
-        title=f"{country}: {days} days from {result.dates[0]}, {reduction:g} % fewer trips ({mode}) from {day}"
+        title=f"{country}: {days} days from {body['dates'][0]}, {reduction:g} % fewer trips ({mode}) from {day}"
     )
     for column in (
         "region",
@@ -120,51 +150,107 @@ def scenario(
         "daily bounds, summed",
     ):
         table.add_column(column, justify="left" if column == "region" else "right")
-    for i in index:
-        base, cut = result.baseline, result.restricted
+    rows = {r["region"]: r for r in body["regions"]}
+    for name in body["intervention"]["regions"]:
+        base, cut = rows[name]["baseline"], rows[name]["intervention"]
         table.add_row(
-            data.regions[i],
-            f"{base.median[:, i].sum():.0f}",
-            f"{base.lower[:, i].sum():.0f}-{base.upper[:, i].sum():.0f}",
-            f"{cut.median[:, i].sum():.0f}",
-            f"{cut.lower[:, i].sum():.0f}-{cut.upper[:, i].sum():.0f}",
+            name,
+            f"{sum(base['expected']):.0f}",
+            f"{sum(base['lower']):.0f}-{sum(base['upper']):.0f}",
+            f"{sum(cut['expected']):.0f}",
+            f"{sum(cut['lower']):.0f}-{sum(cut['upper']):.0f}",
         )
     console.print(table)
-    totals = result.totals()
+    totals = body["totals"]
     console.print(
         f"whole country: {totals['baseline']:.0f} projected cases without, {totals['intervention']:.0f} with "
-        f"(expected cases, summed); computed in {result.seconds:.2f} s"
+        f"(expected cases, summed); computed in {body['seconds']:.2f} s"
     )
 
 
 def risk(
-    country: Country, top: Annotated[int, typer.Option(help="Regions shown")] = 15, datasets_dir: DatasetsDir = None
+    country: Country,
+    top: Annotated[int, typer.Option(help="Regions shown")] = 15,
+    as_json: AsJson = False,
+    url: Url = None,
+    data_dir: DataDir = None,
+    tenant: Tenant = "",
 ) -> None:
-    """Reproduction number (Cori et al., 95 % interval) and importation pressure per region, latest week."""
-    from polis.epidemic.data import load_country
-    from polis.epidemic.risk import region_risk
-
+    """Reproduction number (Cori et al., 95 % interval) and importation pressure per region, latest week,
+    from what the hub holds."""
     _check_country(country)
-    data = load_country(_datasets_dir(datasets_dir), country)
-    rows = sorted((r for r in region_risk(data) if r.r_mean is not None), key=lambda r: -(r.r_mean or 0.0))[:top]
-    table = Table(title=f"{country}, week to {data.dates[-1]}")
+    views = _views(url, data_dir, tenant)
+    body = _or_exit(lambda: views.risk(country))
+    if as_json:
+        print(json.dumps(body))
+        return
+    known = [r for r in body["regions"] if r["reproductionNumber"] is not None]
+    known.sort(key=lambda r: -r["reproductionNumber"]["mean"])
+    table = Table(title=f"{country}, week to {body['asOf']}")
     for column in ("region", "R", "95 % interval", "cases (7 d)", "importation", "imported share"):
         table.add_column(column, justify="left" if column == "region" else "right")
-    for r in rows:
+    for r in known[:top]:
+        R = r["reproductionNumber"]
         table.add_row(
-            r.region,
-            f"{r.r_mean or 0:.2f}",
-            f"{r.r_lower or 0:.2f}-{r.r_upper or 0:.2f}",
-            f"{r.cases_last_7_days:.0f}",
-            f"{r.importation_pressure:.2f}",
-            f"{r.imported_share:.1%}",
+            r["region"],
+            f"{R['mean']:.2f}",
+            f"{R['lower95']:.2f}-{R['upper95']:.2f}",
+            f"{r['casesLast7Days']:.0f}",
+            f"{r['importationPressure']:.2f}",
+            f"{r['importedShare']:.1%}",
         )
     console.print(table)
 
 
+def forecast(
+    country: Country,
+    horizons: Annotated[int, typer.Option(help="Days ahead (1-14)", min=1, max=14)] = 14,
+    top: Annotated[int, typer.Option(help="Regions shown (most cases expected first)")] = 15,
+    as_json: AsJson = False,
+    url: Url = None,
+    data_dir: DataDir = None,
+    tenant: Tenant = "",
+) -> None:
+    """Cases per region ahead with 80 % intervals: the blend `polis bench epidemic` scores (learned model
+    included), fitted once per data version and kept in the model registry under the data directory."""
+    _check_country(country)
+    views = _views(url, data_dir, tenant)
+
+    def waiting(stage: str) -> None:
+        if not as_json:
+            console.print(f"[dim]fitting the forecast: {escape(stage)}[/dim]")
+
+    if not url and not as_json:
+        console.print("[dim]reading the hub; the model is fitted only if the data changed since the last fit[/dim]")
+    body = _or_exit(lambda: views.forecast(country, horizons, waiting if url else None))
+    if as_json:
+        print(json.dumps(body))
+        return
+    rows = sorted(body["regions"], key=lambda r: -sum(r["cases"]))[:top]
+    table = Table(title=f"{country}: cases a day from {body['dates'][0]} (80 % interval), data to {body['asOf']}")
+    table.add_column("region")
+    for h in sorted({1, min(7, horizons), horizons}):
+        table.add_column(f"{h} d", justify="right")
+    for r in rows:
+        table.add_row(
+            r["region"],
+            *(
+                f"{r['cases'][h - 1]:.1f} ({r['lower'][h - 1]:.0f}-{r['upper'][h - 1]:.0f})"
+                for h in sorted({1, min(7, horizons), horizons})
+            ),
+        )
+    console.print(table)
+    weights = ", ".join(f"{name} {w[0]:.2f}" for name, w in body["weights"].items())
+    console.print(f"blend weights, next day: {weights}; model {body['model']['registry']}")
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     bench.command(name="epidemic")(bench_epidemic)
-    group = typer.Typer(help="Epidemic response on region-level mobility: scenarios and risk.", no_args_is_help=True)
+    group = typer.Typer(
+        help="Epidemic response on region-level mobility: risk, forecasts and scenarios from the hub.",
+        no_args_is_help=True,
+    )
     group.command(name="scenario")(scenario)
     group.command(name="risk")(risk)
+    group.command(name="forecast")(forecast)
     app.add_typer(group, name="epidemic")

@@ -86,9 +86,12 @@ def origin_features(history: CountryData, horizons: int, mechanistic: Metapopula
 
 
 def fingerprint(history: CountryData) -> str:
-    """What a fitted booster was fitted on: regions, cases and the last day's flows."""
+    """Everything a forecast from the end of `history` reads (the features and the metapopulation model
+    take the cases, the last day's flows and the last day's weekday): regions, last date, cases, last
+    day's flows. Equal fingerprints, equal forecasts."""
     digest = hashlib.sha256()
     digest.update("|".join(history.regions).encode())
+    digest.update(f"{history.n_days}:{history.dates[-1] if history.n_days else ''}".encode())
     digest.update(np.ascontiguousarray(history.cases).tobytes())
     digest.update(np.ascontiguousarray(history.flows[-1:]).tobytes())
     return digest.hexdigest()
@@ -104,6 +107,7 @@ class LearnedForecaster:
     threads: int = 1  # LightGBM threads busy-wait: on 2 shared cores one thread is 5x faster than two
     name: str = "learned (LightGBM)"
     mechanistic: Metapopulation = field(default_factory=Metapopulation)
+    fits: int = 0  # boosters trained by this instance (what a served forecast restored from disk avoids)
     _fitted: tuple[int, str, Any] | None = field(default=None, repr=False)
 
     def forecast(self, history: CountryData, horizons: int) -> np.ndarray:
@@ -157,6 +161,7 @@ class LearnedForecaster:
                 weights.append(scale)
         if len(rows) < 5:
             return None
+        self.fits += 1
         params = {
             "objective": "l1",
             "learning_rate": 0.05,

@@ -11,8 +11,13 @@ with no adjacency each region is on its own (no importation features).
 Origins follow the package's convention: `o` is the last observed step, so the forecast for step k ahead
 is day o + k, and `predict` hands the epidemic model the days 0..o only (`CountryData.truncated(o + 1)`):
 it cannot read later cases or later flows. Intervals are the package's split-conformal
-`IntervalCalibration`, fitted on the origins from `valid_from` on. Saved as JSON plus LightGBM's own text
-format (no pickle).
+`IntervalCalibration`, fitted on the origins from `valid_from` on.
+
+The model keeps a record of its forecasts, keyed by the fingerprint of the history each was made from
+(`polis.epidemic.learned.fingerprint`: everything a forecast reads), so a history it has forecast from is
+never refit: the served blend (`polis.epidemic.serving`) weighs the model by its forecasts on recent
+origins, and a model restored from the registry, or refit after one new day, recomputes only what it has
+not seen. Saved as JSON, LightGBM's own text format and a NumPy archive of the record (no pickle).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import numpy as np
 
 from polis.epidemic.data import CountryData
 from polis.epidemic.hub import region_id
-from polis.epidemic.learned import SCALE_DAYS, LearnedForecaster
+from polis.epidemic.learned import SCALE_DAYS, LearnedForecaster, fingerprint
 from polis.forecast.data import Panel
 from polis.forecast.model import Forecast, IntervalCalibration, Progress, read_json, targets, write_json
 
@@ -103,19 +108,48 @@ class LearnedEpidemicForecaster:
         self.seed = seed  # LightGBM runs with seed 0 and deterministic=True: the seed is recorded, not drawn
         self.model = LearnedForecaster(window=window, trees=trees)
         self.calibration: IntervalCalibration | None = None
+        # fingerprint of a history -> the forecast from its end, (max(steps), regions)
+        self.record: dict[str, np.ndarray] = {}
 
     def fit(self, history: Panel, valid_from: int, progress: Progress | None = None) -> None:
         """Calibrate the intervals on the origins from `valid_from` on (each forecast refit on the days
-        before its origin, as served), then fit on the whole history for the next forecast."""
+        before its origin, as served; origins already in the record are not refit), then fit on the
+        whole history for the next forecast. The record keeps these origins' forecasts only."""
+        full = country_of(history)
         origins = np.arange(max(valid_from - 1, 7), len(history.values) - 1)
+        used = [fingerprint(full.truncated(o + 1)) for o in origins.tolist()]
         if len(origins):
-            errors = self._mean(history, origins) - targets(history, origins, self.steps)
+            errors = self._mean(history, origins, progress) - targets(history, origins, self.steps)
             self.calibration = IntervalCalibration.from_errors(errors)
-        data = country_of(history)
-        self.model.keep(None)  # a fresh fit on everything given, kept for forecasts from its end
-        self.model.booster_for(data, max(self.steps))
+        final = fingerprint(full)
+        if final not in self.record:
+            self.model.keep(None)  # a fresh fit on everything given, kept for forecasts from its end
+            self.model.booster_for(full, max(self.steps))
+        self.record = {key: self.record[key] for key in [*used, final] if key in self.record}
         if progress is not None:
             progress("fitted", 1.0)
+
+    def forecast_days(self, history: CountryData) -> np.ndarray:
+        """(max(steps), regions): the forecast from the end of `history`, from the record when this
+        history was forecast from before, else refit on it (and recorded)."""
+        key = fingerprint(history)
+        kept = self.record.get(key)
+        if kept is None:
+            kept = self.model.forecast(history, max(self.steps))
+            kept.setflags(write=False)
+            self.record[key] = kept
+        return kept
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    def forecast(self, history: CountryData, horizons: int) -> np.ndarray:
+        """`polis.epidemic.evaluation.Forecaster`: the same forecasts, for the rolling protocol and the
+        served blend."""
+        if horizons > max(self.steps):
+            raise ValueError(f"this model forecasts {max(self.steps)} days ahead, not {horizons}")
+        return np.array(self.forecast_days(history)[:horizons])
 
     def predict(self, panel: Panel, origins: np.ndarray) -> Forecast:
         if self.calibration is None:
@@ -125,14 +159,15 @@ class LearnedEpidemicForecaster:
         lower, upper = self.calibration.bounds(mean)
         return Forecast(origins, self.steps, mean, np.maximum(lower, 0.0), upper)
 
-    def _mean(self, panel: Panel, origins: np.ndarray) -> np.ndarray:
+    def _mean(self, panel: Panel, origins: np.ndarray, progress: Progress | None = None) -> np.ndarray:
         """[M, H, N]: from each origin, the days o + step, from the days up to o only."""
-        horizons = max(self.steps)
         index = np.asarray(self.steps) - 1
         out = np.empty((len(origins), len(self.steps), panel.n_sensors))
         full = country_of(panel)
         for m, origin in enumerate(origins.tolist()):
-            out[m] = self.model.forecast(full.truncated(origin + 1), horizons)[index]
+            out[m] = self.forecast_days(full.truncated(origin + 1))[index]
+            if progress is not None:
+                progress(f"forecast from day {origin + 1} of {len(panel.values)}", (m + 1) / (len(origins) + 1))
         return out
 
     def save(self, directory: Path) -> None:
@@ -143,6 +178,9 @@ class LearnedEpidemicForecaster:
         booster = None if fitted is None else fitted[2]
         if booster is not None:
             booster.save_model(str(directory / "booster.txt"))
+        if self.record:
+            keys = list(self.record)
+            np.savez(directory / "record.npz", keys=np.array(keys), forecasts=np.stack([self.record[k] for k in keys]))
         write_json(
             directory / "model.json",
             {
@@ -152,6 +190,7 @@ class LearnedEpidemicForecaster:
                 "params": {"window": self.model.window, "trees": self.model.trees, "scale_days": SCALE_DAYS},
                 "fitted": None if fitted is None else {"days": fitted[0], "fingerprint": fitted[1]},
                 "booster": booster is not None,
+                "recorded_forecasts": len(self.record),
                 "calibration": self.calibration.to_json(),
             },
         )
@@ -173,4 +212,9 @@ class LearnedEpidemicForecaster:
         if isinstance(fitted, dict):
             booster = lightgbm.Booster(model_file=str(directory / "booster.txt")) if meta.get("booster") else None
             model.model.keep((int(fitted["days"]), str(fitted["fingerprint"]), booster))
+        if meta.get("recorded_forecasts"):
+            with np.load(directory / "record.npz", allow_pickle=False) as saved:
+                for key, kept in zip(saved["keys"].tolist(), saved["forecasts"], strict=True):
+                    kept.setflags(write=False)
+                    model.record[str(key)] = kept
         return model

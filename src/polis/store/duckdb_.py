@@ -155,19 +155,33 @@ def _is_plain_number(instance: dict[str, Any]) -> bool:
 class DuckDBStore:
     """`Store` on an embedded DuckDB database; `path=None` keeps everything in memory (tests)."""
 
-    def __init__(self, path: Path | None = None, *, threads: int = 2, memory_limit: str = "512MB") -> None:
-        if path is not None:
+    def __init__(
+        self, path: Path | None = None, *, threads: int = 2, memory_limit: str = "512MB", read_only: bool = False
+    ) -> None:
+        """`read_only`: open an existing hub file to read it (a command line tool beside no server: DuckDB
+        lets several read-only processes share a file, but none while a writer holds it)."""
+        if path is not None and not read_only:
             path.parent.mkdir(parents=True, exist_ok=True)
+        if read_only and (path is None or not path.is_file()):
+            raise FileNotFoundError(f"no hub database at {path}")
+        config: dict[str, str | bool | int | float | list[str]] = {"threads": threads, "memory_limit": memory_limit}
+        if not read_only:
+            config["checkpoint_threshold"] = CHECKPOINT_WAL
         self._con = duckdb.connect(
             str(path) if path is not None else ":memory:",
-            config={"threads": threads, "memory_limit": memory_limit, "checkpoint_threshold": CHECKPOINT_WAL},
+            read_only=read_only,
+            config=config,
         )
         self._lock = threading.RLock()
         existing = {r[0] for r in self._con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-        if "history" in existing and "history_keys" not in existing:
-            self._migrate_to_4()
-        for ddl in _SCHEMA:
-            self._con.execute(ddl)
+        if not read_only:
+            if "history" in existing and "history_keys" not in existing:
+                self._migrate_to_4()
+            for ddl in _SCHEMA:
+                self._con.execute(ddl)
+        if read_only and "meta" not in existing:
+            self._con.close()
+            raise RuntimeError(f"{path} is not a Polis hub (it has no schema version)")
         version = self._scalar("SELECT value FROM meta WHERE key = 'schema_version'")
         if version is None and "entities" in existing:
             self._con.close()
@@ -177,8 +191,9 @@ class DuckDBStore:
         if version not in (None, SCHEMA_VERSION):
             self._con.close()
             raise RuntimeError(f"{path} has schema version {version}; this Polis reads version {SCHEMA_VERSION}")
-        self._con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
-        self._con.execute("INSERT OR IGNORE INTO tenants VALUES (?)", [DEFAULT_TENANT])
+        if not read_only:
+            self._con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
+            self._con.execute("INSERT OR IGNORE INTO tenants VALUES (?)", [DEFAULT_TENANT])
         # The id directory: (tenant, id) -> seq for every entity, in memory. It replaces a primary-key index,
         # whose upkeep made every DuckDB commit cost ~75 ms; 100,000 entities take ~15 MB here.
         self._directory: dict[tuple[str, str], int] = {

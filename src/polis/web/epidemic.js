@@ -1,5 +1,7 @@
 // Epidemic response on region-level mobility: per-region risk (reproduction number with its 95 % interval,
-// importation pressure along the inflows) and a what-if form ("cut movement between these regions, or out
+// importation pressure along the inflows), the served forecast for the next 14 days (the blend the
+// benchmark scores, learned model included; the hub fits it once per data version in the background and
+// answers 202 meanwhile, so the block says "fitting" and asks again after Retry-After), and a what-if form ("cut movement between these regions, or out
 // of them, by X % from day D") whose projection, with and without the cut, is drawn with its 80 % band.
 // Region-level counts and flows only: nothing here is about a person.
 
@@ -9,6 +11,7 @@ import { svgElement } from "./map.js";
 
 const BASE = "/polis/v1/epidemic";
 const RISK_ROWS = 12;
+const FORECAST_POLL_MS = 2000; // when the hub's 202 carries no Retry-After
 const PAD = { left: 48, right: 12, top: 14, bottom: 26 };
 
 const fmt = (v, digits = 2) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
@@ -19,6 +22,8 @@ export class EpidemicView extends Panel {
     super();
     Object.assign(this, { notice, body, country, asOf, riskTable, form, regions, mode, reduction, start, days, result, chart, summary });
     this.risk = null;
+    this.forecastFor = null; // the country whose forecast is being asked for: a stale answer is dropped
+    this.buildForecast();
     country.addEventListener("change", () => this.loadCountry(country.value).catch((e) => this.fail(e)));
     form.addEventListener("submit", (event) => {
       event.preventDefault();
@@ -26,8 +31,32 @@ export class EpidemicView extends Panel {
     });
   }
 
+  // The forecast block sits under the risk table; built here so the page's HTML stays the layout only.
+  buildForecast() {
+    const block = document.createElement("div");
+    block.id = "epidemic-forecast";
+    const title = document.createElement("h3");
+    title.append("Forecast, whole country ");
+    const note = document.createElement("small");
+    note.textContent = "next 14 days: the benchmark's blend of models, 80 % band (per-region bounds summed)";
+    title.append(note);
+    this.forecastStatus = Object.assign(document.createElement("p"), { className: "hint", id: "epidemic-forecast-status" });
+    this.forecastStatus.setAttribute("role", "status");
+    this.forecastChart = svgElement("svg", {
+      id: "epidemic-forecast-chart",
+      class: "chart",
+      viewBox: "0 0 600 200",
+      role: "img",
+      "aria-label": "forecast cases a day, whole country",
+    });
+    block.append(title, this.forecastStatus, this.forecastChart);
+    (this.body.firstElementChild || this.body).append(block);
+    this.forecastBlock = block;
+  }
+
   reset() {
     this.risk = null;
+    this.forecastFor = null;
     this.notice.hidden = true;
     this.body.hidden = true;
     this.result.hidden = true;
@@ -62,6 +91,7 @@ export class EpidemicView extends Panel {
 
   async loadCountry(country) {
     this.result.hidden = true;
+    this.asOf.textContent = "loading…"; // until the new country's regions are in the form (picks made before are replaced)
     this.risk = await getJson(`${BASE}/${encodeURIComponent(country)}/risk`);
     this.asOf.textContent = `week to ${this.risk.asOf}`;
     this.drawRisk();
@@ -71,6 +101,51 @@ export class EpidemicView extends Panel {
     this.start.value = next;
     this.notice.hidden = true;
     this.body.hidden = false;
+    this.loadForecast(country).catch((e) => this.forecastError(country, e));
+  }
+
+  // Asks until the hub has the forecast (202 while it fits the learned model), then draws it.
+  async loadForecast(country) {
+    this.forecastFor = country;
+    delete this.forecastBlock.dataset.status;
+    this.forecastChart.replaceChildren();
+    this.forecastStatus.textContent = "asking for the forecast…";
+    for (;;) {
+      const response = await request(`${BASE}/${encodeURIComponent(country)}/forecast`);
+      const body = await response.json();
+      if (this.forecastFor !== country) return; // another country was picked meanwhile
+      if (response.status !== 202) return this.drawForecast(body);
+      this.forecastBlock.dataset.status = "fitting";
+      this.forecastStatus.textContent =
+        `The hub is fitting the forecast for data to ${body.asOf} (once per data version): ` +
+        `${body.stage}, ${Math.round(100 * body.progress)} %.`;
+      const wait = Number(response.headers.get("Retry-After")) * 1000 || FORECAST_POLL_MS;
+      await new Promise((resolve) => setTimeout(resolve, wait));
+      if (this.forecastFor !== country) return;
+    }
+  }
+
+  forecastError(country, error) {
+    if (this.forecastFor !== country) return;
+    this.forecastBlock.dataset.status = "error";
+    this.forecastStatus.textContent = `Forecast not available: ${error.message}`;
+  }
+
+  drawForecast(answer) {
+    const total = (pick) => answer.dates.map((_, h) => answer.regions.reduce((acc, r) => acc + r[pick][h], 0));
+    const arm = { expected: total("cases"), lower: total("lower"), upper: total("upper") };
+    const weights = Object.entries(answer.weights)
+      .sort((a, b) => b[1][0] - a[1][0])
+      .map(([name, w]) => `${name} ${fmt(w[0])}`)
+      .join(", ");
+    this.forecastBlock.dataset.status = "ready";
+    this.forecastBlock.dataset.nextDay = arm.expected[0].toFixed(1);
+    this.forecastStatus.textContent =
+      `Data to ${answer.asOf}. ${answer.dates[0]}: ${arm.expected[0].toFixed(0)} cases expected ` +
+      `(80 %: ${arm.lower[0].toFixed(0)}–${arm.upper[0].toFixed(0)}); ` +
+      `${answer.dates[answer.dates.length - 1]}: ${arm.expected[arm.expected.length - 1].toFixed(0)}. ` +
+      `Next-day weights: ${weights}.`;
+    drawArms(this.forecastChart, answer.dates, { baseline: arm }, "cases a day; band: per-region 80 % bounds, summed");
   }
 
   // Regions with an R estimate first, highest first; the rest (too few cases to say) after, by pressure.
@@ -160,17 +235,17 @@ export class EpidemicView extends Panel {
       `${rows.length} region(s), ${answer.dates.length} days from ${answer.dates[0]}: ` +
       `${without.toFixed(0)} cases expected without, ${withCut.toFixed(0)} with (${change >= 0 ? "+" : ""}${change.toFixed(1)} %). ` +
       `Whole country: ${answer.totals.baseline.toFixed(0)} → ${answer.totals.intervention.toFixed(0)}.`;
-    drawArms(this.chart, answer.dates, base, cut);
+    drawArms(this.chart, answer.dates, { baseline: base, intervention: cut });
   }
 }
 
-// Two projections (expected cases and summed per-region 80 % bounds) on one time axis.
-function drawArms(svg, dates, base, cut) {
+// Projections (expected cases and summed per-region 80 % bounds) on one time axis; `arms` by CSS class.
+function drawArms(svg, dates, arms, caption = "cases a day; bands: per-region 80 % bounds, summed") {
   svg.replaceChildren();
   const box = svg.viewBox.baseVal;
   const [width, height] = [box.width, box.height];
   const n = dates.length;
-  const hi = Math.max(1, ...base.upper, ...cut.upper) * 1.15; // headroom for the key
+  const hi = Math.max(1, ...Object.values(arms).flatMap((a) => a.upper)) * 1.15; // headroom for the key
   const x = (i) => PAD.left + (n > 1 ? i / (n - 1) : 0) * (width - PAD.left - PAD.right);
   const y = (v) => height - PAD.bottom - (v / hi) * (height - PAD.top - PAD.bottom);
   for (let k = 0; k <= 4; k++) {
@@ -181,15 +256,16 @@ function drawArms(svg, dates, base, cut) {
   for (const [i, anchor] of [[0, "start"], [Math.floor((n - 1) / 2), "middle"], [n - 1, "end"]]) {
     svgElement("text", { x: x(i), y: height - 8, "text-anchor": anchor, class: "axis" }, svg).textContent = dates[i].slice(5);
   }
-  for (const [name, a] of [["baseline", base], ["intervention", cut]]) {
+  for (const [name, a] of Object.entries(arms)) {
     const upper = a.upper.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`);
     const lower = a.lower.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).reverse();
     svgElement("polygon", { points: [...upper, ...lower].join(" "), class: `arm-band ${name}` }, svg);
     const line = a.expected.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
     svgElement("polyline", { points: line, class: `arm-line ${name}` }, svg);
   }
-  svgElement("text", { x: PAD.left + 4, y: PAD.top + 8, class: "axis key baseline" }, svg).textContent = "— no intervention";
-  svgElement("text", { x: PAD.left + 120, y: PAD.top + 8, class: "axis key intervention" }, svg).textContent = "— with the cut";
-  svgElement("text", { x: width - PAD.right, y: PAD.top + 8, "text-anchor": "end", class: "axis" }, svg).textContent =
-    "cases a day; bands: per-region 80 % bounds, summed";
+  if (arms.intervention) {
+    svgElement("text", { x: PAD.left + 4, y: PAD.top + 8, class: "axis key baseline" }, svg).textContent = "— no intervention";
+    svgElement("text", { x: PAD.left + 120, y: PAD.top + 8, class: "axis key intervention" }, svg).textContent = "— with the cut";
+  }
+  svgElement("text", { x: width - PAD.right, y: PAD.top + 8, "text-anchor": "end", class: "axis" }, svg).textContent = caption;
 }

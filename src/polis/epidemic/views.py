@@ -1,0 +1,185 @@
+"""The epidemic views (risk, forecast, scenario) as the API's JSON bodies, for `polis epidemic ...`: from a
+running hub over HTTP (`RemoteViews`), or from the hub's database directly when no server holds it
+(`LocalViews`). Both read what the hub holds for a tenant, never the published files, and give the same
+bodies: the local side builds them with the API's own functions.
+
+DuckDB lets one process open a database file for writing, and a reader cannot open it while a writer
+holds it, so with `polis serve` running the file is locked and only `--url` works; the error says so.
+The local side opens the file through the hub's store (which opens it for writing: the store has no
+read-only mode) only for the time it takes to read the country, and never creates a database.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from polis.epidemic.data import CountryData
+from polis.epidemic.hub import NAME
+from polis.settings import Settings
+
+__all__ = ["HubError", "LocalViews", "RemoteViews"]
+
+FORECAST_WAIT_S = 600.0  # how long the CLI waits for a server that is fitting the forecast
+
+
+class HubError(Exception):
+    """Why a view could not be had from the hub, worded for the user; `code` is the exit status."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def _not_ingested(country: str, tenant: str, where: str) -> HubError:
+    held_by = f"tenant '{tenant}'" if tenant else "the default tenant"
+    return HubError(f"{country} was never ingested into {held_by} of {where}: run `polis ingest {NAME}` first")
+
+
+@dataclass(frozen=True, slots=True)
+class LocalViews:
+    """The views from the hub database under `settings.data_dir` (no server running on it)."""
+
+    settings: Settings
+    tenant: str = ""
+
+    def country(self, country: str) -> CountryData:
+        from polis.epidemic.hub import country_from_store
+
+        store = self._open()
+        try:
+            data = country_from_store(store, self.tenant, country)
+        finally:
+            store.close()
+        if data is None:
+            raise _not_ingested(country, self.tenant, f"the hub in {self.settings.data_dir}")
+        return data
+
+    def _open(self) -> Any:
+        import duckdb
+
+        from polis.store.duckdb_ import DuckDBStore
+
+        path = self.settings.database_path
+        if not path.is_file():  # opening would create an empty hub: say what to do instead
+            raise HubError(
+                f"no hub database at {path}: load the data with `polis ingest {NAME} --data-dir "
+                f"{self.settings.data_dir}` (or ask a running hub with --url)"
+            )
+        try:
+            return DuckDBStore(
+                path, threads=self.settings.duckdb_threads, memory_limit=self.settings.memory_limit, read_only=True
+            )
+        except duckdb.IOException as error:
+            if "lock" not in str(error).lower():
+                raise
+            pid = re.search(r"PID (\d+)", str(error))
+            holder = f"process {pid.group(1)}" if pid else "another process"
+            raise HubError(
+                f"{path} is locked by {holder}, most likely a running `polis serve` (DuckDB lets one process "
+                f"open it): ask that server instead, with --url http://{self.settings.host}:{self.settings.port} "
+                "(or its address)"
+            ) from None
+
+    def risk(self, country: str) -> dict[str, Any]:
+        from polis.api.routes_epidemic import risk_body
+
+        return risk_body(self.country(country))
+
+    def forecast(self, country: str, horizons: int, on_wait: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """Fitted here (the learned model saved to the registry under the data directory, where a server
+        started later finds it), or restored from that registry when the hub's data has not changed."""
+        from polis.api.routes_epidemic import forecast_body
+        from polis.epidemic.serving import fit_served, registry_dataset
+        from polis.forecast.registry import ModelRegistry
+
+        data = self.country(country)
+        registry = ModelRegistry(self.settings.data_dir / "models")
+        progress = None if on_wait is None else (lambda stage, done: on_wait(f"{stage} ({done:.0%})"))
+        served = fit_served(data, registry, registry_dataset(self.tenant, country), progress)
+        return forecast_body(data, served, horizons)
+
+    def scenario(
+        self, country: str, regions: list[str], reduction: float, start: date, mode: str, days: int
+    ) -> dict[str, Any]:
+        from polis.api.routes_epidemic import scenario_body
+        from polis.domain.errors import NgsiError
+        from polis.epidemic.scenario import run_scenario, validate
+
+        data = self.country(country)
+        try:
+            intervention = validate(data, regions, reduction, start, mode, days)
+        except NgsiError as error:
+            raise HubError(error.detail, code=2) from None
+        return scenario_body(run_scenario(data, intervention, days))
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteViews:
+    """The views from a running hub's API (the key from POLIS_API_KEY or the data directory's admin key)."""
+
+    url: str
+    settings: Settings
+    tenant: str = ""
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
+        from polis.access.control import client_headers
+
+        headers = client_headers(self.settings)
+        if self.tenant:
+            headers["NGSILD-Tenant"] = self.tenant
+        try:
+            return httpx.request(method, self.url.rstrip("/") + path, headers=headers, timeout=60.0, **kwargs)
+        except httpx.HTTPError as error:
+            raise HubError(f"no hub answers at {self.url}: {error}") from None
+
+    def _body(self, answer: Any, country: str) -> dict[str, Any]:
+        if answer.status_code in (200, 202):
+            body: dict[str, Any] = answer.json()
+            return body
+        try:
+            problem = answer.json()
+            detail, kind = str(problem.get("detail", answer.text)), str(problem.get("type", ""))
+        except (ValueError, AttributeError):
+            detail, kind = answer.text, ""
+        if answer.status_code == 404 and ("polis ingest" in detail or kind.endswith("NonexistentTenant")):
+            raise _not_ingested(country, self.tenant, f"the hub at {self.url}")
+        raise HubError(
+            f"{self.url} answered {answer.status_code}: {detail}", code=2 if answer.status_code == 400 else 1
+        )
+
+    def risk(self, country: str) -> dict[str, Any]:
+        return self._body(self._call("GET", f"/polis/v1/epidemic/{country}/risk"), country)
+
+    def forecast(self, country: str, horizons: int, on_wait: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """Asks until the server's fit is done (it answers 202 with Retry-After meanwhile)."""
+        deadline = time.monotonic() + FORECAST_WAIT_S
+        while True:
+            answer = self._call("GET", f"/polis/v1/epidemic/{country}/forecast", params={"horizons": horizons})
+            body = self._body(answer, country)
+            if answer.status_code == 200:
+                return body
+            if time.monotonic() > deadline:
+                raise HubError(f"{self.url} was still fitting {country}'s forecast after {FORECAST_WAIT_S:.0f} s")
+            if on_wait is not None:
+                on_wait(f"{body.get('stage', 'fitting')} ({float(body.get('progress', 0.0)):.0%})")
+            time.sleep(float(answer.headers.get("Retry-After", "2")))
+
+    def scenario(
+        self, country: str, regions: list[str], reduction: float, start: date, mode: str, days: int
+    ) -> dict[str, Any]:
+        request = {
+            "regions": regions,
+            "reductionPercent": reduction,
+            "start": start.isoformat(),
+            "mode": mode,
+            "days": days,
+        }
+        return self._body(self._call("POST", f"/polis/v1/epidemic/{country}/scenario", json=request), country)
