@@ -172,7 +172,8 @@ class DuckDBStore:
             read_only=read_only,
             config=config,
         )
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the connection, and everything a commit changes
+        self._numbers = threading.Lock()  # the next seq and instance id
         existing = {r[0] for r in self._con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         if not read_only:
             if "history" in existing and "history_keys" not in existing:
@@ -215,6 +216,8 @@ class DuckDBStore:
         # the old one with a chance of about 2^-64 per update.
         self._shapes: dict[tuple[str, int], tuple[int, int]] = {}
         self._tenants = {row[0] for row in self._con.execute("SELECT name FROM tenants").fetchall()}
+        self._reader = self._con.cursor()  # for `get`: its own connection, its own lock
+        self._read_lock = threading.Lock()
         # Commits of this process, and the last that upserted or deleted each entity (see `unchanged_since`).
         self._commits = 0
         self._last_write: dict[tuple[str, str], int] = {}
@@ -278,16 +281,18 @@ class DuckDBStore:
     # -- current state ---------------------------------------------------------------------------
 
     def get(self, tenant: str, ids: Sequence[str]) -> dict[str, Entity]:
-        with self._lock:
+        """The current documents (as last committed) of these entities; runs beside a write's SQL, on its own
+        connection, so a batch prepared outside the service's lock reads while another one commits."""
+        with self._read_lock:
             seqs = [seq for seq in (self._directory.get((tenant, i)) for i in ids) if seq is not None]
             if not seqs:
                 return {}
             if len(seqs) == 1:
-                rows = self._con.execute(
+                rows = self._reader.execute(
                     "SELECT id, doc FROM entities WHERE tenant = ? AND seq = ?", [tenant, seqs[0]]
                 ).fetchall()
             else:
-                rows = self._con.execute(
+                rows = self._reader.execute(
                     "SELECT id, doc FROM entities WHERE tenant = ? AND seq IN (SELECT unnest(?::BIGINT[]))",
                     [tenant, seqs],
                 ).fetchall()
@@ -357,7 +362,7 @@ class DuckDBStore:
             return prepared
         prepared.empty = False
         touched = [e["id"] for e in upserts] + list(deletes)
-        with self._lock:
+        with self._numbers:  # not the store's lock: a write's SQL may be running on it
             # Keep each entity's creation order across replacements; new ones go to the end.
             old_seqs = self._seqs(tenant, touched)
             seqs = dict(old_seqs)
@@ -777,7 +782,9 @@ class DuckDBStore:
             return 0
         with self._lock:
             self.ensure_tenant(tenant)
-            first = self._next_instance
+            with self._numbers:  # handed out now: a rollback leaves a gap, never a number twice
+                first = self._next_instance
+                self._next_instance += n
             eids = columns.entity_id[keep]
             fresh: dict[str, int] = {}
             eids_with_keys: set[str] = set()
@@ -827,7 +834,6 @@ class DuckDBStore:
                 con.unregister("batch")
                 con.unregister("fresh_keys")
             self._keep_history_keys(tenant, fresh)
-            self._next_instance += n
         return added
 
     def history_count(self, tenant: str) -> int:
@@ -952,7 +958,8 @@ class DuckDBStore:
             return self._con.cursor()
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
+            self._reader.close()
             self._con.close()
 
 
