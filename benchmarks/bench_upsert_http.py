@@ -63,31 +63,39 @@ def _bodies(c: City, indices: Sequence[int], round_: int, size: int) -> list[byt
 def _post_all(server: Server, bodies: Sequence[bytes], threads: int) -> float:
     """Seconds to POST every body, split over `threads` clients (each a keep-alive connection)."""
     clients = [httpx.Client(base_url=server.url, timeout=120.0, headers=server.headers) for _ in range(threads)]
-    errors: list[BaseException] = []
 
     def work(k: int) -> None:
-        try:
-            for body in bodies[k::threads]:
-                check(clients[k].post(UPSERT, content=body, headers=JSON_HEADERS), 201, 204)
-        except BaseException as error:  # reported after the join
-            errors.append(error)
+        for body in bodies[k::threads]:
+            check(clients[k].post(UPSERT, content=body, headers=JSON_HEADERS), 201, 204)
 
     try:
         for client in clients:  # open the connections before the clock starts
             client.get(READY_PATH)
-        workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
-        start = time.perf_counter()
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
-        elapsed = time.perf_counter() - start
+        return _timed_threads(work, threads)
     finally:
         for client in clients:
             client.close()
+
+
+def _timed_threads(work: Callable[[int], None], threads: int) -> float:
+    """Seconds for `threads` threads to run work(0) .. work(threads - 1); the first error is raised after."""
+    errors: list[BaseException] = []
+
+    def run(k: int) -> None:
+        try:
+            work(k)
+        except BaseException as error:  # reported after the join
+            errors.append(error)
+
+    workers = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
+    start = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
     if errors:
         raise errors[0]
-    return elapsed
+    return time.perf_counter() - start
 
 
 def _rounds(run_round: Callable[[int], float], first_round: int) -> list[float]:
@@ -143,23 +151,7 @@ def _service_phase(hub: Path, c: City, first_round: int) -> dict[str, Any]:
         for threads in CLIENT_THREADS:
             def one(r: int, threads: int = threads) -> float:
                 bodies = _bodies(c, range(UPDATED), r, BATCH)
-                errors: list[BaseException] = []
-
-                def work(k: int) -> None:
-                    try:
-                        send(bodies[k::threads])
-                    except BaseException as error:  # reported after the join
-                        errors.append(error)
-
-                workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
-                start = time.perf_counter()
-                for worker in workers:
-                    worker.start()
-                for worker in workers:
-                    worker.join()
-                if errors:
-                    raise errors[0]
-                return time.perf_counter() - start
+                return _timed_threads(lambda k: send(bodies[k::threads]), threads)
 
             out[f"{threads}_threads"] = throughput(UPDATED, _rounds(one, round_))
             round_ += WARMUP_ROUNDS + ROUNDS
