@@ -469,8 +469,9 @@ class EntityService:
         """§5.6.7–5.6.10, §5.6.20: each item succeeds or fails on its own; all successes are written
         in one store call. An id appearing twice in one batch is a conflict for the later items.
 
-        The items are expanded before the write lock is taken: that needs no stored state, so one
-        request's expansion runs while another's write is in the store (which works outside the GIL)."""
+        The items are expanded before the write lock is taken (that needs no stored state), and a create or
+        upsert is also worked out and prepared before it (`_batch_prepared`), so one request's Python runs
+        while another's transaction is in the store, which works outside the GIL."""
         if not isinstance(items, list):
             raise BadRequestData("a batch operation takes a JSON array")
         if not items:
