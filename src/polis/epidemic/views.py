@@ -5,8 +5,8 @@ bodies: the local side builds them with the API's own functions.
 
 DuckDB lets one process open a database file for writing, and a reader cannot open it while a writer
 holds it, so with `polis serve` running the file is locked and only `--url` works; the error says so.
-The local side opens the file through the hub's store (which opens it for writing: the store has no
-read-only mode) only for the time it takes to read the country, and never creates a database.
+The local side opens the file read-only through the hub's store, only for the time it takes to read the
+country, and never creates a database.
 """
 
 from __future__ import annotations
