@@ -408,3 +408,19 @@ def test_a_write_prepared_against_an_older_state_is_refused_not_stored_twice() -
     with pytest.raises(RuntimeError, match="prepare it again"):
         store.apply(prepared)
     assert store.entity_count("") == 1
+
+
+def test_the_memory_of_past_writes_is_bounded_and_errs_on_the_safe_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    import polis.store.duckdb_ as duckdb_store
+
+    monkeypatch.setattr(duckdb_store, "LAST_WRITES_KEPT", 5)
+    store = DuckDBStore(None)
+    entity = {"id": "urn:a:0", "type": ["T"], "createdAt": NOW, "modifiedAt": NOW}
+    store.write("", upserts=[dict(entity)])
+    old_snapshot = store.commit_number()
+    for k in range(1, 40):  # entities created and deleted again: nothing of them stays in the directory
+        store.write("", upserts=[{**entity, "id": f"urn:a:{k}"}])
+        store.write("", deletes=[f"urn:a:{k}"])
+    assert len(store._last_write) <= 2 * 1 + 5 + 2
+    assert not store.unchanged_since("", ["urn:a:0"], old_snapshot)  # forgotten: not taken as unchanged
+    assert store.unchanged_since("", ["urn:a:0"], store.commit_number())

@@ -62,6 +62,9 @@ log = logging.getLogger(__name__)
 INSTANCE_PREFIX = "urn:ngsi-ld:Instance:"
 
 SCHEMA_VERSION = "4"
+# How many recent commits `unchanged_since` remembers beyond the live entities (a prepared batch is seldom
+# more than a few commits old; an older one is redone under the lock).
+LAST_WRITES_KEPT = 10_000
 # DuckDB folds its write-ahead log into the tables when the log reaches this size. The default (16 MB) means
 # a checkpoint every few batch upserts, each rewriting whole row groups; a larger log amortises that.
 CHECKPOINT_WAL = "256MB"
@@ -221,6 +224,7 @@ class DuckDBStore:
         # Commits of this process, and the last that upserted or deleted each entity (see `unchanged_since`).
         self._commits = 0
         self._last_write: dict[tuple[str, str], int] = {}
+        self._forgotten_before = 0
         # (tenant, attribute) pairs that hold a non-Point geometry: `near` on the others is decided in SQL alone.
         # Only ever grows (a conservative answer stays correct after the shapes are deleted).
         self._shaped: set[tuple[str, str]] = set(
@@ -336,7 +340,10 @@ class DuckDBStore:
         return self._commits
 
     def unchanged_since(self, tenant: str, ids: Iterable[str], snapshot: int) -> bool:
-        """Whether no write committed after `commit_number()` was `snapshot` touched any of these entities."""
+        """Whether no write committed after `commit_number()` was `snapshot` touched any of these entities
+        (False, to be safe, for a snapshot older than what `_last_write` still remembers)."""
+        if snapshot < self._forgotten_before:
+            return False
         last = self._last_write
         return all(last.get((tenant, i), 0) <= snapshot for i in ids)
 
@@ -487,6 +494,15 @@ class DuckDBStore:
             self._commits += 1
             for eid in seqs:  # every entity upserted or deleted
                 self._last_write[(tenant, eid)] = self._commits
+            if len(self._last_write) > 2 * len(self._directory) + LAST_WRITES_KEPT:
+                self._forget_old_writes()
+
+    def _forget_old_writes(self) -> None:
+        """Bound `_last_write` (deleted entities would stay in it for ever): drop all but the last
+        LAST_WRITES_KEPT commits' entries; a snapshot from before them is then never taken as unchanged."""
+        horizon = self._commits - LAST_WRITES_KEPT
+        self._last_write = {key: n for key, n in self._last_write.items() if n >= horizon}
+        self._forgotten_before = horizon
 
     def _seqs(self, tenant: str, ids: list[str]) -> dict[str, int]:
         found = ((i, self._directory.get((tenant, i))) for i in ids)
