@@ -84,11 +84,13 @@ def history_of(entity: Entity, attributes: Sequence[str] | None = None) -> list[
         for instance in entity.get(name, ()):
             observed = instance.get("observedAt")
             if observed is not None:
-                stored = {k: v for k, v in instance.items() if k not in ("createdAt", "modifiedAt")}
-                items.append(
-                    HistoryInstance(entity["id"], name, parse_observed_at(observed), stored, instance.get("datasetId"))
-                )
+                items.append(_history_instance(entity["id"], name, instance, observed))
     return items
+
+
+def _history_instance(entity_id: str, name: str, instance: Instance, observed: str) -> HistoryInstance:
+    stored = {k: v for k, v in instance.items() if k not in ("createdAt", "modifiedAt")}
+    return HistoryInstance(entity_id, name, parse_observed_at(observed), stored, instance.get("datasetId"))
 
 
 class _History:
@@ -105,10 +107,9 @@ class _History:
         self._values: list[float | int] = []
         self._units: list[str | None] = []
 
-    def add(self, entity: Entity, attributes: Sequence[str] | None) -> None:
+    def add(self, entity: Entity, attributes: Sequence[str]) -> None:
         eid = entity["id"]
-        names = attributes if attributes is not None else [k for k in entity if k not in ENTITY_MEMBERS]
-        for name in names:
+        for name in attributes:
             for instance in entity.get(name, ()):
                 observed = instance.get("observedAt")
                 if observed is None:
@@ -126,10 +127,7 @@ class _History:
                     self._values.append(instance["value"])
                     self._units.append(instance.get("unitCode"))
                 else:
-                    stored = {k: v for k, v in instance.items() if k not in ("createdAt", "modifiedAt")}
-                    self.instances.append(
-                        HistoryInstance(eid, name, parse_observed_at(observed), stored, instance.get("datasetId"))
-                    )
+                    self.instances.append(_history_instance(eid, name, instance, observed))
 
     def columns(self) -> HistoryColumns | None:
         if not self._ids:
@@ -141,6 +139,12 @@ class _History:
             value=np.array(self._values, dtype=np.float64),
             unit_codes=np.array(self._units, dtype=object),
         )
+
+
+def _refuse(entities: Sequence[Entity], cleared: Set[int] = frozenset()) -> None:
+    """422 naming the field and rule before anything is stored (polis.privacy); `cleared`: id() of entities
+    a batch plan has already shown the privacy gate (polis.ngsi_ld.batch_plan)."""
+    refuse_personal_data([e for e in entities if id(e) not in cleared] if cleared else entities)
 
 
 def _changes(
@@ -204,9 +208,7 @@ class EntityService:
         index_columns: IndexColumns | None = None,
         cleared: Set[int] = frozenset(),
     ) -> None:
-        """`cleared`: id() of entities a batch plan has already shown the privacy gate (polis.ngsi_ld.batch_plan)."""
-        # 422 naming the field and rule before anything is stored (polis.privacy)
-        refuse_personal_data([e for e in entities if id(e) not in cleared] if cleared else entities)
+        _refuse(entities, cleared)
         self.bus.commit(
             _changes(tenant, kind, entities, previous),
             lambda staged: self.store.write(
@@ -481,12 +483,15 @@ class EntityService:
                 return self._batch_delete(tenant, items, BatchResult())
         now = self.clock()
         expansion = expand_batch(items, terms_for, now)
+        work = functools.partial(
+            self._batch_changes, tenant, op, items, terms_for, expansion, now, replace, no_overwrite
+        )
         if op in ("create", "upsert"):
-            done = self._batch_prepared(tenant, op, items, terms_for, expansion, now, replace)
+            done = self._batch_prepared(tenant, expansion, work)
             if done is not None:
                 return done
         with self.write_lock:
-            batch = self._batch_changes(tenant, op, items, terms_for, expansion, now, replace, no_overwrite)
+            batch = work()
             if batch.writes:
                 # Index rows built with the plans hold for documents written as expanded (a replaced entity's
                 # own createdAt is not indexed); the store matches them by identity, so merged documents get
@@ -504,14 +509,7 @@ class EntityService:
             return batch.result
 
     def _batch_prepared(
-        self,
-        tenant: str,
-        op: str,
-        items: list[Any],
-        terms_for: Callable[[Any], TermMap],
-        expansion: BatchExpansion,
-        now: str,
-        replace: bool,
+        self, tenant: str, expansion: BatchExpansion, work: Callable[[], _BatchChanges]
     ) -> BatchResult | None:
         """A create or upsert worked out from the stored state without the write lock, then written under it
         if no other write touched its entities meanwhile (else None: the caller does it all under the lock).
@@ -519,10 +517,10 @@ class EntityService:
         request's SQL overlaps the next one's Python."""
         store = self.store
         snapshot = store.commit_number()
-        batch = self._batch_changes(tenant, op, items, terms_for, expansion, now, replace, False)
+        batch = work()
         if not batch.writes:
             return None
-        refuse_personal_data([e for e in batch.writes if id(e) not in expansion.cleared])
+        _refuse(batch.writes, expansion.cleared)
         prepared = store.prepare(
             tenant,
             upserts=batch.writes,
@@ -599,7 +597,7 @@ class EntityService:
                 continue
             batch.writes.append(new)
             batch.before.append(old)
-            batch.history.add(new, _changed(old, new) if old is not None else None)
+            batch.history.add(new, _changed(old, new))
             result.success.append(eid)
         return batch
 

@@ -131,13 +131,10 @@ class PreparedWrite:
     tenant: str
     upserts: Sequence[Entity]
     deletes: Sequence[str]
-    history: bool  # whether tables hold "history_rows"
-    columns: bool  # ... and "history_cols"
-    empty: bool = True
     seqs: dict[str, int] = field(default_factory=dict)
     created: list[str] = field(default_factory=list)  # upserts that were new when prepared
     shapes: dict[int, tuple[int, int]] = field(default_factory=dict)
-    tables: dict[str, pa.Table] = field(default_factory=dict)
+    tables: dict[str, pa.Table] = field(default_factory=dict)  # none: nothing to write
 
 
 def _naive_utc(ts: datetime) -> datetime:
@@ -364,10 +361,9 @@ class DuckDBStore:
         read for the preparation (sequence numbers, shape hashes) then still holds."""
         kept_columns = int((~np.isnan(history_columns.value)).sum()) if history_columns is not None else 0
         columns = history_columns if kept_columns else None  # NaN readings are skipped: maybe all of them
-        prepared = PreparedWrite(tenant, upserts, deletes, bool(history), columns is not None)
+        prepared = PreparedWrite(tenant, upserts, deletes)
         if not (upserts or deletes or history or receipts or columns or dead_letters):
             return prepared
-        prepared.empty = False
         touched = [e["id"] for e in upserts] + list(deletes)
         with self._numbers:  # not the store's lock: a write's SQL may be running on it
             # Keep each entity's creation order across replacements; new ones go to the end.
@@ -405,10 +401,10 @@ class DuckDBStore:
 
     def apply(self, prepared: PreparedWrite, staged: Sequence[Staged] = ()) -> None:
         """Store a prepared write in one transaction, with the rows of staged listeners."""
-        if prepared.empty:
-            return
         tenant, upserts, deletes, tables = prepared.tenant, prepared.upserts, prepared.deletes, prepared.tables
-        history, columns = prepared.history, prepared.columns
+        if not tables:
+            return
+        history, columns = "history_rows" in tables, "history_cols" in tables
         dead_letters, receipts = "letter_rows" in tables, "receipt_rows" in tables
         shapes, seqs = prepared.shapes, prepared.seqs
         with self._lock:
