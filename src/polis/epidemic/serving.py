@@ -94,12 +94,13 @@ def fit_served(
     """The benchmark's blend at the end of `data`, the learned model restored from the registry where
     its record covers the origins, refit on the others (and saved as a new registry version)."""
     started = time.perf_counter()
-    needed = [fingerprint(data.truncated(d)) for d in served_origins(data.n_days, HORIZONS, FIRST_ORIGIN)]
+    origins = served_origins(data.n_days, HORIZONS, FIRST_ORIGIN)
+    needed = [fingerprint(data.truncated(d)) for d in origins]
     model = _latest(registry, dataset) or LearnedEpidemicForecaster()
     before = model.model.fits
+    panel = mobility_panel(data)
     if not all(key in model.record for key in needed):
-        first = served_origins(data.n_days, HORIZONS, FIRST_ORIGIN)[0]
-        model.fit(mobility_panel(data), first, progress)  # reuses what the record holds
+        model.fit(panel, origins[0], progress)  # reuses what the record holds
     forecasters: list[Forecaster] = [LastDay(), MeanOfLastWeek(), Metapopulation(), model]
     forecast = blended_forecast(data, forecasters, HORIZONS, FIRST_ORIGIN)
     fits = model.model.fits - before
@@ -108,7 +109,6 @@ def fit_served(
         return Served(forecast, data_version(data), "", fits, time.perf_counter() - started)
     if fits or record is None:
         model.record = {key: model.record[key] for key in needed if key in model.record}
-        panel = mobility_panel(data)
         record = registry.save(
             model,
             dataset,
