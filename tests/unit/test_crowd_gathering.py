@@ -21,6 +21,7 @@ from polis.crowd.gathering import (
     expected_log,
     local_hour,
     nearest,
+    standardised,
     window_level,
     within,
 )
@@ -114,6 +115,31 @@ def test_the_live_panel_scores_a_holiday_as_the_whole_series_does() -> None:
         np.testing.assert_allclose(live.score[0], offline.score[row], rtol=1e-9, equal_nan=True)
         np.testing.assert_allclose(live.expected[0], offline.expected[row], rtol=1e-9)
         assert live.usable.all()
+
+
+def test_the_score_is_matched_to_a_doubling_quiet_and_noisy_counters_need_a_higher_z() -> None:
+    p = CrowdParams()  # matched to 2x, reads as z at the reference spread
+    plain = CrowdParams(matched_ratio=1.0)
+    spreads = np.array([[0.08, p.reference_spread, 0.35]])  # a quiet counter, the usual one, a noisy one
+    usable = np.ones((1, 3), dtype=bool)
+    expected = np.full((1, 3), np.log1p(500.0))
+
+    def evidence(z: float, params: CrowdParams) -> np.ndarray:
+        excess = z * spreads
+        out: np.ndarray = standardised(expected + excess, expected, excess, spreads, usable, params)[0]
+        return out
+
+    assert evidence(3.0, plain).tolist() == pytest.approx([3.0, 3.0, 3.0])  # the plain z: the same everywhere
+    at_four = evidence(4.0, p)
+    assert at_four[1] == pytest.approx(4.0)  # at the reference spread the evidence is the z
+    assert at_four[0] < 4.0 and at_four[2] < 4.0  # elsewhere the same z is weaker evidence of a doubling ...
+    step = np.full((1, 3), np.log(2.0))  # ... but a real doubling is the strongest evidence at the quiet one
+    doubled = standardised(expected + step, expected, step, spreads, usable, p)[0]
+    assert doubled[0] > doubled[1] > doubled[2]
+    assert doubled[0] > 2 * at_four[1]
+    # an hour under half its expected count is never evidence of a gathering, whatever its spread
+    low = standardised(expected - 1.0, expected, np.full((1, 3), 0.5), spreads, usable, p)[0]
+    assert (low <= 0).all()
 
 
 def test_the_neighbour_correction_needs_the_neighbours() -> None:

@@ -17,9 +17,11 @@ busy corner and a quiet lane, and cleaned three times before it is scored:
 3. what is left of the sensor's own level over the previous `level_hours` hours is taken off too (a
    slow drift, not a gathering).
 
-The score divides that by the sensor's robust spread (1.4826 x MAD over the previous `scale_days` days,
-recomputed at each local midnight), and a gathering shows as a score above the level in one hour, or
-a smaller excess held for two hours: score = max(single_weight x z_t, pair_weight x (z_t + z_{t-1})).
+Divided by the sensor's robust spread (1.4826 x MAD over the previous `scale_days` days, recomputed at
+each local midnight) that is a z, which is turned into the evidence of a gathering of `matched_ratio` x
+the expected count (a log likelihood ratio, see `standardised`), and a gathering shows as a score above
+the level in one hour, or smaller evidence held for two hours:
+score = max(single_weight x z_t, pair_weight x (z_t + z_{t-1})), z here being that evidence.
 An hour under `gate_ratio` x its expected count never scores above zero: half the usual crowd is not a
 gathering, but twice a lockdown's trickle that still stays under the usual crowd can be (chosen on 2021,
 see BENCHMARKS.md: at the same false-alarm rate it finds ~3 points more gatherings in the lockdown year,
@@ -54,6 +56,11 @@ class CrowdParams:
     level_hours: int = 3
     scale_days: int = 28
     scale_floor: float = 0.08
+    # Each hour's z is turned into evidence for a gathering of `matched_ratio` x the expected count (the log
+    # likelihood ratio, see `standardised`; 1: the plain z), in units of z at a sensor whose spread is
+    # `reference_spread` (2021's median spread). Chosen on 2021, see BENCHMARKS.md.
+    matched_ratio: float = 2.0
+    reference_spread: float = 0.165
     min_expected: float = 100.0
     pair_weight: float = 5 / 6
     single_weight: float = 1.0  # score = max(single_weight x z_t, pair_weight x (z_t + z_{t-1}))
@@ -96,7 +103,7 @@ class CrowdParams:
 @dataclass(frozen=True, slots=True)
 class CrowdScores:
     score: np.ndarray  # (T, S), NaN where not scored
-    z: np.ndarray
+    z: np.ndarray  # each hour's own evidence (see `standardised`), before it is combined with the previous hour's
     expected: np.ndarray  # expected count
     usable: np.ndarray  # bool: scored
 
@@ -272,12 +279,25 @@ def crowd_scores(
 def standardised(
     logc: np.ndarray, med: np.ndarray, excess: np.ndarray, scale: np.ndarray, usable: np.ndarray, p: CrowdParams
 ) -> np.ndarray:
-    """z: the corrected excess over the spread, NaN where not usable."""
+    """Each hour's evidence of a gathering, NaN where not usable: z (the corrected excess over the spread)
+    matched to a gathering of `matched_ratio` x the expected count.
+
+    With a step m = log(ratio) on the log scale and a spread s, the log likelihood ratio of "a gathering"
+    against "a usual hour" is (m / s^2) (excess - m / 2) = (m / s) (z - m / (2 s)). Scaled to read as z
+    where s = `reference_spread` (r), that is (r / s) (z - m / (2 s)) + m / (2 r). A plain z gives every
+    sensor the same false-alarm rate; this spends them where a doubling can be told from the noise: a quiet
+    counter (small s) needs a higher z, since a real doubling there shows far above the level anyway, and a
+    very noisy one a lower share of its z, since there a doubling hides in the noise (chosen on 2021, see
+    BENCHMARKS.md: about +2.5 points of 2x-for-2 h gatherings found at the same alerts raised)."""
+    z = np.where(usable, excess / scale, np.nan)
+    if p.matched_ratio != 1:
+        step, reference = np.log(p.matched_ratio), p.reference_spread
+        z = (reference / scale) * (z - step / (2 * scale)) + step / (2 * reference)
     # A gathering is more people than this place normally sees: an hour under `gate_ratio` x its own
     # expectation is never one, however much worse the rest of the city is doing (a lockdown, a storm).
     if p.gate_ratio > 0:
-        excess = np.where(logc > med + np.log(p.gate_ratio), excess, np.minimum(excess, 0.0))
-    return np.where(usable, excess / scale, np.nan)
+        z = np.where(logc > med + np.log(p.gate_ratio), z, np.minimum(z, 0.0))
+    return z
 
 
 def combined(z: np.ndarray, previous: np.ndarray, usable: np.ndarray, p: CrowdParams) -> np.ndarray:
