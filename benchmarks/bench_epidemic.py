@@ -67,10 +67,14 @@ def main() -> None:
             "scenario_30d_seconds_median": round(statistics.median(scenario), 3),
             "scenario_30d_seconds": [round(s, 3) for s in scenario],
         }
-        goals = ", ".join(f"{g['horizon_days']}d {g['reduction']:+.1%} ({'met' if g['met'] else 'MISSED'})"
-                          for g in comparison.goals())
-        say(f"{country}: blend vs better baseline {goals}; coverage {comparison.coverage_80:.1%}; "
-            f"evaluation {seconds:.0f} s; scenario {statistics.median(scenario):.2f} s")
+        goals = ", ".join(
+            f"{g['horizon_days']}d {g['reduction']:+.1%} ({'met' if g['met'] else 'MISSED'})"
+            for g in comparison.goals()
+        )
+        say(
+            f"{country}: blend vs better baseline {goals}; coverage {comparison.coverage_80:.1%}; "
+            f"evaluation {seconds:.0f} s; scenario {statistics.median(scenario):.2f} s"
+        )
     countries = result["countries"].values()
     accuracy_met = all(g["met"] for c in countries for g in c["goals"])
     coverage_met = all(0.70 <= c["coverage_80"] <= 0.90 for c in countries)
@@ -122,8 +126,10 @@ def learned_settings_on_first_half(grid: tuple[Setting, ...] = SETTINGS_GRID) ->
                 run = rolling_origin(part, [model], origins=origins)
                 relative = run.mae("learned (LightGBM)")[[0, 6, 13]] / best[[0, 6, 13]]
                 scores[(scale, refit, window, trees)].append(float(np.nanmean(relative)))
-                say(f"{country} {_described((scale, refit, window, trees))}: MAE / better baseline "
-                    f"{' / '.join(f'{v:.3f}' for v in relative)}")
+                say(
+                    f"{country} {_described((scale, refit, window, trees))}: MAE / better baseline "
+                    f"{' / '.join(f'{v:.3f}' for v in relative)}"
+                )
     finally:
         learned.SCALE_DAYS = in_use
     for setting, values in scores.items():
@@ -153,7 +159,7 @@ def blend_choice_on_first_half() -> None:
     models served alone."""
     import numpy as np
 
-    from polis.epidemic.blend import CANDIDATES, MEDIAN, WEIGHTED
+    from polis.epidemic.blend import CANDIDATES, DEFAULT, MEDIAN, WEIGHTED, BlendSetting
     from polis.epidemic.data import load_country
     from polis.epidemic.evaluation import LastDay, MeanOfLastWeek, RollingRun, rolling_origin
     from polis.epidemic.learned import LearnedForecaster
@@ -161,14 +167,21 @@ def blend_choice_on_first_half() -> None:
     from polis.settings import Settings
 
     weighted = tuple(c for c in CANDIDATES if c.rule == WEIGHTED)
-    # label: (candidates, shorter horizon's choice before a record, learned model(s): trees)
+    middle = BlendSetting(4.0, 21)  # the no-record fallback before the median (DEFAULT)
+    # label: (candidates, shorter horizon's choice before a record, the fallback otherwise, learned model(s): trees)
     variants = {
-        "previous: weighted candidates, shorter horizon's choice before a record": (weighted, True, (80,)),
-        "weighted candidates, default before a record": (weighted, False, (80,)),
-        "all candidates, shorter horizon's choice before a record": (CANDIDATES, True, (80,)),
-        "all candidates, default before a record (served)": (CANDIDATES, False, (80,)),
-        "served, learned model with 20 trees instead of 80": (CANDIDATES, False, (20,)),
-        "served, learned models with 80 and with 20 trees": (CANDIDATES, False, (80, 20)),
+        "previous: weighted candidates, shorter horizon's choice before a record": (weighted, True, middle, (80,)),
+        "weighted candidates, power 4 / 21 origins before a record": (weighted, False, middle, (80,)),
+        "all candidates, shorter horizon's choice before a record": (CANDIDATES, True, middle, (80,)),
+        "all candidates, power 4 / 21 origins before a record (served until the median)": (
+            CANDIDATES,
+            False,
+            middle,
+            (80,),
+        ),
+        "all candidates, the median before a record (served)": (CANDIDATES, False, DEFAULT, (80,)),
+        "power 4 / 21 before a record, learned model with 20 trees instead of 80": (CANDIDATES, False, middle, (20,)),
+        "power 4 / 21 before a record, learned models with 80 and with 20 trees": (CANDIDATES, False, middle, (80, 20)),
     }
     learned = "learned (LightGBM)"
     scores: dict[str, dict[str, list[list[float]]]] = {}
@@ -176,15 +189,15 @@ def blend_choice_on_first_half() -> None:
         data = load_country(Settings().datasets_dir, country)
         run = rolling_origin(data, [LastDay(), MeanOfLastWeek(), Metapopulation(), LearnedForecaster()])
         few = rolling_origin(data, [LearnedForecaster(trees=20)]).predictions[learned]
-        for label, (candidates, shorter, trees) in variants.items():
+        for label, (candidates, shorter, default, trees) in variants.items():
             models = {k: v for k, v in run.predictions.items() if k != learned or 80 in trees}
             if 20 in trees:
                 models[learned if trees == (20,) else "learned, 20 trees"] = few
             full = RollingRun(data, run.origins, run.horizons, dict(models))
-            _score_blend(scores, label, country, full, candidates, shorter)
+            _score_blend(scores, label, country, full, candidates, shorter, default)
         median = RollingRun(data, run.origins, run.horizons, dict(run.predictions))
         median.predictions["blend"] = np.median(np.stack(list(run.predictions.values())), axis=0)
-        _score_blend(scores, f"{MEDIAN} alone", country, median, (), False)
+        _score_blend(scores, f"{MEDIAN} alone", country, median, (), False, DEFAULT)
     for label, parts in scores.items():
         means = {p: float(np.mean(v)) for p, v in parts.items()}
         say(f"{label}: first half {means['first half']:+.4f}, all test days {means['all']:+.4f}")
@@ -197,6 +210,7 @@ def _score_blend(
     run: Any,
     candidates: Any,
     shorter: bool,
+    default: Any,
 ) -> None:
     """Blend `run` (unless it holds one already: `candidates` empty) on the first half and on all test days."""
     import numpy as np
@@ -206,7 +220,7 @@ def _score_blend(
 
     for part_name, part in (("first half", _first_half(run)), ("all", run)):
         if candidates:
-            add_blend(part, "blend", candidates, shorter)
+            add_blend(part, "blend", candidates, shorter, default)
         best = np.minimum(*(part.mae(b) for b in BASELINES))
         relative = (part.mae("blend")[[0, 6, 13]] / best[[0, 6, 13]] - 1).tolist()
         scores.setdefault(label, {}).setdefault(part_name, []).append(relative)
@@ -269,9 +283,11 @@ def serving(repeats: int = 3) -> None:
                     for country in COUNTRIES:
                         row = _serve_country(server, country)
                         run[f"{country} {phase}"] = row
-                        say(f"repeat {repeat + 1} {phase} {country}: first answer {row['first_status']} in "
+                        say(
+                            f"repeat {repeat + 1} {phase} {country}: first answer {row['first_status']} in "
                             f"{row['first_request_s']:.2f} s, ready after {row['ready_after_s']:.1f} s, "
-                            f"cached {row['cached_median_ms']:.0f} ms")
+                            f"cached {row['cached_median_ms']:.0f} ms"
+                        )
             runs.append(run)
         finally:
             cleanup(folder)
