@@ -140,6 +140,8 @@ def test_the_score_is_matched_to_a_doubling_quiet_and_noisy_counters_need_a_high
     # an hour under half its expected count is never evidence of a gathering, whatever its spread
     low = standardised(expected - 1.0, expected, np.full((1, 3), 0.5), spreads, usable, p)[0]
     assert (low <= 0).all()
+    with pytest.raises(ValueError, match="matched_ratio"):
+        CrowdParams(matched_ratio=0.5)  # a drop is not a gathering
 
 
 def test_the_neighbour_correction_needs_the_neighbours() -> None:

@@ -82,6 +82,10 @@ class CrowdParams:
     alarm_weeks: int = 8  # the regime (lockdown, reopening), not last week's events: 1 week sank the next events
     alarm_scope: str = "city"  # whose past scores set the level: "city" (all sensors') or "sensor" (its own)
 
+    def __post_init__(self) -> None:
+        if self.matched_ratio < 1 or self.reference_spread <= 0:  # under 1 the "gathering" would be a drop
+            raise ValueError("matched_ratio must be at least 1 and reference_spread positive")
+
     @property
     def lag_hours(self) -> int:
         """Rows before an hour that its expected count reads: `weeks` weeks, and with `holidays` 5 days
