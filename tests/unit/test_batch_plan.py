@@ -191,7 +191,7 @@ def _index(store: Any) -> list[tuple[Any, ...]]:
         store.connection()
         .execute(
             "SELECT e.id, a.path, a.num, a.txt, a.bool FROM attr_index a"
-            " JOIN entities e USING (tenant, seq) ORDER BY ALL"
+            " JOIN entities e USING (tenant, ver) ORDER BY ALL"
         )
         .fetchall()
     )

@@ -24,7 +24,7 @@ def expand(term: str) -> str:
 
 def connect() -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
-    con.execute("CREATE TABLE entities (tenant VARCHAR, id VARCHAR, seq BIGINT)")
+    con.execute("CREATE TABLE entities (tenant VARCHAR, id VARCHAR, ver BIGINT)")
     con.execute(ATTR_INDEX_DDL)
     return con
 
@@ -107,7 +107,7 @@ def test_ddl_is_idempotent() -> None:
     con = connect()
     con.execute(ATTR_INDEX_DDL)
     columns = [c[0] for c in con.execute("DESCRIBE attr_index").fetchall()]
-    assert columns == ["tenant", "seq", "path", "num", "txt", "bool"]
+    assert columns == ["tenant", "ver", "path", "num", "txt", "bool"]
 
 
 # -- translation ----------------------------------------------------------------------------------
@@ -196,7 +196,7 @@ def test_accepted_regexes_run_alike_in_duckdb(pattern: str) -> None:
 
 def test_single_condition_pushes_its_test_into_the_scan() -> None:
     sql, params = q_to_sql(parse_q("speed>50", expand), "t")
-    assert sql == "e.seq IN (SELECT seq FROM attr_index WHERE tenant = ? AND path = ? AND num > ?)"
+    assert sql == "e.ver IN (SELECT ver FROM attr_index WHERE tenant = ? AND path = ? AND num > ?)"
     assert params == ["t", NS + "speed", 50.0]
 
 

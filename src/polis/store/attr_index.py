@@ -29,8 +29,10 @@ from typing import Any
 from polis.domain.entity import ENTITY_MEMBERS, RESERVED_ATTRIBUTE_MEMBERS, Entity, Instance
 from polis.ngsi_ld.q import MAX_KEYS, MEMBERS, Path, classify, compared_values, instances, plain_values, value_member
 
+# `ver` is the entity version the row was written for (`entities.ver`): a row whose version is no longer
+# an entity's current one is stale, matches nothing, and is compacted away later (see DuckDBStore.apply).
 ATTR_INDEX_DDL = """CREATE TABLE IF NOT EXISTS attr_index (
-    tenant VARCHAR NOT NULL, seq BIGINT NOT NULL, path VARCHAR NOT NULL,
+    tenant VARCHAR NOT NULL, ver BIGINT NOT NULL, path VARCHAR NOT NULL,
     num DOUBLE, txt VARCHAR, "bool" BOOLEAN)"""
 
 SUB_SEP = "\x1f"
@@ -103,9 +105,9 @@ def encode_path(path: Path) -> str:
 
 
 def attr_index_rows(entity: Entity, key: int) -> list[IndexRow]:
-    """(key, path, num, txt, bool) rows for every comparable value of the entity; `key` is the entity's
-    integer `seq` in the store (joins on integers are several times faster than on id strings); the
-    store adds the tenant."""
+    """(key, path, num, txt, bool) rows for every comparable value of the entity; `key` is the integer
+    version the store gives this write of the entity (`ver`; joins on integers are several times faster
+    than on id strings); the store adds the tenant."""
     eid = key
     rows: list[IndexRow] = []
     for name, raw in entity.items():

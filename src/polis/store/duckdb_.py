@@ -61,10 +61,16 @@ log = logging.getLogger(__name__)
 
 INSTANCE_PREFIX = "urn:ngsi-ld:Instance:"
 
-SCHEMA_VERSION = "4"
+SCHEMA_VERSION = "5"
 # How many recent commits `unchanged_since` remembers beyond the live entities (a prepared batch is seldom
 # more than a few commits old; an older one is redone under the lock).
 LAST_WRITES_KEPT = 10_000
+# `attr_index` rows of replaced and deleted entities are left in place (they match no current version) and
+# deleted together once they reach this share of the live rows, and at least COMPACT_MIN_ROWS: deleting an
+# entity's old rows on every write was a scan of the whole index per batch (~12 ms of ~30 under the lock at
+# 1.5M rows), one compaction is about one such scan for many batches.
+COMPACT_SHARE = 0.5
+COMPACT_MIN_ROWS = 50_000
 # DuckDB folds its write-ahead log into the tables when the log reaches this size. The default (16 MB) means
 # a checkpoint every few batch upserts, each rewriting whole row groups; a larger log amortises that.
 CHECKPOINT_WAL = "256MB"
@@ -83,7 +89,7 @@ _SCHEMA = [
         payload VARCHAR NOT NULL, reason VARCHAR NOT NULL, received_at TIMESTAMP NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS entities (
         tenant VARCHAR NOT NULL, id VARCHAR NOT NULL, types VARCHAR[] NOT NULL, doc VARCHAR NOT NULL,
-        seq BIGINT NOT NULL)""",
+        seq BIGINT NOT NULL, ver BIGINT)""",
     """CREATE TABLE IF NOT EXISTS entity_types (
         tenant VARCHAR NOT NULL, seq BIGINT NOT NULL, type VARCHAR NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS entity_attrs (
@@ -105,9 +111,22 @@ _MIGRATE_3_TO_4 = [
     "DROP TABLE history_v3",
     "UPDATE meta SET value = '4' WHERE key = 'schema_version'",
 ]
+# Version 4 -> 5: each write of an entity gets a version (`entities.ver`), and `attr_index` rows are keyed by
+# it instead of the entity's `seq` (which stays: the creation order, and the key of the other index tables).
+_MIGRATE_4_TO_5 = {  # table: its steps (a table the file lacks is created as new)
+    "attr_index": ["ALTER TABLE attr_index RENAME COLUMN seq TO ver"],
+    "entities": ["ALTER TABLE entities ADD COLUMN ver BIGINT", "UPDATE entities SET ver = seq"],
+    "meta": ["UPDATE meta SET value = '5' WHERE key = 'schema_version'"],
+}
 
 _ENTITY_SCHEMA = pa.schema(
-    [("id", pa.string()), ("types", pa.list_(pa.string())), ("doc", pa.string()), ("seq", pa.int64())]
+    [
+        ("id", pa.string()),
+        ("types", pa.list_(pa.string())),
+        ("doc", pa.string()),
+        ("seq", pa.int64()),
+        ("ver", pa.int64()),
+    ]
 )
 # History rows as a write prepares them; `apply` appends `hkey`, the table's last column.
 _HISTORY_ROW_SCHEMA = pa.schema(
@@ -132,6 +151,7 @@ class PreparedWrite:
     upserts: Sequence[Entity]
     deletes: Sequence[str]
     seqs: dict[str, int] = field(default_factory=dict)
+    vers: dict[str, int] = field(default_factory=dict)  # each upsert's new version (its attr_index key)
     created: list[str] = field(default_factory=list)  # upserts that were new when prepared
     shapes: dict[int, tuple[int, int]] = field(default_factory=dict)
     tables: dict[str, pa.Table] = field(default_factory=dict)  # none: nothing to write
@@ -147,8 +167,10 @@ _PLAIN_MEMBERS = frozenset({"type", "value", "observedAt", "unitCode", "createdA
 def _is_plain_number(instance: dict[str, Any]) -> bool:
     """A numeric Property with nothing but value/observedAt/unitCode/system members: stored as `num` only."""
     kind = type(instance.get("value"))
-    return (kind is float or kind is int) and instance.get("type", "Property") == "Property" and (
-        instance.keys() <= _PLAIN_MEMBERS
+    return (
+        (kind is float or kind is int)
+        and instance.get("type", "Property") == "Property"
+        and (instance.keys() <= _PLAIN_MEMBERS)
     )
 
 
@@ -176,8 +198,11 @@ class DuckDBStore:
         self._numbers = threading.Lock()  # the next seq and instance id
         existing = {r[0] for r in self._con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         if not read_only:
-            if "history" in existing and "history_keys" not in existing:
-                self._migrate_to_4()
+            if "meta" in existing:  # without it: refused below, as written by a Polis before schema versions
+                if "history" in existing and "history_keys" not in existing:
+                    self._migrate(_MIGRATE_3_TO_4, "3")
+                to_5 = [sql for table, steps in _MIGRATE_4_TO_5.items() if table in existing for sql in steps]
+                self._migrate(to_5, "4")
             for ddl in _SCHEMA:
                 self._con.execute(ddl)
         if read_only and "meta" not in existing:
@@ -202,6 +227,12 @@ class DuckDBStore:
             for tenant, eid, seq in self._con.execute("SELECT tenant, id, seq FROM entities").fetchall()
         }
         self._next_seq = self._scalar("SELECT COALESCE(max(seq), 0) + 1 FROM entities")
+        # Versions are never reused: a stale attr_index row may hold a higher one than any entity.
+        self._next_ver = self._scalar(
+            "SELECT COALESCE(greatest((SELECT max(ver) FROM entities), (SELECT max(ver) FROM attr_index)), 0) + 1"
+        )
+        # attr_index rows of current versions, and (an estimate of) those of replaced and deleted ones
+        self._index_live, self._index_stale = self._index_counts()
         self._next_instance = self._scalar("SELECT COALESCE(max(instance_id), 0) + 1 FROM history")
         # (tenant, entity id) -> hkey of every entity with history, like the id directory above.
         self._hkeys: dict[tuple[str, str], int] = {
@@ -228,12 +259,13 @@ class DuckDBStore:
             self._con.execute("SELECT DISTINCT tenant, attr FROM geo_index WHERE gtype <> 'Point'").fetchall()
         )
 
-    def _migrate_to_4(self) -> None:
-        if self._scalar("SELECT value FROM meta WHERE key = 'schema_version'") != "3":
-            return  # an older or unknown version: refused below with its number
+    def _migrate(self, steps: list[str], before: str) -> None:
+        """Run one schema migration in a transaction, if the file is at version `before`."""
+        if self._scalar("SELECT value FROM meta WHERE key = 'schema_version'") != before:
+            return  # another version: newer, or older or unknown (refused below with its number)
         self._con.execute("BEGIN TRANSACTION")
         try:
-            for sql in _MIGRATE_3_TO_4:
+            for sql in steps:
                 self._con.execute(sql)
             self._con.execute("COMMIT")
         except BaseException:
@@ -376,8 +408,10 @@ class DuckDBStore:
                     prepared.created.append(entity["id"])
             first_instance = self._next_instance
             self._next_instance += len(history) + kept_columns
-        prepared.seqs = seqs
-        tables, prepared.shapes, retyped, moved = self._index_tables(tenant, upserts, seqs, index_columns)
+            vers = {entity["id"]: self._next_ver + k for k, entity in enumerate(upserts)}
+            self._next_ver += len(upserts)
+        prepared.seqs, prepared.vers = seqs, vers
+        tables, prepared.shapes, retyped, moved = self._index_tables(tenant, upserts, seqs, vers, index_columns)
         gone = list(old_seqs.values())
         tables["gone"] = _seq_table(gone)
         # Entities deleted, or whose types and attributes (geo rows) are rewritten, lose their old rows there.
@@ -429,9 +463,8 @@ class DuckDBStore:
             with self._registered(**{name: t for name, t in tables.items() if t.num_rows}):  # SQL reads no empty one
                 con.execute("BEGIN TRANSACTION")
                 try:
-                    for table, gone_rows in (
+                    for table, gone_rows in (  # attr_index: its rows of the old versions are compacted later
                         ("entities", "gone"),
-                        ("attr_index", "gone"),
                         ("entity_types", "gone_shape"),
                         ("entity_attrs", "gone_shape"),
                         ("geo_index", "gone_geo"),
@@ -492,6 +525,37 @@ class DuckDBStore:
                 self._last_write[(tenant, eid)] = self._commits
             if len(self._last_write) > 2 * len(self._directory) + LAST_WRITES_KEPT:
                 self._forget_old_writes()
+            # A replaced entity leaves about as many stale rows as it gets new ones, a deleted one its share.
+            added, replaced = tables["index_rows"].num_rows, len(upserts) - len(prepared.created)
+            per_entity = self._index_live / max(len(self._directory), 1)
+            self._index_stale += added * replaced / max(len(upserts), 1) + len(deletes) * per_entity
+            self._index_live += added * len(prepared.created) / max(len(upserts), 1) - len(deletes) * per_entity
+            if self._index_stale > max(COMPACT_SHARE * self._index_live, COMPACT_MIN_ROWS):
+                self.compact_index()
+
+    def compact_index(self) -> int:
+        """Delete the `attr_index` rows of versions that are no longer any entity's (replaced or deleted);
+        how many. Run by `apply` once they pile up (see COMPACT_SHARE), in a transaction of its own."""
+        with self._lock:
+            con = self._con
+            con.execute("BEGIN TRANSACTION")
+            try:
+                gone = con.execute(
+                    "DELETE FROM attr_index WHERE ver NOT IN (SELECT ver FROM entities WHERE ver IS NOT NULL)"
+                ).fetchall()[0][0]
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            self._index_live, self._index_stale = self._index_counts()
+            return int(gone)
+
+    def _index_counts(self) -> tuple[float, float]:
+        """(live, stale) `attr_index` rows, counted."""
+        live, stale = self._con.execute(
+            "SELECT count(*) FILTER (WHERE ver IN (SELECT ver FROM entities)), count(*) FROM attr_index"
+        ).fetchall()[0]
+        return float(live), float(stale - live)
 
     def _forget_old_writes(self) -> None:
         """Bound `_last_write` (deleted entities would stay in it for ever): drop all but the last
@@ -505,12 +569,17 @@ class DuckDBStore:
         return {i: seq for i, seq in found if seq is not None}
 
     def _index_tables(
-        self, tenant: str, upserts: Sequence[Entity], seqs: dict[str, int], prepared: IndexColumns | None = None
+        self,
+        tenant: str,
+        upserts: Sequence[Entity],
+        seqs: dict[str, int],
+        vers: dict[str, int],
+        prepared: IndexColumns | None = None,
     ) -> tuple[dict[str, pa.Table], dict[int, tuple[int, int]], set[int], set[int]]:
         """The rows to insert; each upserted entity's shape hashes; and the entities whose type and attribute
         rows, and whose geo rows, are among them. Those rows are left out where they equal what this process
-        last wrote for the entity (the caller keeps the stored ones). The `attr_index` rows of entities in
-        `prepared` are taken from it."""
+        last wrote for the entity (the caller keeps the stored ones). The `attr_index` rows (keyed by the new
+        version) of entities in `prepared` are taken from it."""
         covered = {id(e) for e in prepared.entities} if prepared is not None else set()
         ids: list[str] = []
         types: list[list[str]] = []
@@ -542,13 +611,14 @@ class DuckDBStore:
                 moved.add(seq)
                 geo_rows.extend(geo_index_rows(entity, seq, where))
             if id(entity) not in covered:
-                index_rows.extend(attr_index_rows(entity, seq))
+                index_rows.extend(attr_index_rows(entity, vers[eid]))
         entity_table = pa.table(
             [
                 pa.array(ids, pa.string()),
                 pa.array(types, pa.list_(pa.string())),
                 pa.array(docs, pa.string()),
                 pa.array([seqs[i] for i in ids], pa.int64()),
+                pa.array([vers[i] for i in ids], pa.int64()),
             ],
             schema=_ENTITY_SCHEMA,
         )
@@ -565,7 +635,7 @@ class DuckDBStore:
         index_cols = _columns(index_rows, 5)
         index_table = pa.table(
             {
-                "seq": pa.array(index_cols[0], pa.int64()),
+                "ver": pa.array(index_cols[0], pa.int64()),
                 "path": pa.array(index_cols[1], pa.string()),
                 "num": pa.array(index_cols[2], pa.float64()),
                 "txt": pa.array(index_cols[3], pa.string()),
@@ -573,20 +643,25 @@ class DuckDBStore:
             }
         )
         if prepared is not None:
-            index_table = pa.concat_tables([index_table, _prepared_index(prepared, upserts, seqs)])
+            index_table = pa.concat_tables([index_table, _prepared_index(prepared, upserts, vers)])
         geo_cols = _columns(geo_rows, 12)
         geo_types = (
             [pa.int64(), pa.string(), pa.string()] + [pa.float64()] * 6 + [pa.uint64(), pa.uint64(), pa.string()]
         )
         geo_names = ["seq", "attr", "gtype", "lon", "lat", "minx", "miny", "maxx", "maxy", "h3", "h3_r6", "geojson"]
         geo_table = pa.table({n: pa.array(c, t) for n, c, t in zip(geo_names, geo_cols, geo_types, strict=True)})
-        return {
-            "entity_rows": entity_table,
-            "type_rows": types_table,
-            "attr_rows": attrs_table,
-            "index_rows": index_table,
-            "geo_rows": geo_table,
-        }, shapes, retyped, moved
+        return (
+            {
+                "entity_rows": entity_table,
+                "type_rows": types_table,
+                "attr_rows": attrs_table,
+                "index_rows": index_table,
+                "geo_rows": geo_table,
+            },
+            shapes,
+            retyped,
+            moved,
+        )
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -1019,21 +1094,22 @@ _INSERT_LETTERS = (
 )
 
 
-def _prepared_index(prepared: IndexColumns, upserts: Sequence[Entity], seqs: dict[str, int]) -> pa.Table:
-    """`prepared` as `index_rows`, without the rows of entities that are not (or no longer) among the upserts."""
+def _prepared_index(prepared: IndexColumns, upserts: Sequence[Entity], vers: dict[str, int]) -> pa.Table:
+    """`prepared` as `index_rows` (keyed by each entity's new version), without the rows of entities that are
+    not (or no longer) among the upserts."""
     written = {id(e) for e in upserts}
-    owner_seq = np.array([seqs[e["id"]] if id(e) in written else -1 for e in prepared.entities], dtype=np.int64)
-    seq = owner_seq[np.asarray(prepared.owner, dtype=np.int64)] if prepared.owner else np.zeros(0, np.int64)
+    owner_ver = np.array([vers[e["id"]] if id(e) in written else -1 for e in prepared.entities], dtype=np.int64)
+    ver = owner_ver[np.asarray(prepared.owner, dtype=np.int64)] if prepared.owner else np.zeros(0, np.int64)
     table = pa.table(
         {
-            "seq": pa.array(seq),
+            "ver": pa.array(ver),
             "path": pa.array(prepared.path, pa.string()),
             "num": pa.array(prepared.num, pa.float64()),
             "txt": pa.array(prepared.txt, pa.string()),
             "bool": pa.array(prepared.bool, pa.bool_()),
         }
     )
-    keep = seq >= 0
+    keep = ver >= 0
     return table if keep.all() else table.filter(pa.array(keep))
 
 

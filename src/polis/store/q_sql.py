@@ -1,7 +1,8 @@
 """Translate a `q` expression (polis.ngsi_ld.q) into a DuckDB predicate over `attr_index`.
 
-The predicate is about the entities table aliased `e` and uses only uncorrelated `e.seq [NOT] IN (...)`
-sub-queries, which DuckDB runs as hash semi/anti joins:
+The predicate is about the entities table aliased `e` and uses only uncorrelated `e.ver [NOT] IN (...)`
+sub-queries, which DuckDB runs as hash semi/anti joins (`ver`, the entity's current version: index rows of
+an earlier version, not yet compacted away, match no entity, so they count for nothing either way):
 
 - one condition `path op value` or `[!]path`: the rows of that path that pass the test, so the filter is
   pushed into the scan (the common case, and the one the 50 ms / 100k entities target is about);
@@ -21,17 +22,17 @@ from __future__ import annotations
 from polis.ngsi_ld.q import NEGATED, And, Comparison, Exists, Or, QExpr, Range, Scalar
 from polis.store.attr_index import encode_path
 
-_ROWS = "SELECT seq FROM attr_index WHERE tenant = ? AND path = ?"
+_ROWS = "SELECT ver FROM attr_index WHERE tenant = ? AND path = ?"
 _SQL_OPS = {"==": "=", ">": ">", ">=": ">=", "<": "<", "<=": "<="}
 
 
 def q_to_sql(expr: QExpr, tenant: str) -> tuple[str, list[object]]:
-    """A boolean SQL predicate about `e` (columns e.tenant, e.seq) and its `?` parameters, in order."""
+    """A boolean SQL predicate about `e` (columns e.tenant, e.ver) and its `?` parameters, in order."""
     if isinstance(expr, Exists):
-        return f"e.seq {'NOT IN' if expr.negated else 'IN'} ({_ROWS})", [tenant, encode_path(expr.path)]
+        return f"e.ver {'NOT IN' if expr.negated else 'IN'} ({_ROWS})", [tenant, encode_path(expr.path)]
     if isinstance(expr, Comparison) and expr.op not in NEGATED:
         test, test_params = _test(expr)
-        return f"e.seq IN ({_ROWS} AND {test})", [tenant, encode_path(expr.path), *test_params]
+        return f"e.ver IN ({_ROWS} AND {test})", [tenant, encode_path(expr.path), *test_params]
     return _grouped(expr, tenant)
 
 
@@ -44,11 +45,11 @@ def _grouped(expr: QExpr, tenant: str) -> tuple[str, list[object]]:
     having_params: list[object] = []
     having = _having(expr, having_params)
     paths = sorted(_paths(expr))
-    scan = f"SELECT seq FROM attr_index WHERE tenant = ? AND path IN ({', '.join('?' * len(paths))}) GROUP BY seq"
+    scan = f"SELECT ver FROM attr_index WHERE tenant = ? AND path IN ({', '.join('?' * len(paths))}) GROUP BY ver"
     params: list[object] = [tenant, *paths]
     if _holds_without_rows(expr):
-        return f"e.seq NOT IN ({scan} HAVING NOT {having})", params + having_params
-    return f"e.seq IN ({scan} HAVING {having})", params + having_params
+        return f"e.ver NOT IN ({scan} HAVING NOT {having})", params + having_params
+    return f"e.ver IN ({scan} HAVING {having})", params + having_params
 
 
 def _having(expr: QExpr, params: list[object]) -> str:

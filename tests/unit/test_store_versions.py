@@ -1,0 +1,118 @@
+"""`attr_index` rows are keyed by the entity's version: a write adds the new version's rows and leaves the
+old ones in place (no scan of the whole index per write); the old rows match no entity, so no `q` ever sees
+them, and they are compacted away once they pile up. Files of the previous schema are migrated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+import polis.store.duckdb_ as duckdb_store
+from polis.ngsi_ld.q import parse_q
+from polis.store.base import EntityQuery
+from polis.store.duckdb_ import SCHEMA_VERSION, DuckDBStore
+
+NS = "https://example.org/"
+TYPE = NS + "Counter"
+
+
+def _entity(n: int, **values: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {"id": f"urn:ngsi-ld:Counter:{n}", "type": [TYPE]}
+    for name, value in values.items():
+        doc[NS + name] = [{"type": "Property", "value": value}]
+    return doc
+
+
+def _ids(store: DuckDBStore, q: str) -> list[str]:
+    query = EntityQuery(q=parse_q(q, lambda term: NS + term), limit=None)
+    return sorted(e["id"] for e in store.query("", query).entities)
+
+
+def _rows(store: DuckDBStore) -> int:
+    return int(store._scalar("SELECT count(*) FROM attr_index"))
+
+
+def test_old_versions_are_never_seen_by_q(tmp_path: Path) -> None:
+    store = DuckDBStore(tmp_path / "hub.duckdb")
+    try:
+        store.write("", upserts=[_entity(1, speed=10, note="slow"), _entity(2, speed=70)])
+        store.write("", upserts=[_entity(1, speed=50)])  # replaced: its speed changes, `note` goes
+        assert _rows(store) > 3  # the old rows are still there...
+        assert _ids(store, "speed<20") == []  # ... but match nothing
+        assert _ids(store, "speed==50") == ["urn:ngsi-ld:Counter:1"]
+        assert _ids(store, "speed!=10") == ["urn:ngsi-ld:Counter:1", "urn:ngsi-ld:Counter:2"]
+        assert _ids(store, "note") == []
+        assert _ids(store, "!note") == ["urn:ngsi-ld:Counter:1", "urn:ngsi-ld:Counter:2"]
+        assert _ids(store, "speed>40;!note") == ["urn:ngsi-ld:Counter:1", "urn:ngsi-ld:Counter:2"]  # grouped scan
+        store.write("", deletes=["urn:ngsi-ld:Counter:2"])
+        assert _ids(store, "speed>0") == ["urn:ngsi-ld:Counter:1"]
+    finally:
+        store.close()
+
+
+def test_stale_rows_are_compacted_once_they_pile_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(duckdb_store, "COMPACT_MIN_ROWS", 20)
+    store = DuckDBStore(tmp_path / "hub.duckdb")
+    try:
+        store.write("", upserts=[_entity(n, speed=n, lanes=2) for n in range(10)])
+        live = _rows(store)  # 2 rows an entity
+        after = []
+        for round_ in range(1, 8):
+            store.write("", upserts=[_entity(n, speed=100 * round_ + n, lanes=2) for n in range(10)])
+            after.append(_rows(store))
+            assert _ids(store, f"speed>={100 * round_}") == [f"urn:ngsi-ld:Counter:{n}" for n in range(10)]
+            assert _ids(store, f"speed<{100 * round_}") == []
+        # each round leaves `live` stale rows; more than 20 (the slack here) are compacted in the same write
+        assert after[:3] == [2 * live, live, 2 * live]
+        assert max(after) == 2 * live
+        assert store.compact_index() == after[-1] - live  # by hand: whatever is stale now
+        assert _rows(store) == live
+        assert _ids(store, "speed>=700") == [f"urn:ngsi-ld:Counter:{n}" for n in range(10)]
+    finally:
+        store.close()
+
+
+def test_versions_continue_after_a_restart_past_stale_rows(tmp_path: Path) -> None:
+    path = tmp_path / "hub.duckdb"
+    store = DuckDBStore(path)
+    store.write("", upserts=[_entity(1, speed=1)])
+    store.write("", upserts=[_entity(1, speed=2)])  # version 1's rows are stale, not compacted
+    store.close()
+    store = DuckDBStore(path)
+    try:
+        highest = store._scalar("SELECT max(ver) FROM attr_index")
+        store.write("", upserts=[_entity(2, speed=3)])
+        assert store._scalar("SELECT ver FROM entities WHERE id = 'urn:ngsi-ld:Counter:2'") > highest
+        assert _ids(store, "speed==1") == []
+        assert _ids(store, "speed>=2") == ["urn:ngsi-ld:Counter:1", "urn:ngsi-ld:Counter:2"]
+    finally:
+        store.close()
+
+
+def test_a_version_4_file_is_migrated_and_queried_as_before(tmp_path: Path) -> None:
+    path = tmp_path / "hub.duckdb"
+    store = DuckDBStore(path)
+    store.write("", upserts=[_entity(1, speed=10), _entity(2, speed=70)])
+    store.close()
+    con = duckdb.connect(str(path))  # back to version 4: index rows keyed by seq, no versions
+    con.execute("DELETE FROM attr_index")
+    con.execute("ALTER TABLE attr_index RENAME COLUMN ver TO seq")
+    con.execute(
+        "INSERT INTO attr_index SELECT e.tenant, e.seq, ?, (e.seq - 1) * 60.0 + 10, NULL, NULL FROM entities e",
+        [NS + "speed"],
+    )
+    con.execute("ALTER TABLE entities DROP COLUMN ver")
+    con.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    con.close()
+    store = DuckDBStore(path)
+    try:
+        assert store._scalar("SELECT value FROM meta WHERE key = 'schema_version'") == SCHEMA_VERSION == "5"
+        assert _ids(store, "speed>50") == ["urn:ngsi-ld:Counter:2"]
+        store.write("", upserts=[_entity(2, speed=5)])
+        assert _ids(store, "speed>50") == []
+        assert _ids(store, "speed<20") == ["urn:ngsi-ld:Counter:1", "urn:ngsi-ld:Counter:2"]
+    finally:
+        store.close()
