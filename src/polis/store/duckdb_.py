@@ -531,7 +531,10 @@ class DuckDBStore:
             self._index_stale += added * replaced / max(len(upserts), 1) + len(deletes) * per_entity
             self._index_live += added * len(prepared.created) / max(len(upserts), 1) - len(deletes) * per_entity
             if self._index_stale > max(COMPACT_SHARE * self._index_live, COMPACT_MIN_ROWS):
-                self.compact_index()
+                try:
+                    self.compact_index()
+                except Exception:  # the write is committed: report it so; stale rows only cost read time
+                    log.exception("compacting attr_index failed; it is tried again after the next write")
 
     def compact_index(self) -> int:
         """Delete the `attr_index` rows of versions that are no longer any entity's (replaced or deleted);
