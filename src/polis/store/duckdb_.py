@@ -1,13 +1,15 @@
 """The embedded default store: one DuckDB file holding current state, indexes and history.
 
 Tables (all keyed by tenant; the default tenant is the empty string):
-- `entities`: one row per entity, the whole expanded document as JSON text, its types, and `seq`
-  (creation order, which gives query results a stable order).
+- `entities`: one row per entity, the whole expanded document as JSON text, its types, `seq`
+  (creation order, which gives query results a stable order) and `ver` (a new number at every write).
 - `entity_types`, `entity_attrs`: (entity, type) and (entity, attribute IRI, attribute kind), for type and
   `attrs=` filters and `/types`, `/attributes`.
-- `attr_index`: the flattened attribute values that `q` is translated against (see attr_index.py).
+- `attr_index`: the flattened attribute values that `q` is translated against (see attr_index.py), keyed
+  by `ver`: a write adds the new version's rows and leaves the old ones, which match no entity any more,
+  for `compact_index` to delete in bulk.
 - `geo_index`: every GeoProperty with its bounding box and H3 cells (see geo_index.py).
-- The index tables refer to an entity by its integer `seq`, not its id: a query first finds the page's
+- The other index tables refer to an entity by its integer `seq`, not its id: a query first finds the page's
   `seq`s from the narrow tables (integer joins, no document read), then reads only those documents.
 - `history`: every temporal instance; numeric Property instances keep only `num` (+ unit), others the
   instance JSON, so a week of one sensor reads without parsing JSON. Each row also carries `hkey`, an
