@@ -4,6 +4,7 @@ holds its own models to (no peeking past the origin, same seed same forecast, sa
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -93,14 +94,27 @@ def test_same_settings_same_forecast_and_save_load_identical(france: CountryData
     record = registry.save(first, "covid-europe-2020-France", "rolling-origin")
     again = model_class(record.kind).load(record.path).predict(panel, origins)
     assert np.array_equal(a.mean, again.mean) and np.array_equal(a.upper, again.upper)
+    # a model saved for another target (the cases / scale ratio before the log ratio) is refused, not misread
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    meta["params"]["target"] = "cases / scale"
+    (tmp_path / "model" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="target"):
+        LearnedEpidemicForecaster.load(tmp_path / "model")
 
 
 def test_a_plain_panel_uses_its_graph_as_the_flows(france: CountryData) -> None:
     panel = mobility_panel(france)
     graph = np.asarray(france.flows[-1])
     plain = Panel(
-        panel.name, panel.times, panel.values, panel.entity_ids, panel.step_s, panel.timezone,
-        panel.entity_type, panel.attribute, adjacency=graph,
+        panel.name,
+        panel.times,
+        panel.values,
+        panel.entity_ids,
+        panel.step_s,
+        panel.timezone,
+        panel.entity_type,
+        panel.attribute,
+        adjacency=graph,
     )
     data = country_of(plain, 30)
     assert data.flows.shape == (30, REGIONS, REGIONS) and np.array_equal(data.flows[3], graph)

@@ -79,15 +79,17 @@ def test_versions_continue_after_a_restart_past_stale_rows(tmp_path: Path) -> No
     path = tmp_path / "hub.duckdb"
     store = DuckDBStore(path)
     store.write("", upserts=[_entity(1, speed=1)])
-    store.write("", upserts=[_entity(1, speed=2)])  # version 1's rows are stale, not compacted
+    store.write("", upserts=[_entity(2, speed=99)])
+    store.write("", deletes=["urn:ngsi-ld:Counter:2"])  # the highest version is now only in stale rows
     store.close()
     store = DuckDBStore(path)
     try:
         highest = store._scalar("SELECT max(ver) FROM attr_index")
-        store.write("", upserts=[_entity(2, speed=3)])
-        assert store._scalar("SELECT ver FROM entities WHERE id = 'urn:ngsi-ld:Counter:2'") > highest
-        assert _ids(store, "speed==1") == []
-        assert _ids(store, "speed>=2") == ["urn:ngsi-ld:Counter:1", "urn:ngsi-ld:Counter:2"]
+        assert highest > store._scalar("SELECT max(ver) FROM entities")
+        store.write("", upserts=[_entity(3, speed=5)])  # must not take the deleted entity's version
+        assert store._scalar("SELECT ver FROM entities WHERE id = 'urn:ngsi-ld:Counter:3'") > highest
+        assert _ids(store, "speed>50") == []
+        assert _ids(store, "speed<10") == ["urn:ngsi-ld:Counter:1", "urn:ngsi-ld:Counter:3"]
     finally:
         store.close()
 

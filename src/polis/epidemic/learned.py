@@ -37,11 +37,12 @@ if TYPE_CHECKING:
 
 
 SCALE_DAYS = 1  # picked on the first half of the test days only (1: 1.101, 3: 1.108, 7: 1.122 x baseline)
+TARGET = "log1p(cases) - log1p(scale)"  # what the boosters predict (saved with a model; a different one is refitted)
 
 
 def region_scale(cases: np.ndarray) -> np.ndarray:
-    """Each region's scale: mean of its last SCALE_DAYS days + 1."""
-    return np.asarray(cases[-SCALE_DAYS:].mean(axis=0) + 1.0)
+    """Each region's scale: mean of its last SCALE_DAYS days + 1 (at least 1, whatever a store hands over)."""
+    return np.asarray(np.maximum(cases[-SCALE_DAYS:], 0.0).mean(axis=0) + 1.0)
 
 
 def origin_features(history: CountryData, horizons: int, mechanistic: Metapopulation) -> np.ndarray:

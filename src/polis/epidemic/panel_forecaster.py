@@ -31,7 +31,7 @@ import numpy as np
 
 from polis.epidemic.data import CountryData
 from polis.epidemic.hub import region_id
-from polis.epidemic.learned import SCALE_DAYS, LearnedForecaster, fingerprint
+from polis.epidemic.learned import SCALE_DAYS, TARGET, LearnedForecaster, fingerprint
 from polis.forecast.data import Panel
 from polis.forecast.model import Forecast, IntervalCalibration, Progress, read_json, targets, write_json
 
@@ -187,7 +187,12 @@ class LearnedEpidemicForecaster:
                 "kind": self.kind,
                 "steps": list(self.steps),
                 "seed": self.seed,
-                "params": {"window": self.model.window, "trees": self.model.trees, "scale_days": SCALE_DAYS},
+                "params": {
+                    "window": self.model.window,
+                    "trees": self.model.trees,
+                    "scale_days": SCALE_DAYS,
+                    "target": TARGET,
+                },
                 "fitted": None if fitted is None else {"days": fitted[0], "fingerprint": fitted[1]},
                 "booster": booster is not None,
                 "recorded_forecasts": len(self.record),
@@ -205,6 +210,8 @@ class LearnedEpidemicForecaster:
             raise ValueError(f"{directory}: not a {cls.kind} model")
         if params.get("scale_days") != SCALE_DAYS:  # the features would mean something else now
             raise ValueError(f"{directory}: saved with scale_days {params.get('scale_days')}, code uses {SCALE_DAYS}")
+        if params.get("target") != TARGET:  # its boosters and recorded forecasts predict something else
+            raise ValueError(f"{directory}: saved for the target {params.get('target')!r}, code uses {TARGET!r}")
         steps: list[int] = meta["steps"]  # type: ignore[assignment]
         model = cls(tuple(steps), int(meta["seed"]), int(params["window"]), int(params["trees"]))  # type: ignore[call-overload]
         model.calibration = IntervalCalibration.from_json(meta["calibration"])  # type: ignore[arg-type]

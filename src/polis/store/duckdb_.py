@@ -527,11 +527,13 @@ class DuckDBStore:
                 self._last_write[(tenant, eid)] = self._commits
             if len(self._last_write) > 2 * len(self._directory) + LAST_WRITES_KEPT:
                 self._forget_old_writes()
-            # A replaced entity leaves about as many stale rows as it gets new ones, a deleted one its share.
+            # A replaced entity leaves about as many stale rows as it gets new ones, a deleted one its share (an
+            # estimate: entities that shrink leave more; every compaction counts both again exactly).
             added, replaced = tables["index_rows"].num_rows, len(upserts) - len(prepared.created)
             per_entity = self._index_live / max(len(self._directory), 1)
             self._index_stale += added * replaced / max(len(upserts), 1) + len(deletes) * per_entity
             self._index_live += added * len(prepared.created) / max(len(upserts), 1) - len(deletes) * per_entity
+            self._index_live = max(self._index_live, 0.0)
             if self._index_stale > max(COMPACT_SHARE * self._index_live, COMPACT_MIN_ROWS):
                 try:
                     self.compact_index()
