@@ -87,6 +87,15 @@ def sub_attribute_names(instance: Instance) -> list[str]:
     return [k for k in instance if k not in RESERVED_ATTRIBUTE_MEMBERS]
 
 
+def is_plain_number(instance: Instance, members: frozenset[str]) -> bool:
+    """A numeric Property (an int or a float, not a bool) with no members but `members`: a reading that a
+    store can keep as a number instead of a document."""
+    kind = type(instance.get("value"))
+    if kind is not float and kind is not int:
+        return False
+    return instance.get("type", "Property") == "Property" and instance.keys() <= members
+
+
 def instance_value(instance: Instance) -> Any:
     """The value an attribute instance carries, whatever its kind."""
     return instance.get(VALUE_MEMBER.get(instance.get("type", "Property"), "value"))

@@ -22,6 +22,7 @@ from polis.domain.entity import (
     Entity,
     HistoryInstance,
     Instance,
+    is_plain_number,
     same_instances,
 )
 from polis.domain.errors import AlreadyExists, BadRequestData, NgsiError, ResourceNotFound
@@ -114,13 +115,8 @@ class _History:
                 observed = instance.get("observedAt")
                 if observed is None:
                     continue
-                kind = type(instance.get("value"))
-                if (
-                    (kind is float or kind is int)
-                    and observed[-1] == "Z"  # normalized UTC, which numpy reads without the Z
-                    and instance.get("type", "Property") == "Property"
-                    and instance.keys() <= self._PLAIN
-                ):
+                # normalized UTC, which numpy reads without the Z; no datasetId (columns have none)
+                if observed[-1] == "Z" and is_plain_number(instance, self._PLAIN):
                     self._ids.append(eid)
                     self._attrs.append(name)
                     self._times.append(observed[:-1])

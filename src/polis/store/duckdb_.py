@@ -40,7 +40,7 @@ import orjson
 import pyarrow as pa
 
 from polis.access.datasets import dataset_sql
-from polis.domain.entity import ENTITY_MEMBERS, Entity, HistoryInstance
+from polis.domain.entity import ENTITY_MEMBERS, Entity, HistoryInstance, is_plain_number
 from polis.ngsi_ld.events import Staged
 from polis.ngsi_ld.geoquery import matches as geo_matches
 from polis.store.attr_index import ATTR_INDEX_DDL, IndexColumns, attr_index_rows
@@ -168,12 +168,7 @@ _PLAIN_MEMBERS = frozenset({"type", "value", "observedAt", "unitCode", "createdA
 
 def _is_plain_number(instance: dict[str, Any]) -> bool:
     """A numeric Property with nothing but value/observedAt/unitCode/system members: stored as `num` only."""
-    kind = type(instance.get("value"))
-    return (
-        (kind is float or kind is int)
-        and instance.get("type", "Property") == "Property"
-        and (instance.keys() <= _PLAIN_MEMBERS)
-    )
+    return is_plain_number(instance, _PLAIN_MEMBERS)
 
 
 class DuckDBStore:
@@ -265,14 +260,9 @@ class DuckDBStore:
         """Run one schema migration in a transaction, if the file is at version `before`."""
         if self._scalar("SELECT value FROM meta WHERE key = 'schema_version'") != before:
             return  # another version: newer, or older or unknown (refused below with its number)
-        self._con.execute("BEGIN TRANSACTION")
-        try:
+        with self._transaction() as con:
             for sql in steps:
-                self._con.execute(sql)
-            self._con.execute("COMMIT")
-        except BaseException:
-            self._con.execute("ROLLBACK")
-            raise
+                con.execute(sql)
 
     def _history_keys(self, tenant: str, eids: Iterable[str], fresh: dict[str, int]) -> list[int]:
         """The hkey of each entity id; ids without one get the next numbers, collected in `fresh` (stored in
@@ -332,6 +322,18 @@ class DuckDBStore:
                     [tenant, seqs],
                 ).fetchall()
         return {eid: orjson.loads(doc) for eid, doc in rows}
+
+    @contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The connection inside BEGIN ... COMMIT, rolled back on any exception (the caller holds the lock)."""
+        con = self._con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            yield con
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
 
     @contextmanager
     def _registered(self, **tables: pa.Table) -> Iterator[None]:
@@ -461,53 +463,47 @@ class DuckDBStore:
                 tables["history_cols"] = tables["history_cols"].append_column("hkey", pa.array(run_keys, pa.int64()))
             if fresh:
                 tables["fresh_keys"] = _keys_table(fresh)
-            con = self._con
-            with self._registered(**{name: t for name, t in tables.items() if t.num_rows}):  # SQL reads no empty one
-                con.execute("BEGIN TRANSACTION")
-                try:
-                    for table, gone_rows in (  # attr_index: its rows of the old versions are compacted later
-                        ("entities", "gone"),
-                        ("entity_types", "gone_shape"),
-                        ("entity_attrs", "gone_shape"),
-                        ("geo_index", "gone_geo"),
-                    ):
-                        if tables[gone_rows].num_rows:
-                            con.execute(
-                                f"DELETE FROM {table} WHERE tenant = ? AND seq IN (SELECT seq FROM {gone_rows})",
-                                [tenant],
-                            )
-                    if upserts:
-                        con.execute("INSERT INTO entities SELECT ?, * FROM entity_rows", [tenant])
-                        if tables["type_rows"].num_rows:
-                            con.execute("INSERT INTO entity_types SELECT ?, * FROM type_rows", [tenant])
-                        if tables["attr_rows"].num_rows:
-                            con.execute("INSERT INTO entity_attrs SELECT ?, * FROM attr_rows", [tenant])
-                        if tables["index_rows"].num_rows:
-                            con.execute("INSERT INTO attr_index SELECT ?, * FROM index_rows", [tenant])
-                        if tables["geo_rows"].num_rows:
-                            geo = tables["geo_rows"]
-                            for attr, gtype in zip(
-                                geo.column("attr").to_pylist(), geo.column("gtype").to_pylist(), strict=True
-                            ):
-                                if gtype != "Point":
-                                    self._shaped.add((tenant, attr))
-                            con.execute("INSERT INTO geo_index SELECT ?, * FROM geo_rows", [tenant])
-                    if history:
-                        con.execute("INSERT INTO history SELECT ?, * FROM history_rows", [tenant])
-                    if columns:
-                        con.execute("INSERT INTO history SELECT ?, * FROM history_cols", [tenant])
-                    if fresh:
-                        con.execute("INSERT INTO history_keys SELECT ?, * FROM fresh_keys", [tenant])
-                    if dead_letters:
-                        con.execute(_INSERT_LETTERS)
-                    if receipts:
-                        con.execute("INSERT INTO receipts SELECT source, key, now()::TIMESTAMP FROM receipt_rows")
-                    for rows in staged:
-                        rows.write(con)
-                    con.execute("COMMIT")
-                except BaseException:
-                    con.execute("ROLLBACK")
-                    raise
+            # SQL reads no empty table
+            with self._registered(**{name: t for name, t in tables.items() if t.num_rows}), self._transaction() as con:
+                for table, gone_rows in (  # attr_index: its rows of the old versions are compacted later
+                    ("entities", "gone"),
+                    ("entity_types", "gone_shape"),
+                    ("entity_attrs", "gone_shape"),
+                    ("geo_index", "gone_geo"),
+                ):
+                    if tables[gone_rows].num_rows:
+                        con.execute(
+                            f"DELETE FROM {table} WHERE tenant = ? AND seq IN (SELECT seq FROM {gone_rows})",
+                            [tenant],
+                        )
+                if upserts:
+                    con.execute("INSERT INTO entities SELECT ?, * FROM entity_rows", [tenant])
+                    if tables["type_rows"].num_rows:
+                        con.execute("INSERT INTO entity_types SELECT ?, * FROM type_rows", [tenant])
+                    if tables["attr_rows"].num_rows:
+                        con.execute("INSERT INTO entity_attrs SELECT ?, * FROM attr_rows", [tenant])
+                    if tables["index_rows"].num_rows:
+                        con.execute("INSERT INTO attr_index SELECT ?, * FROM index_rows", [tenant])
+                    if tables["geo_rows"].num_rows:
+                        geo = tables["geo_rows"]
+                        for attr, gtype in zip(
+                            geo.column("attr").to_pylist(), geo.column("gtype").to_pylist(), strict=True
+                        ):
+                            if gtype != "Point":
+                                self._shaped.add((tenant, attr))
+                        con.execute("INSERT INTO geo_index SELECT ?, * FROM geo_rows", [tenant])
+                if history:
+                    con.execute("INSERT INTO history SELECT ?, * FROM history_rows", [tenant])
+                if columns:
+                    con.execute("INSERT INTO history SELECT ?, * FROM history_cols", [tenant])
+                if fresh:
+                    con.execute("INSERT INTO history_keys SELECT ?, * FROM fresh_keys", [tenant])
+                if dead_letters:
+                    con.execute(_INSERT_LETTERS)
+                if receipts:
+                    con.execute("INSERT INTO receipts SELECT source, key, now()::TIMESTAMP FROM receipt_rows")
+                for rows in staged:
+                    rows.write(con)
             self._keep_history_keys(tenant, fresh)
             for rows in staged:
                 try:
@@ -527,33 +523,32 @@ class DuckDBStore:
                 self._last_write[(tenant, eid)] = self._commits
             if len(self._last_write) > 2 * len(self._directory) + LAST_WRITES_KEPT:
                 self._forget_old_writes()
-            # A replaced entity leaves about as many stale rows as it gets new ones, a deleted one its share (an
-            # estimate: entities that shrink leave more; every compaction counts both again exactly).
-            added, replaced = tables["index_rows"].num_rows, len(upserts) - len(prepared.created)
-            per_entity = self._index_live / max(len(self._directory), 1)
-            self._index_stale += added * replaced / max(len(upserts), 1) + len(deletes) * per_entity
-            self._index_live += added * len(prepared.created) / max(len(upserts), 1) - len(deletes) * per_entity
-            self._index_live = max(self._index_live, 0.0)
-            if self._index_stale > max(COMPACT_SHARE * self._index_live, COMPACT_MIN_ROWS):
-                try:
-                    self.compact_index()
-                except Exception:  # the write is committed: report it so; stale rows only cost read time
-                    log.exception("compacting attr_index failed; it is tried again after the next write")
+            self._count_index_rows(prepared)
+
+    def _count_index_rows(self, prepared: PreparedWrite) -> None:
+        """After a commit: what it made stale in `attr_index`, and the compaction once enough is. A replaced
+        entity leaves about as many stale rows as it gets new ones, a deleted one its share (an estimate:
+        entities that shrink leave more; every compaction counts both again exactly)."""
+        upserts, deletes = prepared.upserts, prepared.deletes
+        added, created = prepared.tables["index_rows"].num_rows, len(prepared.created)
+        per_upsert = added / max(len(upserts), 1)
+        per_entity = self._index_live / max(len(self._directory), 1)
+        self._index_stale += per_upsert * (len(upserts) - created) + len(deletes) * per_entity
+        self._index_live = max(self._index_live + per_upsert * created - len(deletes) * per_entity, 0.0)
+        if self._index_stale > max(COMPACT_SHARE * self._index_live, COMPACT_MIN_ROWS):
+            try:
+                self.compact_index()
+            except Exception:  # the write is committed: report it so; stale rows only cost read time
+                log.exception("compacting attr_index failed; it is tried again after the next write")
 
     def compact_index(self) -> int:
         """Delete the `attr_index` rows of versions that are no longer any entity's (replaced or deleted);
         how many. Run by `apply` once they pile up (see COMPACT_SHARE), in a transaction of its own."""
         with self._lock:
-            con = self._con
-            con.execute("BEGIN TRANSACTION")
-            try:
+            with self._transaction() as con:
                 gone = con.execute(
                     "DELETE FROM attr_index WHERE ver NOT IN (SELECT ver FROM entities WHERE ver IS NOT NULL)"
                 ).fetchall()[0][0]
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
             self._index_live, self._index_stale = self._index_counts()
             return int(gone)
 
@@ -897,11 +892,7 @@ class DuckDBStore:
                     "hkey": pa.array(_run_keys(eids, keys_of), pa.int64()),
                 }
             )
-            con = self._con
-            con.register("batch", batch)
-            con.register("fresh_keys", _keys_table(fresh))
-            con.execute("BEGIN TRANSACTION")
-            try:
+            with self._registered(batch=batch, fresh_keys=_keys_table(fresh)), self._transaction() as con:
                 select = (
                     "SELECT ?, b.eid, b.attr, NULL, b.observed_at, b.instance_id, b.num, NULL, ?, b.hkey FROM batch b"
                 )
@@ -920,13 +911,6 @@ class DuckDBStore:
                 added = int(inserted.fetchall()[0][0])  # DuckDB answers an INSERT with its row count
                 if fresh:
                     con.execute("INSERT INTO history_keys SELECT ?, * FROM fresh_keys", [tenant])
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            finally:
-                con.unregister("batch")
-                con.unregister("fresh_keys")
             self._keep_history_keys(tenant, fresh)
         return added
 
