@@ -105,8 +105,9 @@ def fit_served(
     forecast = blended_forecast(data, forecasters, HORIZONS, FIRST_ORIGIN)
     fits = model.model.fits - before
     record = registry.latest(dataset, LearnedEpidemicForecaster.kind)
+    version = data_version(data)
     if model.calibration is None:  # too few days to have validation origins: served, not kept
-        return Served(forecast, data_version(data), "", fits, time.perf_counter() - started)
+        return Served(forecast, version, "", fits, time.perf_counter() - started)
     if fits or record is None:
         model.record = {key: model.record[key] for key in needed if key in model.record}
         record = registry.save(
@@ -119,7 +120,7 @@ def fit_served(
             entity_ids=panel.entity_ids,
         )
         _prune(registry, dataset)
-    return Served(forecast, data_version(data), str(record.path), fits, time.perf_counter() - started)
+    return Served(forecast, version, str(record.path), fits, time.perf_counter() - started)
 
 
 def _latest(registry: ModelRegistry, dataset: str) -> LearnedEpidemicForecaster | None:
