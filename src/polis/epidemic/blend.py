@@ -148,9 +148,7 @@ class _Blender:
             elif h > 1:
                 quantiles[h - 1] = quantiles[h - 2]
         point = points[t]
-        spread = np.sqrt(np.maximum(point, 0.0) + 1.0)
-        lower = np.maximum(point + quantiles[:, :1] * spread, 0.0)
-        upper = np.maximum(point + quantiles[:, 1:] * spread, lower)
+        lower, upper = _band(point, quantiles)
         w = self.rule_weights(t, rule)
         weights = {name: [round(float(v), 4) for v in w[:, m]] for m, name in enumerate(self.names)}
         return np.maximum(point, 0.0), lower, upper, weights
@@ -183,14 +181,20 @@ class _Blender:
             point[:, h - 1] = w @ self.stacked[:, t, h - 1]
             w_all[:, h - 1], residual_q[:, h - 1] = w, q
             last_w, last_q = w, q
-        spread = np.sqrt(np.maximum(point, 0.0) + 1.0)
-        lower = np.maximum(point + residual_q[:, :, :1] * spread, 0.0)
-        upper = np.maximum(point + residual_q[:, :, 1:] * spread, lower)
+        lower, upper = _band(point, residual_q)
         out: list[Blended] = []
         for j in range(k):
             weights = {name: [round(float(v), 4) for v in w_all[j, :, m]] for m, name in enumerate(names)}
             out.append((np.maximum(point[j], 0.0), lower[j], upper[j], weights))
         return out
+
+
+def _band(point: np.ndarray, quantiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) around `point` (..., horizons, regions) from residual quantiles (..., horizons, 2) in
+    sqrt(point + 1) units, the scale the residuals were measured in."""
+    spread = np.sqrt(np.maximum(point, 0.0) + 1.0)
+    lower = np.maximum(point + quantiles[..., :1] * spread, 0.0)
+    return lower, np.maximum(point + quantiles[..., 1:] * spread, lower)
 
 
 Bands = tuple[np.ndarray, np.ndarray, np.ndarray]  # point, lower, upper: (days, horizons, regions)
