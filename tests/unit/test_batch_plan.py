@@ -190,8 +190,8 @@ def _index(store: Any) -> list[tuple[Any, ...]]:
     return (
         store.connection()
         .execute(
-            "SELECT e.id, a.path, a.num, a.txt, a.bool FROM attr_index a"
-            " JOIN entities e USING (tenant, ver) ORDER BY ALL"
+            "SELECT e.id, p.path, a.num, a.txt, a.bool FROM attr_index a"
+            " JOIN entities e USING (tenant, ver) JOIN attr_paths p ON p.id = a.path ORDER BY ALL"
         )
         .fetchall()
     )

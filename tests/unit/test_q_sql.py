@@ -29,10 +29,20 @@ def connect() -> duckdb.DuckDBPyConnection:
     return con
 
 
+# Paths are stored as numbers (as a store's `attr_paths` gives them); one numbering for every test here.
+PATH_IDS: dict[str, int] = {}
+
+
+def path_id(path: str) -> int:
+    return PATH_IDS.get(path, -1)
+
+
 def load(con: duckdb.DuckDBPyConnection, tenant: str, entities: Iterable[dict[str, Any]]) -> None:
     entities = list(entities)
     insert(con, "entities", [(tenant, ent["id"], seq) for seq, ent in enumerate(entities)])
-    insert(con, "attr_index", [(tenant, *row) for seq, ent in enumerate(entities) for row in attr_index_rows(ent, seq)])
+    rows = [row for seq, ent in enumerate(entities) for row in attr_index_rows(ent, seq)]
+    numbered = [(tenant, ver, PATH_IDS.setdefault(path, len(PATH_IDS) + 1), *rest) for ver, path, *rest in rows]
+    insert(con, "attr_index", numbered)
 
 
 def insert(con: duckdb.DuckDBPyConnection, table: str, rows: list[tuple[Any, ...]]) -> None:
@@ -43,7 +53,7 @@ def insert(con: duckdb.DuckDBPyConnection, table: str, rows: list[tuple[Any, ...
 
 
 def sql_ids(con: duckdb.DuckDBPyConnection, tenant: str, expr: QExpr) -> list[str]:
-    where, params = q_to_sql(expr, tenant)
+    where, params = q_to_sql(expr, tenant, path_id)
     assert where.count("?") == len(params)
     rows = con.execute(f"SELECT e.id FROM entities e WHERE e.tenant = ? AND ({where}) ORDER BY e.id", [tenant, *params])
     return [r[0] for r in rows.fetchall()]
@@ -195,9 +205,18 @@ def test_accepted_regexes_run_alike_in_duckdb(pattern: str) -> None:
 
 
 def test_single_condition_pushes_its_test_into_the_scan() -> None:
-    sql, params = q_to_sql(parse_q("speed>50", expand), "t")
+    sql, params = q_to_sql(parse_q("speed>50", expand), "t", {NS + "speed": 3}.__getitem__)
     assert sql == "e.ver IN (SELECT ver FROM attr_index WHERE tenant = ? AND path = ? AND num > ?)"
-    assert params == ["t", NS + "speed", 50.0]
+    assert params == ["t", 3, 50.0]
+
+
+def test_a_path_never_written_matches_nothing_and_its_negation_everything() -> None:
+    con = connect()
+    load(con, "t", [{"id": "urn:x:1", NS + "speed": [prop(10)]}, {"id": "urn:x:2", NS + "speed": [prop(70)]}])
+    assert sql_ids(con, "t", parse_q("unheardOf>5", expand)) == []
+    assert sql_ids(con, "t", parse_q("unheardOf", expand)) == []
+    assert sql_ids(con, "t", parse_q("!unheardOf", expand)) == ["urn:x:1", "urn:x:2"]
+    assert sql_ids(con, "t", parse_q("unheardOf>5|speed>50", expand)) == ["urn:x:2"]
 
 
 # -- Property: SQL over attr_index agrees with the Python evaluator ----------------------------------

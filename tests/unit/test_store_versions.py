@@ -31,6 +31,11 @@ def _ids(store: DuckDBStore, q: str) -> list[str]:
     return sorted(e["id"] for e in store.query("", query).entities)
 
 
+# attr_index as schema version 5 wrote it: each row carries its path itself.
+_V5_ATTR_INDEX = """CREATE TABLE attr_index (tenant VARCHAR NOT NULL, ver BIGINT NOT NULL, path VARCHAR NOT NULL,
+    num DOUBLE, txt VARCHAR, "bool" BOOLEAN)"""
+
+
 def _rows(store: DuckDBStore) -> int:
     return int(store._scalar("SELECT count(*) FROM attr_index"))
 
@@ -99,9 +104,10 @@ def test_a_version_4_file_is_migrated_and_queried_as_before(tmp_path: Path) -> N
     store = DuckDBStore(path)
     store.write("", upserts=[_entity(1, speed=10), _entity(2, speed=70)])
     store.close()
-    con = duckdb.connect(str(path))  # back to version 4: index rows keyed by seq, no versions
-    con.execute("DELETE FROM attr_index")
-    con.execute("ALTER TABLE attr_index RENAME COLUMN ver TO seq")
+    con = duckdb.connect(str(path))  # back to version 4: index rows keyed by seq and their path, no versions
+    con.execute("DROP TABLE attr_index")
+    con.execute("DROP TABLE attr_paths")
+    con.execute(_V5_ATTR_INDEX.replace("ver BIGINT", "seq BIGINT"))
     con.execute(
         "INSERT INTO attr_index SELECT e.tenant, e.seq, ?, (e.seq - 1) * 60.0 + 10, NULL, NULL FROM entities e",
         [NS + "speed"],
@@ -111,10 +117,63 @@ def test_a_version_4_file_is_migrated_and_queried_as_before(tmp_path: Path) -> N
     con.close()
     store = DuckDBStore(path)
     try:
-        assert store._scalar("SELECT value FROM meta WHERE key = 'schema_version'") == SCHEMA_VERSION == "5"
+        assert store._scalar("SELECT value FROM meta WHERE key = 'schema_version'") == SCHEMA_VERSION == "6"
         assert _ids(store, "speed>50") == ["urn:ngsi-ld:Counter:2"]
         store.write("", upserts=[_entity(2, speed=5)])
         assert _ids(store, "speed>50") == []
         assert _ids(store, "speed<20") == ["urn:ngsi-ld:Counter:1", "urn:ngsi-ld:Counter:2"]
     finally:
         store.close()
+
+
+def test_a_version_5_file_gets_numbered_paths_and_is_queried_as_before(tmp_path: Path) -> None:
+    path = tmp_path / "hub.duckdb"
+    store = DuckDBStore(path)
+    store.write("", upserts=[_entity(1, speed=10, flow=3), _entity(2, speed=70)])
+    store.close()
+    con = duckdb.connect(str(path))  # back to version 5: each index row holds its path
+    con.execute("ALTER TABLE attr_index RENAME TO numbered")
+    con.execute(_V5_ATTR_INDEX)
+    con.execute(
+        "INSERT INTO attr_index SELECT n.tenant, n.ver, p.path, n.num, n.txt, n.bool FROM numbered n "
+        "JOIN attr_paths p ON p.id = n.path"
+    )
+    rows = con.execute("SELECT count(*) FROM attr_index").fetchall()[0][0]
+    con.execute("DROP TABLE numbered")
+    con.execute("DROP TABLE attr_paths")
+    con.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+    con.close()
+    store = DuckDBStore(path)
+    try:
+        assert store._scalar("SELECT value FROM meta WHERE key = 'schema_version'") == "6"
+        assert _rows(store) == rows
+        assert _ids(store, "speed>50") == ["urn:ngsi-ld:Counter:2"]
+        assert _ids(store, "flow==3") == ["urn:ngsi-ld:Counter:1"]
+        store.write("", upserts=[_entity(3, speed=90, lanes=2)])  # a path the file has not seen yet
+        assert _ids(store, "speed>50") == ["urn:ngsi-ld:Counter:2", "urn:ngsi-ld:Counter:3"]
+        assert _ids(store, "lanes==2") == ["urn:ngsi-ld:Counter:3"]
+    finally:
+        store.close()
+    reopened = DuckDBStore(path)  # the numbering, new paths included, is read back from the file
+    try:
+        assert _ids(reopened, "lanes==2") == ["urn:ngsi-ld:Counter:3"]
+        assert _ids(reopened, "flow==3") == ["urn:ngsi-ld:Counter:1"]
+    finally:
+        reopened.close()
+
+
+def test_a_path_numbered_by_a_write_never_applied_is_stored_by_the_next_one(tmp_path: Path) -> None:
+    path = tmp_path / "hub.duckdb"
+    store = DuckDBStore(path)
+    try:
+        store.prepare("", upserts=[_entity(1, width=4)])  # prepared, then dropped (another write came first)
+        store.write("", upserts=[_entity(2, width=7)])
+        assert _ids(store, "width==7") == ["urn:ngsi-ld:Counter:2"]
+    finally:
+        store.close()
+    reopened = DuckDBStore(path)
+    try:
+        assert _ids(reopened, "width==7") == ["urn:ngsi-ld:Counter:2"]
+        assert reopened._scalar("SELECT count(*) FROM attr_paths WHERE path = ?", [NS + "width"]) == 1
+    finally:
+        reopened.close()

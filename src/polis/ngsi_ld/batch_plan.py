@@ -39,7 +39,7 @@ from polis.ngsi_ld.entity_codec import (
     normalize_datetime,
 )
 from polis.privacy.refusal import find_identifying, rule_for_value
-from polis.store.attr_index import KEY_SEP, MEMBER_SEP, IndexColumns, attr_index_rows
+from polis.store.attr_index import KEY_SEP, MEMBER_SEP, IndexColumns, PlanShape, attr_index_rows
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,9 @@ class BatchPlan:
             raise ValueError("no type")
         self.types = types
         self.attributes = tuple(attributes)
+        self.shape = PlanShape(
+            tuple((a.iri, a.kind) for a in attributes), tuple(a.iri for a in attributes if a.kind == "GeoProperty")
+        )
 
     # -- one item ---------------------------------------------------------------------------------
 
@@ -176,7 +179,7 @@ class BatchPlan:
     def index_columns(self, entities: Sequence[Entity], now: str) -> IndexColumns:
         """The `attr_index` rows of entities this plan expanded (same rows as `attr_index_rows`, by column)."""
         n = len(entities)
-        out = IndexColumns(list(entities))
+        out = IndexColumns(list(entities), [self.shape] * n)
         everyone = list(range(n))
         for attribute in self.attributes:
             iri = attribute.iri

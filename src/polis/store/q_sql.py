@@ -19,32 +19,37 @@ a row of another type never passes since its column for that type is NULL. `~=` 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from polis.ngsi_ld.q import NEGATED, And, Comparison, Exists, Or, QExpr, Range, Scalar
 from polis.store.attr_index import encode_path
+
+# The number `attr_paths` gives an encoded path (a negative one for a path never written: no row has it).
+PathIds = Callable[[str], int]
 
 _ROWS = "SELECT ver FROM attr_index WHERE tenant = ? AND path = ?"
 _SQL_OPS = {"==": "=", ">": ">", ">=": ">=", "<": "<", "<=": "<="}
 
 
-def q_to_sql(expr: QExpr, tenant: str) -> tuple[str, list[object]]:
+def q_to_sql(expr: QExpr, tenant: str, path_id: PathIds) -> tuple[str, list[object]]:
     """A boolean SQL predicate about `e` (columns e.tenant, e.ver) and its `?` parameters, in order."""
     if isinstance(expr, Exists):
-        return f"e.ver {'NOT IN' if expr.negated else 'IN'} ({_ROWS})", [tenant, encode_path(expr.path)]
+        return f"e.ver {'NOT IN' if expr.negated else 'IN'} ({_ROWS})", [tenant, path_id(encode_path(expr.path))]
     if isinstance(expr, Comparison) and expr.op not in NEGATED:
         test, test_params = _test(expr)
-        return f"e.ver IN ({_ROWS} AND {test})", [tenant, encode_path(expr.path), *test_params]
-    return _grouped(expr, tenant)
+        return f"e.ver IN ({_ROWS} AND {test})", [tenant, path_id(encode_path(expr.path)), *test_params]
+    return _grouped(expr, tenant, path_id)
 
 
-def _grouped(expr: QExpr, tenant: str) -> tuple[str, list[object]]:
+def _grouped(expr: QExpr, tenant: str, path_id: PathIds) -> tuple[str, list[object]]:
     """Several conditions in one scan: group the rows of the paths involved by entity, then decide.
 
     Each condition becomes a per-entity flag (`bool_or` over its rows); an entity without any of these
     rows is decided by what the expression says when every flag is false, hence IN or NOT IN.
     """
     having_params: list[object] = []
-    having = _having(expr, having_params)
-    paths = sorted(_paths(expr))
+    having = _having(expr, having_params, path_id)
+    paths = sorted({path_id(path) for path in _paths(expr)})
     scan = f"SELECT ver FROM attr_index WHERE tenant = ? AND path IN ({', '.join('?' * len(paths))}) GROUP BY ver"
     params: list[object] = [tenant, *paths]
     if _holds_without_rows(expr):
@@ -52,12 +57,12 @@ def _grouped(expr: QExpr, tenant: str) -> tuple[str, list[object]]:
     return f"e.ver IN ({scan} HAVING {having})", params + having_params
 
 
-def _having(expr: QExpr, params: list[object]) -> str:
+def _having(expr: QExpr, params: list[object], path_id: PathIds) -> str:
     if isinstance(expr, (And, Or)):
         joiner = " AND " if isinstance(expr, And) else " OR "
-        parts = [_having(part, params) for part in expr.parts]  # in order: params follow the text
+        parts = [_having(part, params, path_id) for part in expr.parts]  # in order: params follow the text
         return "(" + joiner.join(parts) + ")"
-    path = encode_path(expr.path)
+    path = path_id(encode_path(expr.path))
     if isinstance(expr, Exists):
         params.append(path)
         return f"{'NOT ' if expr.negated else ''}{_ANY_ROW}"
