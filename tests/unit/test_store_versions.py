@@ -177,3 +177,47 @@ def test_a_path_numbered_by_a_write_never_applied_is_stored_by_the_next_one(tmp_
         assert reopened._scalar("SELECT count(*) FROM attr_paths WHERE path = ?", [NS + "width"]) == 1
     finally:
         reopened.close()
+
+
+def test_paths_no_row_uses_any_more_are_forgotten_at_compaction(tmp_path: Path) -> None:
+    # Keys of a dict value are paths of their own: a value whose keys change at every write must not leave
+    # one numbered path per key behind for ever, in the file or in memory.
+    path = tmp_path / "hub.duckdb"
+    store = DuckDBStore(path)
+    try:
+        for k in range(30):
+            store.write("", upserts=[_entity(1, speed=k, reading={f"k{k}": k})])
+        assert _ids(store, "reading[k29]==29") == ["urn:ngsi-ld:Counter:1"]
+        assert store._scalar("SELECT count(*) FROM attr_paths") >= 30
+        store.compact_index()
+        names = [row[0] for row in store.connection().execute("SELECT path FROM attr_paths").fetchall()]
+        assert sorted(names) == sorted({NS + "speed", NS + "reading", NS + "reading\x1ek29"})
+        assert len(store._path_ids) == len(store._path_names) == 3
+        assert _ids(store, "reading[k29]==29") == ["urn:ngsi-ld:Counter:1"]
+        assert _ids(store, "reading[k3]==3") == []
+        store.write("", upserts=[_entity(2, reading={"k3": 3})])  # a forgotten key, numbered afresh
+        assert _ids(store, "reading[k3]==3") == ["urn:ngsi-ld:Counter:2"]
+    finally:
+        store.close()
+    reopened = DuckDBStore(path)
+    try:
+        assert _ids(reopened, "reading[k3]==3") == ["urn:ngsi-ld:Counter:2"]
+        assert _ids(reopened, "reading[k29]==29") == ["urn:ngsi-ld:Counter:1"]
+    finally:
+        reopened.close()
+
+
+def test_a_write_prepared_before_paths_were_forgotten_is_prepared_again(tmp_path: Path) -> None:
+    store = DuckDBStore(tmp_path / "hub.duckdb")
+    try:
+        store.write("", upserts=[_entity(1, reading={"a": 1})])
+        store.write("", upserts=[_entity(1, reading={"b": 2})])  # the path of key "a" is no row's any more
+        snapshot = store.commit_number()
+        store.prepare("", upserts=[_entity(2, reading={"a": 5})])  # numbered with the soon-forgotten number
+        assert store.unchanged_since("", ["urn:ngsi-ld:Counter:2"], snapshot)
+        store.compact_index()
+        assert not store.unchanged_since("", ["urn:ngsi-ld:Counter:2"], snapshot)  # so the caller redoes it
+        store.write("", upserts=[_entity(2, reading={"a": 5})])
+        assert _ids(store, "reading[a]==5") == ["urn:ngsi-ld:Counter:2"]
+    finally:
+        store.close()

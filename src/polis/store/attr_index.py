@@ -38,7 +38,7 @@ from polis.ngsi_ld.q import MAX_KEYS, MEMBERS, Path, classify, compared_values, 
 ATTR_INDEX_DDL = """CREATE TABLE IF NOT EXISTS attr_index (
     tenant VARCHAR NOT NULL, ver BIGINT NOT NULL, path INTEGER NOT NULL,
     num DOUBLE, txt VARCHAR, "bool" BOOLEAN)"""
-ATTR_PATHS_DDL = "CREATE TABLE IF NOT EXISTS attr_paths (id INTEGER NOT NULL, path VARCHAR NOT NULL)"
+ATTR_PATHS_DDL = "CREATE TABLE IF NOT EXISTS attr_paths (id INTEGER PRIMARY KEY, path VARCHAR NOT NULL UNIQUE)"
 
 SUB_SEP = "\x1f"
 MEMBER_SEP = "\x1f@"

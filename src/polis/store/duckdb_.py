@@ -130,7 +130,7 @@ _MIGRATE_5_TO_6 = {
         "ALTER TABLE attr_index RENAME TO attr_index_v5",
         ATTR_INDEX_DDL,
         """INSERT INTO attr_index SELECT a.tenant, a.ver, p.id, a.num, a.txt, a."bool"
-            FROM attr_index_v5 a JOIN attr_paths p USING (path)""",
+            FROM attr_index_v5 a JOIN attr_paths p USING (path) ORDER BY a.ver""",
         "DROP TABLE attr_index_v5",
     ],
     "meta": ["UPDATE meta SET value = '6' WHERE key = 'schema_version'"],
@@ -496,18 +496,18 @@ class DuckDBStore:
                 ):
                     if tables[gone_rows].num_rows:
                         _with_rows(
-                            con, f"DELETE FROM {table} WHERE tenant = ? AND seq IN (SELECT seq FROM rows)",
+                            con, f"DELETE FROM {table} WHERE tenant = ? AND seq IN (SELECT seq FROM polis_rows)",
                             tables[gone_rows], tenant,
                         )
                 if upserts:
-                    _with_rows(con, "INSERT INTO entities SELECT ?, * FROM rows", tables["entity_rows"], tenant)
+                    _with_rows(con, "INSERT INTO entities SELECT ?, * FROM polis_rows", tables["entity_rows"], tenant)
                     for table, name in (
                         ("entity_types", "type_rows"), ("entity_attrs", "attr_rows"), ("attr_index", "index_rows")
                     ):
                         if tables[name].num_rows:
-                            _with_rows(con, f"INSERT INTO {table} SELECT ?, * FROM rows", tables[name], tenant)
+                            _with_rows(con, f"INSERT INTO {table} SELECT ?, * FROM polis_rows", tables[name], tenant)
                     if tables["path_rows"].num_rows:
-                        _with_rows(con, "INSERT INTO attr_paths SELECT * FROM rows", tables["path_rows"])
+                        _with_rows(con, "INSERT INTO attr_paths SELECT * FROM polis_rows", tables["path_rows"])
                     if tables["geo_rows"].num_rows:
                         geo = tables["geo_rows"]
                         for attr, gtype in zip(
@@ -515,16 +515,17 @@ class DuckDBStore:
                         ):
                             if gtype != "Point":
                                 self._shaped.add((tenant, attr))
-                        _with_rows(con, "INSERT INTO geo_index SELECT ?, * FROM rows", geo, tenant)
+                        _with_rows(con, "INSERT INTO geo_index SELECT ?, * FROM polis_rows", geo, tenant)
                 for name in ("history_rows", "history_cols"):
                     if name in tables:
-                        _with_rows(con, "INSERT INTO history SELECT ?, * FROM rows", tables[name], tenant)
+                        _with_rows(con, "INSERT INTO history SELECT ?, * FROM polis_rows", tables[name], tenant)
                 if fresh:
-                    _with_rows(con, "INSERT INTO history_keys SELECT ?, * FROM rows", tables["fresh_keys"], tenant)
+                    keys_sql = "INSERT INTO history_keys SELECT ?, * FROM polis_rows"
+                    _with_rows(con, keys_sql, tables["fresh_keys"], tenant)
                 if dead_letters:
                     _with_rows(con, _INSERT_LETTERS, tables["letter_rows"])
                 if receipts:
-                    receipt_sql = "INSERT INTO receipts SELECT source, key, now()::TIMESTAMP FROM rows"
+                    receipt_sql = "INSERT INTO receipts SELECT source, key, now()::TIMESTAMP FROM polis_rows"
                     _with_rows(con, receipt_sql, tables["receipt_rows"])
                 for rows in staged:
                     rows.write(con)
@@ -575,8 +576,26 @@ class DuckDBStore:
                 gone = con.execute(
                     "DELETE FROM attr_index WHERE ver NOT IN (SELECT ver FROM entities WHERE ver IS NOT NULL)"
                 ).fetchall()[0][0]
+                unused = con.execute(
+                    "DELETE FROM attr_paths WHERE id NOT IN (SELECT DISTINCT path FROM attr_index) RETURNING id"
+                ).fetchall()
+            self._forget_paths([row[0] for row in unused])
             self._index_live, self._index_stale = self._index_counts()
             return int(gone)
+
+    def _forget_paths(self, unused: list[int]) -> None:
+        """After `compact_index` deleted the names of numbers no row uses any more (keys of dict values come
+        and go: without this every key ever written would stay, in the file and in memory): forget them, and
+        the numbers handed out but never stored. A write prepared before then may hold such a number, so every
+        snapshot taken so far counts as stale (`unchanged_since`): such a write is prepared again."""
+        with self._numbers:
+            forget = set(unused) | (self._path_names.keys() - self._stored_paths)
+            if not forget:
+                return
+            for number in forget:
+                del self._path_ids[self._path_names.pop(number)]
+            self._stored_paths -= forget
+            self._forgotten_before = max(self._forgotten_before, self._commits + 1)
 
     def _index_counts(self) -> tuple[float, float]:
         """(live, stale) `attr_index` rows, counted."""
@@ -590,7 +609,7 @@ class DuckDBStore:
         LAST_WRITES_KEPT commits' entries; a snapshot from before them is then never taken as unchanged."""
         horizon = self._commits - LAST_WRITES_KEPT
         self._last_write = {key: n for key, n in self._last_write.items() if n >= horizon}
-        self._forgotten_before = horizon
+        self._forgotten_before = max(self._forgotten_before, horizon)
 
     def _seqs(self, tenant: str, ids: list[str]) -> dict[str, int]:
         found = ((i, self._directory.get((tenant, i))) for i in ids)
@@ -1141,14 +1160,15 @@ def _geo_match(query: EntityQuery, doc: Entity) -> bool:
 
 _INSERT_LETTERS = (
     "INSERT INTO dead_letters (source, topic, payload, reason, received_at) "
-    "SELECT source, topic, payload, reason, received_at FROM rows"
+    "SELECT source, topic, payload, reason, received_at FROM polis_rows"
 )
 
 
-def _with_rows(con: duckdb.DuckDBPyConnection, sql: str, rows: pa.Table, *params: Any) -> None:
-    """Run `sql`, in which the name `rows` stands for this Arrow table: DuckDB finds the caller's local variable
-    by its name (a replacement scan), which costs ~0.5 ms less per table than registering a view and dropping
-    it again (~4 tables in each write)."""
+def _with_rows(con: duckdb.DuckDBPyConnection, sql: str, polis_rows: pa.Table, *params: Any) -> None:
+    """Run `sql`, in which the name `polis_rows` stands for this Arrow table: DuckDB finds the caller's local
+    variable by its name (a replacement scan), which costs ~0.5 ms less per table than registering a view and
+    dropping it again (~4 tables in each write). A real table of that name would win over the variable, hence
+    a name no table here has."""
     con.execute(sql, list(params))
 
 
