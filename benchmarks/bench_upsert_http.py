@@ -16,7 +16,9 @@ Phases, all on the same hub state:
 
 from __future__ import annotations
 
+import os
 import shutil
+import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -77,6 +79,12 @@ def _post_all(server: Server, bodies: Sequence[bytes], threads: int) -> float:
             client.close()
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) process `pid` has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _timed_threads(work: Callable[[int], None], threads: int) -> float:
     """Seconds for `threads` threads to run work(0) .. work(threads - 1); the first error is raised after."""
     errors: list[BaseException] = []
@@ -111,14 +119,29 @@ def _http_phase(hub: Path, c: City, first_round: int) -> dict[str, Any]:
     with running_server(hub) as server:
         round_ = first_round
         for threads in CLIENT_THREADS:
-            def one(r: int, threads: int = threads) -> float:
-                return _post_all(server, _bodies(c, updated, r, BATCH), threads)
+            cpu: dict[str, list[float]] = {"server": [], "client": []}
+
+            def one(r: int, threads: int = threads, cpu: dict[str, list[float]] = cpu) -> float:
+                bodies = _bodies(c, updated, r, BATCH)
+                server_cpu, client_cpu = _cpu_seconds(server.pid), time.process_time()
+                seconds = _post_all(server, bodies, threads)
+                cpu["server"].append(_cpu_seconds(server.pid) - server_cpu)
+                cpu["client"].append(time.process_time() - client_cpu)
+                return seconds
 
             seconds = _rounds(one, round_)
             round_ += WARMUP_ROUNDS + ROUNDS
-            out[f"http_{threads}_clients"] = throughput(UPDATED, seconds)
-            say(f"  HTTP batch upsert, {threads} client thread(s): "
-                f"{out[f'http_{threads}_clients']['median_per_s']:,.0f} updates/s")
+            key = f"http_{threads}_clients"
+            out[key] = throughput(UPDATED, seconds)
+            # CPU time per 1,000 updates (timed rounds only): steadier than throughput on a shared machine,
+            # so a change's cost shows even when the machine's speed drifts between runs.
+            out[key]["cpu_ms_per_1000"] = {
+                side: round(statistics.median(values[WARMUP_ROUNDS:]) * 1000 * 1000 / UPDATED, 1)
+                for side, values in cpu.items()
+            }
+            say(f"  HTTP batch upsert, {threads} client thread(s): {out[key]['median_per_s']:,.0f} updates/s "
+                f"(CPU per 1,000: server {out[key]['cpu_ms_per_1000']['server']} ms, "
+                f"client {out[key]['cpu_ms_per_1000']['client']} ms)")
 
         def naive(r: int) -> float:
             return _post_all(server, _bodies(c, range(NAIVE), r, 1), 1)
