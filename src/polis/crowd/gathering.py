@@ -34,7 +34,6 @@ number), so a live window and the whole series agree on the same hour's score.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ import numpy as np
 
 from polis.alerts.model import distance_m  # the engine's own distance: the same groups
 from polis.crowd.holidays import weekday_holidays
+from polis.nan_reduce import nan_reduce
 
 HOURS_PER_WEEK = 168
 EPOCH = datetime(1970, 1, 1)
@@ -120,9 +120,10 @@ def local_hour(at: datetime, zone: ZoneInfo) -> int:
 
 @contextmanager
 def _quiet() -> Iterator[None]:
-    # nanmedian over an all-missing slice is NaN, which is what we want; its warning is noise.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+    # Missing values are NaN here: arithmetic on them is expected, its floating-point warnings are noise.
+    # np.errstate is per thread (warnings.catch_warnings is not: see polis.nan_reduce, which the NaN-skipping
+    # reductions here go through).
+    with np.errstate(all="ignore"):
         yield
 
 
@@ -141,13 +142,13 @@ def profile(lags: np.ndarray, p: CrowdParams) -> np.ndarray:
     `trimmed` the mean of what is left without the highest and lowest week (steadier than the median,
     still blind to one past gathering or one rained-off week)."""
     if not p.trimmed:
-        return np.asarray(np.nanmedian(lags, axis=0))
+        return np.asarray(nan_reduce(np.nanmedian, lags, axis=0))
     ordered = np.sort(lags, axis=0)  # NaN last
     present = np.sum(~np.isnan(lags), axis=0)
     total = np.nansum(ordered, axis=0)
     highest = np.take_along_axis(ordered, np.maximum(present - 1, 0)[None], axis=0)[0]
     trimmed = (total - ordered[0] - highest) / np.maximum(present - 2, 1)
-    return np.where(present >= 3, trimmed, np.nanmedian(lags, axis=0))
+    return np.where(present >= 3, trimmed, nan_reduce(np.nanmedian, lags, axis=0))
 
 
 def week_lag(hours: np.ndarray, k: int, p: CrowdParams) -> tuple[np.ndarray, np.ndarray]:
@@ -169,7 +170,7 @@ def expected_from(lags: np.ndarray, p: CrowdParams) -> tuple[np.ndarray, np.ndar
     with _quiet():
         expected = profile(lags, p)
         if p.recent_weight > 0:
-            recent = np.nanmean(lags[: p.recent_weeks], axis=0)
+            recent = nan_reduce(np.nanmean, lags[: p.recent_weeks], axis=0)
             expected = np.where(np.isnan(recent), expected, (1 - p.recent_weight) * expected + p.recent_weight * recent)
     return expected, np.sum(~np.isnan(lags), axis=0) >= max(1, p.weeks // 2)
 
@@ -195,7 +196,7 @@ def nearest(points: Sequence[tuple[float, float] | None], k: int) -> np.ndarray:
     lonlat = np.array([point if point is not None else (np.nan, np.nan) for point in points], dtype=float)
     lonlat = lonlat.reshape(size, 2)
     with _quiet():
-        lat = np.radians(np.nanmean(lonlat[:, 1])) if size else 0.0
+        lat = np.radians(nan_reduce(np.nanmean, lonlat[:, 1])) if size else 0.0
     xy = np.c_[lonlat[:, 0] * np.cos(lat), lonlat[:, 1]] * 111_320.0  # metres, flat within a city
     distance = np.hypot(xy[:, None, 0] - xy[None, :, 0], xy[:, None, 1] - xy[None, :, 1])
     distance = np.where(np.isnan(distance) | np.eye(size, dtype=bool), np.inf, distance)
@@ -208,7 +209,7 @@ def around(rc: np.ndarray, usable: np.ndarray, near: np.ndarray) -> np.ndarray:
     """(T, S): the median excess of each sensor's neighbours in the same hour (0 where none is scored)."""
     masked = np.hstack([np.where(usable, rc, np.nan), np.full((rc.shape[0], 1), np.nan)])  # column S: none
     with _quiet():
-        return np.nan_to_num(np.nanmedian(masked[:, near], axis=2))
+        return np.nan_to_num(nan_reduce(np.nanmedian, masked[:, near], axis=2))
 
 
 def corrected(r: np.ndarray, usable: np.ndarray, p: CrowdParams, near: np.ndarray | None = None) -> np.ndarray:
@@ -216,7 +217,7 @@ def corrected(r: np.ndarray, usable: np.ndarray, p: CrowdParams, near: np.ndarra
     over the previous `level_hours` rows. Rows are contiguous: the first `level_hours` of a block lack
     their full level history."""
     with _quiet():
-        common = np.nan_to_num(np.nanmedian(np.where(usable, r, np.nan), axis=1))
+        common = np.nan_to_num(nan_reduce(np.nanmedian, np.where(usable, r, np.nan), axis=1))
     if p.common_mode == "drops":
         common = np.minimum(common, 0.0)
     elif p.common_mode == "none":
@@ -228,7 +229,7 @@ def corrected(r: np.ndarray, usable: np.ndarray, p: CrowdParams, near: np.ndarra
                 raise ValueError("the neighbour correction needs each sensor's neighbours (see nearest())")
             rc = rc - p.neighbour_weight * around(rc, usable, near[:, : p.neighbours])
         level = np.nan_to_num(
-            np.nanmedian(_lagged(np.where(usable, rc, np.nan), range(1, p.level_hours + 1), 1), axis=0)
+            nan_reduce(np.nanmedian, _lagged(np.where(usable, rc, np.nan), range(1, p.level_hours + 1), 1), axis=0)
         )
     return rc - level
 
@@ -256,13 +257,13 @@ def daily_scale(excess: np.ndarray, usable: np.ndarray, first_hour: int, p: Crow
             block = masked[start:stop]
             if p.scale_by_hour:
                 hours = block.reshape(p.scale_days, 24, block.shape[1])  # days x hour of day x sensors
-                centre = np.nanmedian(hours, axis=0)
-                spread = 1.4826 * np.nanmedian(np.abs(hours - centre), axis=0)  # (24, S)
+                centre = nan_reduce(np.nanmedian, hours, axis=0)
+                spread = 1.4826 * nan_reduce(np.nanmedian, np.abs(hours - centre), axis=0)  # (24, S)
                 rows_of_day = np.nonzero(day_of_row == day)[0]
                 scale[rows_of_day] = spread[(first_hour + rows_of_day) % 24]
                 continue
-            centre = np.nanmedian(block, axis=0)
-            spread = 1.4826 * np.nanmedian(np.abs(block - centre), axis=0)
+            centre = nan_reduce(np.nanmedian, block, axis=0)
+            spread = 1.4826 * nan_reduce(np.nanmedian, np.abs(block - centre), axis=0)
             scale[day_of_row == day] = spread
     return np.maximum(scale, p.scale_floor)
 

@@ -8,15 +8,13 @@ so a forecast served live sees the same transform as the backtest.
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from polis.forecast.data import Panel, time_features, weekly_sums
 from polis.forecast.model import forward_fill
+from polis.nan_reduce import nan_reduce
 
 __all__ = ["FeatureState", "common_features", "recent_window", "step_features"]
 
@@ -183,14 +181,14 @@ def common_features(panel: Panel, origins: np.ndarray, state: FeatureState) -> C
     for k in (1, 2, 3, 6):
         if k < state.lags:
             columns[f"diff{k}"] = base - lags[k]
-    with np.errstate(invalid="ignore"), _quiet():
+    with np.errstate(invalid="ignore"):  # NaN slices (a gap, a sensor without neighbours) give NaN, quietly
         for width in (3, 6, state.lags):
-            columns[f"mean{width}"] = np.nanmean(window[..., :width], axis=-1)
-        columns["std"] = np.nanstd(window, axis=-1)
-        columns["min"] = np.nanmin(window, axis=-1)
-        columns["max"] = np.nanmax(window, axis=-1)
+            columns[f"mean{width}"] = nan_reduce(np.nanmean, window[..., :width], axis=-1)
+        columns["std"] = nan_reduce(np.nanstd, window, axis=-1)
+        columns["min"] = nan_reduce(np.nanmin, window, axis=-1)
+        columns["max"] = nan_reduce(np.nanmax, window, axis=-1)
         long = np.stack([_take(filled, origins - k) for k in range(0, 4 * state.lags, 2)], axis=-1)
-        columns["mean_long"] = np.nanmean(long, axis=-1)
+        columns["mean_long"] = nan_reduce(np.nanmean, long, axis=-1)
     columns["profile_now"] = state.profile[slots]
     columns["above_profile"] = base - state.profile[slots]
     # the road network: what the upstream and downstream sensors read and how they are moving
@@ -248,10 +246,3 @@ def step_features(
     block = np.stack([columns[name] for name in names], axis=-1).astype(np.float32)
     return block, names
 
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """numpy warns on all-NaN slices (a sensor with no neighbours, a gap); NaN is the right answer there."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        yield
