@@ -58,11 +58,11 @@ NAIVE = 50  # one request each; ~90 ms apiece on a 100k hub, so few
 UPSERT = "/ngsi-ld/v1/entityOperations/upsert"
 
 
-def _bodies(c: City, indices: Sequence[int], round_: int, size: int) -> list[bytes]:
+def upsert_bodies(c: City, indices: Sequence[int], round_: int, size: int) -> list[bytes]:
     return [orjson.dumps(batch) for batch in batches(c, indices, round_, size)]
 
 
-def _post_all(server: Server, bodies: Sequence[bytes], threads: int) -> float:
+def post_all(server: Server, bodies: Sequence[bytes], threads: int) -> float:
     """Seconds to POST every body, split over `threads` clients (each a keep-alive connection)."""
     clients = [httpx.Client(base_url=server.url, timeout=120.0, headers=server.headers) for _ in range(threads)]
 
@@ -79,7 +79,7 @@ def _post_all(server: Server, bodies: Sequence[bytes], threads: int) -> float:
             client.close()
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     """CPU time (user + system, every thread) process `pid` has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -122,10 +122,10 @@ def _http_phase(hub: Path, c: City, first_round: int) -> dict[str, Any]:
             cpu: dict[str, list[float]] = {"server": [], "client": []}
 
             def one(r: int, threads: int = threads, cpu: dict[str, list[float]] = cpu) -> float:
-                bodies = _bodies(c, updated, r, BATCH)
-                server_cpu, client_cpu = _cpu_seconds(server.pid), time.process_time()
-                seconds = _post_all(server, bodies, threads)
-                cpu["server"].append(_cpu_seconds(server.pid) - server_cpu)
+                bodies = upsert_bodies(c, updated, r, BATCH)
+                server_cpu, client_cpu = cpu_seconds(server.pid), time.process_time()
+                seconds = post_all(server, bodies, threads)
+                cpu["server"].append(cpu_seconds(server.pid) - server_cpu)
                 cpu["client"].append(time.process_time() - client_cpu)
                 return seconds
 
@@ -144,7 +144,7 @@ def _http_phase(hub: Path, c: City, first_round: int) -> dict[str, Any]:
                 f"client {out[key]['cpu_ms_per_1000']['client']} ms)")
 
         def naive(r: int) -> float:
-            return _post_all(server, _bodies(c, range(NAIVE), r, 1), 1)
+            return post_all(server, upsert_bodies(c, range(NAIVE), r, 1), 1)
 
         out["http_naive_single_entity"] = throughput(NAIVE, _rounds(naive, round_))
         say(f"  HTTP one entity per request: {out['http_naive_single_entity']['median_per_s']:,.0f} updates/s")
@@ -173,7 +173,7 @@ def _service_phase(hub: Path, c: City, first_round: int) -> dict[str, Any]:
         round_ = first_round
         for threads in CLIENT_THREADS:
             def one(r: int, threads: int = threads) -> float:
-                bodies = _bodies(c, range(UPDATED), r, BATCH)
+                bodies = upsert_bodies(c, range(UPDATED), r, BATCH)
                 return _timed_threads(lambda k: send(bodies[k::threads]), threads)
 
             out[f"{threads}_threads"] = throughput(UPDATED, _rounds(one, round_))
@@ -210,7 +210,7 @@ def run() -> dict[str, Any]:
         c = city(HUB_SIZE)
         hub = work / "hub"
         with running_server(hub) as server:
-            create_s = _post_all(server, _bodies(c, range(HUB_SIZE), 0, BATCH), 1)
+            create_s = post_all(server, upsert_bodies(c, range(HUB_SIZE), 0, BATCH), 1)
         say(f"  created {HUB_SIZE:,} entities over HTTP in {create_s:.1f} s ({HUB_SIZE / create_s:,.0f}/s)")
         shutil.copytree(hub, work / "service")
         shutil.copytree(hub, work / "store")
