@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import warnings
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -39,7 +38,7 @@ from polis.ngsi_ld.params import (
     parse_q_param,
     parse_type_selector,
 )
-from polis.ngsi_ld.q import parse_q, re2_problem
+from polis.ngsi_ld.q import compile_quietly, parse_q, re2_problem
 from polis.store.base import EntityQuery, EntitySelector, TypeSelector
 
 router = APIRouter(prefix="/ngsi-ld/v1", tags=["entities"])
@@ -113,12 +112,10 @@ def _check_regex(pattern: str) -> None:
     problem = re2_problem(pattern)
     if problem:
         raise BadRequestData(f"idPattern uses {problem}, which is not supported")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # e.g. FutureWarning on nested sets: a warning is not an error here
-        try:
-            re.compile(pattern)
-        except re.error as error:
-            raise BadRequestData(f"idPattern is not a valid regular expression: {error}") from None
+    try:
+        compile_quietly(pattern)
+    except re.error as error:
+        raise BadRequestData(f"idPattern is not a valid regular expression: {error}") from None
 
 
 def _pagination_headers(request: Request, count: int | None, offset: int, limit: int, returned: int) -> dict[str, str]:

@@ -44,6 +44,8 @@ from __future__ import annotations
 
 import math
 import re
+import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -438,7 +440,20 @@ def _outside_class_problem(pattern: str, i: int) -> str | None:
 
 @lru_cache(maxsize=512)
 def _regex(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern, re.ASCII)
+    return compile_quietly(pattern, re.ASCII)
+
+
+_HUSH = threading.Lock()
+
+
+def compile_quietly(pattern: str, flags: int = 0) -> re.Pattern[str]:
+    """re.compile without its FutureWarnings (e.g. "possible nested set" for `[[a]`): a client's pattern
+    that compiles is accepted, and a warning in the server's log helps no one. warnings.catch_warnings
+    swaps process-wide state, so two threads interleaving it could let a warning through or leave every
+    warning ignored for good: hence one lock for every such hush."""
+    with _HUSH, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return re.compile(pattern, flags)
 
 
 # -- what is compared -------------------------------------------------------------------------------

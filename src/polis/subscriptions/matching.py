@@ -8,7 +8,6 @@ and the entity satisfies `q` and `geoQ` after the change (before it, for a delet
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -17,7 +16,7 @@ from polis.domain.entity import ENTITY_MEMBERS, Entity, same_instances
 from polis.ngsi_ld.events import EntityChange
 from polis.ngsi_ld.geoquery import GeoQuery
 from polis.ngsi_ld.geoquery import matches as geo_matches
-from polis.ngsi_ld.q import QExpr
+from polis.ngsi_ld.q import QExpr, compile_quietly
 from polis.ngsi_ld.q import matches as q_matches
 from polis.subscriptions.model import Selector, Subscription
 
@@ -69,9 +68,7 @@ def _selector_matches(selector: Selector, entity: Entity, types: Any) -> bool:
 
 @lru_cache(maxsize=256)
 def _pattern(text: str) -> re.Pattern[str]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return re.compile(text)
+    return compile_quietly(text)
 
 
 def _geo_ok(geo: GeoQuery, entity: Entity) -> bool:

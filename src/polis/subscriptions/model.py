@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import uuid
-import warnings
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -21,7 +20,7 @@ from polis.ngsi_ld.context import TermMap
 from polis.ngsi_ld.entity_codec import validate_entity_id
 from polis.ngsi_ld.geoquery import GeoQuery, parse_geoquery
 from polis.ngsi_ld.params import parse_datetime, parse_type_selector
-from polis.ngsi_ld.q import QExpr, parse_q, re2_problem
+from polis.ngsi_ld.q import QExpr, compile_quietly, parse_q, re2_problem
 from polis.store.base import TypeSelector
 
 SSE_URI = "urn:polis:sse"  # endpoint.uri of a subscription read through GET /subscriptions/{id}/stream
@@ -396,12 +395,10 @@ def _check_pattern(pattern: Any, where: str) -> None:
     problem = re2_problem(pattern)
     if problem:
         raise BadRequestData(f"{where} uses {problem}, which is not supported")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            re.compile(pattern)
-        except (re.error, RecursionError, OverflowError) as error:
-            raise BadRequestData(f"{where} is not a valid regular expression: {error}") from None
+    try:
+        compile_quietly(pattern)
+    except (re.error, RecursionError, OverflowError) as error:
+        raise BadRequestData(f"{where} is not a valid regular expression: {error}") from None
 
 
 def _names(raw: Any, terms: TermMap, where: str, *, allow_null: bool = False) -> tuple[str, ...]:
