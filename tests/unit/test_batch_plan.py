@@ -17,6 +17,7 @@ from polis.ngsi_ld.entity_codec import expand_entity
 from polis.ngsi_ld.events import EventBus
 from polis.store.attr_index import attr_index_rows
 from polis.store.duckdb_ import DuckDBStore
+from tests.threads import errors_from_threads
 
 NOW = "2026-11-27T08:00:00.000000Z"
 
@@ -303,33 +304,23 @@ def test_a_batch_prepared_outside_the_lock_is_redone_when_another_write_got_in_f
 
 def test_concurrent_batches_keep_documents_history_and_index_consistent() -> None:
     import random
-    import threading
 
     terms = _terms()
     store = DuckDBStore(None)
     service = EntityService(store, EventBus(), clock=lambda: NOW)
-    errors: list[BaseException] = []
 
     def client(seed: int) -> None:
         rng = random.Random(seed)
-        try:
-            for round_ in range(15):
-                ids = rng.sample(range(40), 12)
-                when = f"2024-05-01T{seed:02d}:{round_:02d}:00Z"
-                batch = [
-                    sensor(i, speed={"type": "Property", "value": float(seed * 100 + round_), "observedAt": when})
-                    for i in ids
-                ]
-                service.batch("", "upsert", batch, lambda _item: terms)
-        except BaseException as error:  # reported after the join
-            errors.append(error)
+        for round_ in range(15):
+            ids = rng.sample(range(40), 12)
+            when = f"2024-05-01T{seed:02d}:{round_:02d}:00Z"
+            batch = [
+                sensor(i, speed={"type": "Property", "value": float(seed * 100 + round_), "observedAt": when})
+                for i in ids
+            ]
+            service.batch("", "upsert", batch, lambda _item: terms)
 
-    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
+    assert not errors_from_threads(client, 4)
     docs = store.get("", [sensor(i)["id"] for i in range(40)])
     rebuilt = DuckDBStore(None)
     rebuilt.write("", upserts=list(docs.values()))

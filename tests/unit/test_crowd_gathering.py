@@ -26,6 +26,7 @@ from polis.crowd.gathering import (
     within,
 )
 from polis.crowd.melbourne import ZONE
+from tests.threads import errors_from_threads
 
 ROW = [(144.960, -37.810), (144.961, -37.810), (144.963, -37.810), (144.970, -37.810)]  # west to east
 
@@ -283,9 +284,7 @@ def test_the_live_panel_sets_the_same_levels_day_after_day_and_after_a_late_read
 def test_sensors_without_readings_score_nothing_and_warn_nothing_from_several_threads() -> None:
     # Missing slices are expected here; their numpy warnings used to be hushed with warnings.catch_warnings,
     # which is not thread-safe: the live service scores from several threads (pytest turns a warning into
-    # an error, in any thread: threading.excepthook below collects them).
-    import threading
-
+    # an error, in any thread: errors_from_threads collects them).
     rng = np.random.default_rng(3)
     hours = HOURS_PER_WEEK * 10
     logc = np.log1p(rng.poisson(400.0, size=(hours, 4)).astype(float))
@@ -293,21 +292,12 @@ def test_sensors_without_readings_score_nothing_and_warn_nothing_from_several_th
     logc[: HOURS_PER_WEEK * 7, 3] = np.nan  # reported only lately
     params = CrowdParams()
     near = nearest([(144.96, -37.81), (144.97, -37.81), None, (144.96, -37.82)], params.neighbours)
-    errors: list[BaseException] = []
     results: list[np.ndarray] = []
 
-    def score() -> None:
-        try:
-            results.append(crowd_scores(logc, 0, params, near).score)
-        except BaseException as error:
-            errors.append(error)
+    def score(_k: int) -> None:
+        results.append(crowd_scores(logc, 0, params, near).score)
 
-    workers = [threading.Thread(target=score) for _ in range(4)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    assert errors == []
+    assert errors_from_threads(score, 4) == []
     assert all(np.array_equal(r, results[0], equal_nan=True) for r in results)
     assert np.isnan(results[0][:, 2]).all()
     assert not np.isnan(results[0][-24:, 0]).all()

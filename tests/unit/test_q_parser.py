@@ -24,6 +24,7 @@ from polis.ngsi_ld.q import (
     matches,
     parse_q,
 )
+from tests.threads import errors_from_threads
 
 NS = "http://ex.org/"
 
@@ -399,23 +400,11 @@ def test_a_pattern_python_warns_about_compiles_quietly_from_many_threads() -> No
     # "[[a]" makes `re` warn of a possible nested set (pytest turns a warning into an error, in any thread);
     # the pattern is valid and matches what it says. The hush is shared by every validator and the threads
     # must not undo each other's.
-    import threading
-
     from polis.ngsi_ld.q import compile_quietly
 
-    errors: list[BaseException] = []
-
     def check(k: int) -> None:
-        try:
-            for n in range(30):
-                assert compile_quietly(f"[[a]{k}-{n}").search(f"[{k}-{n}") is not None
-                assert holds('s~="[[a]"', entity(s=prop("x[y")))
-        except BaseException as error:
-            errors.append(error)
+        for n in range(30):
+            assert compile_quietly(f"[[a]{k}-{n}").search(f"[{k}-{n}") is not None
+            assert holds('s~="[[a]"', entity(s=prop("x[y")))
 
-    workers = [threading.Thread(target=check, args=(k,)) for k in range(4)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    assert errors == []
+    assert errors_from_threads(check, 4) == []

@@ -213,9 +213,9 @@ class DuckDBStore:
             if "meta" in existing:  # without it: refused below, as written by a Polis before schema versions
                 if "history" in existing and "history_keys" not in existing:
                     self._migrate(_MIGRATE_3_TO_4, "3")
-                for steps, before in ((_MIGRATE_4_TO_5, "4"), (_MIGRATE_5_TO_6, "5")):
-                    self._migrate([sql for table, sql_steps in steps.items() if table in existing for sql in sql_steps],
-                                  before)
+                for migration, before in ((_MIGRATE_4_TO_5, "4"), (_MIGRATE_5_TO_6, "5")):
+                    steps = [sql for table, sqls in migration.items() if table in existing for sql in sqls]
+                    self._migrate(steps, before)
             for ddl in _SCHEMA:
                 self._con.execute(ddl)
         if read_only and "meta" not in existing:
