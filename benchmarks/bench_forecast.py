@@ -25,7 +25,7 @@ from benchmarks.common import OUT_DIR, machine_info, say
 from polis.forecast.bench import build_models, forecast_latency_ms, run_benchmark
 from polis.forecast.data import DATASETS, Panel, load_panel
 from polis.forecast.features import common_features
-from polis.forecast.gbm import GlobalGbm
+from polis.forecast.gbm import GlobalGbm, used_trees
 from polis.forecast.protocols import make_split
 from polis.settings import Settings
 
@@ -113,7 +113,7 @@ def latency(model: GlobalGbm, panel: Panel) -> dict[str, Any]:
     return {"served_ms": round(served_ms, 1), "baseline_ms": round(baseline_ms, 1),
             "served_cpu_ms": round(medians["served_cpu"], 1), "baseline_cpu_ms": round(medians["baseline_cpu"], 1),
             "ratio": round(baseline_ms / served_ms, 2), "identical": identical, "calls": LATENCY_CALLS,
-            "trees": sum(b.num_trees() for b in model.boosters), "goal_ms": LATENCY_GOAL_MS,
+            "trees": sum(used_trees(b) for b in model.boosters), "goal_ms": LATENCY_GOAL_MS,
             "met": served_ms <= LATENCY_GOAL_MS, "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from polis.forecast import features
 from polis.forecast.baselines import HistoricalAverage, Persistence, SeasonalNaive
 from polis.forecast.bench import run_benchmark
 from polis.forecast.data import DATASETS, Panel, load_panel, time_features
-from polis.forecast.features import FeatureState, common_features, recent_window, step_features
-from polis.forecast.gbm import GbmParams, GlobalGbm
+from polis.forecast.features import FeatureState, common_features, most_correlated, recent_window, step_features
+from polis.forecast.gbm import GbmParams, GlobalGbm, fewest_rounds, used_trees
 from polis.forecast.model import Forecaster, IntervalCalibration, forward_fill, targets
 from polis.forecast.neural import MlpParams, SpatioTemporalMlp
 from polis.forecast.protocols import make_split, score
@@ -228,3 +229,63 @@ def test_lightgbm_forecast_is_the_same_from_one_or_two_workers() -> None:
     parallel = model.predict(data, origins).mean
     model.params = replace(model.params, predict_workers=1)
     assert np.array_equal(parallel, model.predict(data, origins).mean, equal_nan=True)
+
+
+def test_related_sensors_are_themost_correlated_and_weigh_only_positive_correlations() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(500, 1))
+    z = np.hstack([base, base + 0.1 * rng.normal(size=(500, 1)), -base, rng.normal(size=(500, 1))])
+    z[10:20, 1] = np.nan  # a gap counts as the sensor's mean, it does not break the correlation
+    related, weight = most_correlated(z, 2)
+    assert related[0, 0] == 1 and related[1, 0] == 0
+    assert weight[0, 0] > 0.9 and np.isclose(weight[0].sum(), 1.0)
+    assert related[2, 0] == 3 and weight[2, 1] == 0.0  # everything else anti-correlated with sensor 2
+    assert most_correlated(z[:, :1], 0)[0].shape == (1, 0)
+
+
+def test_a_model_saved_before_related_sensors_loads_and_forecasts_as_it_did(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Models in a registry from before the related-sensor features carry no such arrays and their boosters
+    never saw those columns: they must load and forecast exactly as when they were saved."""
+    data = panel("los-loop")
+    monkeypatch.setattr(features, "RELATED", 0)
+    model = _tiny("lightgbm", (1, 2))
+    model.fit(data.head(1500), 1300)
+    monkeypatch.undo()
+    registry = ModelRegistry(tmp_path)
+    record = registry.save(model, "los-loop", "tgcn")
+    state = dict(np.load(record.path / "state.npz"))
+    np.savez(record.path / "state.npz", **{k: v for k, v in state.items() if not k.startswith("related")})
+    again = registry.load(record)
+    origins = np.array([1600, 1900])
+    assert np.array_equal(model.predict(data, origins).mean, again.predict(data, origins).mean)
+    assert "rel_gap" not in again.feature_names  # type: ignore[attr-defined]
+    refit = _tiny("lightgbm", (1, 2))
+    refit.fit(data.head(1500), 1300)
+    assert "rel_gap" in refit.feature_names  # type: ignore[attr-defined]
+
+
+def testfewest_rounds_within_the_tolerance_of_the_best_validation_error() -> None:
+    mae = [5.0, 3.0, 2.02, 2.005, 2.0, 2.1, 1.9]  # the 1.9 came after early stopping's pick (round 5)
+    assert fewest_rounds(mae, 5, 0.0) == 5
+    assert fewest_rounds(mae, 5, 0.003) == 4
+    assert fewest_rounds(mae, 5, 0.02) == 3
+    assert fewest_rounds([], 0, 0.003) == 1
+
+
+def test_a_trimmed_model_keeps_its_trims_when_saved_and_loaded(tmp_path: Path) -> None:
+    """With a tree tolerance the fit keeps fewer trees than early stopping picked; the saved model must hold
+    exactly those and forecast as the fitted one does."""
+    data = panel("los-loop")
+    trimmed = GlobalGbm((1, 3), seed=0, params=replace(TINY_GBM, tree_tolerance=0.05))
+    trimmed.fit(data.head(1500), 1300)
+    plain = GlobalGbm((1, 3), seed=0, params=TINY_GBM)
+    plain.fit(data.head(1500), 1300)
+    assert all(t <= p for t, p in zip(trimmed.rounds, plain.rounds, strict=True))
+    assert sum(trimmed.rounds) < sum(plain.rounds)
+    registry = ModelRegistry(tmp_path)
+    again = registry.load(registry.save(trimmed, "los-loop", "tgcn"))
+    assert [used_trees(b) for b in again.boosters] == trimmed.rounds  # type: ignore[attr-defined]
+    origins = np.array([1600, 1900])
+    assert np.array_equal(trimmed.predict(data, origins).mean, again.predict(data, origins).mean)

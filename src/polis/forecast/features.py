@@ -16,7 +16,12 @@ from polis.forecast.data import Panel, time_features, weekly_sums
 from polis.forecast.model import forward_fill
 from polis.nan_reduce import nan_reduce
 
-__all__ = ["FeatureState", "common_features", "recent_window", "step_features"]
+__all__ = ["FeatureState", "common_features", "most_correlated", "recent_window", "step_features"]
+
+# Each sensor also reads its most correlated sensors over the training part, wherever they are: on
+# Los-loop this beat every road-graph feature tried on the validation slice (a jam shows on sensors that
+# share a corridor's daily pattern, not only on the adjacent ones).
+RELATED = 5
 
 
 @dataclass(slots=True)
@@ -27,6 +32,8 @@ class FeatureState:
     weekly: np.ndarray  # [7, slots, N] mean z by day of week and time of day (NaN where unseen)
     count: np.ndarray  # [7, slots, N] readings behind each weekly cell (for leave-one-out in training)
     neighbours: np.ndarray  # [N, N] row-normalised adjacency (zero rows where a sensor has none)
+    related: np.ndarray  # [N, K] each sensor's K most correlated other sensors (K = 0 in older models)
+    related_weight: np.ndarray  # [N, K] their positive correlations, summing to 1 (a zero row: none)
     timezone: str
     step_s: int
     lags: int
@@ -57,11 +64,14 @@ class FeatureState:
             sums = weights.sum(axis=1, keepdims=True)
             neighbours = np.divide(weights, sums, out=np.zeros_like(weights), where=sums > 0)
         season = week if len(values) >= 3 * week else n_slots
-        return cls(mean, std, profile, weekly, count, neighbours, history.timezone, history.step_s, lags, season)
+        related, related_weight = most_correlated(z, min(RELATED, history.n_sensors - 1))
+        return cls(mean, std, profile, weekly, count, neighbours, related, related_weight, history.timezone,
+                   history.step_s, lags, season)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"mean": self.mean, "std": self.std, "profile": self.profile, "weekly": self.weekly,
-                "count": self.count, "neighbours": self.neighbours}
+                "count": self.count, "neighbours": self.neighbours, "related": self.related,
+                "related_weight": self.related_weight}
 
     def to_json(self) -> dict[str, object]:
         return {"timezone": self.timezone, "step_s": self.step_s, "lags": self.lags,
@@ -69,8 +79,10 @@ class FeatureState:
 
     @classmethod
     def restore(cls, arrays: dict[str, np.ndarray], meta: dict[str, object]) -> FeatureState:
+        none = np.zeros((len(arrays["mean"]), 0))  # a model saved before related sensors: it reads none
         return cls(
             arrays["mean"], arrays["std"], arrays["profile"], arrays["weekly"], arrays["count"], arrays["neighbours"],
+            arrays.get("related", none.astype(np.int64)), arrays.get("related_weight", none),
             str(meta["timezone"]), int(meta["step_s"]), int(meta["lags"]),  # type: ignore[call-overload]
             int(meta["season_steps"]),  # type: ignore[call-overload]
         )
@@ -84,6 +96,24 @@ class FeatureState:
         if self._graph is None:
             self._graph = Graph.of(self.neighbours)
         return self._graph
+
+
+def most_correlated(z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each sensor's k most correlated other sensors over `z` [T, N] (standardised; a gap counts as the
+    sensor's mean), with weights: the positive correlations, normalised per sensor."""
+    n = z.shape[1]
+    if k <= 0:
+        return np.zeros((n, 0), dtype=np.int64), np.zeros((n, 0))
+    x = np.nan_to_num(z)
+    x = x - x.mean(axis=0)
+    norm = np.sqrt((x * x).sum(axis=0))
+    x = np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+    correlation = x.T @ x
+    np.fill_diagonal(correlation, -np.inf)
+    related = np.argsort(-correlation, axis=1, kind="stable")[:, :k]
+    weight = np.take_along_axis(correlation, related, axis=1).clip(0)
+    sums = weight.sum(axis=1, keepdims=True)
+    return related, np.divide(weight, sums, out=np.zeros_like(weight), where=sums > 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,9 +233,35 @@ def common_features(panel: Panel, origins: np.ndarray, state: FeatureState) -> C
     columns["nb_gap"] = columns["nb_mean0"] - base
     columns["nb_min"], columns["nb_max"] = graph.extremes(filled_now)
     columns["nb2_mean"] = np.where(graph.has_two_hop, filled_now @ graph.two_hop.T, np.nan)
+    if state.related.shape[1]:
+        columns.update(_related_columns(state, filled, filled_now, origins))
     names = list(columns)
     block = np.stack([columns[name] for name in names], axis=-1).astype(np.float32)
     return Common(block, names, z, filled, base, slots, days)
+
+
+def _related_columns(
+    state: FeatureState, filled: np.ndarray, now: np.ndarray, origins: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Where the most correlated sensors stand against this one, and how they moved over 5 and 15 minutes
+    (one and three steps on Los-loop): their weighted mean, and the three closest one by one."""
+    related, weight = state.related, state.related_weight
+    has = weight.sum(axis=1) > 0
+    moved1 = now - np.nan_to_num(_take(filled, origins - 1))
+    moved3 = now - np.nan_to_num(_take(filled, origins - 3))
+
+    def weighted(x: np.ndarray) -> np.ndarray:
+        return np.where(has, (x[:, related] * weight).sum(axis=-1), np.nan)
+
+    columns = {"rel_mean": weighted(now)}
+    columns["rel_gap"] = columns["rel_mean"] - now
+    columns["rel_diff1"] = weighted(moved1)
+    columns["rel_diff3"] = weighted(moved3)
+    for rank in range(min(3, related.shape[1])):
+        other = related[:, rank]
+        columns[f"rel{rank}_gap"] = now[:, other] - now
+        columns[f"rel{rank}_diff1"] = moved1[:, other]
+    return columns
 
 
 def step_features(
