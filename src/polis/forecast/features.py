@@ -243,8 +243,8 @@ def common_features(panel: Panel, origins: np.ndarray, state: FeatureState) -> C
 def _related_columns(
     state: FeatureState, filled: np.ndarray, now: np.ndarray, origins: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """Where the most correlated sensors stand against this one, and how they moved over 5 and 15 minutes
-    (one and three steps on Los-loop): their weighted mean, and the three closest one by one."""
+    """Where the most correlated sensors stand against this one, and how they moved over the last one and
+    three steps: their weighted mean, and the three closest one by one."""
     related, weight = state.related, state.related_weight
     has = weight.sum(axis=1) > 0
     moved1 = now - np.nan_to_num(_take(filled, origins - 1))
