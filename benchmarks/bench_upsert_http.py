@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 import httpx
 import orjson
+from tests.threads import errors_from_threads
 
 from benchmarks.common import (
     JSON_HEADERS,
@@ -87,20 +87,8 @@ def cpu_seconds(pid: int) -> float:
 
 def _timed_threads(work: Callable[[int], None], threads: int) -> float:
     """Seconds for `threads` threads to run work(0) .. work(threads - 1); the first error is raised after."""
-    errors: list[BaseException] = []
-
-    def run(k: int) -> None:
-        try:
-            work(k)
-        except BaseException as error:  # reported after the join
-            errors.append(error)
-
-    workers = [threading.Thread(target=run, args=(k,)) for k in range(threads)]
     start = time.perf_counter()
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    errors = errors_from_threads(work, threads)
     if errors:
         raise errors[0]
     return time.perf_counter() - start

@@ -369,6 +369,7 @@ BAD_QUERIES = [
     pytest.param({"type": "(A,B"}, "')'", id="type-open-paren"),
     pytest.param({"type": ""}, "type", id="type-empty"),
     pytest.param({"idPattern": "urn:(["}, "idPattern", id="id-pattern-regex"),
+    pytest.param({"idPattern": "(" * 600 + ")" * 600}, "does not compile", id="id-pattern-too-deep"),
     # Patterns Python compiles but the store's RE2 engine refuses: refused up front, as q does for ~=.
     pytest.param({"idPattern": "(?<=a)b"}, "idPattern", id="id-pattern-lookbehind"),
     pytest.param({"idPattern": r"(a)\1"}, "idPattern", id="id-pattern-backreference"),

@@ -322,6 +322,8 @@ URL = "http://127.0.0.1:9/notify"
       "notification": {"endpoint": {"uri": URL}}}, "entities[0].id"),
     ({"type": "Subscription", "entities": [{"type": "A", "idPattern": "(?<=x)"}],
       "notification": {"endpoint": {"uri": URL}}}, "idPattern"),
+    ({"type": "Subscription", "entities": [{"type": "A", "idPattern": "(" * 600 + ")" * 600}],
+      "notification": {"endpoint": {"uri": URL}}}, "does not compile"),
     ({"type": "Subscription", "watchedAttributes": [], "notification": {"endpoint": {"uri": URL}}},
      "watchedAttributes"),
     ({"type": "Subscription", "watchedAttributes": ["a"], "q": "speed>",

@@ -368,13 +368,24 @@ class _Parser:
     def check_regex(self, pattern: Scalar, pos: int) -> None:
         if not isinstance(pattern, str):
             self.fail("a regular expression must be a double-quoted string", pos)
-        problem = re2_problem(pattern)
+        problem = pattern_problem(pattern, re.ASCII)
         if problem:
-            self.fail(f"the regular expression uses {problem}, which is not supported", pos)
-        try:
-            _regex(pattern)
-        except re.error as exc:
-            self.fail(f"the regular expression does not compile ({exc})", pos)
+            self.fail(f"the regular expression {problem}", pos)
+
+
+def pattern_problem(pattern: str, flags: int = 0) -> str | None:
+    """Why a client's regular expression cannot be used (a phrase to follow its name), or None.
+
+    Refused: what RE2 would read differently (`re2_problem`), and what Python's `re` cannot compile, a
+    syntax error or nesting too deep for its recursive parser (RecursionError: a 500 if let through)."""
+    problem = re2_problem(pattern)
+    if problem:
+        return f"uses {problem}, which is not supported"
+    try:
+        compile_quietly(pattern, flags)
+    except (re.error, RecursionError, OverflowError) as error:
+        return f"does not compile ({error or type(error).__name__})"
+    return None
 
 
 def re2_problem(pattern: str) -> str | None:

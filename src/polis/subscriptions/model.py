@@ -20,7 +20,7 @@ from polis.ngsi_ld.context import TermMap
 from polis.ngsi_ld.entity_codec import validate_entity_id
 from polis.ngsi_ld.geoquery import GeoQuery, parse_geoquery
 from polis.ngsi_ld.params import parse_datetime, parse_type_selector
-from polis.ngsi_ld.q import QExpr, compile_quietly, parse_q, re2_problem
+from polis.ngsi_ld.q import QExpr, parse_q, pattern_problem
 from polis.store.base import TypeSelector
 
 SSE_URI = "urn:polis:sse"  # endpoint.uri of a subscription read through GET /subscriptions/{id}/stream
@@ -392,13 +392,9 @@ def _check_pattern(pattern: Any, where: str) -> None:
         raise BadRequestData(f"{where} must be a non-empty regular expression string, got {_show(pattern)}")
     if len(pattern) > MAX_TEXT:
         raise BadRequestData(f"{where} is longer than {MAX_TEXT} characters")
-    problem = re2_problem(pattern)
+    problem = pattern_problem(pattern)
     if problem:
-        raise BadRequestData(f"{where} uses {problem}, which is not supported")
-    try:
-        compile_quietly(pattern)
-    except (re.error, RecursionError, OverflowError) as error:
-        raise BadRequestData(f"{where} is not a valid regular expression: {error}") from None
+        raise BadRequestData(f"{where} {problem}")
 
 
 def _names(raw: Any, terms: TermMap, where: str, *, allow_null: bool = False) -> tuple[str, ...]:
