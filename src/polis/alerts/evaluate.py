@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +24,7 @@ from polis.alerts.rules import AnomalyRule, AnyRule, BurstRule, ForecastRule, Th
 from polis.crowd.gathering import CrowdParams, HourlyPanel, local_hour
 from polis.domain.entity import LOCATION, Entity
 from polis.ngsi_ld.context import TermMap
+from polis.ngsi_ld.q import client_regex
 from polis.store.base import EntityQuery, Store, TemporalQuery, TypeSelector
 from polis.traffic.incidents import LOS_LOOP_PREFIX, SpeedDropTracker, free_flow, los_loop_neighbours
 from polis.traffic.incidents import nearest_neighbours as nearest
@@ -115,7 +115,7 @@ class CompiledRule:
         self.attr_iri = terms.expand(attribute) if attribute else None
         self.name_iri = terms.expand("name")
         self.ids = frozenset(rule.scope.ids)
-        self.pattern = re.compile(rule.scope.id_pattern) if rule.scope.id_pattern else None
+        self.pattern = client_regex(rule.scope.id_pattern) if rule.scope.id_pattern else None
         self.area: Any = None
         if rule.scope.area is not None and rule.scope.area.type == "Polygon":
             from shapely.geometry import shape

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import re
 import string
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from polis.domain.errors import BadRequestData
+from polis.ngsi_ld.q import pattern_problem
 
 Severity = Literal["Extreme", "Severe", "Moderate", "Minor", "Unknown"]
 Urgency = Literal["Immediate", "Expected", "Future", "Past", "Unknown"]
@@ -112,8 +113,10 @@ class Backfill(_Model):
     def _span(self) -> Backfill:
         if self.start.tzinfo is None or self.end.tzinfo is None:
             raise ValueError("'from' and 'to' need a time zone (e.g. 2022-03-14T00:00:00Z)")
-        if not self.start < self.end <= self.start + timedelta(days=400):
+        if not timedelta(0) < self.end - self.start <= timedelta(days=400):  # no sum: 9999-12-31 + 400 days overflows
             raise ValueError("'to' must come after 'from', at most 400 days later")
+        if self.end > datetime.now(UTC) + timedelta(days=1):  # a day of slack for clocks; the year 9999 overflowed
+            raise ValueError("'to' lies in the future: a backfill replays stored history")
         return self
 
 
@@ -134,10 +137,9 @@ class Scope(_Model):
     @classmethod
     def _pattern(cls, value: str | None) -> str | None:
         if value is not None:
-            try:
-                re.compile(value)
-            except re.error as error:
-                raise ValueError(f"not a regular expression: {error}") from None
+            problem = pattern_problem(value)
+            if problem:
+                raise ValueError(f"the regular expression {problem}")
         return value
 
 
@@ -233,7 +235,7 @@ class AnomalyRule(_RuleBase):
 
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file name
             raise ValueError(f"unknown time zone {value!r}") from None
         return value
 

@@ -20,6 +20,7 @@ from polis.domain.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from polis.domain.json_depth import MAX_DEPTH, nests_deeper_than
 from polis.ngsi_ld.context import CORE_CONTEXT_URL, TermMap
 from polis.platform import Platform
 
@@ -95,6 +96,18 @@ async def read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON: InvalidRequest where it is not JSON, BadRequestData where it nests deeper than
+    anything Polis stores (polis.domain.json_depth)."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        raise InvalidRequest(f"the request body is not valid JSON: {error}") from None
+    if nests_deeper_than(data):
+        raise BadRequestData(f"the request body nests arrays and objects more than {MAX_DEPTH} levels deep")
+    return data
+
+
 @dataclass(slots=True)
 class LdBody:
     data: Any
@@ -113,10 +126,7 @@ async def json_body(request: Request, *, context_document: bool = False) -> LdBo
         )
     if not raw.strip():
         raise InvalidRequest("the request body is empty; a JSON document is expected")
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
-        raise InvalidRequest(f"the request body is not valid JSON: {error}") from None
+    data = parse_json(raw)
     link = link_context(request)
     if media == "application/ld+json":
         if link is not None:

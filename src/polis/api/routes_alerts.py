@@ -26,8 +26,8 @@ from starlette.concurrency import run_in_threadpool
 from polis.alerts.cap import ATOM_MEDIA_TYPE, CAP_MEDIA_TYPE, atom_feed
 from polis.alerts.model import AlertRecord, iso
 from polis.alerts.rules import parse_rule, rule_json
-from polis.api.ld_http import platform_of, tenant_of
-from polis.domain.errors import AlreadyExists, BadRequestData, ResourceNotFound
+from polis.api.ld_http import parse_json, platform_of, tenant_of
+from polis.domain.errors import AlreadyExists, ResourceNotFound
 
 router = APIRouter(prefix="/polis/v1/alerts", tags=["alerts"])
 
@@ -37,11 +37,7 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 async def _body(request: Request) -> Any:
-    raw = await request.body()
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as error:
-        raise BadRequestData(f"the request body is not valid JSON: {error}") from None
+    return parse_json(await request.body())
 
 
 def alert_json(record: AlertRecord) -> dict[str, Any]:

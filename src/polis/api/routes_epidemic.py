@@ -26,8 +26,8 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from polis.api.ld_http import platform_of, tenant_of
-from polis.domain.errors import BadRequestData, InvalidRequest, ResourceNotFound
+from polis.api.ld_http import parse_json, platform_of, tenant_of
+from polis.domain.errors import BadRequestData, ResourceNotFound
 from polis.epidemic.data import COUNTRIES, CountryData
 from polis.epidemic.guard import refuse_person_fields
 from polis.epidemic.hub import NAME, HubCountries, countries_in_store
@@ -207,10 +207,7 @@ async def scenario(request: Request, country: str) -> Response:
     from polis.epidemic.scenario import run_scenario, validate
 
     data = await _country(request, country)
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as error:
-        raise InvalidRequest(f"body is not JSON: {error}") from None
+    body = parse_json(await request.body())
     if not isinstance(body, dict):
         raise BadRequestData("body must be a JSON object", field="body")
     refuse_person_fields(body.keys(), "scenario request")

@@ -78,9 +78,12 @@ def forecast_history(request: Request, entity_id: str, attr: str) -> list[dict[s
     return [_plain(p) for p in platform.forecasts.history(entity_id, attr, tenant_of(request))]
 
 
+MAX_WINDOW_MINUTES = 10 * 366 * 24 * 60
+
+
 @router.get("/forecast-accuracy", summary="Rolling live MAE per model and step")
 def forecast_accuracy(request: Request, window_minutes: int | None = None) -> list[dict[str, Any]]:
-    if window_minutes is not None and window_minutes <= 0:
-        raise BadRequestData("window_minutes must be positive")
+    if window_minutes is not None and not 0 < window_minutes <= MAX_WINDOW_MINUTES:
+        raise BadRequestData(f"window_minutes must be between 1 and {MAX_WINDOW_MINUTES} (ten years)")
     window = timedelta(minutes=window_minutes) if window_minutes else None
     return platform_of(request).forecasts.accuracy(window)

@@ -24,7 +24,7 @@ from polis.domain.errors import BadRequestData
 from polis.mobility.citibike import DATASET as CITIBIKE
 from polis.mobility.products import Direction, DpRequest, Unit
 from polis.ngsi_ld.params import check_known
-from polis.privacy.dp import Mechanism
+from polis.privacy.dp import MIN_EPSILON, Mechanism
 
 router = APIRouter(tags=["mobility"])
 
@@ -71,8 +71,8 @@ def _dp(request: Request) -> DpRequest | None:
         epsilon = float(params["epsilon"])
     except ValueError:
         raise BadRequestData(f"epsilon must be a number, got {params['epsilon']!r}") from None
-    if not (epsilon > 0 and epsilon < float("inf")):
-        raise BadRequestData(f"epsilon must be a positive number, got {params['epsilon']!r}")
+    if not MIN_EPSILON <= epsilon < float("inf"):
+        raise BadRequestData(f"epsilon must be a positive number, at least {MIN_EPSILON:g}, got {params['epsilon']!r}")
     mechanism = Mechanism(_choice(params, "mechanism", "laplace", [m.value for m in Mechanism]))
     return DpRequest(epsilon, mechanism, platform_of(request).settings.dp_delta)
 

@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 
 from polis.domain.errors import BadRequestData, LdContextNotAvailable, ResourceNotFound
+from polis.domain.json_depth import MAX_DEPTH, nests_deeper_than
 
 CORE_CONTEXT_URL = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.9.jsonld"
 CORE_CONTEXT_ALIAS = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld"
@@ -535,10 +536,10 @@ class ContextCache:
                 except _Unavailable as why:
                     raise LdContextNotAvailable(f"could not retrieve @context from {url}: {why}") from None
                 record = _Record(str(uuid.uuid5(uuid.NAMESPACE_URL, url)), url, "Cached", _utc_now(), context)
+                self._save(record)  # first: a record that cannot be written must not be half kept
                 with self._lock:
                     records[record.id] = record
                     self._cached_ids[url] = record.id
-                self._save(record)
                 return record
         finally:
             with self._lock:  # clients naming endless bad URLs must not grow this map
@@ -578,10 +579,14 @@ class ContextCache:
             raise _Unavailable(f"more than {MAX_REDIRECTS} redirects") from None
         except httpx.HTTPError as error:
             raise _Unavailable(f"{type(error).__name__}: {error}") from None
+        except (httpx.InvalidURL, ValueError) as error:  # a bad port or host (http://a:b/, http://[::1)
+            raise BadRequestData(f"the @context URL {url} is not a valid URL: {error}") from None
         try:
             document = orjson.loads(bytes(body))
         except orjson.JSONDecodeError:
             raise _Unavailable("the response is not JSON") from None
+        if nests_deeper_than(document):
+            raise _Unavailable(f"the document nests arrays and objects more than {MAX_DEPTH} levels deep")
         if not isinstance(document, dict) or "@context" not in document:
             raise _Unavailable("the document has no @context member")
         return document["@context"]
@@ -599,9 +604,9 @@ class ContextCache:
         context_id = str(uuid.uuid4())
         record = _Record(context_id, self.hosted_url(context_id), "Hosted", _utc_now(), context)
         records = self._registry()
+        self._save(record)  # first: a record that cannot be written must not be half kept
         with self._lock:
             records[context_id] = record
-        self._save(record)
         return context_id
 
     def registered(self) -> list[dict[str, Any]]:

@@ -81,7 +81,8 @@ def parse_geoquery(
             f"a geo-query needs georel, geometry and coordinates together; missing: {', '.join(missing)}"
         )
     assert georel is not None and geometry is not None and coordinates is not None
-    for name, text in (("georel", georel), ("geometry", geometry)):
+    named = (("georel", georel), ("geometry", geometry), ("geoproperty", "" if geoproperty is None else geoproperty))
+    for name, text in named:
         if not isinstance(text, str):  # the JSON forms could carry anything here
             raise BadRequestData(f"{name} must be a string; got {_show(text)}")
     relation, max_distance, min_distance = _parse_georel(georel)

@@ -294,7 +294,7 @@ def _aggregated(
         for index, ts in enumerate(times):
             grouped.setdefault(int((ts - start) // aggregation.period), []).append(index)
         buckets = [
-            (start + k * aggregation.period, start + (k + 1) * aggregation.period, v)
+            (start + k * aggregation.period, _bucket_end(start, (k + 1) * aggregation.period), v)
             for k, v in sorted(grouped.items())
         ]
     for method in aggregation.methods:
@@ -304,6 +304,14 @@ def _aggregated(
             series.append([_aggregate(method, values), _iso(lo), _iso(hi)])
         out[method] = series
     return out
+
+
+def _bucket_end(start: datetime, offset: timedelta) -> datetime:
+    """`start + offset`, or the last instant there is when a bucket would end after the year 9999."""
+    try:
+        return start + offset
+    except OverflowError:
+        return datetime.max.replace(tzinfo=UTC)
 
 
 def _aggregate(method: str, values: list[Any]) -> Any:

@@ -50,17 +50,22 @@ def _opendp() -> Any:
     return dp
 
 
+# Below this a release is noise alone (a Laplace scale of a million), and the Gaussian's scale underflows to a
+# division by zero near 1e-300.
+MIN_EPSILON = 1e-6
+
+
 def noise_scale(mechanism: Mechanism, epsilon: float, delta: float = 0.0) -> float:
     """The scale that spends exactly `epsilon` on a sensitivity-1 count query."""
-    if not (epsilon > 0 and math.isfinite(epsilon)):
-        raise ValueError(f"epsilon must be a positive number, got {epsilon}")
+    if not (epsilon >= MIN_EPSILON and math.isfinite(epsilon)):
+        raise ValueError(f"epsilon must be a positive number, at least {MIN_EPSILON:g}, got {epsilon}")
     if mechanism is Mechanism.LAPLACE:
         return 1.0 / epsilon
     if not 0 < delta < 1:
         raise ValueError(f"the Gaussian mechanism needs 0 < delta < 1, got {delta}")
     # ε(ρ, δ) = ρ + 2·sqrt(ρ·ln(1/δ)) (Bun & Steinke); solve for ρ, then σ = 1/sqrt(2ρ).
     log_term = math.log(1.0 / delta)
-    root = -math.sqrt(log_term) + math.sqrt(log_term + epsilon)
+    root = epsilon / (math.sqrt(log_term) + math.sqrt(log_term + epsilon))  # sqrt(L + ε) − sqrt(L), no cancellation
     return 1.0 / math.sqrt(2.0 * root * root)
 
 

@@ -7,16 +7,14 @@ and the entity satisfies `q` and `geoQ` after the change (before it, for a delet
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from polis.domain.entity import ENTITY_MEMBERS, Entity, same_instances
 from polis.ngsi_ld.events import EntityChange
 from polis.ngsi_ld.geoquery import GeoQuery
 from polis.ngsi_ld.geoquery import matches as geo_matches
-from polis.ngsi_ld.q import QExpr, compile_quietly
+from polis.ngsi_ld.q import QExpr, client_regex
 from polis.ngsi_ld.q import matches as q_matches
 from polis.subscriptions.model import Selector, Subscription
 
@@ -62,13 +60,10 @@ def _selector_matches(selector: Selector, entity: Entity, types: Any) -> bool:
     if selector.id is not None:
         return bool(entity.get("id") == selector.id)
     if selector.id_pattern is not None:
-        return _pattern(selector.id_pattern).search(str(entity.get("id", ""))) is not None
+        return client_regex(selector.id_pattern).search(str(entity.get("id", ""))) is not None
     return True
 
 
-@lru_cache(maxsize=256)
-def _pattern(text: str) -> re.Pattern[str]:
-    return compile_quietly(text)
 
 
 def _geo_ok(geo: GeoQuery, entity: Entity) -> bool:

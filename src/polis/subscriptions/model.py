@@ -43,8 +43,8 @@ UNSUPPORTED = {
 }
 MAX_URI = 2048
 MAX_TEXT = 4096
-_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,128}$")
-_HEADER_VALUE = re.compile(r"^[^\x00-\x08\x0a-\x1f\x7f]{0,4096}$")
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,128}")
+_HEADER_VALUE = re.compile(r"[\t\x20-\x7e]{0,4096}")  # printable ASCII: what an HTTP client sends as it is
 _FORBIDDEN_HEADERS = frozenset({"content-length", "host", "transfer-encoding", "connection"})
 
 
@@ -538,9 +538,9 @@ def _pairs(raw: Any, where: str, *, headers: bool) -> tuple[tuple[str, str], ...
         if not isinstance(key, str) or not isinstance(value, str):
             raise BadRequestData(f"{where}: key and value must be strings, got {_show(item)}")
         if headers:
-            if not _HEADER_NAME.match(key) or key.lower() in _FORBIDDEN_HEADERS:
+            if not _HEADER_NAME.fullmatch(key) or key.lower() in _FORBIDDEN_HEADERS:
                 raise BadRequestData(f"{where}: {_show(key)} cannot be sent as an HTTP header name")
-            if not _HEADER_VALUE.match(value):
+            if not _HEADER_VALUE.fullmatch(value):
                 raise BadRequestData(f"{where}: the value of {key} cannot be sent as an HTTP header value")
         out.append((key, value))
     return tuple(out)

@@ -38,7 +38,9 @@ class HttpSender:
             self._client = httpx.Client(follow_redirects=False)
         try:
             response = self._client.post(uri, content=body, headers=headers, timeout=timeout_s)
-        except httpx.HTTPError as error:
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as error:
+            # ValueError: a header httpx cannot encode (a subscription stored before its check): a failure
+            # counted in timesFailed, not an exception that retries forever unseen.
             raise DeliveryFailed(f"{type(error).__name__}: {error}") from None
         if not 200 <= response.status_code < 300:
             raise DeliveryFailed(f"HTTP {response.status_code} from the endpoint")

@@ -1,0 +1,34 @@
+"""How deeply a client's JSON may nest.
+
+orjson parses up to 1,024 nested arrays and objects but serialises at most 254 (and Python code that walks a
+document recursively gives out somewhere in between), while every document Polis keeps is written with
+orjson, a few levels deeper than the client sent it (expansion wraps values in instance lists). A body nested
+250 levels deep therefore parsed, passed every check, and failed when it was stored: a 500. Bodies are
+refused at MAX_DEPTH instead, far above anything NGSI-LD needs (a GeoJSON MultiPolygon is 4 arrays deep).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+MAX_DEPTH = 100
+_ORJSON_DEPTH = 254  # the most nested arrays and objects orjson.dumps writes (tests/unit/test_json_depth.py)
+
+
+def nests_deeper_than(data: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether `data` holds more than `limit` arrays and objects inside one another.
+
+    orjson answers in C: wrapped in enough lists that `limit` levels of its own fill orjson's depth exactly,
+    `data` serialises only if it nests no deeper (~0.5 ms for a 370 KB batch; a Python walk took 1.6 ms)."""
+    if limit >= _ORJSON_DEPTH:
+        raise ValueError(f"a limit must be under {_ORJSON_DEPTH}")
+    wrapped = data
+    for _ in range(_ORJSON_DEPTH - limit):
+        wrapped = [wrapped]
+    try:
+        orjson.dumps(wrapped)
+    except orjson.JSONEncodeError:
+        return True
+    return False
