@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -90,7 +90,9 @@ class Settings(BaseSettings):
         default="cell",
         description="Hourly flows are released per H3 cell or per station, not both (one would solve the other).",
     )
-    od_window_hours: Literal[24, 8] = Field(
+    # An int checked below, not Literal[24, 8]: pydantic compares a Literal's members by type, so the
+    # environment's "8" matched neither and POLIS_OD_WINDOW_HOURS could not be set at all.
+    od_window_hours: int = Field(
         default=24,
         description="OD matrices are released per day (24) or per 8-hour window (8), not both (same reason).",
     )
@@ -126,6 +128,13 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds a verified API key is remembered in memory (argon2 is slow); a revocation clears it.",
     )
+
+    @field_validator("od_window_hours")
+    @classmethod
+    def _od_window(cls, hours: int) -> int:
+        if hours not in (24, 8):
+            raise ValueError("od_window_hours must be 24 or 8")
+        return hours
 
     @property
     def database_path(self) -> Path:

@@ -354,6 +354,9 @@ def test_traffic_call_bursts_in_the_real_911_calls(client: TestClient, platform:
         for cap in platform.alerts.caps[alert["id"]]:  # updates and the all-clear release no small count either
             described = etree.fromstring(cap).findtext(f"{{{CAP_NS}}}info/{{{CAP_NS}}}description") or ""
             assert "nan" not in described.lower() and all(c >= 10 for c in _numbers(described, "events"))
+    members = [m for alert in found for m in alert["entities"]]
+    hidden = [m for m in members if m["count"] is None]
+    assert all(m["pValue"] is None for m in hidden)  # its tail probability would give the count back
     assert assert_every_cap_valid(platform) >= len(found)
 
 

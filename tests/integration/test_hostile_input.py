@@ -188,3 +188,47 @@ def test_receiver_info_must_be_sendable_as_a_header(client: TestClient) -> None:
     }
     refused(client.post("/ngsi-ld/v1/subscriptions", json=subscription, headers={"Link": LINK_SDM}), 400, "X-A")
     assert client.get("/ngsi-ld/v1/subscriptions").json() == []
+
+
+# -- privacy: a hosted @context is served to anyone --------------------------------------------------------------
+
+
+def test_a_context_holding_an_identifier_is_not_hosted(client: TestClient) -> None:
+    before = client.get("/ngsi-ld/v1/jsonldContexts").json()
+    r = client.post("/ngsi-ld/v1/jsonldContexts", json={"@context": {"contact": "mailto:ivy@example.org"}})
+    assert r.status_code == 422, r.text
+    assert r.json()["type"] == ERR + "PersonalDataRefused" and "ivy" not in r.text
+    assert client.get("/ngsi-ld/v1/jsonldContexts").json() == before
+    # Naming a field is not sending one: a term called licensePlate is fine in a context.
+    r = client.post("/ngsi-ld/v1/jsonldContexts", json={"@context": {"licensePlate": "https://example.org/ns/plate"}})
+    assert r.status_code == 201, r.text
+
+
+def test_an_identifying_field_renamed_by_the_context_is_refused(client: TestClient, platform: Platform) -> None:
+    context = [{"licensePlate": "https://example.org/p", "phone": "https://example.org/q"},
+               "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld"]
+    entity = {"id": "urn:ngsi-ld:Vehicle:renamed", "type": "Vehicle", "@context": context,
+              "licensePlate": {"type": "Property", "value": "NJ X12-ABC"}}
+    ld = {"Content-Type": "application/ld+json"}
+    r = client.post(ENTITIES, content=orjson.dumps(entity), headers=ld)
+    assert r.status_code == 422, r.text
+    assert (r.json()["field"], r.json()["rule"]) == ("licensePlate", "licence-plate")
+    # A batch of one shape goes through a batch plan: it must refuse the same.
+    batch = [{**entity, "id": f"urn:ngsi-ld:Vehicle:renamed-{k}", "licensePlate": {"type": "Property", "value": k}}
+             for k in range(3)]
+    r = client.post("/ngsi-ld/v1/entityOperations/upsert", content=orjson.dumps(batch), headers=ld)
+    assert r.status_code in (207, 422), r.text
+    assert "PersonalDataRefused" in r.text and "licence-plate" in r.text
+    assert platform.store.entity_count("") == 0
+
+
+def test_a_unit_code_that_identifies_is_refused_in_a_planned_batch(client: TestClient, platform: Platform) -> None:
+    # Items of one shape go through a batch plan made from the first one: the third one's unit must still count.
+    batch = [
+        {"id": f"urn:ngsi-ld:V:unit-{k}", "type": "V", "speed": {"type": "Property", "value": k, "unitCode": unit}}
+        for k, unit in enumerate(["KMH", "KMH", "ann@example.org", "KMH"])
+    ]
+    r = client.post("/ngsi-ld/v1/entityOperations/upsert", json=batch)
+    assert r.status_code == 422, r.text
+    assert (r.json()["field"], r.json()["rule"]) == ("speed.unitCode", "e-mail") and "ann@" not in r.text
+    assert platform.store.entity_count("") == 0

@@ -129,3 +129,15 @@ def test_the_log_file_is_private(tmp_path: Path) -> None:
     path = tmp_path / "audit" / "audit.jsonl"
     _log(path, 1)
     assert path.stat().st_mode & 0o077 == 0
+
+
+def test_a_request_naming_someone_is_logged_without_the_name(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.jsonl")
+    kept = log.append(who="d", action="read", dataset="x", tier="aggregate", decision="deny",
+                      what="GET /ngsi-ld/v1/entities/urn:ngsi-ld:Sensor:erin@example.org/attrs")
+    plain = log.append(who="d", action="read", dataset="x", tier="aggregate", decision="allow",
+                       what="GET /ngsi-ld/v1/entities/urn:ngsi-ld:Sensor:1")
+    log.close()
+    assert "erin" not in (tmp_path / "audit.jsonl").read_text() and "e-mail" in kept["what"]
+    assert plain["what"] == "GET /ngsi-ld/v1/entities/urn:ngsi-ld:Sensor:1"
+    assert verify(tmp_path / "audit.jsonl").ok

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from polis.domain.errors import PersonalDataRefused
-from polis.privacy.refusal import RULES, find_identifying, kept_payload, refuse_personal_data
+from polis.privacy.refusal import RULES, find_identifying, kept_payload, kept_reason, kept_topic, refuse_personal_data
 
 JPEG = "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDBQNDAsLDBkSEw8UHRofHh0aHBwgJC4nICIsIxwcKDcpLDA"
 EMBEDDING = [0.0132, -0.2231, 0.5012, 0.0044] * 32
@@ -80,7 +80,24 @@ IDENTIFYING: list[tuple[str, dict[str, Any], str, str]] = [
         "device-identifier",
     ),
     ("IMEI", {"imei": {"type": "Property", "value": "356938035643809"}}, "imei", "device-identifier"),
+    # Found by a red-team pass (2026-11-27): identifiers inside ids, texts, unit codes, type names, names.
+    ("phone inside a text", {"note": {"type": "Property", "value": "call +1 201-555-0143 now"}}, "note.value",
+     "phone-number"),
+    ("MAC inside a text", {"note": {"type": "Property", "value": "device aa:bb:cc:dd:ee:ff at gate 3"}}, "note.value",
+     "device-identifier"),
+    ("e-mail as a unitCode", {"speed": {"type": "Property", "value": 3, "unitCode": "ann@example.org"}},
+     "speed.unitCode", "e-mail"),
+    ("phone as an attribute name", {"https://example.org/+12015550143": [{"type": "Property", "value": 1}]},
+     "(body)", "phone-number"),
     ("expanded IRI", {"https://example.org/ns/faceImage": [{"type": "Property", "value": "x"}]}, "faceImage", "face"),
+]
+
+# Whole entities (their id or type identifies): the API tests send IDENTIFYING into existing entities too.
+IDENTIFYING_ENTITIES: list[tuple[str, dict[str, Any], str, str]] = [
+    ("MAC inside an id", {"id": "urn:ngsi-ld:Device:a4:5e:60:12:9b:01", "type": "Device"}, "id", "device-identifier"),
+    ("phone as an id", {"id": "tel:+12015550143", "type": "Device"}, "id", "phone-number"),
+    ("e-mail in a type name", {"id": "urn:ngsi-ld:X:1", "type": "https://example.org/ann@example.org"}, "type",
+     "e-mail"),
 ]
 
 LEGITIMATE: list[dict[str, Any]] = [
@@ -95,10 +112,16 @@ LEGITIMATE: list[dict[str, Any]] = [
     {"intensity": 1234567890, "serial": "SN-4471-220", "speeds": [52.1, 48.3, 50.0] * 10},
     {"description": "Bike lane closed between Grove St and Newark Ave, 8 am to 5 pm"},
     {"occupancy": 0.42, "congested": False},
+    {"tz": "UTC+10", "version": "1.2.3+build.5", "observedAt": "2024-05-01T08:00:00+02:00", "unitCode": "KMH"},
+    {"id": "urn:ngsi-ld:Thing:123e4567-e89b-12d3-a456-426614174000", "gateway": "fe80::1ff:fe23:4567:890a"},
 ]
 
 
-@pytest.mark.parametrize(("kind", "body", "field", "rule"), IDENTIFYING, ids=[c[0] for c in IDENTIFYING])
+@pytest.mark.parametrize(
+    ("kind", "body", "field", "rule"),
+    IDENTIFYING + IDENTIFYING_ENTITIES,
+    ids=[c[0] for c in IDENTIFYING + IDENTIFYING_ENTITIES],
+)
 def test_each_identifying_kind_is_refused_naming_field_and_rule(kind: str, body: Any, field: str, rule: str) -> None:
     found = find_identifying(body)
     assert found is not None, kind
@@ -123,3 +146,17 @@ def test_the_refusal_never_repeats_the_value() -> None:
         refuse_personal_data({"contact": {"type": "Property", "value": "ann.smith@example.org"}})
     assert "ann.smith" not in str(refused.value.problem())
     assert "ann.smith" not in kept_payload(b'{"contact": "ann.smith@example.org"}', "privacy: field 'contact' ...")
+
+
+def test_dead_letters_keep_nothing_the_rules_refuse_whatever_failed_first() -> None:
+    # The message failed for another reason (an unknown type, invalid JSON) before the privacy scan ran.
+    assert kept_payload(b'{"note": "bob@example.org", "peopleCount": 1}', "unknown type").startswith("[withheld")
+    assert kept_payload(b"not json carol@example.org", "invalid JSON").startswith("[withheld")
+    assert kept_payload(b'{"seen": "aa:bb:cc:dd:ee:ff"}', "no time").startswith("[withheld")
+    assert "peopleCount" in kept_payload(b'{"peopleCount": 1}', "no time")  # harmless payloads are kept to debug
+    assert kept_topic("polis/default/CrowdFlowObserved/urn:ngsi-ld:CrowdFlowObserved:gina@example.org").startswith(
+        "[withheld"
+    )
+    assert kept_topic("polis/default/CrowdFlowObserved/urn:x:1") == "polis/default/CrowdFlowObserved/urn:x:1"
+    assert "dan@example.org" not in kept_reason("unknown type 'dan@example.org'")
+    assert kept_reason("no time in item 1") == "no time in item 1"

@@ -28,3 +28,14 @@ def test_environment_variables_set_the_settings(monkeypatch: pytest.MonkeyPatch,
 
 def test_datasets_default_to_the_shared_folder() -> None:
     assert (Settings().datasets_dir / "traffic" / "los-loop" / "los_speed.csv").is_file()
+
+
+def test_every_choice_setting_can_be_set_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The environment gives strings: POLIS_OD_WINDOW_HOURS=8 once failed every start (Literal[24, 8]).
+    monkeypatch.setenv("POLIS_OD_WINDOW_HOURS", "8")
+    monkeypatch.setenv("POLIS_FLOWS_UNIT", "station")
+    settings = Settings()
+    assert (settings.od_window_hours, settings.flows_unit) == (8, "station")
+    monkeypatch.setenv("POLIS_OD_WINDOW_HOURS", "12")
+    with pytest.raises(ValueError, match="24 or 8"):
+        Settings()

@@ -436,8 +436,10 @@ class CompiledRule:
             center = (
                 (sum(p[0] for p in points) / len(points), sum(p[1] for p in points) / len(points)) if points else None
             )
-            count = float(reading.count) if reading.count >= self.suppression_k else math.nan
-            details = {"expected": reading.expected, "pValue": reading.p_value, "count": count}
+            # The tail probability of a hidden count gives the count back (solve P(N >= n) for n): withheld too.
+            shown = reading.count >= self.suppression_k
+            count = float(reading.count) if shown else math.nan
+            details = {"expected": reading.expected, "pValue": reading.p_value if shown else math.nan, "count": count}
             signal = Signal(on, off, count, float(floor), details)
             found.append(Observation(group, group, center, counter.watermark, signal))
         return found

@@ -58,7 +58,7 @@ from polis.domain.entity import VALUE_MEMBER, Instance
 from polis.domain.errors import BadRequestData
 from polis.ngsi_ld.context import TermMap
 from polis.ngsi_ld.entity_codec import NULL_MARKER, expand_fragment, normalize_datetime, validate_entity_id
-from polis.privacy.refusal import refusal_reason
+from polis.privacy.refusal import RULES, refusal_reason, rule_for_value
 
 TOPIC_ROOT = "polis"
 DEFAULT_TENANT_SEGMENT = "default"
@@ -213,6 +213,9 @@ class MessageParser:
             validate_entity_id(value)
         except BadRequestData as error:
             raise MessageRejected(f"invalid entity id in the {where}: {error.detail}") from None
+        rule = rule_for_value(value)  # a topic's id skips the payload's scan (and plain readings skip it all)
+        if rule is not None:
+            raise MessageRejected(f"privacy: the entity id in the {where} is refused by rule '{rule}' ({RULES[rule]})")
         if len(self._good_ids) >= _MEMO_LIMIT:
             self._good_ids.clear()
         self._good_ids.add(value)

@@ -160,8 +160,8 @@ class BatchPlan:
         return entity
 
     def identifying(self, item: dict[str, Any]) -> bool:
-        """Whether a string the privacy gate reads (id, string values, datasetId, object) may identify
-        someone; the field names were checked when the plan was made."""
+        """Whether a string the privacy gate reads (id, string values, datasetId, unitCode, object) may identify
+        someone; the field names and the type were checked when the plan was made."""
         if rule_for_value(item["id"]) is not None:
             return True
         for attribute in self.attributes:
@@ -171,6 +171,9 @@ class BatchPlan:
                 return True
             dataset = raw.get("datasetId")
             if dataset is not None and rule_for_value(dataset) is not None:
+                return True
+            unit = raw.get("unitCode")
+            if unit is not None and rule_for_value(unit) is not None:
                 return True
         return False
 

@@ -30,6 +30,7 @@ import orjson
 
 from polis.domain.errors import BadRequestData, LdContextNotAvailable, ResourceNotFound
 from polis.domain.json_depth import MAX_DEPTH, nests_deeper_than
+from polis.privacy.refusal import refuse_identifying_strings
 
 CORE_CONTEXT_URL = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.9.jsonld"
 CORE_CONTEXT_ALIAS = "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld"
@@ -601,6 +602,7 @@ class ContextCache:
         if not isinstance(context, dict | list | str):
             raise BadRequestData("'@context' must be an object, an array or a URL")
         self._build(context)  # raises BadRequestData / LdContextNotAvailable for a context that cannot be used
+        refuse_identifying_strings(context, "@context")  # a hosted context is served to anyone, keys or not
         context_id = str(uuid.uuid4())
         record = _Record(context_id, self.hosted_url(context_id), "Hosted", _utc_now(), context)
         records = self._registry()

@@ -32,6 +32,7 @@ from polis.domain.entity import (
 )
 from polis.domain.errors import BadRequestData, InvalidRequest
 from polis.ngsi_ld.context import TermMap
+from polis.privacy.refusal import sent_name_refused, sent_name_rule
 
 __all__ = [
     "FORMATS",
@@ -205,6 +206,9 @@ class _Reader:
                 continue
             _check_name(key, None)
             iri = self.terms.expand(key)
+            rule = sent_name_rule(key, iri, raw)
+            if rule is not None:
+                raise sent_name_refused(key, rule)
             if iri in into:
                 raise BadRequestData(f"attribute '{key}' is given twice (another name in the body also means {iri})")
             into[iri] = self.attribute(key, iri, raw)
@@ -282,6 +286,9 @@ class _Reader:
         if depth + 1 >= MAX_DEPTH:
             raise BadRequestData(f"attribute '{parent}': sub-attributes nest more than {MAX_DEPTH} levels deep")
         iri = self.terms.expand(key)
+        rule = sent_name_rule(key, iri, raw)
+        if rule is not None:
+            raise sent_name_refused(f"{parent}.{key}", rule)
         if iri in inst:
             raise BadRequestData(f"attribute '{parent}': sub-attribute '{key}' is given twice")
         label = f"{parent}.{key}"

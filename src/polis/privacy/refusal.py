@@ -23,6 +23,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from polis.domain.errors import PersonalDataRefused
 
 MAX_DEPTH = 32
@@ -51,10 +53,9 @@ _SYSTEM_MEMBERS = frozenset(
     }
 )  # fmt: skip
 
-# Members whose values are NGSI-LD machinery (times, units, type names, coordinates): not scanned.
-_OPAQUE_MEMBERS = frozenset(
-    {"@context", "unitCode", "coordinates", "observedAt", "createdAt", "modifiedAt", "deletedAt", "type", "@type"}
-)
+# Members whose values are NGSI-LD machinery (times, coordinates): not scanned. Type names and unit codes are
+# scanned like any string: a sender chooses them too (an e-mail address as a unitCode was stored before).
+_OPAQUE_MEMBERS = frozenset({"@context", "coordinates", "observedAt", "createdAt", "modifiedAt", "deletedAt"})
 _COUNT_HEAD = frozenset({"number", "num", "count", "total", "n"})
 _COUNT_TAIL = frozenset(
     {
@@ -90,6 +91,9 @@ _TAIL = re.compile(r"[/#:]")
 _EMAIL_VALUE = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
 _PHONE_VALUE = re.compile(r"\+?\(?\d[\d\s().\-/]{6,20}\d")
 _MAC_VALUE = re.compile(r"(?:[0-9A-Fa-f]{2}[:\-]){5}[0-9A-Fa-f]{2}")
+# A phone number inside a longer text, or an id: only with its international "+" or a "tel:" scheme, since a
+# bare run of digits there is as likely a serial or a count.
+_PHONE_IN_TEXT = re.compile(r"(?:\+|tel:)\(?\d[\d\s().\-/]{6,20}\d")
 _DATA_URI = re.compile(r"\s*data:(image|audio|video)/", re.IGNORECASE)
 # Base64 openings of common image/audio/video files (JPEG, PNG, GIF, WebP/WAV (RIFF), MP3 (ID3), Ogg, FLAC,
 # WebM/Matroska, MP4 (....ftyp)).
@@ -172,12 +176,36 @@ def _name_rule(words: list[str], joined: str, numeric: bool) -> str | None:
     return None
 
 
+def sent_name_rule(name: str, iri: str, value: Any) -> str | None:
+    """The rule a field's name as sent breaks where the @context maps it to an IRI named otherwise
+    (`licensePlate` -> https://example.org/p): the stored document keeps only the IRI, whose scan cannot tell."""
+    if _TAIL.split(iri)[-1] == _TAIL.split(name)[-1]:  # the scan of the stored document judges the same name
+        return None
+    return rule_for_name(name, _numeric(value))
+
+
+def sent_name_refused(name: str, rule: str) -> PersonalDataRefused:
+    return PersonalDataRefused(
+        f"field '{name}' is refused by rule '{rule}' ({RULES[rule]}; detected by its name as sent, which the "
+        "@context maps to another IRI). Polis counts, it never watches: nothing of this message was stored",
+        field=name,
+        rule=rule,
+    )
+
+
 def rule_for_value(value: str) -> str | None:
     """The rule a string value breaks, whatever its field is called."""
     if len(value) < 7:
         return None
     first = value[0]
-    if "@" not in value and first not in _PHONE_OR_MAC_START and len(value) < MEDIA_MIN_CHARS and first != "d":
+    in_text = "+" in value or "tel:" in value or value.count(":") >= 5 or value.count("-") >= 5
+    if (
+        "@" not in value
+        and first not in _PHONE_OR_MAC_START
+        and len(value) < MEDIA_MIN_CHARS
+        and first != "d"
+        and not in_text
+    ):
         return None  # the common case (names, IRIs, times): nothing below can match
     if _DATA_URI.match(value):
         kind = _DATA_URI.match(value).group(1).lower()  # type: ignore[union-attr]
@@ -189,13 +217,16 @@ def rule_for_value(value: str) -> str | None:
                 return rule
     if "@" in value and _EMAIL_VALUE.search(value):
         return "e-mail"
-    if _MAC_VALUE.fullmatch(value.strip()):
+    if _MAC_VALUE.search(value):  # alone, or inside a text or an id (urn:ngsi-ld:Device:a4:5e:60:12:9b:01)
         return "device-identifier"
     stripped = value.strip()
     if _PHONE_VALUE.fullmatch(stripped) and not _DATE_LIKE.search(stripped):
         digits = sum(c.isdigit() for c in stripped)
         separated = stripped.startswith("+") or bool(re.search(r"\d[\s.\-)]\d", stripped))
         if 9 <= digits <= 15 and separated:
+            return "phone-number"
+    for match in _PHONE_IN_TEXT.finditer(value):
+        if 9 <= sum(c.isdigit() for c in match.group()) <= 15:
             return "phone-number"
     return None
 
@@ -340,6 +371,31 @@ def refuse_personal_data(body: Any) -> None:
         )
 
 
+def refuse_identifying_strings(document: Any, where: str) -> None:
+    """PersonalDataRefused if any string of `document` (keys included) is identifying by its value: for
+    documents whose keys are not data field names, such as an @context (its terms may well be called
+    `licensePlate`: naming a field is not sending one)."""
+    stack: list[tuple[Any, int]] = [(document, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            continue
+        if isinstance(node, dict):
+            for key, value in node.items():
+                stack.append((key, depth + 1))
+                stack.append((value, depth + 1))
+        elif isinstance(node, list):
+            stack.extend((value, depth + 1) for value in node)
+        elif isinstance(node, str):
+            rule = rule_for_value(node)
+            if rule is not None:
+                raise PersonalDataRefused(
+                    f"{where} holds a value refused by rule '{rule}' ({RULES[rule]}); nothing of it was stored",
+                    field=where,
+                    rule=rule,
+                )
+
+
 def refusal_reason(body: Any) -> str | None:
     """For ingest paths that dead-letter instead of answering: the reason, starting 'privacy:'."""
     found = find_identifying(body)
@@ -347,10 +403,31 @@ def refusal_reason(body: Any) -> str | None:
 
 
 def kept_payload(payload: bytes, reason: str) -> str:
-    """What a dead letter keeps of a refused message: the payload as usual, but nothing of one refused
-    for privacy (only its size: the reason already names the field and the rule)."""
-    if "privacy:" in reason:
+    """What a dead letter keeps of a refused message: the payload as usual, but nothing of one refused for
+    privacy (only its size: the reason already names the field and the rule), nor of one that would have been,
+    had it not failed on something else first (a dead letter is read back through the API)."""
+    if "privacy:" in reason or _identifies(payload):
         return f"[withheld: {len(payload)} bytes refused for privacy]"
     from polis.ingest.messages import shown_payload
 
     return shown_payload(payload)
+
+
+def kept_topic(topic: str) -> str:
+    """What a dead letter keeps of its topic: the topic, unless it names someone (an entity id segment)."""
+    return "[withheld: topic refused for privacy]" if rule_for_value(topic) is not None else topic
+
+
+def kept_reason(reason: str) -> str:
+    """What a dead letter keeps of its reason, which may quote the message (an unknown type, an id)."""
+    if "privacy:" not in reason and rule_for_value(reason) is not None:
+        return "rejected; the reason quoted data the privacy rules refuse, so it is withheld"
+    return reason
+
+
+def _identifies(payload: bytes) -> bool:
+    """Whether a payload, JSON or not, holds anything the rules refuse."""
+    try:
+        return find_identifying(orjson.loads(payload)) is not None
+    except orjson.JSONDecodeError:
+        return rule_for_value(payload.decode("utf-8", "replace")) is not None
