@@ -4,6 +4,7 @@ tier, differential privacy with its budget, and clear errors for bad requests.""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -134,3 +135,33 @@ def test_bad_requests_get_clear_problems(
     answer = api.get(f"{BASE}/{path}", params=params)
     assert answer.status_code == status, answer.text
     assert words in answer.json()["detail"]
+
+
+def _hidden(body: dict[str, Any]) -> set[tuple[str, int, int]]:
+    """Where a released table shows nothing: cells, row and column totals, the grand total."""
+    cells = {("cell", i, j) for i, row in enumerate(body["cells"]) for j, v in enumerate(row) if v is None}
+    rows = {("row", i, 0) for i, v in enumerate(body["rowTotals"]) if v is None}
+    columns = {("column", 0, j) for j, v in enumerate(body["columnTotals"]) if v is None}
+    return cells | rows | columns | ({("total", 0, 0)} if body["total"] is None else set())
+
+
+def test_a_noisy_release_hides_everything_the_exact_one_hides() -> None:
+    # With little noise (a large epsilon) a noisy table suppressed on its own, plus the exact releases of the
+    # day, let a linear program pin hidden station counts. Hiding a superset of the exact table's entries
+    # means a noisy table shows only entries the exact one already shows, plus noise.
+    platform = Platform.in_memory(
+        pseudonym_secret="t" * 32, dp_epsilon_budget=100.0, flows_unit="station", od_window_hours=8
+    )
+    try:
+        ingest_trips(platform.settings, platform.store, load_trips(platform.settings.datasets_dir), ZONE)
+        with TestClient(create_app(platform), raise_server_exceptions=False, headers=admin_headers(platform)) as api:
+            for path, extra in [("flows", {"direction": "departures"}), ("flows", {"direction": "arrivals"}),
+                                ("od", {"window": "08-16"})]:
+                params = {"day": "2017-04-12", **extra}
+                exact = api.get(f"{BASE}/{path}", params=params).json()
+                noisy = api.get(f"{BASE}/{path}", params={**params, "epsilon": "9"}).json()
+                assert noisy["differentialPrivacy"]["epsilon"] == 9, noisy
+                assert _hidden(exact) and _hidden(exact) <= _hidden(noisy), path
+                assert all(v is None or v >= 10 for row in noisy["cells"] for v in row)
+    finally:
+        platform.close()

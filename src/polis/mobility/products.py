@@ -20,7 +20,14 @@ from polis.domain.errors import BadRequestData, ResourceNotFound
 from polis.mobility.store import MobilityStore
 from polis.privacy.dp import BudgetLedger, Mechanism, Spend, release_noise
 from polis.privacy.gate import WINDOW_HOURS
-from polis.privacy.suppression import Link, SuppressedTable, released_table, suppress, suppress_jointly, with_margins
+from polis.privacy.suppression import (
+    Link,
+    SuppressedTable,
+    released_table,
+    suppress_jointly,
+    suppression_mask,
+    with_margins,
+)
 
 
 class Unit(StrEnum):
@@ -245,6 +252,21 @@ class MobilityProducts:
                 f"{dataset} holds days {days[0]} to {days[-1]} (newest data {newest}); no data for {day}"
             )
 
+    def _noisy_table(
+        self, dataset: str, day: date, name: str, noisy: np.ndarray, rows: list[str], columns: list[str]
+    ) -> SuppressedTable:
+        """A differentially private release of one of the day's products. Every entry the exact release hides
+        stays hidden (its complementary suppression included), then small noisy counts and what would pin them
+        are hidden too: so what it shows is a subset of what the exact release shows, plus noise. Suppressed on
+        its own, a noisy table hid other entries than the exact one, and with little noise (ε = 9) a linear
+        program over both and the day's other products pinned hidden station counts (red team, 2026-11-27)."""
+        exact = self.day_tables(dataset, day)
+        t = exact.names.index(name)
+        if exact.rows[t] != rows or exact.columns[t] != columns:  # both read the same areas and hours
+            raise RuntimeError(f"the noisy {name} table is not laid out like the exact one")
+        full = with_margins(noisy)
+        return released_table(full, suppression_mask(full, self.k, exact.masks[t].copy()), rows, columns, self.k)
+
     def _release(
         self, counts: np.ndarray, dataset: str, product: str, dp: DpRequest | None
     ) -> tuple[np.ndarray, Spend | None]:
@@ -274,10 +296,8 @@ class MobilityProducts:
         product = f"hourly-flows/{unit.value}/{direction.value}/{day.isoformat()}"
         counts, spend = self._release(counts, dataset, product, dp)
         columns = [f"{h.isoformat()}Z" for h in hours]
-        # Without noise, the table comes from the day's joint suppression; noisy tables break the exact links
-        # (each release draws its own noise), so they are suppressed on their own.
         table = (
-            suppress(counts, rows, columns, self.k)
+            self._noisy_table(dataset, day, direction.value, counts, rows, columns)
             if dp
             else self.day_tables(dataset, day).table(direction.value, self.k)
         )
@@ -307,7 +327,7 @@ class MobilityProducts:
         product = f"od-matrix/{window}/{day.isoformat()}"
         counts, spend = self._release(counts, dataset, product, dp)
         table = (
-            suppress(counts, areas, areas, self.k)
+            self._noisy_table(dataset, day, f"od/{window}", counts, areas, areas)
             if dp
             else self.day_tables(dataset, day).table(f"od/{window}", self.k)
         )
