@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 MAX_DEPTH = 100
-_ORJSON_DEPTH = 254  # the most nested arrays and objects orjson.dumps writes (tests/unit/test_json_depth.py)
+_ORJSON_DEPTH = 254  # the most nested arrays and objects orjson.dumps writes (test_hostile_input.py checks it)
 
 
 def nests_deeper_than(data: Any, limit: int = MAX_DEPTH) -> bool:
