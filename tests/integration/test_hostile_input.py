@@ -232,3 +232,18 @@ def test_a_unit_code_that_identifies_is_refused_in_a_planned_batch(client: TestC
     assert r.status_code == 422, r.text
     assert (r.json()["field"], r.json()["rule"]) == ("speed.unitCode", "e-mail") and "ann@" not in r.text
     assert platform.store.entity_count("") == 0
+
+
+def test_alert_rule_texts_that_identify_are_refused(client: TestClient) -> None:
+    # The rule's name, message and instruction go out in the public CAP feed.
+    rule = {**ANOMALY, "name": "Watch ann.smith@example.org"}
+    r = client.post("/polis/v1/alerts/rules", json=rule)
+    assert r.status_code == 422 and "ann.smith" not in r.text, r.text
+    assert client.get("/polis/v1/alerts/rules").json() == []
+
+
+def test_a_context_url_that_names_someone_is_not_fetched(client: TestClient) -> None:
+    link = f'<http://127.0.0.1:9/ctx.jsonld?who=bob.jones@example.org>; rel="{JSONLD_REL}"'
+    r = client.get("/ngsi-ld/v1/types", headers={"Link": link})
+    assert r.status_code == 422 and "bob.jones" not in r.text, r.text
+    assert all("bob" not in str(c) for c in client.get("/ngsi-ld/v1/jsonldContexts").json())

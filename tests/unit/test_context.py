@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from polis.domain.errors import BadRequestData, LdContextNotAvailable, ResourceNotFound
+from polis.domain.errors import BadRequestData, LdContextNotAvailable, PersonalDataRefused, ResourceNotFound
 from polis.ngsi_ld.context import CORE_CONTEXT_URL, DEFAULT_VOCAB, ContextCache, TermMap
 from polis.settings import Settings
 
@@ -389,3 +389,13 @@ def test_the_datasets_dir_is_never_written(tmp_path: Path, server: ContextServer
     cache.resolve(SDM_TRANSPORT)
     cache.register({"@context": {"b": "https://example.org/b"}})
     assert listing() == before
+
+
+def test_a_fetched_context_that_names_someone_is_not_kept(tmp_path: Path, server: ContextServer) -> None:
+    # Cached contexts are listed and served to anyone (GET /jsonldContexts): what names a person stays out.
+    url = server.serve("/leaky.jsonld", {"@context": {"contact": "mailto:ann.smith@example.org"}})
+    cache = ContextCache(DATASETS, tmp_path / "contexts", fetch_timeout_s=0.5)
+    with pytest.raises(PersonalDataRefused) as refused:
+        cache.resolve(url)
+    assert "ann.smith" not in refused.value.detail
+    assert cache.registered() == [] and not list((tmp_path / "contexts").rglob("*.json"))

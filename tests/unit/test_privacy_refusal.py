@@ -89,6 +89,26 @@ IDENTIFYING: list[tuple[str, dict[str, Any], str, str]] = [
      "speed.unitCode", "e-mail"),
     ("phone as an attribute name", {"https://example.org/+12015550143": [{"type": "Property", "value": 1}]},
      "(body)", "phone-number"),
+    # A second red-team pass: the same identifiers escaped, folded or split to dodge the patterns.
+    ("percent-escaped e-mail", {"note": {"type": "Property", "value": "ann.smith%2540example.org"}}, "note.value",
+     "e-mail"),
+    ("full-width at sign", {"note": {"type": "Property", "value": "ann.smith\uff20example.org"}}, "note.value",
+     "e-mail"),
+    ("zero-width space in an e-mail", {"note": {"type": "Property", "value": "ann\u200b@example.org"}}, "note.value",
+     "e-mail"),
+    ("non-breaking hyphens in a phone number",
+     {"note": {"type": "Property", "value": "+1\u2011201\u2011555\u20110143"}}, "note.value", "phone-number"),
+    ("upper-case tel: scheme", {"note": {"type": "Property", "value": "TEL:+12015550143"}}, "note.value",
+     "phone-number"),
+    ("dotted MAC", {"note": {"type": "Property", "value": "seen a45e.6012.9b01"}}, "note.value", "device-identifier"),
+    ("underscored MAC", {"note": {"type": "Property", "value": "a4_5e_60_12_9b_01"}}, "note.value",
+     "device-identifier"),
+    ("IMEI by value", {"note": {"type": "Property", "value": "imei:490154203237518"}}, "note.value",
+     "device-identifier"),
+    ("a name ending in a slash", {"https://example.org/licensePlate/": [{"type": "Property", "value": "x"}]},
+     "licensePlate", "licence-plate"),
+    ("a full-width name", {"\uff4c\uff49\uff43\uff45\uff4e\uff53\uff45\uff30\uff4c\uff41\uff54\uff45": "x"},
+     "\uff4c\uff49\uff43\uff45\uff4e\uff53\uff45\uff30\uff4c\uff41\uff54\uff45", "licence-plate"),
     ("expanded IRI", {"https://example.org/ns/faceImage": [{"type": "Property", "value": "x"}]}, "faceImage", "face"),
 ]
 
@@ -96,6 +116,8 @@ IDENTIFYING: list[tuple[str, dict[str, Any], str, str]] = [
 IDENTIFYING_ENTITIES: list[tuple[str, dict[str, Any], str, str]] = [
     ("MAC inside an id", {"id": "urn:ngsi-ld:Device:a4:5e:60:12:9b:01", "type": "Device"}, "id", "device-identifier"),
     ("phone as an id", {"id": "tel:+12015550143", "type": "Device"}, "id", "phone-number"),
+    ("percent-escaped e-mail in an id", {"id": "urn:ngsi-ld:Person:ann.smith%40example.org", "type": "P"}, "id",
+     "e-mail"),
     ("e-mail in a type name", {"id": "urn:ngsi-ld:X:1", "type": "https://example.org/ann@example.org"}, "type",
      "e-mail"),
 ]
@@ -114,6 +136,7 @@ LEGITIMATE: list[dict[str, Any]] = [
     {"occupancy": 0.42, "congested": False},
     {"tz": "UTC+10", "version": "1.2.3+build.5", "observedAt": "2024-05-01T08:00:00+02:00", "unitCode": "KMH"},
     {"id": "urn:ngsi-ld:Thing:123e4567-e89b-12d3-a456-426614174000", "gateway": "fe80::1ff:fe23:4567:890a"},
+    {"share": "100%", "version": "v1.2.3", "street": "Straße 5", "stop": "Zürich Hauptbahnhof", "q": "a%20b"},
 ]
 
 

@@ -270,11 +270,14 @@ class AlertEngine:
     def _apply(self, compiled: CompiledRule, obs: Observation) -> None:
         tracker = compiled.tracker(obs.subject)
         decision = tracker.step(obs.at, obs.signal)
-        member = Member(
-            obs.subject, obs.name, obs.point, obs.signal.value, obs.signal.threshold, obs.at, dict(obs.signal.details)
-        )
         alert_id = compiled.membership.get(obs.subject)
         record = self.records.get(alert_id) if alert_id else None
+        previous = record.members.get(obs.subject) if record is not None else None
+        # No place in the observation (a burst whose count is hidden does not give one): the member keeps its own.
+        point = obs.point if obs.point is not None or previous is None else previous.point
+        member = Member(
+            obs.subject, obs.name, point, obs.signal.value, obs.signal.threshold, obs.at, dict(obs.signal.details)
+        )
         if decision == "raise":
             joined = self._joinable(compiled, obs.point)
             if joined is None:

@@ -433,13 +433,22 @@ class CompiledRule:
             on = enough and reading.count >= floor and reading.p_value <= rule.max_p_value
             off = not on
             points = counter.points(group)
-            center = (
-                (sum(p[0] for p in points) / len(points), sum(p[1] for p in points) / len(points)) if points else None
-            )
-            # The tail probability of a hidden count gives the count back (solve P(N >= n) for n): withheld too.
+            # A hidden count hides what gives it back: its tail probability (solve P(N >= n) for n), the expected
+            # count (the history's total less the window's, over the days), and the events' centroid (one call
+            # left in the window is that call's place). The alert keeps the place it had (AlertEngine._apply).
             shown = reading.count >= self.suppression_k
-            count = float(reading.count) if shown else math.nan
-            details = {"expected": reading.expected, "pValue": reading.p_value if shown else math.nan, "count": count}
+            center = (
+                (sum(p[0] for p in points) / len(points), sum(p[1] for p in points) / len(points))
+                if points and shown
+                else None
+            )
+            hidden = math.nan
+            details = {
+                "expected": reading.expected if shown else hidden,
+                "pValue": reading.p_value if shown else hidden,
+                "count": float(reading.count) if shown else hidden,
+            }
+            count = details["count"]
             signal = Signal(on, off, count, float(floor), details)
             found.append(Observation(group, group, center, counter.watermark, signal))
         return found

@@ -532,10 +532,12 @@ class ContextCache:
                 known = self._cached_ids.get(url)
                 if known is not None and known in records:
                     return records[known]
+                refuse_identifying_strings(url, "@context URL")  # cached contexts are listed, URL and all, to anyone
                 try:
                     context = self._fetch(url)
                 except _Unavailable as why:
                     raise LdContextNotAvailable(f"could not retrieve @context from {url}: {why}") from None
+                refuse_identifying_strings(context, "@context")
                 record = _Record(str(uuid.uuid5(uuid.NAMESPACE_URL, url)), url, "Cached", _utc_now(), context)
                 self._save(record)  # first: a record that cannot be written must not be half kept
                 with self._lock:

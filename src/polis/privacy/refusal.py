@@ -20,8 +20,10 @@ what it refused.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 
@@ -90,10 +92,14 @@ _WORD_SPLIT = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 _TAIL = re.compile(r"[/#:]")
 _EMAIL_VALUE = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
 _PHONE_VALUE = re.compile(r"\+?\(?\d[\d\s().\-/]{6,20}\d")
-_MAC_VALUE = re.compile(r"(?:[0-9A-Fa-f]{2}[:\-]){5}[0-9A-Fa-f]{2}")
+_MAC_VALUE = re.compile(r"(?:[0-9A-Fa-f]{2}[:\-_]){5}[0-9A-Fa-f]{2}|(?:[0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4}")
+_IMEI_VALUE = re.compile(r"imei\D{0,3}\d{15}", re.IGNORECASE)
 # A phone number inside a longer text, or an id: only with its international "+" or a "tel:" scheme, since a
 # bare run of digits there is as likely a serial or a count.
-_PHONE_IN_TEXT = re.compile(r"(?:\+|tel:)\(?\d[\d\s().\-/]{6,20}\d")
+_PHONE_IN_TEXT = re.compile(r"(?:\+|tel:)\(?\d[\d\s().\-/]{6,20}\d", re.IGNORECASE)
+# Invisible characters, and every kind of dash, that a sender can put in an identifier to break a pattern.
+_INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u200b\u200c\u200d\u2060\ufeff"), None)
+_DASHES = str.maketrans(dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63\uff0d", "-"))
 _DATA_URI = re.compile(r"\s*data:(image|audio|video)/", re.IGNORECASE)
 # Base64 openings of common image/audio/video files (JPEG, PNG, GIF, WebP/WAV (RIFF), MP3 (ID3), Ogg, FLAC,
 # WebM/Matroska, MP4 (....ftyp)).
@@ -126,8 +132,21 @@ class Finding:
 
 
 def _words(key: str) -> list[str]:
-    tail = _TAIL.split(key)[-1]
+    tail = _TAIL.split(_plain_text(key).rstrip("/#:"))[-1]  # `https://x.org/licensePlate/` names licensePlate
     return [w.lower() for w in _WORD_SPLIT.findall(tail)]
+
+
+def _plain_text(value: str) -> str:
+    """`value` as a reader sees it: percent-escapes decoded (`ann%40example.org`, twice escaped too),
+    compatibility forms folded (a full-width `＠`, full-width letters), invisible characters dropped, every
+    dash a hyphen. ASCII without a `%` (nearly every string) is returned as it is."""
+    for _ in range(3):
+        if "%" not in value:
+            break
+        value = unquote(value)
+    if not value.isascii():
+        value = unicodedata.normalize("NFKC", value).translate(_INVISIBLE).translate(_DASHES)
+    return value
 
 
 _name_memo: dict[str, str | None] = {}
@@ -195,10 +214,18 @@ def sent_name_refused(name: str, rule: str) -> PersonalDataRefused:
 
 def rule_for_value(value: str) -> str | None:
     """The rule a string value breaks, whatever its field is called."""
+    value = _plain_text(value)
     if len(value) < 7:
         return None
     first = value[0]
-    in_text = "+" in value or "tel:" in value or value.count(":") >= 5 or value.count("-") >= 5
+    in_text = (
+        "+" in value
+        or value.count(":") >= 5
+        or value.count("-") >= 5
+        or value.count("_") >= 5
+        or value.count(".") >= 2
+        or ("el:" in value or "EL:" in value or "imei" in value.lower())
+    )
     if (
         "@" not in value
         and first not in _PHONE_OR_MAC_START
@@ -217,7 +244,7 @@ def rule_for_value(value: str) -> str | None:
                 return rule
     if "@" in value and _EMAIL_VALUE.search(value):
         return "e-mail"
-    if _MAC_VALUE.search(value):  # alone, or inside a text or an id (urn:ngsi-ld:Device:a4:5e:60:12:9b:01)
+    if _MAC_VALUE.search(value) or _IMEI_VALUE.search(value):  # alone, or in a text or an id (…:a4:5e:60:12:9b:01)
         return "device-identifier"
     stripped = value.strip()
     if _PHONE_VALUE.fullmatch(stripped) and not _DATE_LIKE.search(stripped):
@@ -298,7 +325,7 @@ def _scan(node: Any, path: str, depth: int, owner: str | None) -> Finding | None
         for key, value in node.items():
             if not isinstance(key, str):
                 continue
-            short = _TAIL.split(key)[-1] if "://" in key else key
+            short = _TAIL.split(key.rstrip("/#:"))[-1] if "://" in key else key
             field = f"{path}.{short}" if path else short
             if key not in _SYSTEM_MEMBERS:
                 if _EMAIL_VALUE.search(key) or rule_for_value(key) is not None:
