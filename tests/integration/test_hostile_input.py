@@ -247,3 +247,31 @@ def test_a_context_url_that_names_someone_is_not_fetched(client: TestClient) -> 
     r = client.get("/ngsi-ld/v1/types", headers={"Link": link})
     assert r.status_code == 422 and "bob.jones" not in r.text, r.text
     assert all("bob" not in str(c) for c in client.get("/ngsi-ld/v1/jsonldContexts").json())
+
+
+# -- a second fuzzing pass: MQTT, load and concurrency -------------------------------------------------------
+
+
+def test_polygons_with_too_many_rings_are_refused(client: TestClient) -> None:
+    # Repairing such a polygon takes time that grows with the square of its rings, under the write lock:
+    # 2,001 rings held every other write for ~10 s.
+    hole = [[0, 0], [1, 0], [1, 1], [0, 0]]
+    shell = [[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]
+    polygon = {"type": "Polygon", "coordinates": [shell] + [hole] * 150}
+    entity = {"id": "urn:ngsi-ld:Park:holes", "type": "Park", "location": {"type": "GeoProperty", "value": polygon}}
+    refused(client.post(ENTITIES, json=entity), 400, "linear rings")
+    assert client.get(f"{ENTITIES}/urn:ngsi-ld:Park:holes").status_code == 404
+    geo_q = {"georel": "intersects", "geometry": "Polygon", "coordinates": [shell] + [hole] * 150}
+    query = {"type": "Query", "geoQ": geo_q}
+    refused(client.post("/ngsi-ld/v1/entityOperations/query", json=query), 400, "linear rings")
+    polygon["coordinates"] = [shell] + [hole] * 20
+    assert client.post(ENTITIES, json=entity).status_code == 201
+
+
+def test_adding_instances_to_a_missing_entity_creates_nothing(client: TestClient, platform: Platform) -> None:
+    # The check used to run outside the write lock: an entity deleted in between gave a 400, or came back
+    # when the body carried a type.
+    body = {"type": "V", "speed": [{"type": "Property", "value": 1, "observedAt": "2026-01-01T00:00:00Z"}]}
+    r = client.post("/ngsi-ld/v1/temporal/entities/urn:ngsi-ld:V:gone/attrs", json=body)
+    assert r.status_code == 404, r.text
+    assert platform.store.entity_count("") == 0 and platform.store.history_count("") == 0

@@ -588,6 +588,9 @@ def test_topic_scheme_and_limits(parser: Any) -> None:
         )
     with pytest.raises(MessageRejected, match="payload too large"):
         parser.parse("polis/default/CrowdFlowObserved/urn:x:1", b" " * (256 * 1024 + 1), "now")
+    deep = b'{"peopleCount": 3, "note": ' + b"[" * 300 + b"1" + b"]" * 300 + b"}"
+    with pytest.raises(MessageRejected, match="levels deep"):  # once failed only in the store, slowing its batch
+        parser.parse("polis/default/CrowdFlowObserved/urn:x:1", deep, "now")
     for identifying in ("urn:ngsi-ld:CrowdFlowObserved:gina@example.org", "urn:ngsi-ld:Device:a4:5e:60:12:9b:01"):
         with pytest.raises(MessageRejected, match="privacy: the entity id in the topic"):  # before the payload
             parser.parse(f"polis/default/CrowdFlowObserved/{identifying}", b'{"peopleCount": 3}', "now")

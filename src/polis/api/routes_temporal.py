@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 from urllib.parse import quote
 
@@ -118,8 +119,8 @@ async def add_temporal_attrs(entity_id: str, request: Request) -> Response:
     if not isinstance(data, dict):
         raise BadRequestData("the request body must be a JSON object of attributes")
     data = {k: v for k, v in data.items() if k != "@context"}
-    await run_in_threadpool(platform.entities._load, tenant, entity_id)  # 404 before anything is written
-    await run_in_threadpool(platform.temporal.create_or_add, tenant, {**data, "id": entity_id}, terms)
+    add = functools.partial(platform.temporal.create_or_add, must_exist=True)  # 404 under the write lock
+    await run_in_threadpool(add, tenant, {**data, "id": entity_id}, terms)
     return empty_response(request)
 
 

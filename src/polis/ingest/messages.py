@@ -56,6 +56,7 @@ import orjson
 
 from polis.domain.entity import VALUE_MEMBER, Instance
 from polis.domain.errors import BadRequestData
+from polis.domain.json_depth import MAX_DEPTH, nests_deeper_than
 from polis.ngsi_ld.context import TermMap
 from polis.ngsi_ld.entity_codec import NULL_MARKER, expand_fragment, normalize_datetime, validate_entity_id
 from polis.privacy.refusal import RULES, refusal_reason, rule_for_value
@@ -365,13 +366,18 @@ def _plain(
 
 def _decode(payload: bytes) -> Any:
     try:
-        return orjson.loads(payload)
+        body = orjson.loads(payload)
     except orjson.JSONDecodeError as error:
         try:
             payload.decode("utf-8")
         except UnicodeDecodeError as bad:
             raise MessageRejected(f"invalid UTF-8 at byte {bad.start}") from None
         raise MessageRejected(f"invalid JSON: {error}") from None
+    # As over HTTP (polis.domain.json_depth): deeper failed only in the store, and its whole batch was then
+    # retried one message at a time (3,000 readings acknowledged in 54 s instead of 0.5 s).
+    if nests_deeper_than(body):
+        raise MessageRejected(f"the payload nests arrays and objects more than {MAX_DEPTH} levels deep")
+    return body
 
 
 def _item_time(item: dict[str, Any]) -> str | None:

@@ -104,11 +104,13 @@ class TemporalService:
         self.entities = entities
         self.store = entities.store
 
-    def create_or_add(self, tenant: str, body: Any, terms: TermMap) -> bool:
+    def create_or_add(self, tenant: str, body: Any, terms: TermMap, *, must_exist: bool = False) -> bool:
+        """`must_exist`: only add to an entity that exists (POST .../attrs), checked under the write lock, so an
+        entity deleted meanwhile gives a 404 (it was a 400, or re-created the entity when the body had a type)."""
         with self.entities.write_lock:
-            return self._create_or_add(tenant, body, terms)
+            return self._create_or_add(tenant, body, terms, must_exist)
 
-    def _create_or_add(self, tenant: str, body: Any, terms: TermMap) -> bool:
+    def _create_or_add(self, tenant: str, body: Any, terms: TermMap, must_exist: bool = False) -> bool:
         """§5.6.11; True when the entity was created. The entity's current state follows the newest
         instance of each attribute, so the entity API and the temporal API tell the same story."""
         now = self.entities.clock()
@@ -122,6 +124,8 @@ class TemporalService:
                 if isinstance(instance, dict) and "observedAt" not in instance:
                     raise BadRequestData(f"attribute '{name}': every temporal instance needs observedAt")
         old = self.store.get(tenant, [entity_id]).get(entity_id)
+        if old is None and must_exist:
+            raise ResourceNotFound(f"entity {entity_id} was not found")
         if old is None:
             entity = expand_entity(body, terms, now)
         else:
