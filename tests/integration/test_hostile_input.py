@@ -40,6 +40,8 @@ def refused(r: Any, status: int, fragment: str) -> None:
 def test_depth_limit_is_exact() -> None:
     assert not nests_deeper_than(orjson.loads(nested(MAX_DEPTH)))  # arrays and objects are counted
     assert nests_deeper_than(orjson.loads(nested(MAX_DEPTH + 1)))
+    assert not nests_deeper_than({"a": [{"b": 1}]}, limit=3, raw=b'{"a": [{"b": 1}]}')  # 3 brackets: no walk
+    assert nests_deeper_than(orjson.loads(nested(MAX_DEPTH + 1)), raw=nested(MAX_DEPTH + 1))
     assert not nests_deeper_than({"a": [{"b": 1}]}, limit=3)
     assert nests_deeper_than({"a": [{"b": [1]}]}, limit=3)
     orjson.dumps(orjson.loads(nested(254)))  # orjson's own limit, which the check relies on

@@ -103,7 +103,7 @@ def parse_json(raw: bytes) -> Any:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
         raise InvalidRequest(f"the request body is not valid JSON: {error}") from None
-    if nests_deeper_than(data):
+    if nests_deeper_than(data, raw=raw):
         raise BadRequestData(f"the request body nests arrays and objects more than {MAX_DEPTH} levels deep")
     return data
 

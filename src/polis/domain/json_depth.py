@@ -17,13 +17,17 @@ MAX_DEPTH = 100
 _ORJSON_DEPTH = 254  # the most nested arrays and objects orjson.dumps writes (test_hostile_input.py checks it)
 
 
-def nests_deeper_than(data: Any, limit: int = MAX_DEPTH) -> bool:
-    """Whether `data` holds more than `limit` arrays and objects inside one another.
+def nests_deeper_than(data: Any, limit: int = MAX_DEPTH, raw: bytes | None = None) -> bool:
+    """Whether `data` (parsed from `raw`, when given) holds more than `limit` arrays and objects inside one
+    another.
 
+    `raw` with no more than `limit` opening brackets cannot (a sensor's message: 0.1 µs instead of 7). Else
     orjson answers in C: wrapped in enough lists that `limit` levels of its own fill orjson's depth exactly,
     `data` serialises only if it nests no deeper (~0.5 ms for a 370 KB batch; a Python walk took 1.6 ms)."""
     if limit >= _ORJSON_DEPTH:
         raise ValueError(f"a limit must be under {_ORJSON_DEPTH}")
+    if raw is not None and raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
     wrapped = data
     for _ in range(_ORJSON_DEPTH - limit):
         wrapped = [wrapped]
