@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from polis.alerts.rulebook import RuleBook
+from polis.api.app import create_app
 from polis.domain.json_depth import MAX_DEPTH, nests_deeper_than
 from polis.ngsi_ld.q import client_regex
 from polis.platform import Platform
 from polis.privacy.dp import MIN_EPSILON, Mechanism, noise_scale
-from tests.conftest import LINK_SDM
+from tests.conftest import LINK_SDM, admin_headers
 
 ENTITIES = "/ngsi-ld/v1/entities"
 ERR = "https://uri.etsi.org/ngsi-ld/errors/"
@@ -236,12 +239,15 @@ def test_a_unit_code_that_identifies_is_refused_in_a_planned_batch(client: TestC
     assert platform.store.entity_count("") == 0
 
 
-def test_alert_rule_texts_that_identify_are_refused(client: TestClient) -> None:
-    # The rule's name, message and instruction go out in the public CAP feed.
-    rule = {**ANOMALY, "name": "Watch ann.smith@example.org"}
-    r = client.post("/polis/v1/alerts/rules", json=rule)
-    assert r.status_code == 422 and "ann.smith" not in r.text, r.text
-    assert client.get("/polis/v1/alerts/rules").json() == []
+def test_a_stored_rule_that_todays_checks_refuse_is_kept_but_not_run(tmp_path: Path) -> None:
+    # Checks grow stricter (RE2 patterns): a rule stored before must not stop the hub from starting.
+    stored = {"id": "old", **ANOMALY, "scope": {"type": "CrowdFlowObserved", "idPattern": "^a(?=b)"}}
+    path = tmp_path / "rules.json"
+    path.write_bytes(orjson.dumps([{"tenant": "", "rule": stored}, {"tenant": "", "rule": {**ANOMALY, "id": "ok"}}]))
+    book = RuleBook(path)
+    assert [rule.id for _, rule in book.all()] == ["ok"]
+    book.delete("", "ok")  # a save keeps the refused rule in the file, as it was
+    assert [item["rule"]["id"] for item in orjson.loads(path.read_bytes())] == ["old"]
 
 
 def test_a_context_url_that_names_someone_is_not_fetched(client: TestClient) -> None:
@@ -277,3 +283,38 @@ def test_adding_instances_to_a_missing_entity_creates_nothing(client: TestClient
     r = client.post("/ngsi-ld/v1/temporal/entities/urn:ngsi-ld:V:gone/attrs", json=body)
     assert r.status_code == 404, r.text
     assert platform.store.entity_count("") == 0 and platform.store.history_count("") == 0
+
+
+def test_a_stored_subscription_pattern_re2_refuses_matches_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Python's re took `(a{100}){100}`, RE2 does not: stored before the change, it raised in the subscription
+    # stage of every commit touching its type, which then staged no notification for any subscription.
+    # After a restart it is logged once and matches nothing.
+    from dataclasses import replace
+
+    from polis.settings import Settings
+    from polis.subscriptions.model import Selector
+
+    settings = Settings(data_dir=tmp_path / "hub")
+    first = Platform(settings)
+    try:
+        with TestClient(create_app(first), raise_server_exceptions=False, headers=admin_headers(first)) as api:
+            sub = {"type": "Subscription", "entities": [{"type": "V", "idPattern": "^urn"}],
+                   "notification": {"endpoint": {"uri": "http://127.0.0.1:9/never"}}}
+            assert api.post("/ngsi-ld/v1/subscriptions", json=sub).status_code == 201
+        [stored] = list(first.subscriptions._subs.values())
+        legacy = replace(stored, entities=(Selector(stored.entities[0].types, None, "(a{100}){100}"),))
+        first.subscriptions.repo.update(legacy)  # as an older Polis would have stored it
+    finally:
+        first.close()
+    again = Platform(settings)
+    try:
+        assert "cannot be matched after the restart" in caplog.text
+        caplog.clear()
+        with TestClient(create_app(again), raise_server_exceptions=False, headers=admin_headers(again)) as api:
+            r = api.post(ENTITIES, json={"id": "urn:ngsi-ld:V:after", "type": "V", "n": 1})
+            assert r.status_code == 201, r.text
+        assert "failed on a commit" not in caplog.text
+    finally:
+        again.close()

@@ -137,6 +137,10 @@ LEGITIMATE: list[dict[str, Any]] = [
     {"tz": "UTC+10", "version": "1.2.3+build.5", "observedAt": "2024-05-01T08:00:00+02:00", "unitCode": "KMH"},
     {"id": "urn:ngsi-ld:Thing:123e4567-e89b-12d3-a456-426614174000", "gateway": "fe80::1ff:fe23:4567:890a"},
     {"share": "100%", "version": "v1.2.3", "street": "Straße 5", "stop": "Zürich Hauptbahnhof", "q": "a%20b"},
+    # Found by a review of the widened patterns: dates, routes and places that look like MACs or phones.
+    {"id": "urn:ngsi-ld:WeatherObserved:Madrid-2024-01-15-10-30-00", "run": "obs_2024_01_15_10_30_00",
+     "route": "urn:ngsi-ld:Route:10-20-30-40-50-60", "schedule": "shifts 08-09-10-11-12-13",
+     "position": "+40.6892-074.0445/", "build": "1.2.3+20240115123", "quads": "aaaa.bbbb.cccc.dddd"},
 ]
 
 

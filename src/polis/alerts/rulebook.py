@@ -3,14 +3,19 @@ restart (written whole to a temporary file, then renamed: a crash leaves the old
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from polis.alerts.rules import AnyRule, parse_rule, rule_json
+from polis.domain.errors import NgsiError
+
+log = logging.getLogger(__name__)
 
 
 class RuleBook:
@@ -18,9 +23,17 @@ class RuleBook:
         self.path = path
         self._lock = threading.Lock()
         self._rules: dict[str, dict[str, AnyRule]] = {}
+        # Stored rules that today's checks refuse (stricter than when they were submitted): kept in the file as
+        # they are, logged and not run, rather than stopping the hub from starting.
+        self._refused: list[dict[str, Any]] = []
         if path.is_file():
             for item in orjson.loads(path.read_bytes()):
-                rule = parse_rule(item["rule"])
+                try:
+                    rule = parse_rule(item["rule"])
+                except NgsiError as error:
+                    log.error("alert rule %r is no longer accepted and is not run: %s", item["rule"].get("id"), error)
+                    self._refused.append(item)
+                    continue
                 self._rules.setdefault(item["tenant"], {})[str(rule.id)] = rule
 
     def all(self) -> list[tuple[str, AnyRule]]:
@@ -52,7 +65,10 @@ class RuleBook:
             return found is not None
 
     def _save(self) -> None:
-        items = [{"tenant": t, "rule": rule_json(r)} for t, rules in self._rules.items() for r in rules.values()]
+        items: list[dict[str, Any]] = [
+            {"tenant": t, "rule": rule_json(r)} for t, rules in self._rules.items() for r in rules.values()
+        ]
+        items += self._refused
         self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_suffix(".tmp")
         temporary.write_bytes(orjson.dumps(items, option=orjson.OPT_INDENT_2))

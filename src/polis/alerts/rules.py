@@ -25,7 +25,6 @@ from pydantic.alias_generators import to_camel
 
 from polis.domain.errors import BadRequestData
 from polis.ngsi_ld.q import pattern_problem
-from polis.privacy.refusal import refuse_identifying_strings
 
 Severity = Literal["Extreme", "Severe", "Moderate", "Minor", "Unknown"]
 Urgency = Literal["Immediate", "Expected", "Future", "Past", "Unknown"]
@@ -281,7 +280,6 @@ def parse_rule(body: Any, *, rule_id: str | None = None) -> AnyRule:
     """A validated rule from a JSON object; `rule_id` (from a URL) overrides or fills the body's id."""
     if not isinstance(body, dict):
         raise BadRequestData("a rule is a JSON object", field="(rule)", reason="a rule is a JSON object")
-    refuse_identifying_strings(body, "rule")  # its name, message and instruction go out in the public CAP feed
     kind = body.get("kind")
     if kind not in ("threshold", "forecast", "anomaly", "burst"):
         reason = f"must be one of threshold, forecast, anomaly, burst (got {kind!r})"

@@ -92,14 +92,23 @@ _WORD_SPLIT = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 _TAIL = re.compile(r"[/#:]")
 _EMAIL_VALUE = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
 _PHONE_VALUE = re.compile(r"\+?\(?\d[\d\s().\-/]{6,20}\d")
-_MAC_VALUE = re.compile(r"(?:[0-9A-Fa-f]{2}[:\-_]){5}[0-9A-Fa-f]{2}|(?:[0-9A-Fa-f]{4}\.){2}[0-9A-Fa-f]{4}")
+# Six hex pairs with one separator throughout, or three dotted quads; not inside a longer run. Pairs of digits
+# joined by "-" or "_" are as often a date and a time (Madrid-2024-01-15-10-30-00): those need a hex letter.
+_MAC_VALUE = re.compile(
+    r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{2}([:\-_])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}(?![0-9A-Fa-f]|[:\-_][0-9A-Fa-f])"
+)
+_DOTTED_MAC = re.compile(r"[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}")  # its ends are checked after
+_HEX_LETTER = re.compile(r"[A-Fa-f]")
+_HEX_OR_DOT = re.compile(r"[0-9A-Fa-f.]")
 _IMEI_VALUE = re.compile(r"imei\D{0,3}\d{15}", re.IGNORECASE)
 # A phone number inside a longer text, or an id: only with its international "+" or a "tel:" scheme, since a
 # bare run of digits there is as likely a serial or a count.
-_PHONE_IN_TEXT = re.compile(r"(?:\+|tel:)\(?\d[\d\s().\-/]{6,20}\d", re.IGNORECASE)
+_PHONE_IN_TEXT = re.compile(r"(?:(?<![\w.+])\+|tel:)\(?\d[\d\s().\-/]{6,20}\d", re.IGNORECASE)
+_ISO6709 = re.compile(r"[+-]\d{2,6}(?:\.\d+)?[+-]\d{3,7}(?:\.\d+)?")  # +40.6892-074.0445/ is a place
 # Invisible characters, and every kind of dash, that a sender can put in an identifier to break a pattern.
 _INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u200b\u200c\u200d\u2060\ufeff"), None)
 _DASHES = str.maketrans(dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63\uff0d", "-"))
+_INVISIBLE_OR_DASH = re.compile("[\u00ad\u200b\u200c\u200d\u2060\ufeff\u2010-\u2015\u2212\ufe63\uff0d]")
 _DATA_URI = re.compile(r"\s*data:(image|audio|video)/", re.IGNORECASE)
 # Base64 openings of common image/audio/video files (JPEG, PNG, GIF, WebP/WAV (RIFF), MP3 (ID3), Ogg, FLAC,
 # WebM/Matroska, MP4 (....ftyp)).
@@ -145,7 +154,9 @@ def _plain_text(value: str) -> str:
             break
         value = unquote(value)
     if not value.isascii():
-        value = unicodedata.normalize("NFKC", value).translate(_INVISIBLE).translate(_DASHES)
+        value = unicodedata.normalize("NFKC", value)
+        if _INVISIBLE_OR_DASH.search(value):  # translate() walks every character in Python: only when needed
+            value = value.translate(_INVISIBLE).translate(_DASHES)
     return value
 
 
@@ -218,20 +229,17 @@ def rule_for_value(value: str) -> str | None:
     if len(value) < 7:
         return None
     first = value[0]
-    in_text = (
-        "+" in value
-        or value.count(":") >= 5
-        or value.count("-") >= 5
-        or value.count("_") >= 5
-        or value.count(".") >= 2
-        or ("el:" in value or "EL:" in value or "imei" in value.lower())
-    )
+    # Cheap counts decide which of the costlier searches below can match at all.
+    mac = value.count(":") >= 5 or value.count("-") >= 5 or value.count("_") >= 5
+    dotted = value.count(".") >= 2
+    phone = "+" in value or "el:" in value or "EL:" in value
+    imei = "mei" in value or "MEI" in value
     if (
         "@" not in value
         and first not in _PHONE_OR_MAC_START
         and len(value) < MEDIA_MIN_CHARS
         and first != "d"
-        and not in_text
+        and not (mac or dotted or phone or imei)
     ):
         return None  # the common case (names, IRIs, times): nothing below can match
     if _DATA_URI.match(value):
@@ -244,7 +252,16 @@ def rule_for_value(value: str) -> str | None:
                 return rule
     if "@" in value and _EMAIL_VALUE.search(value):
         return "e-mail"
-    if _MAC_VALUE.search(value) or _IMEI_VALUE.search(value):  # alone, or in a text or an id (…:a4:5e:60:12:9b:01)
+    if mac:  # alone, or in a text or an id (urn:ngsi-ld:Device:a4:5e:60:12:9b:01)
+        for found in _MAC_VALUE.finditer(value):
+            if found.group(1) == ":" or _HEX_LETTER.search(found.group()):
+                return "device-identifier"
+    if dotted:
+        for found in _DOTTED_MAC.finditer(value):
+            before, after = value[found.start() - 1 : found.start()], value[found.end() : found.end() + 1]
+            if not _HEX_OR_DOT.match(before) and not _HEX_OR_DOT.match(after) and _HEX_LETTER.search(found.group()):
+                return "device-identifier"
+    if imei and _IMEI_VALUE.search(value):
         return "device-identifier"
     stripped = value.strip()
     if _PHONE_VALUE.fullmatch(stripped) and not _DATE_LIKE.search(stripped):
@@ -252,9 +269,12 @@ def rule_for_value(value: str) -> str | None:
         separated = stripped.startswith("+") or bool(re.search(r"\d[\s.\-)]\d", stripped))
         if 9 <= digits <= 15 and separated:
             return "phone-number"
-    for match in _PHONE_IN_TEXT.finditer(value):
-        if 9 <= sum(c.isdigit() for c in match.group()) <= 15:
-            return "phone-number"
+    if phone:
+        for match in _PHONE_IN_TEXT.finditer(value):
+            if _ISO6709.match(value, match.start()):
+                continue
+            if 9 <= sum(c.isdigit() for c in match.group()) <= 15:
+                return "phone-number"
     return None
 
 

@@ -20,6 +20,7 @@ from polis.domain.entity import ENTITY_MEMBERS, Entity
 from polis.domain.errors import AlreadyExists, BadRequestData, NgsiError, ResourceNotFound
 from polis.ngsi_ld.context import ContextCache, TermMap
 from polis.ngsi_ld.events import EntityChange, EventBus
+from polis.ngsi_ld.q import pattern_problem
 from polis.settings import Settings
 from polis.store.duckdb_ import DuckDBStore
 from polis.subscriptions.delivery import Dispatcher, Key, Target
@@ -230,6 +231,10 @@ class SubscriptionService:
         notify_context = sub.jsonld_context if sub.jsonld_context is not None else sub.context
         terms = self.contexts.resolve(notify_context)
         q = sub.compiled_q(q_terms) if q_terms is not None else None
+        for selector in sub.entities:  # stored before RE2 checked them: refused here, not at every write
+            problem = pattern_problem(selector.id_pattern) if selector.id_pattern is not None else None
+            if problem:
+                raise BadRequestData(f"idPattern {problem}")
         geo = sub.compiled_geo()
         types = frozenset(t for s in sub.entities for g in s.types.any_of for t in g)
         return _Active(Compiled(sub, q, geo, types), terms, status)
