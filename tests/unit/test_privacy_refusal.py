@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from polis.domain.errors import PersonalDataRefused
-from polis.privacy.refusal import RULES, find_identifying, kept_payload, kept_reason, kept_topic, refuse_personal_data
+from polis.privacy.refusal import RULES, find_identifying, kept_payload, kept_reason, redacted, refuse_personal_data
 
 JPEG = "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDBQNDAsLDBkSEw8UHRofHh0aHBwgJC4nICIsIxwcKDcpLDA"
 EMBEDDING = [0.0132, -0.2231, 0.5012, 0.0044] * 32
@@ -181,9 +181,9 @@ def test_dead_letters_keep_nothing_the_rules_refuse_whatever_failed_first() -> N
     assert kept_payload(b"not json carol@example.org", "invalid JSON").startswith("[withheld")
     assert kept_payload(b'{"seen": "aa:bb:cc:dd:ee:ff"}', "no time").startswith("[withheld")
     assert "peopleCount" in kept_payload(b'{"peopleCount": 1}', "no time")  # harmless payloads are kept to debug
-    assert kept_topic("polis/default/CrowdFlowObserved/urn:ngsi-ld:CrowdFlowObserved:gina@example.org").startswith(
+    assert redacted("polis/default/CrowdFlowObserved/urn:ngsi-ld:CrowdFlowObserved:gina@example.org").startswith(
         "[withheld"
     )
-    assert kept_topic("polis/default/CrowdFlowObserved/urn:x:1") == "polis/default/CrowdFlowObserved/urn:x:1"
+    assert redacted("polis/default/CrowdFlowObserved/urn:x:1") == "polis/default/CrowdFlowObserved/urn:x:1"
     assert "dan@example.org" not in kept_reason("unknown type 'dan@example.org'")
     assert kept_reason("no time in item 1") == "no time in item 1"

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from polis.privacy.refusal import rule_for_value
+from polis.privacy.refusal import redacted
 
 GENESIS = "0" * 64
 _TAIL_BYTES = 64 * 1024
@@ -70,7 +70,7 @@ class AuditLog:
     ) -> dict[str, Any]:
         """Record one decision; returns the entry as written. A request naming someone (an e-mail address or a
         MAC address in an id it asked for) is recorded without that name: the chain cannot be redacted later."""
-        what, reason = _withheld(what), _withheld(reason)
+        what, reason = redacted(what), redacted(reason)
         with self._lock:
             fcntl.flock(self._file, fcntl.LOCK_EX)
             try:
@@ -98,11 +98,6 @@ class AuditLog:
             finally:
                 fcntl.flock(self._file, fcntl.LOCK_UN)
         return entry
-
-
-def _withheld(text: str) -> str:
-    rule = rule_for_value(text)
-    return text if rule is None else f"[withheld by privacy rule '{rule}']"
 
 
 def _tail(path: Path, size: int) -> tuple[int, str]:

@@ -77,7 +77,7 @@ from polis.ingest.messages import (
 )
 from polis.ngsi_ld.entities import parse_observed_at, utc_now
 from polis.ngsi_ld.events import EntityChange, Staged
-from polis.privacy.refusal import kept_payload, kept_reason, kept_topic
+from polis.privacy.refusal import kept_payload, kept_reason, redacted
 from polis.store.base import DeadLetter, HistoryColumns
 
 if TYPE_CHECKING:
@@ -642,7 +642,7 @@ class MqttIngestor:
         # one nor, after the broker redelivers, keep it twice.
         received = datetime.now(UTC)
         letters = [
-            DeadLetter(SOURCE, kept_topic(m.topic), kept_payload(m.payload, reason), kept_reason(reason), received)
+            DeadLetter(SOURCE, redacted(m.topic), kept_payload(m.payload, reason), kept_reason(reason), received)
             for m, reason in rejected
         ]
         letter_receipts = [(SOURCE, m.key) for m, _ in rejected]

@@ -458,6 +458,10 @@ class ClientPattern(Protocol):
     def match(self, text: str) -> object | None: ...
 
 
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # a refused pattern is the client's 400, not a line on the server's stderr
+
+
 @lru_cache(maxsize=512)
 def client_regex(pattern: str) -> ClientPattern:
     r"""A client's pattern (one `pattern_problem` accepts) compiled by RE2, the engine DuckDB runs it with in SQL,
@@ -466,9 +470,6 @@ def client_regex(pattern: str) -> ClientPattern:
     (a subscription's idPattern is matched on every write). RE2's \w, \d and \s are ASCII, like re.ASCII."""
     return cast(ClientPattern, re2.compile(pattern, _RE2_OPTIONS))
 
-
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.log_errors = False  # a refused pattern is the client's 400, not a line on the server's stderr
 
 
 _HUSH = threading.Lock()

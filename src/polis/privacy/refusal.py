@@ -106,9 +106,10 @@ _IMEI_VALUE = re.compile(r"imei\D{0,3}\d{15}", re.IGNORECASE)
 _PHONE_IN_TEXT = re.compile(r"(?:(?<![\w.+])\+|tel:)\(?\d[\d\s().\-/]{6,20}\d", re.IGNORECASE)
 _ISO6709 = re.compile(r"[+-]\d{2,6}(?:\.\d+)?[+-]\d{3,7}(?:\.\d+)?")  # +40.6892-074.0445/ is a place
 # Invisible characters, and every kind of dash, that a sender can put in an identifier to break a pattern.
-_INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u200b\u200c\u200d\u2060\ufeff"), None)
-_DASHES = str.maketrans(dict.fromkeys("\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63\uff0d", "-"))
-_INVISIBLE_OR_DASH = re.compile("[\u00ad\u200b\u200c\u200d\u2060\ufeff\u2010-\u2015\u2212\ufe63\uff0d]")
+_INVISIBLE = "\u00ad\u200b\u200c\u200d\u2060\ufeff"
+_DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63\uff0d"
+_UNMASK = str.maketrans({**dict.fromkeys(_INVISIBLE), **dict.fromkeys(_DASHES, "-")})
+_MASKING = re.compile(f"[{_INVISIBLE}{_DASHES}]")
 _DATA_URI = re.compile(r"\s*data:(image|audio|video)/", re.IGNORECASE)
 # Base64 openings of common image/audio/video files (JPEG, PNG, GIF, WebP/WAV (RIFF), MP3 (ID3), Ogg, FLAC,
 # WebM/Matroska, MP4 (....ftyp)).
@@ -155,8 +156,8 @@ def _plain_text(value: str) -> str:
         value = unquote(value)
     if not value.isascii():
         value = unicodedata.normalize("NFKC", value)
-        if _INVISIBLE_OR_DASH.search(value):  # translate() walks every character in Python: only when needed
-            value = value.translate(_INVISIBLE).translate(_DASHES)
+        if _MASKING.search(value):  # translate() walks every character in Python: only when needed
+            value = value.translate(_UNMASK)
     return value
 
 
@@ -460,16 +461,17 @@ def kept_payload(payload: bytes, reason: str) -> str:
     return shown_payload(payload)
 
 
-def kept_topic(topic: str) -> str:
-    """What a dead letter keeps of its topic: the topic, unless it names someone (an entity id segment)."""
-    return "[withheld: topic refused for privacy]" if rule_for_value(topic) is not None else topic
+def redacted(text: str) -> str:
+    """`text` as it may be kept (a dead letter's topic, an audit entry's request path), unless a value rule
+    refuses it: then only the rule's name."""
+    rule = rule_for_value(text)
+    return text if rule is None else f"[withheld by privacy rule '{rule}']"
 
 
 def kept_reason(reason: str) -> str:
-    """What a dead letter keeps of its reason, which may quote the message (an unknown type, an id)."""
-    if "privacy:" not in reason and rule_for_value(reason) is not None:
-        return "rejected; the reason quoted data the privacy rules refuse, so it is withheld"
-    return reason
+    """What a dead letter keeps of its reason, which may quote the message (an unknown type, an id); a
+    privacy refusal's own reason names the field and the rule, never the value."""
+    return reason if "privacy:" in reason else redacted(reason)
 
 
 def _identifies(payload: bytes) -> bool:
