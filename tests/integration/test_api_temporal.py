@@ -228,6 +228,39 @@ def test_temporal_query_paginates_entities(loaded: TestClient) -> None:
     assert len(first) == 1 and len(second) == 1 and first[0]["id"] != second[0]["id"]
 
 
+def test_instances_come_back_as_written(client: TestClient) -> None:
+    """Each instance's members, exactly: units and dataset ids only where given, sub-second times, whole
+    numbers as integers, and non-numeric or structured instances mixed into a run of plain readings."""
+    fractional = "2026-03-01T00:00:00.250Z"
+    speeds = [speed(12.0, at(0), unitCode="KMH"), speed(12.5, fractional), speed(13, at(1), datasetId="urn:d:1"),
+              speed(14.25, at(2), unitCode="KMH", accuracy={"type": "Property", "value": 0.5}),
+              speed(15, at(3), unitCode="KMH")]
+    post_temporal(client, temporal_entity(points=[], averageVehicleSpeed=speeds,
+                                          state=[{"type": "Property", "value": "free", "observedAt": at(0)}]))
+    plain = [speed(7.0, at(0)), speed(8, at(1), unitCode="KMH")]  # plain readings, one without a unit
+    post_temporal(client, temporal_entity("urn:ngsi-ld:TrafficFlowObserved:t2", [], averageVehicleSpeed=plain))
+    expected = [
+        {"type": "Property", "value": 12, "unitCode": "KMH", "observedAt": at(0)},
+        {"type": "Property", "value": 12.5, "observedAt": "2026-03-01T00:00:00.250000Z"},
+        {"type": "Property", "value": 13, "datasetId": "urn:d:1", "observedAt": at(1)},
+        {"type": "Property", "value": 14.25, "unitCode": "KMH", "observedAt": at(2),
+         "accuracy": {"type": "Property", "value": 0.5}},
+        {"type": "Property", "value": 15, "unitCode": "KMH", "observedAt": at(3)},
+    ]
+    got = history(client)
+    instances = got["averageVehicleSpeed"]
+    assert [{k: v for k, v in i.items() if k != "instanceId"} for i in instances] == expected
+    assert [type(i["value"]) for i in instances] == [int, float, int, float, int]
+    assert len({i["instanceId"] for i in instances}) == 5
+    assert [(i["value"], i["observedAt"]) for i in got["state"]] == [("free", at(0))]
+    # A query across entities splits the rows by entity and attribute the same way.
+    r = client.get(TEMPORAL, params={"type": "TrafficFlowObserved"}, headers=SDM_HDR)
+    by_id = {e["id"]: e for e in r.json()}
+    assert by_id[EID]["averageVehicleSpeed"] == instances and by_id[EID]["state"] == got["state"]
+    assert [{k: v for k, v in i.items() if k != "instanceId"}
+            for i in by_id["urn:ngsi-ld:TrafficFlowObserved:t2"]["averageVehicleSpeed"]] == plain
+
+
 def test_temporal_retrieve_unknown_entity_is_404(loaded: TestClient) -> None:
     r = loaded.get(f"{TEMPORAL}/urn:ngsi-ld:X:missing")
     assert r.status_code == 404 and r.json()["type"] == ERR + "ResourceNotFound"

@@ -25,6 +25,7 @@ itself, and writes must be serialised anyway.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -853,35 +854,19 @@ class DuckDBStore:
                 "QUALIFY row_number() OVER (PARTITION BY hkey, attr ORDER BY observed_at DESC, instance_id DESC) "
                 f"<= {int(keep)} "
             )
-        # Timestamps are formatted by DuckDB, vectorised: per-row isoformat() in Python costs more than the query.
-        # The integer key, not the id string, is selected and sorted on: both cost less per row.
+        # Columns, not rows: timestamps, numbers and instance ids are converted a column at a time, and each
+        # (entity, attribute) run of plain readings is built by one comprehension (a week is 2,016 of them).
         sql = (
-            "SELECT hkey, attr, dataset_id, CASE WHEN epoch_us(observed_at) % 1000000 = 0 "
-            "THEN strftime(observed_at, '%Y-%m-%dT%H:%M:%SZ') ELSE strftime(observed_at, '%Y-%m-%dT%H:%M:%S.%fZ') END, "
-            f"'{INSTANCE_PREFIX}' || instance_id, num, doc, unit_code FROM history "
+            "SELECT hkey, attr, observed_at, instance_id, num, doc, unit_code, dataset_id FROM history "
             f"WHERE {' AND '.join(clauses)} {newest}"
             "ORDER BY hkey, attr, observed_at, instance_id"
         )
         with self._lock:
-            rows = self._con.execute(sql, params).fetchall()
+            cols = self._con.execute(sql, params).fetchnumpy()
         result: dict[str, dict[str, TemporalAttribute]] = {}
-        for hkey, attr, dataset_id, observed_at, instance_id, num, doc, unit_code in rows:  # instance_id: a URN
-            attrs = result.setdefault(names[hkey], {})
-            slot = attrs.get(attr)
-            if slot is None:
-                slot = attrs[attr] = TemporalAttribute([], plain=True)
-            if doc is None:
-                instance: dict[str, Any] = {"type": "Property", "value": _number(num)}
-                if unit_code is not None:
-                    instance["unitCode"] = unit_code
-                if dataset_id is not None:
-                    instance["datasetId"] = dataset_id
-            else:
-                instance = orjson.loads(doc)
-                slot.plain = False
-            instance["observedAt"] = observed_at
-            instance["instanceId"] = instance_id
-            slot.instances.append(instance)
+        for start, end in _runs(cols["hkey"], cols["attr"]):
+            attrs = result.setdefault(names[int(cols["hkey"][start])], {})
+            attrs[cols["attr"][start]] = _temporal_attribute({k: v[start:end] for k, v in cols.items()})
         # Over the cap: keep the oldest instances, or with lastN the newest (rows are oldest first here).
         cap = query.max_instances
         for attrs in result.values():
@@ -1296,6 +1281,73 @@ def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
 def _number(value: float) -> int | float:
     """Integers went in as integers (counts); give them back without a trailing .0."""
     return int(value) if value.is_integer() and abs(value) < 2**53 else value
+
+
+def _runs(hkeys: np.ndarray, attrs: np.ndarray) -> list[tuple[int, int]]:
+    """The [start, end) row ranges of each (entity, attribute) in rows sorted by them."""
+    if len(hkeys) == 0:
+        return []
+    change = (hkeys[1:] != hkeys[:-1]) | (attrs[1:] != attrs[:-1])
+    bounds = [0, *(np.flatnonzero(change) + 1).tolist(), len(hkeys)]
+    return list(itertools.pairwise(bounds))
+
+
+def _temporal_attribute(cols: dict[str, np.ndarray]) -> TemporalAttribute:
+    """One attribute's instances, oldest first, from its history rows as columns."""
+    stamps = _stamps(cols["observed_at"])
+    instance_ids = [f"{INSTANCE_PREFIX}{n}" for n in cols["instance_id"].tolist()]
+    docs = cols["doc"].tolist()
+    units = cols["unit_code"].tolist()
+    datasets = cols["dataset_id"].tolist()
+    if all(d is None for d in docs) and all(d is None for d in datasets) and None not in units:
+        # The common case, readings with a unit: one comprehension, ~3x faster than the general loop.
+        values = _numbers(cols["num"])
+        return TemporalAttribute(
+            [
+                {"type": "Property", "value": v, "unitCode": u, "observedAt": s, "instanceId": i}
+                for v, u, s, i in zip(values, units, stamps, instance_ids, strict=True)
+            ],
+            plain=True,
+        )
+    slot = TemporalAttribute([], plain=True)
+    nums = cols["num"].tolist()
+    for num, doc, unit_code, dataset_id, observed_at, instance_id in zip(
+        nums, docs, units, datasets, stamps, instance_ids, strict=True
+    ):
+        if doc is None:
+            instance: dict[str, Any] = {"type": "Property", "value": _number(num)}
+            if unit_code is not None:
+                instance["unitCode"] = unit_code
+            if dataset_id is not None:
+                instance["datasetId"] = dataset_id
+        else:
+            instance = orjson.loads(doc)
+            slot.plain = False
+        instance["observedAt"] = observed_at
+        instance["instanceId"] = instance_id
+        slot.instances.append(instance)
+    return slot
+
+
+def _stamps(observed_at: np.ndarray) -> list[str]:
+    """ISO 8601 UTC: whole seconds as 2012-03-01T08:00:00Z, others with their microseconds."""
+    seconds = observed_at.astype("datetime64[s]")
+    whole = seconds == observed_at
+    if whole.all():
+        return [f"{s}Z" for s in np.datetime_as_string(seconds, unit="s").tolist()]
+    short = np.datetime_as_string(seconds, unit="s").tolist()
+    micro = np.datetime_as_string(observed_at, unit="us").tolist()
+    return [f"{s}Z" if w else f"{m}Z" for w, s, m in zip(whole.tolist(), short, micro, strict=True)]
+
+
+def _numbers(num: np.ndarray) -> list[int | float]:
+    """`_number` over a column of readings (none of them null)."""
+    integral = (num == np.floor(num)) & (np.abs(num) < 2**53)
+    if not integral.any():
+        return list(num.tolist())
+    values = num.astype(object)
+    values[integral] = num[integral].astype(np.int64).astype(object)
+    return list(values.tolist())
 
 
 def _instance_number(instance_id: str) -> int | None:
