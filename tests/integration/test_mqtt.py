@@ -359,6 +359,26 @@ def test_fuzzed_bad_messages_become_dead_letters_and_every_valid_one_is_stored(
         assert history(platform, tenant, eid, SPEED) == [(at(i), float(i)) for i in range(k, 60, 7)]
 
 
+def test_a_message_over_the_broker_limit_is_never_acknowledged(
+    broker: Broker, hub: tuple[Platform, MqttIngestor], publisher: Publisher, tenant: str
+) -> None:
+    """Mosquitto refuses a packet over its limit before the QoS 1 flow completes: the publisher is not told
+    "received" for a message Polis never sees (with `message_size_limit` it was), and the stream goes on."""
+    platform, _ = hub
+    topic = f"polis/{tenant}/TrafficFlowObserved/urn:ngsi-ld:TrafficFlowObserved:big"
+    oversize = Publisher(broker)
+    try:
+        mid = oversize.send(topic, json.dumps({"averageVehicleSpeed": 1, "note": "x" * (2 << 20)}))
+        wait_until(lambda: "disconnected due to oversize packet" in broker.log_tail(100_000), what="refusal")
+        time.sleep(0.5)  # a PUBACK, had one been sent, would have arrived with the disconnection
+        assert mid not in oversize.acked
+    finally:
+        oversize.close()
+    publisher.send_all([(topic, json.dumps({"averageVehicleSpeed": 2.0, "dateObserved": at(0)}))])
+    wait_until(lambda: bool(history(platform, tenant, "urn:ngsi-ld:TrafficFlowObserved:big", SPEED)), what="store")
+    assert history(platform, tenant, "urn:ngsi-ld:TrafficFlowObserved:big", SPEED) == [(at(0), 2.0)]
+
+
 def test_a_message_the_store_cannot_take_is_a_dead_letter_and_the_rest_flows(
     broker: Broker, publisher: Publisher, tenant: str
 ) -> None:

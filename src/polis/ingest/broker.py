@@ -12,7 +12,11 @@ The config is what the ingest path relies on:
   at the highest rate you must absorb (the default holds 10 s at 10,000 messages/s);
 - `max_inflight_messages` caps unacknowledged QoS 1 deliveries to MQTT 3.1.1 clients; MQTT 5 clients
   (the ingestor) announce their own Receive Maximum, which Mosquitto honours;
-- `message_size_limit` so that one absurd message cannot take the broker's memory;
+- `max_packet_size` so that one absurd message cannot take the broker's memory, refused *before* it is
+  acknowledged: the publisher is disconnected without a PUBACK (an MQTT 5 client is told the limit when it
+  connects, and the reason, "Packet too large"), so it knows the message did not get in and can retry or
+  report it. `message_size_limit` would drop the message *after* completing the QoS 1 flow: a publisher
+  told "received" for a message no subscriber ever sees (measured with Mosquitto 2.0.11, 2026-11-27);
 - `$SYS` every second, so queue depth and drops are visible quickly.
 """
 
@@ -32,10 +36,9 @@ from pathlib import Path
 
 MAX_QUEUED_MESSAGES = 100_000
 MAX_INFLIGHT_MESSAGES = 20_000
-# Bytes. The ingestor's own limit is lower, so a message between the two gets a dead letter; one over this
-# limit Mosquitto drops itself, and a QoS 1 publisher still got its acknowledgement (seen with Mosquitto
-# 2.0.11 in a fuzzing pass, 2026-11-27): Polis never sees that message, so no dead letter tells of it.
-MESSAGE_SIZE_LIMIT = 1 << 20
+# Bytes of a whole MQTT packet (topic, properties and payload). The ingestor's own payload limit is lower, so
+# a message between the two gets a dead letter; one over this limit the broker refuses unacknowledged.
+MAX_PACKET_SIZE = 1 << 20
 CONFIG_NAME = "mosquitto.conf"
 LOG_NAME = "mosquitto.log"
 
@@ -68,7 +71,7 @@ def write_config(
     *,
     max_queued_messages: int = MAX_QUEUED_MESSAGES,
     max_inflight_messages: int = MAX_INFLIGHT_MESSAGES,
-    message_size_limit: int = MESSAGE_SIZE_LIMIT,
+    max_packet_size: int = MAX_PACKET_SIZE,
     autosave_interval_s: int = 60,
 ) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
@@ -83,7 +86,7 @@ def write_config(
         f"autosave_interval {autosave_interval_s}",
         f"max_queued_messages {max_queued_messages}",
         f"max_inflight_messages {max_inflight_messages}",
-        f"message_size_limit {message_size_limit}",
+        f"max_packet_size {max_packet_size}",
         "sys_interval 1",
         f"log_dest file {directory / LOG_NAME}",
         "log_type error",
@@ -183,7 +186,7 @@ def start_broker(
     *,
     max_queued_messages: int = MAX_QUEUED_MESSAGES,
     max_inflight_messages: int = MAX_INFLIGHT_MESSAGES,
-    message_size_limit: int = MESSAGE_SIZE_LIMIT,
+    max_packet_size: int = MAX_PACKET_SIZE,
     timeout: float = 10.0,
 ) -> Broker:
     """Write a config under `directory`, start Mosquitto on 127.0.0.1:`port` (a free one when None) and
@@ -197,7 +200,7 @@ def start_broker(
             chosen,
             max_queued_messages=max_queued_messages,
             max_inflight_messages=max_inflight_messages,
-            message_size_limit=message_size_limit,
+            max_packet_size=max_packet_size,
         )
         broker = Broker(Path(directory), chosen, binary, config)
         try:
