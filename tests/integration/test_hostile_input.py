@@ -318,3 +318,32 @@ def test_a_stored_subscription_pattern_re2_refuses_matches_nothing(
         assert "failed on a commit" not in caplog.text
     finally:
         again.close()
+
+
+# -- integers a double cannot hold: stored exactly, not rounded ----------------------------------------------
+
+
+@pytest.mark.parametrize("value", [2**53 + 1, 2**60 + 1, 2**64 - 1, -(2**63)])
+def test_an_integer_beyond_a_double_comes_back_as_written(client: TestClient, value: int) -> None:
+    """History kept readings as doubles: 2**53 + 1 came back as 9007199254740992.0 from every write path."""
+    eid = f"urn:ngsi-ld:V:big{value % 1000}"
+    reading = b'{"type":"Property","value":%d,"observedAt":"2026-01-0%dT00:00:00Z"}'
+    writes = [
+        (ENTITIES, b'{"id":"%s","type":"V","n":%s}' % (eid.encode(), reading % (value, 1))),
+        ("/ngsi-ld/v1/entityOperations/upsert",
+         b'[{"id":"%s","type":"V","n":%s}]' % (eid.encode(), reading % (value, 2))),
+        (f"/ngsi-ld/v1/temporal/entities/{eid}/attrs", b'{"n":[%s]}' % (reading % (value, 3))),
+    ]
+    for path, body in writes:
+        r = client.post(path, content=body, headers=JSON)
+        assert r.status_code in (201, 204), r.text
+    history = client.get(f"/ngsi-ld/v1/temporal/entities/{eid}").json()["n"]
+    assert [i["value"] for i in history] == [value] * 3
+    assert all(type(i["value"]) is int for i in history)
+    assert client.get(f"{ENTITIES}/{eid}").json()["n"]["value"] == value
+    # A reading a double does hold stays on the fast path, and a whole-number float comes back as an integer.
+    client.post(f"/ngsi-ld/v1/temporal/entities/{eid}/attrs", headers=JSON,
+                content=b'{"m":[%s, %s]}' % (reading % (2**53, 4), b'{"type":"Property","value":3.0,'
+                                             b'"observedAt":"2026-01-05T00:00:00Z"}'))
+    assert [i["value"] for i in client.get(f"/ngsi-ld/v1/temporal/entities/{eid}").json()["m"]] == [2**53, 3]
+

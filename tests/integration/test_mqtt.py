@@ -359,6 +359,23 @@ def test_fuzzed_bad_messages_become_dead_letters_and_every_valid_one_is_stored(
         assert history(platform, tenant, eid, SPEED) == [(at(i), float(i)) for i in range(k, 60, 7)]
 
 
+def test_an_integer_beyond_a_double_is_stored_exactly(
+    hub: tuple[Platform, MqttIngestor], publisher: Publisher, tenant: str
+) -> None:
+    """A key-values reading skips the codec when its values are plain numbers; 2**53 + 1 is not (a double
+    would round it), so it takes the full path and history keeps it as written."""
+    platform, _ = hub
+    eid = "urn:ngsi-ld:TrafficFlowObserved:exact"
+    topic = f"polis/{tenant}/TrafficFlowObserved/{eid}"
+    publisher.send_all([(topic, json.dumps({"intensity": v, "dateObserved": at(k)}))
+                        for k, v in enumerate([2**53, 2**53 + 1, 7])])
+    intensity = SDM + "intensity"
+    wait_until(lambda: len(history(platform, tenant, eid, intensity)) == 3, what="three readings")
+    got = history(platform, tenant, eid, intensity)
+    assert got == [(at(0), 2**53), (at(1), 2**53 + 1), (at(2), 7)]
+    assert all(type(v) is int for _, v in got)
+
+
 def test_a_message_over_the_broker_limit_is_never_acknowledged(
     broker: Broker, hub: tuple[Platform, MqttIngestor], publisher: Publisher, tenant: str
 ) -> None:

@@ -87,11 +87,17 @@ def sub_attribute_names(instance: Instance) -> list[str]:
     return [k for k in instance if k not in RESERVED_ATTRIBUTE_MEMBERS]
 
 
+# Integers a double holds exactly: a store keeps a reading as a double only within this range, so 2**53 + 1
+# comes back as written (beyond it as a document), not rounded.
+EXACT_INT_LIMIT = 2**53
+
+
 def is_plain_number(instance: Instance, members: frozenset[str]) -> bool:
-    """A numeric Property (an int or a float, not a bool) with no members but `members`: a reading that a
-    store can keep as a number instead of a document."""
-    kind = type(instance.get("value"))
-    if kind is not float and kind is not int:
+    """A numeric Property (a float, or an int a double holds exactly; not a bool) with no members but
+    `members`: a reading that a store can keep as a number instead of a document."""
+    value: Any = instance.get("value")
+    kind = type(value)
+    if kind is not float and (kind is not int or not -EXACT_INT_LIMIT <= value <= EXACT_INT_LIMIT):
         return False
     return instance.get("type", "Property") == "Property" and instance.keys() <= members
 

@@ -54,7 +54,7 @@ from typing import Any
 
 import orjson
 
-from polis.domain.entity import VALUE_MEMBER, Instance
+from polis.domain.entity import EXACT_INT_LIMIT, VALUE_MEMBER, Instance
 from polis.domain.errors import BadRequestData
 from polis.domain.json_depth import MAX_DEPTH, nests_deeper_than
 from polis.ngsi_ld.context import TermMap
@@ -358,7 +358,10 @@ def _plain(
     for key, iri, integer in shape:
         value = item[key]
         kind = type(value)
-        if kind is not int and (kind is not float or (integer and not value.is_integer())):
+        if kind is int:
+            if not -EXACT_INT_LIMIT <= value <= EXACT_INT_LIMIT:  # kept exactly, as a document
+                return None
+        elif kind is not float or (integer and not value.is_integer()):
             return None
         out[iri] = [{"type": "Property", "value": value, "createdAt": now, "modifiedAt": now, "observedAt": when}]
     return out

@@ -41,7 +41,7 @@ import orjson
 import pyarrow as pa
 
 from polis.access.datasets import dataset_sql
-from polis.domain.entity import ENTITY_MEMBERS, Entity, HistoryInstance, is_plain_number
+from polis.domain.entity import ENTITY_MEMBERS, EXACT_INT_LIMIT, Entity, HistoryInstance, is_plain_number
 from polis.ngsi_ld.events import Staged
 from polis.ngsi_ld.geoquery import matches as geo_matches
 from polis.store.attr_index import ATTR_INDEX_DDL, ATTR_PATHS_DDL, IndexColumns, attr_index_rows
@@ -1280,7 +1280,7 @@ def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
 
 def _number(value: float) -> int | float:
     """Integers went in as integers (counts); give them back without a trailing .0."""
-    return int(value) if value.is_integer() and abs(value) < 2**53 else value
+    return int(value) if value.is_integer() and abs(value) <= EXACT_INT_LIMIT else value
 
 
 def _runs(hkeys: np.ndarray, attrs: np.ndarray) -> list[tuple[int, int]]:
@@ -1342,7 +1342,7 @@ def _stamps(observed_at: np.ndarray) -> list[str]:
 
 def _numbers(num: np.ndarray) -> list[int | float]:
     """`_number` over a column of readings (none of them null)."""
-    integral = (num == np.floor(num)) & (np.abs(num) < 2**53)
+    integral = (num == np.floor(num)) & (np.abs(num) <= EXACT_INT_LIMIT)
     if not integral.any():
         return list(num.tolist())
     values = num.astype(object)
