@@ -253,6 +253,14 @@ def test_instances_come_back_as_written(client: TestClient) -> None:
     assert [type(i["value"]) for i in instances] == [int, float, int, float, int]
     assert len({i["instanceId"] for i in instances}) == 5
     assert [(i["value"], i["observedAt"]) for i in got["state"]] == [("free", at(0))]
+    # One attribute alone takes the store's single-series path: the same instances.
+    assert history(client, attrs="averageVehicleSpeed")["averageVehicleSpeed"] == instances
+    # Written out of time order: given back by observedAt, then in the order written.
+    for points in ([speed(2, at(5)), speed(1, at(4))], [speed(3, at(5)), speed(0, at(3))]):
+        r = client.post(f"{TEMPORAL}/{EID}/attrs", json={"late": points}, headers=SDM_HDR)
+        assert r.status_code == 204, r.text
+    for params in ({"attrs": "late"}, {}):
+        assert values(history(client, **params), "late") == [(0, at(3)), (1, at(4)), (2, at(5)), (3, at(5))]
     # A query across entities splits the rows by entity and attribute the same way.
     r = client.get(TEMPORAL, params={"type": "TrafficFlowObserved"}, headers=SDM_HDR)
     by_id = {e["id"]: e for e in r.json()}

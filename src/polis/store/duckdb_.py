@@ -856,17 +856,27 @@ class DuckDBStore:
             )
         # Columns, not rows: timestamps, numbers and instance ids are converted a column at a time, and each
         # (entity, attribute) run of plain readings is built by one comprehension (a week is 2,016 of them).
-        sql = (
-            "SELECT hkey, attr, observed_at, instance_id, num, doc, unit_code, dataset_id FROM history "
-            f"WHERE {' AND '.join(clauses)} {newest}"
-            "ORDER BY hkey, attr, observed_at, instance_id"
-        )
-        with self._lock:
-            cols = self._con.execute(sql, params).fetchnumpy()
         result: dict[str, dict[str, TemporalAttribute]] = {}
-        for start, end in _runs(cols["hkey"], cols["attr"]):
-            attrs = result.setdefault(names[int(cols["hkey"][start])], {})
-            attrs[cols["attr"][start]] = _temporal_attribute({k: v[start:end] for k, v in cols.items()})
+        where = f"WHERE {' AND '.join(clauses)} {newest}"
+        if len(keys) == 1 and len(query.attrs) == 1:
+            # One entity's one attribute (a sensor's history): no key columns, and the rows, usually stored in
+            # time order already, are put in order here; DuckDB's sort of them took a fifth of the call.
+            with self._lock:
+                cols = self._con.execute(
+                    f"SELECT observed_at, instance_id, num, doc, unit_code, dataset_id FROM history {where}", params
+                ).fetchnumpy()
+            if len(cols["instance_id"]):
+                result[names[keys[0]]] = {query.attrs[0]: _temporal_attribute(_in_time_order(cols))}
+        else:
+            sql = (
+                "SELECT hkey, attr, observed_at, instance_id, num, doc, unit_code, dataset_id FROM history "
+                f"{where}ORDER BY hkey, attr, observed_at, instance_id"
+            )
+            with self._lock:
+                cols = self._con.execute(sql, params).fetchnumpy()
+            for start, end in _runs(cols["hkey"], cols["attr"]):
+                attrs = result.setdefault(names[int(cols["hkey"][start])], {})
+                attrs[cols["attr"][start]] = _temporal_attribute({k: v[start:end] for k, v in cols.items()})
         # Over the cap: keep the oldest instances, or with lastN the newest (rows are oldest first here).
         cap = query.max_instances
         for attrs in result.values():
@@ -1290,6 +1300,15 @@ def _runs(hkeys: np.ndarray, attrs: np.ndarray) -> list[tuple[int, int]]:
     change = (hkeys[1:] != hkeys[:-1]) | (attrs[1:] != attrs[:-1])
     bounds = [0, *(np.flatnonzero(change) + 1).tolist(), len(hkeys)]
     return list(itertools.pairwise(bounds))
+
+
+def _in_time_order(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One attribute's rows by observedAt, then instance id (the order of its instances)."""
+    at, number = cols["observed_at"], cols["instance_id"]
+    if ((at[1:] > at[:-1]) | ((at[1:] == at[:-1]) & (number[1:] > number[:-1]))).all():
+        return cols
+    order = np.lexsort((number, at))
+    return {k: v[order] for k, v in cols.items()}
 
 
 def _temporal_attribute(cols: dict[str, np.ndarray]) -> TemporalAttribute:
