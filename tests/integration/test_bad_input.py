@@ -475,6 +475,21 @@ def test_invalid_tenant_name_is_400(client: TestClient, seeded: Snapshot) -> Non
     seeded.unchanged()
 
 
+@pytest.mark.parametrize("tenant", ["00-1A-2B-3C-4D-5E", "imei-490154203237518"])
+def test_a_tenant_named_by_a_device_identifier_is_refused(client: TestClient, seeded: Snapshot, tenant: str) -> None:
+    """A tenant name is shown to operators (metrics, audit log, headers): one that names a device is personal
+    data, refused like any other value, on writes (nothing is created) and reads."""
+    r = client.post(ENTITIES, json={"id": "urn:ngsi-ld:Vehicle:1", "type": "Vehicle"},
+                    headers={"NGSILD-Tenant": tenant})
+    problem(r, 422, "PersonalDataRefused", "device-identifier")
+    problem(client.get(ENTITIES, params={"type": "Vehicle"}, headers={"NGSILD-Tenant": tenant}), 422,
+            "PersonalDataRefused", "NGSILD-Tenant")
+    seeded.unchanged()
+    r = client.post(ENTITIES, json={"id": f"urn:ngsi-ld:Vehicle:ok{len(tenant)}", "type": "Vehicle"},
+                    headers={"NGSILD-Tenant": "traffic-dept_2"})  # letters, digits, '-' and '_' as before
+    assert r.status_code == 201, r.text
+
+
 # -- conflicts, missing things, wrong methods ------------------------------------------------------------
 
 

@@ -631,6 +631,10 @@ def test_topic_scheme_and_limits(parser: Any) -> None:
     for identifying in ("urn:ngsi-ld:CrowdFlowObserved:gina@example.org", "urn:ngsi-ld:Device:a4:5e:60:12:9b:01"):
         with pytest.raises(MessageRejected, match="privacy: the entity id in the topic"):  # before the payload
             parser.parse(f"polis/default/CrowdFlowObserved/{identifying}", b'{"peopleCount": 3}', "now")
+    with pytest.raises(MessageRejected, match="privacy: tenant '00-1A-2B-3C-4D-5E' is refused by rule"):
+        parser.parse("polis/00-1A-2B-3C-4D-5E/CrowdFlowObserved/urn:x:1", b'{"peopleCount": 3}', "now")
+    with pytest.raises(MessageRejected, match=r"wrong topic: tenant 'a\.b' must be 1-64"):
+        parser.parse("polis/a.b/CrowdFlowObserved/urn:x:1", b'{"peopleCount": 3}', "now")
     with pytest.raises(MessageRejected, match="differs from the topic"):
         parser.parse("polis/default/CrowdFlowObserved/urn:x:1", b'{"id": "urn:x:2", "peopleCount": 1}', "now")
     with pytest.raises(MessageRejected, match="needs its entity 'id'"):

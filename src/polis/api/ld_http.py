@@ -18,16 +18,17 @@ from polis.domain.errors import (
     NonexistentTenant,
     NotAcceptable,
     PayloadTooLarge,
+    PersonalDataRefused,
     UnsupportedMediaType,
 )
 from polis.domain.json_depth import MAX_DEPTH, nests_deeper_than
+from polis.domain.tenant import tenant_problem
 from polis.ngsi_ld.context import CORE_CONTEXT_URL, TermMap
 from polis.platform import Platform
 
 JSONLD_REL = "http://www.w3.org/ns/json-ld#context"
 TENANT_HEADER = "NGSILD-Tenant"
 _LINK = re.compile(r"^\s*<([^>]*)>\s*(;.*)?$")
-_TENANT = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 
 
 def platform_of(request: Request) -> Platform:
@@ -40,8 +41,12 @@ def tenant_of(request: Request, *, write: bool = False) -> str:
     raw = request.headers.get(TENANT_HEADER)
     if raw is None or raw == "":
         return ""
-    if not _TENANT.match(raw):
-        raise BadRequestData(f"{TENANT_HEADER} must be 1-64 letters, digits, '_' or '-', got '{raw}'")
+    problem = tenant_problem(raw)
+    if problem is not None:
+        why, rule = problem
+        if rule is not None:
+            raise PersonalDataRefused(f"{TENANT_HEADER} {why}; nothing was stored", field=TENANT_HEADER, rule=rule)
+        raise BadRequestData(f"{TENANT_HEADER} {why}, got '{raw[:80]}'")
     store = platform_of(request).store
     # A write names its tenant and the store creates it with the first committed write: a rejected request
     # must not leave an empty tenant behind.

@@ -57,6 +57,7 @@ import orjson
 from polis.domain.entity import EXACT_INT_LIMIT, VALUE_MEMBER, Instance
 from polis.domain.errors import BadRequestData
 from polis.domain.json_depth import MAX_DEPTH, nests_deeper_than
+from polis.domain.tenant import tenant_problem
 from polis.ngsi_ld.context import TermMap
 from polis.ngsi_ld.entity_codec import NULL_MARKER, expand_fragment, normalize_datetime, validate_entity_id
 from polis.privacy.refusal import RULES, refusal_reason, rule_for_value
@@ -86,7 +87,6 @@ PRIVACY_FIELDS = frozenset(
 
 _MEMO_LIMIT = 1 << 16
 _NAME_TAIL = re.compile(r"[/#:]")
-_TENANT = re.compile(r"[A-Za-z0-9_\-]{1,64}\Z")
 _ITEM_MEMBERS = frozenset({"id", "type", "@context", "dateObserved", "observedAt"})
 _PLAIN = (int, float)  # exact types: bool is not a plain number here
 _JSON_TYPES = {"number": "a number", "integer": "an integer", "boolean": "true or false"}
@@ -189,8 +189,10 @@ class MessageParser:
                 f"or {TOPIC_ROOT}/<tenant>/<entityType>/{BATCH_SEGMENT}"
             )
         _, tenant_part, type_term, id_part = parts
-        if not _TENANT.match(tenant_part):
-            raise MessageRejected(f"wrong topic: tenant {_short(tenant_part)} must be 1-64 letters, digits, '_' or '-'")
+        problem = tenant_problem(tenant_part)
+        if problem is not None:
+            why, rule = problem
+            raise MessageRejected(f"{'privacy' if rule else 'wrong topic'}: tenant {_short(tenant_part)} {why}")
         tenant = "" if tenant_part == DEFAULT_TENANT_SEGMENT else tenant_part
         type_iri = self._known_type(type_term, "topic")
         entity_id = None if id_part == BATCH_SEGMENT else self._entity_id(id_part, "topic")
