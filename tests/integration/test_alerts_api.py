@@ -247,6 +247,10 @@ def test_cli_loads_a_rules_file_and_refuses_a_bad_one(tmp_path: Any) -> None:
     bad.write_text(json.dumps([{**RULE, "hysteresis": -1}]))
     refused = runner.invoke(app, ["alerts", "load", str(bad), "--data-dir", str(tmp_path / "hub")])
     assert refused.exit_code == 2 and "rule field 'hysteresis'" in " ".join(refused.output.split())
+    for tenant, why in (("a/b", "must be 1-64"), ("00-1A-2B-3C-4D-5E", "device-identifier")):
+        refused = runner.invoke(app, ["alerts", "load", str(good), "--data-dir", str(tmp_path / "hub"),
+                                      "--tenant", tenant])
+        assert refused.exit_code == 2 and why in refused.output, refused.output
 
 
 def test_yaml_rules_and_area_scopes(client: TestClient, platform: Platform, tmp_path: Any) -> None:

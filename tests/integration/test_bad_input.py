@@ -477,17 +477,32 @@ def test_invalid_tenant_name_is_400(client: TestClient, seeded: Snapshot) -> Non
 
 @pytest.mark.parametrize("tenant", ["00-1A-2B-3C-4D-5E", "imei-490154203237518"])
 def test_a_tenant_named_by_a_device_identifier_is_refused(client: TestClient, seeded: Snapshot, tenant: str) -> None:
-    """A tenant name is shown to operators (metrics, audit log, headers): one that names a device is personal
-    data, refused like any other value, on writes (nothing is created) and reads."""
+    """A tenant name is shown to operators (metrics, audit log, headers): a new one that names a device is
+    personal data, refused like any other value, on writes (nothing is created) and reads."""
     r = client.post(ENTITIES, json={"id": "urn:ngsi-ld:Vehicle:1", "type": "Vehicle"},
                     headers={"NGSILD-Tenant": tenant})
     problem(r, 422, "PersonalDataRefused", "device-identifier")
     problem(client.get(ENTITIES, params={"type": "Vehicle"}, headers={"NGSILD-Tenant": tenant}), 422,
             "PersonalDataRefused", "NGSILD-Tenant")
     seeded.unchanged()
-    r = client.post(ENTITIES, json={"id": f"urn:ngsi-ld:Vehicle:ok{len(tenant)}", "type": "Vehicle"},
-                    headers={"NGSILD-Tenant": "traffic-dept_2"})  # letters, digits, '-' and '_' as before
+
+
+@pytest.mark.parametrize("tenant", ["traffic-dept_2", "20261127-2150", "100-200-300", "city_2024-01-15"])
+def test_dated_and_numbered_tenant_names_are_not_device_identifiers(client: TestClient, tenant: str) -> None:
+    r = client.post(ENTITIES, json={"id": "urn:ngsi-ld:Vehicle:1", "type": "Vehicle"},
+                    headers={"NGSILD-Tenant": tenant})
     assert r.status_code == 201, r.text
+    assert client.delete(f"{ENTITIES}/urn:ngsi-ld:Vehicle:1", headers={"NGSILD-Tenant": tenant}).status_code == 204
+
+
+def test_a_tenant_made_before_the_rule_stays_reachable(client: TestClient, platform: Platform) -> None:
+    """A hub may hold a tenant so named from before: its data can still be read, and removed."""
+    platform.store.ensure_tenant("AB-CD-EF-01-23-45")
+    headers = {"NGSILD-Tenant": "AB-CD-EF-01-23-45"}
+    r = client.post(ENTITIES, json={"id": "urn:ngsi-ld:Vehicle:old", "type": "Vehicle"}, headers=headers)
+    assert r.status_code == 201, r.text
+    assert client.get(f"{ENTITIES}/urn:ngsi-ld:Vehicle:old", headers=headers).status_code == 200
+    assert client.delete(f"{ENTITIES}/urn:ngsi-ld:Vehicle:old", headers=headers).status_code == 204
 
 
 # -- conflicts, missing things, wrong methods ------------------------------------------------------------

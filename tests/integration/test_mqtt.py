@@ -631,8 +631,12 @@ def test_topic_scheme_and_limits(parser: Any) -> None:
     for identifying in ("urn:ngsi-ld:CrowdFlowObserved:gina@example.org", "urn:ngsi-ld:Device:a4:5e:60:12:9b:01"):
         with pytest.raises(MessageRejected, match="privacy: the entity id in the topic"):  # before the payload
             parser.parse(f"polis/default/CrowdFlowObserved/{identifying}", b'{"peopleCount": 3}', "now")
-    with pytest.raises(MessageRejected, match="privacy: tenant '00-1A-2B-3C-4D-5E' is refused by rule"):
+    with pytest.raises(MessageRejected, match="privacy: the tenant in the topic is refused by rule") as refused:
         parser.parse("polis/00-1A-2B-3C-4D-5E/CrowdFlowObserved/urn:x:1", b'{"peopleCount": 3}', "now")
+    assert "1A-2B" not in refused.value.reason  # kept with the dead letter: the rule, never the name
+    dated = parser.parse("polis/20261127-2150/CrowdFlowObserved/urn:x:1", b'{"peopleCount": 3, "dateObserved": '
+                         b'"2024-05-01T08:00:00Z"}', "now")
+    assert dated[0].tenant == "20261127-2150"  # a date-stamped tenant is no device identifier
     with pytest.raises(MessageRejected, match=r"wrong topic: tenant 'a\.b' must be 1-64"):
         parser.parse("polis/a.b/CrowdFlowObserved/urn:x:1", b'{"peopleCount": 3}', "now")
     with pytest.raises(MessageRejected, match="differs from the topic"):

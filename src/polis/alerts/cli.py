@@ -51,8 +51,13 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         from polis.alerts.rulebook import RuleBook
         from polis.alerts.rules import load_rules_file, rule_json
         from polis.domain.errors import BadRequestData
+        from polis.domain.tenant import tenant_problem
 
         settings = _settings(data_dir)
+        problem = tenant_problem(tenant) if tenant else None
+        if problem is not None:  # the API checks its header; the files written below get the same check
+            console.print(f"[red]--tenant {problem[0]}[/red]")
+            raise typer.Exit(2)
         try:
             rules = load_rules_file(file)
         except (BadRequestData, OSError) as error:

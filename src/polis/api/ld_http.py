@@ -42,15 +42,16 @@ def tenant_of(request: Request, *, write: bool = False) -> str:
     if raw is None or raw == "":
         return ""
     problem = tenant_problem(raw)
-    if problem is not None:
-        why, rule = problem
-        if rule is not None:
-            raise PersonalDataRefused(f"{TENANT_HEADER} {why}; nothing was stored", field=TENANT_HEADER, rule=rule)
-        raise BadRequestData(f"{TENANT_HEADER} {why}, got '{raw[:80]}'")
-    store = platform_of(request).store
+    if problem is not None and problem[1] is None:
+        raise BadRequestData(f"{TENANT_HEADER} {problem[0]}, got '{raw[:80]}'")
+    exists = platform_of(request).store.has_tenant(raw)
+    if problem is not None and not exists:  # no new tenant so named; one made before the rule stays reachable
+        raise PersonalDataRefused(
+            f"{TENANT_HEADER} {problem[0]}; nothing was stored", field=TENANT_HEADER, rule=problem[1]
+        )
     # A write names its tenant and the store creates it with the first committed write: a rejected request
     # must not leave an empty tenant behind.
-    if not write and not store.has_tenant(raw):
+    if not write and not exists:
         raise NonexistentTenant(f"tenant '{raw}' does not exist")
     return raw
 

@@ -192,7 +192,9 @@ class MessageParser:
         problem = tenant_problem(tenant_part)
         if problem is not None:
             why, rule = problem
-            raise MessageRejected(f"{'privacy' if rule else 'wrong topic'}: tenant {_short(tenant_part)} {why}")
+            if rule is not None:  # the reason is kept with the dead letter: it names the rule, not the tenant
+                raise MessageRejected(f"privacy: the tenant in the topic {why}")
+            raise MessageRejected(f"wrong topic: tenant {_short(tenant_part)} {why}")
         tenant = "" if tenant_part == DEFAULT_TENANT_SEGMENT else tenant_part
         type_iri = self._known_type(type_term, "topic")
         entity_id = None if id_part == BATCH_SEGMENT else self._entity_id(id_part, "topic")
