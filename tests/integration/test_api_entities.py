@@ -702,3 +702,34 @@ def test_update_in_unknown_tenant_does_not_create_it(client: TestClient, platfor
     r = client.patch(f"{ENTITIES}/urn:ngsi-ld:X:1/attrs", json={"a": 1}, headers={"NGSILD-Tenant": "ghost"})
     assert r.status_code == 404
     assert "ghost" not in platform.store.tenants()
+
+
+def test_near_follows_every_move_and_delete(client: TestClient, platform: Platform) -> None:
+    """`near` over Point rows runs on an in-memory copy of the geo index (store.geo_index.PointTable):
+    each write that moves or deletes something must show in the next answer, whether the copy was rebuilt
+    for it or, rebuilt under a second ago, the query went to SQL instead."""
+    def sensor(name: str, lon: float) -> dict[str, Any]:
+        return {"id": f"urn:ngsi-ld:TrafficFlowObserved:{name}", "type": "TrafficFlowObserved",
+                "location": {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [lon, 34.05]}}}
+
+    for name, lon in (("a", -118.240), ("b", -118.241), ("far", -118.0)):
+        assert client.post(ENTITIES, json=sensor(name, lon), headers=SDM_HDR).status_code == 201
+
+    def near() -> set[str]:
+        r = client.get(ENTITIES, params={"type": "TrafficFlowObserved", "georel": "near;maxDistance==500",
+                                         "geometry": "Point", "coordinates": "[-118.24,34.05]"}, headers=SDM_HDR)
+        assert r.status_code == 200, r.text
+        return {e["id"].rsplit(":", 1)[1] for e in r.json()}
+
+    assert near() == {"a", "b"}
+    assert platform.store._points  # the in-memory path answered
+    move = {"location": sensor("a", -118.0)["location"]}
+    assert client.patch(f"{ENTITIES}/urn:ngsi-ld:TrafficFlowObserved:a/attrs", json=move,
+                        headers=SDM_HDR).status_code == 204
+    assert near() == {"b"}  # rebuilt, or SQL: either way the move shows
+    back = {"location": sensor("far", -118.2401)["location"]}
+    assert client.patch(f"{ENTITIES}/urn:ngsi-ld:TrafficFlowObserved:far/attrs", json=back,
+                        headers=SDM_HDR).status_code == 204
+    assert near() == {"b", "far"}
+    assert client.delete(f"{ENTITIES}/urn:ngsi-ld:TrafficFlowObserved:b").status_code == 204
+    assert near() == {"far"}

@@ -25,7 +25,14 @@ from polis.ngsi_ld.geoquery import (
     parse_geoquery,
     validate_geometry,
 )
-from polis.store.geo_index import GEO_INDEX_DDL, covering_cells, geo_index_rows, geo_to_sql, near_window
+from polis.store.geo_index import (
+    GEO_INDEX_DDL,
+    PointTable,
+    covering_cells,
+    geo_index_rows,
+    geo_to_sql,
+    near_window,
+)
 
 SPACE = "https://example.org/space"
 
@@ -477,6 +484,31 @@ def test_sql_path_returns_exactly_the_exact_evaluation(con: duckdb.DuckDBPyConne
     if query.georel == "near" and all(i["value"]["type"] == "Point" for e in entities for i in e[LOCATION]):
         ids, exact = sql_answer(con, query, entities, points_only=True)
         assert exact and ids == exact_answer(query, entities)
+        if query.max_distance is not None:  # the store's in-memory path for Point rows: the same answer
+            assert table_answer(con, query) == ids
+
+
+def table_answer(con: duckdb.DuckDBPyConnection, query: GeoQuery) -> set[str]:
+    cols = con.execute("SELECT seq, lon, lat FROM geo_index WHERE tenant = 't' AND attr = ? AND gtype = 'Point'",
+                       [LOCATION]).fetchnumpy()
+    seqs = PointTable(cols["seq"], cols["lon"], cols["lat"], 0, 0.0).near(query)
+    return {r[0] for r in con.execute("SELECT id FROM entities WHERE seq IN (SELECT unnest(?::BIGINT[]))", [seqs])
+            .fetchall()}
+
+
+@pytest.mark.parametrize(("lon0", "lat0"), [(-118.24, 34.05), (10.0, 60.0), (179.98, 0.0), (0.0, 89.97)])
+def test_the_point_table_answers_near_as_the_sql_does(con: duckdb.DuckDBPyConnection, lon0: float,
+                                                      lat0: float) -> None:
+    """A grid of points around a centre, rings of radii: the in-memory path, the SQL and `matches` agree."""
+    steps = [k / 400 for k in range(-20, 21)]  # 41 x 41 points, 0.0025 degrees apart
+    entities = [entity(f"urn:e:{i}-{j}", point((lon0 + dx + 180.0) % 360.0 - 180.0, min(90.0, lat0 + dy)))
+                for i, dx in enumerate(steps) for j, dy in enumerate(steps)]
+    load(con, entities)
+    for max_m, min_m in ((300, None), (1500, None), (4000, 1000), (9000, None), (20, None)):
+        query = near(lon0, lat0, max_m=max_m, min_m=min_m)
+        expected = exact_answer(query, entities)
+        assert table_answer(con, query) == sql_answer(con, query, entities, points_only=True)[0] == expected
+        assert 0 < len(expected) < len(entities) or max_m != 1500  # the rings do cut the grid
 
 
 def test_sql_near_finds_points_on_both_sides_of_the_antimeridian(con: duckdb.DuckDBPyConnection) -> None:
@@ -485,6 +517,7 @@ def test_sql_near_finds_points_on_both_sides_of_the_antimeridian(con: duckdb.Duc
     load(con, entities)
     ids, exact = sql_answer(con, near(179.9995, 0, max_m=500), entities, points_only=True)
     assert exact and ids == {"urn:e:east", "urn:e:west"}
+    assert table_answer(con, near(179.9995, 0, max_m=500)) == ids
 
 
 @pytest.mark.parametrize(("georel", "query", "stored", "expected"), RELATIONS)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -57,7 +58,7 @@ from polis.store.base import (
     TypeInfo,
     TypeSelector,
 )
-from polis.store.geo_index import GEO_INDEX_DDL, geo_index_rows, geo_to_sql, geo_values
+from polis.store.geo_index import GEO_INDEX_DDL, PointTable, geo_index_rows, geo_to_sql, geo_values
 from polis.store.q_sql import q_to_sql
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ log = logging.getLogger(__name__)
 INSTANCE_PREFIX = "urn:ngsi-ld:Instance:"
 
 SCHEMA_VERSION = "6"
+POINT_TABLE_REBUILD_S = 1.0  # a stale point table is rebuilt at most this often; meanwhile `near` runs in SQL
 # How many recent commits `unchanged_since` remembers beyond the live entities (a prepared batch is seldom
 # more than a few commits old; an older one is redone under the lock).
 LAST_WRITES_KEPT = 10_000
@@ -278,6 +280,9 @@ class DuckDBStore:
         self._shaped: set[tuple[str, str]] = set(
             self._con.execute("SELECT DISTINCT tenant, attr FROM geo_index WHERE gtype <> 'Point'").fetchall()
         )
+        # `near` over Point rows, in memory (geo_index.PointTable); every change of a geo row bumps the version.
+        self._points: dict[tuple[str, str], PointTable] = {}
+        self._geo_version = 0
 
     def _migrate(self, steps: list[str], before: str) -> None:
         """Run one schema migration in a transaction, if the file is at version `before`."""
@@ -500,6 +505,8 @@ class DuckDBStore:
                             con, f"DELETE FROM {table} WHERE tenant = ? AND seq IN (SELECT seq FROM polis_rows)",
                             tables[gone_rows], tenant,
                         )
+                        if table == "geo_index":
+                            self._geo_version += 1  # the in-memory point tables are rebuilt from it
                 if upserts:
                     _with_rows(con, "INSERT INTO entities SELECT ?, * FROM polis_rows", tables["entity_rows"], tenant)
                     for table, name in (
@@ -517,6 +524,7 @@ class DuckDBStore:
                             if gtype != "Point":
                                 self._shaped.add((tenant, attr))
                         _with_rows(con, "INSERT INTO geo_index SELECT ?, * FROM polis_rows", geo, tenant)
+                        self._geo_version += 1
                 for name in ("history_rows", "history_cols"):
                     if name in tables:
                         _with_rows(con, "INSERT INTO history SELECT ?, * FROM polis_rows", tables[name], tenant)
@@ -783,11 +791,36 @@ class DuckDBStore:
     def _geo_sql(self, tenant: str, query: EntityQuery) -> tuple[str, list[Any], bool]:
         assert query.geo is not None
         points_only = (tenant, query.geo.geoproperty) not in self._shaped
+        if points_only and query.geo.georel == "near" and query.geo.max_distance is not None:
+            table = self._point_table(tenant, query.geo.geoproperty)
+            if table is not None:
+                seqs = table.near(query.geo)
+                return ("e.seq IN (SELECT unnest(?::BIGINT[]))", [seqs], True) if seqs else ("FALSE", [], True)
         return geo_to_sql(query.geo, tenant, points_only=points_only)
 
+    def _point_table(self, tenant: str, attr: str) -> PointTable | None:
+        """The Point rows of (tenant, attr) in memory, current with the last write; None (the SQL path) when
+        geo rows keep changing: rebuilt at most once a second, so moving things cost no more than before."""
+        with self._lock:  # held by `query` already: the version cannot change before its SQL runs
+            table = self._points.get((tenant, attr))
+            if table is not None and table.version == self._geo_version:
+                return table
+            now = time.monotonic()
+            if table is not None and now - table.built_at < POINT_TABLE_REBUILD_S:
+                return None
+            cols = self._con.execute(
+                "SELECT seq, lon, lat FROM geo_index WHERE tenant = ? AND attr = ? AND gtype = 'Point'", [tenant, attr]
+            ).fetchnumpy()
+            table = PointTable(
+                np.asarray(cols["seq"], dtype=np.int64), np.asarray(cols["lon"], dtype=np.float64),
+                np.asarray(cols["lat"], dtype=np.float64), self._geo_version, now,
+            )
+            self._points[(tenant, attr)] = table
+            return table
+
     def query(self, tenant: str, query: EntityQuery) -> QueryResult:
-        where, params, exact = self._where(tenant, query)
-        with self._lock:
+        with self._lock:  # the clause too: a `near` on the point table must see the state the SQL below reads
+            where, params, exact = self._where(tenant, query)
             if not exact:
                 # Geometries the SQL prefilter cannot decide: check each candidate exactly, then paginate.
                 rows = self._con.execute(

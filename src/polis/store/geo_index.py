@@ -275,3 +275,38 @@ def _relation_sql(query: GeoQuery) -> tuple[str, list[object], bool]:
         return sql, [x for b in (x0, y0, x1, y1) for x in (b - e, b + e)], False
     # intersects, overlaps: the boxes meet
     return "minx <= ? AND miny <= ? AND maxx >= ? AND maxy >= ?", [x1 + e, y1 + e, x0 - e, y0 - e], False
+
+
+@dataclass(slots=True)
+class PointTable:
+    """The Point rows of one (tenant, geoproperty) of `geo_index`, as arrays: `near` over them is a numpy
+    pass (~0.3 ms for 100,000 points) instead of a scan of the table (~6-7 ms). Built from the table, and
+    rebuilt when a write changed any geo row since (`version`)."""
+
+    seq: Any  # numpy int64
+    lon: Any  # numpy float64
+    lat: Any
+    version: int
+    built_at: float
+
+    def near(self, query: GeoQuery) -> list[int]:
+        """The seqs `_near_sql(query, points_only=True)` selects, by the same window and haversine, term for
+        term (`geoquery.haversine_m`); the H3 cells there only skip rows, so they are not needed here."""
+        import numpy as np
+
+        assert query.max_distance is not None
+        lon0, lat0 = float(query.geometry["coordinates"][0]), float(query.geometry["coordinates"][1])
+        window = near_window(lon0, lat0, query.max_distance)
+        keep = (self.lat >= window.lat_lo) & (self.lat <= window.lat_hi)
+        if window.lon_ranges is not None:
+            keep &= np.logical_or.reduce([(self.lon >= lo) & (self.lon <= hi) for lo, hi in window.lon_ranges])
+        lon, lat, seq = self.lon[keep], self.lat[keep], self.seq[keep]
+        lat0_r, lon0_r = lat0 * DEG, lon0 * DEG
+        s_lat = np.sin((lat * DEG - lat0_r) / 2)
+        s_lon = np.sin((lon * DEG - lon0_r) / 2)
+        inner = np.minimum(1.0, s_lat * s_lat + math.cos(lat0_r) * np.cos(lat * DEG) * (s_lon * s_lon))
+        distance = TWO_R * np.arcsin(np.sqrt(inner))
+        match = distance <= query.max_distance
+        if query.min_distance is not None:
+            match &= distance >= query.min_distance
+        return [int(s) for s in seq[match].tolist()]
