@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import h3
+import numpy as np
 import orjson
 from shapely.errors import ShapelyError
 
@@ -283,17 +284,15 @@ class PointTable:
     pass (~0.3 ms for 100,000 points) instead of a scan of the table (~6-7 ms). Built from the table, and
     rebuilt when a write changed any geo row since (`version`)."""
 
-    seq: Any  # numpy int64
-    lon: Any  # numpy float64
-    lat: Any
+    seq: np.ndarray  # int64
+    lon: np.ndarray  # float64
+    lat: np.ndarray
     version: int
     built_at: float
 
     def near(self, query: GeoQuery) -> list[int]:
         """The seqs `_near_sql(query, points_only=True)` selects, by the same window and haversine, term for
         term (`geoquery.haversine_m`); the H3 cells there only skip rows, so they are not needed here."""
-        import numpy as np
-
         assert query.max_distance is not None
         lon0, lat0 = float(query.geometry["coordinates"][0]), float(query.geometry["coordinates"][1])
         window = near_window(lon0, lat0, query.max_distance)
