@@ -471,7 +471,6 @@ def client_regex(pattern: str) -> ClientPattern:
     return cast(ClientPattern, re2.compile(pattern, _RE2_OPTIONS))
 
 
-
 _HUSH = threading.Lock()
 
 

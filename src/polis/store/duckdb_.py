@@ -505,8 +505,6 @@ class DuckDBStore:
                             con, f"DELETE FROM {table} WHERE tenant = ? AND seq IN (SELECT seq FROM polis_rows)",
                             tables[gone_rows], tenant,
                         )
-                        if table == "geo_index":
-                            self._geo_version += 1  # the in-memory point tables are rebuilt from it
                 if upserts:
                     _with_rows(con, "INSERT INTO entities SELECT ?, * FROM polis_rows", tables["entity_rows"], tenant)
                     for table, name in (
@@ -524,7 +522,8 @@ class DuckDBStore:
                             if gtype != "Point":
                                 self._shaped.add((tenant, attr))
                         _with_rows(con, "INSERT INTO geo_index SELECT ?, * FROM polis_rows", geo, tenant)
-                        self._geo_version += 1
+                if tables["gone_geo"].num_rows or (upserts and tables["geo_rows"].num_rows):
+                    self._geo_version += 1  # the in-memory point tables (geo_index.PointTable) are rebuilt
                 for name in ("history_rows", "history_cols"):
                     if name in tables:
                         _with_rows(con, "INSERT INTO history SELECT ?, * FROM polis_rows", tables[name], tenant)
