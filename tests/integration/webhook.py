@@ -17,9 +17,10 @@ from polis.localserver import free_port
 
 
 class Receiver:
-    def __init__(self, port: int | None = None, status: int = 200) -> None:
+    def __init__(self, port: int | None = None, status: int = 200, delay_s: float = 0.0) -> None:
         self.port = port or free_port()
         self.status = status
+        self.delay_s = delay_s  # how long each POST takes to answer (a slow endpoint keeps a backlog)
         self.received: list[tuple[float, dict[str, str], dict[str, Any]]] = []
         self._server: ThreadingHTTPServer | None = None
         self._lock = threading.Lock()
@@ -37,6 +38,7 @@ class Receiver:
                 body = json.loads(self.rfile.read(size))
                 with owner._lock:
                     owner.received.append((time.time(), dict(self.headers), body))
+                time.sleep(owner.delay_s)
                 self.send_response(owner.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
