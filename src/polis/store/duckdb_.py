@@ -493,6 +493,8 @@ class DuckDBStore:
                 tables["fresh_keys"] = _keys_table(fresh)
             if upserts:
                 tables["path_rows"] = self._unstored_paths(tables["index_rows"])
+            # One entity replaced (a single write): its row is updated in place, one statement instead of two.
+            in_place = _replaces_one(tables["entity_rows"], tables["gone"]) and not deletes
             with self._transaction() as con:  # SQL reads no empty table
                 for table, gone_rows in (  # attr_index: its rows of the old versions are compacted later
                     ("entities", "gone"),
@@ -500,10 +502,18 @@ class DuckDBStore:
                     ("entity_attrs", "gone_shape"),
                     ("geo_index", "gone_geo"),
                 ):
-                    if tables[gone_rows].num_rows:
+                    if tables[gone_rows].num_rows and not (in_place and table == "entities"):
                         _delete_seqs(con, table, tables[gone_rows], tenant)
+                if in_place:
+                    row = tables["entity_rows"].to_pylist()[0]
+                    con.execute(
+                        "UPDATE entities SET id = ?, types = ?, doc = ?, ver = ? WHERE tenant = ? AND seq = ?",
+                        [row["id"], row["types"], row["doc"], row["ver"], tenant, row["seq"]],
+                    )
                 if upserts:
-                    _with_rows(con, "INSERT INTO entities SELECT ?, * FROM polis_rows", tables["entity_rows"], tenant)
+                    if not in_place:
+                        _with_rows(con, "INSERT INTO entities SELECT ?, * FROM polis_rows", tables["entity_rows"],
+                                   tenant)
                     for table, name in (
                         ("entity_types", "type_rows"), ("entity_attrs", "attr_rows"), ("attr_index", "index_rows")
                     ):
@@ -1186,6 +1196,11 @@ _INSERT_LETTERS = (
     "INSERT INTO dead_letters (source, topic, payload, reason, received_at) "
     "SELECT source, topic, payload, reason, received_at FROM polis_rows"
 )
+
+
+def _replaces_one(entity_rows: pa.Table, gone: pa.Table) -> bool:
+    """Whether a write's entity rows are one entity that replaces its own old row (same seq)."""
+    return entity_rows.num_rows == 1 and gone.num_rows == 1 and entity_rows.column("seq")[0] == gone.column("seq")[0]
 
 
 def _delete_seqs(con: duckdb.DuckDBPyConnection, table: str, gone: pa.Table, tenant: str) -> None:
