@@ -504,14 +504,14 @@ class DuckDBStore:
                 ):
                     if tables[gone_rows].num_rows and not (in_place and table == "entities"):
                         _delete_seqs(con, table, tables[gone_rows], tenant)
-                if in_place:
-                    row = tables["entity_rows"].to_pylist()[0]
-                    con.execute(
-                        "UPDATE entities SET id = ?, types = ?, doc = ?, ver = ? WHERE tenant = ? AND seq = ?",
-                        [row["id"], row["types"], row["doc"], row["ver"], tenant, row["seq"]],
-                    )
                 if upserts:
-                    if not in_place:
+                    if in_place:
+                        row = tables["entity_rows"].to_pylist()[0]
+                        con.execute(
+                            "UPDATE entities SET id = ?, types = ?, doc = ?, ver = ? WHERE tenant = ? AND seq = ?",
+                            [row["id"], row["types"], row["doc"], row["ver"], tenant, row["seq"]],
+                        )
+                    else:
                         _with_rows(con, "INSERT INTO entities SELECT ?, * FROM polis_rows", tables["entity_rows"],
                                    tenant)
                     for table, name in (
