@@ -4,6 +4,7 @@ saved model loads and forecasts identically."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from functools import cache
 from pathlib import Path
@@ -264,6 +265,39 @@ def test_a_model_saved_before_related_sensors_loads_and_forecasts_as_it_did(
     refit = _tiny("lightgbm", (1, 2))
     refit.fit(data.head(1500), 1300)
     assert "rel_gap" in refit.feature_names  # type: ignore[attr-defined]
+
+
+def test_gap_features_only_with_a_weekly_season_and_old_models_keep_their_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three weeks of data or more (SZ-taxi's month) give each step "as a season ago" as a change from the
+    last reading; one week (Los-loop) does not. A model saved before those columns existed (no `gaps` in its
+    model.json, boosters trained without them) loads and forecasts exactly as when it was saved."""
+    assert "season_gap" in _fitted_names("sz-taxi") and "day_gap" in _fitted_names("sz-taxi")
+    assert not {"day_gap", "season_gap"} & set(_fitted_names("los-loop"))
+
+    data = panel("sz-taxi")
+    learn = FeatureState.learn
+    monkeypatch.setattr(FeatureState, "learn", classmethod(lambda cls, h, lags: replace(learn(h, lags), gaps=False)))
+    model = _tiny("lightgbm", (1, 2))
+    model.fit(data.head(2000), 1800)
+    monkeypatch.undo()
+    registry = ModelRegistry(tmp_path)
+    record = registry.save(model, "sz-taxi", "tgcn")
+    meta = json.loads((record.path / "model.json").read_text())
+    del meta["state"]["gaps"]
+    (record.path / "model.json").write_text(json.dumps(meta))
+    again = registry.load(record)
+    origins = np.array([2300, 2900])
+    assert np.array_equal(model.predict(data, origins).mean, again.predict(data, origins).mean)
+    assert "season_gap" not in again.feature_names  # type: ignore[attr-defined]
+
+
+def _fitted_names(name: str) -> list[str]:
+    data = panel(name)
+    model = _tiny("lightgbm", (1,))
+    model.fit(data.head(len(data.values) * 4 // 5), len(data.values) * 7 // 10)
+    return list(model.feature_names)  # type: ignore[attr-defined]
 
 
 def testfewest_rounds_within_the_tolerance_of_the_best_validation_error() -> None:

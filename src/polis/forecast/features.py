@@ -38,6 +38,9 @@ class FeatureState:
     step_s: int
     lags: int
     season_steps: int  # the longest season worth looking back over (a week when the data is long enough)
+    # Whether each step also reads "as a day / a season ago" as a change from the last reading (`step_features`):
+    # only with a weekly season; over one week of data a day back is one noisy sample (Los-loop: worse).
+    gaps: bool = False  # False in models saved before it, which were trained without those columns
     _graph: Graph | None = field(default=None, repr=False, compare=False)  # derived, never saved
 
     @classmethod
@@ -66,7 +69,7 @@ class FeatureState:
         season = week if len(values) >= 3 * week else n_slots
         related, related_weight = most_correlated(z, min(RELATED, history.n_sensors - 1))
         return cls(mean, std, profile, weekly, count, neighbours, related, related_weight, history.timezone,
-                   history.step_s, lags, season)
+                   history.step_s, lags, season, gaps=season == week)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"mean": self.mean, "std": self.std, "profile": self.profile, "weekly": self.weekly,
@@ -75,7 +78,7 @@ class FeatureState:
 
     def to_json(self) -> dict[str, object]:
         return {"timezone": self.timezone, "step_s": self.step_s, "lags": self.lags,
-                "season_steps": self.season_steps}
+                "season_steps": self.season_steps, "gaps": self.gaps}
 
     @classmethod
     def restore(cls, arrays: dict[str, np.ndarray], meta: dict[str, object]) -> FeatureState:
@@ -85,6 +88,7 @@ class FeatureState:
             arrays.get("related", none.astype(np.int64)), arrays.get("related_weight", none),
             str(meta["timezone"]), int(meta["step_s"]), int(meta["lags"]),  # type: ignore[call-overload]
             int(meta["season_steps"]),  # type: ignore[call-overload]
+            gaps=bool(meta.get("gaps", False)),
         )
 
     def standardise(self, values: np.ndarray) -> np.ndarray:
@@ -298,6 +302,8 @@ def step_features(
         at_origin = _take(filled, origins - back)
         columns[f"{label}_target"] = at_target
         columns[f"{label}_change"] = at_target - at_origin
+        if state.gaps:  # the change that "as then" forecasts, as one feature: a tree splits on one at a time
+            columns[f"{label}_gap"] = at_target - common.base
     names = list(columns)
     block = np.stack([columns[name] for name in names], axis=-1).astype(np.float32)
     return block, names
