@@ -273,7 +273,7 @@ def test_gap_features_only_with_a_weekly_season_and_old_models_keep_their_column
     """Three weeks of data or more (SZ-taxi's month) give each step "as a season ago" as a change from the
     last reading; one week (Los-loop) does not. A model saved before those columns existed (no `gaps` in its
     model.json, boosters trained without them) loads and forecasts exactly as when it was saved."""
-    assert "season_gap" in _fitted_names("sz-taxi") and "day_gap" in _fitted_names("sz-taxi")
+    assert {"day_gap", "season_gap"} <= set(_fitted_names("sz-taxi"))
     assert not {"day_gap", "season_gap"} & set(_fitted_names("los-loop"))
 
     data = panel("sz-taxi")
@@ -291,6 +291,32 @@ def test_gap_features_only_with_a_weekly_season_and_old_models_keep_their_column
     origins = np.array([2300, 2900])
     assert np.array_equal(model.predict(data, origins).mean, again.predict(data, origins).mean)
     assert "season_gap" not in again.feature_names  # type: ignore[attr-defined]
+
+
+def test_a_step_the_season_forecasts_better_on_validation_serves_the_season(tmp_path: Path) -> None:
+    """Counts that repeat week after week (plus a little noise in the training part only): last week's reading
+    beats the booster on the validation slice at every step, so the model serves it, reading nothing after
+    the origin, and keeps that choice when saved. A real series keeps its boosters (Los-loop: no step)."""
+    real = panel("melbourne-pedestrians")
+    week = 168
+    pattern = np.nan_to_num(real.values[:week], nan=0.0)
+    values = np.tile(pattern, (len(real.values) // week + 1, 1))[: len(real.values)].copy()
+    values[:3000] += np.random.default_rng(0).normal(0, 5, (3000, values.shape[1]))
+    weekly = replace(real, values=values)
+    model = _tiny("lightgbm", (1, 24))
+    model.fit(weekly.head(4000), 3500)
+    assert model.seasonal == [True, True]  # type: ignore[attr-defined]
+    origins = np.array([4100, 4500, 4999 - 24])
+    forecast = model.predict(weekly.head(4999 - 24 + 1), origins).mean
+    for index, step in enumerate((1, 24)):
+        assert np.array_equal(forecast[:, index], values[origins + step - week])
+    record = ModelRegistry(tmp_path).save(model, "melbourne-pedestrians", "melbourne")
+    again = ModelRegistry(tmp_path).load(record)
+    assert np.array_equal(again.predict(weekly, origins).mean, model.predict(weekly, origins).mean)
+
+    los = _tiny("lightgbm", (1, 12))
+    los.fit(panel("los-loop").head(1500), 1300)
+    assert los.seasonal == [False, False]  # type: ignore[attr-defined]
 
 
 def _fitted_names(name: str) -> list[str]:

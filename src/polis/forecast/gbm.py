@@ -2,7 +2,9 @@
 so no step feeds its own error into the next), trained on every sensor at once with the sensor's
 identity as a categorical feature. Each booster predicts the change from the last reading in the
 sensor's standard units; the number of trees is chosen on the validation slice (early stopping, then
-the fewest trees within `tree_tolerance` of the best validation MAE).
+the fewest trees within `tree_tolerance` of the best validation MAE). A step whose booster forecasts the
+validation slice worse than the reading a season before the target time serves that reading instead
+(Melbourne's 24 hours ahead: a year of lockdowns taught the booster less than last week says).
 Boosters are saved in LightGBM's own text format, the learned state as a plain .npz and JSON.
 """
 
@@ -18,7 +20,7 @@ import numpy as np
 
 from polis.forecast.data import Panel
 from polis.forecast.features import Common, FeatureState, common_features, recent_window, step_features
-from polis.forecast.model import IntervalCalibration, Progress, targets
+from polis.forecast.model import IntervalCalibration, Progress, forward_fill, targets
 from polis.forecast.standardised import StandardisedForecaster, read_meta
 
 __all__ = ["GbmParams", "GlobalGbm", "fewest_rounds", "used_trees"]
@@ -62,6 +64,7 @@ class GlobalGbm(StandardisedForecaster):
         self.calibration: IntervalCalibration | None = None
         self.feature_names: list[str] = []
         self.rounds: list[int] = []
+        self.seasonal: list[bool] = []  # per step: serve the reading a season before the target (see fit)
 
     # ------------------------------------------------------------------------------------------ features
 
@@ -116,6 +119,7 @@ class GlobalGbm(StandardisedForecaster):
         report = progress or (lambda what, done: None)
         self.state = FeatureState.learn(history.head(valid_from), self.params.lags)
         self.feature_names = []
+        self.seasonal = []
         origins = np.arange(0, len(history.values) - 1)
         common = common_features(history, origins, self.state)
         z_target = self.state.standardise(history.values)
@@ -159,8 +163,12 @@ class GlobalGbm(StandardisedForecaster):
             self.boosters.append(booster)
         report("calibrating", 0.95)
         valid_origins = np.arange(valid_from - 1, len(history.values) - 1)
-        forecast = self._mean(history, valid_origins)
-        self.calibration = IntervalCalibration.from_errors(forecast - targets(history, valid_origins, self.steps))
+        truth = targets(history, valid_origins, self.steps)
+        boosted, seasonal = self._mean(history, valid_origins), self._season_back(history, valid_origins)
+        # The boosters were stopped on this slice, which favours them: the season's reading must beat that.
+        self.seasonal = [_lower_mae(seasonal[:, h], boosted[:, h], truth[:, h]) for h in range(len(self.steps))]
+        forecast = np.where(np.array(self.seasonal)[None, :, None], seasonal, boosted)
+        self.calibration = IntervalCalibration.from_errors(forecast - truth)
         if self.params.refit:
             self._refit(history, origins, common, z_target, n)
         report("done", 1.0)
@@ -206,12 +214,29 @@ class GlobalGbm(StandardisedForecaster):
                 change(index)
         z = common.base[:, None, :] + np.stack(changes, axis=1)  # [M, H, N]
         out: np.ndarray = z * self.state.std + self.state.mean
+        if any(self.seasonal):
+            chosen = np.array(self.seasonal)
+            out[:, chosen] = self._season_back(panel, origins)[:, chosen]
+        return out
+
+    def _season_back(self, panel: Panel, origins: np.ndarray) -> np.ndarray:
+        """[M, H, N]: the reading one season before each target time (the last one at or before it; NaN for
+        a step longer than the season, which would read after the origin)."""
+        assert self.state is not None
+        season = self.state.season_steps
+        window, at = recent_window(panel, origins, self.state)
+        filled = forward_fill(window.values[: int(at.max()) + 1]) if len(at) else window.values
+        out = np.full((len(origins), len(self.steps), panel.n_sensors), np.nan)
+        for index, step in enumerate(self.steps):
+            back = at + step - season
+            if step <= season:
+                out[:, index] = np.where((back >= 0)[:, None], filled[np.clip(back, 0, None)], np.nan)
         return out
 
     # ------------------------------------------------------------------------------------------ files
 
     def save(self, directory: Path) -> None:
-        self._save_state(directory, feature_names=self.feature_names, rounds=self.rounds)
+        self._save_state(directory, feature_names=self.feature_names, rounds=self.rounds, seasonal=self.seasonal)
         for step, booster in zip(self.steps, self.boosters, strict=True):
             booster.save_model(str(directory / f"step{step}.txt"))
 
@@ -224,8 +249,17 @@ class GlobalGbm(StandardisedForecaster):
         model._load_state(directory, meta)
         model.feature_names = list(meta["feature_names"])
         model.rounds = list(meta["rounds"])
+        model.seasonal = [bool(x) for x in meta.get("seasonal", [])]  # none in models saved before it
         model.boosters = [lgb.Booster(model_file=str(directory / f"step{s}.txt")) for s in model.steps]
         return model
+
+
+def _lower_mae(candidate: np.ndarray, current: np.ndarray, truth: np.ndarray) -> bool:
+    """Whether `candidate` has the lower mean absolute error where both forecast a known truth."""
+    known = ~(np.isnan(candidate) | np.isnan(current) | np.isnan(truth))
+    if not known.any():
+        return False
+    return bool(np.mean(np.abs(candidate[known] - truth[known])) < np.mean(np.abs(current[known] - truth[known])))
 
 
 def used_trees(booster: Any) -> int:
