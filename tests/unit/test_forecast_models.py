@@ -310,6 +310,9 @@ def test_a_step_the_season_forecasts_better_on_validation_serves_the_season(tmp_
     forecast = model.predict(weekly.head(4999 - 24 + 1), origins).mean
     for index, step in enumerate((1, 24)):
         assert np.array_equal(forecast[:, index], values[origins + step - week])
+    late = values.copy()
+    late[:4050, 0] = np.nan  # a sensor with no reading a season before: it gets the booster's forecast
+    assert np.isfinite(model.predict(replace(weekly, values=late), np.array([4100])).mean).all()
     record = ModelRegistry(tmp_path).save(model, "melbourne-pedestrians", "melbourne")
     again = ModelRegistry(tmp_path).load(record)
     assert np.array_equal(again.predict(weekly, origins).mean, model.predict(weekly, origins).mean)

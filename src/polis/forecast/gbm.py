@@ -167,7 +167,7 @@ class GlobalGbm(StandardisedForecaster):
         boosted, seasonal = self._mean(history, valid_origins), self._season_back(history, valid_origins)
         # The boosters were stopped on this slice, which favours them: the season's reading must beat that.
         self.seasonal = [_lower_mae(seasonal[:, h], boosted[:, h], truth[:, h]) for h in range(len(self.steps))]
-        forecast = np.where(np.array(self.seasonal)[None, :, None], seasonal, boosted)
+        forecast = np.where(np.array(self.seasonal)[None, :, None] & ~np.isnan(seasonal), seasonal, boosted)
         self.calibration = IntervalCalibration.from_errors(forecast - truth)
         if self.params.refit:
             self._refit(history, origins, common, z_target, n)
@@ -216,7 +216,8 @@ class GlobalGbm(StandardisedForecaster):
         out: np.ndarray = z * self.state.std + self.state.mean
         if any(self.seasonal):
             chosen = np.array(self.seasonal)
-            out[:, chosen] = self._season_back(panel, origins)[:, chosen]
+            season = self._season_back(panel, origins)[:, chosen]
+            out[:, chosen] = np.where(np.isnan(season), out[:, chosen], season)  # no reading then: the booster's
         return out
 
     def _season_back(self, panel: Panel, origins: np.ndarray) -> np.ndarray:
