@@ -40,18 +40,28 @@ def kill_during_writes(data_dir: Path, rng: random.Random) -> None:
     """Start an ingest and SIGKILL it a random moment after its write-ahead log grew by the entities' upsert
     (the log is not checkpointed at these sizes, so a rerun appends to what the killed run left)."""
     wal = data_dir / "polis.duckdb.wal"
-    start = wal.stat().st_size if wal.exists() else 0
+    start = wal_size(wal)
     process = ingest(data_dir)
-    deadline = time.monotonic() + 60
-    while process.poll() is None and time.monotonic() < deadline:
-        if wal.exists() and wal.stat().st_size > start + 100_000:  # entities committed; history comes next
-            time.sleep(rng.uniform(0.0, 0.4))
-            break
-        time.sleep(0.002)
-    process.kill()
-    process.wait(timeout=15)
-    assert process.stderr is not None
-    process.stderr.close()
+    try:
+        deadline = time.monotonic() + 60
+        while process.poll() is None and time.monotonic() < deadline:
+            if wal_size(wal) > start + 100_000:  # entities committed; history comes next
+                time.sleep(rng.uniform(0.0, 0.4))
+                break
+            time.sleep(0.002)
+    finally:
+        process.kill()
+        process.wait(timeout=15)
+        assert process.stderr is not None
+        process.stderr.close()
+
+
+def wal_size(wal: Path) -> int:
+    """The write-ahead log's size; 0 when there is none (a finished run checkpoints it away)."""
+    try:
+        return wal.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def test_an_ingest_killed_part_way_and_rerun_stores_everything_exactly_once(tmp_path: Path) -> None:

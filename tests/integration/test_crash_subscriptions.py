@@ -20,7 +20,8 @@ from tests.integration.webhook import Receiver, wait_until
 pytestmark = pytest.mark.server
 
 KILLS = 3
-DELAY_S = 0.1  # each notification takes the webhook this long to answer: a backlog builds up
+DELAY_S = 0.3  # each notification takes the webhook this long to answer: a backlog builds up even when
+# writes are slow (a loaded machine: ~0.1 s each, and 0.1 s here left nothing owed at some kills)
 WRITES_PER_LIFE = 12
 UPSERT = "/ngsi-ld/v1/entityOperations/upsert"
 
@@ -60,7 +61,7 @@ def test_sigkill_with_notifications_owed_loses_none_and_keeps_their_order(tmp_pa
             assert write(server, n)
             acked.append(n)
             n += 1
-        wait_until(lambda: set(acked) <= set(receiver.values("count")) or None, 30, "every acknowledged write")
+        wait_until(lambda: set(acked) <= set(receiver.values("count")) or None, 90, "every acknowledged write")
         time.sleep(0.3)
         values = receiver.values("count")
         assert acked == list(range(n))  # with no request in flight at a kill, every write was acknowledged
@@ -69,7 +70,7 @@ def test_sigkill_with_notifications_owed_loses_none_and_keeps_their_order(tmp_pa
         # last unrecorded window delivered (and the one cut off), never skipping ahead.
         starts = [k for k in range(1, len(values)) if values[k] != values[k - 1] + 1]
         assert len(starts) <= KILLS, values
-        window = round(ACK_EVERY_S / DELAY_S) + 2
+        window = round(ACK_EVERY_S / DELAY_S) + 3  # the cut-off one, and slack for an acker held up by load
         assert all(values[k - 1] - window < values[k] <= values[k - 1] for k in starts), values
         after = status(server, location)
         assert after["status"] == "ok"

@@ -221,3 +221,21 @@ def test_a_write_prepared_before_paths_were_forgotten_is_prepared_again(tmp_path
         assert _ids(store, "reading[a]==5") == ["urn:ngsi-ld:Counter:2"]
     finally:
         store.close()
+
+
+def test_a_replacement_applied_after_its_entity_was_deleted_writes_nothing() -> None:
+    """One entity's replacement updates its row in place; if the row went away between `prepare` and `apply`
+    (a caller that skipped `unchanged_since`), the write is refused and rolled back, as a create would be,
+    instead of leaving the id directory naming a row that is not there."""
+    store = DuckDBStore()
+    try:
+        store.write("", upserts=[_entity(1, count=1)])
+        stale = store.prepare("", upserts=[_entity(1, count=2)])
+        store.write("", deletes=["urn:ngsi-ld:Counter:1"])
+        with pytest.raises(RuntimeError, match="prepare it again"):
+            store.apply(stale)
+        assert store.get("", ["urn:ngsi-ld:Counter:1"]) == {}
+        assert store.existing_ids("", ["urn:ngsi-ld:Counter:1"]) == set()
+        assert _ids(store, "count>=0") == []
+    finally:
+        store.close()

@@ -507,10 +507,12 @@ class DuckDBStore:
                 if upserts:
                     if in_place:
                         row = tables["entity_rows"].to_pylist()[0]
-                        con.execute(
+                        updated = con.execute(
                             "UPDATE entities SET id = ?, types = ?, doc = ?, ver = ? WHERE tenant = ? AND seq = ?",
                             [row["id"], row["types"], row["doc"], row["ver"], tenant, row["seq"]],
-                        )
+                        ).fetchone()
+                        if updated is None or updated[0] != 1:  # a caller's bug, as above: roll back
+                            raise RuntimeError("the row this write replaces is gone; prepare it again")
                     else:
                         _with_rows(con, "INSERT INTO entities SELECT ?, * FROM polis_rows", tables["entity_rows"],
                                    tenant)
