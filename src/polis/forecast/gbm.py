@@ -164,7 +164,8 @@ class GlobalGbm(StandardisedForecaster):
         report("calibrating", 0.95)
         valid_origins = np.arange(valid_from - 1, len(history.values) - 1)
         truth = targets(history, valid_origins, self.steps)
-        boosted, seasonal = self._mean(history, valid_origins), self._season_back(history, valid_origins)
+        boosted = self._mean(history, valid_origins)
+        seasonal = self._season_back(*recent_window(history, valid_origins, self.state))
         # The boosters were stopped on this slice, which favours them: the season's reading must beat that.
         self.seasonal = [_lower_mae(seasonal[:, h], boosted[:, h], truth[:, h]) for h in range(len(self.steps))]
         forecast = np.where(np.array(self.seasonal)[None, :, None] & ~np.isnan(seasonal), seasonal, boosted)
@@ -216,18 +217,18 @@ class GlobalGbm(StandardisedForecaster):
         out: np.ndarray = z * self.state.std + self.state.mean
         if any(self.seasonal):
             chosen = np.array(self.seasonal)
-            season = self._season_back(panel, origins)[:, chosen]
+            season = self._season_back(window, at)[:, chosen]
             out[:, chosen] = np.where(np.isnan(season), out[:, chosen], season)  # no reading then: the booster's
         return out
 
-    def _season_back(self, panel: Panel, origins: np.ndarray) -> np.ndarray:
-        """[M, H, N]: the reading one season before each target time (the last one at or before it; NaN for
-        a step longer than the season, which would read after the origin)."""
+    def _season_back(self, window: Panel, at: np.ndarray) -> np.ndarray:
+        """[M, H, N]: the reading one season before each target time, for origins `at` of `window` (from
+        `recent_window`: the last reading at or before it; NaN for a step longer than the season, which would
+        read after the origin)."""
         assert self.state is not None
         season = self.state.season_steps
-        window, at = recent_window(panel, origins, self.state)
         filled = forward_fill(window.values[: int(at.max()) + 1]) if len(at) else window.values
-        out = np.full((len(origins), len(self.steps), panel.n_sensors), np.nan)
+        out = np.full((len(at), len(self.steps), window.n_sensors), np.nan)
         for index, step in enumerate(self.steps):
             back = at + step - season
             if step <= season:

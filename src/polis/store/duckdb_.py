@@ -496,26 +496,28 @@ class DuckDBStore:
             # One entity replaced (a single write): its row is updated in place, one statement instead of two.
             in_place = _replaces_one(tables["entity_rows"], tables["gone"]) and not deletes
             with self._transaction() as con:  # SQL reads no empty table
+                if in_place:
+                    row = tables["entity_rows"].to_pylist()[0]
+                    updated = con.execute(
+                        "UPDATE entities SET id = ?, types = ?, doc = ?, ver = ? WHERE tenant = ? AND seq = ?",
+                        [row["id"], row["types"], row["doc"], row["ver"], tenant, row["seq"]],
+                    ).fetchone()
+                    if updated is None or updated[0] != 1:  # a caller's bug, as above: roll back
+                        raise RuntimeError("the row this write replaces is gone; prepare it again")
+                else:
+                    if tables["gone"].num_rows:
+                        _delete_seqs(con, "entities", tables["gone"], tenant)
+                    if upserts:
+                        _with_rows(con, "INSERT INTO entities SELECT ?, * FROM polis_rows", tables["entity_rows"],
+                                   tenant)
                 for table, gone_rows in (  # attr_index: its rows of the old versions are compacted later
-                    ("entities", "gone"),
                     ("entity_types", "gone_shape"),
                     ("entity_attrs", "gone_shape"),
                     ("geo_index", "gone_geo"),
                 ):
-                    if tables[gone_rows].num_rows and not (in_place and table == "entities"):
+                    if tables[gone_rows].num_rows:
                         _delete_seqs(con, table, tables[gone_rows], tenant)
                 if upserts:
-                    if in_place:
-                        row = tables["entity_rows"].to_pylist()[0]
-                        updated = con.execute(
-                            "UPDATE entities SET id = ?, types = ?, doc = ?, ver = ? WHERE tenant = ? AND seq = ?",
-                            [row["id"], row["types"], row["doc"], row["ver"], tenant, row["seq"]],
-                        ).fetchone()
-                        if updated is None or updated[0] != 1:  # a caller's bug, as above: roll back
-                            raise RuntimeError("the row this write replaces is gone; prepare it again")
-                    else:
-                        _with_rows(con, "INSERT INTO entities SELECT ?, * FROM polis_rows", tables["entity_rows"],
-                                   tenant)
                     for table, name in (
                         ("entity_types", "type_rows"), ("entity_attrs", "attr_rows"), ("attr_index", "index_rows")
                     ):

@@ -308,4 +308,4 @@ class PointTable:
         match = distance <= query.max_distance
         if query.min_distance is not None:
             match &= distance >= query.min_distance
-        return [int(s) for s in seq[match].tolist()]
+        return list(seq[match].tolist())  # Python ints, as SQL parameters
