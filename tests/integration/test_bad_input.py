@@ -495,13 +495,26 @@ def test_dated_and_numbered_tenant_names_are_not_device_identifiers(client: Test
     assert client.delete(f"{ENTITIES}/urn:ngsi-ld:Vehicle:1", headers={"NGSILD-Tenant": tenant}).status_code == 204
 
 
+@pytest.mark.parametrize("path", ["/polis/v1/access/me", "/polis/v1/deadletters"])
+def test_routes_outside_ngsi_ld_echo_only_a_usable_tenant_name(client: TestClient, path: str) -> None:
+    """These routes do not read the tenant header, so nothing refused it: a device identifier or a malformed
+    name must not come back as the answer's tenant; a usable name does (§6.3.14)."""
+    for bad in ("imei-490154203237518", "no/slashes"):
+        r = client.get(path, headers={"NGSILD-Tenant": bad})
+        assert r.status_code == 200, r.text
+        assert "NGSILD-Tenant" not in r.headers
+    r = client.get(path, headers={"NGSILD-Tenant": "traffic-dept_2"})
+    assert r.status_code == 200 and r.headers["NGSILD-Tenant"] == "traffic-dept_2"
+
+
 def test_a_tenant_made_before_the_rule_stays_reachable(client: TestClient, platform: Platform) -> None:
     """A hub may hold a tenant so named from before: its data can still be read, and removed."""
     platform.store.ensure_tenant("AB-CD-EF-01-23-45")
     headers = {"NGSILD-Tenant": "AB-CD-EF-01-23-45"}
     r = client.post(ENTITIES, json={"id": "urn:ngsi-ld:Vehicle:old", "type": "Vehicle"}, headers=headers)
     assert r.status_code == 201, r.text
-    assert client.get(f"{ENTITIES}/urn:ngsi-ld:Vehicle:old", headers=headers).status_code == 200
+    got = client.get(f"{ENTITIES}/urn:ngsi-ld:Vehicle:old", headers=headers)
+    assert got.status_code == 200 and got.headers["NGSILD-Tenant"] == "AB-CD-EF-01-23-45"  # its own name, echoed
     assert client.delete(f"{ENTITIES}/urn:ngsi-ld:Vehicle:old", headers=headers).status_code == 204
 
 

@@ -215,18 +215,23 @@ def json_response(
         _add_link(out_headers, _link_header(terms))
     else:
         _add_link(out_headers, _link_header(terms))
-    tenant = request.headers.get(TENANT_HEADER)
-    if tenant:
-        out_headers[TENANT_HEADER] = tenant
+    _echo_tenant(request, out_headers)
     return Response(orjson.dumps(body), status_code=status, headers=out_headers, media_type=accept)
 
 
 def empty_response(request: Request, status: int = 204, headers: dict[str, str] | None = None) -> Response:
     out = dict(headers or {})
-    tenant = request.headers.get(TENANT_HEADER)
-    if tenant:
-        out[TENANT_HEADER] = tenant
+    _echo_tenant(request, out)
     return Response(status_code=status, headers=out)
+
+
+def _echo_tenant(request: Request, headers: dict[str, str]) -> None:
+    """An answer names the request's tenant (§6.3.14), but only a name a tenant may have or one the hub holds
+    from before the rule: routes outside NGSI-LD (access, metrics) never check the header, and a header
+    that names a device must not come back in the answer (and its logs) as if it were a tenant."""
+    tenant = request.headers.get(TENANT_HEADER)
+    if tenant and (tenant_problem(tenant) is None or platform_of(request).store.has_tenant(tenant)):
+        headers[TENANT_HEADER] = tenant
 
 
 def _add_link(headers: dict[str, str], link: str) -> None:
