@@ -22,6 +22,9 @@ app.add_typer(bench_app, name="bench")
 console = Console()
 
 DEMO_DATASETS = ("los-loop", "melbourne-pedestrians", "citibike-jersey-city")
+# Live forecasts in the demo: road speeds (replayed live) and pedestrian counts (forecast from the last
+# recorded hour, the recording's end, until new counts arrive).
+DEMO_FORECASTS = ("los-loop", "melbourne-pedestrians")
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Hub files (default $POLIS_DATA_DIR or ./polis-data)")]
 DatasetsDir = Annotated[Path | None, typer.Option("--datasets-dir", help="Public datasets (default ../shared/data)")]
@@ -192,7 +195,7 @@ def demo(
         console.print(f"live: Los-loop readings replayed through {broker.url} at {speed:g}x real time")
 
     try:
-        _serve(settings, on_ready=go_live, forecast_datasets=("los-loop",))
+        _serve(settings, on_ready=go_live, forecast_datasets=DEMO_FORECASTS)
     finally:
         stop.set()
         if feeder.is_alive():

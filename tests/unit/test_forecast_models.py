@@ -352,3 +352,73 @@ def test_a_trimmed_model_keeps_its_trims_when_saved_and_loaded(tmp_path: Path) -
     assert [used_trees(b) for b in again.boosters] == trimmed.rounds  # type: ignore[attr-defined]
     origins = np.array([1600, 1900])
     assert np.array_equal(trimmed.predict(data, origins).mean, again.predict(data, origins).mean)
+
+
+@pytest.mark.parametrize("kind", ["lightgbm", "mlp", "persistence", "historical-average", "seasonal-naive"])
+def test_counts_never_get_a_negative_forecast_or_interval(kind: str, tmp_path: Path) -> None:
+    """Melbourne's night-time counts sit at or near 0: the raw booster forecasts below it and a symmetric
+    interval reaches far below it. A series with no reading under 0 keeps its forecasts and both bounds at
+    or above 0 (saved and loaded too); one that went below 0 is left unfloored."""
+    data = panel("melbourne-pedestrians")
+    model = _tiny(kind, (1, 6))
+    if kind == "seasonal-naive":
+        model = SeasonalNaive((1, 6), 0, season_steps=168)
+    model.fit(data.head(4000), 3500)
+    origins = np.arange(4000, 4900, 7)
+    forecast = model.predict(data, origins)
+    assert forecast.mean[np.isfinite(forecast.mean)].min() >= 0.0
+    assert np.nanmin(forecast.lower) == 0.0  # the bound reached 0 somewhere: the floor is what held it
+    assert (forecast.lower <= forecast.mean).all() and (forecast.mean <= forecast.upper).all()
+    record = ModelRegistry(tmp_path).save(model, "melbourne-pedestrians", "melbourne")
+    again = ModelRegistry(tmp_path).load(record).predict(data, origins)
+    assert np.array_equal(again.lower, forecast.lower, equal_nan=True)
+
+    shifted = replace(data, values=data.values - 50.0)  # the same counts less 50: readings below 0
+    model = _tiny(kind, (1, 6)) if kind != "seasonal-naive" else SeasonalNaive((1, 6), 0, season_steps=168)
+    model.fit(shifted.head(4000), 3500)
+    assert np.nanmin(model.predict(shifted, origins).lower) < -50.0
+
+
+def test_a_model_saved_before_the_floor_loads_without_one(tmp_path: Path) -> None:
+    data = panel("melbourne-pedestrians")
+    model = _tiny("lightgbm", (1,))
+    model.fit(data.head(4000), 3500)
+    record = ModelRegistry(tmp_path).save(model, "melbourne-pedestrians", "melbourne")
+    meta = json.loads((record.path / "model.json").read_text())
+    del meta["calibration"]["floor"]
+    (record.path / "model.json").write_text(json.dumps(meta))
+    again = ModelRegistry(tmp_path).load(record)
+    assert again.calibration.floor is None  # type: ignore[attr-defined]
+    assert np.nanmin(again.predict(data, np.arange(4000, 4900, 7)).lower) < 0.0  # as it served before
+
+
+def test_long_steps_of_a_weekly_series_may_forecast_from_last_weeks_reading(tmp_path: Path) -> None:
+    """Six hours or a day ahead, Melbourne's booster may forecast the change from the same hour a week ago
+    instead of from the last count, whichever forecasts the validation slice better; the traffic steps (an
+    hour at most) never try it. Either way the forecast reads nothing after its origin, and the choice is
+    saved with the model (a model saved before it forecasts from the last reading)."""
+    for name in ("los-loop", "sz-taxi"):
+        model = _tiny("lightgbm", DATASETS[name].horizon_steps)
+        model.fit(panel(name).head(1500), 1300)
+        assert model.anchors == ["last"] * len(model.steps)  # type: ignore[attr-defined]
+    data = panel("melbourne-pedestrians")
+    model = _tiny("lightgbm", (1, 24))
+    model.fit(data.head(4000), 3500)
+    assert model._may_anchor_on_season(24, data) and not model._may_anchor_on_season(1, data)  # type: ignore[attr-defined]
+    assert model.anchors[0] == "last"  # type: ignore[attr-defined]
+    model.anchors = ["season", "season"]  # type: ignore[attr-defined]  # the path under test, whatever was chosen
+    origins = np.array([4100, 4600])
+    before = model.predict(data, origins)
+    later = data.values.copy()
+    later[4101:] = 0.0
+    after = model.predict(replace(data, values=later), origins[:1])
+    assert np.allclose(before.mean[:1], after.mean, equal_nan=True)
+    record = ModelRegistry(tmp_path).save(model, "melbourne-pedestrians", "melbourne")
+    assert np.array_equal(ModelRegistry(tmp_path).load(record).predict(data, origins).mean, before.mean)
+    meta = json.loads((record.path / "model.json").read_text())
+    del meta["anchors"]
+    (record.path / "model.json").write_text(json.dumps(meta))
+    model.anchors = ["last", "last"]  # type: ignore[attr-defined]
+    assert np.array_equal(ModelRegistry(tmp_path).load(record).predict(data, origins).mean,
+                          model.predict(data, origins).mean)
+    assert not np.array_equal(model.predict(data, origins).mean[:, 1], before.mean[:, 1])

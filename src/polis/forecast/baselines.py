@@ -10,7 +10,17 @@ from typing import ClassVar, Self
 import numpy as np
 
 from polis.forecast.data import Panel, time_features, weekly_sums
-from polis.forecast.model import Forecast, IntervalCalibration, Progress, forward_fill, read_json, targets, write_json
+from polis.forecast.model import (
+    Forecast,
+    IntervalCalibration,
+    Progress,
+    floor_of,
+    floored,
+    forward_fill,
+    read_json,
+    targets,
+    write_json,
+)
 
 __all__ = ["HistoricalAverage", "Persistence", "SeasonalNaive"]
 
@@ -33,8 +43,9 @@ class _Baseline:
         self._learn(history.head(valid_from))
         origins = np.arange(max(valid_from - 1, 0), len(history.values) - 1)
         if len(origins):
-            errors = self._point(history, origins) - targets(history, origins, self.steps)
-            self.calibration = IntervalCalibration.from_errors(errors)
+            floor = floor_of(history)
+            errors = floored(self._point(history, origins), floor) - targets(history, origins, self.steps)
+            self.calibration = IntervalCalibration.from_errors(errors, floor=floor)
         self._learn(history)  # the last known history counts too once selection is over
         if progress is not None:
             progress("fitted", 1.0)
@@ -45,6 +56,7 @@ class _Baseline:
         if self.calibration is None:
             lower, upper = mean.copy(), mean.copy()
         else:
+            mean = floored(mean, self.calibration.floor)
             lower, upper = self.calibration.bounds(mean)
         return Forecast(origins, self.steps, mean, lower, upper)
 

@@ -174,6 +174,15 @@ class Common:
     days: np.ndarray  # [M]
 
 
+def season_anchor(common: Common, origins: np.ndarray, step: int, state: FeatureState) -> np.ndarray:
+    """[M, N] in z units: the reading one season before the target time (the last one at or before it), or
+    the last reading where there is none; what a step anchored on the season adds its change to."""
+    if step >= state.season_steps:
+        return common.base
+    back = _take(common.filled, origins + step - state.season_steps)
+    return np.where(np.isnan(back), common.base, back)
+
+
 def lookback(state: FeatureState) -> int:
     """How many steps before its origin any feature reads (the long mean, a day back, a season back)."""
     return max(4 * state.lags, state.profile.shape[0], state.season_steps)

@@ -1,10 +1,12 @@
 """A global gradient-boosted forecaster (LightGBM): one booster per step ahead ("direct" forecasting,
 so no step feeds its own error into the next), trained on every sensor at once with the sensor's
 identity as a categorical feature. Each booster predicts the change from the last reading in the
-sensor's standard units; the number of trees is chosen on the validation slice (early stopping, then
-the fewest trees within `tree_tolerance` of the best validation MAE). A step whose booster forecasts the
-validation slice worse than the reading a season before the target time serves that reading instead
-(Melbourne's 24 hours ahead: a year of lockdowns taught the booster less than last week says).
+sensor's standard units (a step a quarter of a day ahead or more, in a weekly series, may predict the change
+from the reading a week before the target time instead: `SEASON_ANCHOR_FROM`); the number of trees is chosen
+on the validation slice (early stopping, then the fewest trees within `tree_tolerance` of the best validation
+MAE). A step whose booster forecasts the validation slice worse than the reading a season before the target
+time serves that reading instead (Melbourne's 24 hours ahead, before the weekly anchor: a year of lockdowns
+taught the booster less than last week says).
 Boosters are saved in LightGBM's own text format, the learned state as a plain .npz and JSON.
 """
 
@@ -19,11 +21,24 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from polis.forecast.data import Panel
-from polis.forecast.features import Common, FeatureState, common_features, recent_window, step_features
-from polis.forecast.model import IntervalCalibration, Progress, forward_fill, targets
+from polis.forecast.features import (
+    Common,
+    FeatureState,
+    common_features,
+    recent_window,
+    season_anchor,
+    step_features,
+)
+from polis.forecast.model import IntervalCalibration, Progress, floor_of, floored, forward_fill, targets
 from polis.forecast.standardised import StandardisedForecaster, read_meta
 
 __all__ = ["GbmParams", "GlobalGbm", "fewest_rounds", "used_trees"]
+
+# A step this share of a day ahead or more (Melbourne's 6 and 24 hours; none of the traffic steps) also
+# tries a booster that forecasts the change from the reading a season before the target time instead of
+# from the last reading, in a series with a weekly season; the better of the two on validation is kept.
+# Six hours on, the last reading says less about the target than last week's same hour does.
+SEASON_ANCHOR_FROM = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +80,7 @@ class GlobalGbm(StandardisedForecaster):
         self.feature_names: list[str] = []
         self.rounds: list[int] = []
         self.seasonal: list[bool] = []  # per step: serve the reading a season before the target (see fit)
+        self.anchors: list[str] = []  # per step: "last" (the last reading) or "season" (see fit)
 
     # ------------------------------------------------------------------------------------------ features
 
@@ -114,8 +130,6 @@ class GlobalGbm(StandardisedForecaster):
         }
 
     def fit(self, history: Panel, valid_from: int, progress: Progress | None = None) -> None:
-        import lightgbm as lgb
-
         report = progress or (lambda what, done: None)
         self.state = FeatureState.learn(history.head(valid_from), self.params.lags)
         self.feature_names = []
@@ -124,64 +138,93 @@ class GlobalGbm(StandardisedForecaster):
         common = common_features(history, origins, self.state)
         z_target = self.state.standardise(history.values)
         n = history.n_sensors
-        self.boosters, self.rounds = [], []
+        self.boosters, self.rounds, self.anchors = [], [], []
         for index, step in enumerate(self.steps):
             report(f"step {step}", index / len(self.steps))
-            train_rows = np.flatnonzero(origins + step < valid_from)
-            valid_rows = np.flatnonzero((origins >= valid_from - 1) & (origins + step < len(history.values)))
-            data = {}
-            for label, rows in (("train", train_rows), ("valid", valid_rows)):
-                leave_out = z_target[origins[rows] + step] if label == "train" else None
-                x = self._matrix(common, rows, origins[rows], step, leave_out)
-                y = (z_target[origins[rows] + step] - common.base[rows]).reshape(-1)
-                keep = ~np.isnan(y)
-                data[label] = (x[keep], y[keep])
-                if label == "valid":  # each validation row's sensor scale: |change in z| x std = error in units
-                    valid_std = np.broadcast_to(self.state.std, (len(rows), n)).reshape(-1)[keep]
-            sensor_column = self.feature_names.index("sensor")
-            train_set = lgb.Dataset(data["train"][0], data["train"][1], categorical_feature=[sensor_column],
-                                    feature_name=self.feature_names, free_raw_data=True)
-            valid_set = lgb.Dataset(data["valid"][0], data["valid"][1], reference=train_set)
-            valid_y = data["valid"][1]
-
-            def mae_in_units(
-                predicted: np.ndarray, _: Any, truth: np.ndarray = valid_y, scale: np.ndarray = valid_std
-            ) -> tuple[str, float, bool]:
-                return "mae_units", float(np.mean(np.abs(predicted - truth) * scale)), False
-
-            record: dict[str, Any] = {}
-            booster = lgb.train(
-                self._train_params(), train_set, num_boost_round=self.params.max_rounds, valid_sets=[valid_set],
-                feval=mae_in_units,
-                callbacks=[lgb.early_stopping(self.params.early_stopping, first_metric_only=True, verbose=False),
-                           lgb.record_evaluation(record)],
-            )
-            rounds = fewest_rounds(record["valid_0"]["mae_units"], booster.best_iteration,
-                                    self.params.tree_tolerance)
-            booster.best_iteration = rounds  # what predict and save_model use
+            tried = []
+            for anchor in ("last", "season") if self._may_anchor_on_season(step, history) else ("last",):
+                tried.append((*self._train_step(common, origins, z_target, step, valid_from, anchor), anchor))
+            # the anchor whose booster forecasts the validation slice better (both were stopped on it)
+            booster, rounds, _, anchor = min(tried, key=lambda t: t[2])
             self.rounds.append(rounds)
             self.boosters.append(booster)
+            self.anchors.append(anchor)
         report("calibrating", 0.95)
         valid_origins = np.arange(valid_from - 1, len(history.values) - 1)
         truth = targets(history, valid_origins, self.steps)
-        boosted = self._mean(history, valid_origins)
+        floor = floor_of(history)
+        boosted = floored(self._mean(history, valid_origins), floor)
         seasonal = self._season_back(*recent_window(history, valid_origins, self.state))
         # The boosters were stopped on this slice, which favours them: the season's reading must beat that.
         self.seasonal = [_lower_mae(seasonal[:, h], boosted[:, h], truth[:, h]) for h in range(len(self.steps))]
         forecast = np.where(np.array(self.seasonal)[None, :, None] & ~np.isnan(seasonal), seasonal, boosted)
-        self.calibration = IntervalCalibration.from_errors(forecast - truth)
+        self.calibration = IntervalCalibration.from_errors(forecast - truth, floor=floor)
         if self.params.refit:
             self._refit(history, origins, common, z_target, n)
         report("done", 1.0)
+
+    def _may_anchor_on_season(self, step: int, history: Panel) -> bool:
+        """A step at least SEASON_ANCHOR_FROM of a day ahead, in a series with a weekly season (see `fit`)."""
+        assert self.state is not None
+        return self.state.gaps and step < self.state.season_steps and step >= SEASON_ANCHOR_FROM * history.steps_per_day
+
+    def _anchor(self, common: Common, origins: np.ndarray, step: int, anchor: str) -> np.ndarray:
+        """[M, N] in z units: what the booster of a step adds its change to."""
+        assert self.state is not None
+        return season_anchor(common, origins, step, self.state) if anchor == "season" else common.base
+
+    def _train_step(
+        self, common: Common, origins: np.ndarray, z_target: np.ndarray, step: int, valid_from: int, anchor: str
+    ) -> tuple[Any, int, float]:
+        """One step's booster, early-stopped on the validation slice: (booster, trees kept, its validation MAE
+        in the series' units at that tree count)."""
+        import lightgbm as lgb
+
+        assert self.state is not None
+        n = z_target.shape[1]
+        train_rows = np.flatnonzero(origins + step < valid_from)
+        valid_rows = np.flatnonzero((origins >= valid_from - 1) & (origins + step < len(z_target)))
+        data = {}
+        for label, rows in (("train", train_rows), ("valid", valid_rows)):
+            leave_out = z_target[origins[rows] + step] if label == "train" else None
+            x = self._matrix(common, rows, origins[rows], step, leave_out)
+            base = self._anchor(common, origins, step, anchor)[rows]
+            y = (z_target[origins[rows] + step] - base).reshape(-1)
+            keep = ~np.isnan(y)
+            data[label] = (x[keep], y[keep])
+            if label == "valid":  # each validation row's sensor scale: |change in z| x std = error in units
+                valid_std = np.broadcast_to(self.state.std, (len(rows), n)).reshape(-1)[keep]
+        sensor_column = self.feature_names.index("sensor")
+        train_set = lgb.Dataset(data["train"][0], data["train"][1], categorical_feature=[sensor_column],
+                                feature_name=self.feature_names, free_raw_data=True)
+        valid_set = lgb.Dataset(data["valid"][0], data["valid"][1], reference=train_set)
+        valid_y = data["valid"][1]
+
+        def mae_in_units(
+            predicted: np.ndarray, _: Any, truth: np.ndarray = valid_y, scale: np.ndarray = valid_std
+        ) -> tuple[str, float, bool]:
+            return "mae_units", float(np.mean(np.abs(predicted - truth) * scale)), False
+
+        record: dict[str, Any] = {}
+        booster = lgb.train(
+            self._train_params(), train_set, num_boost_round=self.params.max_rounds, valid_sets=[valid_set],
+            feval=mae_in_units,
+            callbacks=[lgb.early_stopping(self.params.early_stopping, first_metric_only=True, verbose=False),
+                       lgb.record_evaluation(record)],
+        )
+        seen = record["valid_0"]["mae_units"]
+        rounds = fewest_rounds(seen, booster.best_iteration, self.params.tree_tolerance)
+        booster.best_iteration = rounds  # what predict and save_model use
+        return booster, rounds, float(seen[rounds - 1])
 
     def _refit(self, history: Panel, origins: np.ndarray, common: Common, z_target: np.ndarray, n: int) -> None:
         import lightgbm as lgb
 
         boosters = []
-        for step, rounds in zip(self.steps, self.rounds, strict=True):
+        for step, rounds, anchor in zip(self.steps, self.rounds, self.anchors, strict=True):
             rows = np.flatnonzero(origins + step < len(history.values))
             x = self._matrix(common, rows, origins[rows], step, z_target[origins[rows] + step])
-            y = (z_target[origins[rows] + step] - common.base[rows]).reshape(-1)
+            y = (z_target[origins[rows] + step] - self._anchor(common, origins, step, anchor)[rows]).reshape(-1)
             keep = ~np.isnan(y)
             train_set = lgb.Dataset(x[keep], y[keep], categorical_feature=[self.feature_names.index("sensor")],
                                     feature_name=self.feature_names)
@@ -213,7 +256,8 @@ class GlobalGbm(StandardisedForecaster):
         else:
             for index in order:
                 change(index)
-        z = common.base[:, None, :] + np.stack(changes, axis=1)  # [M, H, N]
+        anchors = [self._anchor(common, at, step, a) for step, a in zip(self.steps, self.anchors, strict=True)]
+        z = np.stack(anchors, axis=1) + np.stack(changes, axis=1)  # [M, H, N]
         out: np.ndarray = z * self.state.std + self.state.mean
         if any(self.seasonal):
             chosen = np.array(self.seasonal)
@@ -238,7 +282,8 @@ class GlobalGbm(StandardisedForecaster):
     # ------------------------------------------------------------------------------------------ files
 
     def save(self, directory: Path) -> None:
-        self._save_state(directory, feature_names=self.feature_names, rounds=self.rounds, seasonal=self.seasonal)
+        self._save_state(directory, feature_names=self.feature_names, rounds=self.rounds, seasonal=self.seasonal,
+                         anchors=self.anchors)
         for step, booster in zip(self.steps, self.boosters, strict=True):
             booster.save_model(str(directory / f"step{step}.txt"))
 
@@ -252,6 +297,7 @@ class GlobalGbm(StandardisedForecaster):
         model.feature_names = list(meta["feature_names"])
         model.rounds = list(meta["rounds"])
         model.seasonal = [bool(x) for x in meta.get("seasonal", [])]  # none in models saved before it
+        model.anchors = [str(x) for x in meta.get("anchors", ["last"] * len(model.steps))]  # as before anchors
         model.boosters = [lgb.Booster(model_file=str(directory / f"step{s}.txt")) for s in model.steps]
         return model
 

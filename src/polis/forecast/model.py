@@ -13,13 +13,13 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Protocol, Self
+from typing import Any, ClassVar, Protocol, Self
 
 import numpy as np
 
 from polis.forecast.data import Panel
 
-__all__ = ["Forecast", "Forecaster", "IntervalCalibration", "Progress", "forward_fill"]
+__all__ = ["Forecast", "Forecaster", "IntervalCalibration", "Progress", "floor_of", "floored", "forward_fill"]
 
 Progress = Callable[[str, float], None]  # (what is happening, fraction done 0..1)
 NOMINAL_COVERAGE = 0.8
@@ -59,19 +59,38 @@ def forward_fill(values: np.ndarray) -> np.ndarray:
     return np.asarray(filled)
 
 
+def floor_of(history: Panel) -> float | None:
+    """0 for a series that never went below it in the history a model is fitted on (speeds, counts of
+    people): its forecasts and their intervals then stay at or above 0, as its readings do. None: no floor."""
+    known = history.values[~np.isnan(history.values)]
+    return 0.0 if known.size and float(known.min()) >= 0.0 else None
+
+
+def floored(values: np.ndarray, floor: float | None) -> np.ndarray:
+    """`values` raised to `floor` where below it (NaN stays NaN); unchanged without a floor."""
+    return values if floor is None else np.maximum(values, floor)
+
+
 class IntervalCalibration:
     """Split-conformal intervals, scaled per sensor: the score is |error| / the sensor's typical error at
     that step (shrunk towards the step's overall typical error when a sensor has few validation points),
     and the interval is the forecast +- the 80 % quantile of scores x that scale. Scaling lets a calm
-    sensor get a narrow band and an erratic one a wide band at the same overall coverage."""
+    sensor get a narrow band and an erratic one a wide band at the same overall coverage.
 
-    def __init__(self, quantile: np.ndarray, scale: np.ndarray) -> None:
+    `floor` (see `floor_of`) bounds the interval from below: a count of people has no 80 % interval
+    reaching to -140 at night. Raising a bound to a floor no reading goes under loses no coverage."""
+
+    def __init__(self, quantile: np.ndarray, scale: np.ndarray, floor: float | None = None) -> None:
         self.quantile = quantile  # [H]
         self.scale = scale  # [H, N]
+        self.floor = floor
 
     @classmethod
-    def from_errors(cls, errors: np.ndarray, prior_weight: float = 20.0) -> IntervalCalibration:
-        """`errors`: forecast - truth on held-out origins, [M, H, N], NaN where the truth is missing."""
+    def from_errors(
+        cls, errors: np.ndarray, prior_weight: float = 20.0, floor: float | None = None
+    ) -> IntervalCalibration:
+        """`errors`: forecast - truth on held-out origins, [M, H, N], NaN where the truth is missing (the
+        forecasts already raised to `floor`, as they will be served)."""
         absolute = np.abs(errors)
         present = ~np.isnan(absolute)
         count = present.sum(axis=0)  # [H, N]
@@ -87,18 +106,23 @@ class IntervalCalibration:
             n = len(valid)
             # the finite-sample conformal rank: ceil((n + 1) * level) / n
             quantile[h] = np.quantile(valid, min(1.0, np.ceil((n + 1) * level) / n)) if n else 1.0
-        return cls(quantile, scale)
+        return cls(quantile, scale, floor)
 
     def bounds(self, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         half = self.quantile[None, :, None] * self.scale[None]
-        return mean - half, mean + half
+        return floored(mean - half, self.floor), floored(mean + half, self.floor)
 
-    def to_json(self) -> dict[str, list[float] | list[list[float]]]:
-        return {"quantile": self.quantile.tolist(), "scale": self.scale.tolist()}
+    def to_json(self) -> dict[str, Any]:
+        return {"quantile": self.quantile.tolist(), "scale": self.scale.tolist(), "floor": self.floor}
 
     @classmethod
-    def from_json(cls, data: dict[str, list[float] | list[list[float]]]) -> IntervalCalibration:
-        return cls(np.asarray(data["quantile"], dtype=np.float64), np.asarray(data["scale"], dtype=np.float64))
+    def from_json(cls, data: dict[str, Any]) -> IntervalCalibration:
+        floor = data.get("floor")  # none in models saved before it
+        return cls(
+            np.asarray(data["quantile"], dtype=np.float64),
+            np.asarray(data["scale"], dtype=np.float64),
+            None if floor is None else float(floor),
+        )
 
 
 def write_json(path: Path, data: object) -> None:

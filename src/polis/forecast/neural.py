@@ -15,7 +15,7 @@ import numpy as np
 
 from polis.forecast.data import Panel
 from polis.forecast.features import FeatureState, recent_window
-from polis.forecast.model import IntervalCalibration, Progress, forward_fill, targets
+from polis.forecast.model import IntervalCalibration, Progress, floor_of, floored, forward_fill, targets
 from polis.forecast.standardised import StandardisedForecaster, read_meta
 
 __all__ = ["MlpParams", "SpatioTemporalMlp"]
@@ -147,8 +147,9 @@ class SpatioTemporalMlp(StandardisedForecaster):
         if best_state is not None:
             self.network.load_state_dict(best_state)
         valid_origins = np.arange(valid_from - 1, len(history.values) - 1)
-        errors = self._mean(history, valid_origins) - targets(history, valid_origins, self.steps)
-        self.calibration = IntervalCalibration.from_errors(errors)
+        floor = floor_of(history)
+        errors = floored(self._mean(history, valid_origins), floor) - targets(history, valid_origins, self.steps)
+        self.calibration = IntervalCalibration.from_errors(errors, floor=floor)
         report("done", 1.0)
 
     def _mean(self, panel: Panel, origins: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 
 from polis.forecast.data import Panel
 from polis.forecast.features import FeatureState
-from polis.forecast.model import Forecast, IntervalCalibration, read_json, write_json
+from polis.forecast.model import Forecast, IntervalCalibration, floored, read_json, write_json
 
 
 class StandardisedForecaster:
@@ -30,7 +30,7 @@ class StandardisedForecaster:
         if self.state is None or self.calibration is None:
             raise RuntimeError("the model is not fitted")
         origins = np.asarray(origins, dtype=np.int64)
-        mean = self._mean(panel, origins)
+        mean = floored(self._mean(panel, origins), self.calibration.floor)
         lower, upper = self.calibration.bounds(mean)
         return Forecast(origins, self.steps, mean, lower, upper)
 
