@@ -85,9 +85,23 @@ def serve(
     mqtt: Annotated[
         str | None, typer.Option(help="Take sensor streams from this broker, mqtt://127.0.0.1:1883")
     ] = None,
+    forecast: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--forecast",
+            help="Serve live forecasts of this dataset's sensors (repeatable: los-loop, sz-taxi, "
+            "melbourne-pedestrians) with the registry's latest model, or a quick one trained first",
+        ),
+    ] = None,
 ) -> None:
     """Serve the NGSI-LD API from the hub in DATA_DIR (and ingest MQTT streams with --mqtt)."""
-    _serve(_settings(data_dir, host=host, port=port, mqtt_url=mqtt))
+    from polis.forecast.data import DATASETS as FORECAST_DATASETS
+
+    unknown = [name for name in forecast or () if name not in FORECAST_DATASETS]
+    if unknown:
+        console.print(f"[red]no forecasts for {', '.join(unknown)}[/red]; known: {', '.join(FORECAST_DATASETS)}")
+        raise typer.Exit(2)
+    _serve(_settings(data_dir, host=host, port=port, mqtt_url=mqtt), forecast_datasets=tuple(forecast or ()))
 
 
 def _ingest(settings: Settings, names: list[str]) -> None:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,15 +60,16 @@ def start_server(
     env: dict[str, str] | None = None,
     timeout: float = 30.0,
     ready_path: str = "/health",
+    args: Sequence[str] = (),
 ) -> Server:
-    """Start `polis serve --data-dir DATA_DIR` and wait until `ready_path` answers 200."""
+    """Start `polis serve --data-dir DATA_DIR [ARGS]` and wait until `ready_path` answers 200."""
     port = free_port()
     full_env = {**os.environ, **(env or {}), "POLIS_DATASETS_DIR": str(Settings().datasets_dir)}
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     log_path = data_dir.parent / f"server-{port}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "polis.cli", "serve", "--port", str(port), "--data-dir", str(data_dir)],
+            [sys.executable, "-m", "polis.cli", "serve", "--port", str(port), "--data-dir", str(data_dir), *args],
             env=full_env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -1,15 +1,17 @@
 // Pedestrian counts against what is expected: the expected count of a counter at an hour is the median of
 // its counts at the same hour of the week over the previous eight weeks (the crowd-gathering detector's
 // seasonal profile, polis.crowd.gathering), read from the temporal API. Weeks are stepped back in
-// Melbourne's wall-clock time, so a daylight-saving change does not compare 11 pm with 10 pm.
+// Melbourne's wall-clock time, so a daylight-saving change does not compare 11 pm with 10 pm. Beside them,
+// the hub's forecast for the next hour with its 80 % interval, when the hub forecasts the counters.
 
-import { getJson, query } from "./api.js";
+import { findPath, getJson, query } from "./api.js";
 import { CityMap, ratioColour } from "./map.js";
 
 const WEEK_MS = 7 * 24 * 3600 * 1000;
 const HOUR_MS = 3600 * 1000;
 const WEEKS = 8;
 const MIN_EXPECTED = 100;
+const FORECASTS = "/polis/v1/forecasts";
 const PREFIX = "^urn:ngsi-ld:CrowdFlowObserved:melbourne-pedestrians:";
 const WALL_CLOCK = new Intl.DateTimeFormat("en-GB", {
   timeZone: "Australia/Melbourne",
@@ -52,6 +54,7 @@ export class CrowdView {
     this.table = table;
     this.hour = hour;
     this.expected = new Map();
+    this.nextHour = new Map(); // counter id -> the first point of its latest forecast
     this.map = new CityMap(svg, {
       radius: 6,
       colour: (count, sensor) => ratioColour(count / this.expected.get(sensor.id)),
@@ -68,7 +71,7 @@ export class CrowdView {
     const sensors = entities.filter((e) => e.location && e.location.coordinates);
     const latest = Math.max(...sensors.map(observedAt).filter(Number.isFinite));
     this.expected.clear();
-    if (Number.isFinite(latest)) await this.loadExpected(latest);
+    if (Number.isFinite(latest)) await Promise.all([this.loadExpected(latest), this.loadForecasts()]);
     this.map.setBase(baseMap);
     this.map.setSensors(
       sensors.map((e) => ({
@@ -118,8 +121,26 @@ export class CrowdView {
     for (const [id, values] of samples) this.expected.set(id, median(values));
   }
 
+  // The next hour of each counter's latest forecast; none (no forecasts on this hub, or no access to them)
+  // leaves the column empty rather than failing the view.
+  async loadForecasts() {
+    this.nextHour.clear();
+    if (!(await findPath(FORECASTS))) return;
+    let paths;
+    try {
+      paths = await getJson(query(FORECASTS, { type: "CrowdFlowObserved" }));
+    } catch {
+      return;
+    }
+    for (const path of paths) {
+      const first = (path.points || [])[0];
+      if (first && typeof first.value === "number") this.nextHour.set(path.entityId, first);
+    }
+  }
+
   reset() {
     this.expected.clear();
+    this.nextHour.clear();
     this.map.setSensors([]);
     this.hour.textContent = "pedestrians against expected";
     this.renderTable();
@@ -148,12 +169,20 @@ export class CrowdView {
         bar.style.width = `${Math.min(60, Math.round((ratio ?? 0) * 20))}px`;
         bar.style.background = ratioColour(ratio);
         bar.title = ratio === null ? "no expected count" : `${Math.round(ratio * 100)}% of expected`;
-        const cells = [sensor.name, String(sensor.value), expected === undefined || expected === null ? "–" : String(Math.round(expected))];
+        const next = this.nextHour.get(sensor.id);
+        const cells = [
+          sensor.name,
+          String(sensor.value),
+          expected === undefined || expected === null ? "–" : String(Math.round(expected)),
+          next ? `${Math.round(next.value)} (${Math.round(next.lower80 ?? next.value)}–${Math.round(next.upper80 ?? next.value)})` : "–",
+        ];
         for (const text of cells) {
           const td = document.createElement("td");
           td.textContent = text;
           tr.append(td);
         }
+        tr.cells[3].className = "forecast";
+        if (next) tr.cells[3].title = `forecast for ${next.validAt.slice(0, 16).replace("T", " ")} UTC, 80 % interval in brackets`;
         const barCell = document.createElement("td");
         barCell.className = "ratio";
         barCell.append(bar, ratio === null ? "" : ` ×${ratio.toFixed(ratio < 10 ? 1 : 0)}`);
