@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from polis.cli import app
+from polis.forecast.live import registry_for
+from polis.platform import Platform
+from polis.settings import Settings
 
 
 def test_train_then_forecast_through_the_registry(tmp_path: Path) -> None:
@@ -29,3 +33,23 @@ def test_forecast_without_a_model_and_unknown_names_fail_clearly(tmp_path: Path)
     assert unknown.exit_code == 2 and "unknown dataset" in unknown.output
     protocol = runner.invoke(app, ["bench", "forecast", "--dataset", "los-loop", "--protocol", "best"])
     assert protocol.exit_code == 2 and "unknown protocol" in protocol.output
+
+
+def test_a_hub_without_a_model_trains_one_in_a_child_process(tmp_path: Path) -> None:
+    """What `polis serve --forecast` and the demo do on a first start: `polis train` into the hub's registry
+    in its own process (its log beside the models), then the registered model is served; a second start
+    trains nothing. A training that fails says why."""
+    platform = Platform(Settings(data_dir=tmp_path / "hub"))
+    try:
+        live = platform.forecasts.load_or_train("sz-taxi", kind="persistence")
+        assert live.name == "persistence:sz-taxi" and len(live.entity_ids) == 156
+        registry = registry_for(platform.settings)
+        assert [r.kind for r in registry.records("sz-taxi")] == ["persistence"]
+        log = tmp_path / "hub" / "models" / "train-sz-taxi-persistence.log"
+        assert "trained persistence on sz-taxi" in log.read_text()
+        platform.forecasts.load_or_train("sz-taxi", kind="persistence")
+        assert len(registry.records("sz-taxi")) == 1
+        with pytest.raises(RuntimeError, match="unknown model 'no-such-model'"):
+            platform.forecasts.load_or_train("sz-taxi", kind="no-such-model")
+    finally:
+        platform.close()

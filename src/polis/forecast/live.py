@@ -9,6 +9,9 @@ Forecasts and their scores are kept in memory (bounded), per tenant; a restarted
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import threading
 from collections import deque
 from collections.abc import Iterable
@@ -117,24 +120,20 @@ class ForecastService:
         return thread
 
     def load_or_train(self, dataset: str, quick: bool = True, kind: str = "lightgbm") -> LiveModel:
-        from polis.forecast.bench import build_models
+        """The registry's latest model of `kind` for `dataset`, trained first (by `polis train`, in a child
+        process) when there is none."""
         from polis.forecast.data import load_panel
 
         settings = self.platform.settings
         registry = registry_for(settings)
-        panel = load_panel(dataset, settings.datasets_dir)
         record = registry.latest(dataset, kind)
-        if record is not None:
-            model = registry.load(record)
-        else:
-            model = next(m for m in build_models(dataset, quick) if m.kind == kind)
-            import time
-
-            started = time.perf_counter()
-            model.fit(panel, int(len(panel.values) * 0.9))
-            registry.save(model, dataset, "all-data", train_seconds=time.perf_counter() - started,
-                          entity_type=panel.entity_type, attribute=panel.attribute, entity_ids=panel.entity_ids)
-        return live_model_for(panel, model, settings.datasets_dir)
+        if record is None:
+            train_in_child(settings, dataset, kind, quick)
+            record = registry.latest(dataset, kind)
+            if record is None:
+                raise RuntimeError(f"`polis train {dataset}` registered no {kind} model")
+        panel = load_panel(dataset, settings.datasets_dir)
+        return live_model_for(panel, registry.load(record), settings.datasets_dir)
 
     def close(self) -> None:
         self._stop.set()
@@ -310,6 +309,22 @@ class ForecastService:
             groups.setdefault((s.model, s.step), []).append(s.error)
         return [{"model": m, "step": step, "mae": float(np.mean(e)), "points": len(e)}
                 for (m, step), e in sorted(groups.items())]
+
+
+def train_in_child(settings: Settings, dataset: str, kind: str, quick: bool) -> None:
+    """`polis train` into this hub's registry, in its own process: training Melbourne's model peaks at ~1.3 GB
+    (its feature matrices), which a server would otherwise keep as its high-water mark, and its feature
+    building would hold the server's GIL for a minute. The child's output goes to `models/train-*.log`."""
+    log_path = settings.data_dir / "models" / f"train-{dataset}-{kind}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "polis.cli", "train", dataset, "--model", kind,
+               "--data-dir", str(settings.data_dir), *(["--quick"] if quick else [])]
+    env = {**os.environ, "POLIS_DATASETS_DIR": str(settings.datasets_dir)}
+    with log_path.open("wb") as log:
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
+    if done.returncode != 0:
+        tail = log_path.read_text(encoding="utf-8", errors="replace")[-1000:]
+        raise RuntimeError(f"`polis train {dataset}` failed (exit {done.returncode}): {tail}")
 
 
 def live_model_for(panel: Panel, model: Forecaster, datasets_dir: Any) -> LiveModel:
