@@ -29,11 +29,8 @@ pytestmark = pytest.mark.server
 NEXT_HOUR = re.compile(r"^(\d+) \((\d+)–(\d+)\)$")  # "90 (0–198)": no number below 0, so no minus sign
 
 
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    """Melbourne's counters in a hub whose model registry already holds a small model for them (training
-    the served quick model takes a minute), served with their live forecasts."""
-    data_dir = tmp_path_factory.mktemp("crowd-forecasts") / "hub"
+def _counters_in(data_dir: Path) -> Settings:
+    """A new hub in `data_dir` holding Melbourne's counters with their history."""
     data_dir.mkdir(parents=True)
     settings = Settings(data_dir=data_dir)
     store = DuckDBStore(settings.database_path, threads=settings.duckdb_threads)
@@ -41,6 +38,15 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
         ingest(store, "", load_dataset("melbourne-pedestrians", settings.datasets_dir, utc_now()))
     finally:
         store.close()
+    return settings
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    """Melbourne's counters in a hub whose model registry already holds a small model for them (training
+    the served quick model takes a minute), served with their live forecasts."""
+    data_dir = tmp_path_factory.mktemp("crowd-forecasts") / "hub"
+    settings = _counters_in(data_dir)
     full = load_panel("melbourne-pedestrians", settings.datasets_dir)
     recent = replace(full, times=full.times[-4000:], values=full.values[-4000:])
     model = GlobalGbm((1, 3), seed=0, params=GbmParams(lags=24, max_rounds=20, learning_rate=0.3, num_leaves=15))
@@ -88,13 +94,7 @@ def _js_round(x: float) -> int:
 def test_without_forecasts_the_column_says_so_and_nothing_fails(browser: Any, tmp_path: Path) -> None:
     """A hub serving no forecasts (plain `polis serve`): the column holds dashes, no console error."""
     data_dir = tmp_path / "hub"
-    data_dir.mkdir()
-    settings = Settings(data_dir=data_dir)
-    store = DuckDBStore(settings.database_path, threads=settings.duckdb_threads)
-    try:
-        ingest(store, "", load_dataset("melbourne-pedestrians", settings.datasets_dir, utc_now()))
-    finally:
-        store.close()
+    _counters_in(data_dir)
     server = start_server(data_dir)
     try:
         opened = open_dashboard(browser, Hub(server, parks_key=""), None,

@@ -122,7 +122,7 @@ export class CrowdView {
   }
 
   // The next hour of each counter's latest forecast; none (no forecasts on this hub, or no access to them)
-  // leaves the column empty rather than failing the view.
+  // leaves a dash in the column rather than failing the view.
   async loadForecasts() {
     this.nextHour.clear();
     if (!(await findPath(FORECASTS))) return;
