@@ -58,9 +58,10 @@ def _serve(
             console.print(f"taking sensor streams from {settings.mqtt_url} (topics polis/<tenant>/<type>/<id>)")
         if on_ready is not None:
             on_ready()
-        from polis.runtime import tune_for_service
+        from polis.runtime import exit_on_sigterm, tune_for_service
 
         tune_for_service()
+        exit_on_sigterm()
         console.print(
             f"[bold]Polis[/bold] serving on http://{settings.host}:{settings.port} "
             f"(API docs at http://{settings.host}:{settings.port}/docs), data in {settings.data_dir}"

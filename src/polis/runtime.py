@@ -5,7 +5,9 @@ Library code never calls this: it changes the whole interpreter, so only a proce
 from __future__ import annotations
 
 import gc
+import signal
 import sys
+from types import FrameType
 
 # The ingest and API paths allocate many short-lived dicts per entity and per reading. With CPython's default
 # thresholds (700 allocations) the collector runs thousands of times a second and rescans the long-lived
@@ -27,3 +29,16 @@ def tune_for_service() -> None:
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (a service manager's stop, `kill`) end the process through Python's own exit, so that
+    `finally` blocks run: uvicorn stops gracefully on SIGTERM and then raises it again for the handler it
+    found, and with the default one the process died right there, before the hub closed (MQTT sources
+    acknowledging what they hold, the store checkpointed, a model still training in a child stopped).
+    Exit status 143, as a shell reports a process ended by SIGTERM. Call from the main thread."""
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)

@@ -12,7 +12,7 @@ import duckdb
 import httpx
 
 from polis.settings import Settings
-from tests.conftest import free_port, key_headers, stop_server
+from tests.conftest import free_port, key_headers, start_server, stop_server
 
 
 def polis(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -74,3 +74,24 @@ def test_demo_loads_the_city_and_serves_it(tmp_path: Path) -> None:
         assert httpx.get(f"http://127.0.0.1:{port}/docs", timeout=5).status_code == 200
     finally:
         stop_server(process)
+
+
+def test_sigterm_closes_the_hub_before_the_server_exits(tmp_path: Path) -> None:
+    """A service manager stops `polis serve` with SIGTERM: the hub closes as on Ctrl-C (its store
+    checkpointed, so no write-ahead log is left; sources and forecasts stopped) and the exit status says
+    SIGTERM (143). uvicorn raises the signal again after its graceful stop, which used to kill the process
+    before the close."""
+    server = start_server(tmp_path / "hub")
+    response = httpx.post(f"{server.url}/ngsi-ld/v1/entities", headers=server.headers, timeout=10,
+                          json={"id": "urn:ngsi-ld:Vehicle:term", "type": "Vehicle", "speed": 3})
+    assert response.status_code == 201, response.text
+    assert (tmp_path / "hub" / "polis.duckdb.wal").is_file()  # the write is in the log until a checkpoint
+    server.process.terminate()
+    assert server.process.wait(timeout=30) == 143, server.log_tail(2000)
+    stop_server(server.process)  # closes its pipes
+    assert not (tmp_path / "hub" / "polis.duckdb.wal").exists()
+    con = duckdb.connect(str(tmp_path / "hub" / "polis.duckdb"), read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM entities").fetchone() == (1,)
+    finally:
+        con.close()

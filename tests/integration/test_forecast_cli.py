@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,26 @@ def test_a_hub_without_a_model_trains_one_in_a_child_process(tmp_path: Path) -> 
             platform.forecasts.load_or_train("sz-taxi", kind="no-such-model")
     finally:
         platform.close()
+
+
+def test_closing_the_hub_stops_a_model_still_training(tmp_path: Path) -> None:
+    """A server stopped during its first start's training (the demo test does exactly that) must not leave
+    `polis train` running on its own."""
+    platform = Platform(Settings(data_dir=tmp_path / "hub"))
+    closed = False
+    try:
+        thread = platform.forecasts.start(["los-loop"], quick=True)  # a minute of training in a child
+        deadline = time.monotonic() + 30
+        while platform.forecasts._trainer is None:
+            assert time.monotonic() < deadline, "no training started"
+            time.sleep(0.05)
+        child = platform.forecasts._trainer
+        platform.close()
+        closed = True
+        assert child.poll() is not None  # stopped, not orphaned
+        thread.join(10)
+        assert not thread.is_alive()
+        assert registry_for(platform.settings).latest("los-loop") is None
+    finally:
+        if not closed:
+            platform.close()

@@ -86,6 +86,7 @@ class ForecastService:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._trainer: subprocess.Popen[bytes] | None = None  # a `polis train` child running for us
         self._subscribed = False
         self.refreshes = 0
 
@@ -108,11 +109,15 @@ class ForecastService:
 
         def work() -> None:
             for dataset in datasets:
+                if self._stop.is_set():
+                    return
                 try:
                     live = self.load_or_train(dataset, quick=quick)
                     self.attach(live)
                     self.mark_dirty("", live)
                 except Exception:  # the hub keeps serving without forecasts for that dataset
+                    if self._stop.is_set():
+                        return  # closed while its model trained: nothing went wrong
                     log.exception("could not start live forecasts for %s", dataset)
 
         thread = threading.Thread(target=work, name="polis-forecast-start", daemon=True)
@@ -128,16 +133,47 @@ class ForecastService:
         registry = registry_for(settings)
         record = registry.latest(dataset, kind)
         if record is None:
-            train_in_child(settings, dataset, kind, quick)
+            self._train_in_child(dataset, kind, quick)
             record = registry.latest(dataset, kind)
             if record is None:
                 raise RuntimeError(f"`polis train {dataset}` registered no {kind} model")
         panel = load_panel(dataset, settings.datasets_dir)
         return live_model_for(panel, registry.load(record), settings.datasets_dir)
 
+    def _train_in_child(self, dataset: str, kind: str, quick: bool) -> None:
+        """`polis train` into this hub's registry, in its own process: training Melbourne's model peaks at
+        ~1.3 GB (its feature matrices), which a server would otherwise keep as its high-water mark, and its
+        feature building would hold the server's GIL for a minute. Its output goes to `models/train-*.log`;
+        `close` stops it (the hub going away must not leave it running)."""
+        settings = self.platform.settings
+        log_path = settings.data_dir / "models" / f"train-{dataset}-{kind}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "polis.cli", "train", dataset, "--model", kind,
+                   "--data-dir", str(settings.data_dir), *(["--quick"] if quick else [])]
+        env = {**os.environ, "POLIS_DATASETS_DIR": str(settings.datasets_dir)}
+        with log_path.open("wb") as log, self._lock:
+            if self._stop.is_set():
+                raise RuntimeError("the forecast service is closing")
+            self._trainer = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        code = self._trainer.wait()
+        with self._lock:
+            self._trainer = None
+        if code != 0:
+            tail = log_path.read_text(encoding="utf-8", errors="replace")[-1000:]
+            raise RuntimeError(f"`polis train {dataset}` failed (exit {code}): {tail}")
+
     def close(self) -> None:
         self._stop.set()
         self._wake.set()
+        with self._lock:
+            trainer = self._trainer
+        if trainer is not None:
+            trainer.terminate()
+            try:
+                trainer.wait(10)
+            except subprocess.TimeoutExpired:
+                trainer.kill()
+                trainer.wait()
         if self._thread is not None:
             self._thread.join(5)
 
@@ -309,22 +345,6 @@ class ForecastService:
             groups.setdefault((s.model, s.step), []).append(s.error)
         return [{"model": m, "step": step, "mae": float(np.mean(e)), "points": len(e)}
                 for (m, step), e in sorted(groups.items())]
-
-
-def train_in_child(settings: Settings, dataset: str, kind: str, quick: bool) -> None:
-    """`polis train` into this hub's registry, in its own process: training Melbourne's model peaks at ~1.3 GB
-    (its feature matrices), which a server would otherwise keep as its high-water mark, and its feature
-    building would hold the server's GIL for a minute. The child's output goes to `models/train-*.log`."""
-    log_path = settings.data_dir / "models" / f"train-{dataset}-{kind}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "polis.cli", "train", dataset, "--model", kind,
-               "--data-dir", str(settings.data_dir), *(["--quick"] if quick else [])]
-    env = {**os.environ, "POLIS_DATASETS_DIR": str(settings.datasets_dir)}
-    with log_path.open("wb") as log:
-        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
-    if done.returncode != 0:
-        tail = log_path.read_text(encoding="utf-8", errors="replace")[-1000:]
-        raise RuntimeError(f"`polis train {dataset}` failed (exit {done.returncode}): {tail}")
 
 
 def live_model_for(panel: Panel, model: Forecaster, datasets_dir: Any) -> LiveModel:
