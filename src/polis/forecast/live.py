@@ -154,8 +154,8 @@ class ForecastService:
         with log_path.open("wb") as log, self._lock:
             if self._stop.is_set():
                 raise RuntimeError("the forecast service is closing")
-            self._trainer = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        code = self._trainer.wait()
+            trainer = self._trainer = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        code = trainer.wait()
         with self._lock:
             self._trainer = None
         if code != 0:
