@@ -102,7 +102,8 @@ def serve(
     if unknown:
         console.print(f"[red]no forecasts for {', '.join(unknown)}[/red]; known: {', '.join(FORECAST_DATASETS)}")
         raise typer.Exit(2)
-    _serve(_settings(data_dir, host=host, port=port, mqtt_url=mqtt), forecast_datasets=tuple(forecast or ()))
+    datasets = tuple(dict.fromkeys(forecast or ()))  # each once, however often named
+    _serve(_settings(data_dir, host=host, port=port, mqtt_url=mqtt), forecast_datasets=datasets)
 
 
 def _ingest(settings: Settings, names: list[str]) -> None:

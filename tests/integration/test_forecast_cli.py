@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -77,3 +78,27 @@ def test_closing_the_hub_stops_a_model_still_training(tmp_path: Path) -> None:
     finally:
         if not closed:
             platform.close()
+
+
+def test_forecasting_a_dataset_the_hub_does_not_hold_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`polis serve --forecast sz-taxi` on a hub without SZ-taxi's roads: the model is attached (readings may
+    yet arrive) and the log says why no forecast appears."""
+    platform = Platform(Settings(data_dir=tmp_path / "hub"))
+    try:
+        platform.forecasts.load_or_train("sz-taxi", kind="persistence")  # registered: start() loads it
+        with caplog.at_level(logging.WARNING, logger="polis.forecast.live"):
+            platform.forecasts.start(["sz-taxi"], kind="persistence").join(30)
+        assert [m.name for m in platform.forecasts.models] == ["persistence:sz-taxi"]
+        assert "none of its 156 sensors is in the hub yet" in caplog.text
+    finally:
+        platform.close()
+
+
+def test_serving_forecasts_of_an_unknown_dataset_is_refused_before_serving(tmp_path: Path) -> None:
+    done = CliRunner().invoke(app, ["serve", "--forecast", "los-loop", "--forecast", "atlantis",
+                                    "--data-dir", str(tmp_path)])
+    assert done.exit_code == 2
+    assert "no forecasts for atlantis" in done.output and "melbourne-pedestrians" in done.output
+    assert not (tmp_path / "polis.duckdb").exists()  # nothing was opened

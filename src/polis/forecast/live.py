@@ -103,7 +103,9 @@ class ForecastService:
             self._thread = threading.Thread(target=self._run, name="polis-forecasts", daemon=True)
             self._thread.start()
 
-    def start(self, datasets: Iterable[str] = ("los-loop",), quick: bool = True) -> threading.Thread:
+    def start(
+        self, datasets: Iterable[str] = ("los-loop",), quick: bool = True, kind: str = "lightgbm"
+    ) -> threading.Thread:
         """For the demo: in the background, load each dataset's latest registered model (or train a quick
         LightGBM and register it), attach it, and forecast from what the hub already holds."""
 
@@ -112,9 +114,13 @@ class ForecastService:
                 if self._stop.is_set():
                     return
                 try:
-                    live = self.load_or_train(dataset, quick=quick)
+                    live = self.load_or_train(dataset, quick=quick, kind=kind)
                     self.attach(live)
                     self.mark_dirty("", live)
+                    if not self.platform.store.existing_ids("", list(live.entity_ids)):
+                        log.warning("live forecasts for %s: none of its %d sensors is in the hub yet (ingest it, "
+                                    "or its readings arrive); forecasts start with them", dataset,
+                                    len(live.entity_ids))
                 except Exception:  # the hub keeps serving without forecasts for that dataset
                     if self._stop.is_set():
                         return  # closed while its model trained: nothing went wrong
