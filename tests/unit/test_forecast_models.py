@@ -115,13 +115,13 @@ def test_forecast_reads_nothing_after_its_origin(kind: str) -> None:
     assert np.allclose(before.mean[:1], after.mean, equal_nan=True)
 
 
-def _tiny(kind: str, steps: tuple[int, ...], seed: int = 0) -> Forecaster:
+def _tiny(kind: str, steps: tuple[int, ...], seed: int = 0, season_steps: int = 288) -> Forecaster:
     if kind == "lightgbm":
         return GlobalGbm(steps, seed, TINY_GBM)
     if kind == "mlp":
         return SpatioTemporalMlp(steps, seed, TINY_MLP)
     if kind == "seasonal-naive":
-        return SeasonalNaive(steps, seed, season_steps=288)
+        return SeasonalNaive(steps, seed, season_steps=season_steps)
     return {"persistence": Persistence, "historical-average": HistoricalAverage}[kind](steps, seed)
 
 
@@ -360,9 +360,7 @@ def test_counts_never_get_a_negative_forecast_or_interval(kind: str, tmp_path: P
     interval reaches far below it. A series with no reading under 0 keeps its forecasts and both bounds at
     or above 0 (saved and loaded too); one that went below 0 is left unfloored."""
     data = panel("melbourne-pedestrians")
-    model = _tiny(kind, (1, 6))
-    if kind == "seasonal-naive":
-        model = SeasonalNaive((1, 6), 0, season_steps=168)
+    model = _tiny(kind, (1, 6), season_steps=168)  # hourly counts: a week back
     model.fit(data.head(4000), 3500)
     origins = np.arange(4000, 4900, 7)
     forecast = model.predict(data, origins)
@@ -374,7 +372,7 @@ def test_counts_never_get_a_negative_forecast_or_interval(kind: str, tmp_path: P
     assert np.array_equal(again.lower, forecast.lower, equal_nan=True)
 
     shifted = replace(data, values=data.values - 50.0)  # the same counts less 50: readings below 0
-    model = _tiny(kind, (1, 6)) if kind != "seasonal-naive" else SeasonalNaive((1, 6), 0, season_steps=168)
+    model = _tiny(kind, (1, 6), season_steps=168)
     model.fit(shifted.head(4000), 3500)
     assert np.nanmin(model.predict(shifted, origins).lower) < -50.0
 

@@ -154,7 +154,7 @@ class Graph:
         return low, high
 
 
-def _take(z: np.ndarray, index: np.ndarray) -> np.ndarray:
+def take_rows(z: np.ndarray, index: np.ndarray) -> np.ndarray:
     """Rows `index` of z ([M] -> [M, N]); NaN where the index falls before the start."""
     out = z[np.clip(index, 0, None)]
     out[index < 0] = np.nan
@@ -179,7 +179,7 @@ def season_anchor(common: Common, origins: np.ndarray, step: int, state: Feature
     the last reading where there is none; what a step anchored on the season adds its change to."""
     if step >= state.season_steps:
         return common.base
-    back = _take(common.filled, origins + step - state.season_steps)
+    back = take_rows(common.filled, origins + step - state.season_steps)
     return np.where(np.isnan(back), common.base, back)
 
 
@@ -217,7 +217,7 @@ def common_features(panel: Panel, origins: np.ndarray, state: FeatureState) -> C
     slots, days = time_features(panel.times[origins], state.timezone, state.step_s)
     base = filled[origins]
     base = np.where(np.isnan(base), state.profile[slots], base)
-    lags = [_take(z, origins - k) for k in range(state.lags)]
+    lags = [take_rows(z, origins - k) for k in range(state.lags)]
     window = np.stack(lags, axis=-1)  # [M, N, L]
     columns: dict[str, np.ndarray] = {f"lag{k}": lags[k] for k in range(state.lags)}
     columns["base"] = base
@@ -230,7 +230,7 @@ def common_features(panel: Panel, origins: np.ndarray, state: FeatureState) -> C
         columns["std"] = nan_reduce(np.nanstd, window, axis=-1)
         columns["min"] = nan_reduce(np.nanmin, window, axis=-1)
         columns["max"] = nan_reduce(np.nanmax, window, axis=-1)
-        long = np.stack([_take(filled, origins - k) for k in range(0, 4 * state.lags, 2)], axis=-1)
+        long = np.stack([take_rows(filled, origins - k) for k in range(0, 4 * state.lags, 2)], axis=-1)
         columns["mean_long"] = nan_reduce(np.nanmean, long, axis=-1)
     columns["profile_now"] = state.profile[slots]
     columns["above_profile"] = base - state.profile[slots]
@@ -239,7 +239,7 @@ def common_features(panel: Panel, origins: np.ndarray, state: FeatureState) -> C
     adjacency = state.neighbours
     graph = state.graph()
     for k in (0, 1, 3):
-        lagged = np.nan_to_num(_take(filled, origins - k)) if k else filled_now
+        lagged = np.nan_to_num(take_rows(filled, origins - k)) if k else filled_now
         mean = lagged @ adjacency.T
         columns[f"nb_mean{k}"] = np.where(graph.has, mean, np.nan)
     columns["nb_diff"] = columns["nb_mean0"] - columns["nb_mean3"]
@@ -260,8 +260,8 @@ def _related_columns(
     three steps: their weighted mean, and the three closest one by one."""
     related, weight = state.related, state.related_weight
     has = weight.sum(axis=1) > 0
-    moved1 = now - np.nan_to_num(_take(filled, origins - 1))
-    moved3 = now - np.nan_to_num(_take(filled, origins - 3))
+    moved1 = now - np.nan_to_num(take_rows(filled, origins - 1))
+    moved3 = now - np.nan_to_num(take_rows(filled, origins - 3))
 
     def weighted(x: np.ndarray) -> np.ndarray:
         return np.where(has, (x[:, related] * weight).sum(axis=-1), np.nan)
@@ -307,8 +307,8 @@ def step_features(
         "weekly_target": weekly,
     }
     for label, back in (("day", n_slots), ("season", state.season_steps)):
-        at_target = _take(filled, origins + step - back) if step < back else np.full_like(common.base, np.nan)
-        at_origin = _take(filled, origins - back)
+        at_target = take_rows(filled, origins + step - back) if step < back else np.full_like(common.base, np.nan)
+        at_origin = take_rows(filled, origins - back)
         columns[f"{label}_target"] = at_target
         columns[f"{label}_change"] = at_target - at_origin
         if state.gaps:  # the change that "as then" forecasts, as one feature: a tree splits on one at a time

@@ -28,6 +28,7 @@ from polis.forecast.features import (
     recent_window,
     season_anchor,
     step_features,
+    take_rows,
 )
 from polis.forecast.model import IntervalCalibration, Progress, floor_of, floored, forward_fill, targets
 from polis.forecast.standardised import StandardisedForecaster, read_meta
@@ -184,12 +185,12 @@ class GlobalGbm(StandardisedForecaster):
         n = z_target.shape[1]
         train_rows = np.flatnonzero(origins + step < valid_from)
         valid_rows = np.flatnonzero((origins >= valid_from - 1) & (origins + step < len(z_target)))
+        base = self._anchor(common, origins, step, anchor)
         data = {}
         for label, rows in (("train", train_rows), ("valid", valid_rows)):
             leave_out = z_target[origins[rows] + step] if label == "train" else None
             x = self._matrix(common, rows, origins[rows], step, leave_out)
-            base = self._anchor(common, origins, step, anchor)[rows]
-            y = (z_target[origins[rows] + step] - base).reshape(-1)
+            y = (z_target[origins[rows] + step] - base[rows]).reshape(-1)
             keep = ~np.isnan(y)
             data[label] = (x[keep], y[keep])
             if label == "valid":  # each validation row's sensor scale: |change in z| x std = error in units
@@ -274,9 +275,8 @@ class GlobalGbm(StandardisedForecaster):
         filled = forward_fill(window.values[: int(at.max()) + 1]) if len(at) else window.values
         out = np.full((len(at), len(self.steps), window.n_sensors), np.nan)
         for index, step in enumerate(self.steps):
-            back = at + step - season
             if step <= season:
-                out[:, index] = np.where((back >= 0)[:, None], filled[np.clip(back, 0, None)], np.nan)
+                out[:, index] = take_rows(filled, at + step - season)
         return out
 
     # ------------------------------------------------------------------------------------------ files
