@@ -40,10 +40,14 @@ def _settings(data_dir: Path | None = None, datasets_dir: Path | None = None, **
 
 
 def _serve(
-    settings: Settings, on_ready: Callable[[], None] | None = None, forecast_datasets: tuple[str, ...] = ()
+    settings: Settings,
+    on_ready: Callable[[], None] | None = None,
+    forecast_datasets: tuple[str, ...] = (),
+    forecast_model: str = "lightgbm",
 ) -> None:
     """Serve until stopped; `on_ready` runs once the hub (and its MQTT subscription) is up; live forecasts
-    for `forecast_datasets` start in the background (a registered model, or a quick one trained first)."""
+    for `forecast_datasets` start in the background (a registered model of kind `forecast_model`, or a quick
+    one trained first)."""
     import uvicorn
 
     from polis.api.app import create_app
@@ -52,7 +56,7 @@ def _serve(
     platform = Platform(settings)
     try:
         if forecast_datasets:
-            platform.forecasts.start(forecast_datasets)
+            platform.forecasts.start(forecast_datasets, kind=forecast_model)
         if settings.mqtt_url:
             platform.start_mqtt(settings.mqtt_url, wait_s=30.0)
             console.print(f"taking sensor streams from {settings.mqtt_url} (topics polis/<tenant>/<type>/<id>)")
@@ -94,16 +98,31 @@ def serve(
             "melbourne-pedestrians) with the registry's latest model, or a quick one trained first",
         ),
     ] = None,
+    forecast_model: Annotated[
+        str,
+        typer.Option(
+            help="The model kind those forecasts come from: lightgbm, or ensemble (LightGBM and MLP stacked: "
+            "lower errors on SZ-taxi, PyTorch loaded into the server), mlp or a baseline",
+        ),
+    ] = "lightgbm",
 ) -> None:
     """Serve the NGSI-LD API from the hub in DATA_DIR (and ingest MQTT streams with --mqtt)."""
     from polis.forecast.data import DATASETS as FORECAST_DATASETS
+    from polis.forecast.registry import model_class
 
     unknown = [name for name in forecast or () if name not in FORECAST_DATASETS]
     if unknown:
         console.print(f"[red]no forecasts for {', '.join(unknown)}[/red]; known: {', '.join(FORECAST_DATASETS)}")
         raise typer.Exit(2)
+    try:
+        if forecast:
+            model_class(forecast_model)
+    except ValueError as error:
+        console.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
     datasets = tuple(dict.fromkeys(forecast or ()))  # each once, however often named
-    _serve(_settings(data_dir, host=host, port=port, mqtt_url=mqtt), forecast_datasets=datasets)
+    _serve(_settings(data_dir, host=host, port=port, mqtt_url=mqtt), forecast_datasets=datasets,
+           forecast_model=forecast_model)
 
 
 def _ingest(settings: Settings, names: list[str]) -> None:

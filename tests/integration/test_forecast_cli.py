@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from polis.cli import app
+from polis.forecast.data import DATASETS
 from polis.forecast.live import registry_for
 from polis.platform import Platform
 from polis.settings import Settings
@@ -102,3 +103,25 @@ def test_serving_forecasts_of_an_unknown_dataset_is_refused_before_serving(tmp_p
     assert done.exit_code == 2
     assert "no forecasts for atlantis" in done.output and "melbourne-pedestrians" in done.output
     assert not (tmp_path / "polis.duckdb").exists()  # nothing was opened
+
+
+def test_serving_forecasts_from_an_unknown_model_kind_is_refused_before_serving(tmp_path: Path) -> None:
+    done = CliRunner().invoke(app, ["serve", "--forecast", "sz-taxi", "--forecast-model", "oracle",
+                                    "--data-dir", str(tmp_path)])
+    assert done.exit_code == 2
+    assert "unknown model kind 'oracle'" in done.output
+    assert not (tmp_path / "polis.duckdb").exists()
+
+
+def test_a_registered_ensemble_serves_live_forecasts(tmp_path: Path) -> None:
+    """`polis serve --forecast sz-taxi --forecast-model ensemble` with a stacked model in the hub's registry."""
+    from tests.unit.test_forecast_ensemble import _fitted
+
+    settings = Settings(data_dir=tmp_path / "hub")
+    registry_for(settings).save(_fitted(DATASETS["sz-taxi"].horizon_steps), "sz-taxi", "all-data")
+    platform = Platform(settings)
+    try:
+        platform.forecasts.start(["sz-taxi"], kind="ensemble").join(30)
+        assert [m.name for m in platform.forecasts.models] == ["ensemble:sz-taxi"]
+    finally:
+        platform.close()

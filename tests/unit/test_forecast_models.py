@@ -16,6 +16,7 @@ from polis.forecast import features
 from polis.forecast.baselines import HistoricalAverage, Persistence, SeasonalNaive
 from polis.forecast.bench import run_benchmark
 from polis.forecast.data import DATASETS, Panel, load_panel, time_features
+from polis.forecast.ensemble import StackedEnsemble
 from polis.forecast.features import FeatureState, common_features, most_correlated, recent_window, step_features
 from polis.forecast.gbm import GbmParams, GlobalGbm, fewest_rounds, used_trees
 from polis.forecast.model import Forecaster, IntervalCalibration, forward_fill, targets
@@ -100,7 +101,7 @@ def test_no_test_value_reaches_fitting_or_selection() -> None:
     assert split.valid_from < split.test_from <= int(split.origins.min()) - spec.input_steps + 1
 
 
-@pytest.mark.parametrize("kind", ["lightgbm", "mlp", "persistence", "historical-average", "seasonal-naive"])
+@pytest.mark.parametrize("kind", ["lightgbm", "mlp", "ensemble", "persistence", "historical-average", "seasonal-naive"])
 def test_forecast_reads_nothing_after_its_origin(kind: str) -> None:
     data = panel("los-loop")
     model = _tiny(kind, (1, 3))
@@ -120,12 +121,15 @@ def _tiny(kind: str, steps: tuple[int, ...], seed: int = 0, season_steps: int = 
         return GlobalGbm(steps, seed, TINY_GBM)
     if kind == "mlp":
         return SpatioTemporalMlp(steps, seed, TINY_MLP)
+    if kind == "ensemble":
+        members = [GlobalGbm(steps, seed, TINY_GBM), SpatioTemporalMlp(steps, seed, TINY_MLP)]
+        return StackedEnsemble(steps, seed, members)
     if kind == "seasonal-naive":
         return SeasonalNaive(steps, seed, season_steps=season_steps)
     return {"persistence": Persistence, "historical-average": HistoricalAverage}[kind](steps, seed)
 
 
-@pytest.mark.parametrize("kind", ["lightgbm", "mlp"])
+@pytest.mark.parametrize("kind", ["lightgbm", "mlp", "ensemble"])
 def test_same_seed_same_forecast(kind: str) -> None:
     data = panel("los-loop")
     forecasts = []
@@ -137,7 +141,7 @@ def test_same_seed_same_forecast(kind: str) -> None:
     assert np.array_equal(forecasts[0].upper, forecasts[1].upper)
 
 
-@pytest.mark.parametrize("kind", ["lightgbm", "mlp", "persistence", "historical-average", "seasonal-naive"])
+@pytest.mark.parametrize("kind", ["lightgbm", "mlp", "ensemble", "persistence", "historical-average", "seasonal-naive"])
 def test_saved_model_loads_and_forecasts_identically(kind: str, tmp_path: Path) -> None:
     data = panel("sz-taxi")
     model = _tiny(kind, (1, 2))
@@ -354,7 +358,7 @@ def test_a_trimmed_model_keeps_its_trims_when_saved_and_loaded(tmp_path: Path) -
     assert np.array_equal(trimmed.predict(data, origins).mean, again.predict(data, origins).mean)
 
 
-@pytest.mark.parametrize("kind", ["lightgbm", "mlp", "persistence", "historical-average", "seasonal-naive"])
+@pytest.mark.parametrize("kind", ["lightgbm", "mlp", "ensemble", "persistence", "historical-average", "seasonal-naive"])
 def test_counts_never_get_a_negative_forecast_or_interval(kind: str, tmp_path: Path) -> None:
     """Melbourne's night-time counts sit at or near 0: the raw booster forecasts below it and a symmetric
     interval reaches far below it. A series with no reading under 0 keeps its forecasts and both bounds at

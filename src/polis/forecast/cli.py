@@ -87,7 +87,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     @app.command()
     def train(
         dataset: Annotated[str, typer.Argument(help="los-loop, sz-taxi or melbourne-pedestrians")],
-        model: Annotated[str, typer.Option(help="lightgbm, mlp or a baseline")] = "lightgbm",
+        model: Annotated[str, typer.Option(help="lightgbm, mlp, ensemble (both stacked) or a baseline")] = "lightgbm",
         quick: Annotated[bool, typer.Option(help="A small model in seconds")] = False,
         seed: Annotated[int, typer.Option(help="Random seed")] = 0,
         data_dir: Annotated[Path | None, typer.Option(help="Hub files (registry under DATA_DIR/models)")] = None,

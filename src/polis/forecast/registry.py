@@ -27,6 +27,10 @@ def model_class(kind: str) -> Any:
         from polis.forecast.neural import SpatioTemporalMlp
 
         return SpatioTemporalMlp
+    if kind == "ensemble":
+        from polis.forecast.ensemble import StackedEnsemble
+
+        return StackedEnsemble
     if kind == "epidemic-lightgbm":  # the epidemic module's learned forecaster, behind the same contract
         from polis.epidemic.panel_forecaster import LearnedEpidemicForecaster
 
@@ -91,8 +95,8 @@ class ModelRegistry:
 
     def latest(self, dataset: str, kind: str | None = None) -> ModelRecord | None:
         matching = [r for r in self.records(dataset) if kind is None or r.kind == kind]
-        if kind is None:  # the learned models before the baselines
-            order = {"lightgbm": 0, "mlp": 1}
+        if kind is None:  # the learned models before the baselines, the stack of them first
+            order = {"ensemble": -1, "lightgbm": 0, "mlp": 1}
             matching.sort(key=lambda r: (-order.get(r.kind, 9), r.version))
         return matching[-1] if matching else None
 
