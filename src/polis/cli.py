@@ -101,8 +101,8 @@ def serve(
     forecast_model: Annotated[
         str,
         typer.Option(
-            help="The model kind those forecasts come from: lightgbm, or ensemble (LightGBM and MLP stacked: "
-            "lower errors on SZ-taxi, PyTorch loaded into the server), mlp or a baseline",
+            help="The model kind those forecasts come from: lightgbm, ensemble (LightGBM and MLP stacked: "
+            "lower errors on SZ-taxi, twice the training), mlp or a baseline",
         ),
     ] = "lightgbm",
 ) -> None:

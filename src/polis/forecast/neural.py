@@ -2,7 +2,11 @@
 window and its road neighbours' window, with learned sensor, time-of-day and day-of-week identity
 embeddings (the STID idea: most of what a graph network learns about a sensor is *which* sensor and
 *when*, and embeddings learn that for a fraction of the cost). All steps ahead come out at once as
-changes from the last reading in the sensor's standard units. Saved as a torch state_dict + JSON.
+changes from the last reading in the sensor's standard units.
+
+Trained with PyTorch; forecasts come from the same weights in numpy (`_NumpyNet`), so a server that loads
+the model (the live service, the stacked ensemble) never imports PyTorch. Saved as the weights in a plain
+.npz + JSON; a model saved before that (a torch state_dict, `network.pt`) still loads.
 """
 
 from __future__ import annotations
@@ -52,6 +56,30 @@ def _inputs(panel: Panel, origins: np.ndarray, state: FeatureState) -> tuple[np.
     return extra.astype(np.float32), base, np.stack([slots, days], axis=-1)
 
 
+class _NumpyNet:
+    """The trained network's forward pass in numpy (float32, as trained): the embeddings looked up and
+    concatenated to the window, then Linear-ReLU-Linear-ReLU-Linear."""
+
+    NAMES = ("sensor.weight", "slot.weight", "day.weight", "body.0.weight", "body.0.bias", "body.2.weight",
+             "body.2.bias", "body.4.weight", "body.4.bias")
+
+    def __init__(self, weights: dict[str, np.ndarray]) -> None:
+        self.weights = {name: np.ascontiguousarray(weights[name], dtype=np.float32) for name in self.NAMES}
+
+    def __call__(self, window: np.ndarray, when: np.ndarray) -> np.ndarray:
+        """window [M, N, 2L+1] float32, when [M, 2] (slot, day) -> change [M, N, H]."""
+        w = self.weights
+        m, n, _ = window.shape
+        sensor = np.broadcast_to(w["sensor.weight"][None, :n], (m, n, w["sensor.weight"].shape[1]))
+        slot = np.broadcast_to(w["slot.weight"][when[:, 0]][:, None, :], (m, n, w["slot.weight"].shape[1]))
+        day = np.broadcast_to(w["day.weight"][when[:, 1]][:, None, :], (m, n, w["day.weight"].shape[1]))
+        x = np.concatenate([window, sensor, slot, day], axis=-1)
+        x = np.maximum(x @ w["body.0.weight"].T + w["body.0.bias"], 0.0)
+        x = np.maximum(x @ w["body.2.weight"].T + w["body.2.bias"], 0.0)
+        out: np.ndarray = x @ w["body.4.weight"].T + w["body.4.bias"]
+        return out
+
+
 class SpatioTemporalMlp(StandardisedForecaster):
     kind: ClassVar[str] = "mlp"
 
@@ -61,7 +89,8 @@ class SpatioTemporalMlp(StandardisedForecaster):
         self.params = params or MlpParams()
         self.state: FeatureState | None = None
         self.calibration: IntervalCalibration | None = None
-        self.network: Any = None
+        self.network: Any = None  # the torch module, while training only
+        self.forward: _NumpyNet | None = None  # what forecasts
         self.n_sensors = 0
         self.n_slots = 0
 
@@ -146,6 +175,8 @@ class SpatioTemporalMlp(StandardisedForecaster):
                     break
         if best_state is not None:
             self.network.load_state_dict(best_state)
+        self.forward = _NumpyNet({k: v.detach().numpy().copy() for k, v in self.network.state_dict().items()})
+        self.network = None  # forecasts come from `forward`
         valid_origins = np.arange(valid_from - 1, len(history.values) - 1)
         floor = floor_of(history)
         errors = floored(self._mean(history, valid_origins), floor) - targets(history, valid_origins, self.steps)
@@ -153,33 +184,32 @@ class SpatioTemporalMlp(StandardisedForecaster):
         report("done", 1.0)
 
     def _mean(self, panel: Panel, origins: np.ndarray) -> np.ndarray:
-        import torch
-
-        assert self.state is not None
-        torch.set_num_threads(self.params.threads)
+        assert self.state is not None and self.forward is not None
         recent, at = recent_window(panel, origins, self.state)  # the same inputs from far fewer steps
         window, base, when = _inputs(recent, at, self.state)
-        self.network.eval()
-        with torch.no_grad():
-            change: np.ndarray = self.network(torch.from_numpy(window), torch.from_numpy(when)).numpy()  # [M, N, H]
+        change = self.forward(window, when)  # [M, N, H]
         z = base[:, None, :] + change.transpose(0, 2, 1)
         out: np.ndarray = z * self.state.std + self.state.mean
         return out
 
     def save(self, directory: Path) -> None:
-        import torch
-
+        if self.forward is None:
+            raise RuntimeError("the model is not fitted")
         self._save_state(directory, n_sensors=self.n_sensors, n_slots=self.n_slots)
-        torch.save(self.network.state_dict(), directory / "network.pt")
+        np.savez(directory / "network.npz", **self.forward.weights)  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, directory: Path) -> Self:
-        import torch
-
         meta = read_meta(directory)
         model = cls(tuple(meta["steps"]), int(meta["seed"]), MlpParams(**meta["params"]))
         model._load_state(directory, meta)
         model.n_sensors, model.n_slots = int(meta["n_sensors"]), int(meta["n_slots"])
-        model.network = model._build()
-        model.network.load_state_dict(torch.load(directory / "network.pt", weights_only=True))
+        if (directory / "network.npz").exists():
+            with np.load(directory / "network.npz", allow_pickle=False) as arrays:
+                model.forward = _NumpyNet(dict(arrays))
+        else:  # saved before the .npz: only the state_dict
+            import torch
+
+            state = torch.load(directory / "network.pt", weights_only=True)
+            model.forward = _NumpyNet({k: v.numpy() for k, v in state.items()})
         return model

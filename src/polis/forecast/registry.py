@@ -1,5 +1,5 @@
 """The registry of trained models: one folder per model version under `<data dir>/models/<dataset>/<kind>/`,
-holding the model's own files (LightGBM text, torch state_dict, JSON; never pickle) and `meta.json` with
+holding the model's own files (LightGBM text, .npz arrays, JSON; never pickle) and `meta.json` with
 the dataset, protocol, metrics, training time, version and creation time."""
 
 from __future__ import annotations
