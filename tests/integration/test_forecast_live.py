@@ -25,17 +25,23 @@ SENSORS = 8
 SPEED = "https://smartdatamodels.org/dataModel.Transportation/averageVehicleSpeed"
 
 
-@pytest.fixture(scope="module")
-def hub() -> Iterator[tuple[Platform, TestClient, Any]]:
-    datasets_dir = Settings().datasets_dir
+def los_loop_hub(sensors: int) -> Platform:
+    """An in-memory hub holding the first `sensors` Los-loop sensors and their recorded week."""
     platform = Platform.in_memory()
-    load = load_los_loop(datasets_dir, "2026-01-01T00:00:00Z")
-    keep = {e["id"] for e in load.entities[:SENSORS]}
-    load.entities = load.entities[:SENSORS]
+    load = load_los_loop(Settings().datasets_dir, "2026-01-01T00:00:00Z")
+    keep = {e["id"] for e in load.entities[:sensors]}
+    load.entities = load.entities[:sensors]
     rows = np.isin(load.history.entity_id, list(keep))
     for name in ("entity_id", "attribute", "observed_at", "value"):
         setattr(load.history, name, getattr(load.history, name)[rows])
     ingest(platform.store, "", load)
+    return platform
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[tuple[Platform, TestClient, Any]]:
+    datasets_dir = Settings().datasets_dir
+    platform = los_loop_hub(SENSORS)
     panel = load_panel("los-loop", datasets_dir).sensors(SENSORS)
     model = GlobalGbm((1, 2, 3), seed=0, params=GbmParams(lags=6, max_rounds=30, learning_rate=0.2, num_leaves=15))
     model.fit(panel, 1800)
