@@ -114,12 +114,12 @@ def serve(
     if unknown:
         console.print(f"[red]no forecasts for {', '.join(unknown)}[/red]; known: {', '.join(FORECAST_DATASETS)}")
         raise typer.Exit(2)
-    try:
-        if forecast:
+    if forecast:
+        try:
             model_class(forecast_model)
-    except ValueError as error:
-        console.print(f"[red]{error}[/red]")
-        raise typer.Exit(2) from None
+        except ValueError as error:
+            console.print(f"[red]{error}[/red]")
+            raise typer.Exit(2) from None
     datasets = tuple(dict.fromkeys(forecast or ()))  # each once, however often named
     _serve(_settings(data_dir, host=host, port=port, mqtt_url=mqtt), forecast_datasets=datasets,
            forecast_model=forecast_model)

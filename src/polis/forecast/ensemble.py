@@ -74,19 +74,17 @@ class StackedEnsemble:
         for j, cols in enumerate(columns):
             for m, i in cols:
                 wanted.setdefault(m, set()).update({0, self._offset(j, (m, i))})
-        forecasts: dict[int, tuple[dict[int, int], np.ndarray]] = {}
+        forecasts: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # member -> (its sorted origins, their means)
         for m, offsets in wanted.items():
             at = np.unique(np.concatenate([np.maximum(origins - d, 0) for d in offsets]))
-            forecasts[m] = ({int(o): k for k, o in enumerate(at)}, self.members[m].predict(panel, at).mean)
+            forecasts[m] = (at, self.members[m].predict(panel, at).mean)
         out = []
         for j, cols in enumerate(columns):
             parts = []
             for m, i in cols:
-                row_of, mean = forecasts[m]
-                d = self._offset(j, (m, i))
-                earlier = origins - d
-                rows = np.array([row_of[int(o)] for o in np.maximum(earlier, 0)])
-                own = np.array([row_of[int(o)] for o in origins])
+                at, mean = forecasts[m]
+                earlier = origins - self._offset(j, (m, i))
+                rows, own = np.searchsorted(at, np.maximum(earlier, 0)), np.searchsorted(at, origins)
                 parts.append(np.where((earlier >= 0)[:, None], mean[rows, i], mean[own, j]))
             out.append(np.stack(parts, axis=-1))
         return out

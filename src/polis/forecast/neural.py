@@ -175,7 +175,7 @@ class SpatioTemporalMlp(StandardisedForecaster):
                     break
         if best_state is not None:
             self.network.load_state_dict(best_state)
-        self.forward = _NumpyNet({k: v.detach().numpy().copy() for k, v in self.network.state_dict().items()})
+        self.forward = _NumpyNet({k: v.detach().numpy() for k, v in self.network.state_dict().items()})
         self.network = None  # forecasts come from `forward`
         valid_origins = np.arange(valid_from - 1, len(history.values) - 1)
         floor = floor_of(history)
