@@ -29,12 +29,14 @@ from polis.ngsi_ld.params import (
     check_known,
     narrow_pick,
     parse_bool,
+    parse_dataset_ids,
     parse_geo_params,
     parse_names,
     parse_options,
     parse_page,
     parse_projection,
     parse_q_param,
+    parse_scope_q_param,
     parse_type_selector,
 )
 from polis.ngsi_ld.q import parse_q, pattern_problem
@@ -87,11 +89,14 @@ def build_entity_query(
     types = parse_type_selector(params.get("type"), terms) if params.get("type") != "*" else None
     q = parse_q_param(params.get("q"), terms)
     geo = parse_geo_params(params, terms)
+    scope_q = parse_scope_q_param(params.get("scopeQ"))
+    parse_bool(params, "local")  # every entity here is local (no federation): the same answer either way
     id_pattern = params.get("idPattern")
     if id_pattern is not None:
         _check_regex(id_pattern)
-    if require_filter and not (ids or id_pattern or types or attrs or q or geo or params.get("type") == "*"):
-        raise BadRequestData("a query needs at least one of type, id, idPattern, attrs, q or a geo-query")
+    narrowed = ids or id_pattern or types or attrs or q or geo or scope_q or params.get("type") == "*"
+    if require_filter and not narrowed:
+        raise BadRequestData("a query needs at least one of type, id, idPattern, attrs, q, scopeQ or a geo-query")
     query = EntityQuery(
         ids=ids,
         id_pattern=id_pattern,
@@ -99,6 +104,7 @@ def build_entity_query(
         attrs=attrs,
         q=q,
         geo=geo,
+        scope_q=scope_q,
         limit=page.limit,
         offset=page.offset,
         count=page.count,
@@ -166,10 +172,12 @@ async def _answer_query(
     omit = parse_projection(params.get("omit"), terms, "omit")
     pick = narrow_pick(pick, attrs)
     lang = params.get("lang")
+    dataset_ids = parse_dataset_ids(params.get("datasetId"))
     query = dataclasses.replace(query, datasets=readable_scope(request))
     result = await run_in_threadpool(platform.entities.query, tenant, query)
     body = [
-        compact_entity(e, terms, fmt=fmt, sys_attrs=sys_attrs, pick=pick, omit=omit, lang=lang) for e in result.entities
+        compact_entity(e, terms, fmt=fmt, sys_attrs=sys_attrs, pick=pick, omit=omit, lang=lang, dataset_ids=dataset_ids)
+        for e in result.entities
     ]
     limit = query.limit if query.limit is not None else len(body)
     headers = _pagination_headers(request, result.count, query.offset, limit, len(body))
@@ -197,6 +205,7 @@ async def retrieve_entity(entity_id: str, request: Request) -> Response:
     attrs = parse_names(params.get("attrs"), terms, "attrs")
     types = parse_type_selector(params.get("type"), terms)
     type_iris = tuple(t for group in types.any_of for t in group) if types else ()
+    dataset_ids = parse_dataset_ids(params.get("datasetId"))
     body = await run_in_threadpool(
         lambda: platform.entities.retrieve(
             tenant,
@@ -209,6 +218,7 @@ async def retrieve_entity(entity_id: str, request: Request) -> Response:
             pick=parse_projection(params.get("pick"), terms, "pick"),
             omit=parse_projection(params.get("omit"), terms, "omit"),
             lang=params.get("lang"),
+            dataset_ids=dataset_ids,
         )
     )
     return json_response(request, body, terms, accept=accept, geometry_property=params.get("geometryProperty"))
@@ -460,8 +470,12 @@ async def post_query(request: Request) -> Response:
             geo_body.get("geoproperty"),
             terms.expand,
         )
-    if not (parsed or attrs or q_text or geo):
-        raise BadRequestData("a Query needs at least one of entities, attrs, q or geoQ")
+    scope_text = data.get("scopeQ")
+    if scope_text is not None and not isinstance(scope_text, str):
+        raise BadRequestData("Query.scopeQ must be a string")
+    scope_q = parse_scope_q_param(scope_text)
+    if not (parsed or attrs or q_text or geo or scope_q):
+        raise BadRequestData("a Query needs at least one of entities, attrs, q, scopeQ or geoQ")
     query = EntityQuery(
         ids=ids,
         id_pattern=id_pattern,
@@ -470,6 +484,7 @@ async def post_query(request: Request) -> Response:
         attrs=attrs,
         q=parse_q(q_text, terms.expand) if q_text else None,
         geo=geo,
+        scope_q=scope_q,
         limit=page_query.limit,
         offset=page_query.offset,
         count=page_query.count,

@@ -24,7 +24,7 @@ from polis.api.ld_http import (
 )
 from polis.api.routes_entities import QUERY_PARAMS, build_entity_query
 from polis.domain.errors import BadRequestData
-from polis.ngsi_ld.params import check_known, parse_names, parse_options
+from polis.ngsi_ld.params import check_known, narrow_pick, parse_names, parse_options, parse_projection
 from polis.ngsi_ld.temporal import content_range, parse_aggregation, parse_temporal_query, render_temporal_entity
 
 router = APIRouter(prefix="/ngsi-ld/v1/temporal", tags=["temporal"])
@@ -81,9 +81,14 @@ async def query_temporal(request: Request) -> Response:
     temporal = parse_temporal_query(params, attrs, settings.max_temporal_instances)
     fmt, aggregation = _format(params)
     query = dataclasses.replace(query, datasets=readable_scope(request))
+    pick = narrow_pick(parse_projection(params.get("pick"), terms, "pick"), attrs)
+    omit = parse_projection(params.get("omit"), terms, "omit")
     entities, count, history = await run_in_threadpool(platform.temporal.query, tenant, query, temporal)
     body = [
-        render_temporal_entity(e, history.get(e["id"], {}), terms, fmt=fmt, aggregation=aggregation, temporal=temporal)
+        render_temporal_entity(
+            e, history.get(e["id"], {}), terms, fmt=fmt, aggregation=aggregation, temporal=temporal,
+            pick=pick, omit=omit,
+        )
         for e in entities
     ]
     status, headers = _status_and_headers(
@@ -96,7 +101,7 @@ async def query_temporal(request: Request) -> Response:
 async def retrieve_temporal(entity_id: str, request: Request) -> Response:
     platform = platform_of(request)
     params = dict(request.query_params)
-    check_known(params, TEMPORAL_PARAMS | {"attrs", "options", "format", "lang", "type"})
+    check_known(params, TEMPORAL_PARAMS | {"attrs", "options", "format", "lang", "type", "datasetId"})
     accept = accept_of(request)
     tenant = tenant_of(request)
     terms = await request_terms(request)

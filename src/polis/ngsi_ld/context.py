@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import threading
 import time
 import uuid
@@ -343,6 +344,50 @@ class _Unavailable(Exception):
     """Why a remote context could not be had; becomes LdContextNotAvailable with the URL."""
 
 
+class _Deadline:
+    """Cuts every connection of one download when its time is up. httpx's timeouts are per read, so a server
+    sending one byte of headers every tenth of a second would hold the request (and the URL's fetch lock)
+    forever; shutting the sockets down from a timer ends the blocked read with an error at the deadline.
+    The sockets are learnt from httpx's documented `trace` request extension, redirects included."""
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._timer.cancel()
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event != "connection.connect_tcp.complete":
+            return
+        sock = info["return_value"].get_extra_info("socket")
+        if isinstance(sock, socket.socket):
+            with self._lock:
+                self._sockets.append(sock)
+            if self.expired.is_set():  # connected just as time ran out
+                _shut(sock)
+
+    def _expire(self) -> None:
+        self.expired.set()
+        with self._lock:
+            for sock in self._sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed
+        pass
+
+
 class ContextCache:
     """Resolves @context values to TermMaps: shipped files, registered contexts, then the network (once)."""
 
@@ -553,16 +598,17 @@ class ContextCache:
         import httpx  # only needed when a client names a context we do not have
 
         timeout = self._timeout
-        deadline = time.monotonic() + 2 * timeout  # bounds a server that drips bytes slowly
+        watchdog = _Deadline(2 * timeout)  # the read timeout is per read: a server dripping bytes never trips it
         try:
             with (
+                watchdog,
                 httpx.Client(
                     timeout=httpx.Timeout(timeout),
                     follow_redirects=True,
                     max_redirects=MAX_REDIRECTS,
                     headers={"Accept": _ACCEPT},
                 ) as client,
-                client.stream("GET", url) as response,
+                client.stream("GET", url, extensions={"trace": watchdog.trace}) as response,
             ):
                 if response.status_code != 200:
                     raise _Unavailable(f"HTTP {response.status_code}")
@@ -574,13 +620,13 @@ class ContextCache:
                     body += chunk
                     if len(body) > MAX_CONTEXT_BYTES:
                         raise _Unavailable(f"document is larger than {MAX_CONTEXT_BYTES} bytes")
-                    if time.monotonic() > deadline:
-                        raise _Unavailable(f"download took longer than {2 * timeout:g} s")
         except httpx.TimeoutException:
             raise _Unavailable(f"no answer within {timeout:g} s") from None
         except httpx.TooManyRedirects:
             raise _Unavailable(f"more than {MAX_REDIRECTS} redirects") from None
         except httpx.HTTPError as error:
+            if watchdog.expired.is_set():  # the watchdog cut the connection
+                raise _Unavailable(f"download took longer than {2 * timeout:g} s") from None
             raise _Unavailable(f"{type(error).__name__}: {error}") from None
         except (httpx.InvalidURL, ValueError) as error:  # a bad port or host (http://a:b/, http://[::1)
             raise BadRequestData(f"the @context URL {url} is not a valid URL: {error}") from None

@@ -239,6 +239,7 @@ class EntityService:
         pick: set[str] | None = None,
         omit: set[str] | None = None,
         lang: str | None = None,
+        dataset_ids: tuple[str | None, ...] | None = None,
     ) -> dict[str, Any]:
         entity = self._load(tenant, entity_id)
         if type_iris and not set(type_iris) & set(entity["type"]):
@@ -249,7 +250,9 @@ class EntityService:
             if not any(a in entity for a in attrs):
                 raise ResourceNotFound(f"entity {entity_id} has none of the attributes asked for")
             pick = narrow_pick(pick, tuple(attrs))
-        return compact_entity(entity, terms, fmt=fmt, sys_attrs=sys_attrs, pick=pick, omit=omit, lang=lang)
+        return compact_entity(
+            entity, terms, fmt=fmt, sys_attrs=sys_attrs, pick=pick, omit=omit, lang=lang, dataset_ids=dataset_ids
+        )
 
     @serialised
     def replace(self, tenant: str, entity_id: str, body: Any, terms: TermMap) -> None:

@@ -498,11 +498,13 @@ def compact_entity(
     pick: set[str] | None = None,
     omit: set[str] | None = None,
     lang: str | None = None,
+    dataset_ids: tuple[str | None, ...] | None = None,
 ) -> dict[str, Any]:
     """The internal entity -> the representation a client asked for, names compacted with `terms`.
 
     `pick`/`omit` hold attribute IRIs and the member names "id", "type" (and "scope"); with `pick`,
-    only what it names is returned, id and type included.
+    only what it names is returned, id and type included. `dataset_ids` (the `datasetId` parameter) keeps
+    only the instances with those datasetIds, None standing for the default instance.
     """
     mode = _mode(fmt)
     if lang == "*":
@@ -529,6 +531,10 @@ def compact_entity(
             continue
         if (pick is not None and key not in pick) or (omit is not None and key in omit):
             continue
+        if dataset_ids is not None:
+            instances = [i for i in instances if i.get("datasetId") in dataset_ids]
+            if not instances:
+                continue
         if len(instances) == 1:
             out[terms.compact(key)] = _compact(instances[0], terms, mode, sys_attrs, lang, True)
         else:

@@ -13,8 +13,10 @@ from datetime import UTC, datetime
 
 from polis.domain.errors import BadRequestData, InvalidRequest, TooManyResults
 from polis.ngsi_ld.context import TermMap
+from polis.ngsi_ld.entity_codec import is_uri
 from polis.ngsi_ld.geoquery import GeoQuery, parse_geoquery
 from polis.ngsi_ld.q import QExpr, parse_q
+from polis.ngsi_ld.scope_q import ScopeExpr, parse_scope_q
 from polis.store.base import TypeSelector
 
 REPRESENTATIONS = {"normalized", "concise", "keyValues", "simplified"}
@@ -124,6 +126,26 @@ def parse_projection(raw: str | None, terms: TermMap, what: str) -> set[str] | N
     if any(not n.strip() for n in names):
         raise BadRequestData(f"{what} has an empty name: '{raw}'")
     return {n if n in ("id", "type") else terms.expand(n) for n in (n.strip() for n in names)}
+
+
+def parse_dataset_ids(raw: str | None) -> tuple[str | None, ...] | None:
+    """`datasetId=urn:a,@none`: the attribute instances wanted, None standing for the default instance (the
+    one without a datasetId); None when the parameter is absent (every instance)."""
+    if raw is None:
+        return None
+    wanted: list[str | None] = []
+    for part in (p.strip() for p in raw.split(",")):
+        if part == "@none":
+            wanted.append(None)
+        elif is_uri(part):
+            wanted.append(part)
+        else:
+            raise BadRequestData(f"datasetId '{part}' is not a URI (or @none for the default instance)")
+    return tuple(dict.fromkeys(wanted))
+
+
+def parse_scope_q_param(raw: str | None) -> ScopeExpr | None:
+    return None if raw is None else parse_scope_q(raw)
 
 
 def narrow_pick(pick: set[str] | None, attrs: tuple[str, ...]) -> set[str] | None:

@@ -19,7 +19,7 @@ from polis.ngsi_ld.context import TermMap
 from polis.ngsi_ld.entities import EntityService, parse_observed_at
 from polis.ngsi_ld.entity_codec import compact_instance, expand_entity, expand_fragment, validate_entity_id
 from polis.ngsi_ld.events import EntityChange
-from polis.ngsi_ld.params import parse_datetime, parse_int
+from polis.ngsi_ld.params import parse_dataset_ids, parse_datetime, parse_int
 from polis.privacy.refusal import refuse_personal_data
 from polis.store.base import EntityQuery, TemporalAttribute, TemporalQuery
 
@@ -61,6 +61,7 @@ def parse_temporal_query(params: Mapping[str, str], attrs: tuple[str, ...], max_
         end_time_at=stop,  # type: ignore[arg-type]
         last_n=last_n,
         max_instances=max_instances,
+        dataset_ids=parse_dataset_ids(params.get("datasetId")),
     )
 
 
@@ -245,10 +246,23 @@ def render_temporal_entity(
     fmt: str = "normalized",
     aggregation: Aggregation | None = None,
     temporal: TemporalQuery | None = None,
+    pick: set[str] | None = None,
+    omit: set[str] | None = None,
 ) -> dict[str, Any]:
-    types = [terms.compact(t) for t in entity["type"]]
-    out: dict[str, Any] = {"id": entity["id"], "type": types[0] if len(types) == 1 else types}
+    """`pick`/`omit` project as they do on /entities: attribute IRIs and the members "id" and "type"."""
+
+    def wanted(key: str) -> bool:
+        return (pick is None or key in pick) and (omit is None or key not in omit)
+
+    out: dict[str, Any] = {}
+    if wanted("id"):
+        out["id"] = entity["id"]
+    if wanted("type"):
+        types = [terms.compact(t) for t in entity["type"]]
+        out["type"] = types[0] if len(types) == 1 else types
     for attr, slot in history.items():
+        if not wanted(attr):
+            continue
         name = terms.compact(attr)
         if fmt == "temporalValues":
             out[name] = _temporal_values(slot.instances, terms)

@@ -18,6 +18,7 @@ from polis.ngsi_ld.events import Staged
 if TYPE_CHECKING:
     from polis.ngsi_ld.geoquery import GeoQuery
     from polis.ngsi_ld.q import QExpr
+    from polis.ngsi_ld.scope_q import ScopeExpr
     from polis.store.attr_index import IndexColumns
 
 DEFAULT_TENANT = ""
@@ -36,7 +37,7 @@ class EntityQuery:
     attrs: tuple[str, ...] = ()  # entity must have at least one of these
     q: QExpr | None = None
     geo: GeoQuery | None = None
-    scope_q: str | None = None
+    scope_q: ScopeExpr | None = None  # §4.19 scopeQ over the entities' `scope`
     datasets: tuple[str, ...] | None = None  # access control: only entities of these datasets (polis.access)
     limit: int | None = 20
     offset: int = 0
@@ -75,6 +76,7 @@ class TemporalQuery:
     end_time_at: datetime | None = None
     last_n: int | None = None
     max_instances: int = 10_000
+    dataset_ids: tuple[str | None, ...] | None = None  # only instances of these (None: the default instance)
 
 
 @dataclass(slots=True)

@@ -59,7 +59,7 @@ from polis.store.base import (
     TypeSelector,
 )
 from polis.store.geo_index import GEO_INDEX_DDL, PointTable, geo_index_rows, geo_to_sql, geo_values
-from polis.store.q_sql import q_to_sql
+from polis.store.q_sql import q_to_sql, scope_q_to_sql
 
 log = logging.getLogger(__name__)
 
@@ -792,6 +792,10 @@ class DuckDBStore:
             sql, q_params = q_to_sql(query.q, tenant, self._path_id)
             clauses.append(sql)
             params.extend(q_params)
+        if query.scope_q is not None:
+            sql, scope_params = scope_q_to_sql(query.scope_q)
+            clauses.append(sql)
+            params.extend(scope_params)
         if query.geo is not None:
             sql, geo_params, exact = self._geo_sql(tenant, query)
             clauses.append(sql)
@@ -889,6 +893,12 @@ class DuckDBStore:
         elif query.timerel == "between" and query.time_at is not None and query.end_time_at is not None:
             clauses.append("observed_at >= ? AND observed_at < ?")
             params.extend([_naive_utc(query.time_at), _naive_utc(query.end_time_at)])
+        if query.dataset_ids is not None:
+            named = [d for d in query.dataset_ids if d is not None]
+            either = ["dataset_id IN (SELECT unnest(?::VARCHAR[]))"] if named else []
+            either += ["dataset_id IS NULL"] if None in query.dataset_ids else []
+            clauses.append("(" + " OR ".join(either) + ")")
+            params.extend([named] if named else [])
         newest = ""
         if query.last_n is not None:
             # One more than the cap tells us whether the answer was truncated (206 Partial Content).

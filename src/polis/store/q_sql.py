@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from polis.ngsi_ld.q import NEGATED, And, Comparison, Exists, Or, QExpr, Range, Scalar
+from polis.ngsi_ld.scope_q import ScopeAll, ScopeExpr, ScopeTerm
 from polis.store.attr_index import encode_path
 
 # The number `attr_paths` gives an encoded path (a negative one for a path never written: no row has it).
@@ -118,3 +119,17 @@ def _column(value: Scalar) -> str:
 def _param(value: Scalar) -> object:
     # Integers go in as doubles: `num` is DOUBLE and the Python evaluator compares as floats too.
     return value if isinstance(value, (bool, str)) else float(value)
+
+
+# The entity's scopes are read from its document: scope queries are rare and always narrowed by a type or
+# an id first, so an index of their own would cost every write for little.
+_SCOPE_TEST = "len(list_filter(json_extract_string(e.doc, '$.scope[*]'), lambda s: regexp_full_match(s, ?))) > 0"
+
+
+def scope_q_to_sql(expr: ScopeExpr) -> tuple[str, list[object]]:
+    """A boolean SQL predicate about `e` (column e.doc) for a scope query (polis.ngsi_ld.scope_q)."""
+    if isinstance(expr, ScopeTerm):
+        return _SCOPE_TEST, [expr.regex]
+    parts = [scope_q_to_sql(part) for part in expr.parts]
+    joiner = " AND " if isinstance(expr, ScopeAll) else " OR "
+    return "(" + joiner.join(sql for sql, _ in parts) + ")", [p for _, params in parts for p in params]
