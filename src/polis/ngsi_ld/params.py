@@ -71,7 +71,7 @@ def parse_int(params: Mapping[str, str], name: str, *, minimum: int = 0) -> int 
     raw = params.get(name)
     if raw is None:
         return None
-    if not re.fullmatch(r"-?\d{1,12}", raw):
+    if not re.fullmatch(r"-?[0-9]{1,12}", raw):  # \d would take other scripts' digits (Arabic, Devanagari)
         raise BadRequestData(f"{name} must be an integer, got '{raw}'")
     value = int(raw)
     if value < minimum:
@@ -240,9 +240,12 @@ def parse_datetime(raw: str, name: str) -> datetime:
     if text.endswith("Z") or text.endswith("z"):
         text = text[:-1] + "+00:00"
     try:
+        if "T" not in text.upper() or not text.isascii():  # a date alone is not a moment; digits are 0-9
+            raise ValueError(text)
         value = datetime.fromisoformat(text)
     except ValueError:
-        raise BadRequestData(f"{name} must be an ISO 8601 date-time, got '{raw}'") from None
+        example = "2024-05-01T10:00:00Z"
+        raise BadRequestData(f"{name} must be an ISO 8601 date-time such as {example}, got '{raw}'") from None
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)  # NGSI-LD times without an offset are UTC
     try:
