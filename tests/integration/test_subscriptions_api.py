@@ -362,6 +362,10 @@ URL = "http://127.0.0.1:9/notify"
       "notification": {"endpoint": {"uri": URL}}}, "colour"),
     ({"type": "Subscription", "id": "no-uri", "watchedAttributes": ["a"],
       "notification": {"endpoint": {"uri": URL}}}, "id"),
+    ({"type": "Subscription", "watchedAttributes": ["a b"],
+      "notification": {"endpoint": {"uri": URL}}}, "watchedAttributes"),
+    ({"type": "Subscription", "entities": [{"type": "T"}],
+      "notification": {"attributes": ["x;y"], "endpoint": {"uri": URL}}}, "notification.attributes"),
 ])
 def test_invalid_subscription_is_400_naming_the_field(client: TestClient, body: dict[str, Any],
                                                       fragment: str) -> None:

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from polis.domain.errors import BadRequestData, OperationNotSupported
 from polis.ngsi_ld.context import TermMap
-from polis.ngsi_ld.entity_codec import validate_entity_id
+from polis.ngsi_ld.entity_codec import check_attribute_name, validate_entity_id
 from polis.ngsi_ld.geoquery import GeoQuery, parse_geoquery
 from polis.ngsi_ld.params import parse_datetime, parse_type_selector
 from polis.ngsi_ld.q import QExpr, parse_q, pattern_problem
@@ -406,6 +406,10 @@ def _names(raw: Any, terms: TermMap, where: str, *, allow_null: bool = False) ->
     for name in raw:
         if not isinstance(name, str) or not name.strip() or len(name) > MAX_URI:
             raise BadRequestData(f"{where}: {_show(name)} is not an attribute name")
+        try:  # the names an entity may have: a watched "a b" could never match anything
+            check_attribute_name(name.strip())
+        except BadRequestData as bad:
+            raise BadRequestData(f"{where}: {bad.detail}") from None
         names.append(terms.expand(name.strip()))
     return tuple(dict.fromkeys(names))
 
