@@ -30,7 +30,7 @@ from polis.alerts.evaluate import DEFAULT_CONTEXT, CompiledRule, Observation, Ru
 from polis.alerts.lifecycle import Phase
 from polis.alerts.model import AlertRecord, Member, SentMessage, distance_m, iso, parse_iso
 from polis.alerts.rulebook import RuleBook
-from polis.alerts.rules import AnyRule, BurstRule, load_rules_file, parse_rule
+from polis.alerts.rules import AnyRule, BurstRule, load_rules_file, parse_rule, template_problem
 from polis.domain.errors import BadRequestData, NgsiError, ResourceNotFound
 from polis.ngsi_ld.events import EntityChange
 from polis.store.base import TemporalQuery
@@ -384,8 +384,11 @@ class AlertEngine:
             "observedAt": iso(member.observed_at),
             "crossingAt": str(details.get("crossingAt", "")),
         }
+        message = str(rule.get("message", ""))
         try:
-            description = str(rule.get("message", "")).format(**fields)
+            if template_problem(message):  # a snapshot kept from before the template checks (huge widths)
+                raise ValueError(message)
+            description = message.format(**fields)
         except (ValueError, KeyError, IndexError):  # validated on submission; a bad value must not lose the alert
             description = f"{rule.get('name')}: {member.name} value {member.value:.6g}"
         return headline, description

@@ -64,6 +64,15 @@ _SAMPLE: dict[str, object] = {name: 1.5 for name in TEMPLATE_FIELDS} | {
     "crossingAt": "t",
 }
 RULE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# A placeholder's width and precision are bounded before the sample is formatted: Python allocates the whole
+# padded string, so `{value:>1000000000000000}` is a MemoryError (a 500) and `{value:.100000000f}` a 100 MB
+# message on every alert. 200 is wider than any line of alert text and more digits than a float holds
+# (17 significant), so no sensible template is refused; a message (<= 1000 characters) then renders to at
+# most a few hundred characters per placeholder.
+MAX_FORMAT_WIDTH = 200
+# Python's format-spec grammar (3.11): [[fill]align][sign][z][#][0][width][grouping][.precision][type].
+# It only pulls out width and precision; the type and the rest are still checked by formatting the sample.
+_FORMAT_SPEC = re.compile(r"(?:.?[<>=^])?[-+ ]?z?#?0?(?P<width>\d*)[,_]?(?:\.(?P<precision>\d*))?.?", re.DOTALL)
 ALERT_TYPE_TERMS = frozenset({"Alert", "https://smartdatamodels.org/dataModel.Alert/Alert"})
 
 
@@ -178,19 +187,47 @@ class _RuleBase(_Model):
     def _template(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        try:
-            for _, field, spec, conversion in string.Formatter().parse(value):
-                if field is None:
-                    continue
-                if field not in TEMPLATE_FIELDS:
-                    known = ", ".join(sorted(TEMPLATE_FIELDS))
-                    raise ValueError(f"unknown placeholder {{{field}}}; known: {known}")
-                if conversion is not None or (spec and "{" in spec):
-                    raise ValueError(f"placeholder {{{field}}}: only a format spec such as :.1f is allowed")
-            value.format(**_SAMPLE)
-        except (ValueError, IndexError, KeyError) as error:
-            raise ValueError(str(error)) from None
+        problem = template_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
+
+
+def template_problem(template: str) -> str | None:
+    """Why a message template cannot be rendered safely (None: it can). Rules are checked on submission;
+    the alert engine checks again before rendering a rule snapshot kept from before a check existed."""
+    try:
+        for _, field, spec, conversion in string.Formatter().parse(template):
+            if field is None:
+                continue
+            if field not in TEMPLATE_FIELDS:
+                known = ", ".join(sorted(TEMPLATE_FIELDS))
+                return f"unknown placeholder {{{field}}}; known: {known}"
+            if conversion is not None or (spec and "{" in spec):
+                return f"placeholder {{{field}}}: only a format spec such as :.1f is allowed"
+            problem = _spec_problem(spec)
+            if problem:
+                return f"placeholder {{{field}}}: {problem}"
+        template.format(**_SAMPLE)
+    except (ValueError, IndexError, KeyError) as error:
+        return str(error)
+    return None
+
+
+def _spec_problem(spec: str | None) -> str | None:
+    """Why a placeholder's format spec is refused (None: fine). Nested fields (`{value:{width}}`) are refused
+    by the caller; here the width and precision must be at most MAX_FORMAT_WIDTH."""
+    if not spec:
+        return None
+    m = _FORMAT_SPEC.fullmatch(spec)
+    if m is None:  # Python would refuse it too; refusing here means no unparsed spec is ever formatted
+        return f"':{spec[:40]}' is not a format spec such as :.1f or :>8"
+    for part in ("width", "precision"):
+        digits = m.group(part)
+        # The digits lie in a template of at most 1000 characters: int() is cheap.
+        if digits and int(digits) > MAX_FORMAT_WIDTH:
+            return f"{part} {digits[:20]} in ':{spec[:40]}' is over {MAX_FORMAT_WIDTH}"
+    return None
 
 
 class _Crossing(_Model):
@@ -226,7 +263,10 @@ class AnomalyRule(_RuleBase):
     detector: Literal["crowd-gathering", "speed-drop"]
     level: float = Field(gt=0)
     timezone: str = "UTC"  # crowd-gathering: the sensors' local time, for the hour-of-week profile
-    message: str = Field(default="{rule}: score {score:.1f} at {entityName} ({value:.0f} vs {expected:.0f})")
+    # Redefining a field drops the base's constraints: the 1000-character cap is restated.
+    message: str = Field(
+        default="{rule}: score {score:.1f} at {entityName} ({value:.0f} vs {expected:.0f})", max_length=1000
+    )
 
     @field_validator("timezone")
     @classmethod
@@ -250,7 +290,10 @@ class BurstRule(_RuleBase):
     min_count: int = Field(default=3, ge=2)
     max_p_value: float = Field(default=0.001, gt=0, le=0.5)
     min_history_days: int = Field(default=7, ge=0, le=3650)  # observed days before the expected rate is trusted
-    message: str = Field(default="{rule}: {count:.0f} events in {group} within the window (expected {expected:.2f})")
+    # Redefining a field drops the base's constraints: the 1000-character cap is restated.
+    message: str = Field(
+        default="{rule}: {count:.0f} events in {group} within the window (expected {expected:.2f})", max_length=1000
+    )
 
 
 Rule = Annotated[ThresholdRule | ForecastRule | AnomalyRule | BurstRule, Field(discriminator="kind")]

@@ -125,7 +125,7 @@ async def json_body(request: Request, *, context_document: bool = False) -> LdBo
     """Parse the body by §6.3.5: json + Link, or ld+json with @context in the body; anything else 415.
     `context_document`: the body is itself an @context document (POST /jsonldContexts), not data."""
     raw = await read_body(request)
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    media = _media_type(request)
     if media not in ("application/json", "application/ld+json", "application/merge-patch+json"):
         raise UnsupportedMediaType(
             f"Content-Type '{media or '(none)'}' is not supported; use application/json or application/ld+json"
@@ -154,6 +154,23 @@ async def json_body(request: Request, *, context_document: bool = False) -> LdBo
     if isinstance(data, list) and any(isinstance(i, dict) and "@context" in i for i in data):
         raise BadRequestData("with Content-Type application/json the @context goes in a Link header, not the body")
     return LdBody(data, link, False)
+
+
+async def plain_json_body(request: Request) -> Any:
+    """The body of a /polis/v1 route: plain JSON, no JSON-LD. Over max_body_bytes is 413, a declared
+    Content-Type other than application/json 415, an empty, malformed or too deep body 400. A body without
+    a Content-Type is read as JSON: scripts posting bare JSON to these routes always could."""
+    raw = await read_body(request)
+    media = _media_type(request)
+    if media and media != "application/json":
+        raise UnsupportedMediaType(f"Content-Type '{media}' is not supported; use application/json")
+    if not raw.strip():
+        raise InvalidRequest("the request body is empty; a JSON document is expected")
+    return parse_json(raw)
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
 async def resolve(request: Request, context: Any) -> TermMap:

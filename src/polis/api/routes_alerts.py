@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from polis.alerts.cap import ATOM_MEDIA_TYPE, CAP_MEDIA_TYPE, atom_feed
 from polis.alerts.model import AlertRecord, iso
 from polis.alerts.rules import parse_rule, rule_json
-from polis.api.ld_http import parse_json, platform_of, tenant_of
+from polis.api.ld_http import plain_json_body, platform_of, tenant_of
 from polis.domain.errors import AlreadyExists, ResourceNotFound
 
 router = APIRouter(prefix="/polis/v1/alerts", tags=["alerts"])
@@ -34,10 +34,6 @@ router = APIRouter(prefix="/polis/v1/alerts", tags=["alerts"])
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
-
-
-async def _body(request: Request) -> Any:
-    return parse_json(await request.body())
 
 
 def alert_json(record: AlertRecord) -> dict[str, Any]:
@@ -83,7 +79,7 @@ def alert_json(record: AlertRecord) -> dict[str, Any]:
 async def create_rule(request: Request) -> Response:
     platform = platform_of(request)
     tenant = tenant_of(request, write=True)
-    body = await _body(request)
+    body = await plain_json_body(request)
     rule = parse_rule(body)
     if rule.id is not None and platform.alerts.book.get(tenant, rule.id) is not None:
         raise AlreadyExists(f"alert rule {rule.id} already exists (PUT /polis/v1/alerts/rules/{rule.id} replaces it)")
@@ -107,7 +103,7 @@ async def get_rule(rule_id: str, request: Request) -> Response:
 async def put_rule(rule_id: str, request: Request) -> Response:
     platform = platform_of(request)
     tenant = tenant_of(request, write=True)
-    body = await _body(request)
+    body = await plain_json_body(request)
     rule, created = await run_in_threadpool(platform.alerts.put_rule, tenant, body, rule_id)
     return _json(rule_json(rule), 201 if created else 200, {"Location": f"/polis/v1/alerts/rules/{rule.id}"})
 

@@ -26,7 +26,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from polis.api.ld_http import parse_json, platform_of, tenant_of
+from polis.api.ld_http import plain_json_body, platform_of, tenant_of
 from polis.domain.errors import BadRequestData, ResourceNotFound
 from polis.epidemic.data import COUNTRIES, CountryData
 from polis.epidemic.guard import refuse_person_fields
@@ -207,7 +207,7 @@ async def scenario(request: Request, country: str) -> Response:
     from polis.epidemic.scenario import run_scenario, validate
 
     data = await _country(request, country)
-    body = parse_json(await request.body())
+    body = await plain_json_body(request)  # 413 over max_body_bytes, 415 for a type other than JSON
     if not isinstance(body, dict):
         raise BadRequestData("body must be a JSON object", field="body")
     refuse_person_fields(body.keys(), "scenario request")
