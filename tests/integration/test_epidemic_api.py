@@ -96,6 +96,7 @@ def test_bad_scenario_input_is_400_naming_the_field(client: TestClient) -> None:
         ({**good, "reductionPercent": "half"}, "reductionPercent"),
         ({**good, "regions": ["Atlantis", "E09000001"]}, "regions"),
         ({**good, "start": "13/05/2020"}, "start"),
+        ({**good, "start": "9999-12-31"}, "start"),
         ({**good, "days": 1000}, "days"),
         ({**good, "mode": "sideways"}, "mode"),
         ({**good, "colour": "red"}, "colour"),
@@ -111,6 +112,7 @@ def test_bad_scenario_input_is_400_naming_the_field(client: TestClient) -> None:
     assert client.post(SCENARIO, json=[1, 2]).status_code == 400
     assert client.post("/polis/v1/epidemic/Atlantis/scenario", json=good).status_code == 404
     assert client.get("/polis/v1/epidemic/Italy/forecast", params={"horizons": 40}).json()["field"] == "horizons"
+    assert client.get("/polis/v1/epidemic/Italy/forecast", params={"horizons": "١٤"}).json()["field"] == "horizons"
 
 
 def test_person_level_records_offered_to_the_api_are_refused(client: TestClient) -> None:

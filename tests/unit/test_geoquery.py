@@ -134,6 +134,7 @@ def test_geoproperty_names_expand_with_core_names_fixed() -> None:
         ("near;maxDistance==nan", "Point", "[0,0]", "maxDistance must be a non-negative number"),
         ("near;maxDistance=2000", "Point", "[0,0]", "modifiers are maxDistance==<metres>"),
         ("near;maxDistance==1;maxDistance==2", "Point", "[0,0]", "maxDistance twice"),
+        ("near;minDistance==1;maxDistance==0", "Point", "[0,0]", "minDistance 1 is more than maxDistance 0"),
         ("near;maxDistance==2000", "Polygon", "[[[0,0],[1,0],[1,1],[0,0]]]", "needs geometry Point"),
         ("within;maxDistance==5", "Polygon", "[[[0,0],[1,0],[1,1],[0,0]]]", "takes no modifiers"),
         ("within", "Circle", "[0,0]", "geometry must be one of"),

@@ -145,10 +145,8 @@ async def forecast(request: Request, country: str) -> Response:
     unknown = sorted(set(params) - {"horizons"})
     if unknown:
         raise BadRequestData(f"unknown query parameter(s) {unknown}", field=unknown[0])
-    try:
-        horizons = int(params.get("horizons", "14"))
-    except ValueError:
-        raise BadRequestData("horizons: must be an integer 1..14", field="horizons") from None
+    raw = params.get("horizons", "14")
+    horizons = int(raw) if raw.isascii() and raw.isdigit() else 0  # int() would take "١٤" and " 14 "
     if not 1 <= horizons <= 14:
         raise BadRequestData("horizons: must be an integer 1..14", field="horizons")
     data = await _country(request, country)

@@ -75,6 +75,9 @@ def validate(
         raise BadRequestData(f"days: must be between 1 and {MAX_DAYS}", field="days")
     if start < data.dates[0]:
         raise BadRequestData(f"start: before the data begins ({data.dates[0]})", field="start")
+    last = data.dates[-1] + timedelta(days=days)  # the projection runs from the day after the data ends
+    if start > last:  # it would never take effect: both arms the same, which reads as "no benefit"
+        raise BadRequestData(f"start: after the last projected day ({last})", field="start")
     return Intervention(tuple(dict.fromkeys(regions)), reduction_percent / 100.0, start, mode)  # type: ignore[arg-type]
 
 

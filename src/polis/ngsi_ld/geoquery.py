@@ -120,7 +120,10 @@ def _parse_georel(text: str) -> tuple[str, float | None, float | None]:
         distances[name] = _parse_distance(name, raw)
     if not distances:
         raise BadRequestData("georel 'near' needs maxDistance or minDistance, e.g. near;maxDistance==2000")
-    return relation, distances.get("maxDistance"), distances.get("minDistance")
+    low, high = distances.get("minDistance"), distances.get("maxDistance")
+    if low is not None and high is not None and low > high:  # an empty ring: surely a mistake, not a query
+        raise BadRequestData(f"georel 'near': minDistance {low:g} is more than maxDistance {high:g}")
+    return relation, high, low
 
 
 def _parse_distance(name: str, raw: str) -> float:
