@@ -92,3 +92,22 @@ def test_pick_and_omit_project_a_temporal_query(client: TestClient) -> None:
     assert r.status_code == 200 and set(r.json()[0]) == {"id", "b"}, r.text
     r = client.get(TEMPORAL, params={"type": "P", "omit": "type,a"})
     assert r.status_code == 200 and set(r.json()[0]) == {"id", "b"}, r.text
+
+
+@pytest.mark.parametrize(
+    ("path", "good", "misspelt"),
+    [
+        ("/polis/v1/alerts", {"status": "all"}, {"stauts": "all"}),
+        ("/polis/v1/alerts/rules", {}, {"limit": "5"}),
+        ("/polis/v1/forecast-accuracy", {"window_minutes": "60"}, {"window_minute": "60"}),
+        ("/polis/v1/access/me", {}, {"department": "x"}),
+        ("/polis/v1/access/audit/verify", {}, {"hed": "x"}),
+    ],
+)
+def test_a_polis_route_refuses_a_query_parameter_it_does_not_take(
+    client: TestClient, path: str, good: dict[str, str], misspelt: dict[str, str]
+) -> None:
+    assert client.get(path, params=good).status_code == 200
+    r = client.get(path, params=misspelt)
+    assert r.status_code == 400, r.text
+    assert r.json()["type"].endswith("/InvalidRequest") and next(iter(misspelt)) in r.json()["detail"]

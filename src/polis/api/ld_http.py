@@ -24,6 +24,7 @@ from polis.domain.errors import (
 from polis.domain.json_depth import MAX_DEPTH, nests_deeper_than
 from polis.domain.tenant import tenant_problem
 from polis.ngsi_ld.context import CORE_CONTEXT_URL, TermMap
+from polis.ngsi_ld.params import check_known
 from polis.platform import Platform
 
 JSONLD_REL = "http://www.w3.org/ns/json-ld#context"
@@ -171,6 +172,22 @@ async def plain_json_body(request: Request) -> Any:
 
 def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def declared_query_only(request: Request) -> None:
+    """A router dependency for /polis/v1 routes that declare their query parameters the FastAPI way: a name
+    the route does not declare is 400, not ignored (a misspelt `window_minute` must not silently give the
+    default answer)."""
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    check_known(request.query_params, _query_names(dependant) if dependant is not None else set())
+
+
+def _query_names(dependant: Any) -> set[str]:
+    """The query parameters a FastAPI route and its sub-dependencies declare (by alias, as sent)."""
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
 
 
 async def resolve(request: Request, context: Any) -> TermMap:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from polis.access.audit import verify
 from polis.access.enforce import access_of
-from polis.api.ld_http import json_response, platform_of
+from polis.api.ld_http import declared_query_only, json_response, platform_of
 
-router = APIRouter(prefix="/polis/v1/access", tags=["access"])
+router = APIRouter(prefix="/polis/v1/access", tags=["access"], dependencies=[Depends(declared_query_only)])
 
 
 @router.get("/me", summary="The calling department and its grants")
@@ -23,8 +23,8 @@ async def me(request: Request) -> Response:
 
 
 @router.get("/audit/verify", summary="Check the audit log's hash chain (administer on dataset 'audit')")
-async def audit_verify(request: Request) -> Response:
+async def audit_verify(request: Request, head: str | None = None) -> Response:
     path = platform_of(request).settings.audit_log_path
-    result = await run_in_threadpool(verify, path, request.query_params.get("head"))
+    result = await run_in_threadpool(verify, path, head)
     body = {"ok": result.ok, "entries": result.entries, "head": result.head, "problem": result.problem}
     return json_response(request, body, None, accept="application/json")

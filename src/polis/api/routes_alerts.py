@@ -19,17 +19,17 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from polis.alerts.cap import ATOM_MEDIA_TYPE, CAP_MEDIA_TYPE, atom_feed
 from polis.alerts.model import AlertRecord, iso
 from polis.alerts.rules import parse_rule, rule_json
-from polis.api.ld_http import plain_json_body, platform_of, tenant_of
+from polis.api.ld_http import declared_query_only, plain_json_body, platform_of, tenant_of
 from polis.domain.errors import AlreadyExists, ResourceNotFound
 
-router = APIRouter(prefix="/polis/v1/alerts", tags=["alerts"])
+router = APIRouter(prefix="/polis/v1/alerts", tags=["alerts"], dependencies=[Depends(declared_query_only)])
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -6,15 +6,15 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
 from polis.access.datasets import dataset_of
 from polis.access.enforce import access_of
-from polis.api.ld_http import platform_of, tenant_of
+from polis.api.ld_http import declared_query_only, platform_of, tenant_of
 from polis.domain.errors import BadRequestData, ResourceNotFound
 from polis.forecast.path import ForecastPath
 
-router = APIRouter(prefix="/polis/v1", tags=["forecasts"])
+router = APIRouter(prefix="/polis/v1", tags=["forecasts"], dependencies=[Depends(declared_query_only)])
 
 
 def _plain(path: ForecastPath) -> dict[str, Any]:
