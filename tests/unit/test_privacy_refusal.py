@@ -55,6 +55,9 @@ IDENTIFYING: list[tuple[str, dict[str, Any], str, str]] = [
         "e-mail",
     ),
     ("licence plate", {"licensePlate": {"type": "Property", "value": "NJ X12-ABC"}}, "licensePlate", "licence-plate"),
+    ("vehicle identification number", {"vehicleIdentificationNumber": {"type": "Property", "value": "1HGCM8263"}},
+     "vehicleIdentificationNumber", "licence-plate"),
+    ("VIN", {"vin": "1HGCM82633A004352"}, "vin", "licence-plate"),
     (
         "SDM plate identifier",
         {"vehiclePlateIdentifier": {"type": "Property", "value": "X12"}},

@@ -56,7 +56,7 @@ import orjson
 
 from polis.domain.entity import EXACT_INT_LIMIT, VALUE_MEMBER, Instance
 from polis.domain.errors import BadRequestData
-from polis.domain.json_depth import MAX_DEPTH, nests_deeper_than
+from polis.domain.json_depth import MAX_DEPTH, STORED_DEPTH, nests_deeper_than
 from polis.domain.tenant import tenant_problem
 from polis.ngsi_ld.context import TermMap
 from polis.ngsi_ld.entity_codec import NULL_MARKER, expand_fragment, normalize_datetime, validate_entity_id
@@ -70,7 +70,6 @@ TRANSPORTATION_CONTEXT_URL = (
 )
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_READINGS = 10_000
-MAX_SCAN_DEPTH = 16
 SHOWN_PAYLOAD_CHARS = 4096  # what a dead letter keeps of the payload
 
 PRIVACY_FIELDS = frozenset(
@@ -435,8 +434,10 @@ def _refuse_personal(item: dict[str, Any]) -> None:
 
 
 def _check_privacy(node: Any, depth: int) -> None:
-    if depth > MAX_SCAN_DEPTH:
-        return
+    # The bound of polis.privacy.refusal's scan, which runs first: every level a stored document can have is
+    # looked at, and nothing deeper is passed unseen (a name once hid below 16 levels here, 32 there).
+    if depth > STORED_DEPTH:
+        raise MessageRejected(f"privacy: fields nested more than {STORED_DEPTH} levels deep are not scanned, nor taken")
     if isinstance(node, dict):
         for key, value in node.items():
             if _is_private(key):

@@ -15,6 +15,9 @@ depth, is identifying by its name or by its value:
 
 The reason names the field (as sent) and the rule, never the value: the refusal itself must not store
 what it refused.
+
+Every level is scanned, up to json_depth.STORED_DEPTH (the deepest document Polis can store, far below what
+a client may send); anything nested deeper is refused by TOO_DEEP rather than passed unseen.
 """
 
 from __future__ import annotations
@@ -22,14 +25,15 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 from urllib.parse import unquote
 
 import orjson
 
 from polis.domain.errors import PersonalDataRefused
+from polis.domain.json_depth import STORED_DEPTH
 
-MAX_DEPTH = 32
 EMBEDDING_MIN_LENGTH = 16
 MEDIA_MIN_CHARS = 64
 
@@ -45,6 +49,10 @@ RULES = {
     "home-address": "home addresses identify people",
     "device-identifier": "device identifiers (IMEI, IMSI, MAC) follow a person",
 }
+# Not one of RULES (nothing identifying was seen): the verdict on what nests deeper than the scan looks. No
+# accepted body gets there (they stop at json_depth.MAX_DEPTH), but a field the scan never saw is not passed.
+TOO_DEEP = "nesting"
+_TOO_DEEP_WHY = f"fields nested more than {STORED_DEPTH} levels deep are not scanned for identifiers, nor taken"
 
 # Members that belong to NGSI-LD itself, not to the sender's data: never scanned as field names.
 _SYSTEM_MEMBERS = frozenset(
@@ -82,8 +90,16 @@ _NAME_QUALIFIERS = frozenset(
 )  # fmt: skip
 _NAME_WORDS = frozenset({"surname", "forename", "nickname", "fullname", "firstname", "lastname", "givenname"})
 _PHONE = frozenset({"phone", "telephone", "msisdn", "mobile", "cellphone", "fax"})
+# A phone word followed by a number word names the number itself (`telephoneNumber`, `contactPhoneNumber`,
+# `mobileNo`): refused whatever the value's type, where a trailing "number" otherwise counts (Smart Data
+# Models' `availableBikeNumber`, `totalLaneNumber`; a number sent as a JSON number is still the number).
+_PHONE_OWNERS = _PHONE | {"contact", "tel"}
+_NUMBER_WORDS = frozenset({"number", "numbers", "num", "no", "nr"})
 _EMAIL = frozenset({"email", "mail", "emailaddress"})
-_PLATE = frozenset({"plate", "licenseplate", "licenceplate", "numberplate", "registrationplate"})
+# A VIN (Smart Data Models' Vehicle.vehicleIdentificationNumber) names one vehicle, and so its keeper, as a plate does
+_PLATE = frozenset(
+    {"plate", "licenseplate", "licenceplate", "numberplate", "registrationplate", "vin", "vehicleidentificationnumber"}
+)
 _HOME = frozenset({"home", "residence", "residential", "domicile", "dwelling"})
 _PLACE = frozenset({"address", "location", "position", "coordinates", "place", "street", "geo", "lat", "lon", "point"})
 _DEVICE = frozenset({"imei", "imsi", "mac", "macaddress", "bluetooth", "iccid", "idfa", "gaid"})
@@ -138,7 +154,8 @@ class Finding:
     by: str  # "name" or "value"
 
     def reason(self) -> str:
-        return f"field '{self.field}' is refused by rule '{self.rule}' ({RULES[self.rule]}; detected by its {self.by})"
+        why = RULES.get(self.rule, _TOO_DEEP_WHY)
+        return f"field '{self.field}' is refused by rule '{self.rule}' ({why}; detected by its {self.by})"
 
 
 def _words(key: str) -> list[str]:
@@ -196,7 +213,7 @@ def _name_rule(words: list[str], joined: str, numeric: bool) -> str | None:
         return "person-name"
     if word_set & _EMAIL or "email" in joined:
         return "e-mail"
-    if word_set & _PHONE and not counting:
+    if (word_set & _PHONE and not counting) or _names_phone_number(words):
         return "phone-number"
     if word_set & _PLATE or joined in _PLATE:
         return "licence-plate"
@@ -205,6 +222,10 @@ def _name_rule(words: list[str], joined: str, numeric: bool) -> str | None:
     if word_set & _DEVICE or joined in _DEVICE:
         return "device-identifier"
     return None
+
+
+def _names_phone_number(words: list[str]) -> bool:
+    return any(w in _PHONE_OWNERS and n in _NUMBER_WORDS for w, n in pairwise(words))
 
 
 def sent_name_rule(name: str, iri: str, value: Any) -> str | None:
@@ -314,15 +335,15 @@ def _key_info(key: str) -> tuple[bool, bool, str | None, str | None]:
 
 
 def _hit(node: Any, depth: int, owner: str | None) -> bool:
-    if depth > MAX_DEPTH:
-        return False
+    if depth > STORED_DEPTH:
+        return True  # _scan names it (TOO_DEEP)
     kind = type(node)
     if kind is dict:
         for key, value in node.items():
             if type(key) is not str:
                 continue
             opaque, system, plain, counted = _key_info(key)
-            if plain is not None and (counted is not None or not _numeric(value)):
+            if plain is not None and (counted is not None or not _numeric(value, depth + 1)):
                 return True
             if not opaque and _hit(value, depth + 1, owner if system else key):
                 return True
@@ -340,8 +361,8 @@ def _hit(node: Any, depth: int, owner: str | None) -> bool:
 
 
 def _scan(node: Any, path: str, depth: int, owner: str | None) -> Finding | None:
-    if depth > MAX_DEPTH:
-        return None
+    if depth > STORED_DEPTH:
+        return Finding(path or "(body)", TOO_DEEP, "depth")
     if isinstance(node, dict):
         for key, value in node.items():
             if not isinstance(key, str):
@@ -353,7 +374,7 @@ def _scan(node: Any, path: str, depth: int, owner: str | None) -> Finding | None
                     return Finding(
                         path or "(body)", "e-mail" if "@" in key else rule_for_value(key) or "e-mail", "name"
                     )
-                rule = rule_for_name(key, _numeric(value))
+                rule = rule_for_name(key, _numeric(value, depth + 1))
                 if rule is not None:
                     return Finding(field, rule, "name")
             if key in _OPAQUE_MEMBERS:
@@ -380,8 +401,12 @@ def _scan(node: Any, path: str, depth: int, owner: str | None) -> Finding | None
     return None
 
 
-def _numeric(value: Any) -> bool:
-    """A number, or an NGSI-LD instance (or list of instances) whose value is a number."""
+def _numeric(value: Any, depth: int = 0) -> bool:
+    """A number, or an NGSI-LD instance (or list of instances) whose value is a number. `depth`: the value's
+    level in its document; lists nested past the scan's bound are not numbers (so the name rules apply in full),
+    and a payload refused for its depth, which a dead letter still scans, cannot exhaust Python's stack here."""
+    if depth > STORED_DEPTH:
+        return False
     if isinstance(value, bool):
         return False
     if isinstance(value, int | float):
@@ -392,7 +417,7 @@ def _numeric(value: Any) -> bool:
             inner = inner[0].get("@value")
         return isinstance(inner, int | float) and not isinstance(inner, bool)
     if isinstance(value, list) and value:
-        return all(_numeric(v) for v in value)
+        return all(_numeric(item, depth + 1) for item in value)
     return False
 
 
@@ -423,17 +448,14 @@ def refuse_identifying_strings(document: Any, where: str) -> None:
     """PersonalDataRefused if any string of `document` (keys included) is identifying by its value: for
     documents whose keys are not data field names, such as an @context (its terms may well be called
     `licensePlate`: naming a field is not sending one)."""
-    stack: list[tuple[Any, int]] = [(document, 0)]
+    stack: list[Any] = [document]  # its own stack, not recursion: every level is looked at, however deep
     while stack:
-        node, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            continue
+        node = stack.pop()
         if isinstance(node, dict):
-            for key, value in node.items():
-                stack.append((key, depth + 1))
-                stack.append((value, depth + 1))
+            stack.extend(node.keys())
+            stack.extend(node.values())
         elif isinstance(node, list):
-            stack.extend((value, depth + 1) for value in node)
+            stack.extend(node)
         elif isinstance(node, str):
             rule = rule_for_value(node)
             if rule is not None:
@@ -477,6 +499,39 @@ def kept_reason(reason: str) -> str:
 def _identifies(payload: bytes) -> bool:
     """Whether a payload, JSON or not, holds anything the rules refuse."""
     try:
-        return find_identifying(orjson.loads(payload)) is not None
+        body = orjson.loads(payload)
     except orjson.JSONDecodeError:
-        return rule_for_value(payload.decode("utf-8", "replace")) is not None
+        return _text_identifies(payload)
+    return find_identifying(body) is not None
+
+
+_NAME_TOKEN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+_STRING_LITERAL = re.compile(r'"([^"\\]*(?:\\.[^"\\]*)*)"?', re.DOTALL)  # closed, or cut off by the end
+
+
+def _text_identifies(payload: bytes) -> bool:
+    """Whether a payload that is not JSON may hold anything the rules refuse.
+
+    With no structure to walk, this errs towards withholding: a dead letter then loses only its debugging view
+    (its reason still says what failed), while what it keeps is read back through the API. Bytes that are not
+    UTF-8 may be a raw image or recording, which no text rule recognises: always withheld. In text, every word
+    is judged as a field name (a broken key may have lost its quotes; counts pass, as they would as numbers),
+    every quoted string, closed or cut off by the payload's end, by the value rules, and so is the whole text."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    if rule_for_value(text) is not None:
+        return True
+    if any(rule_for_name(word, True) is not None for word in set(_NAME_TOKEN.findall(text))):
+        return True
+    return any(rule_for_value(_unescaped(literal)) is not None for literal in _STRING_LITERAL.findall(text))
+
+
+def _unescaped(literal: str) -> str:
+    """A JSON string's content with its escapes resolved (`\\u0040` is an `@`); as written if it cannot be."""
+    try:
+        value = orjson.loads(f'"{literal}"')
+    except orjson.JSONDecodeError:
+        return literal
+    return value if isinstance(value, str) else literal
