@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
-from polis.mobility.schema import Places, TripBatch
+from polis.mobility.schema import EARLIEST_TIME, LATEST_TIME, Places, TripBatch, first_time_out_of_range
+from polis.privacy.refusal import redacted
 
 DATASET = "citibike-jersey-city"
 FOLDER = Path("mobility") / DATASET
@@ -53,21 +54,54 @@ def trip_files(datasets_dir: Path) -> list[Path]:
 
 
 def _utc_seconds(column: pa.ChunkedArray, path: Path, name: str) -> np.ndarray:
-    if pa.types.is_timestamp(column.type):
-        local = column.cast(pa.timestamp("s"))
-    else:
-        text = pc.utf8_trim_whitespace(column.cast(pa.string()))
-        local = None
-        for fmt in _FORMATS:
-            try:
-                local = pc.strptime(text, format=fmt, unit="s", error_is_null=False)
-                break
-            except pa.ArrowInvalid:
-                continue
-        if local is None:
-            raise ValueError(f"{path.name}: column {name} holds times in no known format (e.g. {text[0]})")
+    """A time column in UTC seconds; a ValueError naming the file, the row and the value for a time that is
+    unreadable, missing or outside the range every later step can hold (schema.EARLIEST_TIME..LATEST_TIME)."""
+    local = column.cast(pa.timestamp("s")) if pa.types.is_timestamp(column.type) else _parse_local(column, path, name)
     utc = pc.assume_timezone(local, ZONE, ambiguous="earliest", nonexistent="latest")
-    return utc.cast(pa.timestamp("s")).to_numpy().astype("datetime64[s]")
+    seconds = utc.cast(pa.timestamp("s")).to_numpy().astype("datetime64[s]")
+    bad = first_time_out_of_range(seconds)
+    if bad is not None:
+        value = column.cast(pa.string())[bad].as_py()
+        if value is None:
+            raise ValueError(f"{path.name}: column {name} has no time at data row {bad + 1}")
+        raise ValueError(
+            f"{path.name}: column {name} holds {_shown(value)} at data row {bad + 1}, outside the times a trip may "
+            f"have (UTC, from {EARLIEST_TIME.astype(object):%Y-%m-%d} up to {LATEST_TIME.astype(object):%Y-%m-%d})"
+        )
+    return seconds
+
+
+def _parse_local(column: pa.ChunkedArray, path: Path, name: str) -> pa.ChunkedArray:
+    """Local wall-clock times from text, in the first known format that reads every value."""
+    text = pc.utf8_trim_whitespace(column.cast(pa.string()))
+    for fmt in _FORMATS:
+        try:
+            return pc.strptime(text, format=fmt, unit="s", error_is_null=False)
+        except pa.ArrowInvalid:
+            continue
+    row, value = _first_unreadable(text)
+    raise ValueError(f"{path.name}: column {name} holds {_shown(value)} at data row {row + 1}, in no known time format")
+
+
+def _first_unreadable(text: pa.ChunkedArray) -> tuple[int, str]:
+    """(index, value) of the first time the file's own format cannot read: the format reading the most values
+    is taken for the file's, so the error names the value that broke it (not merely the file's first time)."""
+    best: tuple[int, pa.ChunkedArray] | None = None
+    for fmt in _FORMATS:
+        parsed = pc.strptime(text, format=fmt, unit="s", error_is_null=True)
+        failed = pc.and_(pc.is_null(parsed), pc.is_valid(text))
+        count = pc.sum(failed).as_py() or 0
+        if best is None or count < best[0]:
+            best = (count, failed)
+    assert best is not None  # _FORMATS is not empty
+    index = pc.index(best[1], True).as_py()
+    return index, text[index].as_py()
+
+
+def _shown(value: str) -> str:
+    """A value quoted in an error, unless a privacy rule refuses it (a shifted column can put anything here)."""
+    shown = redacted(value)
+    return repr(value) if shown == value else shown
 
 
 def read_trip_file(path: Path) -> TripBatch:
@@ -85,10 +119,15 @@ def read_trip_file(path: Path) -> TripBatch:
     def text(name: str) -> np.ndarray:
         return np.asarray(renamed[name].cast(pa.string()).to_pylist(), dtype=object)
 
+    def id_text(name: str) -> np.ndarray:
+        # An empty or NULL id reads as a null: "" is how the schema spells "none" (schema.Places), and a
+        # None would reach the gate and the aggregation as a null dictionary index.
+        return np.asarray(pc.fill_null(renamed[name].cast(pa.string()), "").to_pylist(), dtype=object)
+
     def number(name: str) -> np.ndarray:
         return renamed[name].cast(pa.float64()).to_numpy(zero_copy_only=False)
 
-    start_station, end_station = text("start_station"), text("end_station")
+    start_station, end_station = id_text("start_station"), id_text("end_station")
     names: dict[str, str] = {}
     for side in ("start", "end"):
         if f"{side}_name" in renamed:
@@ -99,7 +138,7 @@ def read_trip_file(path: Path) -> TripBatch:
                 .aggregate([("name", "max")])
             )
             names.update(zip(pairs.column("id").to_pylist(), pairs.column("name_max").to_pylist(), strict=True))
-    identifiers = {"bike_id": text("bike_id")} if "bike_id" in renamed else {}
+    identifiers = {"bike_id": id_text("bike_id")} if "bike_id" in renamed else {}
     quasi: dict[str, np.ndarray] = {
         name: text(name) for name in ("birth_year", "gender", "user_type", "trip_duration") if name in renamed
     }

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import h3
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from polis.mobility import citibike
 from polis.mobility.aggregate import count_trips
 from polis.mobility.schema import TripBatch
 from polis.mobility.store import Area, MobilityStore
-from polis.privacy.gate import gate_trips
+from polis.privacy.gate import GatedTrips, gate_trips, public_station_names
 from polis.privacy.pseudonyms import Pseudonymiser, default_secret_file, load_or_create_secret
 from polis.settings import Settings
 from polis.store.duckdb_ import DuckDBStore
@@ -72,7 +74,7 @@ def ingest_trips(settings: Settings, store: DuckDBStore, batch: TripBatch, zone:
         od_resolution=settings.od_h3_resolution,
         zone=zone,
     )
-    areas = _areas(batch, settings)
+    areas = _areas(batch, gated, settings)
     del batch  # the person-level records end here
     counts = count_trips(gated)
     mobility = MobilityStore(store)
@@ -88,26 +90,40 @@ def ingest_trips(settings: Settings, store: DuckDBStore, batch: TripBatch, zone:
     )
 
 
-def _areas(batch: TripBatch, settings: Settings) -> list[Area]:
+def _areas(batch: TripBatch, gated: GatedTrips, settings: Settings) -> list[Area]:
     """The rows of the products: every station (public: id, name, place) and every cell either resolution
-    of which holds a station, at its centre."""
-    stations = np.concatenate([batch.start.station, batch.end.station]).astype(str)
+    of which holds a station, at its centre. Stations as the gate kept them (an identifying id withheld),
+    names as `public_station_names` keeps them; "" (no station) is no row: its trips count in their cells."""
+    labels, codes = _station_codes(gated.start_station, gated.end_station)
+    names = public_station_names(batch.station_names)
     lats = np.concatenate([batch.start.lat, batch.end.lat])
     lons = np.concatenate([batch.start.lon, batch.end.lon])
-    _, first = np.unique(stations, return_index=True)
+    unique, first = np.unique(codes, return_index=True)
     areas: list[Area] = []
     cells: dict[tuple[str, str], None] = {}
-    for index in first.tolist():
-        station, lat, lon = stations[index], float(lats[index]), float(lons[index])
-        if not (np.isfinite(lat) and np.isfinite(lon)):
+    for code, index in zip(unique.tolist(), first.tolist(), strict=True):
+        station, lat, lon = labels[code], float(lats[index]), float(lons[index])
+        if station == "" or not (np.isfinite(lat) and np.isfinite(lon)):
             continue
-        areas.append(Area("station", station, batch.station_names.get(station), lat, lon))
+        areas.append(Area("station", station, names.get(station), lat, lon))
         cells[("cell", h3.latlng_to_cell(lat, lon, settings.h3_resolution))] = None
         cells[("od", h3.latlng_to_cell(lat, lon, settings.od_h3_resolution))] = None
     for unit, cell in cells:
         lat, lon = h3.cell_to_latlng(cell)
         areas.append(Area(unit, cell, None, lat, lon))
     return areas
+
+
+def _station_codes(start: pa.DictionaryArray, end: pa.DictionaryArray) -> tuple[list[str], np.ndarray]:
+    """The stations of both ends in one code space: (labels, the code of each start then each end). Integer
+    codes, so finding each station's first record is an np.unique on integers, not on 2 x n strings."""
+    labels = pa.concat_arrays([start.dictionary, end.dictionary]).unique()
+    start_map = pc.index_in(start.dictionary, labels).to_numpy(zero_copy_only=False)
+    end_map = pc.index_in(end.dictionary, labels).to_numpy(zero_copy_only=False)
+    codes = np.concatenate(
+        [start_map[start.indices.to_numpy(zero_copy_only=False)], end_map[end.indices.to_numpy(zero_copy_only=False)]]
+    )
+    return labels.to_pylist(), codes
 
 
 def ingest_mobility(settings: Settings, store: DuckDBStore, name: str) -> MobilitySummary:

@@ -8,6 +8,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# The times a source's records may carry, checked where the source is parsed (`first_time_out_of_range`):
+# every later step works inside this range (local days, the daily pseudonym keys, Python dates, DuckDB
+# timestamps, the retention arithmetic). A time outside it is a broken file, not mobility data: year 1 broke
+# the daily keys, year 9999 (year 10000 in UTC) the store, neither with an error naming the file.
+EARLIEST_TIME = np.datetime64("1900-01-01T00:00:00", "s")
+LATEST_TIME = np.datetime64("2200-01-01T00:00:00", "s")  # exclusive
+
+
+def first_time_out_of_range(times: np.ndarray) -> int | None:
+    """Index of the first time (datetime64[s], UTC) that is missing (NaT) or outside [EARLIEST_TIME,
+    LATEST_TIME); None when all are within. Vectorised: one pass of two comparisons."""
+    inside = (times >= EARLIEST_TIME) & (times < LATEST_TIME)  # NaT compares False: missing counts as outside
+    if inside.all():
+        return None
+    return int(np.argmin(inside))
+
 
 @dataclass(frozen=True, slots=True)
 class Places:

@@ -8,6 +8,8 @@ from these by aggregation, suppression and optional noise.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import h3
@@ -18,6 +20,9 @@ import pyarrow.compute as pc
 from polis.mobility.schema import PingBatch, Places, TripBatch
 from polis.privacy.policy import Action, action_for
 from polis.privacy.pseudonyms import Pseudonymiser
+from polis.privacy.refusal import rule_for_value
+
+_log = logging.getLogger(__name__)
 
 WINDOW_HOURS = 8  # origin-destination windows: 00-08, 08-16, 16-24 local time
 
@@ -153,4 +158,31 @@ def gate_pings(batch: PingBatch, pseudonymiser: Pseudonymiser, *, resolution: in
 
 
 def _stations(places: Places) -> pa.DictionaryArray:
-    return pa.array(np.asarray(places.station, dtype=object), pa.string()).dictionary_encode()
+    """Station ids as the gate keeps them (policy KEEP: docking stations are public infrastructure), with ""
+    where the source has none, and "" too where an id is identifying by its value (a MAC address, an e-mail):
+    identifiers are refused at the door on every path, so such an id is withheld and the trip keeps only its
+    cell. Without a null: the aggregation groups on the dictionary codes."""
+    ids = pa.array(np.asarray(places.station, dtype=object), pa.string())
+    if ids.null_count:
+        ids = pc.fill_null(ids, "")
+    encoded = ids.dictionary_encode()
+    # The rules run once per distinct id (a city has hundreds of stations), never per record.
+    withheld = [station for station in encoded.dictionary.to_pylist() if rule_for_value(station) is not None]
+    if not withheld:
+        return encoded
+    _log.warning(
+        "withheld %d station id(s) that a privacy value rule refuses; their trips keep their cells", len(withheld)
+    )
+    # Re-encoded, not relabelled in the dictionary: each label must appear there once (counts group by code).
+    return pc.if_else(pc.is_in(ids, value_set=pa.array(withheld, pa.string())), "", ids).dictionary_encode()
+
+
+def public_station_names(names: Mapping[str, str]) -> dict[str, str]:
+    """Station id -> name, for the products' row labels, without the names (or the ids) that a privacy value
+    rule refuses: a station name is free text from the source, and an e-mail address or a phone number in it
+    would be stored and released with the counts."""
+    return {
+        station: name
+        for station, name in names.items()
+        if rule_for_value(name) is None and rule_for_value(station) is None
+    }

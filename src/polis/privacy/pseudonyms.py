@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 SECRET_BYTES = 32
 PSEUDONYM_HEX = 32  # 128 bits of the HMAC: collisions are out of reach, rows stay short
@@ -75,7 +76,12 @@ class Pseudonymiser:
         if len(identifiers) == 0:
             return pa.array([], pa.string()).dictionary_encode()
         # Arrow's hash-based dictionary encoding: several times faster than np.unique on Python strings.
-        encoded = pa.array(np.asarray(identifiers, dtype=object), pa.string()).dictionary_encode()
+        ids = pa.array(np.asarray(identifiers, dtype=object), pa.string())
+        if ids.null_count:
+            # A record without an id is pseudonymised as "", like a source without an identifier column
+            # (gate._identifier): a null would leave a null dictionary index, which no step downstream can take.
+            ids = pc.fill_null(ids, "")
+        encoded = ids.dictionary_encode()
         id_values = encoded.dictionary.to_numpy(zero_copy_only=False)
         id_codes = encoded.indices.to_numpy().astype(np.int64)
         day_numbers = np.asarray(days, dtype="datetime64[D]").astype(np.int64)
