@@ -5,13 +5,16 @@ and nothing written. They fail until the defects are fixed."""
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import trustme
 from fastapi.testclient import TestClient
 
 from polis.api.app import create_app
@@ -68,12 +71,18 @@ def impatient() -> Iterator[tuple[TestClient, Platform]]:
 # -- @context fetching: a server that trickles its headers holds the request forever --------------------------
 
 
-class TricklingServer:
-    """An HTTP server on a free port that sends its status line and headers one byte every 0.1 s, never ending
-    them, until stopped: each read gets a byte well within the read timeout, so only an overall deadline ends
-    the download."""
+HEAD_TRICKLE = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100_000
+BODY_TRICKLE = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b" " * 100_000
 
-    def __init__(self) -> None:
+
+class TricklingServer:
+    """An HTTP(S) server on a free port that sends `reply` one byte every 0.1 s, never ending it, until stopped:
+    each read gets a byte well within the read timeout, so only an overall deadline ends the download. With
+    `tls`, the connection is TLS first (https), where the socket that reads is a wrapped one."""
+
+    def __init__(self, reply: bytes, tls: ssl.SSLContext | None = None) -> None:
+        self._reply = reply
+        self._tls = tls
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
         self._sock.listen(8)
@@ -96,8 +105,10 @@ class TricklingServer:
     def _trickle(self, conn: socket.socket) -> None:
         try:
             conn.settimeout(0.5)
+            if self._tls is not None:
+                conn = self._tls.wrap_socket(conn, server_side=True)
             conn.recv(65536)
-            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100_000:
+            for byte in self._reply:
                 if self._stop.wait(0.1):
                     break
                 conn.sendall(bytes([byte]))
@@ -113,17 +124,34 @@ class TricklingServer:
         self._sock.close()
 
 
-def test_a_context_server_trickling_its_headers_gets_ld_context_not_available_fast(
+@pytest.fixture
+def tls_server_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ssl.SSLContext:
+    """A certificate for 127.0.0.1 from a throwaway CA that the hub's @context fetches trust (SSL_CERT_FILE)."""
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    return context
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+@pytest.mark.parametrize(("reply", "what"), [(HEAD_TRICKLE, "headers"), (BODY_TRICKLE, "body")])
+def test_a_context_server_trickling_its_answer_gets_ld_context_not_available_fast(
     impatient: tuple[TestClient, Platform],
+    tls_server_context: ssl.SSLContext,
+    scheme: str,
+    reply: bytes,
+    what: str,
 ) -> None:
-    """GET /ngsi-ld/v1/entities?type=V with Link: <http://127.0.0.1:PORT/ctx.jsonld> where that server sends
-    its headers one byte at a time: ContextCache._fetch bounds the body download by a deadline (2 x timeout)
-    but not the wait for the headers, so the request hangs as long as the server keeps sending (and holds the
-    URL's fetch lock for every other request naming it). It must answer 503 LdContextNotAvailable within the
-    deadline."""
+    """GET /ngsi-ld/v1/entities?type=V with Link: <http(s)://127.0.0.1:PORT/ctx.jsonld> where that server sends
+    its headers (or its body) one byte at a time: httpx's timeouts are per read, so only an overall deadline
+    ends it; without one the request hangs as long as the server keeps sending (and holds the URL's fetch lock
+    for every other request naming it). It must answer 503 LdContextNotAvailable within the deadline, over TLS
+    too (where the socket that reads is not the one first connected)."""
     client, platform = impatient
-    server = TricklingServer()
-    url = f"http://127.0.0.1:{server.port}/ctx.jsonld"
+    server = TricklingServer(reply, tls_server_context if scheme == "https" else None)
+    url = f"{scheme}://127.0.0.1:{server.port}/ctx.jsonld"
     link = {"Link": f'<{url}>; rel="{JSONLD_REL}"; type="application/ld+json"'}
     answers: list[Any] = []
     started = time.monotonic()
@@ -135,7 +163,7 @@ def test_a_context_server_trickling_its_headers_gets_ld_context_not_available_fa
     elapsed = time.monotonic() - started
     server.stop()  # ends the trickle, so a request still hanging returns before teardown
     request.join(timeout=5.0)
-    assert elapsed < 2.0, f"no answer after {elapsed:.1f} s: the header trickle is not bounded by a deadline"
+    assert elapsed < 2.0, f"no answer after {elapsed:.1f} s: the {what} trickle is not bounded by a deadline"
     problem(answers[0], 503, "LdContextNotAvailable", url)
     assert platform.store.entity_count("") == 0
 

@@ -365,7 +365,8 @@ class _Deadline:
         self._timer.cancel()
 
     def trace(self, event: str, info: dict[str, Any]) -> None:
-        if event != "connection.connect_tcp.complete":
+        # https wraps the TCP socket for TLS, detaching the first object: the wrapped one is what reads
+        if event not in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
             return
         sock = info["return_value"].get_extra_info("socket")
         if isinstance(sock, socket.socket):
@@ -383,8 +384,10 @@ class _Deadline:
 
 def _shut(sock: socket.socket) -> None:
     try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:  # already closed
+        # The plain socket's shutdown, also for a TLS socket: SSLSocket's own would drop its TLS state under
+        # the thread reading from it; this only wakes that read with an error.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:  # already closed, or detached when wrapped for TLS
         pass
 
 
@@ -620,6 +623,8 @@ class ContextCache:
                     body += chunk
                     if len(body) > MAX_CONTEXT_BYTES:
                         raise _Unavailable(f"document is larger than {MAX_CONTEXT_BYTES} bytes")
+                    if watchdog.expired.is_set():  # a second guard, should a socket have escaped the watchdog
+                        raise _Unavailable(f"download took longer than {2 * timeout:g} s")
         except httpx.TimeoutException:
             raise _Unavailable(f"no answer within {timeout:g} s") from None
         except httpx.TooManyRedirects:
