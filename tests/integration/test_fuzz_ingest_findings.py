@@ -127,12 +127,12 @@ def _trip(
     )
 
 
-def _ingest_file(tmp_path: Path, extra_row: str) -> tuple[Path, Any]:
-    """Thirty ordinary trips plus `extra_row` as a one-month trip file; (the hub's DuckDB file, the summary or
-    the exception the ingest raised)."""
+def _ingest_file(tmp_path: Path, extra_row: str, rows: str | None = None) -> tuple[Path, Any]:
+    """Thirty ordinary trips (or `rows`) plus `extra_row` as a one-month trip file; (the hub's DuckDB file, the
+    summary or the exception the ingest raised)."""
     folder = tmp_path / "datasets" / "mobility" / "citibike-jersey-city"
     folder.mkdir(parents=True)
-    rows = "".join(_trip(bike=str(20000 + n)) for n in range(30))
+    rows = rows if rows is not None else "".join(_trip(bike=str(20000 + n)) for n in range(30))
     (folder / "JC-201702-citibike-tripdata.csv").write_text(_HEADER + rows + extra_row)
     data_dir = tmp_path / "hub"
     data_dir.mkdir()
@@ -219,3 +219,14 @@ def test_identifying_station_ids_and_names_are_not_stored(tmp_path: Path, row: s
     finally:
         con.close()
     assert found == [], f"{secret!r} stored in {found}"
+
+
+def test_trip_times_with_fractions_of_a_second_are_read(tmp_path: Path) -> None:
+    """Newer Citi Bike files write times such as 2017-02-01 08:06:33.4340: the CSV reader types the column as
+    a timestamp with fractions, which the conversion to whole seconds must take (truncating), not refuse."""
+    rows = "".join(
+        _trip(start="2017-02-01 08:06:33.4340", end="2017-02-01 08:16:33.9990", bike=str(20000 + n)) for n in range(30)
+    )
+    _, outcome = _ingest_file(tmp_path, "", rows=rows)
+    assert not isinstance(outcome, Exception), repr(outcome)
+    assert outcome.trips == 30

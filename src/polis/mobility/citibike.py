@@ -56,7 +56,9 @@ def trip_files(datasets_dir: Path) -> list[Path]:
 def _utc_seconds(column: pa.ChunkedArray, path: Path, name: str) -> np.ndarray:
     """A time column in UTC seconds; a ValueError naming the file, the row and the value for a time that is
     unreadable, missing or outside the range every later step can hold (schema.EARLIEST_TIME..LATEST_TIME)."""
-    local = column.cast(pa.timestamp("s")) if pa.types.is_timestamp(column.type) else _parse_local(column, path, name)
+    # safe=False: newer Citi Bike files give fractions of a second (00:00:57.4340), which a trip does not need
+    timestamp = pa.types.is_timestamp(column.type)
+    local = column.cast(pa.timestamp("s"), safe=False) if timestamp else _parse_local(column, path, name)
     utc = pc.assume_timezone(local, ZONE, ambiguous="earliest", nonexistent="latest")
     seconds = utc.cast(pa.timestamp("s")).to_numpy().astype("datetime64[s]")
     bad = first_time_out_of_range(seconds)
