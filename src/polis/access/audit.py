@@ -14,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,9 +23,11 @@ from typing import Any
 
 import orjson
 
+from polis.domain.errors import BadRequestData
 from polis.privacy.refusal import redacted
 
 GENESIS = "0" * 64
+_HEAD = re.compile(r"[0-9a-f]{64}")
 _TAIL_BYTES = 64 * 1024
 
 
@@ -118,6 +121,9 @@ def _tail(path: Path, size: int) -> tuple[int, str]:
 
 def verify(path: Path, expected_head: str | None = None) -> Verification:
     """Walk the chain from the first entry; the first entry that does not follow is the problem."""
+    if expected_head is not None and not _HEAD.fullmatch(expected_head):
+        # a malformed head is a mistake in the request, not evidence that entries were cut off the end
+        raise BadRequestData("head must be the 64 hexadecimal digits of an audit hash, as `polis audit verify` prints")
     prev, seq = GENESIS, 0
     if not path.exists():
         return Verification(False, 0, GENESIS, f"no audit log at {path}")

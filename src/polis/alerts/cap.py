@@ -10,6 +10,7 @@ UTC, never "Z") and whole seconds; `identifier` and `sender` hold no spaces, com
 from __future__ import annotations
 
 import math
+import re
 import threading
 from datetime import UTC, datetime
 from importlib import resources
@@ -58,10 +59,20 @@ def validate_cap(xml: bytes) -> None:
         raise CapInvalid("; ".join(f"line {e.line}: {e.message}" for e in schema.error_log))
 
 
+# Characters XML 1.0 cannot hold (C0 controls but tab and newlines, lone surrogates, U+FFFE/U+FFFF). An entity's
+# name or a reading's text may carry them (NGSI-LD accepts any JSON string); lxml refuses them, and an alert
+# must not lose its message over one: each becomes U+FFFD.
+_NOT_XML = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_text(text: str) -> str:
+    return _NOT_XML.sub("\ufffd", text)
+
+
 def _sub(parent: etree._Element, name: str, text: str | None = None) -> etree._Element:
     element = etree.SubElement(parent, f"{{{CAP_NS}}}{name}")
     if text is not None:
-        element.text = text
+        element.text = xml_text(text)
     return element
 
 
@@ -142,9 +153,9 @@ def atom_feed(entries: list[tuple[AlertRecord, bytes]], base_url: str, tenant: s
     feed = etree.Element(f"{{{ATOM_NS}}}feed", nsmap={None: ATOM_NS})
 
     def sub(parent: etree._Element, name: str, text: str | None = None, **attrs: str) -> etree._Element:
-        element = etree.SubElement(parent, f"{{{ATOM_NS}}}{name}", attrs)
+        element = etree.SubElement(parent, f"{{{ATOM_NS}}}{name}", {k: xml_text(v) for k, v in attrs.items()})
         if text is not None:
-            element.text = text
+            element.text = xml_text(text)
         return element
 
     sub(feed, "id", f"urn:polis:alerts:{tenant or 'default'}")

@@ -20,6 +20,7 @@ import string
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
@@ -63,7 +64,7 @@ _SAMPLE: dict[str, object] = {name: 1.5 for name in TEMPLATE_FIELDS} | {
     "observedAt": "t",
     "crossingAt": "t",
 }
-RULE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+RULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # \Z: `$` would let a trailing newline through
 # A placeholder's width and precision are bounded before the sample is formatted: Python allocates the whole
 # padded string, so `{value:>1000000000000000}` is a MemoryError (a 500) and `{value:.100000000f}` a 100 MB
 # message on every alert. 200 is wider than any line of alert text and more digits than a float holds
@@ -73,6 +74,7 @@ MAX_FORMAT_WIDTH = 200
 # Python's format-spec grammar (3.11): [[fill]align][sign][z][#][0][width][grouping][.precision][type].
 # It only pulls out width and precision; the type and the rest are still checked by formatting the sample.
 _FORMAT_SPEC = re.compile(r"(?:.?[<>=^])?[-+ ]?z?#?0?(?P<width>\d*)[,_]?(?:\.(?P<precision>\d*))?.?", re.DOTALL)
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")
 ALERT_TYPE_TERMS = frozenset({"Alert", "https://smartdatamodels.org/dataModel.Alert/Alert"})
 
 
@@ -174,6 +176,15 @@ class _RuleBase(_Model):
     context: str | tuple[str, ...] | None = None
     enabled: bool = True
     backfill: Backfill | None = None
+
+    @field_validator("name", "message", "instruction", "sub_category")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        # These go into every CAP message (XML): control characters other than tab and newline are refused
+        # here rather than lost from an alert later.
+        if value is not None and _CONTROL.search(value):
+            raise ValueError("holds a control character (only tab and newline are allowed)")
+        return value
 
     @field_validator("id")
     @classmethod
@@ -333,7 +344,14 @@ def parse_rule(body: Any, *, rule_id: str | None = None) -> AnyRule:
             raise BadRequestData(f"rule field 'id': {reason}", field="id", reason=reason)
         body = {**body, "id": rule_id}
     try:
-        return _Envelope.model_validate({"rule": body}).rule
+        # JSON mode, strict: a rule's fields take their own JSON types only ("yes" is not a boolean, true not a
+        # number, "NaN" not a threshold), while arrays still make tuples and strings date-times.
+        document = orjson.dumps({"rule": body})
+    except TypeError as error:  # a rules file (YAML) can hold what JSON cannot
+        reason = f"holds a value that is not JSON: {error}"
+        raise BadRequestData(f"a rule {reason}", field="(rule)", reason=reason) from None
+    try:
+        return _Envelope.model_validate_json(document, strict=True).rule
     except ValidationError as error:
         problems = []
         for e in error.errors():

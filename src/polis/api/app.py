@@ -92,7 +92,7 @@ def create_app(platform: Platform) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> Response:
-        return problem_response(400, "BadRequestData", "Bad request data", str(error.errors()))
+        return problem_response(400, "BadRequestData", "Bad request data", _validation_detail(error))
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception) -> Response:
@@ -129,3 +129,14 @@ def create_app(platform: Platform) -> FastAPI:
         return {"status": "ok", "version": __version__}
 
     return app
+
+
+def _validation_detail(error: RequestValidationError) -> str:
+    """FastAPI's checks of declared parameters, as sentences naming each parameter (not pydantic's repr, and
+    without echoing the value sent)."""
+    sentences = []
+    for problem in error.errors():
+        where, *path = [str(part) for part in problem.get("loc", ())] or ["request"]
+        name = ".".join(path) or where
+        sentences.append(f"{where} parameter '{name}': {problem.get('msg', 'is not valid')}")
+    return "; ".join(sentences)

@@ -146,14 +146,23 @@ async def get_alert(alert_id: str, request: Request) -> Response:
     record = platform.alerts.alert(tenant, alert_id)
     accept = request.headers.get("accept", "")
     if CAP_MEDIA_TYPE in accept or ("application/xml" in accept and "json" not in accept):
-        return Response(platform.alerts.cap_messages(tenant, alert_id)[-1], media_type=CAP_MEDIA_TYPE)
+        latest = _latest_cap(platform.alerts.cap_messages(tenant, alert_id), alert_id)
+        return Response(latest, media_type=CAP_MEDIA_TYPE)
     return _json(alert_json(record))
+
+
+def _latest_cap(messages: list[bytes], alert_id: str) -> bytes:
+    if not messages:  # kept for its record, but its message could not be built (the log says why)
+        raise ResourceNotFound(f"alert {alert_id} has no CAP message")
+    return messages[-1]
 
 
 @router.get("/{alert_id}/cap", summary="One alert's latest (or N-th) CAP 1.2 message")
 async def get_cap(alert_id: str, request: Request, message: int | None = Query(None, ge=1)) -> Response:
     platform = platform_of(request)
     messages = platform.alerts.cap_messages(tenant_of(request), alert_id)
-    if message is not None and message > len(messages):
+    if message is None:
+        return Response(_latest_cap(messages, alert_id), media_type=CAP_MEDIA_TYPE)
+    if message > len(messages):
         raise ResourceNotFound(f"alert {alert_id} has {len(messages)} messages, not {message}")
-    return Response(messages[(message or len(messages)) - 1], media_type=CAP_MEDIA_TYPE)
+    return Response(messages[message - 1], media_type=CAP_MEDIA_TYPE)

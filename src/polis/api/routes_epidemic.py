@@ -23,18 +23,18 @@ from datetime import date
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from polis.api.ld_http import plain_json_body, platform_of, tenant_of
+from polis.api.ld_http import declared_query_only, plain_json_body, platform_of, tenant_of
 from polis.domain.errors import BadRequestData, ResourceNotFound
 from polis.epidemic.data import COUNTRIES, CountryData
 from polis.epidemic.guard import refuse_person_fields
 from polis.epidemic.hub import NAME, HubCountries, countries_in_store
 from polis.epidemic.serving import READY_WAIT_S, Served, ServedForecasts
 
-router = APIRouter(tags=["epidemic"])
+router = APIRouter(tags=["epidemic"], dependencies=[Depends(declared_query_only)])
 
 SCENARIO_FIELDS = {"regions", "reductionPercent", "start", "mode", "days", "asOf"}
 RETRY_AFTER_S = 2  # what a 202 "fitting" answer tells the client to wait before asking again
@@ -141,14 +141,10 @@ def _served(request: Request) -> ServedForecasts:
     "/polis/v1/epidemic/{country}/forecast",
     summary="Cases per region 1-14 days ahead with 80 % intervals (202 while the model is being fitted)",
 )
-async def forecast(request: Request, country: str) -> Response:
-    params = dict(request.query_params)
-    unknown = sorted(set(params) - {"horizons"})
-    if unknown:
-        raise BadRequestData(f"unknown query parameter(s) {unknown}", field=unknown[0])
-    raw = params.get("horizons", "14")
-    horizons = int(raw) if re.fullmatch(r"[0-9]{1,2}", raw) else 0  # int() would take "١٤", " 14 ", 5,000 digits
-    if not 1 <= horizons <= 14:
+async def forecast(request: Request, country: str, horizons: str = "14") -> Response:
+    # a string, parsed strictly here: int() would take "١٤", " 14 " and 5,000 digits
+    days = int(horizons) if re.fullmatch(r"[0-9]{1,2}", horizons) else 0
+    if not 1 <= days <= 14:
         raise BadRequestData("horizons: must be an integer 1..14", field="horizons")
     data = await _country(request, country)
     tenant, served = tenant_of(request), _served(request)
@@ -171,7 +167,7 @@ async def forecast(request: Request, country: str) -> Response:
             status=202,
             headers={"Retry-After": str(RETRY_AFTER_S)},
         )
-    return _json(forecast_body(data, result, horizons))
+    return _json(forecast_body(data, result, days))
 
 
 def forecast_body(data: CountryData, served: Served, horizons: int = 14) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from polis.access.enforce import access_of
 from polis.api.ld_http import declared_query_only, platform_of, tenant_of
 from polis.domain.errors import BadRequestData, ResourceNotFound
 from polis.forecast.path import ForecastPath
+from polis.ngsi_ld.params import parse_int
 
 router = APIRouter(prefix="/polis/v1", tags=["forecasts"], dependencies=[Depends(declared_query_only)])
 
@@ -48,14 +49,19 @@ def _iso(instant: Any) -> str:
     return str(instant.isoformat().replace("+00:00", "Z"))
 
 
-def _render(path: ForecastPath, fmt: str | None) -> dict[str, Any]:
+def _check_format(fmt: str | None) -> None:
+    """Before any data is read: a bad format is refused whether or not anything would be rendered."""
     if fmt not in (None, "", "plain", "ngsi-ld"):
         raise BadRequestData(f"format must be plain or ngsi-ld, got '{fmt}'")
+
+
+def _render(path: ForecastPath, fmt: str | None) -> dict[str, Any]:
     return _ngsi_ld(path) if fmt == "ngsi-ld" else _plain(path)
 
 
 @router.get("/forecasts", summary="Latest forecasts of every entity of a type")
 def forecasts_of_type(request: Request, type: str, format: str | None = None) -> list[dict[str, Any]]:
+    _check_format(format)
     platform = platform_of(request)
     tenant = tenant_of(request)
     readable = set(access_of(request).readable())  # only forecasts of entities the department may read
@@ -65,6 +71,7 @@ def forecasts_of_type(request: Request, type: str, format: str | None = None) ->
 
 @router.get("/forecasts/{entity_id}", summary="Latest forecast of one entity's attribute")
 def forecast_of_entity(request: Request, entity_id: str, attr: str, format: str | None = None) -> dict[str, Any]:
+    _check_format(format)
     platform = platform_of(request)
     path = platform.forecasts.latest(entity_id, attr, tenant_of(request))
     if path is None:
@@ -82,8 +89,11 @@ MAX_WINDOW_MINUTES = 10 * 366 * 24 * 60
 
 
 @router.get("/forecast-accuracy", summary="Rolling live MAE per model and step")
-def forecast_accuracy(request: Request, window_minutes: int | None = None) -> list[dict[str, Any]]:
-    if window_minutes is not None and not 0 < window_minutes <= MAX_WINDOW_MINUTES:
+def forecast_accuracy(request: Request, window_minutes: str | None = None) -> list[dict[str, Any]]:
+    # Declared as a string (for OpenAPI and declared_query_only), parsed as every integer parameter of the hub
+    # is: ASCII digits only, where FastAPI's int would take "1_0" and "+5".
+    minutes = parse_int(request.query_params, "window_minutes")
+    if minutes is not None and not 0 < minutes <= MAX_WINDOW_MINUTES:
         raise BadRequestData(f"window_minutes must be between 1 and {MAX_WINDOW_MINUTES} (ten years)")
-    window = timedelta(minutes=window_minutes) if window_minutes else None
+    window = timedelta(minutes=minutes) if minutes else None
     return platform_of(request).forecasts.accuracy(window)

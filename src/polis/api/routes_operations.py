@@ -16,6 +16,7 @@ router = APIRouter(tags=["operations"])
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Ingest metrics, Prometheus text format")
 async def metrics(request: Request) -> PlainTextResponse:
+    check_known(dict(request.query_params), set())
     platform = platform_of(request)
     lines = [
         "# HELP polis_entities Entities held in the default tenant.",
