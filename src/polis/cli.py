@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform as py_platform
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from polis.settings import Settings
 
+if TYPE_CHECKING:
+    from polis.store.duckdb_ import DuckDBStore
+
 app = typer.Typer(help="Polis, the open city data platform: it counts, it never watches.", no_args_is_help=True)
 bench_app = typer.Typer(help="Accuracy and speed benchmarks on the real datasets.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 console = Console()
+err_console = Console(stderr=True)
 
 DEMO_DATASETS = ("los-loop", "melbourne-pedestrians", "citibike-jersey-city")
 # Live forecasts in the demo: road speeds (replayed live) and pedestrian counts (forecast from the last
@@ -37,6 +44,108 @@ def _settings(data_dir: Path | None = None, datasets_dir: Path | None = None, **
     if datasets_dir is not None:
         overrides["datasets_dir"] = datasets_dir
     return Settings(**overrides)  # type: ignore[arg-type]
+
+
+# -- what every command does with a mistake it can name: one line on stderr, a non-zero exit, no traceback.
+# The feature packages' commands use these too (imported inside their functions: this module imports them).
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print `message` as one red line on stderr and exit with `code`."""
+    err_console.print(f"[red]{escape(message)}[/red]", soft_wrap=True, highlight=False)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def hub_errors() -> Iterator[None]:
+    """Turn a `HubError` (the hub is missing, locked, not answering, or refused the request: worded for the
+    user by polis.epidemic.views, or by `hub_json` below) into `fail`."""
+    from polis.epidemic.views import HubError
+
+    try:
+        yield
+    except HubError as error:
+        fail(error.message, error.code)
+
+
+def data_dir_problem(path: Path) -> str | None:
+    """Why `path` cannot hold a hub's files, or None: it must be a directory, or not exist yet with its nearest
+    existing ancestor a directory this user may write in. Creates nothing."""
+    try:
+        if path.is_dir():
+            return None
+        if path.exists():
+            return f"the data directory {path} is a file, not a directory"
+        ancestor = path.absolute().parent
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            return f"the data directory {path} cannot be created: {ancestor} is a file, not a directory"
+    except OSError as error:
+        return f"the data directory {path} cannot be used: {error.strerror or error}"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"the data directory {path} cannot be created: {ancestor} is not writable"
+    return None
+
+
+def hub_settings(data_dir: Path | None = None, datasets_dir: Path | None = None, **extra: object) -> Settings:
+    """The settings of a command that works on a hub's files (`--data-dir`, else $POLIS_DATA_DIR or ./polis-data),
+    the data directory checked before anything opens it (`data_dir_problem`). Every command taking --data-dir
+    builds its settings here."""
+    settings = _settings(data_dir, datasets_dir, **extra)
+    problem = data_dir_problem(settings.data_dir)
+    if problem is not None:
+        fail(problem)
+    return settings
+
+
+def open_hub_read_only(settings: Settings) -> DuckDBStore:
+    """The hub's database opened to read, as `polis epidemic` opens it: no database there is an error that
+    names the path (nothing is created), and a database a running server holds says to ask it with --url."""
+    from polis.epidemic.views import open_store_read_only
+
+    with hub_errors():
+        store: DuckDBStore = open_store_read_only(
+            settings, hint="is --data-dir (or POLIS_DATA_DIR) the hub's directory? (or ask a running hub with --url)"
+        )
+    return store
+
+
+def hub_json(url: str, path: str, settings: Settings, tenant: str = "", method: str = "GET", **kwargs: Any) -> Any:
+    """The JSON body of a running hub's answer to `method path`, through the client `polis epidemic --url` uses
+    (the key from POLIS_API_KEY or the data directory's admin key; the tenant header): nothing listening is
+    "no hub answers at URL", and an answer other than 2xx is an error quoting the problem's title and detail
+    (both as `HubError`: run it inside `hub_errors()`)."""
+    import httpx
+
+    from polis.epidemic.views import HubError, RemoteViews
+
+    try:
+        answer = RemoteViews(url, settings, tenant).call(method, path, **kwargs)
+    except httpx.InvalidURL as error:
+        raise HubError(f"--url {url}: {error}", code=2) from None
+    if not answer.is_success:
+        raise HubError(
+            f"{url} answered {answer.status_code}: {_problem_text(answer)}", code=2 if answer.status_code == 400 else 1
+        )
+    try:
+        return answer.json()
+    except ValueError:
+        raise HubError(f"{url} answered {answer.status_code} with no JSON body: is it a Polis hub?") from None
+
+
+def _problem_text(answer: Any) -> str:
+    """An error answer in a line: an NGSI-LD problem's title and detail, else the start of the body."""
+    try:
+        problem = answer.json()
+    except ValueError:
+        problem = None
+    if isinstance(problem, dict):
+        parts = [str(problem[k]) for k in ("title", "detail") if problem.get(k)]
+        if parts:
+            return ": ".join(dict.fromkeys(parts))
+    text = " ".join(str(answer.text).split())
+    return text[:200] or answer.reason_phrase or "(no body)"
 
 
 def _serve(
@@ -121,7 +230,7 @@ def serve(
             console.print(f"[red]{error}[/red]")
             raise typer.Exit(2) from None
     datasets = tuple(dict.fromkeys(forecast or ()))  # each once, however often named
-    _serve(_settings(data_dir, host=host, port=port, mqtt_url=mqtt), forecast_datasets=datasets,
+    _serve(hub_settings(data_dir, host=host, port=port, mqtt_url=mqtt), forecast_datasets=datasets,
            forecast_model=forecast_model)
 
 
@@ -189,7 +298,7 @@ def ingest_command(
     datasets_dir: DatasetsDir = None,
 ) -> None:
     """Load public datasets into the hub, with their full history. Running it twice adds nothing."""
-    _ingest(_settings(data_dir, datasets_dir), dataset)
+    _ingest(hub_settings(data_dir, datasets_dir), dataset)
 
 
 @app.command()
@@ -210,7 +319,7 @@ def demo(
     from polis.ingest.broker import start_broker
     from polis.ingest.replay import replay
 
-    settings = _settings(data_dir, datasets_dir, host=host, port=port)
+    settings = hub_settings(data_dir, datasets_dir, host=host, port=port)
     _ingest(settings, list(DEMO_DATASETS))
     install_demo_rules(settings)  # congestion, incidents and crowding alerts for the demo city
     broker = start_broker(settings.data_dir / "mosquitto")
@@ -246,7 +355,7 @@ def archive(
     """Export all history to Parquet, partitioned by tenant and day."""
     from polis.store.duckdb_ import DuckDBStore
 
-    settings = _settings(data_dir)
+    settings = hub_settings(data_dir)
     destination = out or settings.archive_dir
     store = DuckDBStore(settings.database_path, threads=settings.duckdb_threads, memory_limit=settings.memory_limit)
     try:
@@ -307,23 +416,13 @@ def deadletters(
     limit: Annotated[int, typer.Option(help="How many, oldest first")] = 50,
 ) -> None:
     """Messages an ingest source refused, with the reason, from a running server or the hub's files."""
+    settings = hub_settings(data_dir)
     if url is not None:
-        import httpx
-
-        from polis.access.control import client_headers
-
-        rows = httpx.get(
-            f"{url.rstrip('/')}/polis/v1/deadletters",
-            params={"limit": limit},
-            timeout=10,
-            headers=client_headers(_settings(data_dir)),
-        ).json()
+        with hub_errors():
+            rows = hub_json(url, "/polis/v1/deadletters", settings, params={"limit": limit})
         letters = [(r["id"], r["receivedAt"], r["topic"], r["reason"], r["payload"]) for r in rows]
     else:
-        from polis.store.duckdb_ import DuckDBStore
-
-        settings = _settings(data_dir)
-        store = DuckDBStore(settings.database_path, threads=settings.duckdb_threads)
+        store = open_hub_read_only(settings)  # reading creates no hub at a mistyped path
         try:
             letters = [
                 (d.id, d.received_at.isoformat(), d.topic, d.reason, d.payload) for d in store.dead_letters(None, limit)
@@ -350,7 +449,9 @@ def doctor(data_dir: DataDir = None, datasets_dir: DatasetsDir = None) -> None:
         except importlib.metadata.PackageNotFoundError:
             version = "[red]not installed[/red]"
         table.add_row(package, version)
-    table.add_row("data dir", f"{settings.data_dir.resolve()} ({'exists' if settings.data_dir.exists() else 'new'})")
+    problem = data_dir_problem(settings.data_dir)
+    state = f"[red]{escape(problem)}[/red]" if problem else "exists" if settings.data_dir.exists() else "new"
+    table.add_row("data dir", f"{settings.data_dir.resolve()} ({state})")
     datasets_ok = settings.datasets_dir.is_dir()
     table.add_row("datasets dir", f"{settings.datasets_dir} ({'found' if datasets_ok else '[red]missing[/red]'})")
     if datasets_ok:

@@ -23,9 +23,9 @@ DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Hub files (def
 
 def _control(data_dir: Path | None) -> AccessControl:
     from polis.access.control import AccessControl
-    from polis.settings import Settings
+    from polis.cli import hub_settings
 
-    settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()  # type: ignore[call-arg]
+    settings = hub_settings(data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return AccessControl(settings)
 
@@ -133,10 +133,14 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     ) -> None:
         """Check the hash chain of the audit log; exit 1 at the first entry that was changed, removed or moved."""
         from polis.access.audit import verify as verify_chain
-        from polis.settings import Settings
+        from polis.cli import fail, hub_settings
+        from polis.domain.errors import BadRequestData
 
-        settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()  # type: ignore[call-arg]
-        result = verify_chain(settings.audit_log_path, head)
+        settings = hub_settings(data_dir)
+        try:
+            result = verify_chain(settings.audit_log_path, head)
+        except BadRequestData as error:  # a malformed --head
+            fail(f"--head: {error.detail}", 2)
         if result.ok:
             console.print(f"audit log intact: {result.entries:,} entries, head {result.head}", soft_wrap=True)
             return

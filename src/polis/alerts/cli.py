@@ -19,20 +19,9 @@ Tenant = Annotated[str, typer.Option(help="NGSI-LD tenant (default: the default 
 
 
 def _settings(data_dir: Path | None) -> Any:
-    from polis.settings import Settings
+    from polis.cli import hub_settings
 
-    return Settings(data_dir=data_dir) if data_dir is not None else Settings()
-
-
-def _headers(settings: Any, tenant: str) -> dict[str, str]:
-    headers = {"NGSILD-Tenant": tenant} if tenant else {}
-    key = settings.api_key
-    key_file = settings.data_dir / "admin.key"
-    if key is None and key_file.is_file():
-        key = key_file.read_text().strip()
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    return headers
+    return hub_settings(data_dir)
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
@@ -64,19 +53,16 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             console.print(f"[red]{file}: {getattr(error, 'detail', error)}[/red]")
             raise typer.Exit(2) from None
         if url is not None:
-            import httpx
+            from polis.cli import hub_errors, hub_json
+            from polis.epidemic.views import HubError
 
-            headers = _headers(settings, tenant)
-            for rule in rules:
-                response = httpx.put(
-                    f"{url.rstrip('/')}/polis/v1/alerts/rules/{rule.id}",
-                    json=rule_json(rule),
-                    headers=headers,
-                    timeout=30,
-                )
-                if response.status_code not in (200, 201):
-                    console.print(f"[red]rule {rule.id}: {response.status_code} {response.text}[/red]")
-                    raise typer.Exit(1)
+            with hub_errors():
+                for rule in rules:
+                    try:
+                        hub_json(url, f"/polis/v1/alerts/rules/{rule.id}", settings, tenant, "PUT",
+                                 json=rule_json(rule))
+                    except HubError as error:  # which rule, of the file's
+                        raise HubError(f"rule {rule.id}: {error.message}", error.code) from None
         else:
             book = RuleBook(settings.data_dir / "alerts" / "rules.json")
             for rule in rules:
@@ -92,12 +78,10 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
         settings = _settings(data_dir)
         if url is not None:
-            import httpx
+            from polis.cli import hub_errors, hub_json
 
-            found = httpx.get(
-                f"{url.rstrip('/')}/polis/v1/alerts/rules", headers=_headers(settings, tenant), timeout=30
-            )
-            items = found.json()
+            with hub_errors():
+                items = hub_json(url, "/polis/v1/alerts/rules", settings, tenant)
         else:
             items = [rule_json(r) for r in RuleBook(settings.data_dir / "alerts" / "rules.json").of(tenant)]
         table = Table(title=f"alert rules ({len(items)})")
@@ -115,18 +99,15 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         tenant: Tenant = "",
     ) -> None:
         """Alerts of a running hub, newest first."""
-        import httpx
+        from polis.cli import hub_errors, hub_json
 
-        response = httpx.get(
-            f"{url.rstrip('/')}/polis/v1/alerts",
-            params={"status": "all" if every else "active"},
-            headers=_headers(_settings(data_dir), tenant),
-            timeout=30,
-        )
+        with hub_errors():
+            found = hub_json(url, "/polis/v1/alerts", _settings(data_dir), tenant,
+                             params={"status": "all" if every else "active"})
         table = Table(title="alerts")
         for column in ("id", "status", "severity", "onset", "headline"):
             table.add_column(column, overflow="fold")
-        for item in response.json():
+        for item in found:
             table.add_row(item["id"], item["status"], item["severity"], item["onset"], item["headline"])
         console.print(table)
 

@@ -96,21 +96,18 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print the API's JSON body"
 
 def _views(url: str | None, data_dir: Path | None, tenant: str) -> LocalViews | RemoteViews:
     """The hub the command reads: the server at `url`, else the database under the data directory."""
+    from polis.cli import hub_settings
     from polis.epidemic.views import LocalViews, RemoteViews
-    from polis.settings import Settings
 
-    settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()  # type: ignore[call-arg]
+    settings = hub_settings(data_dir)
     return RemoteViews(url, settings, tenant) if url else LocalViews(settings, tenant)
 
 
 def _or_exit(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    from polis.epidemic.views import HubError
+    from polis.cli import hub_errors
 
-    try:
+    with hub_errors():
         return work()
-    except HubError as error:
-        console.print(f"[red]{escape(error.message)}[/red]")
-        raise typer.Exit(error.code) from None
 
 
 def scenario(

@@ -41,6 +41,29 @@ def _not_ingested(country: str, tenant: str, where: str) -> HubError:
     return HubError(f"{country} was never ingested into {held_by} of {where}: run `polis ingest {NAME}` first")
 
 
+def open_store_read_only(settings: Settings, *, hint: str) -> Any:
+    """The hub's database opened to read: none there is a HubError naming the path and `hint` (opening would
+    create an empty hub), and one a running server holds (DuckDB lets one process open it) says to ask it."""
+    import duckdb
+
+    from polis.store.duckdb_ import DuckDBStore
+
+    path = settings.database_path
+    if not path.is_file():
+        raise HubError(f"no hub database at {path}: {hint}")
+    try:
+        return DuckDBStore(path, threads=settings.duckdb_threads, memory_limit=settings.memory_limit, read_only=True)
+    except duckdb.IOException as error:
+        if "lock" not in str(error).lower():
+            raise
+        pid = re.search(r"PID (\d+)", str(error))
+        holder = f"process {pid.group(1)}" if pid else "another process"
+        raise HubError(
+            f"{path} is locked by {holder}, most likely a running `polis serve` (DuckDB lets one process "
+            f"open it): ask that server instead, with --url http://{settings.host}:{settings.port} (or its address)"
+        ) from None
+
+
 @dataclass(frozen=True, slots=True)
 class LocalViews:
     """The views from the hub database under `settings.data_dir` (no server running on it)."""
@@ -61,30 +84,9 @@ class LocalViews:
         return data
 
     def _open(self) -> Any:
-        import duckdb
-
-        from polis.store.duckdb_ import DuckDBStore
-
-        path = self.settings.database_path
-        if not path.is_file():  # opening would create an empty hub: say what to do instead
-            raise HubError(
-                f"no hub database at {path}: load the data with `polis ingest {NAME} --data-dir "
-                f"{self.settings.data_dir}` (or ask a running hub with --url)"
-            )
-        try:
-            return DuckDBStore(
-                path, threads=self.settings.duckdb_threads, memory_limit=self.settings.memory_limit, read_only=True
-            )
-        except duckdb.IOException as error:
-            if "lock" not in str(error).lower():
-                raise
-            pid = re.search(r"PID (\d+)", str(error))
-            holder = f"process {pid.group(1)}" if pid else "another process"
-            raise HubError(
-                f"{path} is locked by {holder}, most likely a running `polis serve` (DuckDB lets one process "
-                f"open it): ask that server instead, with --url http://{self.settings.host}:{self.settings.port} "
-                "(or its address)"
-            ) from None
+        ingest = f"polis ingest {NAME} --data-dir {self.settings.data_dir}"
+        hint = f"load the data with `{ingest}` (or ask a running hub with --url)"
+        return open_store_read_only(self.settings, hint=hint)
 
     def risk(self, country: str) -> dict[str, Any]:
         from polis.api.routes_epidemic import risk_body
@@ -127,7 +129,7 @@ class RemoteViews:
     settings: Settings
     tenant: str = ""
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
         import httpx
 
         from polis.access.control import client_headers
@@ -156,13 +158,13 @@ class RemoteViews:
         )
 
     def risk(self, country: str) -> dict[str, Any]:
-        return self._body(self._call("GET", f"/polis/v1/epidemic/{country}/risk"), country)
+        return self._body(self.call("GET", f"/polis/v1/epidemic/{country}/risk"), country)
 
     def forecast(self, country: str, horizons: int, on_wait: Callable[[str], None] | None = None) -> dict[str, Any]:
         """Asks until the server's fit is done (it answers 202 with Retry-After meanwhile)."""
         deadline = time.monotonic() + FORECAST_WAIT_S
         while True:
-            answer = self._call("GET", f"/polis/v1/epidemic/{country}/forecast", params={"horizons": horizons})
+            answer = self.call("GET", f"/polis/v1/epidemic/{country}/forecast", params={"horizons": horizons})
             body = self._body(answer, country)
             if answer.status_code == 200:
                 return body
@@ -182,4 +184,4 @@ class RemoteViews:
             "mode": mode,
             "days": days,
         }
-        return self._body(self._call("POST", f"/polis/v1/epidemic/{country}/scenario", json=request), country)
+        return self._body(self.call("POST", f"/polis/v1/epidemic/{country}/scenario", json=request), country)

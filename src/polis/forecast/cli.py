@@ -93,10 +93,10 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         data_dir: Annotated[Path | None, typer.Option(help="Hub files (registry under DATA_DIR/models)")] = None,
     ) -> None:
         """Train a forecaster on a whole dataset (the last 10 % for selection) and put it in the registry."""
+        from polis.cli import hub_settings
         from polis.forecast.bench import build_models
         from polis.forecast.data import DATASETS, load_panel
         from polis.forecast.live import registry_for
-        from polis.settings import Settings
 
         if dataset not in DATASETS:
             console.print(f"[red]unknown dataset '{dataset}'[/red]; known: {', '.join(DATASETS)}")
@@ -105,7 +105,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         if not chosen:
             console.print(f"[red]unknown model '{model}'[/red]")
             raise typer.Exit(2)
-        settings = Settings(**({"data_dir": data_dir} if data_dir else {}))  # type: ignore[arg-type]
+        settings = hub_settings(data_dir)
         panel = load_panel(dataset, settings.datasets_dir)
         import time
 
@@ -130,11 +130,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         """Forecast from the end of a dataset's recording with a registered model."""
         import numpy as np
 
+        from polis.cli import hub_settings
         from polis.forecast.data import load_panel
         from polis.forecast.live import registry_for
-        from polis.settings import Settings
 
-        settings = Settings(**({"data_dir": data_dir} if data_dir else {}))  # type: ignore[arg-type]
+        settings = hub_settings(data_dir)
         registry = registry_for(settings)
         record = registry.latest(dataset, model)
         if record is None:

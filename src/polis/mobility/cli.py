@@ -37,7 +37,9 @@ def ingest_gated(settings: Settings, store: DuckDBStore, name: str, console: Con
 
 
 def _settings(data_dir: Path | None) -> Settings:
-    return Settings(data_dir=data_dir) if data_dir is not None else Settings()  # type: ignore[call-arg]
+    from polis.cli import hub_settings
+
+    return hub_settings(data_dir)
 
 
 def _store(settings: Settings) -> DuckDBStore:
