@@ -12,6 +12,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from polis.domain.entity import ATTRIBUTE_KINDS
 from polis.domain.errors import (
     BadRequestData,
     InvalidRequest,
@@ -24,6 +25,7 @@ from polis.domain.errors import (
 from polis.domain.json_depth import MAX_DEPTH, nests_deeper_than
 from polis.domain.tenant import tenant_problem
 from polis.ngsi_ld.context import CORE_CONTEXT_URL, TermMap
+from polis.ngsi_ld.entity_codec import GEOMETRY_TYPES
 from polis.ngsi_ld.params import check_known
 from polis.platform import Platform
 
@@ -206,19 +208,63 @@ async def request_terms(request: Request) -> TermMap:
     return await resolve(request, link_context(request))
 
 
+# The media types an NGSI-LD answer can take, the default first (what */* and application/* get).
+_OFFERED = ("application/json", "application/ld+json", "application/geo+json")
+# RFC 9110 §12.4.2: qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] ).
+_QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
+
+
 def accept_of(request: Request) -> str:
-    """application/json (default), application/ld+json or application/geo+json; others are 406."""
+    """application/json (default), application/ld+json or application/geo+json, as the Accept header weighs
+    them (RFC 9110 §12.5.1); 406 NotAcceptable when the header accepts none of them.
+
+    Each offered type takes the weight of the most specific range that matches it (type/subtype over type/*
+    over */*; the first such range when one is listed twice); q=0 means not acceptable. The highest weight
+    wins; on a tie, the more specific range, then a type named outright other than plain JSON (as before
+    weights were read: `application/json, application/ld+json` is ld+json), then the range listed first,
+    then application/json. Parameters other than q are ignored, as before.
+
+    A q that is not a qvalue (q=abc, q=2, q=.5) is refused with 400 BadRequestData rather than ignored: guessing
+    a weight could answer in a type the client ruled out, and a malformed request gets a specific 4xx."""
     header = request.headers.get("accept")
-    if not header:
+    if not header or not header.strip():
         return "application/json"
-    best = None
+    ranges: list[tuple[str, float]] = []
     for part in header.split(","):
-        media = part.split(";")[0].strip().lower()
-        if media in ("application/json", "*/*", "application/*"):
-            best = best or "application/json"
-        elif media in ("application/ld+json", "application/geo+json"):
-            return media
-    if best is None:
+        media, *params = (piece.strip() for piece in part.split(";"))
+        if not media:
+            continue  # an empty list element (RFC 9110 §5.6.1)
+        weight = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() != "q":
+                continue
+            value = value.strip()
+            if _QVALUE.fullmatch(value) is None:
+                raise BadRequestData(
+                    f"Accept: q must be a number from 0 to 1 with at most three decimals, got '{value[:40]}' "
+                    f"in '{media[:80]}'"
+                )
+            weight = float(value)
+        ranges.append((media.lower(), weight))
+    if not ranges:
+        return "application/json"  # only empty elements: as with no Accept header
+
+    def rank(offered: str) -> tuple[float, int, bool, int]:
+        main = offered.split("/")[0] + "/*"
+        found: tuple[float, int, int] | None = None  # weight, specificity, position
+        for position, (media, weight) in enumerate(ranges):
+            specificity = 2 if media == offered else 1 if media == main else 0 if media == "*/*" else -1
+            if specificity >= 0 and (found is None or specificity > found[1]):
+                found = (weight, specificity, position)
+        if found is None:
+            return (0.0, -1, False, 0)
+        weight, specificity, position = found
+        return (weight, specificity, specificity == 2 and offered != _OFFERED[0], -position)
+
+    ranked = [(rank(offered), offered) for offered in _OFFERED]
+    best_rank, best = max(ranked, key=lambda item: item[0])  # max keeps the first of equals: json first
+    if best_rank[0] <= 0:
         raise NotAcceptable(
             f"cannot answer with '{header}'; use application/json, application/ld+json or application/geo+json"
         )
@@ -288,16 +334,11 @@ def _link_header(terms: TermMap | None) -> str:
 
 def _geojson(body: Any, geometry_property: str) -> Any:
     def feature(entity: dict[str, Any]) -> dict[str, Any]:
-        geo = entity.get(geometry_property)
-        if isinstance(geo, list):
-            geo = geo[0] if geo else None
-        if isinstance(geo, dict) and "value" in geo:
-            geo = geo["value"]
         props = {k: v for k, v in entity.items() if k != "id"}
         return {
             "id": entity.get("id"),
             "type": "Feature",
-            "geometry": geo if isinstance(geo, dict) else None,
+            "geometry": _geometry(entity.get(geometry_property)),
             "properties": props,
         }
 
@@ -306,3 +347,35 @@ def _geojson(body: Any, geometry_property: str) -> Any:
     if isinstance(body, dict) and "id" in body:
         return feature(body)
     return body
+
+
+def _geometry(attribute: Any) -> dict[str, Any] | None:
+    """The GeoJSON geometry of the GeoProperty `attribute` as the entity was rendered, else None (the
+    feature's geometry is null when the entity has no such GeoProperty, §6.3.15 / RFC 7946 §3.2).
+
+    normalized: {"type": "GeoProperty", "value": geometry, ...}; any other "type" (Property, Relationship,
+    LanguageProperty, ...) is not a GeoProperty. concise: the bare geometry, or {"value": geometry, ...} with
+    sub-attributes (a Property whose value looks like a geometry keeps "type": "Property" there). keyValues:
+    the bare value, which cannot tell a GeoProperty from a Property holding a GeoJSON object. Several
+    instances (datasetIds): the first."""
+    if isinstance(attribute, list):
+        attribute = attribute[0] if attribute else None
+    if not isinstance(attribute, dict):
+        return None
+    kind = attribute.get("type")
+    if kind == "GeoProperty" or (kind is None and "value" in attribute):
+        attribute = attribute.get("value")
+    elif kind in ATTRIBUTE_KINDS:
+        return None
+    return attribute if _is_geojson_geometry(attribute) else None
+
+
+def _is_geojson_geometry(value: Any) -> bool:
+    """A GeoJSON geometry object (RFC 7946 §3.1): a geometry type with its coordinates, or a collection."""
+    if not isinstance(value, dict):
+        return False
+    kind = value.get("type")
+    if kind == "GeometryCollection":
+        parts = value.get("geometries")
+        return isinstance(parts, list) and all(_is_geojson_geometry(p) for p in parts)
+    return isinstance(kind, str) and kind in GEOMETRY_TYPES and isinstance(value.get("coordinates"), list)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -1437,10 +1438,19 @@ def _numbers(num: np.ndarray) -> list[int | float]:
     return list(values.tolist())
 
 
+# The number of an instance id exactly as _temporal_attribute writes it (f"{INSTANCE_PREFIX}{n}", n a BIGINT
+# from 1 up): ASCII digits, no sign, no leading zero, no blank or underscore. int() would also read "+1", "01",
+# "0_1", " 1" or a non-ASCII digit, ids the broker never gave out that would alias a real instance.
+_INSTANCE_NUMBER = re.compile(r"[1-9][0-9]{0,18}")
+_MAX_INSTANCE_NUMBER = 2**63 - 1  # BIGINT: a larger number names no instance (and must not reach DuckDB)
+
+
 def _instance_number(instance_id: str) -> int | None:
+    """The history row number an instance id names; None (no instance) for any other spelling."""
     if not instance_id.startswith(INSTANCE_PREFIX):
         return None
-    try:
-        return int(instance_id[len(INSTANCE_PREFIX) :])
-    except ValueError:
+    digits = instance_id[len(INSTANCE_PREFIX) :]
+    if _INSTANCE_NUMBER.fullmatch(digits) is None:
         return None
+    number = int(digits)
+    return number if number <= _MAX_INSTANCE_NUMBER else None
