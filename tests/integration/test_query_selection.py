@@ -111,3 +111,11 @@ def test_a_polis_route_refuses_a_query_parameter_it_does_not_take(
     r = client.get(path, params=misspelt)
     assert r.status_code == 400, r.text
     assert r.json()["type"].endswith("/InvalidRequest") and next(iter(misspelt)) in r.json()["detail"]
+
+
+@pytest.mark.parametrize("body", [{"type": "V|W"}, {"type": "V", "a|b": 1}], ids=["type", "attribute"])
+def test_a_name_holding_a_bar_is_refused(client: TestClient, body: dict[str, Any]) -> None:
+    """`|` is "or" in type= and in q: an entity type or attribute named with one could never be selected."""
+    r = client.post(ENTITIES, json={"id": "urn:ngsi-ld:V:bar", **body})
+    assert r.status_code == 400 and "|" in r.json()["detail"], r.text
+    assert client.get(f"{ENTITIES}/urn:ngsi-ld:V:bar").status_code == 404

@@ -19,6 +19,7 @@ import numpy as np
 from polis.domain.entity import (
     ENTITY_MEMBERS,
     RESERVED_ATTRIBUTE_MEMBERS,
+    VALUE_MEMBER,
     Entity,
     HistoryInstance,
     Instance,
@@ -33,6 +34,7 @@ from polis.ngsi_ld.entity_codec import (
     expand_attribute_instance,
     expand_entity,
     expand_fragment,
+    validate_dataset_id,
     validate_entity_id,
 )
 from polis.ngsi_ld.events import EntityChange, EventBus
@@ -160,6 +162,35 @@ def _merge_instances(old: list[Instance], new: list[Instance], now: str) -> list
         merged["modifiedAt"] = now
         by_dataset[instance.get("datasetId")] = merged
     return list(by_dataset.values())
+
+
+def _is_null(instance: Instance) -> bool:
+    """Whether an expanded fragment instance is the NGSI-LD null: its kind's value member (value, object,
+    languageMap, valueList, objectList, json, vocab) is urn:ngsi-ld:null. Such an instance deletes."""
+    return bool(instance.get(VALUE_MEMBER.get(instance.get("type", "Property"), "value")) == NULL)
+
+
+def _split_nulls(fragment: dict[str, list[Instance]]) -> tuple[dict[str, list[Instance]], dict[str, set[str | None]]]:
+    """A fragment's instances to write, and per attribute the datasetIds its null instances delete."""
+    writes: dict[str, list[Instance]] = {}
+    nulls: dict[str, set[str | None]] = {}
+    for name, instances in fragment.items():
+        if not any(_is_null(i) for i in instances):
+            writes[name] = instances
+            continue
+        kept = [i for i in instances if not _is_null(i)]
+        if kept:
+            writes[name] = kept
+        nulls[name] = {i.get("datasetId") for i in instances if _is_null(i)}
+    return writes, nulls
+
+
+def _deleted(instances: list[Instance], datasets: set[str | None]) -> list[Instance]:
+    """What a null instance leaves of an attribute: one without datasetId deletes the attribute (as the bare
+    null marker does), one with a datasetId deletes that instance."""
+    if None in datasets:
+        return []
+    return [i for i in instances if i.get("datasetId") not in datasets]
 
 
 def serialised(method: Callable[P, R]) -> Callable[P, R]:
@@ -290,19 +321,21 @@ class EntityService:
         """§5.6.3: add attributes; same-named ones are overwritten unless noOverwrite."""
         old = self._load(tenant, entity_id)
         now = self.clock()
-        fragment = self._fragment(body, terms, now, old)
+        fragment, nulls = _split_nulls(self._fragment(body, terms, now, old))
         entity = dict(old)
         result = UpdateResult()
         written: list[str] = []
+        deleted = self._delete_nulls(entity, nulls, result, keep_existing=no_overwrite)
         for name, instances in fragment.items():
-            existing = {i.get("datasetId") for i in old.get(name, ())}
+            existing = {i.get("datasetId") for i in entity.get(name, ())}
             if no_overwrite and any(i.get("datasetId") in existing for i in instances):
                 result.not_updated.append((name, "attribute exists and noOverwrite was asked for"))
                 continue
-            entity[name] = _merge_instances(old.get(name, []), instances, now)
-            result.updated.append(name)
+            entity[name] = _merge_instances(entity.get(name, []), instances, now)
+            if name not in result.updated:
+                result.updated.append(name)
             written.append(name)
-        if written:
+        if written or deleted:
             entity["modifiedAt"] = now
             self._commit(tenant, "updated", [entity], [old], _history_for(entity, fragment, written))
         return result
@@ -312,19 +345,26 @@ class EntityService:
         """§5.6.2: overwrite existing attributes only; the rest are reported as not updated."""
         old = self._load(tenant, entity_id)
         now = self.clock()
-        fragment = self._fragment(body, terms, now, old)
+        fragment, nulls = _split_nulls(self._fragment(body, terms, now, old))
         entity = dict(old)
         result = UpdateResult()
-        written = []
+        missing = set()
         for name, instances in fragment.items():
             existing = {i.get("datasetId") for i in old.get(name, ())}
             if name not in old or any(i.get("datasetId") not in existing for i in instances):
                 result.not_updated.append((name, "attribute does not exist"))
+                missing.add(name)
+                nulls.pop(name, None)  # the attribute is left as it was, all of it
+        deleted = self._delete_nulls(entity, nulls, result)  # first, as in a merge: null, then what is sent
+        written = []
+        for name, instances in fragment.items():
+            if name in missing:
                 continue
-            entity[name] = _merge_instances(old[name], instances, now)
-            result.updated.append(name)
+            entity[name] = _merge_instances(entity.get(name, []), instances, now)
+            if name not in result.updated:
+                result.updated.append(name)
             written.append(name)
-        if written:
+        if written or deleted:
             entity["modifiedAt"] = now
             self._commit(tenant, "updated", [entity], [old], _history_for(entity, fragment, written))
         return result
@@ -337,6 +377,8 @@ class EntityService:
         if not isinstance(body, dict):
             raise BadRequestData("the request body must be a JSON object")
         dataset_id = body.get("datasetId")
+        if "datasetId" in body:  # malformed is bad data, not a missing instance: check before looking it up
+            validate_dataset_id(dataset_id, terms.compact(attr))
         instances = old.get(attr)
         target = next((i for i in instances or () if i.get("datasetId") == dataset_id), None)
         if target is None:
@@ -364,7 +406,8 @@ class EntityService:
         now = self.clock()
         if attr not in old:
             raise ResourceNotFound(f"entity {entity_id} has no attribute {terms.compact(attr)}")
-        instance = expand_attribute_instance(terms.compact(attr), body, terms, now)
+        # A replacement is a whole attribute, read as on create (a kind needs its value member).
+        instance = expand_attribute_instance(terms.compact(attr), body, terms, now, partial=False)
         entity = dict(old)
         entity[attr] = _merge_instances(old[attr], [instance], now)
         entity["modifiedAt"] = now
@@ -409,20 +452,16 @@ class EntityService:
     def _merged(self, old: Entity, body: Any, terms: TermMap, now: str, observed_at: str | None = None) -> Entity:
         if not isinstance(body, dict):
             raise BadRequestData("the request body must be a JSON object")
-        deletions = {
-            terms.expand(k) for k, v in body.items() if v == NULL or (isinstance(v, dict) and v.get("value") == NULL)
-        }
-        rest = {k: v for k, v in body.items() if terms.expand(k) not in deletions}
-        fragment = self._fragment(rest, terms, now, old, allow_empty=bool(deletions))
+        # urn:ngsi-ld:null as the attribute or as its kind's value member deletes it (checked like the rest).
+        fragment, nulls = _split_nulls(self._fragment(body, terms, now, old))
         entity = dict(old)
-        for name in deletions:
-            entity.pop(name, None)
+        self._delete_nulls(entity, nulls, None)
         for name, instances in fragment.items():
             if observed_at is not None:
                 for instance in instances:
                     instance.setdefault("observedAt", observed_at)
             merged = []
-            previous = {i.get("datasetId"): i for i in old.get(name, ())}
+            previous = {i.get("datasetId"): i for i in entity.get(name, ())}
             for instance in instances:
                 before = previous.get(instance.get("datasetId"))
                 if before is not None and before.get("type") == instance.get("type"):
@@ -431,13 +470,39 @@ class EntityService:
                     combined.update(instance)
                     instance = combined
                 merged.append(instance)
-            entity[name] = _merge_instances(old.get(name, []), merged, now)
+            entity[name] = _merge_instances(entity.get(name, []), merged, now)
         entity["modifiedAt"] = now
         return entity
 
-    def _fragment(
-        self, body: Any, terms: TermMap, now: str, old: Entity, *, allow_empty: bool = False
-    ) -> dict[str, list[Instance]]:
+    @staticmethod
+    def _delete_nulls(
+        entity: Entity, nulls: dict[str, set[str | None]], result: UpdateResult | None, *, keep_existing: bool = False
+    ) -> bool:
+        """Apply a fragment's null instances to `entity` (a copy); with a `result`, report each attribute (not
+        updated where there is nothing to delete, or where `keep_existing`, i.e. noOverwrite). Whether any
+        instance was deleted."""
+        changed = False
+        for name, datasets in nulls.items():
+            instances = entity.get(name, [])
+            kept = _deleted(instances, datasets)
+            if len(kept) == len(instances):
+                if result is not None:
+                    result.not_updated.append((name, "attribute does not exist"))
+                continue
+            if keep_existing:
+                if result is not None:
+                    result.not_updated.append((name, "attribute exists and noOverwrite was asked for"))
+                continue
+            if kept:
+                entity[name] = kept
+            else:
+                entity.pop(name, None)
+            changed = True
+            if result is not None:
+                result.updated.append(name)
+        return changed
+
+    def _fragment(self, body: Any, terms: TermMap, now: str, old: Entity) -> dict[str, list[Instance]]:
         if not isinstance(body, dict):
             raise BadRequestData("the request body must be a JSON object of attributes")
         body = dict(body)
@@ -446,7 +511,7 @@ class EntityService:
             raise BadRequestData(f"the body's id does not match the entity {old['id']}")
         body.pop("type", None)
         fragment = expand_fragment(body, terms, now) if body else {}
-        if not fragment and not allow_empty:
+        if not fragment:
             raise BadRequestData("the request body holds no attributes")
         return fragment
 

@@ -47,6 +47,7 @@ __all__ = [
     "expand_types",
     "is_uri",
     "normalize_datetime",
+    "validate_dataset_id",
     "validate_entity_id",
 ]
 
@@ -67,12 +68,17 @@ _IGNORED_MEMBERS = frozenset(
     {"createdAt", "modifiedAt", "deletedAt", "instanceId", "previousValue", "previousObject", "previousLanguageMap"}
 )
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"{}|\\^`\x00-\x1f\x7f]+\Z")
-_BAD_NAME = re.compile(r"[\s<>\"'=;()\x00-\x1f\x7f]")
+# A name (attribute or type, as sent and as its @context expands it) must not hold what the query
+# language or a parameter list would read as syntax: ',' separates type=/attrs=/pick=/omit= lists and '|'
+# alternatives in type= and q, so a name holding one could never be selected.
+_BAD_NAME = re.compile(r"[\s<>\"'=;(),|\x00-\x1f\x7f]")
+_BAD_NAME_RULE = "must not contain whitespace or any of <>\"'=;(),|"
 _LANG_TAG = re.compile(r"[A-Za-z]{1,8}(?:-[A-Za-z0-9]{1,8})*\Z")
 _SCOPE = re.compile(r"(?:/[^/\s]+)+\Z")
 _MEMO_LIMIT = 1 << 16
 
-_good_names: set[str] = set()
+_good_names: set[str] = set()  # attribute names and IRIs that passed _usable_name
+_good_types: set[str] = set()  # entity type names and IRIs that passed _usable_type
 _datetimes: dict[str, str] = {}  # bulk loads repeat the same observedAt many times
 
 
@@ -99,23 +105,63 @@ def is_uri(value: Any) -> bool:
     return isinstance(value, str) and len(value) <= MAX_ID_LENGTH and _URI.match(value) is not None
 
 
+def validate_dataset_id(value: Any, name: str) -> str:
+    """A datasetId member of attribute `name`: a URI string."""
+    if not is_uri(value):
+        raise BadRequestData(f"attribute '{name}': datasetId must be a URI, got {_show(value)}")
+    return value  # type: ignore[no-any-return]
+
+
 def check_attribute_name(name: str) -> None:
     """An attribute name as sent: BadRequestData unless it is a usable name."""
     _check_name(name, None)
 
 
-def _check_name(name: str, parent: str | None) -> None:
+def _usable_name(name: str) -> bool:
+    """Whether `name` (as sent, or the IRI a @context expands it to) is an attribute name the API can serve
+    and query. Good names are memoised: bulk bodies repeat the same few."""
     if name in _good_names:
-        return
+        return True
     if not name or name[0] == "@" or _BAD_NAME.search(name):
-        what = f"sub-attribute name in attribute '{parent}'" if parent else "attribute name"
-        raise BadRequestData(
-            f"invalid {what} {_show(name)}: a name must be non-empty, must not start with '@' "
-            "and must not contain whitespace or any of <>\"'=;()"
-        )
+        return False
     if len(_good_names) >= _MEMO_LIMIT:
         _good_names.clear()
     _good_names.add(name)
+    return True
+
+
+def _what(parent: str | None) -> str:
+    return f"sub-attribute name in attribute '{parent}'" if parent else "attribute name"
+
+
+def _check_name(name: str, parent: str | None) -> None:
+    if name not in _good_names and not _usable_name(name):
+        raise BadRequestData(
+            f"invalid {_what(parent)} {_show(name)}: a name must be non-empty, must not start with '@' "
+            f"and {_BAD_NAME_RULE}"
+        )
+
+
+def _check_expanded_name(name: str, iri: str, parent: str | None) -> None:
+    """The IRI the @context gives a name passes the same rule as the name: a context must not smuggle in
+    a name the API refuses when it is sent directly."""
+    if iri not in _good_names and not _usable_name(iri):
+        raise BadRequestData(
+            f"invalid {_what(parent)} {_show(name)}: the @context expands it to {_show(iri)}, and a name must "
+            f"be non-empty, must not start with '@' and {_BAD_NAME_RULE}"
+        )
+
+
+def _usable_type(name: str) -> bool:
+    """Whether `name` (as sent, or as expanded) is an entity type the API can serve and select; memoised."""
+    if name in _good_types:
+        return True
+    if not name or _BAD_NAME.search(name):
+        return False
+    if len(_good_types) >= _MEMO_LIMIT:
+        _good_types.clear()
+    _good_types.add(name)
+    return True
 
 
 def normalize_datetime(value: Any, what: str) -> str:
@@ -170,11 +216,14 @@ def expand_types(value: Any, terms: TermMap) -> list[str]:
         raise BadRequestData(f"the entity type must be a non-empty string or array of strings, got {_show(value)}")
     out: list[str] = []
     for name in names:
-        if not name or _BAD_NAME.search(name):
-            raise BadRequestData(
-                f"invalid entity type {_show(name)}: it must be non-empty, without whitespace or any of <>\"'=;()"
-            )
+        if not _usable_type(name):
+            raise BadRequestData(f"invalid entity type {_show(name)}: it must be non-empty and {_BAD_NAME_RULE}")
         iri = terms.expand_type(name)
+        if iri != name and not (_usable_type(iri) and iri[0] != "@"):
+            raise BadRequestData(
+                f"invalid entity type {_show(name)}: the @context expands it to {_show(iri)}, and a type must be "
+                f"non-empty, must not start with '@' and {_BAD_NAME_RULE}"
+            )
         if iri not in out:
             out.append(iri)
     return out
@@ -206,6 +255,8 @@ class _Reader:
                 continue
             _check_name(key, None)
             iri = self.terms.expand(key)
+            if iri not in _good_names:
+                _check_expanded_name(key, iri, None)
             rule = sent_name_rule(key, iri, raw)
             if rule is not None:
                 raise sent_name_refused(key, rule)
@@ -286,6 +337,8 @@ class _Reader:
         if depth + 1 >= MAX_DEPTH:
             raise BadRequestData(f"attribute '{parent}': sub-attributes nest more than {MAX_DEPTH} levels deep")
         iri = self.terms.expand(key)
+        if iri not in _good_names:
+            _check_expanded_name(key, iri, parent)
         rule = sent_name_rule(key, iri, raw)
         if rule is not None:
             raise sent_name_refused(f"{parent}.{key}", rule)
@@ -306,9 +359,7 @@ class _Reader:
                 raise BadRequestData(f"attribute '{name}': unitCode must be a non-empty string, got {_show(value)}")
             return value
         if key == "datasetId":
-            if not is_uri(value):
-                raise BadRequestData(f"attribute '{name}': datasetId must be a URI, got {_show(value)}")
-            return value
+            return validate_dataset_id(value, name)
         if key == "objectType":
             names = [value] if isinstance(value, str) else value
             if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
@@ -460,15 +511,21 @@ def expand_fragment(body: Any, terms: TermMap, now: str) -> dict[str, list[Insta
     return out
 
 
-def expand_attribute_instance(name: str, body: Any, terms: TermMap, now: str) -> Instance:
-    """One instance for PATCH/PUT /entities/{id}/attrs/{attrId}. A body without type or value member is a
-    partial instance: it has no 'type' and no 'createdAt', only the members sent plus 'modifiedAt'."""
+def expand_attribute_instance(name: str, body: Any, terms: TermMap, now: str, *, partial: bool = True) -> Instance:
+    """One instance for PATCH (`partial`) or PUT (not `partial`) /entities/{id}/attrs/{attrId}.
+
+    With `partial`, a body without type or value member is a partial instance: it has no 'type' and no
+    'createdAt', only the members sent plus 'modifiedAt'. Without it, the body is a whole attribute, read as
+    on create: a kind needs its value member, and an object with neither is a concise Property's value."""
     _check_name(name, None)
+    iri = terms.expand(name)
+    if iri not in _good_names:
+        _check_expanded_name(name, iri, None)
     if isinstance(body, list):
         if len(body) != 1:
             raise BadRequestData(f"attribute '{name}': send one instance, not an array of {len(body)}")
         body = body[0]
-    return _Reader(terms, now, allow_null=False).instance(name, terms.expand(name), body, 0, partial=True)
+    return _Reader(terms, now, allow_null=False).instance(name, iri, body, 0, partial=partial)
 
 
 # -- compaction -----------------------------------------------------------------------------------------
