@@ -9,7 +9,8 @@ arrays of contexts and remote contexts nested inside remote contexts. Scoped con
 
 The core context (every version's URL) and the Smart Data Models contexts are read from the shipped
 files and never fetched. Contexts an operator registers (POST /jsonldContexts) are kept on disk under
-`cache_dir`, and so is every remote context fetched once.
+`cache_dir`, and so is every remote context fetched once, but only once the whole context it was fetched for
+resolves: a document that includes itself, or leads to one that cannot be had or used, is not kept.
 """
 
 from __future__ import annotations
@@ -407,6 +408,10 @@ class ContextCache:
         self._shipped: dict[str, Any] = {}  # url -> @context of a shipped file
         self._records: dict[str, _Record] | None = None  # id -> record; loaded from disk on first use
         self._cached_ids: dict[str, str] = {}  # remote url -> record id
+        # remote url -> a record downloaded for a resolution still under way: kept (_keep) once that
+        # resolution succeeds, forgotten (_forget) if it fails; meanwhile concurrent resolutions use it too.
+        self._fetched: dict[str, _Record] = {}
+        self._keeping: dict[str, _Record] = {}  # remote url -> a record of a resolved context being written
         self._fetch_locks: dict[str, threading.Lock] = {}
 
     # -- resolution ---------------------------------------------------------------------------------
@@ -474,7 +479,12 @@ class ContextCache:
             return core, ()
         active = self._core_active.copy()
         used: list[_Record] = []
-        self._apply(context, active, (), used)
+        try:
+            self._apply(context, active, (), used)
+        except BaseException:
+            self._forget(used)  # a refused context (cyclic, unavailable, unusable) leaves the registry as it was
+            raise
+        self._keep(used)
         if isinstance(context, str):
             urls: tuple[str, ...] = (context,)
         elif isinstance(context, list):
@@ -569,17 +579,19 @@ class ContextCache:
         return record if record is not None and record.kind == "Hosted" else None
 
     def _remote(self, url: str) -> _Record:
+        """The record of a remote context: cached, being resolved by another request, or downloaded now.
+        A download is not kept here: `_build` keeps it (`_keep`) once the whole context resolves."""
         records = self._registry()
-        known = self._cached_ids.get(url)
-        if known is not None and known in records:
-            return records[known]
+        found = self._known(url, records)
+        if found is not None:
+            return found
         with self._lock:
             url_lock = self._fetch_locks.setdefault(url, threading.Lock())
         try:
             with url_lock:  # concurrent first requests for one URL fetch it once
-                known = self._cached_ids.get(url)
-                if known is not None and known in records:
-                    return records[known]
+                found = self._known(url, records)
+                if found is not None:
+                    return found
                 refuse_identifying_strings(url, "@context URL")  # cached contexts are listed, URL and all, to anyone
                 try:
                     context = self._fetch(url)
@@ -587,15 +599,47 @@ class ContextCache:
                     raise LdContextNotAvailable(f"could not retrieve @context from {url}: {why}") from None
                 refuse_identifying_strings(context, "@context")
                 record = _Record(str(uuid.uuid5(uuid.NAMESPACE_URL, url)), url, "Cached", _utc_now(), context)
-                self._save(record)  # first: a record that cannot be written must not be half kept
                 with self._lock:
-                    records[record.id] = record
-                    self._cached_ids[url] = record.id
+                    self._fetched[url] = record
                 return record
         finally:
             with self._lock:  # clients naming endless bad URLs must not grow this map
                 if self._fetch_locks.get(url) is url_lock:
                     del self._fetch_locks[url]
+
+    def _known(self, url: str, records: dict[str, _Record]) -> _Record | None:
+        """The cached record of `url`, else one downloaded for a resolution still under way, else None."""
+        with self._lock:
+            known = self._cached_ids.get(url)
+            if known is not None and known in records:
+                return records[known]
+            return self._fetched.get(url) or self._keeping.get(url)
+
+    def _keep(self, used: list[_Record]) -> None:
+        """Cache (in the registry and on disk) the downloads of a context that resolved."""
+        records = self._registry()
+        for record in dict.fromkeys(used):
+            with self._lock:
+                if self._fetched.get(record.url) is not record:
+                    continue  # hosted, cached before, or being kept by a concurrent resolution
+                del self._fetched[record.url]
+                self._keeping[record.url] = record  # still found by _known while it is written
+            try:
+                self._save(record)  # first: a record that cannot be written must not be half kept
+                with self._lock:
+                    records[record.id] = record
+                    self._cached_ids[record.url] = record.id
+            finally:
+                with self._lock:
+                    if self._keeping.get(record.url) is record:
+                        del self._keeping[record.url]
+
+    def _forget(self, used: list[_Record]) -> None:
+        """Drop the downloads of a context that did not resolve: the next request fetches them again."""
+        with self._lock:
+            for record in used:
+                if self._fetched.get(record.url) is record:
+                    del self._fetched[record.url]
 
     def _fetch(self, url: str) -> Any:
         import httpx  # only needed when a client names a context we do not have
@@ -654,8 +698,8 @@ class ContextCache:
         context = body["@context"]
         if not isinstance(context, dict | list | str):
             raise BadRequestData("'@context' must be an object, an array or a URL")
-        self._build(context)  # raises BadRequestData / LdContextNotAvailable for a context that cannot be used
         refuse_identifying_strings(context, "@context")  # a hosted context is served to anyone, keys or not
+        self._build(context)  # raises BadRequestData / LdContextNotAvailable for a context that cannot be used
         context_id = str(uuid.uuid4())
         record = _Record(context_id, self.hosted_url(context_id), "Hosted", _utc_now(), context)
         records = self._registry()

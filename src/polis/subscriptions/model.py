@@ -15,12 +15,13 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from polis.domain.errors import BadRequestData, OperationNotSupported
+from polis.domain.errors import BadRequestData, OperationNotSupported, PersonalDataRefused
 from polis.ngsi_ld.context import TermMap
 from polis.ngsi_ld.entity_codec import check_attribute_name, validate_entity_id
 from polis.ngsi_ld.geoquery import GeoQuery, parse_geoquery
 from polis.ngsi_ld.params import parse_datetime, parse_type_selector
 from polis.ngsi_ld.q import QExpr, parse_q, pattern_problem
+from polis.privacy.refusal import find_identifying, refuse_identifying_strings
 from polis.store.base import TypeSelector
 
 SSE_URI = "urn:polis:sse"  # endpoint.uri of a subscription read through GET /subscriptions/{id}/stream
@@ -251,10 +252,10 @@ def parse_subscription(
         raise BadRequestData('type: a subscription needs "type": "Subscription"')
     if "notification" not in body:
         raise BadRequestData("notification: a subscription needs a notification member with an endpoint")
+    fields = _members(body, terms, context, now, patch=False)  # first: it refuses personal data
     raw_id = body.get("id")
     sub_id = new_subscription_id() if raw_id is None else _uri(raw_id, "id")
     stamp = utc_text(now)
-    fields = _members(body, terms, context, now, patch=False)
     sub = Subscription(
         id=sub_id,
         tenant=tenant,
@@ -275,9 +276,9 @@ def apply_patch(sub: Subscription, fragment: Any, terms: TermMap, context: Any, 
         raise BadRequestData("a subscription fragment must be a JSON object")
     if not fragment:
         raise BadRequestData("the subscription fragment is empty")
+    fields = _members(fragment, terms, context, now, patch=True, current=sub)  # first: it refuses personal data
     if "id" in fragment and fragment["id"] != sub.id:
         raise BadRequestData(f"id: the fragment's id {_show(fragment['id'])} is not the subscription's {sub.id}")
-    fields = _members(fragment, terms, context, now, patch=True, current=sub)
     updated = replace(sub, modified_at=utc_text(now), **fields)
     return _checked(updated)
 
@@ -300,6 +301,8 @@ def _members(
     patch: bool,
     current: Subscription | None = None,
 ) -> dict[str, Any]:
+    """The members of a create body or a PATCH fragment, parsed and validated, after the privacy refusal."""
+    _refuse_personal_data(body, context, patch=patch)
     out: dict[str, Any] = {}
     for key, raw in body.items():
         if key in ("id", "@context"):
@@ -353,6 +356,25 @@ def _members(
     if not patch and "endpoint" not in out:
         raise BadRequestData("notification.endpoint: a subscription needs an endpoint with a uri")
     return out
+
+
+def _refuse_personal_data(body: dict[str, Any], context: Any, *, patch: bool) -> None:
+    """PersonalDataRefused (422, naming the member and the rule, never the value) when a create body or a
+    PATCH fragment holds anything identifying, anywhere: subscriptionName, description, q, entity ids and
+    patterns, the endpoint URI (its query string too), receiverInfo / notifierInfo, jsonldContext, lang, or
+    the @context it is written in (kept as the subscription's context, and as q's). A subscription is stored
+    and served back by GET /subscriptions, and its endpoint headers are sent with every notification: the same
+    scan as an entity write (polis.privacy.refusal), before any member is parsed, so that nothing of the
+    request is stored, changed or quoted back in a 400."""
+    found = find_identifying(body)
+    if found is not None:
+        outcome = "nothing of this subscription was changed" if patch else "no subscription was created"
+        raise PersonalDataRefused(
+            f"subscription: {found.reason()}. Polis counts, it never watches: {outcome}",
+            field=found.field,
+            rule=found.rule,
+        )
+    refuse_identifying_strings(context, "@context")  # its keys are terms, not data: judged by value only
 
 
 def _selectors(raw: Any, terms: TermMap) -> tuple[Selector, ...]:
