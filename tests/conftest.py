@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -12,10 +13,14 @@ from polis.api.app import create_app
 from polis.localserver import Server, free_port, start_server, stop_server
 from polis.platform import Platform
 
-__all__ = ["LINK_SDM", "Server", "admin_headers", "free_port", "key_headers", "start_server", "stop_server"]
+__all__ = [
+    "ERR", "LINK_SDM", "Server", "admin_headers", "free_port", "hub_client", "key_headers", "problem", "start_server",
+    "stop_server",
+]
 
 SDM_TRANSPORT = "https://raw.githubusercontent.com/smart-data-models/dataModel.Transportation/master/context.jsonld"
 LINK_SDM = f'<{SDM_TRANSPORT}>; rel="http://www.w3.org/ns/json-ld#context"; type="application/ld+json"'
+ERR = "https://uri.etsi.org/ngsi-ld/errors/"
 
 
 @pytest.fixture
@@ -48,3 +53,26 @@ def server(tmp_path: Path) -> Iterator[Server]:
     srv = start_server(tmp_path / "hub")
     yield srv
     stop_server(srv.process)
+
+
+def hub_client(**overrides: object) -> Iterator[tuple[TestClient, Platform]]:
+    """An in-memory hub with these settings and an admin client on it (for fixtures: `yield from`)."""
+    platform = Platform.in_memory(**overrides)
+    with TestClient(create_app(platform), raise_server_exceptions=False, headers=admin_headers(platform)) as client:
+        yield client, platform
+    platform.close()
+
+
+def problem(r: Any, status: int, name: str | None, *fragments: str) -> dict[str, Any]:
+    """The response is an NGSI-LD problem (of type `name`, if given) whose detail names every fragment."""
+    assert r.status_code == status, f"{r.status_code}: {r.text[:500]}"
+    body = r.json()
+    assert isinstance(body.get("type"), str) and body["type"].startswith(ERR), body
+    if name is not None:
+        assert body["type"] == ERR + name, body
+    assert body.get("title")
+    detail = body["detail"]
+    assert isinstance(detail, str) and detail
+    for fragment in fragments:
+        assert fragment.lower() in detail.lower(), (fragment, detail)
+    return body  # type: ignore[no-any-return]

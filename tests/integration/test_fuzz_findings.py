@@ -17,14 +17,12 @@ import pytest
 import trustme
 from fastapi.testclient import TestClient
 
-from polis.api.app import create_app
 from polis.platform import Platform
-from tests.conftest import admin_headers
+from tests.conftest import ERR, hub_client, problem
 
 ENTITIES = "/ngsi-ld/v1/entities"
 TEMPORAL = "/ngsi-ld/v1/temporal/entities"
 RULES = "/polis/v1/alerts/rules"
-ERR = "https://uri.etsi.org/ngsi-ld/errors/"
 JSONLD_REL = "http://www.w3.org/ns/json-ld#context"
 RULE: dict[str, Any] = {
     "id": "busy-corner",
@@ -36,36 +34,16 @@ RULE: dict[str, Any] = {
 }
 
 
-def problem(r: Any, status: int, name: str, *fragments: str) -> dict[str, Any]:
-    """The response is an NGSI-LD problem of this type whose detail names every fragment."""
-    assert r.status_code == status, r.text[:500]
-    body = r.json()
-    assert body["type"] == ERR + name, body
-    assert body.get("title")
-    detail = body["detail"]
-    assert isinstance(detail, str) and detail
-    for fragment in fragments:
-        assert fragment.lower() in detail.lower(), (fragment, detail)
-    return body  # type: ignore[no-any-return]
-
-
-def hub(**overrides: object) -> Iterator[tuple[TestClient, Platform]]:
-    platform = Platform.in_memory(**overrides)
-    with TestClient(create_app(platform), raise_server_exceptions=False, headers=admin_headers(platform)) as client:
-        yield client, platform
-    platform.close()
-
-
 @pytest.fixture
 def small() -> Iterator[tuple[TestClient, Platform]]:
     """A hub that takes bodies of at most 256 bytes."""
-    yield from hub(max_body_bytes=256)
+    yield from hub_client(max_body_bytes=256)
 
 
 @pytest.fixture
 def impatient() -> Iterator[tuple[TestClient, Platform]]:
     """A hub that waits at most 0.3 s for a remote @context (so 0.6 s for the whole download)."""
-    yield from hub(context_fetch_timeout_s=0.3)
+    yield from hub_client(context_fetch_timeout_s=0.3)
 
 
 # -- @context fetching: a server that trickles its headers holds the request forever --------------------------

@@ -15,45 +15,23 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
-from polis.api.app import create_app
 from polis.platform import Platform
-from tests.conftest import admin_headers
+from tests.conftest import ERR, hub_client, problem
 
 BASE = "/ngsi-ld/v1"
 ENTITIES = BASE + "/entities"
 TEMPORAL = BASE + "/temporal/entities"
 SUBSCRIPTIONS = BASE + "/subscriptions"
 CONTEXTS = BASE + "/jsonldContexts"
-ERR = "https://uri.etsi.org/ngsi-ld/errors/"
 JSONLD_REL = "http://www.w3.org/ns/json-ld#context"
 NULL = "urn:ngsi-ld:null"
 EMAIL = "jane.roe@example.org"
 EID = "urn:ngsi-ld:V:1"
 
 
-def problem(r: Any, status: int, name: str, *fragments: str) -> dict[str, Any]:
-    """The response is an NGSI-LD problem of this type whose detail names every fragment."""
-    assert r.status_code == status, f"{r.status_code}: {r.text[:500]}"
-    body = r.json()
-    assert body["type"] == ERR + name, body
-    assert body.get("title")
-    detail = body["detail"]
-    assert isinstance(detail, str) and detail
-    for fragment in fragments:
-        assert fragment.lower() in detail.lower(), (fragment, detail)
-    return body  # type: ignore[no-any-return]
-
-
-def hub(**overrides: object) -> Iterator[tuple[TestClient, Platform]]:
-    platform = Platform.in_memory(**overrides)
-    with TestClient(create_app(platform), raise_server_exceptions=False, headers=admin_headers(platform)) as client:
-        yield client, platform
-    platform.close()
-
-
 @pytest.fixture
 def fresh() -> Iterator[tuple[TestClient, Platform]]:
-    yield from hub()
+    yield from hub_client()
 
 
 def link(url: str) -> dict[str, str]:

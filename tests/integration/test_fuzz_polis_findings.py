@@ -16,11 +16,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from polis.api.app import create_app
 from polis.platform import Platform
-from tests.conftest import LINK_SDM, admin_headers, free_port
+from tests.conftest import LINK_SDM, free_port, hub_client
+from tests.conftest import problem as ngsi_problem
 
-ERR = "https://uri.etsi.org/ngsi-ld/errors/"
 RULES = "/polis/v1/alerts/rules"
 SENSOR = "urn:ngsi-ld:CrowdFlowObserved:fuzz-polis-1"
 RULE: dict[str, Any] = {
@@ -36,22 +35,12 @@ POLIS = Path(sys.executable).with_name("polis")
 
 @pytest.fixture
 def hub() -> Iterator[tuple[TestClient, Platform]]:
-    platform = Platform.in_memory()
-    with TestClient(create_app(platform), raise_server_exceptions=False, headers=admin_headers(platform)) as client:
-        yield client, platform
-    platform.close()
+    yield from hub_client()
 
 
 def problem(r: Any, status: int, *fragments: str) -> dict[str, Any]:
-    """The response is an NGSI-LD problem with this status whose detail names every fragment."""
-    assert r.status_code == status, (r.status_code, r.text[:500])
-    body = r.json()
-    assert isinstance(body.get("type"), str) and body["type"].startswith(ERR), body
-    detail = body.get("detail")
-    assert isinstance(detail, str) and detail, body
-    for fragment in fragments:
-        assert fragment.lower() in detail.lower(), (fragment, detail)
-    return body  # type: ignore[no-any-return]
+    """The response is an NGSI-LD problem of any type with this status whose detail names every fragment."""
+    return ngsi_problem(r, status, None, *fragments)
 
 
 # -- alert rules ----------------------------------------------------------------------------------------------
