@@ -14,13 +14,22 @@ from polis.localserver import Server, free_port, start_server, stop_server
 from polis.platform import Platform
 
 __all__ = [
-    "ERR", "LINK_SDM", "Server", "admin_headers", "free_port", "hub_client", "key_headers", "problem", "start_server",
-    "stop_server",
+    "ERR", "LINK_SDM", "THRESHOLD_RULE", "Server", "admin_headers", "free_port", "hub_client", "key_headers", "problem",
+    "start_server", "stop_server",
 ]
 
 SDM_TRANSPORT = "https://raw.githubusercontent.com/smart-data-models/dataModel.Transportation/master/context.jsonld"
 LINK_SDM = f'<{SDM_TRANSPORT}>; rel="http://www.w3.org/ns/json-ld#context"; type="application/ld+json"'
 ERR = "https://uri.etsi.org/ngsi-ld/errors/"
+# The smallest valid alert rule (polis.alerts): tests that send rules change one member of it.
+THRESHOLD_RULE: dict[str, Any] = {
+    "id": "busy-corner",
+    "kind": "threshold",
+    "name": "Busy corner",
+    "scope": {"type": "CrowdFlowObserved"},
+    "attribute": "peopleCount",
+    "above": 100,
+}
 
 
 @pytest.fixture

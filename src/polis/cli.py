@@ -99,6 +99,14 @@ def hub_settings(data_dir: Path | None = None, datasets_dir: Path | None = None,
     return settings
 
 
+def require_hub_file(path: Path) -> None:
+    """Fail, naming `path`, unless the hub file a reading command needs exists: `polis archive` or `polis admin
+    list` pointed at a mistyped --data-dir must say so, not create an empty hub there and report nothing."""
+    if not path.is_file():
+        fail(f"no hub at {path.parent}: {path.name} does not exist (is --data-dir, or POLIS_DATA_DIR, the hub's "
+             "directory?)")
+
+
 def open_hub_read_only(settings: Settings) -> DuckDBStore:
     """The hub's database opened to read, as `polis epidemic` opens it: no database there is an error that
     names the path (nothing is created), and a database a running server holds says to ask it with --url."""
@@ -356,6 +364,7 @@ def archive(
     from polis.store.duckdb_ import DuckDBStore
 
     settings = hub_settings(data_dir)
+    require_hub_file(settings.database_path)
     destination = out or settings.archive_dir
     store = DuckDBStore(settings.database_path, threads=settings.duckdb_threads, memory_limit=settings.memory_limit)
     try:

@@ -18,20 +18,13 @@ import trustme
 from fastapi.testclient import TestClient
 
 from polis.platform import Platform
-from tests.conftest import ERR, hub_client, problem
+from tests.conftest import ERR, THRESHOLD_RULE, hub_client, problem
 
 ENTITIES = "/ngsi-ld/v1/entities"
 TEMPORAL = "/ngsi-ld/v1/temporal/entities"
 RULES = "/polis/v1/alerts/rules"
 JSONLD_REL = "http://www.w3.org/ns/json-ld#context"
-RULE: dict[str, Any] = {
-    "id": "busy-corner",
-    "kind": "threshold",
-    "name": "Busy corner",
-    "scope": {"type": "CrowdFlowObserved"},
-    "attribute": "peopleCount",
-    "above": 100,
-}
+RULE = THRESHOLD_RULE
 
 
 @pytest.fixture

@@ -17,19 +17,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from polis.platform import Platform
-from tests.conftest import LINK_SDM, free_port, hub_client
+from tests.conftest import LINK_SDM, THRESHOLD_RULE, free_port, hub_client
 from tests.conftest import problem as ngsi_problem
 
 RULES = "/polis/v1/alerts/rules"
 SENSOR = "urn:ngsi-ld:CrowdFlowObserved:fuzz-polis-1"
-RULE: dict[str, Any] = {
-    "id": "busy-corner",
-    "kind": "threshold",
-    "name": "Busy corner",
-    "scope": {"type": "CrowdFlowObserved"},
-    "attribute": "peopleCount",
-    "above": 100,
-}
+RULE = THRESHOLD_RULE
 POLIS = Path(sys.executable).with_name("polis")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -376,6 +377,31 @@ def test_registering_an_invalid_context_is_bad_request_data(cache: ContextCache,
     with pytest.raises(BadRequestData):
         cache.register(body)
     assert cache.registered() == []
+
+
+@pytest.mark.parametrize(
+    ("ctx", "fragment"),
+    [
+        ({"a b": "https://example.org/a b"}, "term 'a b' maps to 'https://example.org/a b'"),
+        ({"a b": {}}, "term 'a b' maps to '" + DEFAULT_VOCAB + "a b'"),  # a term with no @id names itself
+        ({"speed": "https://example.org/<speed>"}, "which is not an IRI"),
+        ({"@vocab": "https://example.org/x y/"}, "term '@vocab'"),
+    ],
+)
+def test_a_term_that_maps_to_no_iri_is_refused_at_registration(
+    cache: ContextCache, ctx: dict[str, Any], fragment: str
+) -> None:
+    """No attribute could ever expand to such a "IRI": the operator hears it when registering, not from every
+    entity that uses the context later."""
+    with pytest.raises(BadRequestData, match=re.escape(fragment)):
+        cache.register({"@context": ctx})
+    assert cache.registered() == []
+
+
+def test_terms_that_map_to_iris_are_registered(cache: ContextCache) -> None:
+    cache.register({"@context": {"weird name": "https://example.org/ok", "speed": "https://example.org/a%20b"}})
+    terms = cache.resolve({"weird name": "https://example.org/ok", "speed": "https://example.org/a%20b"})
+    assert terms.expand("speed") == "https://example.org/a%20b"
 
 
 def test_the_datasets_dir_is_never_written(tmp_path: Path, server: ContextServer) -> None:

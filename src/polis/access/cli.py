@@ -21,11 +21,14 @@ console = Console()
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Hub files (default $POLIS_DATA_DIR or ./polis-data)")]
 
 
-def _control(data_dir: Path | None) -> AccessControl:
+def _control(data_dir: Path | None, *, existing: bool = False) -> AccessControl:
+    """The hub's access control; with `existing`, only a hub that already has one (a reading command)."""
     from polis.access.control import AccessControl
-    from polis.cli import hub_settings
+    from polis.cli import hub_settings, require_hub_file
 
     settings = hub_settings(data_dir)
+    if existing:
+        require_hub_file(settings.access_db_path)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return AccessControl(settings)
 
@@ -113,7 +116,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     @admin.command("list")
     def list_all(data_dir: DataDir = None) -> None:
         """Departments with their grants and keys (ids only: keys are never shown again)."""
-        control = _control(data_dir)
+        control = _control(data_dir, existing=True)
         try:
             table = Table(title="departments")
             for column in ("department", "grants", "keys (live)"):

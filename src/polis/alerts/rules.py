@@ -131,10 +131,17 @@ class Backfill(_Model):
         return self
 
 
+# Bounds on what one rule may list: a rule is evaluated on every write of its type, so a scope of a million ids
+# (or of megabyte-long ones) would be a cost on every write, not a mistake to find later.
+MAX_SCOPE_IDS = 10_000
+MAX_MATCH_TERMS = 32
+EntityIdText = Annotated[str, Field(min_length=1, max_length=1024)]
+
+
 class Scope(_Model):
     type: str = Field(min_length=1, max_length=256)
-    ids: tuple[str, ...] = ()
-    id_pattern: str | None = None
+    ids: tuple[EntityIdText, ...] = Field(default=(), max_length=MAX_SCOPE_IDS)
+    id_pattern: str | None = Field(default=None, max_length=1024)
     area: Area | None = None
 
     @field_validator("type")
@@ -294,7 +301,9 @@ class AnomalyRule(_RuleBase):
 class BurstRule(_RuleBase):
     kind: Literal["burst"]
     backfill: None = Field(default=None, description="bursts count events as they are created; no backfill")
-    match: dict[str, str] = Field(default_factory=dict)
+    match: dict[Annotated[str, Field(max_length=256)], Annotated[str, Field(max_length=1024)]] = Field(
+        default_factory=dict, max_length=MAX_MATCH_TERMS
+    )
     group_by: str = Field(min_length=1, max_length=256)
     time_attribute: str = "dateObserved"
     window_s: float = Field(default=3600.0, gt=0, le=7 * 86400)

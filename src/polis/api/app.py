@@ -30,7 +30,7 @@ from polis.api import (
     routes_subscriptions,
     routes_temporal,
 )
-from polis.domain.errors import ERROR_TYPE_BASE, NgsiError
+from polis.domain.errors import ERROR_TYPE_BASE, BadRequestData, NgsiError
 from polis.platform import Platform
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,19 @@ def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
     return allowed
 
 
+def single_valued_query(request: Request) -> None:
+    """A query parameter given twice is 400: every parameter of this API takes one value (lists are written
+    comma-separated, as NGSI-LD does), and Starlette would silently keep only the last one, so
+    `?status=all&status=active` answered for `active` alone."""
+    seen: set[str] = set()
+    for name, _value in request.query_params.multi_items():
+        if name in seen:
+            raise BadRequestData(
+                f"query parameter '{name}' is given more than once; give it once (a list is comma-separated)"
+            )
+        seen.add(name)
+
+
 def create_app(platform: Platform) -> FastAPI:
     app = FastAPI(
         docs_url=None,  # served below from the installed swagger-ui-bundle: the docs work offline, no CDN
@@ -68,7 +81,8 @@ def create_app(platform: Platform) -> FastAPI:
         title="Polis",
         version=__version__,
         description="Open city data hub: NGSI-LD entities, history and queries. It counts, it never watches.",
-        dependencies=[Depends(enforce)],  # every route: API key -> department -> grants, audited (polis.access)
+        # Every route: API key -> department -> grants, audited (polis.access); then no parameter twice.
+        dependencies=[Depends(enforce), Depends(single_valued_query)],
     )
     app.state.platform = platform
 

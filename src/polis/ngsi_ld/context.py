@@ -195,6 +195,19 @@ class TermMap:
 # -- processing one context object ------------------------------------------------------------------
 
 
+# Characters RFC 3987 never allows in an IRI: a term mapping to one of these could never name an attribute that
+# expands to it, so the context is refused when it is registered or first used, not entity by entity later.
+_NOT_IN_IRI = re.compile(r'[\s<>"{}|\\^`\x00-\x1f\x7f]')
+
+
+def _check_iri(term: str, iri: str) -> None:
+    bad = _NOT_IN_IRI.search(iri)
+    if bad is not None:
+        raise BadRequestData(
+            f"@context: term '{term[:100]}' maps to '{iri[:200]}', which is not an IRI (it holds {bad.group()!r})"
+        )
+
+
 class _ObjectProcessor:
     """Applies one local context object to an active context (JSON-LD 1.1 'create term definition')."""
 
@@ -237,7 +250,9 @@ class _ObjectProcessor:
             raise BadRequestData(f"@context: @vocab must be an absolute or compact IRI, got {value!r}")
         prefix, _, suffix = value.partition(":")
         base = self.active.prefixes.get(prefix)
-        return base + suffix if base is not None and not suffix.startswith("//") else value
+        iri = base + suffix if base is not None and not suffix.startswith("//") else value
+        _check_iri("@vocab", iri)
+        return iri
 
     def define(self, term: str) -> str | None:
         """The IRI `term` maps to in this context object (None: a null or keyword definition)."""
@@ -263,6 +278,8 @@ class _ObjectProcessor:
         else:
             raise BadRequestData(f"@context: the definition of term '{term}' must be a string, an object or null")
         self.pending.pop()
+        if iri is not None:
+            _check_iri(term, iri)
         self.done[term] = iri
         return iri
 
