@@ -20,6 +20,7 @@ from rich.table import Table
 from polis.settings import Settings
 
 if TYPE_CHECKING:
+    from polis.platform import Platform
     from polis.store.duckdb_ import DuckDBStore
 
 app = typer.Typer(help="Polis, the open city data platform: it counts, it never watches.", no_args_is_help=True)
@@ -107,6 +108,23 @@ def require_hub_file(path: Path) -> None:
              "directory?)")
 
 
+def open_hub(settings: Settings) -> DuckDBStore:
+    """The hub's database opened to write, as `ingest`, `archive`, `flows` and `privacy` do (created if new);
+    one a running server holds is a clear error saying so, not DuckDB's traceback."""
+    import duckdb
+
+    from polis.epidemic.views import locked_hub
+    from polis.store.duckdb_ import DuckDBStore
+
+    try:
+        return DuckDBStore(settings.database_path, threads=settings.duckdb_threads, memory_limit=settings.memory_limit)
+    except duckdb.IOException as error:
+        locked = locked_hub(settings, error)
+        if locked is None:
+            raise
+        fail(f"{locked}: stop it first, or use the server's API while it runs")
+
+
 def open_hub_read_only(settings: Settings) -> DuckDBStore:
     """The hub's database opened to read, as `polis epidemic` opens it: no database there is an error that
     names the path (nothing is created), and a database a running server holds says to ask it with --url."""
@@ -156,6 +174,23 @@ def _problem_text(answer: Any) -> str:
     return text[:200] or answer.reason_phrase or "(no body)"
 
 
+def _platform(settings: Settings) -> Platform:
+    """The platform on the hub's files; a second server on a data directory one already serves is a clear
+    error, not DuckDB's traceback."""
+    import duckdb
+
+    from polis.epidemic.views import locked_hub
+    from polis.platform import Platform
+
+    try:
+        return Platform(settings)
+    except duckdb.IOException as error:
+        locked = locked_hub(settings, error)
+        if locked is None:
+            raise
+        fail(f"{locked}: one server per data directory")
+
+
 def _serve(
     settings: Settings,
     on_ready: Callable[[], None] | None = None,
@@ -168,9 +203,8 @@ def _serve(
     import uvicorn
 
     from polis.api.app import create_app
-    from polis.platform import Platform
 
-    platform = Platform(settings)
+    platform = _platform(settings)
     try:
         if forecast_datasets:
             platform.forecasts.start(forecast_datasets, kind=forecast_model)
@@ -247,14 +281,13 @@ def _ingest(settings: Settings, names: list[str]) -> None:
     from polis.mobility.cli import ingest_gated
     from polis.mobility.ingest import MOBILITY_DATASETS
     from polis.ngsi_ld.entities import utc_now
-    from polis.store.duckdb_ import DuckDBStore
 
     for name in names:
         if name not in DATASETS and name not in MOBILITY_DATASETS:
             known = sorted([*DATASETS, *MOBILITY_DATASETS])
             console.print(f"[red]unknown dataset '{name}'[/red]; known: {', '.join(known)}")
             raise typer.Exit(2)
-    store = DuckDBStore(settings.database_path, threads=settings.duckdb_threads, memory_limit=settings.memory_limit)
+    store = open_hub(settings)
     table = Table(title="Ingested")
     for column in ("dataset", "entities", "new entities", "observations seen", "observations added", "seconds"):
         table.add_column(column, justify="right" if column != "dataset" else "left")
@@ -361,12 +394,11 @@ def archive(
     out: Annotated[Path | None, typer.Option(help="Destination (default DATA_DIR/archive)")] = None,
 ) -> None:
     """Export all history to Parquet, partitioned by tenant and day."""
-    from polis.store.duckdb_ import DuckDBStore
 
     settings = hub_settings(data_dir)
     require_hub_file(settings.database_path)
     destination = out or settings.archive_dir
-    store = DuckDBStore(settings.database_path, threads=settings.duckdb_threads, memory_limit=settings.memory_limit)
+    store = open_hub(settings)
     try:
         files = store.archive(destination)
         from polis.mobility.store import MobilityStore

@@ -1,6 +1,7 @@
 """Behaviour a user relies on that earlier fuzzing noted but left open: a query parameter given twice is refused
 rather than silently answered for its last value, reading commands pointed at a directory with no hub say so
-instead of creating one there, and an alert rule's scope is bounded."""
+instead of creating one there, commands that open a hub a server holds say so, and an alert rule's scope is
+bounded."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from polis.platform import Platform
-from tests.conftest import THRESHOLD_RULE, hub_client, problem
+from tests.conftest import THRESHOLD_RULE, Server, hub_client, problem, start_server, stop_server
 
 POLIS = Path(sys.executable).with_name("polis")
 RULES = "/polis/v1/alerts/rules"
@@ -29,6 +30,14 @@ SENSOR = {
 @pytest.fixture
 def hub() -> Iterator[tuple[TestClient, Platform]]:
     yield from hub_client()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One real `polis serve` for the tests that need its files held."""
+    server = start_server(tmp_path_factory.mktemp("served") / "hub")
+    yield server
+    stop_server(server.process)
 
 
 @pytest.mark.parametrize(
@@ -110,3 +119,26 @@ def test_an_alert_rule_scope_within_the_bounds_is_kept(hub: tuple[TestClient, Pl
     r = client.post(RULES, json={**THRESHOLD_RULE, "scope": {"type": "CrowdFlowObserved", "ids": ids}})
     assert r.status_code == 201, r.text[:300]
     assert client.get(f"{RULES}/busy-corner").json()["scope"]["ids"] == ids
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["ingest", "los-loop"],
+        ["archive"],
+        ["flows", "--day", "2017-02-01"],
+        ["privacy", "budget"],
+        ["serve", "--port", "0"],
+    ],
+)
+def test_commands_that_open_a_served_hub_say_a_server_holds_it(
+    tmp_path: Path, command: list[str], served: Server
+) -> None:
+    """DuckDB lets one process open a database: while `polis serve` runs, a command that opens its files gets
+    one clear line naming the file and what holds it, not DuckDB's traceback."""
+    result = _polis(tmp_path, *command, "--data-dir", str(served.data_dir))
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 1, output[-1500:]
+    assert "Traceback" not in output, output[-1500:]
+    assert f"{served.data_dir / 'polis.duckdb'} is locked by process {served.process.pid}" in output, output[-800:]
+    assert "running `polis serve`" in output

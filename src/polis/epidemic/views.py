@@ -54,14 +54,21 @@ def open_store_read_only(settings: Settings, *, hint: str) -> Any:
     try:
         return DuckDBStore(path, threads=settings.duckdb_threads, memory_limit=settings.memory_limit, read_only=True)
     except duckdb.IOException as error:
-        if "lock" not in str(error).lower():
+        locked = locked_hub(settings, error)
+        if locked is None:
             raise
-        pid = re.search(r"PID (\d+)", str(error))
-        holder = f"process {pid.group(1)}" if pid else "another process"
-        raise HubError(
-            f"{path} is locked by {holder}, most likely a running `polis serve` (DuckDB lets one process "
-            f"open it): ask that server instead, with --url http://{settings.host}:{settings.port} (or its address)"
-        ) from None
+        raise HubError(f"{locked}: ask that server instead, with --url http://{settings.host}:{settings.port} "
+                       "(or its address)") from None
+
+
+def locked_hub(settings: Settings, error: Exception) -> str | None:
+    """What to tell the user when opening the hub's database failed because another process holds it (DuckDB
+    lets one process open a file), or None for any other failure."""
+    if "lock" not in str(error).lower():
+        return None
+    pid = re.search(r"PID (\d+)", str(error))
+    holder = f"process {pid.group(1)}" if pid else "another process"
+    return f"{settings.database_path} is locked by {holder}, most likely a running `polis serve` on this data directory"
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,9 +101,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         if dataset not in DATASETS:
             console.print(f"[red]unknown dataset '{dataset}'[/red]; known: {', '.join(DATASETS)}")
             raise typer.Exit(2)
-        chosen = [m for m in build_models(dataset, quick, seed) if m.kind == model]
+        models = build_models(dataset, quick, seed)
+        chosen = [m for m in models if m.kind == model]
         if not chosen:
-            console.print(f"[red]unknown model '{model}'[/red]")
+            known = ", ".join(dict.fromkeys(m.kind for m in models))
+            console.print(f"[red]unknown model '{model}'[/red]; known for {dataset}: {known}")
             raise typer.Exit(2)
         settings = hub_settings(data_dir)
         panel = load_panel(dataset, settings.datasets_dir)

@@ -43,9 +43,9 @@ def _settings(data_dir: Path | None) -> Settings:
 
 
 def _store(settings: Settings) -> DuckDBStore:
-    from polis.store.duckdb_ import DuckDBStore
+    from polis.cli import open_hub
 
-    return DuckDBStore(settings.database_path, threads=settings.duckdb_threads, memory_limit=settings.memory_limit)
+    return open_hub(settings)
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
