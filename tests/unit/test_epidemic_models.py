@@ -72,6 +72,16 @@ def test_scenario_input_errors_name_the_field() -> None:
         assert error.value.extra["field"] == field
 
 
+def test_an_unknown_region_is_answered_with_the_spelling_meant_and_known_names() -> None:
+    france = load_country(Settings().datasets_dir, "France")
+    with pytest.raises(BadRequestData) as error:
+        validate(france, ["Paris", "atlantis"], 50, date(2020, 4, 1), "outOf", 30)
+    detail = error.value.detail
+    assert "'Paris' (did you mean 'paris'?)" in detail
+    assert "'atlantis'," not in detail and "'atlantis';" in detail  # no suggestion for a name it cannot place
+    assert f"its {len(france.regions)} regions" in detail and sorted(france.regions)[0] in detail
+
+
 def test_reproduction_number_reads_growth_and_decline() -> None:
     assert serial_interval().sum() == pytest.approx(1.0)
     days = np.arange(60)

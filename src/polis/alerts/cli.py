@@ -93,16 +93,21 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
     @alerts.command("list")
     def list_alerts(
-        url: Annotated[str, typer.Option(help="The running hub")] = "http://127.0.0.1:8000",
+        url: Annotated[
+            str | None, typer.Option(help="The running hub (default http://POLIS_HOST:POLIS_PORT)")
+        ] = None,
         every: Annotated[bool, typer.Option("--all", help="Cancelled ones too")] = False,
-        data_dir: DataDir = None,
+        data_dir: Annotated[
+            Path | None, typer.Option("--data-dir", help="Where the admin key is read (no POLIS_API_KEY)")
+        ] = None,
         tenant: Tenant = "",
     ) -> None:
-        """Alerts of a running hub, newest first."""
+        """Alerts of a running hub, newest first (alerts live in the hub: ask the server, not its files)."""
         from polis.cli import hub_errors, hub_json
 
+        settings = _settings(data_dir)
         with hub_errors():
-            found = hub_json(url, "/polis/v1/alerts", _settings(data_dir), tenant,
+            found = hub_json(url or f"http://{settings.host}:{settings.port}", "/polis/v1/alerts", settings, tenant,
                              params={"status": "all" if every else "active"})
         table = Table(title="alerts")
         for column in ("id", "status", "severity", "onset", "headline"):

@@ -56,6 +56,21 @@ class ScenarioResult:
         return {"baseline": float(self.baseline.median.sum()), "intervention": float(self.restricted.median.sum())}
 
 
+def _unknown_regions(data: CountryData, unknown: list[str]) -> str:
+    """Names the unknown regions, the spelling meant where only the case differs (the labels files write
+    'paris'), and some known names: a user guessing at names gets somewhere."""
+    by_fold = {r.casefold(): r for r in data.regions}
+    named = []
+    for region in unknown[:5]:
+        meant = by_fold.get(str(region).casefold())
+        named.append(f"'{region}' (did you mean '{meant}'?)" if meant else f"'{region}'")
+    known = sorted(data.regions)
+    return (
+        f"regions: unknown in {data.country}: {', '.join(named)}; its {len(known)} regions are named as in the "
+        f"dataset's labels file, e.g. {', '.join(known[:6])} (the risk view lists them all)"
+    )
+
+
 def validate(
     data: CountryData, regions: list[str], reduction_percent: float, start: date, mode: str, days: int
 ) -> Intervention:
@@ -64,7 +79,7 @@ def validate(
         raise BadRequestData("regions: give at least one region", field="regions")
     unknown = [r for r in regions if r not in data.regions]
     if unknown:
-        raise BadRequestData(f"regions: unknown in {data.country}: {unknown[:5]}", field="regions")
+        raise BadRequestData(_unknown_regions(data, unknown), field="regions")
     if not 0 <= reduction_percent <= 100:
         raise BadRequestData("reductionPercent: must be between 0 and 100", field="reductionPercent")
     if mode not in ("between", "outOf"):
