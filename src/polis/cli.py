@@ -276,16 +276,25 @@ def serve(
            forecast_model=forecast_model)
 
 
+def ingestible() -> dict[str, str]:
+    """Every dataset `polis ingest` takes, with its description: entity datasets and the person-level ones that
+    go through the privacy gate."""
+    from polis.ingest.datasets import DATASETS
+    from polis.mobility.ingest import MOBILITY_DATASETS
+
+    entities = {name: info.description for name, info in DATASETS.items()}
+    return {**entities, **{name: info.description for name, info in MOBILITY_DATASETS.items()}}
+
+
 def _ingest(settings: Settings, names: list[str]) -> None:
-    from polis.ingest.datasets import DATASETS, ingest, load_dataset
+    from polis.ingest.datasets import ingest, load_dataset
     from polis.mobility.cli import ingest_gated
     from polis.mobility.ingest import MOBILITY_DATASETS
     from polis.ngsi_ld.entities import utc_now
 
     for name in names:
-        if name not in DATASETS and name not in MOBILITY_DATASETS:
-            known = sorted([*DATASETS, *MOBILITY_DATASETS])
-            console.print(f"[red]unknown dataset '{name}'[/red]; known: {', '.join(known)}")
+        if name not in ingestible():
+            console.print(f"[red]unknown dataset '{name}'[/red]; known: {', '.join(sorted(ingestible()))}")
             raise typer.Exit(2)
     store = open_hub(settings)
     table = Table(title="Ingested")
@@ -333,7 +342,10 @@ def _ingest(settings: Settings, names: list[str]) -> None:
 def ingest_command(
     dataset: Annotated[
         list[str],
-        typer.Argument(help="los-loop, sz-taxi, melbourne-pedestrians, montgomery-911, citibike-jersey-city"),
+        typer.Argument(
+            help="los-loop, sz-taxi, melbourne-pedestrians, montgomery-911, covid-europe-2020, citibike-jersey-city "
+            "(`polis doctor` lists them with what they hold)"
+        ),
     ],
     data_dir: DataDir = None,
     datasets_dir: DatasetsDir = None,
@@ -495,11 +507,9 @@ def doctor(data_dir: DataDir = None, datasets_dir: DatasetsDir = None) -> None:
     table.add_row("data dir", f"{settings.data_dir.resolve()} ({state})")
     datasets_ok = settings.datasets_dir.is_dir()
     table.add_row("datasets dir", f"{settings.datasets_dir} ({'found' if datasets_ok else '[red]missing[/red]'})")
-    if datasets_ok:
-        from polis.ingest.datasets import DATASETS
-
-        for name in sorted(DATASETS):
-            table.add_row(f"  dataset {name}", "available")
+    if datasets_ok:  # every name `polis ingest` takes, the gated person-level ones too
+        for name, description in sorted(ingestible().items()):
+            table.add_row(f"  dataset {name}", description)
     core = settings.datasets_dir / "ngsi-ld" / "ngsi-ld-core-context-v1.9.jsonld"
     table.add_row("core @context v1.9", "found" if core.is_file() else "[red]missing[/red]")
     try:

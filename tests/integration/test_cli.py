@@ -11,6 +11,7 @@ from pathlib import Path
 import duckdb
 import httpx
 
+from polis.cli import ingestible
 from polis.settings import Settings
 from tests.conftest import free_port, key_headers, start_server, stop_server
 
@@ -50,6 +51,8 @@ def test_doctor_reports_versions_and_paths(tmp_path: Path) -> None:
     done = polis("doctor", "--data-dir", str(tmp_path))
     assert done.returncode == 0, done.stderr
     assert "duckdb" in done.stdout and "core @context v1.9" in done.stdout and "missing" not in done.stdout
+    for name in ingestible():  # every dataset `polis ingest` takes, the gated citibike one too
+        assert f"dataset {name}" in done.stdout, name
 
 
 def test_demo_loads_the_city_and_serves_it(tmp_path: Path) -> None:
