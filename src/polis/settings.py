@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Literal
 
@@ -113,6 +114,21 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds a notification endpoint may take to answer, unless its endpoint.timeout says otherwise.",
     )
+    # Comma-separated CIDR lists in one string: pydantic-settings reads a list-typed setting from the
+    # environment as JSON, and "10.0.0.0/8,fc00::/7" is what an operator writes.
+    subscription_endpoint_deny: str = Field(
+        default="169.254.0.0/16,fe80::/10,100.100.100.200/32,fd00:ec2::254/128,0.0.0.0/8,::/128,224.0.0.0/4,"
+        "ff00::/8,255.255.255.255/32",
+        description="Networks (CIDR, comma-separated) subscription notifications may never reach, checked on the "
+        "endpoint's literal IP at create/update and on every address its host resolves to at delivery. Setting it "
+        "replaces the default (link-local and cloud metadata, unspecified, multicast, broadcast): keep those in; "
+        "loopback and private ranges are allowed unless listed (e.g. add 10.0.0.0/8,127.0.0.0/8,::1/128).",
+    )
+    subscription_endpoint_allow: str = Field(
+        default="",
+        description="Networks (CIDR, comma-separated) allowed although inside a subscription_endpoint_deny network, "
+        "e.g. one internal webhook host in a denied private range. Unspecified and multicast stay refused.",
+    )
     api_key_hash_time_cost: int = Field(
         default=3, ge=1, description="argon2id passes when hashing and checking API keys (argon2-cffi's default)."
     )
@@ -135,6 +151,18 @@ class Settings(BaseSettings):
         if hours not in (24, 8):
             raise ValueError("od_window_hours must be 24 or 8")
         return hours
+
+    @field_validator("subscription_endpoint_deny", "subscription_endpoint_allow")
+    @classmethod
+    def _networks(cls, text: str) -> str:
+        """Refused at start when a network does not parse: a typo must not silently leave a range open."""
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        for part in parts:
+            try:
+                ip_network(part, strict=False)  # 10.0.0.1/8 is read as 10.0.0.0/8
+            except ValueError:
+                raise ValueError(f"'{part}' is not a network in CIDR notation (e.g. 10.0.0.0/8, fc00::/7)") from None
+        return ",".join(parts)
 
     @property
     def database_path(self) -> Path:

@@ -32,6 +32,7 @@ from polis.platform import Platform
 JSONLD_REL = "http://www.w3.org/ns/json-ld#context"
 TENANT_HEADER = "NGSILD-Tenant"
 _LINK = re.compile(r"^\s*<([^>]*)>\s*(;.*)?$")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):")  # RFC 3986 §3.1
 
 
 def platform_of(request: Request) -> Platform:
@@ -70,10 +71,18 @@ def link_context(request: Request) -> str | None:
                 raise BadRequestData(f"malformed Link header: '{part}'")
             params = m.group(2) or ""
             if JSONLD_REL in params:
-                found.append(m.group(1))
+                found.append(_lower_scheme(m.group(1)))
     if len(found) > 1:
         raise BadRequestData("only one JSON-LD context Link header is allowed")
     return found[0] if found else None
+
+
+def _lower_scheme(url: str) -> str:
+    """The URL with its scheme in lowercase, the rest as sent: schemes are case-insensitive (RFC 3986 §3.1), and
+    the context cache and the http(s) check downstream compare the text, so HTTPS://x and https://x must be
+    one key. The host and path are left alone (a path is case-sensitive)."""
+    m = _SCHEME.match(url)
+    return m.group(1).lower() + url[m.end(1) :] if m else url
 
 
 def _split_links(value: str) -> list[str]:
@@ -214,9 +223,11 @@ _OFFERED = ("application/json", "application/ld+json", "application/geo+json")
 _QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
 
 
-def accept_of(request: Request) -> str:
+def accept_of(request: Request, offered: tuple[str, ...] = _OFFERED) -> str:
     """application/json (default), application/ld+json or application/geo+json, as the Accept header weighs
-    them (RFC 9110 §12.5.1); 406 NotAcceptable when the header accepts none of them.
+    them (RFC 9110 §12.5.1); 406 NotAcceptable when the header accepts none of them. `offered`: the types this
+    answer can take, the default first (a subscription has no GeoJSON form): only they are weighed, so
+    `application/geo+json, application/json` gets JSON there rather than 406.
 
     Each offered type takes the weight of the most specific range that matches it (type/subtype over type/*
     over */*; the first such range when one is listed twice); q=0 means not acceptable. The highest weight
@@ -228,7 +239,7 @@ def accept_of(request: Request) -> str:
     a weight could answer in a type the client ruled out, and a malformed request gets a specific 4xx."""
     header = request.headers.get("accept")
     if not header or not header.strip():
-        return "application/json"
+        return offered[0]
     ranges: list[tuple[str, float]] = []
     for part in header.split(","):
         media, *params = (piece.strip() for piece in part.split(";"))
@@ -248,26 +259,25 @@ def accept_of(request: Request) -> str:
             weight = float(value)
         ranges.append((media.lower(), weight))
     if not ranges:
-        return "application/json"  # only empty elements: as with no Accept header
+        return offered[0]  # only empty elements: as with no Accept header
 
-    def rank(offered: str) -> tuple[float, int, bool, int]:
-        main = offered.split("/")[0] + "/*"
+    def rank(media_type: str) -> tuple[float, int, bool, int]:
+        main = media_type.split("/")[0] + "/*"
         found: tuple[float, int, int] | None = None  # weight, specificity, position
         for position, (media, weight) in enumerate(ranges):
-            specificity = 2 if media == offered else 1 if media == main else 0 if media == "*/*" else -1
+            specificity = 2 if media == media_type else 1 if media == main else 0 if media == "*/*" else -1
             if specificity >= 0 and (found is None or specificity > found[1]):
                 found = (weight, specificity, position)
         if found is None:
             return (0.0, -1, False, 0)
         weight, specificity, position = found
-        return (weight, specificity, specificity == 2 and offered != _OFFERED[0], -position)
+        return (weight, specificity, specificity == 2 and media_type != offered[0], -position)
 
-    ranked = [(rank(offered), offered) for offered in _OFFERED]
+    ranked = [(rank(media_type), media_type) for media_type in offered]
     best_rank, best = max(ranked, key=lambda item: item[0])  # max keeps the first of equals: json first
     if best_rank[0] <= 0:
-        raise NotAcceptable(
-            f"cannot answer with '{header}'; use application/json, application/ld+json or application/geo+json"
-        )
+        choices = ", ".join(offered[:-1]) + " or " + offered[-1] if len(offered) > 1 else offered[0]
+        raise NotAcceptable(f"cannot answer with '{header[:200]}'; use {choices}")
     return best
 
 
@@ -291,7 +301,9 @@ def json_response(
         elif isinstance(body, dict):
             body = {**body, "@context": context_value}
     elif accept == "application/geo+json":
-        body = _geojson(body, geometry_property or "location")
+        name = geometry_property or "location"
+        confirmed = _stored_geometries(request, body, name, terms) if _simplified(request) else None
+        body = _geojson(body, name, confirmed)
         _add_link(out_headers, _link_header(terms))
     else:
         _add_link(out_headers, _link_header(terms))
@@ -332,15 +344,47 @@ def _link_header(terms: TermMap | None) -> str:
     return f'<{url}>; rel="{JSONLD_REL}"; type="application/ld+json"'
 
 
-def _geojson(body: Any, geometry_property: str) -> Any:
+def _simplified(request: Request) -> bool:
+    """Whether the answer is keyValues (options=keyValues or simplified, or format=): the one representation
+    that drops the attribute's type. The route has validated these parameters already."""
+    words = set(request.query_params.get("options", "").split(","))
+    words.add(request.query_params.get("format", ""))
+    return bool(words & {"keyValues", "simplified"})
+
+
+def _stored_geometries(request: Request, body: Any, name: str, terms: TermMap | None) -> dict[str, list[Any]]:
+    """Entity id -> the values of its GeoProperty instances named `name`, as stored (normalized).
+
+    keyValues shows a GeoProperty's geometry and a Property holding a GeoJSON-shaped object alike, so the body
+    cannot say which it is; the routes compact before this point, so the stored entities say it. A geometry is
+    kept only when it equals one of these values: a write between the two reads gives a null geometry, never a
+    Property's value."""
+    entities = body if isinstance(body, list) else [body]
+    ids = [e["id"] for e in entities if isinstance(e, dict) and isinstance(e.get("id"), str)]
+    if not ids:
+        return {}
+    iri = terms.expand(name) if terms is not None else name
+    stored = platform_of(request).store.get(tenant_of(request), ids)
+    return {
+        entity_id: [
+            instance.get("value")
+            for instance in entity.get(iri) or ()
+            if isinstance(instance, dict) and instance.get("type") == "GeoProperty"
+        ]
+        for entity_id, entity in stored.items()
+    }
+
+
+def _geojson(body: Any, geometry_property: str, confirmed: dict[str, list[Any]] | None = None) -> Any:
+    """`confirmed` (keyValues): the geometries each entity's GeoProperty holds; any other is not one."""
+
     def feature(entity: dict[str, Any]) -> dict[str, Any]:
         props = {k: v for k, v in entity.items() if k != "id"}
-        return {
-            "id": entity.get("id"),
-            "type": "Feature",
-            "geometry": _geometry(entity.get(geometry_property)),
-            "properties": props,
-        }
+        entity_id = entity.get("id")
+        geometry = _geometry(entity.get(geometry_property))
+        if confirmed is not None and geometry not in confirmed.get(entity_id if isinstance(entity_id, str) else "", []):
+            geometry = None
+        return {"id": entity_id, "type": "Feature", "geometry": geometry, "properties": props}
 
     if isinstance(body, list):
         return {"type": "FeatureCollection", "features": [feature(e) for e in body]}
@@ -356,8 +400,8 @@ def _geometry(attribute: Any) -> dict[str, Any] | None:
     normalized: {"type": "GeoProperty", "value": geometry, ...}; any other "type" (Property, Relationship,
     LanguageProperty, ...) is not a GeoProperty. concise: the bare geometry, or {"value": geometry, ...} with
     sub-attributes (a Property whose value looks like a geometry keeps "type": "Property" there). keyValues:
-    the bare value, which cannot tell a GeoProperty from a Property holding a GeoJSON object. Several
-    instances (datasetIds): the first."""
+    the bare value, which cannot tell a GeoProperty from a Property holding a GeoJSON object: `_geojson`
+    confirms it against the stored entity. Several instances (datasetIds): the first."""
     if isinstance(attribute, list):
         attribute = attribute[0] if attribute else None
     if not isinstance(attribute, dict):

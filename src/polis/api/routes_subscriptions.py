@@ -23,12 +23,14 @@ from polis.api.ld_http import (
     resolve,
     tenant_of,
 )
-from polis.domain.errors import NotAcceptable
 from polis.ngsi_ld.params import check_known, parse_options, parse_page
 from polis.subscriptions.model import render
 
 router = APIRouter(prefix="/ngsi-ld/v1", tags=["subscriptions"])
 
+# A subscription has no GeoJSON form: Accept is weighed over these two only, so a header that also accepts
+# JSON (`application/geo+json, application/json`) gets JSON, and only one that accepts nothing else gets 406.
+SUBSCRIPTION_TYPES = ("application/json", "application/ld+json")
 KEEPALIVE_S = 15.0  # an SSE comment this often keeps proxies from closing an idle stream
 
 
@@ -66,7 +68,7 @@ async def list_subscriptions(request: Request) -> Response:
     platform = platform_of(request)
     params = dict(request.query_params)
     check_known(params, {"limit", "offset", "count", "options"})
-    accept = accept_of(request)
+    accept = accept_of(request, SUBSCRIPTION_TYPES)
     tenant = tenant_of(request)
     terms = await request_terms(request)
     options = parse_options(params, allowed={"sysAttrs"})
@@ -78,7 +80,7 @@ async def list_subscriptions(request: Request) -> Response:
     found, total = platform.subscriptions.list(tenant, page.offset, page.limit, department=owner)
     body = [render(sub, status, terms, sys_attrs=options.sys_attrs) for sub, status in found]
     headers = {"NGSILD-Results-Count": str(total)} if page.count else {}
-    return json_response(request, body, terms, headers=headers, accept=_not_geo(accept))
+    return json_response(request, body, terms, headers=headers, accept=accept)
 
 
 @router.get("/subscriptions/{subscription_id:path}/stream", summary="Notifications as server-sent events")
@@ -119,13 +121,13 @@ async def retrieve_subscription(subscription_id: str, request: Request) -> Respo
     platform = platform_of(request)
     params = dict(request.query_params)
     check_known(params, {"options"})
-    accept = accept_of(request)
+    accept = accept_of(request, SUBSCRIPTION_TYPES)
     tenant = tenant_of(request)
     terms = await request_terms(request)
     options = parse_options(params, allowed={"sysAttrs"})
     sub, status = platform.subscriptions.get(tenant, subscription_id)
     body = render(sub, status, terms, sys_attrs=options.sys_attrs)
-    return json_response(request, body, terms, accept=_not_geo(accept))
+    return json_response(request, body, terms, accept=accept)
 
 
 @router.patch("/subscriptions/{subscription_id:path}", status_code=204, summary="Update subscription (§5.8.2)")
@@ -156,9 +158,3 @@ def _require_named_entities(request: Request, data: Any) -> None:
     what a type selects is narrowed at notification time instead."""
     selectors = data.get("entities") if isinstance(data, dict) else None
     access_of(request).require_entities(body_ids(selectors if isinstance(selectors, list) else []), "subscribe")
-
-
-def _not_geo(accept: str) -> str:
-    if accept == "application/geo+json":
-        raise NotAcceptable("a subscription has no GeoJSON form; ask for application/json or application/ld+json")
-    return accept

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from polis.ngsi_ld.context import TermMap
+from polis.subscriptions.endpoints import EndpointPolicy
 from polis.subscriptions.model import DeliveryStatus, Subscription, utc_text
 from polis.subscriptions.notification import OutboxItem, build
 from polis.subscriptions.repository import SubscriptionRepository
@@ -53,6 +54,7 @@ class Dispatcher:
         retry_max_s: float,
         timeout_s: float,
         streams: StreamHub,
+        policy: EndpointPolicy,
     ) -> None:
         self.repo = repo
         self.target = target
@@ -60,7 +62,8 @@ class Dispatcher:
         self.retry_max_s = retry_max_s
         self.timeout_s = timeout_s
         self.streams = streams
-        self.mqtt = MqttPublisher()
+        self.policy = policy  # checked at every delivery, on the addresses the endpoint's host resolves to
+        self.mqtt = MqttPublisher(policy)
         self.lock = threading.Lock()  # guards every worker's queue and the worker table
         self._workers: dict[Key, _Worker] = {}
         self.stopping = False
@@ -155,7 +158,7 @@ class _Worker(threading.Thread):
         self.queue: deque[OutboxItem] = deque()
         self.wakeup = threading.Condition(dispatcher.lock)
         self.kicked = False
-        self.http = HttpSender()
+        self.http = HttpSender(dispatcher.policy)
         self.backoff = 0.0
         self.last_sent = -float("inf")
 

@@ -532,7 +532,6 @@ def _endpoint_uri(raw: Any) -> str:
         return raw
     try:
         parts = urlsplit(raw)
-        port = parts.port
     except ValueError as error:
         raise BadRequestData(f"{where} is not a valid URI ({error}): {_show(raw)}") from None
     scheme = parts.scheme.lower()
@@ -543,12 +542,34 @@ def _endpoint_uri(raw: Any) -> str:
         )
     if not parts.hostname:
         raise BadRequestData(f"{where} must be absolute with a host, got {_show(raw)}")
+    # Credentials in a webhook URI are shown to every reader of the subscription and sent wherever the host
+    # points; receiverInfo headers carry a token instead. MQTT keeps user:password@, its only way to log in.
+    if "@" in parts.netloc and not scheme.startswith("mqtt"):
+        raise BadRequestData(
+            f"{where} must not contain user:password@ credentials; send them as a receiverInfo header "
+            "(e.g. Authorization)"
+        )
+    _check_port(parts.netloc, where)
     if scheme.startswith("mqtt"):
         topic = parts.path.lstrip("/")
         if not topic or "+" in topic or "#" in topic:
             raise BadRequestData(f"{where}: an MQTT endpoint needs a topic without wildcards (mqtt://host:port/topic)")
-    del port
     return raw
+
+
+def _check_port(netloc: str, where: str) -> None:
+    """A port, when given, must be 1-65535 in ASCII digits: port 0 means "any port" to a socket API, and
+    urlsplit's own error ("could not be cast to integer") does not say which rule was broken."""
+    host_port = netloc.rpartition("@")[2]
+    if host_port.startswith("["):
+        host_port = host_port.partition("]")[2]
+    _, colon, port = host_port.rpartition(":")
+    if not colon or port == "":
+        return
+    if not port.isascii() or not port.isdigit():
+        raise BadRequestData(f"{where}: port {_show(port)} is not a number from 1 to 65535")
+    if not 1 <= int(port) <= 65535:
+        raise BadRequestData(f"{where}: port {int(port)} is out of range; use a port from 1 to 65535")
 
 
 def _pairs(raw: Any, where: str, *, headers: bool) -> tuple[tuple[str, str], ...]:

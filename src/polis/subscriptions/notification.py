@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from polis.domain.entity import ENTITY_MEMBERS, VALUE_MEMBER, Entity
+from polis.domain.entity import ENTITY_MEMBERS, LOCATION, VALUE_MEMBER, Entity
 from polis.ngsi_ld.context import CORE_CONTEXT_URL, TermMap
 from polis.ngsi_ld.entity_codec import compact_entity
 from polis.subscriptions.model import Subscription
@@ -56,7 +56,8 @@ def build(sub: Subscription, terms: TermMap, items: list[OutboxItem]) -> tuple[b
     """The body and headers of one notification carrying `items` (one, or several merged by throttling:
     the first item's id and time, every change in order)."""
     first = items[0]
-    data = [_entity(sub, terms, change, item.notified_at) for item in items for change in item.changes]
+    changes = [(item, change) for item in items for change in item.changes]
+    data = [_entity(sub, terms, change, item.notified_at) for item, change in changes]
     body: dict[str, Any] = {
         "id": first.notification_id,
         "type": "Notification",
@@ -71,7 +72,7 @@ def build(sub: Subscription, terms: TermMap, items: list[OutboxItem]) -> tuple[b
     else:
         headers["Link"] = _link_header(terms)
         if accept == "application/geo+json":
-            body["data"] = _feature_collection(data)
+            body["data"] = _feature_collection(data, [_geometry(sub, change) for _, change in changes])
     if sub.tenant:
         headers[TENANT_HEADER] = sub.tenant
     for key, value in sub.endpoint.receiver_info:
@@ -130,20 +131,29 @@ def _link_header(terms: TermMap) -> str:
     return f'<{urls[0] if urls else CORE_CONTEXT_URL}>; rel="{JSONLD_REL}"; type="application/ld+json"'
 
 
-def _feature_collection(data: list[dict[str, Any]]) -> dict[str, Any]:
-    features = []
-    for entity in data:
-        geo = entity.get("location")
-        if isinstance(geo, list):
-            geo = geo[0] if geo else None
-        if isinstance(geo, dict) and "value" in geo:
-            geo = geo["value"]
-        features.append(
-            {
-                "id": entity.get("id"),
-                "type": "Feature",
-                "geometry": geo if isinstance(geo, dict) else None,
-                "properties": {k: v for k, v in entity.items() if k != "id"},
-            }
-        )
+def _geometry(sub: Subscription, change: Change) -> Any:
+    """The Feature's geometry: the value of the entity's `location` GeoProperty, decided on the stored entity,
+    before compaction, because keyValues shows a GeoProperty and a Property holding a GeoJSON-shaped object
+    alike; None when there is none, or the notification leaves location out."""
+    entity = change.entity
+    if entity is None or (sub.attributes and LOCATION not in sub.attributes):
+        return None
+    instances = entity.get(LOCATION)
+    first = instances[0] if isinstance(instances, list) and instances else None
+    if not isinstance(first, dict) or first.get("type") != "GeoProperty":
+        return None
+    value = first.get("value")
+    return value if isinstance(value, dict) else None
+
+
+def _feature_collection(data: list[dict[str, Any]], geometries: list[Any]) -> dict[str, Any]:
+    features = [
+        {
+            "id": entity.get("id"),
+            "type": "Feature",
+            "geometry": geometry,
+            "properties": {k: v for k, v in entity.items() if k != "id"},
+        }
+        for entity, geometry in zip(data, geometries, strict=True)
+    ]
     return {"type": "FeatureCollection", "features": features}

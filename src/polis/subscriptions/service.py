@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from polis.domain.entity import ENTITY_MEMBERS, Entity
 from polis.domain.errors import AlreadyExists, BadRequestData, NgsiError, ResourceNotFound
@@ -24,8 +25,16 @@ from polis.ngsi_ld.q import pattern_problem
 from polis.settings import Settings
 from polis.store.duckdb_ import DuckDBStore
 from polis.subscriptions.delivery import Dispatcher, Key, Target
+from polis.subscriptions.endpoints import EndpointPolicy
 from polis.subscriptions.matching import Compiled, Diff
-from polis.subscriptions.model import DeliveryStatus, Subscription, apply_patch, parse_subscription, utc_text
+from polis.subscriptions.model import (
+    DeliveryStatus,
+    Endpoint,
+    Subscription,
+    apply_patch,
+    parse_subscription,
+    utc_text,
+)
 from polis.subscriptions.notification import Change, OutboxItem, new_notification_id
 from polis.subscriptions.repository import SubscriptionRepository
 from polis.subscriptions.transports import StreamClient, StreamHub
@@ -71,6 +80,9 @@ class SubscriptionService:
         # AccessControl.notification_allows (polis.access), None = no access control (standalone use).
         self.entity_gate: Callable[[str | None, str], bool] | None = None
         self.streams = StreamHub(lambda tenant, sid: self.dispatcher.kick((tenant, sid)))
+        self.policy = EndpointPolicy.from_text(
+            settings.subscription_endpoint_deny, settings.subscription_endpoint_allow
+        )
         self.dispatcher = Dispatcher(
             self.repo,
             self._target,
@@ -78,6 +90,7 @@ class SubscriptionService:
             retry_max_s=settings.notify_retry_max_s,
             timeout_s=settings.notify_timeout_s,
             streams=self.streams,
+            policy=self.policy,
         )
         for sub, status in self.repo.load():
             self._subs[(sub.tenant, sub.id)] = sub
@@ -93,6 +106,7 @@ class SubscriptionService:
         self, tenant: str, body: Any, terms: TermMap, context: Any, *, department: str | None = None
     ) -> Subscription:
         sub = parse_subscription(body, terms, context, tenant=tenant, now=self.clock(), department=department)
+        self._check_endpoint(sub.endpoint)
         active = self._compile(sub, DeliveryStatus())
         with self._lock:
             if (tenant, sub.id) in self._subs:
@@ -129,6 +143,8 @@ class SubscriptionService:
                 raise ResourceNotFound(f"subscription {sub_id} was not found")
             status = self._status(current)
         updated = apply_patch(current, fragment, terms, context, now=self.clock())
+        if updated.endpoint.uri != current.endpoint.uri:  # one stored before a stricter policy can still be paused
+            self._check_endpoint(updated.endpoint)
         active = self._compile(updated, status)
         with self._lock:
             if (tenant, sub_id) not in self._subs:
@@ -206,6 +222,16 @@ class SubscriptionService:
         return _OutboxRows(self, drafts)
 
     # -- internals -----------------------------------------------------------------------------------
+
+    def _check_endpoint(self, endpoint: Endpoint) -> None:
+        """An endpoint whose host is a literal IP in a denied network is refused now (400); a host name is
+        checked at every delivery, against what it resolves to then."""
+        if endpoint.transport == "sse":
+            return
+        host = urlsplit(endpoint.uri).hostname or ""
+        problem = self.policy.check_host(host)
+        if problem is not None:
+            raise BadRequestData(f"notification.endpoint.uri: host {problem}")
 
     def _status(self, sub: Subscription) -> DeliveryStatus:
         active = self._active.get((sub.tenant, sub.id))

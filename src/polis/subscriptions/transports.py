@@ -18,6 +18,8 @@ from urllib.parse import unquote, urlsplit
 import httpx
 import orjson
 
+from polis.subscriptions.endpoints import EndpointPolicy, EndpointRefused, literal_address
+
 STREAM_QUEUE_LIMIT = 1000  # events buffered per stream client; a client this far behind is disconnected
 
 
@@ -28,20 +30,53 @@ class DeliveryFailed(Exception):
 
 
 class HttpSender:
-    """One per delivery worker: its own keep-alive connection to its endpoint."""
+    """One per delivery worker: its own keep-alive connection to its endpoint.
 
-    def __init__(self) -> None:
+    The endpoint's host is resolved once per delivery and the request goes to an address that passed the
+    policy (the URL's host replaced by it; Host header and TLS server name stay the host's), so the resolver
+    cannot answer one address to the check and another to the connection (DNS rebinding)."""
+
+    def __init__(self, policy: EndpointPolicy) -> None:
+        self.policy = policy
         self._client: httpx.Client | None = None
+        self._host = ""  # the host the client's connections were opened for
 
     def send(self, uri: str, body: bytes, headers: dict[str, str], timeout_s: float) -> None:
-        if self._client is None:
-            self._client = httpx.Client(follow_redirects=False)
         try:
-            response = self._client.post(uri, content=body, headers=headers, timeout=timeout_s)
-        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as error:
-            # ValueError: a header httpx cannot encode (a subscription stored before its check): a failure
-            # counted in timesFailed, not an exception that retries forever unseen.
+            url = httpx.URL(uri)
+            host = url.raw_host.decode("ascii")
+            addresses = self.policy.addresses(host, url.port or (443 if url.scheme == "https" else 80))
+        except EndpointRefused as refused:
+            raise DeliveryFailed(refused.reason) from None
+        except (httpx.InvalidURL, ValueError) as error:
             raise DeliveryFailed(f"{type(error).__name__}: {error}") from None
+        if self._client is None or host != self._host:
+            # a pooled connection is kept per address: one opened (and TLS-verified) for another host name
+            # must not carry this host's notifications
+            self.close()
+            self._client = httpx.Client(follow_redirects=False)
+            self._host = host
+        extensions = {} if literal_address(host) is not None else {"sni_hostname": host}
+        sent_headers = {**headers, "Host": url.netloc.decode("ascii")}
+        response: httpx.Response | None = None
+        for address in addresses:  # in the resolver's order, as a plain connect would try them
+            try:
+                response = self._client.post(
+                    url.copy_with(host=str(address)),
+                    content=body,
+                    headers=sent_headers,
+                    timeout=timeout_s,
+                    extensions=extensions,
+                )
+                break
+            except httpx.ConnectError as error:
+                if address == addresses[-1]:
+                    raise DeliveryFailed(f"ConnectError: {error}") from None
+            except (httpx.HTTPError, httpx.InvalidURL, ValueError) as error:
+                # ValueError: a header httpx cannot encode (a subscription stored before its check): a failure
+                # counted in timesFailed, not an exception that retries forever unseen.
+                raise DeliveryFailed(f"{type(error).__name__}: {error}") from None
+        assert response is not None
         if not 200 <= response.status_code < 300:
             raise DeliveryFailed(f"HTTP {response.status_code} from the endpoint")
 
@@ -56,7 +91,8 @@ class MqttPublisher:
     per broker, shared by the workers; paho reconnects by itself. The payload follows the NGSI-LD MQTT
     binding: `{"metadata": {the HTTP headers}, "body": the Notification}`."""
 
-    def __init__(self) -> None:
+    def __init__(self, policy: EndpointPolicy) -> None:
+        self.policy = policy
         self._clients: dict[tuple[str, str, int, str, str], _Broker] = {}
         self._lock = threading.Lock()
 
@@ -65,6 +101,11 @@ class MqttPublisher:
         tls = parts.scheme.lower() == "mqtts"
         host = parts.hostname or "127.0.0.1"
         port = parts.port or (8883 if tls else 1883)
+        try:  # checked at each delivery; paho resolves the name again when it (re)connects, so a name that
+            # changes address between the two is caught at the next notification, not before the connection
+            self.policy.addresses(host, port)
+        except EndpointRefused as refused:
+            raise DeliveryFailed(refused.reason) from None
         key = (parts.scheme.lower(), host, port, unquote(parts.username or ""), unquote(parts.password or ""))
         with self._lock:
             broker = self._clients.get(key)
