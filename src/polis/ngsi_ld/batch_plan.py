@@ -14,6 +14,8 @@ attributes in normalized form:
 - a GeoProperty whose `value` is a GeoJSON Point;
 each with any of `observedAt`, `unitCode` (not on a Relationship) and `datasetId`. Anything else, and
 any item whose values fail a check, goes through the generic reader, which also writes the error message.
+So does an item holding the null marker (urn:ngsi-ld:null) as a value or object: what it means depends on
+the operation (left out, or deleting), which the generic reader leaves to the caller (`BatchExpansion.nulls`).
 
 The answer is the generic path's: every plan checks itself against it on the first item it is made
 from (and is dropped if they differ), and tests/unit/test_batch_plan.py compares the two on many bodies.
@@ -32,9 +34,11 @@ from polis.domain.errors import BadRequestData, NgsiError
 from polis.ngsi_ld.context import TermMap
 from polis.ngsi_ld.entity_codec import (
     MAX_ID_LENGTH,
+    NULL_MARKER,
     check_attribute_name,
     expand_entity,
     expand_types,
+    is_null,
     is_uri,
     normalize_datetime,
 )
@@ -213,9 +217,11 @@ class BatchPlan:
         """Whether this plan expands and indexes `item` exactly as the generic path does; None when the item
         cannot tell (the generic reader refuses it)."""
         try:
-            generic = expand_entity(item, terms, now)
+            generic = expand_entity(item, terms, now, keep_nulls=True)
         except NgsiError:
             return None
+        if _holds_null(generic):
+            return None  # `expand` passes such an item to the generic path: an item without the marker must decide
         if find_identifying(generic) is not None:
             return None  # the gate objects to this item (by a name or a value): a harmless one must decide
         mine = self.expand(item, now)
@@ -229,11 +235,16 @@ def _row_key(row: tuple[Any, ...]) -> tuple[str, ...]:
     return tuple(repr(v) for v in row)
 
 
+def _holds_null(entity: Entity) -> bool:
+    """Whether an entity expanded with `keep_nulls` has an instance that is the null marker."""
+    return any(is_null(i) for k, v in entity.items() if k not in ENTITY_MEMBERS for i in v)
+
+
 def _instance(attribute: _Attribute, raw: dict[str, Any], now: str) -> Instance | None:
     kind = attribute.kind
     if kind == "Relationship":
         target = raw["object"]
-        if not is_uri(target):
+        if target == NULL_MARKER or not is_uri(target):  # the marker is a URI: the generic path's (see above)
             return None
         instance: Instance = {"type": kind, "object": target}
     else:
@@ -271,7 +282,9 @@ def _plain(value: Any, expected: type | None) -> bool:
         return False
     if kind is float:
         return value - value == 0.0  # inf - inf and nan - nan are nan (JSON has neither, but still)
-    return kind is not int or -_FINITE_INT < value < _FINITE_INT
+    if kind is int:
+        return -_FINITE_INT < value < _FINITE_INT
+    return value != NULL_MARKER  # a str or a bool; the marker is the generic path's (see the module's notes)
 
 
 def _is_position(position: Any, size: int) -> bool:
@@ -296,6 +309,7 @@ class BatchExpansion:
     entities: list[Entity | NgsiError] = field(default_factory=list)
     index: IndexColumns | None = None
     cleared: set[int] = field(default_factory=set)  # id() of cleared entities
+    nulls: set[int] = field(default_factory=set)  # id() of entities holding null instances (generic path only)
 
 
 def expand_batch(items: Sequence[Any], terms_for: Callable[[Any], TermMap], now: str) -> BatchExpansion:
@@ -314,9 +328,13 @@ def expand_batch(items: Sequence[Any], terms_for: Callable[[Any], TermMap], now:
         entity = plan.expand(item, now) if plan is not None else None
         if plan is None or entity is None:
             try:
-                entities.append(expand_entity(item, terms, now))
+                entity = expand_entity(item, terms, now, keep_nulls=True)
             except NgsiError as error:
                 entities.append(error)
+                continue
+            if _holds_null(entity):
+                out.nulls.add(id(entity))
+            entities.append(entity)
             continue
         if not plan.identifying(item):
             group = groups.get(id(plan))

@@ -19,7 +19,6 @@ import numpy as np
 from polis.domain.entity import (
     ENTITY_MEMBERS,
     RESERVED_ATTRIBUTE_MEMBERS,
-    VALUE_MEMBER,
     Entity,
     HistoryInstance,
     Instance,
@@ -34,8 +33,10 @@ from polis.ngsi_ld.entity_codec import (
     expand_attribute_instance,
     expand_entity,
     expand_fragment,
+    is_null,
     validate_dataset_id,
     validate_entity_id,
+    without_null_sub_attributes,
 )
 from polis.ngsi_ld.events import EntityChange, EventBus
 from polis.ngsi_ld.params import narrow_pick
@@ -43,7 +44,6 @@ from polis.privacy.refusal import refuse_personal_data
 from polis.store.attr_index import IndexColumns
 from polis.store.base import EntityQuery, HistoryColumns, QueryResult, Store
 
-NULL = "urn:ngsi-ld:null"
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -164,25 +164,25 @@ def _merge_instances(old: list[Instance], new: list[Instance], now: str) -> list
     return list(by_dataset.values())
 
 
-def _is_null(instance: Instance) -> bool:
-    """Whether an expanded fragment instance is the NGSI-LD null: its kind's value member (value, object,
-    languageMap, valueList, objectList, json, vocab) is urn:ngsi-ld:null. Such an instance deletes."""
-    return bool(instance.get(VALUE_MEMBER.get(instance.get("type", "Property"), "value")) == NULL)
-
-
 def _split_nulls(fragment: dict[str, list[Instance]]) -> tuple[dict[str, list[Instance]], dict[str, set[str | None]]]:
     """A fragment's instances to write, and per attribute the datasetIds its null instances delete."""
     writes: dict[str, list[Instance]] = {}
     nulls: dict[str, set[str | None]] = {}
     for name, instances in fragment.items():
-        if not any(_is_null(i) for i in instances):
+        if not any(is_null(i) for i in instances):
             writes[name] = instances
             continue
-        kept = [i for i in instances if not _is_null(i)]
+        kept = [i for i in instances if not is_null(i)]
         if kept:
             writes[name] = kept
-        nulls[name] = {i.get("datasetId") for i in instances if _is_null(i)}
+        nulls[name] = {i.get("datasetId") for i in instances if is_null(i)}
     return writes, nulls
+
+
+def _split_entity_nulls(entity: Entity) -> tuple[Entity, dict[str, set[str | None]]]:
+    """`_split_nulls` of a whole (batch) entity: a copy without its null instances, and what they delete."""
+    writes, nulls = _split_nulls({k: v for k, v in entity.items() if k not in ENTITY_MEMBERS})
+    return {**{k: v for k, v in entity.items() if k in ENTITY_MEMBERS}, **writes}, nulls
 
 
 def _deleted(instances: list[Instance], datasets: set[str | None]) -> list[Instance]:
@@ -389,10 +389,14 @@ class EntityService:
         merged_body = {k: v for k, v in target.items() if k not in ("createdAt", "modifiedAt")}
         if "value" in body and target.get("type") == "Relationship":
             raise BadRequestData(f"attribute {terms.compact(attr)} is a Relationship: send 'object', not 'value'")
-        # Sub-attribute names in the body are short; re-expand the merged instance through the codec.
+        # Sub-attribute names in the body are short; re-expand the merged instance through the codec (which
+        # drops the sub-attributes the body sets to the null marker).
         merged = _compact_sub_attributes(merged_body, terms)
         merged.update(body)
         instance = expand_attribute_instance(terms.compact(attr), merged, terms, now)
+        if is_null(instance):  # the value member sent is the null marker: the attribute (instance) goes
+            self._delete_instances(tenant, old, attr, dataset_id, now)
+            return
         instance["createdAt"] = target.get("createdAt", now)
         entity = dict(old)
         entity[attr] = [instance if i is target else i for i in instances or ()]
@@ -401,17 +405,39 @@ class EntityService:
 
     @serialised
     def replace_attr(self, tenant: str, entity_id: str, attr: str, body: Any, terms: TermMap) -> None:
-        """§5.6.19: the attribute (one datasetId) becomes the body."""
+        """§5.6.19: the attribute instance (the body's datasetId, or the default one) becomes the body. It must
+        exist: PUT replaces, it does not add (that is append's job)."""
         old = self._load(tenant, entity_id)
         now = self.clock()
         if attr not in old:
             raise ResourceNotFound(f"entity {entity_id} has no attribute {terms.compact(attr)}")
         # A replacement is a whole attribute, read as on create (a kind needs its value member).
         instance = expand_attribute_instance(terms.compact(attr), body, terms, now, partial=False)
+        dataset_id = instance.get("datasetId")
+        if not any(i.get("datasetId") == dataset_id for i in old[attr]):
+            raise ResourceNotFound(
+                f"attribute {terms.compact(attr)} of {entity_id} has no instance with datasetId "
+                f"{dataset_id or '(default)'}"
+            )
+        if is_null(instance):  # replaced by the null marker: deleted, as a partial update to it does
+            self._delete_instances(tenant, old, attr, dataset_id, now)
+            return
         entity = dict(old)
         entity[attr] = _merge_instances(old[attr], [instance], now)
         entity["modifiedAt"] = now
         self._commit(tenant, "updated", [entity], [old], history_of({"id": entity_id, attr: [instance]}))
+
+    def _delete_instances(self, tenant: str, old: Entity, attr: str, dataset_id: str | None, now: str) -> None:
+        """What a null instance of `attr` with this datasetId does (the rule of merge, `_deleted`): without a
+        datasetId it deletes the attribute, with one that instance. The caller checked that it exists."""
+        entity = dict(old)
+        kept = _deleted(old[attr], {dataset_id})
+        if kept:
+            entity[attr] = kept
+        else:
+            del entity[attr]
+        entity["modifiedAt"] = now
+        self._commit(tenant, "updated", [entity], [old], [])
 
     @serialised
     def delete_attr(
@@ -452,8 +478,9 @@ class EntityService:
     def _merged(self, old: Entity, body: Any, terms: TermMap, now: str, observed_at: str | None = None) -> Entity:
         if not isinstance(body, dict):
             raise BadRequestData("the request body must be a JSON object")
-        # urn:ngsi-ld:null as the attribute or as its kind's value member deletes it (checked like the rest).
-        fragment, nulls = _split_nulls(self._fragment(body, terms, now, old))
+        # urn:ngsi-ld:null as the attribute or as its kind's value member deletes it (checked like the rest); as
+        # a sub-attribute's, it deletes that sub-attribute, so those stay until combined with the stored instance.
+        fragment, nulls = _split_nulls(self._fragment(body, terms, now, old, keep_null_sub_attributes=True))
         entity = dict(old)
         self._delete_nulls(entity, nulls, None)
         for name, instances in fragment.items():
@@ -469,7 +496,7 @@ class EntityService:
                     combined = {k: v for k, v in before.items() if k not in instance}
                     combined.update(instance)
                     instance = combined
-                merged.append(instance)
+                merged.append(without_null_sub_attributes(instance))
             entity[name] = _merge_instances(entity.get(name, []), merged, now)
         entity["modifiedAt"] = now
         return entity
@@ -502,7 +529,9 @@ class EntityService:
                 result.updated.append(name)
         return changed
 
-    def _fragment(self, body: Any, terms: TermMap, now: str, old: Entity) -> dict[str, list[Instance]]:
+    def _fragment(
+        self, body: Any, terms: TermMap, now: str, old: Entity, *, keep_null_sub_attributes: bool = False
+    ) -> dict[str, list[Instance]]:
         if not isinstance(body, dict):
             raise BadRequestData("the request body must be a JSON object of attributes")
         body = dict(body)
@@ -510,7 +539,7 @@ class EntityService:
         if "id" in body and body.pop("id") != old["id"]:
             raise BadRequestData(f"the body's id does not match the entity {old['id']}")
         body.pop("type", None)
-        fragment = expand_fragment(body, terms, now) if body else {}
+        fragment = expand_fragment(body, terms, now, keep_null_sub_attributes=keep_null_sub_attributes) if body else {}
         if not fragment:
             raise BadRequestData("the request body holds no attributes")
         return fragment
@@ -629,6 +658,11 @@ class EntityService:
         for entity, item in parsed:
             eid = entity["id"]
             old = existing.get(eid)
+            nulls: dict[str, set[str | None]] = {}
+            if id(entity) in expansion.nulls:
+                # Null instances are left out of a new or replacing entity, and delete in an update (as in
+                # append and update attrs). A copy: a batch redone after a conflict starts from `entity` again.
+                entity, nulls = _split_entity_nulls(entity)
             try:
                 if op == "create":
                     if old is not None:
@@ -644,11 +678,11 @@ class EntityService:
                         new = entity
                         new["createdAt"] = old.get("createdAt", now)
                     else:
-                        new = self._merge_attrs(old, entity, now, no_overwrite=False)
+                        new = self._merge_attrs(old, entity, now, no_overwrite=False, nulls=nulls)
                 elif op == "update":
                     if old is None:
                         raise ResourceNotFound(f"entity {eid} was not found")
-                    new = self._merge_attrs(old, entity, now, no_overwrite=no_overwrite)
+                    new = self._merge_attrs(old, entity, now, no_overwrite=no_overwrite, nulls=nulls)
                 elif op == "merge":
                     if old is None:
                         raise ResourceNotFound(f"entity {eid} was not found")
@@ -665,9 +699,21 @@ class EntityService:
             result.success.append(eid)
         return batch
 
-    @staticmethod
-    def _merge_attrs(old: Entity, entity: Entity, now: str, *, no_overwrite: bool) -> Entity:
+    @classmethod
+    def _merge_attrs(
+        cls,
+        old: Entity,
+        entity: Entity,
+        now: str,
+        *,
+        no_overwrite: bool,
+        nulls: dict[str, set[str | None]] | None = None,
+    ) -> Entity:
+        """A batch update (or upsert with update): `entity`'s attributes onto `old`, after the deletions its
+        null instances ask for (`_split_entity_nulls`; kept under noOverwrite, as append does)."""
         new = dict(old)
+        if nulls:
+            cls._delete_nulls(new, nulls, None, keep_existing=no_overwrite)
         for name, instances in entity.items():
             if name in ENTITY_MEMBERS:
                 continue

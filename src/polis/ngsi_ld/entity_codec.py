@@ -45,13 +45,16 @@ __all__ = [
     "expand_entity",
     "expand_fragment",
     "expand_types",
+    "is_null",
     "is_uri",
     "normalize_datetime",
     "validate_dataset_id",
     "validate_entity_id",
 ]
 
-NULL_MARKER = "urn:ngsi-ld:null"  # merge-patch deletion marker, kept as the value it stands in
+# NGSI-LD Null: in a value member it means "no such attribute". The reader keeps it as the value it stands
+# in; expand_* drop it where it can only mean "absent", and leave the rest to the caller (see is_null).
+NULL_MARKER = "urn:ngsi-ld:null"
 MAX_ID_LENGTH = 512
 MAX_DEPTH = 8  # attribute nesting (properties of properties …)
 FORMATS = {"normalized": "normalized", "concise": "concise", "keyValues": "keyValues", "simplified": "keyValues"}
@@ -240,14 +243,25 @@ def _scopes(value: Any) -> list[str]:
 
 
 class _Reader:
-    """Turns one request's attributes into internal instances; holds what every level needs."""
+    """Turns one request's attributes into internal instances; holds what every level needs.
 
-    __slots__ = ("allow_null", "now", "terms")
+    A value member that is the null marker is taken as it is, for any kind (its shape is not checked), and
+    `saw_null` tells the caller to look for it. `deletes`: the marker deletes here (only changes a message)."""
 
-    def __init__(self, terms: TermMap, now: str, allow_null: bool) -> None:
+    __slots__ = ("deletes", "now", "saw_null", "terms")
+
+    def __init__(self, terms: TermMap, now: str, deletes: bool) -> None:
         self.terms = terms
         self.now = now
-        self.allow_null = allow_null
+        self.deletes = deletes
+        self.saw_null = False
+
+    def _null(self, value: Any) -> bool:
+        """Whether `value` is the null marker (and then note that one was seen)."""
+        if value == NULL_MARKER:
+            self.saw_null = True
+            return True
+        return False
 
     def attributes(self, body: dict[str, Any], into: dict[str, Any]) -> None:
         for key, raw in body.items():
@@ -281,7 +295,7 @@ class _Reader:
         if raw is None:
             raise BadRequestData(
                 f"attribute '{name}': null is not a valid attribute"
-                + (f" (send '{NULL_MARKER}' to delete it)" if self.allow_null else "")
+                + (f" (send '{NULL_MARKER}' to delete it)" if self.deletes else "")
             )
         if isinstance(raw, dict) and (partial or _looks_like_instance(raw)):
             return self._instance_object(name, iri, raw, depth, partial)
@@ -375,7 +389,7 @@ class _Reader:
     def _value(self, kind: str, member: str, name: str, value: Any) -> Any:
         if value is None:
             raise BadRequestData(f"attribute '{name}': the '{member}' of a {kind} must not be null")
-        if self.allow_null and value == NULL_MARKER:
+        if self._null(value):
             return value
         if kind == "Property":
             return self._property_value(name, value)
@@ -397,14 +411,14 @@ class _Reader:
         return value  # JsonProperty and ListProperty hold any JSON
 
     def _property_value(self, name: str, value: Any) -> Any:
-        if self.allow_null and value == NULL_MARKER:
+        if self._null(value):
             return value
         if isinstance(value, dict) and "@type" in value and "@value" in value:
             return _typed_literal(name, value)
         return value
 
     def _geo(self, name: str, value: Any) -> Any:
-        if self.allow_null and value == NULL_MARKER:
+        if self._null(value):
             return value
         try:
             _geometry_validator()(value)
@@ -480,8 +494,49 @@ def _language_map(name: str, value: Any) -> dict[str, Any]:
     return value
 
 
-def expand_entity(body: Any, terms: TermMap, now: str, *, require_id_type: bool = True) -> Entity:
-    """A client's entity (normalized, concise or keyValues-looking) -> the internal shape, validated."""
+def is_null(instance: Instance) -> bool:
+    """Whether an expanded instance is the NGSI-LD null: its kind's value member (value, object, languageMap,
+    valueList, objectList, json, vocab) is the null marker. Where it is written it deletes, else it is absent."""
+    return bool(instance.get(VALUE_MEMBER.get(instance.get("type", "Property"), "value")) == NULL_MARKER)
+
+
+def without_null_sub_attributes(instance: Instance) -> Instance:
+    """`instance` less its sub-attributes (at any depth) that are the null marker: the instance itself when it
+    has none, else a copy (the reader's output may be shared with a batch that is redone)."""
+    out = instance
+    for key, sub in instance.items():
+        if key in RESERVED_ATTRIBUTE_MEMBERS or not isinstance(sub, dict):
+            continue
+        kept = None if is_null(sub) else without_null_sub_attributes(sub)
+        if kept is not sub:
+            if out is instance:
+                out = dict(instance)
+            if kept is None:
+                del out[key]
+            else:
+                out[key] = kept
+    return out
+
+
+def _drop_nulls(attributes: dict[str, Any], *, keep_attributes: bool) -> None:
+    """Drop null sub-attributes and, unless `keep_attributes`, null instances (an attribute left with none goes)
+    from expanded attributes, in place. Entity members are skipped."""
+    for name in [k for k in attributes if k not in ENTITY_MEMBERS]:
+        kept = [without_null_sub_attributes(i) for i in attributes[name] if keep_attributes or not is_null(i)]
+        if kept:
+            attributes[name] = kept
+        else:
+            del attributes[name]
+
+
+def expand_entity(
+    body: Any, terms: TermMap, now: str, *, require_id_type: bool = True, keep_nulls: bool = False
+) -> Entity:
+    """A client's entity (normalized, concise or keyValues-looking) -> the internal shape, validated.
+
+    An attribute instance that is the null marker is left out (a new entity has nothing to delete), as is a
+    null sub-attribute; with `keep_nulls`, null instances stay for the caller (a batch update deletes with
+    them; `is_null` finds them)."""
     if not isinstance(body, dict):
         raise BadRequestData(f"an entity must be a JSON object, got {type(body).__name__}")
     entity: Entity = {}
@@ -497,17 +552,28 @@ def expand_entity(body: Any, terms: TermMap, now: str, *, require_id_type: bool 
         entity["scope"] = _scopes(body["scope"])
     entity["createdAt"] = now
     entity["modifiedAt"] = now
-    _Reader(terms, now, allow_null=False).attributes(body, entity)
+    reader = _Reader(terms, now, deletes=keep_nulls)
+    reader.attributes(body, entity)
+    if reader.saw_null:  # the usual entity has none: no second walk
+        _drop_nulls(entity, keep_attributes=keep_nulls)
     return entity
 
 
-def expand_fragment(body: Any, terms: TermMap, now: str) -> dict[str, list[Instance]]:
+def expand_fragment(
+    body: Any, terms: TermMap, now: str, *, keep_null_sub_attributes: bool = False
+) -> dict[str, list[Instance]]:
     """The attributes of an append/update/merge body, keyed by IRI. Entity members (id, type, scope,
-    @context, system attributes) are skipped: checking them is the caller's job."""
+    @context, system attributes) are skipped: checking them is the caller's job.
+
+    Instances that are the null marker are kept (they delete: `is_null` finds them); null sub-attributes are
+    dropped unless `keep_null_sub_attributes` (a merge, which combines the instance with the stored one first)."""
     if not isinstance(body, dict):
         raise BadRequestData(f"attributes must be sent as a JSON object, got {type(body).__name__}")
     out: dict[str, list[Instance]] = {}
-    _Reader(terms, now, allow_null=True).attributes(body, out)
+    reader = _Reader(terms, now, deletes=True)
+    reader.attributes(body, out)
+    if reader.saw_null and not keep_null_sub_attributes:
+        _drop_nulls(out, keep_attributes=True)
     return out
 
 
@@ -516,7 +582,9 @@ def expand_attribute_instance(name: str, body: Any, terms: TermMap, now: str, *,
 
     With `partial`, a body without type or value member is a partial instance: it has no 'type' and no
     'createdAt', only the members sent plus 'modifiedAt'. Without it, the body is a whole attribute, read as
-    on create: a kind needs its value member, and an object with neither is a concise Property's value."""
+    on create: a kind needs its value member, and an object with neither is a concise Property's value.
+    An instance that is the null marker is returned as such (it deletes: `is_null`); null sub-attributes are
+    dropped (a PATCH combines the body with the stored members before it comes here)."""
     _check_name(name, None)
     iri = terms.expand(name)
     if iri not in _good_names:
@@ -525,7 +593,9 @@ def expand_attribute_instance(name: str, body: Any, terms: TermMap, now: str, *,
         if len(body) != 1:
             raise BadRequestData(f"attribute '{name}': send one instance, not an array of {len(body)}")
         body = body[0]
-    return _Reader(terms, now, allow_null=False).instance(name, iri, body, 0, partial=partial)
+    reader = _Reader(terms, now, deletes=True)
+    instance = reader.instance(name, iri, body, 0, partial=partial)
+    return without_null_sub_attributes(instance) if reader.saw_null else instance
 
 
 # -- compaction -----------------------------------------------------------------------------------------

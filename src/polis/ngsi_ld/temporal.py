@@ -17,7 +17,14 @@ from polis.domain.entity import ENTITY_MEMBERS, Entity, HistoryInstance, Instanc
 from polis.domain.errors import BadRequestData, ResourceNotFound
 from polis.ngsi_ld.context import TermMap
 from polis.ngsi_ld.entities import EntityService, parse_observed_at
-from polis.ngsi_ld.entity_codec import compact_instance, expand_entity, expand_fragment, validate_entity_id
+from polis.ngsi_ld.entity_codec import (
+    NULL_MARKER,
+    compact_instance,
+    expand_entity,
+    expand_fragment,
+    is_null,
+    validate_entity_id,
+)
 from polis.ngsi_ld.events import EntityChange
 from polis.ngsi_ld.params import parse_dataset_ids, parse_datetime, parse_int
 from polis.privacy.refusal import refuse_personal_data
@@ -129,10 +136,12 @@ class TemporalService:
         if old is None and must_exist:
             raise ResourceNotFound(f"entity {entity_id} was not found")
         if old is None:
-            entity = expand_entity(body, terms, now)
+            entity = expand_entity(body, terms, now, keep_nulls=True)
         else:
             rest = {k: v for k, v in body.items() if k not in ("id", "type", "@context")}
             entity = {"id": entity_id, "type": old["type"], **expand_fragment(rest, terms, now)}
+        for name in (k for k in entity if k not in ENTITY_MEMBERS):
+            _refuse_null(entity[name], name, terms)
         refuse_personal_data(entity)  # 422 naming the field and rule before anything is stored (polis.privacy)
         history = _instances_of(entity)
         if not history:
@@ -211,7 +220,18 @@ class TemporalService:
         instances = fragment.get(attr)
         if not instances or len(instances) != 1:
             raise BadRequestData(f"the body must hold exactly one instance of {terms.compact(attr)}")
+        _refuse_null(instances, attr, terms)
         return instances[0]
+
+
+def _refuse_null(instances: Sequence[Instance], attr: str, terms: TermMap) -> None:
+    """A history instance is a value observed at a time: the null marker (which deletes an attribute from the
+    current state) cannot be one. 400 before anything is written. (A null sub-attribute is just left out.)"""
+    if any(is_null(i) for i in instances):
+        raise BadRequestData(
+            f"attribute '{terms.compact(attr)}': a temporal instance cannot be '{NULL_MARKER}' (the NGSI-LD null); "
+            "to delete the attribute use the entity API, or DELETE its instances"
+        )
 
 
 def _instant(instance: Instance) -> datetime:
