@@ -4,6 +4,7 @@ and responses with a Link header or an inline @context."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +13,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from polis.domain.entity import ATTRIBUTE_KINDS
+from polis.domain.entity import ATTRIBUTE_KINDS, Entity
 from polis.domain.errors import (
     BadRequestData,
     InvalidRequest,
@@ -290,8 +291,12 @@ def json_response(
     headers: dict[str, str] | None = None,
     accept: str | None = None,
     geometry_property: str | None = None,
+    geometries: dict[str, list[Any]] | None = None,
 ) -> Response:
-    """An NGSI-LD answer: Link header with json, inline @context with ld+json, GeoJSON with geo+json."""
+    """An NGSI-LD answer: Link header with json, inline @context with ld+json, GeoJSON with geo+json.
+
+    `geometries` (GeoJSON of a keyValues body): entity id -> the values its GeoProperty named by the geometry
+    property holds (`geo_values` of the stored documents); without them no keyValues geometry is trusted."""
     accept = accept or accept_of(request)
     out_headers = dict(headers or {})
     context_value = _context_value(terms)
@@ -302,7 +307,7 @@ def json_response(
             body = {**body, "@context": context_value}
     elif accept == "application/geo+json":
         name = geometry_property or "location"
-        confirmed = _stored_geometries(request, body, name, terms) if _simplified(request) else None
+        confirmed = (geometries or {}) if simplified(request) else None
         body = _geojson(body, name, confirmed)
         _add_link(out_headers, _link_header(terms))
     else:
@@ -344,7 +349,7 @@ def _link_header(terms: TermMap | None) -> str:
     return f'<{url}>; rel="{JSONLD_REL}"; type="application/ld+json"'
 
 
-def _simplified(request: Request) -> bool:
+def simplified(request: Request) -> bool:
     """Whether the answer is keyValues (options=keyValues or simplified, or format=): the one representation
     that drops the attribute's type. The route has validated these parameters already."""
     words = set(request.query_params.get("options", "").split(","))
@@ -352,26 +357,19 @@ def _simplified(request: Request) -> bool:
     return bool(words & {"keyValues", "simplified"})
 
 
-def _stored_geometries(request: Request, body: Any, name: str, terms: TermMap | None) -> dict[str, list[Any]]:
-    """Entity id -> the values of its GeoProperty instances named `name`, as stored (normalized).
+def geo_values(entities: Iterable[Entity], iri: str) -> dict[str, list[Any]]:
+    """Entity id -> the values of its GeoProperty instances of attribute `iri`, from stored (normalized) documents.
 
     keyValues shows a GeoProperty's geometry and a Property holding a GeoJSON-shaped object alike, so the body
-    cannot say which it is; the routes compact before this point, so the stored entities say it. A geometry is
-    kept only when it equals one of these values: a write between the two reads gives a null geometry, never a
-    Property's value."""
-    entities = body if isinstance(body, list) else [body]
-    ids = [e["id"] for e in entities if isinstance(e, dict) and isinstance(e.get("id"), str)]
-    if not ids:
-        return {}
-    iri = terms.expand(name) if terms is not None else name
-    stored = platform_of(request).store.get(tenant_of(request), ids)
+    cannot say which it is: a route answering GeoJSON in keyValues passes these, and a geometry is kept only when
+    it equals one of them (a Property's value never becomes a Feature's geometry)."""
     return {
-        entity_id: [
+        entity["id"]: [
             instance.get("value")
             for instance in entity.get(iri) or ()
             if isinstance(instance, dict) and instance.get("type") == "GeoProperty"
         ]
-        for entity_id, entity in stored.items()
+        for entity in entities
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -14,13 +15,16 @@ from polis.access.enforce import access_of, body_ids, readable_scope
 from polis.api.ld_http import (
     accept_of,
     empty_response,
+    geo_values,
     json_body,
     json_response,
     platform_of,
     request_terms,
     resolve,
+    simplified,
     tenant_of,
 )
+from polis.domain.entity import Entity
 from polis.domain.errors import BadRequestData
 from polis.ngsi_ld.context import TermMap
 from polis.ngsi_ld.entity_codec import compact_entity, validate_entity_id
@@ -183,9 +187,20 @@ async def _answer_query(
     headers = _pagination_headers(request, result.count, query.offset, limit, len(body))
     if query.limit == 0:
         body = []
+    geometry = params.get("geometryProperty")
+    geometries = _keyvalue_geometries(request, accept, result.entities, geometry, terms)
     return json_response(
-        request, body, terms, headers=headers, accept=accept, geometry_property=params.get("geometryProperty")
+        request, body, terms, headers=headers, accept=accept, geometry_property=geometry, geometries=geometries
     )
+
+
+def _keyvalue_geometries(
+    request: Request, accept: str, stored: Iterable[Entity], geometry: str | None, terms: TermMap
+) -> dict[str, list[Any]] | None:
+    """For GeoJSON in keyValues: what the stored entities' GeoProperty holds (see ld_http.geo_values)."""
+    if accept != "application/geo+json" or not simplified(request):
+        return None
+    return geo_values(stored, terms.expand(geometry or "location"))
 
 
 @router.get("/entities/{entity_id:path}/attrs", include_in_schema=False)
@@ -221,7 +236,14 @@ async def retrieve_entity(entity_id: str, request: Request) -> Response:
             dataset_ids=dataset_ids,
         )
     )
-    return json_response(request, body, terms, accept=accept, geometry_property=params.get("geometryProperty"))
+    geometry = params.get("geometryProperty")
+    geometries = None
+    if accept == "application/geo+json" and simplified(request):  # the stored document tells a GeoProperty
+        stored = await run_in_threadpool(platform.store.get, tenant, [entity_id])
+        geometries = _keyvalue_geometries(request, accept, stored.values(), geometry, terms)
+    return json_response(
+        request, body, terms, accept=accept, geometry_property=geometry, geometries=geometries
+    )
 
 
 @router.patch(
