@@ -425,3 +425,14 @@ def test_a_fetched_context_that_names_someone_is_not_kept(tmp_path: Path, server
         cache.resolve(url)
     assert "ann.smith" not in refused.value.detail
     assert cache.registered() == [] and not list((tmp_path / "contexts").rglob("*.json"))
+
+
+def test_a_context_url_scheme_is_case_insensitive(cache: ContextCache) -> None:
+    """RFC 3986 §3.1: HTTPS://x is https://x, in a Link header (tests/integration) and in a body's @context."""
+    upper = SDM_TRANSPORT.replace("https://", "HTTPS://", 1)
+    assert cache.resolve([upper]).expand("averageVehicleSpeed") == cache.resolve(SDM_TRANSPORT).expand(
+        "averageVehicleSpeed"
+    )
+    assert cache.resolve("HTTPS://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context-v1.9.jsonld").expand("location") == (
+        cache.core().expand("location")
+    )

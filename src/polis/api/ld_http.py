@@ -25,7 +25,7 @@ from polis.domain.errors import (
 )
 from polis.domain.json_depth import MAX_DEPTH, nests_deeper_than
 from polis.domain.tenant import tenant_problem
-from polis.ngsi_ld.context import CORE_CONTEXT_URL, TermMap
+from polis.ngsi_ld.context import CORE_CONTEXT_URL, TermMap, lower_scheme
 from polis.ngsi_ld.entity_codec import GEOMETRY_TYPES
 from polis.ngsi_ld.params import check_known
 from polis.platform import Platform
@@ -33,7 +33,6 @@ from polis.platform import Platform
 JSONLD_REL = "http://www.w3.org/ns/json-ld#context"
 TENANT_HEADER = "NGSILD-Tenant"
 _LINK = re.compile(r"^\s*<([^>]*)>\s*(;.*)?$")
-_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):")  # RFC 3986 §3.1
 
 
 def platform_of(request: Request) -> Platform:
@@ -72,18 +71,10 @@ def link_context(request: Request) -> str | None:
                 raise BadRequestData(f"malformed Link header: '{part}'")
             params = m.group(2) or ""
             if JSONLD_REL in params:
-                found.append(_lower_scheme(m.group(1)))
+                found.append(lower_scheme(m.group(1)))
     if len(found) > 1:
         raise BadRequestData("only one JSON-LD context Link header is allowed")
     return found[0] if found else None
-
-
-def _lower_scheme(url: str) -> str:
-    """The URL with its scheme in lowercase, the rest as sent: schemes are case-insensitive (RFC 3986 §3.1), and
-    the context cache and the http(s) check downstream compare the text, so HTTPS://x and https://x must be
-    one key. The host and path are left alone (a path is case-sensitive)."""
-    m = _SCHEME.match(url)
-    return m.group(1).lower() + url[m.end(1) :] if m else url
 
 
 def _split_links(value: str) -> list[str]:

@@ -68,6 +68,17 @@ _ACCEPT = "application/ld+json, application/json;q=0.9, */*;q=0.1"
 log = logging.getLogger(__name__)
 
 
+_URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):")  # RFC 3986 §3.1
+
+
+def lower_scheme(url: str) -> str:
+    """The URL with its scheme in lowercase, the rest as sent: schemes are case-insensitive (RFC 3986 §3.1), and
+    the cache and the http(s) check compare the text, so HTTPS://x and https://x must be one key. The host and
+    path are left alone (a path is case-sensitive)."""
+    m = _URL_SCHEME.match(url)
+    return m.group(1).lower() + url[m.end(1) :] if m else url
+
+
 def is_core_context_url(url: str) -> bool:
     """Any published core context URL, versioned or not: all of them mean the shipped v1.9 file."""
     return _CORE_URL.fullmatch(url) is not None
@@ -524,6 +535,7 @@ class ContextCache:
                 fresh.user,
             )
         elif isinstance(ctx, str):
+            ctx = lower_scheme(ctx)
             if is_core_context_url(ctx):
                 return  # the core is already the base of every active context
             if ctx in stack:
