@@ -38,6 +38,12 @@ class Settings(BaseSettings):
         default=16 * 1024 * 1024,
         description="Largest request body accepted; bigger bodies get 413.",
     )
+    max_batch_entities: int = Field(
+        default=10_000,
+        ge=1,
+        description="Most entities one batch operation (/entityOperations/*) may hold; a bigger batch is 400 and "
+        "writes nothing (a gateway sends its readings in several batches). Also bounds POST query's selectors.",
+    )
     default_limit: int = Field(default=20, description="Entities returned per query page when no limit is given.")
     max_limit: int = Field(
         default=1000, description="Largest `limit` a query may ask for; above it the answer is 403 TooManyResults."

@@ -142,3 +142,26 @@ def test_commands_that_open_a_served_hub_say_a_server_holds_it(
     assert "Traceback" not in output, output[-1500:]
     assert f"{served.data_dir / 'polis.duckdb'} is locked by process {served.process.pid}" in output, output[-800:]
     assert "running `polis serve`" in output
+
+
+def _sensors(n: int) -> list[dict[str, Any]]:
+    return [{**SENSOR, "id": f"urn:ngsi-ld:CrowdFlowObserved:batch-{k}"} for k in range(n)]
+
+
+@pytest.mark.parametrize("op", ["create", "upsert", "update", "delete"])
+def test_a_batch_over_the_entity_limit_is_refused_whole(op: str) -> None:
+    for client, platform in hub_client(max_batch_entities=3):
+        assert client.post("/ngsi-ld/v1/entityOperations/create", json=_sensors(3)).status_code == 201
+        items: list[Any] = _sensors(4) if op != "delete" else [s["id"] for s in _sensors(4)]
+        r = client.post(f"/ngsi-ld/v1/entityOperations/{op}", json=items)
+        problem(r, 400, "BadRequestData", "holds 4 entities", "more than the 3", "POLIS_MAX_BATCH_ENTITIES")
+        assert platform.store.entity_count("") == 3  # nothing of it was written (or deleted)
+
+
+def test_a_post_query_over_the_entity_limit_is_refused() -> None:
+    for client, _ in hub_client(max_batch_entities=3):
+        selectors = [{"type": "CrowdFlowObserved", "id": s["id"]} for s in _sensors(4)]
+        r = client.post("/ngsi-ld/v1/entityOperations/query", json={"type": "Query", "entities": selectors})
+        problem(r, 400, "BadRequestData", "Query.entities holds 4")
+        r = client.post("/ngsi-ld/v1/entityOperations/query", json={"type": "Query", "entities": selectors[:3]})
+        assert r.status_code == 200, r.text

@@ -371,6 +371,16 @@ def _without_context(data: Any) -> Any:
 # -- batch operations -------------------------------------------------------------------------
 
 
+def _within_batch_limit(items: Any, limit: int, what: str) -> None:
+    """A request array over the limit is refused whole: the body size alone let 100,000 failing items through,
+    each answered with its own error object."""
+    if isinstance(items, list) and len(items) > limit:
+        raise BadRequestData(
+            f"{what} holds {len(items):,} entities, more than the {limit:,} this hub takes in one request "
+            "(POLIS_MAX_BATCH_ENTITIES); send them in several requests"
+        )
+
+
 async def _batch(request: Request, op: str) -> Response:
     platform = platform_of(request)
     params = dict(request.query_params)
@@ -381,6 +391,7 @@ async def _batch(request: Request, op: str) -> Response:
         raise BadRequestData("options=replace and options=update exclude each other")
     tenant = tenant_of(request, write=True)
     body = await json_body(request)
+    _within_batch_limit(body.data, platform.settings.max_batch_entities, "a batch operation")
     access_of(request).require_entities(body_ids(body.data), "write")  # all or nothing: no partial batch
     shared_terms = await resolve(request, body.context) if not body.ld else None
     contexts = platform.contexts
@@ -454,6 +465,7 @@ async def post_query(request: Request) -> Response:
     selectors = data.get("entities") or []
     if not isinstance(selectors, list):
         raise BadRequestData("Query.entities must be an array")
+    _within_batch_limit(selectors, platform.settings.max_batch_entities, "Query.entities")
     parsed: list[EntitySelector] = []
     for selector in selectors:
         if not isinstance(selector, dict) or not isinstance(selector.get("type"), str):
