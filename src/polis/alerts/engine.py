@@ -273,10 +273,21 @@ class AlertEngine:
         alert_id = compiled.membership.get(obs.subject)
         record = self.records.get(alert_id) if alert_id else None
         previous = record.members.get(obs.subject) if record is not None else None
-        # No place in the observation (a burst whose count is hidden does not give one): the member keeps its own.
-        point = obs.point if obs.point is not None or previous is None else previous.point
+        point, cell_m = obs.point, obs.cell_m
+        if previous is not None and (previous.cell_m > 0 or point is None):
+            # A person-related place (a grid cell) is the one the alert was raised with, for the alert's whole life:
+            # places re-derived per update could be differenced to find the events in between (polis.alerts.place).
+            # No place in the observation (a burst whose count is hidden gives none): the member keeps its own.
+            point, cell_m = previous.point, previous.cell_m
         member = Member(
-            obs.subject, obs.name, point, obs.signal.value, obs.signal.threshold, obs.at, dict(obs.signal.details)
+            obs.subject,
+            obs.name,
+            point,
+            obs.signal.value,
+            obs.signal.threshold,
+            obs.at,
+            dict(obs.signal.details),
+            cell_m,
         )
         if decision == "raise":
             joined = self._joinable(compiled, obs.point)
@@ -302,8 +313,11 @@ class AlertEngine:
                 record.members[obs.subject] = member
                 record.status = "cancelled"
                 self._emit(record, "Cancel", member, obs.at)
-        elif record is not None and tracker.phase is Phase.ACTIVE:
-            record.members[obs.subject] = member  # fresh values for the JSON view, no message
+        elif record is not None and tracker.phase is Phase.ACTIVE and not compiled.person_related(obs.subject):
+            # Fresh values for the JSON view, no message. Not for people's events: there each refresh would publish
+            # one more event's count and time to anyone polling; their counts go out with the messages only (at
+            # most one per updateIntervalS), so the JSON view, the CAP message and the Alert entity agree.
+            record.members[obs.subject] = member
 
     def _joinable(self, compiled: CompiledRule, point: tuple[float, float] | None) -> AlertRecord | None:
         """An open alert of the same rule with a member within groupWithinM: neighbours make one event."""

@@ -20,6 +20,7 @@ import numpy as np
 from polis.alerts.bursts import BurstCounter
 from polis.alerts.lifecycle import Signal, Tracker
 from polis.alerts.model import distance_m, parse_iso
+from polis.alerts.place import coarse_place, coarse_time, person_entity
 from polis.alerts.rules import AnomalyRule, AnyRule, BurstRule, ForecastRule, ThresholdRule, rule_json
 from polis.crowd.gathering import CrowdParams, HourlyPanel, local_hour
 from polis.domain.entity import LOCATION, Entity
@@ -43,6 +44,9 @@ class Observation:
     point: tuple[float, float] | None
     at: datetime
     signal: Signal
+    # > 0: `point` is the centre of a coarse cell of this circumradius (metres) standing for people's events,
+    # and the alert keeps it for its life (polis.alerts.place); 0: an exact, public place (a sensor's).
+    cell_m: float = 0.0
 
 
 def instance_of(entity: Entity, iri: str) -> dict[str, Any] | None:
@@ -201,8 +205,25 @@ class CompiledRule:
             return self._crowd(rule, fresh)
         return self._speed_drop(rule, fresh)
 
+    def person_related(self, subject: str) -> bool:
+        """Whether alerts on this subject are about people, so their place and time are coarsened and fixed
+        (polis.alerts.place says how that is decided)."""
+        return isinstance(self.rule, BurstRule) or person_entity(subject)
+
     def _observation(self, entity: Entity, at: datetime, signal: Signal) -> Observation:
-        return Observation(entity["id"], self.name(entity), point_of(entity), at, signal)
+        return self._placed(entity["id"], self.name(entity), point_of(entity), at, signal)
+
+    def _placed(
+        self, subject: str, name: str, point: tuple[float, float] | None, at: datetime, signal: Signal
+    ) -> Observation:
+        """The observation as published: a person-related subject's place snapped to its grid cell and its time
+        floored, a sensor's as they are."""
+        if not self.person_related(subject):
+            return Observation(subject, name, point, at, signal)
+        if point is None:
+            return Observation(subject, name, None, coarse_time(at), signal)
+        centre, cell_m = coarse_place(point)
+        return Observation(subject, name, centre, coarse_time(at), signal, cell_m)
 
     def _reference(self, entity_id: str) -> float | None:
         """The free-flow level of a sensor, from its stored history (cached)."""
@@ -436,6 +457,8 @@ class CompiledRule:
             # A hidden count hides what gives it back: its tail probability (solve P(N >= n) for n), the expected
             # count (the history's total less the window's, over the days), and the events' centroid (one call
             # left in the window is that call's place). The alert keeps the place it had (AlertEngine._apply).
+            # A shown centroid is only the cell it falls in (_placed), and only the first one an alert gets is
+            # ever published: a new mean per event would give each event's place back (polis.alerts.place).
             shown = reading.count >= self.suppression_k
             center = (
                 (sum(p[0] for p in points) / len(points), sum(p[1] for p in points) / len(points))
@@ -450,7 +473,7 @@ class CompiledRule:
             }
             count = details["count"]
             signal = Signal(on, off, count, float(floor), details)
-            found.append(Observation(group, group, center, counter.watermark, signal))
+            found.append(self._placed(group, group, center, counter.watermark, signal))
         return found
 
 

@@ -37,6 +37,9 @@ class Member:
     threshold: float
     observed_at: datetime
     details: dict[str, Any] = field(default_factory=dict)
+    # > 0: `point` is a grid cell's centre standing for people's events, this far (metres) from the cell's farthest
+    # corner; the circle covers the whole cell (polis.alerts.place). 0: an exact, public place (a sensor's).
+    cell_m: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,11 +79,11 @@ class AlertRecord:
         return (sum(p[0] for p in points) / len(points), sum(p[1] for p in points) / len(points))
 
     def circle(self) -> tuple[tuple[float, float], float] | None:
-        """(center, radius in metres) covering every member plus the rule's radius."""
+        """(center, radius in metres) covering every member (a coarse member's whole cell) plus the rule's radius."""
         center = self.center()
         if center is None:
             return None
-        spread = max(distance_m(center, p) for p in self.points())
+        spread = max(distance_m(center, m.point) + m.cell_m for m in self.members.values() if m.point is not None)
         return center, spread + float(self.rule.get("radiusM", 500.0))
 
     def to_json(self) -> dict[str, Any]:
@@ -104,6 +107,7 @@ class AlertRecord:
                 m["threshold"],
                 parse_iso(m["observed_at"]),
                 m.get("details", {}),
+                float(m.get("cell_m", 0.0)),  # 0 in records written before places were coarsened
             )
             for m in data["members"]
         }
