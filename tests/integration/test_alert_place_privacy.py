@@ -41,6 +41,7 @@ BURST_RULE: dict[str, Any] = {
     "minHistoryDays": 0,  # a fresh hub: the expected rate is the prior's, so ten calls are a burst
 }
 Place = tuple[float, float]
+ALERT_TYPE = "https://smartdatamodels.org/dataModel.Alert/Alert"
 
 
 @pytest.fixture
@@ -184,18 +185,23 @@ def test_the_eleventh_call_cannot_be_solved_for_from_any_published_form(hub: tup
     assert platform.alerts.invalid_cap == 0
 
 
-def test_a_rule_on_one_persons_record_publishes_its_cell_not_its_point(hub: tuple[TestClient, Platform]) -> None:
-    """A threshold rule watching entities of a raw-tier dataset (one record per call) is about people too."""
+def test_a_rule_on_single_records_never_watches_a_persons_record(hub: tuple[TestClient, Platform]) -> None:
+    """A threshold rule on entities of a raw-tier dataset (one record per call) would publish one call's id and
+    value in every alert: it is refused while such records are stored, and never fires on one stored later."""
     client, platform = hub
     rule = {**THRESHOLD_RULE, "id": "urgent-call", "scope": {"type": "EmergencyCall"}, "attribute": "priority"}
     rule["above"] = 2
-    assert client.post("/polis/v1/alerts/rules", json=rule).status_code == 201
+    assert client.post("/polis/v1/alerts/rules", json=rule).status_code == 201  # no call stored yet
     call(client, platform, 1, 0, SECRET, priority=3)
-    [alert] = client.get("/polis/v1/alerts").json()
-    place = tuple(alert["area"]["circle"]["center"])
-    cell = assert_cell_centre(place)
-    assert cell == h3.latlng_to_cell(SECRET[1], SECRET[0], PLACE_H3_RESOLUTION) and not same_place(place, SECRET)
-    assert same_place(circle_of(platform.alerts.caps[alert["id"]][0])[0], place)
+    assert client.get("/polis/v1/alerts?status=all").json() == []  # the call was not watched
+    assert client.get("/ngsi-ld/v1/entities", params={"type": ALERT_TYPE}).json() == []
+    again = {**rule, "id": "urgent-call-2"}
+    r = client.post("/polis/v1/alerts/rules", json=again)
+    problem(r, 400, "BadRequestData", "people's records", "urn:ngsi-ld:EmergencyCall:montgomery-911:place-test-1",
+            "burst rule")
+    named = {**rule, "id": "one-call", "scope": {"type": "TrafficFlowObserved",
+                                                 "ids": ["urn:ngsi-ld:EmergencyCall:montgomery-911:x"]}}
+    problem(client.post("/polis/v1/alerts/rules", json=named), 400, "BadRequestData", "montgomery-911:x")
 
 
 @pytest.mark.parametrize("message", ["{location}", "{entity.location}", "{entity[0]}", "{lat},{lon}"])

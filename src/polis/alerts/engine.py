@@ -83,7 +83,9 @@ class AlertEngine:
         """Validate and install a rule; (rule, created). Replacing a rule cancels its open alerts."""
         rule = parse_rule(body, rule_id=rule_id)
         with self._lock:
-            self._compile(tenant, rule)  # raises (e.g. an unreachable @context) before anything changes
+            compiled = self._compile(tenant, rule)  # raises (e.g. an unreachable @context) before anything changes
+            if compiled.watches_records:
+                _refuse_person_records(compiled)
             existed = rule.id is not None and self.book.get(tenant, str(rule.id)) is not None
             if rule.id is not None:
                 self._retire(tenant, str(rule.id))
@@ -465,3 +467,17 @@ class AlertEngine:
 
 def _fingerprint(rule: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(rule, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _refuse_person_records(compiled: CompiledRule) -> None:
+    """A rule on single entities may not watch people's records (a 911 call, a trip): each alert would name one
+    record and publish its value. Refused when the scope names one or its type holds them now; records stored
+    later are skipped by `CompiledRule.in_scope`."""
+    record = compiled.first_person_record()
+    if record is not None:
+        raise BadRequestData(
+            f"rule {compiled.rule.id or ''} would watch people's records (e.g. {record}, held at the "
+            f"raw-pseudonymous tier): an alert on one record would publish it; count them with a burst rule",
+            field="scope",
+            reason="person records",
+        )

@@ -157,6 +157,8 @@ class CompiledRule:
         if self.type_iri not in entity.get("type", ()):
             return False
         eid = entity["id"]
+        if self.watches_records and person_entity(eid):
+            return False  # an alert on one person's record would publish its id and value: only bursts count them
         if self.ids and eid not in self.ids:
             return False
         if self.pattern is not None and not self.pattern.match(eid):
@@ -204,6 +206,20 @@ class CompiledRule:
         if rule.detector == "crowd-gathering":
             return self._crowd(rule, fresh)
         return self._speed_drop(rule, fresh)
+
+    @property
+    def watches_records(self) -> bool:
+        """Whether the rule alerts on single entities (threshold, forecast, anomaly), not on counts (burst)."""
+        return not isinstance(self.rule, BurstRule)
+
+    def first_person_record(self) -> str | None:
+        """The id of a person's record (polis.alerts.place) this rule's scope names or would watch now, if any."""
+        named = next((i for i in sorted(self.ids) if person_entity(i)), None)
+        if named is not None:
+            return named
+        query = EntityQuery(types=TypeSelector(((self.type_iri,),)), limit=1)
+        found = self.store.query(self.tenant, query).entities
+        return found[0]["id"] if found and person_entity(found[0]["id"]) else None
 
     def person_related(self, subject: str) -> bool:
         """Whether alerts on this subject are about people, so their place and time are coarsened and fixed
