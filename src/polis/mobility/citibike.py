@@ -11,6 +11,7 @@ The loader returns person-level `TripBatch`es: they go straight to the privacy g
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -78,11 +79,62 @@ def _parse_local(column: pa.ChunkedArray, path: Path, name: str) -> pa.ChunkedAr
     text = pc.utf8_trim_whitespace(column.cast(pa.string()))
     for fmt in _FORMATS:
         try:
-            return pc.strptime(text, format=fmt, unit="s", error_is_null=False)
+            parsed = pc.strptime(text, format=fmt, unit="s", error_is_null=False)
         except pa.ArrowInvalid:
             continue
+        row = _first_rolled_over(text, parsed, fmt)
+        if row is not None:
+            raise ValueError(
+                f"{path.name}: column {name} holds {_shown(text[row].as_py())} at data row {row + 1}, a day or "
+                "time the calendar does not have"
+            )
+        return parsed
     row, value = _first_unreadable(text)
     raise ValueError(f"{path.name}: column {name} holds {_shown(value)} at data row {row + 1}, in no known time format")
+
+
+def _first_rolled_over(text: pa.ChunkedArray, parsed: pa.ChunkedArray, fmt: str) -> int | None:
+    """Index of the first time that `fmt` read on a day or a second other than the one written, None when none.
+
+    Arrow's strptime (the C library's, underneath) checks each field against its own range only and counts on
+    from the month's first day: `2/30/2020` reads as March 1, `2/29/2019` as March 1, `0:00:60` as the next
+    minute. Only the times a rolled-over field can land on are read again, by a match-only regex on their text
+    (no captures: RE2's fast path): about one in thirty for the day (`_may_have_rolled_into`), one in thirty
+    for the second (0 or 1, from 60 or 61 written). The rest is integer arithmetic on the parsed column."""
+    seconds = pc.fill_null(parsed.cast(pa.int64()), 0).to_numpy()  # a missing time: the range check reports it
+    if len(seconds) == 0:
+        return None
+    fields = re.findall(r"%(.)", fmt)
+    checks = [(_may_have_rolled_into(seconds // 86_400), _written(fields, "d", r"(?:29|3\d)"))]
+    if "S" in fields:
+        checks.append((seconds % 60 <= 1, _written(fields, "S", r"6\d")))
+    first: int | None = None
+    for suspect, pattern in checks:
+        # A filter by mask, chunk by chunk: a take would first concatenate the whole text column.
+        hit = pc.index(pc.match_substring_regex(text.filter(pa.array(suspect)), pattern), True).as_py()
+        if hit >= 0:
+            row = int(np.flatnonzero(suspect)[hit])
+            first = row if first is None else min(first, row)
+    return first
+
+
+def _may_have_rolled_into(days: np.ndarray) -> np.ndarray:
+    """Whether each day (counted from 1970-01-01) is one that a day past its month's end reads as: the 1st of a
+    month (from the 31st of a 30-day month, or February 29th or 30th) or March 2nd or 3rd (February 30th or
+    31st). A table over the span of the file's days, then one lookup per row: no calendar arithmetic per row."""
+    start = int(days.min())
+    calendar = np.arange(start, int(days.max()) + 1).astype("datetime64[D]")
+    months = calendar.astype("datetime64[M]")
+    day_of_month = (calendar - months.astype("datetime64[D]")).astype(np.int64) + 1
+    march = months.astype(np.int64) % 12 == 2
+    table = (day_of_month == 1) | (march & (day_of_month <= 3))
+    return np.asarray(table[days - start])
+
+
+def _written(fields: list[str], field: str, value: str) -> str:
+    """A regex matching text whose `field` (a strptime letter) is written as `value`. Every known format puts a
+    non-digit between its fields, so field k of the format is the text's k-th run of digits."""
+    return r"^\D*" + r"\d+\D+" * fields.index(field) + value + r"(?:\D|$)"
 
 
 def _first_unreadable(text: pa.ChunkedArray) -> tuple[int, str]:

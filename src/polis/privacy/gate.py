@@ -102,18 +102,32 @@ def cells_at(places_lat: np.ndarray, places_lon: np.ndarray, resolutions: tuple[
     return out
 
 
-def _identifier(batch_ids: dict[str, np.ndarray], n: int) -> np.ndarray:
-    """The one identifier column to pseudonymise (several are joined: they identify together)."""
+def _identifier(batch_ids: dict[str, np.ndarray], n: int) -> pa.Array:
+    """The one identifier column to pseudonymise (several are joined: they identify together), as Arrow
+    strings; a missing id is a null (the pseudonymiser reads it as "", as the schema spells "none")."""
     names = [name for name in batch_ids if action_for(name) is Action.PSEUDONYMISE]
     unknown = [name for name in batch_ids if action_for(name) is not Action.PSEUDONYMISE]
     if unknown:
         raise ValueError(f"identifier columns {unknown} are not declared as pseudonymised by the policy")
     if not names:
-        return np.full(n, "", dtype=object)
-    column = np.asarray(batch_ids[names[0]], dtype=object)
-    for name in names[1:]:
-        column = np.char.add(np.char.add(column.astype(str), "|"), np.asarray(batch_ids[name]).astype(str))
-    return column
+        return pa.array(np.full(n, "", dtype=object), pa.string())
+    parts = [_id_text(batch_ids[name]) for name in names]
+    if len(parts) == 1:
+        return parts[0]  # as it always was: one column's pseudonyms do not change
+    # Each part escaped before the join (every backslash doubled, then a backslash before every "|"): ("a|b", "c")
+    # and ("a", "b|c") are two people and must not share a pseudonym. A missing part joins as "", never "None".
+    escaped = [pc.replace_substring(pc.replace_substring(p, "\\", "\\\\"), "|", "\\|") for p in parts]
+    return pc.binary_join_element_wise(*escaped, "|", null_handling="replace", null_replacement="")
+
+
+def _id_text(values: np.ndarray) -> pa.Array:
+    """An id column as Arrow strings, a missing id (None, or NaN from a pandas-style column) as a null: never the
+    text "None" or "nan", which would give every id-less record of a day one shared, made-up identifier."""
+    column = np.asarray(values, dtype=object)
+    try:
+        return pa.array(column, from_pandas=True).cast(pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # ids of mixed types (texts and numbers): each one as text
+        return pa.array([None if v is None or v != v else str(v) for v in column.tolist()], pa.string())  # NaN != NaN
 
 
 def gate_trips(
@@ -150,7 +164,7 @@ def gate_pings(batch: PingBatch, pseudonymiser: Pseudonymiser, *, resolution: in
     day, _ = local_days_and_hours(hour, zone)
     return GatedPings(
         dataset=batch.dataset,
-        pseudonym=pseudonymiser.pseudonymise(np.asarray(batch.device, dtype=object).astype(str), day),
+        pseudonym=pseudonymiser.pseudonymise(_id_text(batch.device), day),
         hour=hour,
         day=day,
         cell=cells(batch.lat, batch.lon, resolution),

@@ -68,7 +68,7 @@ class Pseudonymiser:
     def pseudonym(self, identifier: str, day: date) -> str:
         return hmac.digest(self.day_key(day), identifier.encode(), "sha256").hex()[:PSEUDONYM_HEX]
 
-    def pseudonymise(self, identifiers: Sequence[str] | np.ndarray, days: np.ndarray) -> pa.DictionaryArray:
+    def pseudonymise(self, identifiers: Sequence[str] | np.ndarray | pa.Array, days: np.ndarray) -> pa.DictionaryArray:
         """Pseudonyms for aligned arrays of ids and days (datetime64[D]), as a dictionary-encoded Arrow array.
 
         Ids repeat (a bike makes many trips a day), so the HMAC runs once per distinct (day, id) pair and
@@ -76,7 +76,10 @@ class Pseudonymiser:
         if len(identifiers) == 0:
             return pa.array([], pa.string()).dictionary_encode()
         # Arrow's hash-based dictionary encoding: several times faster than np.unique on Python strings.
-        ids = pa.array(np.asarray(identifiers, dtype=object), pa.string())
+        if isinstance(identifiers, pa.Array):  # the gate's ids, already strings: no round trip through Python
+            ids = identifiers.cast(pa.string())
+        else:
+            ids = pa.array(np.asarray(identifiers, dtype=object), pa.string())
         if ids.null_count:
             # A record without an id is pseudonymised as "", like a source without an identifier column
             # (gate._identifier): a null would leave a null dictionary index, which no step downstream can take.

@@ -7,8 +7,11 @@ depth, is identifying by its name or by its value:
   face images or embeddings, biometrics, voice or audio, images and video, personal names, phone numbers,
   e-mail addresses, licence plates, home addresses, device identifiers that follow a person (IMEI, IMSI,
   MAC). A numeric field named as a count or a level (`peopleCount`, `faceCount`, `numberOfFaces`,
-  `audioLevel`) passes: it counts, it does not identify. `name`, `stationName`, `address` pass: Smart Data
-  Models use them for places and devices;
+  `audioLevel`) passes: it counts, it does not identify. A yes/no field (a JSON boolean) passes whatever its
+  name: one bit names nobody (Smart Data Models' `isMobile`, TransportStation's `services.emergencyPhone`
+  and `voiceDevice`, AnprFlowObserved's `vehiclePlateNotRead`), unless it reports a recognition
+  (`faceMatched`, `voiceIdentified`, `plateOnWatchlist`: the output of identification, even as one bit).
+  `name`, `stationName`, `address` pass: Smart Data Models use them for places and devices;
 - by value: an e-mail address or a phone number in any string, a base64 image/audio/video (data URI or
   raw JPEG/PNG/WAV/MP3/Ogg/FLAC/WebM bytes), a MAC address, and long float vectors (embeddings) on
   fields named like identity features.
@@ -66,6 +69,10 @@ _SYSTEM_MEMBERS = frozenset(
 # Members whose values are NGSI-LD machinery (times, coordinates): not scanned. Type names and unit codes are
 # scanned like any string: a sender chooses them too (an e-mail address as a unitCode was stored before).
 _OPAQUE_MEMBERS = frozenset({"@context", "coordinates", "observedAt", "createdAt", "modifiedAt", "deletedAt"})
+# The core @context's own terms, expanded (hasValue, observedAt, unitCode); not the default context's
+# (https://uri.etsi.org/ngsi-ld/default-context/x), which are the sender's own terms.
+_CORE_TERM = re.compile(r"https://uri\.etsi\.org/ngsi-ld/[A-Za-z]+")
+_HAS_VALUE = "https://uri.etsi.org/ngsi-ld/hasValue"
 _COUNT_HEAD = frozenset({"number", "num", "count", "total", "n"})
 _COUNT_TAIL = frozenset(
     {
@@ -81,6 +88,15 @@ _VOICE = frozenset({"voice", "voices", "voiceprint", "audio", "speech", "recordi
 _IMAGE = frozenset(
     {"image", "images", "photo", "photos", "photograph", "picture", "pictures", "snapshot", "video", "thumbnail"}
 )
+# A yes/no field passes the name rules (`_flag`), except one that reports a recognition: "this face, voice or
+# plate matched someone" is the output of the identification Polis refuses, even as one bit.
+_RECOGNITION = frozenset(
+    {
+        "match", "matched", "matches", "matching", "recognized", "recognised", "recognition", "identified",
+        "identification", "verified", "verification", "known", "enrolled", "watchlist", "blacklist", "wanted",
+        "suspect", "hit",
+    }
+)  # fmt: skip
 _NAME_QUALIFIERS = frozenset(
     {
         "person", "personal", "full", "first", "last", "given", "family", "middle", "maiden", "owner", "driver",
@@ -89,17 +105,26 @@ _NAME_QUALIFIERS = frozenset(
     }
 )  # fmt: skip
 _NAME_WORDS = frozenset({"surname", "forename", "nickname", "fullname", "firstname", "lastname", "givenname"})
-_PHONE = frozenset({"phone", "telephone", "msisdn", "mobile", "cellphone", "fax"})
+_PHONE = frozenset({"phone", "telephone", "msisdn", "cellphone", "fax"})
 # A phone word followed by a number word names the number itself (`telephoneNumber`, `contactPhoneNumber`,
 # `mobileNo`): refused whatever the value's type, where a trailing "number" otherwise counts (Smart Data
 # Models' `availableBikeNumber`, `totalLaneNumber`; a number sent as a JSON number is still the number).
-_PHONE_OWNERS = _PHONE | {"contact", "tel"}
+_PHONE_OWNERS = _PHONE | {"mobile", "contact", "tel"}
 _NUMBER_WORDS = frozenset({"number", "numbers", "num", "no", "nr"})
+# "mobile" is not a phone word by itself: as an adjective it describes a thing that moves (`isMobile`, a
+# sensor on a vehicle; `mobileUnit`, `mobileStation`). It names a phone where it is the noun: before a phone,
+# number or contact word (`mobilePhone`, `mobile_phone`, `mobileNumber`), or last, unless a word that makes
+# it an adjective comes right before (`contactMobile`, `mobile` refused; `isMobile`, `nonMobile` pass).
+_MOBILE_NOUN_NEXT = _PHONE_OWNERS | _NUMBER_WORDS
+_MOBILE_ADJECTIVE_AFTER = frozenset({"is", "are", "was", "were", "be", "not", "non", "semi", "fully"})
 _EMAIL = frozenset({"email", "mail", "emailaddress"})
 # A VIN (Smart Data Models' Vehicle.vehicleIdentificationNumber) names one vehicle, and so its keeper, as a plate does
 _PLATE = frozenset(
     {"plate", "licenseplate", "licenceplate", "numberplate", "registrationplate", "vin", "vehicleidentificationnumber"}
 )
+# A plate's colour is a category shared by a whole class of vehicles (Smart Data Models' `plateColor`), not
+# the plate: a name about the plate that ends in one passes.
+_PLATE_TRAITS = frozenset({"color", "colour"})
 _HOME = frozenset({"home", "residence", "residential", "domicile", "dwelling"})
 _PLACE = frozenset({"address", "location", "position", "coordinates", "place", "street", "geo", "lat", "lon", "point"})
 _DEVICE = frozenset({"imei", "imsi", "mac", "macaddress", "bluetooth", "iccid", "idfa", "gaid"})
@@ -213,9 +238,9 @@ def _name_rule(words: list[str], joined: str, numeric: bool) -> str | None:
         return "person-name"
     if word_set & _EMAIL or "email" in joined:
         return "e-mail"
-    if (word_set & _PHONE and not counting) or _names_phone_number(words):
+    if ((word_set & _PHONE or _names_mobile_phone(words)) and not counting) or _names_phone_number(words):
         return "phone-number"
-    if word_set & _PLATE or joined in _PLATE:
+    if (word_set & _PLATE or joined in _PLATE) and words[-1] not in _PLATE_TRAITS:
         return "licence-plate"
     if word_set & _HOME and (word_set & _PLACE or len(words) == 1):
         return "home-address"
@@ -224,8 +249,37 @@ def _name_rule(words: list[str], joined: str, numeric: bool) -> str | None:
     return None
 
 
+def rule_for_flag(key: str) -> str | None:
+    """The rule a field name breaks when its value is a yes/no flag: only a recognition of a face, voice, body or
+    plate (`faceMatched`, `voiceIdentified`, `plateOnWatchlist`); `faceDetected`, `voiceDevice` and
+    `vehiclePlateNotRead` pass, as a count of faces does."""
+    words = set(_words(key))
+    if not words & _RECOGNITION:
+        return None
+    if words & (_FACE | _BIOMETRIC):
+        return "face" if words & _FACE else "biometric"
+    if words & _VOICE:
+        return "voice-audio"
+    if words & _PLATE:
+        return "licence-plate"
+    return None
+
+
 def _names_phone_number(words: list[str]) -> bool:
     return any(w in _PHONE_OWNERS and n in _NUMBER_WORDS for w, n in pairwise(words))
+
+
+def _names_mobile_phone(words: list[str]) -> bool:
+    """Whether "mobile" is the noun (a mobile phone) somewhere in `words` (see _MOBILE_NOUN_NEXT)."""
+    for index, word in enumerate(words):
+        if word != "mobile":
+            continue
+        if index + 1 < len(words):
+            if words[index + 1] in _MOBILE_NOUN_NEXT:
+                return True
+        elif index == 0 or words[index - 1] not in _MOBILE_ADJECTIVE_AFTER:
+            return True
+    return False
 
 
 def sent_name_rule(name: str, iri: str, value: Any) -> str | None:
@@ -233,6 +287,8 @@ def sent_name_rule(name: str, iri: str, value: Any) -> str | None:
     (`licensePlate` -> https://example.org/p): the stored document keeps only the IRI, whose scan cannot tell."""
     if _TAIL.split(iri)[-1] == _TAIL.split(name)[-1]:  # the scan of the stored document judges the same name
         return None
+    if _flag(value):
+        return rule_for_flag(name)
     return rule_for_name(name, _numeric(value))
 
 
@@ -311,23 +367,25 @@ def find_identifying(body: Any) -> Finding | None:
 
 
 _EMBEDDING_OWNERS = frozenset({"vector", "descriptor", "features", "template", "signature"})
-_key_info_memo: dict[str, tuple[bool, bool, str | None, str | None]] = {}
+_key_info_memo: dict[str, tuple[bool, bool, str | None, str | None, str | None]] = {}
 
 
-def _key_info(key: str) -> tuple[bool, bool, str | None, str | None]:
-    """(opaque, system, rule if the value is not a number, rule if it is), memoised per key."""
+def _key_info(key: str) -> tuple[bool, bool, str | None, str | None, str | None]:
+    """(opaque, system, rule if the value is text or anything else, rule if it is a number, rule if it is a
+    yes/no flag), memoised per key. Only a key that identifies by its own text is refused over a flag."""
     info = _key_info_memo.get(key)
     if info is None:
         system = key in _SYSTEM_MEMBERS
         if system:
-            plain = counted = None
+            plain = counted = flagged = None
         elif "@" in key and _EMAIL_VALUE.search(key):
-            plain = counted = "e-mail"
+            plain = counted = flagged = "e-mail"
         else:
             by_value = rule_for_value(key)
+            flagged = by_value or rule_for_flag(key)
             plain = by_value or rule_for_name(key, False)
             counted = by_value or rule_for_name(key, True)
-        info = (key in _OPAQUE_MEMBERS, system, plain, counted)
+        info = (key in _OPAQUE_MEMBERS, system, plain, counted, flagged)
         if len(_key_info_memo) > 65536:
             _key_info_memo.clear()
         _key_info_memo[key] = info
@@ -342,8 +400,8 @@ def _hit(node: Any, depth: int, owner: str | None) -> bool:
         for key, value in node.items():
             if type(key) is not str:
                 continue
-            opaque, system, plain, counted = _key_info(key)
-            if plain is not None and (counted is not None or not _numeric(value, depth + 1)):
+            opaque, system, plain, counted, flagged = _key_info(key)
+            if plain is not None and _refused_over(value, depth + 1, counted, flagged):
                 return True
             if not opaque and _hit(value, depth + 1, owner if system else key):
                 return True
@@ -374,7 +432,8 @@ def _scan(node: Any, path: str, depth: int, owner: str | None) -> Finding | None
                     return Finding(
                         path or "(body)", "e-mail" if "@" in key else rule_for_value(key) or "e-mail", "name"
                     )
-                rule = rule_for_name(key, _numeric(value, depth + 1))
+                flag = _flag(value, depth + 1)
+                rule = rule_for_flag(key) if flag else rule_for_name(key, _numeric(value, depth + 1))
                 if rule is not None:
                     return Finding(field, rule, "name")
             if key in _OPAQUE_MEMBERS:
@@ -412,13 +471,42 @@ def _numeric(value: Any, depth: int = 0) -> bool:
     if isinstance(value, int | float):
         return True
     if isinstance(value, dict):
-        inner = value.get("value", value.get("https://uri.etsi.org/ngsi-ld/hasValue"))
+        inner = value.get("value", value.get(_HAS_VALUE))
         if isinstance(inner, list) and len(inner) == 1 and isinstance(inner[0], dict):
             inner = inner[0].get("@value")
         return isinstance(inner, int | float) and not isinstance(inner, bool)
     if isinstance(value, list) and value:
         return all(_numeric(item, depth + 1) for item in value)
     return False
+
+
+def _flag(value: Any, depth: int = 0) -> bool:
+    """A yes/no value: a JSON boolean, or an NGSI-LD instance (or list of instances) that holds one and nothing
+    of the sender's own beside it. The name rules refuse a field for what its value may hold (a face, a number,
+    a name); true or false holds none of them, whatever the field is called. An instance with sub-attributes
+    keeps its name's verdict: `faceImage` true with the picture's address beside it is still a face image.
+    `depth` bounds the walk as in `_numeric`."""
+    if depth > STORED_DEPTH:
+        return False
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) and (k in _SYSTEM_MEMBERS or _CORE_TERM.fullmatch(k)) for k in value):
+            return False
+        inner = value.get("value", value.get(_HAS_VALUE))
+        if isinstance(inner, list) and len(inner) == 1 and isinstance(inner[0], dict):
+            inner = inner[0].get("@value")
+        return isinstance(inner, bool)
+    if isinstance(value, list) and value:
+        return all(_flag(item, depth + 1) for item in value)
+    return False
+
+
+def _refused_over(value: Any, depth: int, counted: str | None, flagged: str | None) -> bool:
+    """Whether a key that is refused over a text value is refused over `value` too (see `_key_info`)."""
+    if _flag(value, depth):
+        return flagged is not None
+    return counted is not None or not _numeric(value, depth)
 
 
 def _is_float_vector(values: list[Any]) -> bool:
