@@ -216,3 +216,11 @@ def test_a_cell_place_survives_the_message_log() -> None:
     record = AlertRecord("urn:ngsi-ld:Alert:polis:r:1", "", "r", {"kind": "burst"}, T0, T0, T0, {"g": member})
     again = AlertRecord.from_json(record.to_json())
     assert again.members["g"].cell_m == 1400.0 and again.circle() == record.circle()
+
+
+def test_a_burst_rule_updates_at_most_every_five_minutes(hub: tuple[TestClient, Platform]) -> None:
+    """An update per call would publish each call's time and township as the count steps up by one."""
+    client, _ = hub
+    r = client.post("/polis/v1/alerts/rules", json={**BURST_RULE, "updateIntervalS": 0})
+    assert problem(r, 400, "BadRequestData", "updateIntervalS", "300")["field"] == "updateIntervalS"
+    assert client.post("/polis/v1/alerts/rules", json={**BURST_RULE, "updateIntervalS": 300}).status_code == 201

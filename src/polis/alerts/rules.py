@@ -314,6 +314,10 @@ class BurstRule(_RuleBase):
     message: str = Field(
         default="{rule}: {count:.0f} events in {group} within the window (expected {expected:.2f})", max_length=1000
     )
+    # Bursts count people's records (911 calls): an update per event would publish each one's time and place
+    # (its group) as the count steps up by one; at most one update per 5 minutes, the grid alert times are on
+    # (polis.alerts.place.PERSON_TIME_STEP_S).
+    update_interval_s: float = Field(default=300.0, ge=300, le=86400)
 
 
 Rule = Annotated[ThresholdRule | ForecastRule | AnomalyRule | BurstRule, Field(discriminator="kind")]
