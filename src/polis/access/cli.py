@@ -103,7 +103,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         action: Annotated[str, typer.Argument(help="read, write, subscribe or administer")],
         data_dir: DataDir = None,
     ) -> None:
-        """Let DEPARTMENT do ACTION on TIER of DATASET."""
+        """Let DEPARTMENT do ACTION on TIER of DATASET (refused for a tier the dataset is not served at).
+        Read includes the coarser tiers of the same dataset, and every department may do what 'public' may."""
         _run(data_dir, "grant", department, dataset, tier, action)
         console.print(f"granted {action} {dataset}/{tier} to '{department}'")
 
@@ -116,15 +117,22 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     @admin.command("list")
     def list_all(data_dir: DataDir = None) -> None:
         """Departments with their grants and keys (ids only: keys are never shown again)."""
+        from polis.access.grants import Grant, never_applies
+
+        def shown(grant: Grant) -> str:  # a grant stored before such grants were refused: say it does nothing
+            problem = never_applies(grant)
+            return str(grant) if problem is None else f"{grant} (never applies: {problem})"
+
         control = _control(data_dir, existing=True)
         try:
-            table = Table(title="departments")
+            table = Table(title="departments", caption="every department may also do what 'public' may")
             for column in ("department", "grants", "keys (live)"):
                 table.add_column(column, overflow="fold")
             for name, _ in control.departments.departments():
                 perms = control.departments.permissions(name)
                 keys = [k.id for k in control.departments.keys(name) if k.revoked_at is None]
-                table.add_row(name, "\n".join(sorted(str(g) for g in perms.grants)) or "-", "\n".join(keys) or "-")
+                grants = sorted(shown(g) for g in perms.grants)
+                table.add_row(name, "\n".join(grants) or "-", "\n".join(keys) or "-")
         finally:
             control.close()
         console.print(table)

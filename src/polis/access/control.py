@@ -44,6 +44,7 @@ class AccessControl:
         self._perm_lock = threading.Lock()
         self._perms: dict[str, Permissions] = {}
         self._version = -1
+        self._generation = 0  # bumped whenever `_perms` is dropped: see `permissions`
         self._bootstrap()
 
     def close(self) -> None:
@@ -108,6 +109,7 @@ class AccessControl:
         """Grants or keys changed in this process: drop what is remembered."""
         with self._perm_lock:
             self._perms.clear()
+            self._generation += 1
         self.keys.forget()
 
     # -- decisions -------------------------------------------------------------------------------
@@ -152,17 +154,25 @@ class AccessControl:
             if version == self._version:
                 return
             self._perms.clear()
+            self._generation += 1
             self._version = version
         self.keys.forget()
 
     def permissions(self, department: str) -> Permissions:
+        """The department's grants and the public department's: what anyone may do without a key, a key
+        never takes away. Cached per department, so any change (a public grant included) drops them all."""
         self._refresh()
         with self._perm_lock:
             perms = self._perms.get(department)
+            generation = self._generation
         if perms is None:
-            perms = self.departments.permissions(department)
+            own = self.departments.permissions(department).grants
+            public = self.departments.permissions(PUBLIC).grants if department != PUBLIC else frozenset()
+            perms = Permissions(department, own, public)
             with self._perm_lock:
-                self._perms[department] = perms
+                # a change while we read (a revocation) dropped the cache: keeping what we read would revive it
+                if generation == self._generation:
+                    self._perms[department] = perms
         return perms
 
     def allows(self, department: str, dataset: str, tier: str, action: str) -> bool:
@@ -171,18 +181,21 @@ class AccessControl:
     def decide(
         self, who: Principal, dataset: str, tier: str, action: str, what: str, *, reason: str = ""
     ) -> bool:
-        """Decide and audit one (dataset, tier, action)."""
-        allowed = self.allows(who.department, dataset, tier, action)
+        """Decide and audit one (dataset, tier, action); an allowed entry names the grant that allowed it."""
+        grant = self.permissions(who.department).why(dataset, tier, action)
         self.audit.append(
             who=who.department, key=who.key_id, action=action, dataset=dataset, tier=tier, what=what,
-            decision="allow" if allowed else "deny", reason=reason,
+            decision="deny" if grant is None else "allow", reason=reason or grant or "",
         )
-        return allowed
+        return grant is not None
 
     def require(self, who: Principal, dataset: str, tier: str, action: str, what: str) -> None:
         if not self.decide(who, dataset, tier, action, what):
+            other = sorted(g.tier for g in self.permissions(who.department).grants
+                           if g.dataset == dataset and g.action == action)
+            held = f" (it holds {action} on '{dataset}' at {', '.join(other)} only)" if other else ""
             raise Forbidden(
-                f"department '{who.department}' may not {action} dataset '{dataset}' at tier '{tier}'",
+                f"department '{who.department}' may not {action} dataset '{dataset}' at tier '{tier}'{held}",
                 department=who.department, dataset=dataset, tier=tier, action=action,
             )
 
@@ -200,8 +213,13 @@ class AccessControl:
             what=what, decision="allow" if datasets else "deny", reason="query narrowed to these datasets",
         )
         if not datasets:
+            # name what would be needed (the same for every query: nothing about which entities exist)
+            needed = ", ".join(f"{d}/{i.entity_tier}" for d, i in DATASETS.items())
+            mismatched = sorted(str(g) for g in perms.grants if g.action == action and g.dataset in DATASETS)
+            held = f"; its grants {', '.join(mismatched)} are not at their dataset's entity tier" if mismatched else ""
             raise Forbidden(
-                f"department '{who.department}' may not {action} entities of any dataset",
+                f"department '{who.department}' may not {action} entities of any dataset: each dataset's entities "
+                f"need {action} at its entity tier ({needed}){held}",
                 department=who.department, action=action,
             )
         return datasets

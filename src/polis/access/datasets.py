@@ -47,12 +47,26 @@ DATASETS: dict[str, DatasetInfo] = {
 TYPE_DATASETS: dict[str, str] = {"Alert": "alerts"}
 
 # Not NGSI-LD data, but access-controlled like datasets: the hub's operation (metrics, dead letters),
-# the @context registry and the audit log.
+# the @context registry, the audit log and every department's subscriptions.
 ALERTS = "alerts"
 CITIBIKE = "citibike-jersey-city"
 OPERATIONS = "operations"
 CONTEXTS = "contexts"
 AUDIT = "audit"
+SUBSCRIPTIONS = "subscriptions"
+
+# The tiers each dataset is served at besides its entities' own: the routes with a fixed need
+# (polis.access.enforce; a test keeps the two in step). Datasets are not open-ended: an id naming no
+# declared dataset is `other`, so a grant on an undeclared dataset or on a tier it is not served at
+# could never apply, and `polis admin grant` refuses it instead of storing a grant that does nothing.
+PRODUCT_TIERS: dict[str, frozenset[str]] = {
+    CITIBIKE: frozenset({"aggregate", "public"}),  # flows and OD; the summary
+    ALERTS: frozenset({"aggregate"}),  # rules and alerts as JSON (CAP messages are public, the entity tier)
+    OPERATIONS: frozenset({"aggregate", "raw-pseudonymous"}),  # /metrics; dead letters as received
+    CONTEXTS: frozenset({"public"}),
+    AUDIT: frozenset({"raw-pseudonymous"}),
+    SUBSCRIPTIONS: frozenset({"aggregate"}),  # administer: every department's subscriptions
+}
 
 _PREFIX = "urn:ngsi-ld:"
 
@@ -71,6 +85,17 @@ def dataset_of(entity_id: str) -> str:
 def entity_tier(dataset: str) -> str:
     info = DATASETS.get(dataset)
     return info.entity_tier if info is not None else "aggregate"
+
+
+def served_tiers(dataset: str) -> frozenset[str]:
+    """The tiers `dataset` is served at (empty: no such dataset)."""
+    info = DATASETS.get(dataset)
+    own = frozenset({info.entity_tier}) if info is not None else frozenset()
+    return own | PRODUCT_TIERS.get(dataset, frozenset())
+
+
+def known_datasets() -> list[str]:
+    return sorted({*DATASETS, *PRODUCT_TIERS})
 
 
 def _literal(text: str) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from polis.access.grants import Grant, Permissions, check_grant
+from polis.access.grants import Grant, Permissions, check_grant, never_applies
 
 _NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
 
@@ -30,7 +30,7 @@ _SCHEMA = [
 
 
 class AccessError(ValueError):
-    """A bad admin request: unknown department, duplicate name, malformed grant."""
+    """A bad admin request: unknown department, duplicate name, malformed grant or one that could never apply."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +134,9 @@ class DepartmentStore:
         except ValueError as error:
             raise AccessError(str(error)) from None
         self._require_department(department)
+        problem = never_applies(grant)
+        if problem is not None:  # stored, it would show in `polis admin list` and open nothing
+            raise AccessError(problem)
         with self._lock:
             self._con.execute(
                 "INSERT OR IGNORE INTO grants VALUES (?, ?, ?, ?, ?)", (department, dataset, tier, action, _now())

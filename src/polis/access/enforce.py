@@ -5,14 +5,16 @@ none is denied to everyone, so a route added without thinking about access fails
 
 - `Open`: anyone, no key needed (liveness, the API docs);
 - `Fixed(dataset, tier, action)`: the department needs exactly that grant (`/metrics`, dead letters, ...);
+- `CapOrJson(...)`: one alert, whose tier depends on what the client asks for (`wants_cap`);
 - `EntityById(action)`: the entity named in the path decides the dataset (`polis.access.datasets`),
   checked here at the dataset's entity tier;
 - `InRoute(action)`: the route itself decides after reading the request (bodies naming entities,
   queries narrowed to the readable datasets, products with a tier parameter) through
   `access_of(request)`; here only a department with no grant for that action at all is turned away.
 
-Every decision, allowed or denied, goes to the audit log. No key = the `public` department; a bad key
-is 401 even where the public department would be allowed (a client that sent a key meant to use it)."""
+Every decision, allowed or denied, goes to the audit log. No key = the `public` department, and every
+department may also do what `public` may (`AccessControl.permissions`); a bad key is 401 even where the
+public department would be allowed (a client that sent a key meant to use it)."""
 
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
 from polis.access.control import AccessControl, Principal, bearer_key
-from polis.access.datasets import ALERTS, AUDIT, CITIBIKE, CONTEXTS, DATASETS, OPERATIONS
+from polis.access.datasets import ALERTS, AUDIT, CITIBIKE, CONTEXTS, DATASETS, OPERATIONS, SUBSCRIPTIONS
+from polis.alerts.cap import CAP_MEDIA_TYPE
 from polis.domain.errors import Forbidden, NgsiError, Unauthorized
 
 
@@ -38,6 +41,26 @@ class Fixed:
     dataset: str
     tier: str
     action: str
+
+
+@dataclass(frozen=True, slots=True)
+class CapOrJson:
+    """An alert served as its CAP message (`cap_tier`, like the feed that links to it) when the Accept header
+    asks for CAP, else as JSON naming the entities and values that raised it (`json_tier`)."""
+
+    dataset: str
+    cap_tier: str
+    json_tier: str
+    action: str
+
+    def tier(self, accept: str) -> str:
+        return self.cap_tier if wants_cap(accept) else self.json_tier
+
+
+def wants_cap(accept: str) -> bool:
+    """Whether `GET /polis/v1/alerts/{id}` answers CAP XML; the route (polis.api.routes_alerts) asks this too,
+    because the tier checked must be the tier served."""
+    return CAP_MEDIA_TYPE in accept or ("application/xml" in accept and "json" not in accept)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +81,7 @@ class OwnSubscription:
     param: str = "subscription_id"
 
 
-Policy = Open | Fixed | EntityById | InRoute | OwnSubscription
+Policy = Open | Fixed | CapOrJson | EntityById | InRoute | OwnSubscription
 
 _LD = "/ngsi-ld/v1"
 _E = f"{_LD}/entities/{{entity_id:path}}"
@@ -128,7 +151,7 @@ ROUTE_POLICIES: dict[tuple[str, str], Policy] = {
     ("DELETE", f"{_A}/rules/{{rule_id}}"): Fixed(ALERTS, "aggregate", "administer"),
     ("GET", _A): Fixed(ALERTS, "aggregate", READ),
     ("GET", f"{_A}/feed"): Fixed(ALERTS, "public", READ),
-    ("GET", f"{_A}/{{alert_id}}"): Fixed(ALERTS, "aggregate", READ),
+    ("GET", f"{_A}/{{alert_id}}"): CapOrJson(ALERTS, "public", "aggregate", READ),
     ("GET", f"{_A}/{{alert_id}}/cap"): Fixed(ALERTS, "public", READ),
     # forecasts (polis.api.routes_forecasts): a forecast of an entity is data of that entity's dataset; the
     # per-type list is narrowed (in the route) to the datasets the department may read; accuracy per model
@@ -233,6 +256,8 @@ async def enforce(request: Request) -> None:
         )
     elif isinstance(policy, Fixed):
         access.require(policy.dataset, policy.tier, policy.action)
+    elif isinstance(policy, CapOrJson):
+        access.require(policy.dataset, policy.tier(request.headers.get("accept", "")), policy.action)
     elif isinstance(policy, EntityById):
         access.require_entities([request.path_params[policy.param]], policy.action)
     elif isinstance(policy, OwnSubscription):
@@ -258,11 +283,11 @@ def _require_own_subscription(request: Request, access: RequestAccess, subscript
         if not access.control.permissions(access.department).has_any(SUBSCRIBE):
             access.require("*", "*", SUBSCRIBE)  # audited denial
         access.control.audit.append(
-            who=access.department, key=access.principal.key_id, action=SUBSCRIBE, dataset="subscriptions",
+            who=access.department, key=access.principal.key_id, action=SUBSCRIBE, dataset=SUBSCRIPTIONS,
             tier="-", what=access.what, decision="allow", reason="own subscription",
         )
         return
-    access.require("subscriptions", "aggregate", "administer")
+    access.require(SUBSCRIPTIONS, "aggregate", "administer")
 
 
 async def authenticate(control: AccessControl, authorization: str | None) -> Principal:

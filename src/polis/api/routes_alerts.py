@@ -23,6 +23,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
+from polis.access.enforce import wants_cap
 from polis.alerts.cap import ATOM_MEDIA_TYPE, CAP_MEDIA_TYPE, atom_feed
 from polis.alerts.model import AlertRecord, iso
 from polis.alerts.rules import parse_rule, rule_json
@@ -145,7 +146,7 @@ async def get_alert(alert_id: str, request: Request) -> Response:
     tenant = tenant_of(request)
     record = platform.alerts.alert(tenant, alert_id)
     accept = request.headers.get("accept", "")
-    if CAP_MEDIA_TYPE in accept or ("application/xml" in accept and "json" not in accept):
+    if wants_cap(accept):  # the same rule enforce.py checks the tier by
         latest = _latest_cap(platform.alerts.cap_messages(tenant, alert_id), alert_id)
         return Response(latest, media_type=CAP_MEDIA_TYPE)
     return _json(alert_json(record))
