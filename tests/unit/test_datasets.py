@@ -217,7 +217,7 @@ def test_montgomery_calls_are_stable_entities_without_the_address(data_dir: Path
     call = first.entities[0]  # 40.0883549,-75.3821004,EMS: ABDOMINAL PAINS,2016-01-15 12:01,UPPER MERION,DEKALB ...
     assert call["type"] == [DEFAULT + "EmergencyCall"]
     assert call[SDM + "category"][0]["value"] == "EMS"
-    assert call[DEFAULT + "title"][0]["value"] == "ABDOMINAL PAINS"
+    assert call["http://purl.org/dc/terms/title"][0]["value"] == "ABDOMINAL PAINS"  # the core context maps title
     assert call[DEFAULT + "township"][0]["value"] == "UPPER MERION"
     assert call[LOCATION][0]["value"]["coordinates"] == [-75.3821004, 40.0883549]
     assert call[DATE_OBSERVED][0]["value"]["@value"] == "2016-01-15T17:01:00Z"  # EST is UTC-5

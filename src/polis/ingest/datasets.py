@@ -2,9 +2,11 @@
 entities in the internal shape (expanded IRIs, attributes as lists of instances) plus numeric history
 in columns, and `ingest` writes a load into a store idempotently.
 
-Attribute and type IRIs come from the Smart Data Models Transportation @context shipped with the data
-(`Vocab`); a term that context lacks falls back to the NGSI-LD default vocabulary, exactly as a client
-posting the same term with that context would see it expanded.
+Attribute and type IRIs are what the hub's own context resolution makes of the terms with the Smart Data
+Models Transportation @context shipped with the data (`Vocab`): that context's terms, the NGSI-LD core
+context's (part of every context, and protected: `title` is Dublin Core's title), else the default
+vocabulary; exactly as a client posting the same term with that context would see it expanded, so every
+ingested attribute reads and queries by its short name with that context.
 
 Time: the files carry local wall-clock times (or none at all); every loader documents how it places its
 readings in UTC, and every history row comes out entity-major (all of one sensor's rows, oldest first,
@@ -15,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -29,6 +30,8 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from polis.domain.entity import LOCATION, Entity, HistoryInstance, Instance, attribute_names
+from polis.ingest.messages import TRANSPORTATION_CONTEXT_URL
+from polis.ngsi_ld.context import ContextCache, TermMap
 from polis.store.base import HistoryColumns, Store, chunks
 
 DEFAULT_VOCAB = "https://uri.etsi.org/ngsi-ld/default-context/"
@@ -69,29 +72,27 @@ class IngestSummary:
 
 
 class Vocab:
-    """Term -> expanded IRI, as the Smart Data Models Transportation @context defines it."""
+    """Term -> expanded IRI, as the hub expands it under the Smart Data Models Transportation @context (with
+    the core context beneath it, as for any request). Reading that context's file alone once gave `title` the
+    default vocabulary's IRI, which no client can name: the core context's `title` always wins."""
 
-    def __init__(self, terms: dict[str, str]) -> None:
+    def __init__(self, terms: TermMap) -> None:
         self._terms = terms
 
     @classmethod
     def load(cls, datasets_dir: Path) -> Vocab:
-        return cls(_context_terms(_require(datasets_dir / TRANSPORTATION_CONTEXT)))
+        return cls(_transportation_terms(Path(datasets_dir)))
 
     def __call__(self, term: str) -> str:
-        return self._terms.get(term, DEFAULT_VOCAB + term)
+        return self._terms.expand(term)
 
 
 @lru_cache(maxsize=4)
-def _context_terms(path: Path) -> dict[str, str]:
-    context = json.loads(path.read_text(encoding="utf-8"))["@context"]
-    terms: dict[str, str] = {}
-    for term, definition in context.items():
-        iri = definition.get("@id") if isinstance(definition, dict) else definition
-        # "id": "@id" and friends are keyword aliases, not vocabulary.
-        if isinstance(iri, str) and not iri.startswith("@"):
-            terms[term] = iri
-    return terms
+def _transportation_terms(datasets_dir: Path) -> TermMap:
+    _require(datasets_dir / TRANSPORTATION_CONTEXT)
+    # Only shipped contexts are read (the core and Transportation files): the cache directory, for contexts
+    # fetched or registered, is never touched, so it need not exist.
+    return ContextCache(datasets_dir, datasets_dir / "no-context-cache").resolve(TRANSPORTATION_CONTEXT_URL)
 
 
 def _require(path: Path) -> Path:
@@ -367,9 +368,14 @@ def load_montgomery_911(datasets_dir: Path, now: str) -> DatasetLoad:
     Why this model: a call is a one-off event with a place, a time and a kind, not a sensor with a
     series, and no Smart Data Model fits (SDM `Alert` is what the hub raises itself; mixing citizens'
     calls into it would blur the two). 3,051 calls are few enough to keep as entities, so `events` is
-    empty and the calls answer ordinary queries (type, q on category/township, geo).
+    empty and the calls answer ordinary queries (type, q on any attribute, geo).
     Kept: `category` (EMS / Fire / Traffic), `title` (the text after the category), `township`,
-    `location` (the published intersection point) and `dateObserved`. The street address is dropped:
+    `location` (the published intersection point), `dateObserved` and `dataProvider`, named as `Vocab`
+    names everything: each reads and queries by that short name with the Smart Data Models Transportation
+    @context (`category`, `dateObserved` and `dataProvider` are its terms, `title` the core context's,
+    `township` and the type `EmergencyCall` the default vocabulary's). A hub that holds calls ingested before
+    `title` took its core IRI gets them rewritten by the next `polis ingest montgomery-911`, since ingest
+    replaces whole documents. The street address is dropped:
     it adds nothing a count needs and points at a person's doorstep more than the point does, so the
     privacy line (count, don't watch) keeps it out. Timestamps are America/New_York wall-clock; an
     ambiguous time takes its first occurrence. Ids hash the kept fields (never the address), with an

@@ -12,6 +12,17 @@ The delivery contract, end to end:
    payload), so a redelivered message is recognised (`store.seen`) and acknowledged without being
    stored again. Two messages with the same topic and payload are the same reading (every reading
    carries its observedAt), so this is exactly once for history;
+3b. a reading is also the same reading when history already holds its (entity, attribute, datasetId,
+   observedAt) with the same value (`reading_value`), however it came in: `polis ingest` of the dataset,
+   or another message in another form (key-values, normalized, a gateway batch, twice in one group). It is
+   skipped and counted (`duplicate_readings`; a message with nothing else is a duplicate, acknowledged and
+   not written). Another value at that instant is a correction: stored beside the one held, as NGSI-LD
+   keeps several instances of one instant (each its instanceId), and current if not older than the
+   current value (a tie goes to the later message). `polis ingest` applies the same rule
+   (`Store.bulk_history`); writes through the NGSI-LD API are not subject to it. Cost: the store knows
+   each entity's newest instant in memory (`newest_history`), so a stream of readings newer than anything
+   held is never looked up; only readings at or before it (replays, late or repeated readings) are, in one
+   query per tenant and group;
 4. a message that cannot be stored becomes a dead letter with the reason and is acknowledged too: a
    bad message never blocks the stream. (Dead letters are written just before the receipts that mark
    their messages done, in a separate transaction: a crash between the two can repeat a dead letter,
@@ -78,7 +89,7 @@ from polis.ingest.messages import (
 from polis.ngsi_ld.entities import parse_observed_at, utc_now
 from polis.ngsi_ld.events import EntityChange, Staged
 from polis.privacy.refusal import kept_payload, kept_reason, redacted
-from polis.store.base import DeadLetter, HistoryColumns
+from polis.store.base import DeadLetter, HistoryColumns, reading_value
 
 if TYPE_CHECKING:
     from polis.platform import Platform
@@ -115,6 +126,7 @@ class _Counters:
     committed: int = 0
     readings: int = 0
     duplicates: int = 0
+    duplicate_readings: int = 0
     dead_lettered: int = 0
     acked: int = 0
     not_acked_stale: int = 0
@@ -127,6 +139,14 @@ class _Counters:
     broker_dropped: int | None = None
     _broker_stored: int | None = None
     _broker_retained: int | None = None
+
+
+@dataclass(slots=True)
+class _HeldCounts:
+    """What a group's readings already in history came to (`MqttIngestor._drop_held`)."""
+
+    messages: int = 0  # every reading held: a duplicate, acknowledged, nothing written
+    readings: int = 0  # readings held with the same value, skipped
 
 
 # One plain reading's value: (entity id, attribute IRI, observedAt text, value, which merge of its entity).
@@ -401,6 +421,7 @@ class MqttIngestor:
             "committed": n.committed,
             "readings": n.readings,
             "duplicates": n.duplicates,
+            "duplicate_readings": n.duplicate_readings,
             "dead_lettered": n.dead_lettered,
             "acked": n.acked,
             "left_for_redelivery": n.not_acked_stale,
@@ -609,6 +630,7 @@ class MqttIngestor:
     ) -> None:
         plans: dict[str, _Plan] = {}
         rejected = list(rejected)
+        parsed, held = self._drop_held(parsed)
         for _, readings in parsed:
             tenant = readings[0].tenant
             if tenant not in plans:
@@ -672,7 +694,35 @@ class MqttIngestor:
                 n.dead_lettered += len(rejected)
             n.committed += plan.messages
             n.readings += len(plan.history) + len(plan.plain)
+        n.duplicates += held.messages
+        n.duplicate_readings += held.readings
         n.last_commit_ms = round((time.perf_counter() - started) * 1000, 3)
+
+    def _drop_held(
+        self, parsed: list[tuple[ReceivedMessage, list[Reading]]]
+    ) -> tuple[list[tuple[ReceivedMessage, list[Reading]]], _HeldCounts]:
+        """The messages without the readings that history holds already (see 3b above), and what that came
+        to. Under the write lock, so nothing is stored between this look and the write."""
+        counts = _HeldCounts()
+        suspects = _suspects(parsed, self.store.newest_history)
+        if not suspects:
+            return parsed, counts  # the live case: every reading is newer than anything held, or a new entity's
+        held: dict[tuple[int, int], set[tuple[str, int]]] = {}  # (message, reading) -> (attribute, instance)
+        for tenant, (instances, places) in _candidates(parsed, suspects, held).items():
+            for row in self.store.held_readings(tenant, instances):
+                held.setdefault(places[row][0], set()).add(places[row][1])
+        if not held:
+            return parsed, counts
+        counts.readings = sum(len(instances) for instances in held.values())
+        kept: list[tuple[ReceivedMessage, list[Reading]]] = []
+        for m, (message, readings) in enumerate(parsed):
+            left = [_without(r, held.get((m, k), set())) for k, r in enumerate(readings)]
+            left = [r for r in left if r.attributes]
+            if left:
+                kept.append((message, left))
+            else:
+                counts.messages += 1
+        return kept, counts
 
     def _load(self, plan: _Plan, entity_ids: list[str]) -> None:
         """The current state of the entities a plan touches, in one read."""
@@ -695,6 +745,104 @@ class MqttIngestor:
                 client.ack_many(mids)
         self._n.acked += len(mids)
         self._n.not_acked_stale += sum(1 for m in group if m.connection != current)
+
+
+def _suspects(
+    parsed: list[tuple[ReceivedMessage, list[Reading]]],
+    newest: Callable[[str, Sequence[str]], dict[str, datetime]],
+) -> dict[str, tuple[set[str], set[str]]]:
+    """Per tenant, the entities whose readings in this group may repeat one already held: a reading not after
+    the newest instant the store holds for its entity, or not after an earlier reading of it in the group;
+    and those of the second kind. One dict lookup per reading: this runs on every group."""
+    times: dict[str, tuple[dict[str, str], dict[str, str], set[str]]] = {}
+    for _, readings in parsed:
+        tenant = readings[0].tenant  # one topic, one tenant
+        entry = times.get(tenant)
+        if entry is None:
+            entry = times[tenant] = ({}, {}, set())
+        first, last, again = entry
+        for reading in readings:
+            entity_id = reading.entity_id
+            if reading.plain and reading.date_observed is not None:  # (a plain reading always has one)
+                earliest = latest = reading.date_observed
+            else:
+                stamps = sorted(
+                    (i["observedAt"] for instances in reading.attributes.values() for i in instances),
+                    key=parse_observed_at,
+                )
+                earliest, latest = stamps[0], stamps[-1]
+            previous = last.get(entity_id)
+            if previous is None:
+                first[entity_id] = earliest
+            # not strictly after the previous one; normalized times of one length compare as text (`_earlier`)
+            elif not (previous < earliest if len(previous) == len(earliest) else _earlier(previous, earliest)):
+                again.add(entity_id)
+            last[entity_id] = latest
+    suspects: dict[str, tuple[set[str], set[str]]] = {}
+    for tenant, (first, _, again) in times.items():
+        held = newest(tenant, list(first))
+        late = {e for e, at in held.items() if parse_observed_at(first[e]) <= at}
+        if late or again:
+            suspects[tenant] = (late | again, again)
+    return suspects
+
+
+# A reading's place in a group: (message, reading) and (attribute, instance)
+_Place = tuple[tuple[int, int], tuple[str, int]]
+
+
+def _candidates(
+    parsed: list[tuple[ReceivedMessage, list[Reading]]],
+    suspects: dict[str, tuple[set[str], set[str]]],
+    held: dict[tuple[int, int], set[tuple[str, int]]],
+) -> dict[str, tuple[list[HistoryInstance], list[_Place]]]:
+    """The suspects' readings to look up in history, per tenant, with their places. A reading that an earlier
+    one of the group repeats with the same value (only possible for entities `_suspects` saw go back in time
+    within the group) is settled here: added to `held`, not looked up."""
+    out: dict[str, tuple[list[HistoryInstance], list[_Place]]] = {}
+    earlier: dict[tuple[str, str, str, Any, datetime], list[Any]] = {}  # key -> values sent in the group
+    for m, (_, readings) in enumerate(parsed):
+        tenant = readings[0].tenant
+        if tenant not in suspects:
+            continue
+        entities, again = suspects[tenant]
+        candidates, places = out.setdefault(tenant, ([], []))
+        for k, reading in enumerate(readings):
+            entity_id = reading.entity_id
+            if entity_id not in entities:
+                continue
+            for name, instances in reading.attributes.items():
+                for j, instance in enumerate(instances):
+                    at = parse_observed_at(instance["observedAt"])
+                    dataset = instance.get("datasetId")
+                    # as history keeps it (`history_of`): a plain reading's system members make no document
+                    stored = instance if reading.plain else {
+                        key: v for key, v in instance.items() if key != "createdAt" and key != "modifiedAt"
+                    }
+                    if entity_id in again:
+                        value = reading_value(stored)
+                        sent = earlier.setdefault((tenant, entity_id, name, dataset, at), [])
+                        if value in sent:
+                            held.setdefault((m, k), set()).add((name, j))
+                            continue
+                        sent.append(value)
+                    candidates.append(HistoryInstance(entity_id, name, at, stored, dataset))
+                    places.append(((m, k), (name, j)))
+    return out
+
+
+def _without(reading: Reading, held: set[tuple[str, int]]) -> Reading:
+    """The reading less the instances history holds (an attribute left with none is left out)."""
+    if not held:
+        return reading
+    attributes = {}
+    for name, instances in reading.attributes.items():
+        left = [i for j, i in enumerate(instances) if (name, j) not in held]
+        if left:
+            attributes[name] = left
+    return Reading(
+        reading.tenant, reading.entity_id, reading.type_iri, attributes, reading.date_observed, reading.plain
+    )
 
 
 def _type_conflict(plan: _Plan, readings: list[Reading]) -> str | None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
-from polis.domain.entity import Entity, HistoryInstance
+from polis.domain.entity import Entity, HistoryInstance, Instance, is_plain_number
 from polis.ngsi_ld.events import Staged
 
 if TYPE_CHECKING:
@@ -108,6 +108,21 @@ class HistoryColumns:
 
     def __len__(self) -> int:
         return int(self.value.shape[0])
+
+
+# Members that do not make two instances at one (entity, attribute, datasetId, observedAt) different readings:
+# system members, the key itself, and the unit (a key-values reading carries none and takes the attribute's).
+_NOT_THE_VALUE = frozenset({"createdAt", "modifiedAt", "instanceId", "observedAt", "datasetId", "unitCode"})
+# An instance with no members but these and a plain number value is kept as a bare number (`num`).
+PLAIN_MEMBERS = frozenset({"type", "value", "observedAt", "unitCode", "createdAt", "modifiedAt", "datasetId"})
+
+
+def reading_value(instance: Instance) -> Any:
+    """What ingest compares to tell the same reading again (same value at the same (entity, attribute,
+    datasetId, observedAt)) from a correction (another value there, which ingest stores beside it)."""
+    if is_plain_number(instance, PLAIN_MEMBERS):
+        return float(instance["value"])  # 5 and 5.0 are one reading: history keeps numbers as doubles
+    return {k: v for k, v in instance.items() if k not in _NOT_THE_VALUE}
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,8 +249,20 @@ class Store(Protocol):
         ...
 
     def bulk_history(self, tenant: str, columns: HistoryColumns) -> int:
-        """Append numeric observations, skipping any (entity, attribute, observedAt) already stored;
-        returns how many were added."""
+        """Append numeric observations (no datasetId) as ingest does: one that history holds already at its
+        (entity, attribute, observedAt) with the same value is skipped (so a re-ingest adds nothing), one with
+        another value there is a correction and is added beside it; returns how many were added."""
+        ...
+
+    def newest_history(self, tenant: str, entity_ids: Sequence[str]) -> dict[str, datetime]:
+        """For the entities among these that have history, an instant none of their instances is later than
+        (the newest, or later after deletions): a reading after it cannot be held already. Cheap: ingest asks
+        it for every group of readings, and looks closer (`held_readings`) only at those not after it."""
+        ...
+
+    def held_readings(self, tenant: str, readings: Sequence[HistoryInstance]) -> set[int]:
+        """The positions among `readings` of those that history holds already: an instance at the same (entity,
+        attribute, datasetId, observedAt) with the same value (`reading_value`). Set-based, one query."""
         ...
 
     def types(self, tenant: str, datasets: Sequence[str] | None = None) -> list[TypeInfo]:

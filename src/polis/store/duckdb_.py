@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ import duckdb
 import numpy as np
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from polis.access.datasets import dataset_sql
 from polis.domain.entity import ENTITY_MEMBERS, EXACT_INT_LIMIT, Entity, HistoryInstance, is_plain_number
@@ -49,6 +50,7 @@ from polis.ngsi_ld.geoquery import matches as geo_matches
 from polis.store.attr_index import ATTR_INDEX_DDL, ATTR_PATHS_DDL, IndexColumns, attr_index_rows
 from polis.store.base import (
     DEFAULT_TENANT,
+    PLAIN_MEMBERS,
     AttributeInfo,
     DeadLetter,
     EntityQuery,
@@ -58,6 +60,7 @@ from polis.store.base import (
     TemporalQuery,
     TypeInfo,
     TypeSelector,
+    reading_value,
 )
 from polis.store.geo_index import GEO_INDEX_DDL, PointTable, geo_index_rows, geo_to_sql, geo_values
 from polis.store.q_sql import q_to_sql, scope_q_to_sql
@@ -67,6 +70,8 @@ log = logging.getLogger(__name__)
 INSTANCE_PREFIX = "urn:ngsi-ld:Instance:"
 
 SCHEMA_VERSION = "6"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NEVER = datetime.min.replace(tzinfo=UTC)  # `newest_history` of an entity whose history is all gone
 POINT_TABLE_REBUILD_S = 1.0  # a stale point table is rebuilt at most this often; meanwhile `near` runs in SQL
 # How many recent commits `unchanged_since` remembers beyond the live entities (a prepared batch is seldom
 # more than a few commits old; an older one is redone under the lock).
@@ -182,12 +187,9 @@ def _naive_utc(ts: datetime) -> datetime:
     return ts.astimezone(UTC).replace(tzinfo=None) if ts.tzinfo is not None else ts
 
 
-_PLAIN_MEMBERS = frozenset({"type", "value", "observedAt", "unitCode", "createdAt", "modifiedAt", "datasetId"})
-
-
 def _is_plain_number(instance: dict[str, Any]) -> bool:
     """A numeric Property with nothing but value/observedAt/unitCode/system members: stored as `num` only."""
-    return is_plain_number(instance, _PLAIN_MEMBERS)
+    return is_plain_number(instance, PLAIN_MEMBERS)
 
 
 class DuckDBStore:
@@ -199,17 +201,20 @@ class DuckDBStore:
         """`read_only`: open an existing hub file to read it (a command line tool beside no server: DuckDB
         lets several read-only processes share a file, but none while a writer holds it)."""
         if path is not None and not read_only:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if read_only and (path is None or not path.is_file()):
             raise FileNotFoundError(f"no hub database at {path}")
         config: dict[str, str | bool | int | float | list[str]] = {"threads": threads, "memory_limit": memory_limit}
         if not read_only:
             config["checkpoint_threshold"] = CHECKPOINT_WAL
+        new_hub = path is not None and not read_only and not path.exists()
         self._con = duckdb.connect(
             str(path) if path is not None else ":memory:",
             read_only=read_only,
             config=config,
         )
+        if new_hub and path is not None:
+            _make_private(path)  # before the schema: nothing but DuckDB's header is in the file yet
         self._lock = threading.RLock()  # the connection, and everything a commit changes
         self._numbers = threading.Lock()  # the next seq and instance id
         existing = {r[0] for r in self._con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
@@ -262,6 +267,10 @@ class DuckDBStore:
             (tenant, eid): hkey for tenant, eid, hkey in self._con.execute("SELECT * FROM history_keys").fetchall()
         }
         self._next_hkey = self._scalar("SELECT COALESCE(max(hkey), 0) + 1 FROM history_keys")
+        # hkey -> an instant none of the entity's history is later than (`newest_history`), for the entities
+        # ingest asked about: read once, then raised by every commit, so a stream of new readings is told
+        # apart from repeats without a query. Deletions leave it high, which only costs a closer look.
+        self._newest: dict[int, datetime] = {}
         # (tenant, seq) -> hashes of the entity's (types + attribute kinds) rows and of its GeoProperty values
         # (what its geo rows are made from), as last written by this process: an update that changes neither
         # (a new reading) leaves those index rows alone, which saves two DELETE scans and two INSERTs per table
@@ -550,6 +559,7 @@ class DuckDBStore:
                 for rows in staged:
                     rows.write(con)
             self._keep_history_keys(tenant, fresh)
+            self._raise_newest([tables[n] for n in ("history_rows", "history_cols") if n in tables], fresh)
             if upserts:
                 self._stored_paths.update(tables["path_rows"].column("id").to_pylist())
             for rows in staged:
@@ -978,6 +988,7 @@ class DuckDBStore:
         value = instance.get("value")
         num = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
         with self._lock:
+            self._newest.clear()  # the instance may move later than what is known (rare: an API call)
             rows = self._con.execute(
                 "UPDATE history SET observed_at = ?, num = ?, doc = ?, unit_code = ? "
                 "WHERE tenant = ? AND eid = ? AND attr = ? AND instance_id = ? RETURNING 1",
@@ -1029,11 +1040,13 @@ class DuckDBStore:
                 # Only entities that had a key before this batch can hold any of its rows already.
                 held = sorted({self._hkeys[(tenant, eid)] for eid in eids_with_keys})
                 if held:
-                    # Idempotent re-ingest: skip observations already held.
+                    # Idempotent re-ingest: skip observations already held with the same value (a bare number,
+                    # as `reading_value` compares them; MQTT ingest applies the same rule, `held_readings`).
+                    # Another value at that instant is a correction, added beside it.
                     select += (
-                        " ANTI JOIN (SELECT hkey, attr, observed_at FROM history WHERE tenant = ? "
-                        "AND hkey IN (SELECT unnest(?::BIGINT[])) AND dataset_id IS NULL) h "
-                        "ON b.hkey = h.hkey AND b.attr = h.attr AND b.observed_at = h.observed_at"
+                        " ANTI JOIN (SELECT hkey, attr, observed_at, num FROM history WHERE tenant = ? "
+                        "AND hkey IN (SELECT unnest(?::BIGINT[])) AND dataset_id IS NULL AND doc IS NULL) h "
+                        "ON b.hkey = h.hkey AND b.attr = h.attr AND b.observed_at = h.observed_at AND b.num = h.num"
                     )
                     inserted = con.execute(f"INSERT INTO history {select}", [tenant, columns.unit_code, tenant, held])
                 else:
@@ -1042,7 +1055,71 @@ class DuckDBStore:
                 if fresh:
                     con.execute("INSERT INTO history_keys SELECT ?, * FROM fresh_keys", [tenant])
             self._keep_history_keys(tenant, fresh)
+            for hkey in held:  # read again when next asked (a bulk load is rare; its newest is one query)
+                self._newest.pop(hkey, None)
         return added
+
+    def newest_history(self, tenant: str, entity_ids: Sequence[str]) -> dict[str, datetime]:
+        with self._lock:
+            keys = {eid: self._hkeys.get((tenant, eid)) for eid in entity_ids}
+            unknown = sorted({k for k in keys.values() if k is not None and k not in self._newest})
+            if unknown:
+                rows = self._con.execute(
+                    "SELECT hkey, max(observed_at) FROM history WHERE tenant = ? "
+                    "AND hkey IN (SELECT unnest(?::BIGINT[])) GROUP BY hkey",
+                    [tenant, unknown],
+                ).fetchall()
+                self._newest.update(dict.fromkeys(unknown, _NEVER))  # a key whose instances were all deleted
+                self._newest.update((hkey, at.replace(tzinfo=UTC)) for hkey, at in rows)
+            return {eid: self._newest[k] for eid, k in keys.items() if k is not None}
+
+    def _raise_newest(self, written: list[pa.Table], fresh: dict[str, int]) -> None:
+        """After a commit that stored these history rows: keep `_newest` an upper bound (new entities' exact)."""
+        if not written or not (self._newest or fresh):
+            return
+        hkeys = np.concatenate([t.column("hkey").to_numpy() for t in written])
+        stamps = np.concatenate([t.column("observed_at").to_numpy().astype("datetime64[us]") for t in written])
+        order = np.argsort(hkeys, kind="stable")
+        hkeys, stamps = hkeys[order], stamps[order].view(np.int64)
+        starts = np.flatnonzero(np.concatenate(([True], hkeys[1:] != hkeys[:-1])))
+        latest = np.maximum.reduceat(stamps, starts)
+        new = set(fresh.values())
+        for hkey, micros in zip(hkeys[starts].tolist(), latest.tolist(), strict=True):
+            known = self._newest.get(hkey)
+            if known is not None or hkey in new:  # any other key is read when first asked
+                at = _EPOCH + timedelta(microseconds=micros)
+                self._newest[hkey] = at if known is None or known < at else known
+
+    def held_readings(self, tenant: str, readings: Sequence[HistoryInstance]) -> set[int]:
+        with self._lock:
+            keyed = {k: self._hkeys.get((tenant, r.entity_id)) for k, r in enumerate(readings)}
+            hkeys = {k: key for k, key in keyed.items() if key is not None}  # no key: no history, nothing held
+            if not hkeys:
+                return set()
+            rows = list(hkeys)
+            probe = _history_table([readings[k] for k in rows], 0).select(
+                ["attr", "dataset_id", "observed_at", "num", "doc"]
+            )
+            probe = probe.append_column("hkey", pa.array(list(hkeys.values()), pa.int64()))
+            probe = probe.append_column("row", pa.array(rows, pa.int64()))
+            bounds = pc.min_max(probe.column("observed_at"))
+            params = [tenant, sorted(set(hkeys.values())), bounds["min"].as_py(), bounds["max"].as_py()]
+            with self._registered(probe=probe):
+                # Bare numbers (no `doc` on either side) are the same reading when equal, settled here; a bare
+                # number and a document never are; two documents are compared below, as `reading_value` does.
+                found = self._con.execute(
+                    "SELECT p.row, h.doc FROM probe p JOIN history h ON h.hkey = p.hkey "
+                    "AND h.attr = p.attr AND h.observed_at = p.observed_at AND h.dataset_id IS NOT DISTINCT FROM "
+                    "p.dataset_id WHERE h.tenant = ? AND h.hkey IN (SELECT unnest(?::BIGINT[])) "
+                    "AND h.observed_at BETWEEN ? AND ? AND (h.doc IS NULL AND p.doc IS NULL AND h.num = p.num "
+                    "OR h.doc IS NOT NULL AND p.doc IS NOT NULL)",
+                    params,
+                ).fetchall()
+        held = set()
+        for row, doc in found:  # a document's members in any order
+            if doc is None or reading_value(orjson.loads(doc)) == reading_value(readings[row].instance):
+                held.add(row)
+        return held
 
     def history_count(self, tenant: str) -> int:
         with self._lock:
@@ -1169,6 +1246,22 @@ class DuckDBStore:
         with self._lock, self._read_lock:
             self._reader.close()
             self._con.close()
+
+
+def _make_private(path: Path) -> None:
+    """A new hub's database holds raw pseudonymous trips and 911 records: its owner's only, like admin.key
+    (0600; a read-only open by the same user still works). DuckDB makes its other files (the `.wal`, which it
+    deletes and creates again at every checkpoint, and `.tmp/` spill files) with the process umask, so what
+    keeps them private is the directory: 0700 when it holds nothing else yet (made for this hub, by the store
+    or by the platform a moment before). A directory already holding other things is left as its owner set
+    it: /tmp or a home directory are not the hub's to close."""
+    try:
+        path.chmod(0o600)
+        directory = path.parent
+        if all(p.name in (path.name, f"{path.name}.wal") for p in directory.iterdir()):
+            directory.chmod(0o700)
+    except OSError as error:  # a file system without modes: the hub still works, say so
+        log.warning("could not make the new hub %s private to its owner: %s", path, error)
 
 
 def _selector_sql(
