@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from polis.api.app import create_app
+from polis.ingest.broker import Broker, start_broker
 from polis.localserver import Server, free_port, start_server, stop_server
 from polis.platform import Platform
 
@@ -55,6 +56,16 @@ def key_headers(data_dir: Path) -> dict[str, str]:
     """The admin key a `polis serve` on `data_dir` wrote on first start; none before it did."""
     key_file = data_dir / "admin.key"
     return {"Authorization": f"Bearer {key_file.read_text().strip()}"} if key_file.is_file() else {}
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """A real Mosquitto on a free loopback port, one per test module that asks for it."""
+    b = start_broker(tmp_path_factory.mktemp("mosquitto"))
+    try:
+        yield b
+    finally:
+        b.stop()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ Also here: the hub's files are private to their owner."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -20,7 +19,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from polis.domain.entity import HistoryInstance
-from polis.ingest.broker import Broker, start_broker
+from polis.ingest.broker import Broker
 from polis.ingest.datasets import DatasetLoad, ingest, load_dataset
 from polis.ingest.mqtt import MqttIngestor
 from polis.ingest.replay import replay
@@ -28,6 +27,7 @@ from polis.platform import Platform
 from polis.settings import Settings
 from polis.store.base import HistoryColumns, TemporalQuery
 from polis.store.duckdb_ import DuckDBStore
+from tests.integration.test_mqtt import wait_until as mqtt_wait_until
 
 SPEED = "https://smartdatamodels.org/dataModel.Transportation/averageVehicleSpeed"
 SENSOR = "urn:ngsi-ld:TrafficFlowObserved:los-loop:773869"
@@ -35,21 +35,10 @@ NOW = "2024-01-01T00:00:00.000000Z"
 LOS_LOOP_READINGS = 417_312
 
 
-def wait_until(check: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+def wait_until(check: Callable[[], bool], what: str = "condition") -> None:
+    """test_mqtt's wait, with room for replays of hundreds of readings on a loaded machine."""
+    mqtt_wait_until(check, 30.0, what)
 
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    b = start_broker(tmp_path_factory.mktemp("mosquitto"))
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 @pytest.fixture(scope="module")

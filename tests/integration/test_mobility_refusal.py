@@ -14,7 +14,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from polis.ingest.broker import Broker, start_broker
+from polis.ingest.broker import Broker
 from polis.platform import Platform
 from tests.conftest import Server, start_server, stop_server
 from tests.integration.test_mqtt import wait_until
@@ -95,14 +95,6 @@ def test_update_and_temporal_writes_are_refused_too(server: Server) -> None:
         assert http.post(f"{LD}/temporal/entities", json=count).status_code in (201, 204)
         assert http.get(f"{LD}/entities/{eid}", params={"options": "keyValues"}).json()["note"] == "x"
 
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    b = start_broker(tmp_path_factory.mktemp("mosquitto-refusal"))
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 def test_every_identifying_kind_over_mqtt_is_a_dead_letter_without_its_payload(broker: Broker) -> None:

@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
-from polis.ingest.broker import Broker, start_broker
+from polis.ingest.broker import Broker
 from polis.ingest.messages import MessageParser, MessageRejected
 from polis.ingest.mqtt import MqttIngestor, parser_for
 from polis.ingest.replay import replay
@@ -52,14 +52,6 @@ def wait_until(check: Callable[[], bool], timeout: float = 15.0, what: str = "co
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
 
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    b = start_broker(tmp_path_factory.mktemp("mosquitto"))
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 class Publisher:
