@@ -108,21 +108,29 @@ def require_hub_file(path: Path) -> None:
              "directory?)")
 
 
-def open_hub(settings: Settings) -> DuckDBStore:
-    """The hub's database opened to write, as `ingest`, `archive`, `flows` and `privacy` do (created if new);
-    one a running server holds is a clear error saying so, not DuckDB's traceback."""
+@contextmanager
+def unlocked_hub(settings: Settings, advice: str) -> Iterator[None]:
+    """Opening the hub's files inside this block: one a running server holds is one clear line (`fail`) naming
+    the file and its holder, then `advice`, not DuckDB's traceback."""
     import duckdb
 
     from polis.epidemic.views import locked_hub
-    from polis.store.duckdb_ import DuckDBStore
 
     try:
-        return DuckDBStore(settings.database_path, threads=settings.duckdb_threads, memory_limit=settings.memory_limit)
+        yield
     except duckdb.IOException as error:
         locked = locked_hub(settings, error)
         if locked is None:
             raise
-        fail(f"{locked}: stop it first, or use the server's API while it runs")
+        fail(f"{locked}: {advice}")
+
+
+def open_hub(settings: Settings) -> DuckDBStore:
+    """The hub's database opened to write, as `ingest`, `archive`, `flows` and `privacy` do (created if new)."""
+    from polis.store.duckdb_ import DuckDBStore
+
+    with unlocked_hub(settings, "stop it first, or use the server's API while it runs"):
+        return DuckDBStore(settings.database_path, threads=settings.duckdb_threads, memory_limit=settings.memory_limit)
 
 
 def open_hub_read_only(settings: Settings) -> DuckDBStore:
@@ -175,20 +183,11 @@ def _problem_text(answer: Any) -> str:
 
 
 def _platform(settings: Settings) -> Platform:
-    """The platform on the hub's files; a second server on a data directory one already serves is a clear
-    error, not DuckDB's traceback."""
-    import duckdb
-
-    from polis.epidemic.views import locked_hub
+    """The platform on the hub's files; a second server on a data directory one already serves is refused."""
     from polis.platform import Platform
 
-    try:
+    with unlocked_hub(settings, "one server per data directory"):
         return Platform(settings)
-    except duckdb.IOException as error:
-        locked = locked_hub(settings, error)
-        if locked is None:
-            raise
-        fail(f"{locked}: one server per data directory")
 
 
 def _serve(
@@ -292,9 +291,10 @@ def _ingest(settings: Settings, names: list[str]) -> None:
     from polis.mobility.ingest import MOBILITY_DATASETS
     from polis.ngsi_ld.entities import utc_now
 
+    known = ingestible()
     for name in names:
-        if name not in ingestible():
-            console.print(f"[red]unknown dataset '{name}'[/red]; known: {', '.join(sorted(ingestible()))}")
+        if name not in known:
+            console.print(f"[red]unknown dataset '{name}'[/red]; known: {', '.join(sorted(known))}")
             raise typer.Exit(2)
     store = open_hub(settings)
     table = Table(title="Ingested")
