@@ -90,6 +90,20 @@ def test_a_department_reads_whatever_the_public_may(hub: tuple[TestClient, Platf
     assert feed[-1]["key"]
 
 
+def test_access_me_lists_what_a_department_holds_from_public(hub: tuple[TestClient, Platform, dict[str, str]]) -> None:
+    client, platform, _ = hub
+    transport = _key(platform, "transport", ("los-loop", "aggregate", "read"))
+    me = client.get("/polis/v1/access/me", headers=transport).json()
+    assert me["grants"] == [{"dataset": "los-loop", "tier": "aggregate", "action": "read"}]
+    inherited = {(g["dataset"], g["tier"], g["action"]) for g in me["inheritedGrants"]}
+    assert ("alerts", "public", "read") in inherited  # the CAP feed it can read, though never granted it
+    platform.access.revoke_grant(PUBLIC, "alerts", "public", "read")
+    me = client.get("/polis/v1/access/me", headers=transport).json()
+    assert ("alerts", "public", "read") not in {(g["dataset"], g["tier"], g["action"]) for g in me["inheritedGrants"]}
+    anonymous = client.get("/polis/v1/access/me").json()
+    assert anonymous["department"] == PUBLIC and anonymous["inheritedGrants"] == []  # public's own are `grants`
+
+
 def test_reading_a_tier_includes_the_coarser_tiers_of_that_dataset_only(
     hub: tuple[TestClient, Platform, dict[str, str]],
 ) -> None:

@@ -12,9 +12,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from polis.ingest.broker import Broker
 from polis.platform import Platform
 from polis.settings import Settings
+from polis.subscriptions.endpoints import EndpointPolicy
 from polis.subscriptions.model import DeliveryStatus
+from polis.subscriptions.transports import DeliveryFailed, MqttPublisher
 from tests.conftest import LINK_SDM, hub_client, problem
 from tests.integration.webhook import Receiver, wait_until
 
@@ -312,3 +315,38 @@ def test_a_link_header_with_a_capitalised_scheme_is_the_same_context(hub: tuple[
         # the answer's Link names the context in its usual spelling
         assert "<https://raw.githubusercontent.com/" in got.headers["link"]
         assert client.get(ENTITIES, params={"type": "TrafficFlowObserved"}, headers={"Link": link}).status_code == 200
+
+
+# -- MQTT: the connection paho makes (and remakes) is checked too ---------------------------------------------
+
+
+def _connections(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The hosts every socket of the test tried to connect to (on top of `resolver`'s loopback-only guard)."""
+    tried: list[str] = []
+    guarded = socket.socket.connect
+
+    def record(sock: socket.socket, address: Any) -> None:
+        tried.append(address[0] if isinstance(address, tuple) else str(address))
+        guarded(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", record)
+    return tried
+
+
+def test_an_mqtt_broker_name_is_checked_when_paho_connects_not_only_before(
+    resolver: Callable[[str, list[str]], None], broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """paho resolves the broker's name itself whenever it (re)connects: a name that answers loopback to the
+    delivery's check and the metadata address a moment later must not be connected to."""
+    tried = _connections(monkeypatch)
+    publisher = MqttPublisher(EndpointPolicy.from_text(Settings().subscription_endpoint_deny))
+    try:
+        resolver("fine.hooks.test", ["127.0.0.1"])
+        publisher.send(f"mqtt://fine.hooks.test:{broker.port}/city/alerts", b"{}", {}, 5.0)  # PUBACK: delivered
+        assert set(tried) == {"127.0.0.1"}  # (paho also connects a socket pair of its own on loopback)
+        resolver("rebind.hooks.test", ["127.0.0.1", "169.254.169.254"])  # the check, then paho's own lookup
+        with pytest.raises(DeliveryFailed, match="not reachable"):
+            publisher.send(f"mqtt://rebind.hooks.test:{broker.port}/city/alerts", b"{}", {}, 1.5)
+        assert "169.254.169.254" not in tried, tried
+    finally:
+        publisher.close()

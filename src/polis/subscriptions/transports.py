@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -101,8 +102,7 @@ class MqttPublisher:
         tls = parts.scheme.lower() == "mqtts"
         host = parts.hostname or "127.0.0.1"
         port = parts.port or (8883 if tls else 1883)
-        try:  # checked at each delivery; paho resolves the name again when it (re)connects, so a name that
-            # changes address between the two is caught at the next notification, not before the connection
+        try:  # checked at each delivery, and again by every (re)connection the client makes (_guarded_client)
             self.policy.addresses(host, port)
         except EndpointRefused as refused:
             raise DeliveryFailed(refused.reason) from None
@@ -110,7 +110,7 @@ class MqttPublisher:
         with self._lock:
             broker = self._clients.get(key)
             if broker is None:
-                broker = self._clients[key] = _Broker.start(host, port, tls, key[3], key[4])
+                broker = self._clients[key] = _Broker.start(host, port, tls, key[3], key[4], self.policy)
         if not broker.connected.wait(timeout_s):
             raise DeliveryFailed(f"MQTT broker {host}:{port} is not reachable")
         payload = orjson.dumps({"metadata": headers, "body": orjson.loads(body)})
@@ -137,11 +137,11 @@ class _Broker:
     connected: threading.Event
 
     @classmethod
-    def start(cls, host: str, port: int, tls: bool, username: str, password: str) -> _Broker:
+    def start(cls, host: str, port: int, tls: bool, username: str, password: str, policy: EndpointPolicy) -> _Broker:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        client = _guarded_client(policy)(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
         connected = threading.Event()
         if username:
             client.username_pw_set(username, password or None)
@@ -167,6 +167,31 @@ class _Broker:
             self.client.disconnect()
         with contextlib.suppress(Exception):
             self.client.loop_stop()
+
+
+def _guarded_client(policy: EndpointPolicy) -> type:
+    """A paho client class whose every connection, the reconnections paho makes on its own included, goes to an
+    address the endpoint policy was asked about just then: paho would otherwise resolve the broker's name
+    again when it reconnects, and a name made to point into a denied network after the delivery's check
+    (DNS rebinding) would be connected to. A refused or unresolvable name is a failed connection (OSError),
+    which paho retries like a broker that is down. TLS still verifies the certificate against the name."""
+    import paho.mqtt.client as mqtt
+
+    class GuardedClient(mqtt.Client):  # type: ignore[misc]
+        def _create_socket_connection(self) -> socket.socket:  # paho 2.x internal (pinned < 3 in pyproject)
+            try:
+                addresses = policy.addresses(self._host, self._port)
+            except EndpointRefused as refused:
+                raise ConnectionRefusedError(refused.reason) from None
+            last: OSError | None = None
+            for address in addresses:
+                try:
+                    return socket.create_connection((str(address), self._port), timeout=self._connect_timeout)
+                except OSError as error:
+                    last = error
+            raise last or ConnectionRefusedError(f"no address for {self._host}")
+
+    return GuardedClient
 
 
 @dataclass(eq=False)
