@@ -77,7 +77,9 @@ class Page:
 
 def open_dashboard(browser: Any, hub: Hub, key: str | None, *, signed_in: str | None = None) -> Page:
     """A fresh page (own sessionStorage) signed in through the form with `key`, every view loaded;
-    `signed_in`: a key already in its sessionStorage when the page loads (a returning operator)."""
+    `signed_in`: a key already in its sessionStorage when the page loads (a returning operator).
+    The page runs under the hub's Content-Security-Policy (no eval): waits are given as functions, which
+    Playwright calls from outside the page, never as expressions it would have to evaluate inside it."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     if signed_in is not None:
         context.add_init_script(f"sessionStorage.setItem('polis.apiKey', {signed_in!r})")
@@ -93,7 +95,7 @@ def open_dashboard(browser: Any, hub: Hub, key: str | None, *, signed_in: str | 
     if key is not None:
         page.fill("#api-key", key)
         page.click("#signin-button")
-        page.wait_for_function("document.querySelector('#department').textContent !== 'public'", timeout=10_000)
+        page.wait_for_function("() => document.querySelector('#department').textContent !== 'public'", timeout=10_000)
         page.wait_for_selector("body[data-ready=yes]", timeout=20_000)
     return Page(page, errors)
 
@@ -102,7 +104,7 @@ def open_dashboard(browser: Any, hub: Hub, key: str | None, *, signed_in: str | 
 def admin_page(browser: Any, hub: Hub) -> Iterator[Page]:
     opened = open_dashboard(browser, hub, None, signed_in=hub.admin_key)
     # live: the page's subscription stream is open before the tests write anything
-    opened.page.wait_for_function("document.querySelector('#m-live b').textContent === 'live'", timeout=10_000)
+    opened.page.wait_for_function("() => document.querySelector('#m-live b').textContent === 'live'", timeout=10_000)
     yield opened
     opened.page.context.close()
 
@@ -145,7 +147,7 @@ def test_a_new_observation_changes_its_marker_within_two_seconds(admin_page: Pag
     before = page.get_attribute(marker(SENSOR), "fill")
     started = time.monotonic()
     write_speed(hub, SENSOR, 7.5)
-    page.wait_for_function(f"document.querySelector(\"{marker(SENSOR)}\").dataset.value === '7.5'", timeout=2_000)
+    page.wait_for_function(f"() => document.querySelector(\"{marker(SENSOR)}\").dataset.value === '7.5'", timeout=2_000)
     assert time.monotonic() - started < 2.0
     after = page.get_attribute(marker(SENSOR), "fill")
     assert after != before and after.startswith("hsl(0,")  # crawling: red
@@ -205,7 +207,7 @@ def test_a_department_without_a_grant_sees_no_data_of_that_dataset(browser: Any,
         assert "No access" in (page.text_content("#traffic-notice") or "")
         assert page.locator("#crowd-map circle.sensor").count() == MELBOURNE_COUNTERS  # what it may read
         # Alerts' details need a grant; the public CAP feed is every department's (a key never gives less than none)
-        page.wait_for_function("document.querySelector('#alerts-notice').textContent.includes('public CAP feed')")
+        page.wait_for_function("() => document.querySelector('#alerts-notice').textContent.includes('public CAP feed')")
         feed = httpx.get(f"{hub.server.url}/polis/v1/alerts/feed", timeout=10).content  # what anyone may read
         entries = etree.fromstring(feed).findall("{http://www.w3.org/2005/Atom}entry")
         assert page.locator("#alerts-list li.alert").count() == len(entries)
@@ -233,17 +235,18 @@ def test_the_public_sees_the_cap_feed_and_no_readings(browser: Any, hub: Hub) ->
         assert "Crawling traffic" in (page.text_content("#cap-detail") or "")
         page.fill("#api-key", "polis_nosuchkey.0000")  # a mistyped key changes nothing
         page.click("#signin-button")
-        page.wait_for_function("document.querySelector('#signin-error').textContent !== ''", timeout=5_000)
+        page.wait_for_function("() => document.querySelector('#signin-error').textContent !== ''", timeout=5_000)
         assert page.text_content("#signin-error") == "That key is not valid."
         assert page.text_content("#department") == "public"
         # an operator signs in at this desk, opens a sensor, signs out: nothing of theirs stays on screen
         page.fill("#api-key", hub.admin_key)
         page.click("#signin-button")
-        page.wait_for_function(f"document.querySelectorAll('#traffic-map circle.sensor').length === {LOS_LOOP_SENSORS}")
+        page.wait_for_function(
+            f"() => document.querySelectorAll('#traffic-map circle.sensor').length === {LOS_LOOP_SENSORS}")
         page.dispatch_event(marker(SENSOR), "click")
         page.wait_for_selector("#sensor-chart polyline.history", timeout=5_000)
         page.click("#signout-button")
-        page.wait_for_function("document.querySelector('#department').textContent === 'public'", timeout=5_000)
+        page.wait_for_function("() => document.querySelector('#department').textContent === 'public'", timeout=5_000)
         page.wait_for_selector("body[data-ready=yes]", timeout=10_000)
         assert page.locator("#traffic-map circle.sensor").count() == 0
         assert page.is_hidden("#sensor-detail") and page.locator("#sensor-chart polyline").count() == 0

@@ -49,7 +49,7 @@ def test_a_scenario_from_the_form_shows_both_projections_with_bands(admin_page: 
     page = admin_page.page
     page.wait_for_selector("#epidemic-body:not([hidden])", timeout=20_000)
     page.select_option("#epidemic-country", "England")
-    page.wait_for_function("document.querySelector('#epidemic-asof').textContent === 'week to 2020-05-12'")
+    page.wait_for_function("() => document.querySelector('#epidemic-asof').textContent === 'week to 2020-05-12'")
     options = page.eval_on_selector_all("#epidemic-regions option", "os => os.map(o => o.value)")
     london = [o for o in options if o.startswith(LONDON_PREFIX)]
     assert len(london) == 33
@@ -80,7 +80,7 @@ def test_an_incomplete_form_is_explained_before_any_request(admin_page: Page) ->
     page.select_option("#epidemic-regions", ["E09000001"])
     page.select_option("#epidemic-mode", "between")
     page.click("#epidemic-run")
-    page.wait_for_function("document.querySelector('#epidemic-summary').textContent.includes('at least two')")
+    page.wait_for_function("() => document.querySelector('#epidemic-summary').textContent.includes('at least two')")
     assert requests == [] and admin_page.errors == []
 
 

@@ -30,6 +30,7 @@ from polis.api import (
     routes_subscriptions,
     routes_temporal,
 )
+from polis.api.security_headers import SecurityHeaders
 from polis.domain.errors import ERROR_TYPE_BASE, BadRequestData, NgsiError
 from polis.platform import Platform
 
@@ -85,6 +86,7 @@ def create_app(platform: Platform) -> FastAPI:
         dependencies=[Depends(enforce), Depends(single_valued_query)],
     )
     app.state.platform = platform
+    app.add_middleware(SecurityHeaders)  # nosniff everywhere; CSP and no framing on the pages
 
     @app.exception_handler(NgsiError)
     async def ngsi_error(request: Request, error: NgsiError) -> Response:

@@ -72,17 +72,24 @@ def forecasts_of_type(request: Request, type: str, format: str | None = None) ->
 @router.get("/forecasts/{entity_id}", summary="Latest forecast of one entity's attribute")
 def forecast_of_entity(request: Request, entity_id: str, attr: str, format: str | None = None) -> dict[str, Any]:
     _check_format(format)
-    platform = platform_of(request)
-    path = platform.forecasts.latest(entity_id, attr, tenant_of(request))
+    path = platform_of(request).forecasts.latest(entity_id, attr, tenant_of(request))
     if path is None:
-        raise ResourceNotFound(f"no forecast of {attr} for {entity_id} (not watched, or no readings yet)")
+        raise _no_forecast(entity_id, attr)
     return _render(path, format)
 
 
 @router.get("/forecasts/{entity_id}/history", summary="Forecasts issued for one entity's attribute")
 def forecast_history(request: Request, entity_id: str, attr: str) -> list[dict[str, Any]]:
-    platform = platform_of(request)
-    return [_plain(p) for p in platform.forecasts.history(entity_id, attr, tenant_of(request))]
+    # A series gets its history and its latest forecast together, so an empty history is the same 404 as
+    # the latest forecast's: a misspelt id or attribute is not an entity without forecasts yet.
+    paths = platform_of(request).forecasts.history(entity_id, attr, tenant_of(request))
+    if not paths:
+        raise _no_forecast(entity_id, attr)
+    return [_plain(p) for p in paths]
+
+
+def _no_forecast(entity_id: str, attr: str) -> ResourceNotFound:
+    return ResourceNotFound(f"no forecast of {attr} for {entity_id} (not watched, or no readings yet)")
 
 
 MAX_WINDOW_MINUTES = 10 * 366 * 24 * 60

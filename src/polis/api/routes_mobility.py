@@ -3,7 +3,7 @@
 Each route serves one dataset at one tier, named in its path and in `MOBILITY_ROUTES`, so access
 control can grant it exactly:
 
-    GET /polis/v1/mobility/citibike-jersey-city/summary   public            (days held, stations: infrastructure)
+    GET /polis/v1/mobility/citibike-jersey-city/summary   public            (days held, stations and flow areas: places)
     GET /polis/v1/mobility/citibike-jersey-city/flows     aggregate         (hourly flows, suppressed below k)
     GET /polis/v1/mobility/citibike-jersey-city/od        aggregate         (daily / 8-hour OD matrix, suppressed)
     GET /polis/v1/mobility/citibike-jersey-city/trips     raw-pseudonymous  (gated trips still within retention)
@@ -82,9 +82,14 @@ async def summary(request: Request) -> Response:
     check_known(request.query_params, set())
     privacy = platform_of(request).privacy
 
+    unit = platform_of(request).settings.flows_unit
+
     def work() -> dict[str, Any]:
         days = privacy.mobility.days(CITIBIKE)
         stations = privacy.mobility.areas(CITIBIKE, "station")
+        # The rows /flows releases, where they are: the stations, or the H3 cells holding stations (centres).
+        # Places only, as public as the stations themselves; a client draws the flows with them.
+        flow_areas = stations if unit == "station" else privacy.mobility.areas(CITIBIKE, unit)
         return {
             "dataset": CITIBIKE,
             "tier": PUBLIC,
@@ -95,6 +100,8 @@ async def summary(request: Request) -> Response:
             "epsilonBudget": privacy.ledger.budget(CITIBIKE),
             "epsilonSpent": privacy.ledger.spent(CITIBIKE),
             "stations": [{"id": s.area, "name": s.name, "lat": s.lat, "lon": s.lon} for s in stations],
+            "flowsUnit": unit,
+            "flowAreas": [{"id": a.area, "name": a.name, "lat": a.lat, "lon": a.lon} for a in flow_areas],
         }
 
     return _json(await run_in_threadpool(work))

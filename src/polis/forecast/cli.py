@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from polis.forecast.data import Panel
 
 console = Console(width=None if Console().is_terminal else 200)
 
@@ -21,6 +24,33 @@ def _progress() -> Progress:
 
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None or value != value else f"{value:.{digits}f}"
+
+
+DatasetsDir = Annotated[
+    Path | None, typer.Option(help="Public datasets (default $POLIS_DATASETS_DIR or ../shared/data)")
+]
+
+
+def _check_dataset(dataset: str) -> None:
+    """Before anything is read: a name that is no forecasting dataset (an epidemic model's registry name
+    included) is one line naming the datasets these commands serve."""
+    from polis.cli import fail
+    from polis.forecast.data import DATASETS
+
+    if dataset not in DATASETS:
+        fail(f"unknown dataset '{dataset}'; polis train and polis forecast serve {', '.join(DATASETS)} "
+             "(epidemic forecasts: polis epidemic forecast COUNTRY)", 2)
+
+
+def _read_panel(dataset: str, datasets_dir: Path) -> Panel:
+    """The dataset's panel, or one line naming the missing file and where the public datasets are set."""
+    from polis.cli import fail
+    from polis.forecast.data import load_panel
+
+    try:
+        return load_panel(dataset, datasets_dir)
+    except FileNotFoundError as error:
+        fail(f"{dataset}: {error} (set POLIS_DATASETS_DIR or --datasets-dir)")
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
@@ -46,14 +76,15 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             console.print(f"[red]unknown protocol '{protocol}'[/red]; known: {', '.join(PROTOCOLS)}")
             raise typer.Exit(2)
         settings = Settings(**({"datasets_dir": datasets_dir} if datasets_dir else {}))  # type: ignore[arg-type]
+        panel = _read_panel(dataset, settings.datasets_dir)
         if as_json:
-            rows, _ = run_benchmark(dataset, protocol, settings.datasets_dir, quick=quick, seed=seed)
+            rows, _ = run_benchmark(dataset, protocol, settings.datasets_dir, quick=quick, seed=seed, panel=panel)
         else:
             with _progress() as bar:
                 task = bar.add_task(f"{dataset} / {protocol}", total=1.0)
                 rows, _ = run_benchmark(dataset, protocol, settings.datasets_dir, quick=quick, seed=seed,
-                                        progress=lambda what, done: bar.update(task, completed=done,
-                                                                                description=what))
+                                        panel=panel, progress=lambda what, done: bar.update(
+                                            task, completed=done, description=what))
         if as_json:
             shown = "melbourne" if dataset == "melbourne-pedestrians" else protocol
             print(json.dumps({"dataset": dataset, "protocol": shown, "results": [r.to_json() for r in rows]}))
@@ -88,27 +119,27 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     def train(
         dataset: Annotated[str, typer.Argument(help="los-loop, sz-taxi or melbourne-pedestrians")],
         model: Annotated[str, typer.Option(help="lightgbm, mlp, ensemble (both stacked) or a baseline")] = "lightgbm",
-        quick: Annotated[bool, typer.Option(help="A small model in seconds")] = False,
+        quick: Annotated[bool, typer.Option(
+            help="A smaller model (fewer LightGBM rounds, 3 MLP epochs), not an instant one: about two minutes "
+                 "for los-loop's LightGBM on 2 cores")] = False,
         seed: Annotated[int, typer.Option(help="Random seed")] = 0,
         data_dir: Annotated[Path | None, typer.Option(help="Hub files (registry under DATA_DIR/models)")] = None,
+        datasets_dir: DatasetsDir = None,
     ) -> None:
         """Train a forecaster on a whole dataset (the last 10 % for selection) and put it in the registry."""
         from polis.cli import hub_settings
         from polis.forecast.bench import build_models
-        from polis.forecast.data import DATASETS, load_panel
         from polis.forecast.live import registry_for
 
-        if dataset not in DATASETS:
-            console.print(f"[red]unknown dataset '{dataset}'[/red]; known: {', '.join(DATASETS)}")
-            raise typer.Exit(2)
+        _check_dataset(dataset)
         models = build_models(dataset, quick, seed)
         chosen = [m for m in models if m.kind == model]
         if not chosen:
             known = ", ".join(dict.fromkeys(m.kind for m in models))
             console.print(f"[red]unknown model '{model}'[/red]; known for {dataset}: {known}")
             raise typer.Exit(2)
-        settings = hub_settings(data_dir)
-        panel = load_panel(dataset, settings.datasets_dir)
+        settings = hub_settings(data_dir, datasets_dir)
+        panel = _read_panel(dataset, settings.datasets_dir)
         import time
 
         started = time.perf_counter()
@@ -126,26 +157,33 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     def forecast(
         dataset: Annotated[str, typer.Argument(help="los-loop, sz-taxi or melbourne-pedestrians")],
         model: Annotated[str | None, typer.Option(help="Model kind (default: the registry's best)")] = None,
-        sensors: Annotated[int, typer.Option(help="How many sensors to show")] = 10,
+        sensors: Annotated[int, typer.Option(help="How many sensors to show", min=1)] = 10,
         data_dir: Annotated[Path | None, typer.Option(help="Hub files (registry under DATA_DIR/models)")] = None,
+        datasets_dir: DatasetsDir = None,
     ) -> None:
         """Forecast from the end of a dataset's recording with a registered model."""
         import numpy as np
 
-        from polis.cli import hub_settings
-        from polis.forecast.data import load_panel
+        from polis.cli import fail, hub_settings
         from polis.forecast.live import registry_for
+        from polis.forecast.registry import FORECAST_KINDS
 
-        settings = hub_settings(data_dir)
+        _check_dataset(dataset)
+        if model is not None and model not in FORECAST_KINDS:
+            fail(f"unknown model kind '{model}'; known: {', '.join(FORECAST_KINDS)}", 2)
+        settings = hub_settings(data_dir, datasets_dir)
         registry = registry_for(settings)
         record = registry.latest(dataset, model)
         if record is None:
-            console.print(f"[red]no trained model for {dataset}[/red]; run `polis train {dataset}` first")
-            raise typer.Exit(1)
+            if model is None:
+                fail(f"no trained model for {dataset}; run `polis train {dataset}` first")
+            registered = ", ".join(dict.fromkeys(r.kind for r in registry.records(dataset))) or "none"
+            fail(f"no trained {model} model for {dataset}; run `polis train {dataset} --model {model}` first "
+                 f"(registered for {dataset}: {registered})")
+        panel = _read_panel(dataset, settings.datasets_dir)
         with _progress() as bar:
             bar.add_task(f"loading {record.kind} v{record.version}", total=None)
             fitted = registry.load(record)
-            panel = load_panel(dataset, settings.datasets_dir)
             result = fitted.predict(panel, np.array([len(panel.values) - 1]))
         minutes = panel.step_s // 60
         table = Table(title=f"{dataset}: {record.kind} v{record.version}, issued at {panel.times[-1]}Z")

@@ -12,7 +12,12 @@ from typing import Any
 
 from polis.forecast.model import Forecaster, read_json, write_json
 
-__all__ = ["ModelRecord", "ModelRegistry", "model_class"]
+__all__ = ["FORECAST_KINDS", "ModelRecord", "ModelRegistry", "model_class"]
+
+# The kinds `polis train` fits for a forecasting dataset (`polis.forecast.bench.build_models`, a test keeps the
+# two in step), which `polis forecast` and `polis serve --forecast-model` take: named here, where naming them
+# imports neither LightGBM nor torch.
+FORECAST_KINDS = ("lightgbm", "mlp", "ensemble", "persistence", "historical-average", "seasonal-naive")
 
 
 def model_class(kind: str) -> Any:
@@ -37,7 +42,7 @@ def model_class(kind: str) -> Any:
         return LearnedEpidemicForecaster
     known = {c.kind: c for c in (Persistence, HistoricalAverage, SeasonalNaive)}
     if kind not in known:
-        raise ValueError(f"unknown model kind {kind!r}")
+        raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(FORECAST_KINDS)}, epidemic-lightgbm")
     return known[kind]
 
 

@@ -54,6 +54,8 @@ export class EpidemicView extends Panel {
     this.forecastBlock = block;
   }
 
+  // Signed out or another department: nothing of what the last one was shown stays in the page (the country
+  // list sits outside the hidden body).
   reset() {
     this.risk = null;
     this.forecastFor = null;
@@ -61,6 +63,11 @@ export class EpidemicView extends Panel {
     this.body.hidden = true;
     this.result.hidden = true;
     this.asOf.textContent = "";
+    for (const element of [this.country, this.regions, this.riskTable.tBodies[0], this.chart, this.forecastChart]) {
+      element.replaceChildren();
+    }
+    this.forecastStatus.textContent = this.summary.textContent = "";
+    delete this.forecastBlock.dataset.status;
   }
 
   fail(error) {

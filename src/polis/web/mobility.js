@@ -1,6 +1,6 @@
-// Privacy-safe bike flows: departures per station over a day and the origin-destination matrix between
-// H3 cells, exactly as the hub releases them. A suppressed cell (a count below k, or hidden so that it
-// cannot be worked out from the totals) is shown as suppressed, never estimated.
+// Privacy-safe bike flows: departures per station or H3 cell (the hub's POLIS_FLOWS_UNIT) over a day and the
+// origin-destination matrix between H3 cells, exactly as the hub releases them. A suppressed cell (a count below k,
+// or hidden so that it cannot be worked out from the totals) is shown as suppressed, never estimated.
 
 import { getJson, query } from "./api.js";
 import { Panel } from "./panel.js";
@@ -25,12 +25,15 @@ export class MobilityView extends Panel {
     daySelect.addEventListener("change", () => this.loadDay(daySelect.value).catch((e) => this.fail(e)));
   }
 
+  // Signed out or another department: nothing of what the last one was shown stays in the page.
   reset() {
     this.summary = null;
     this.notice.hidden = true;
     this.body.hidden = true;
     this.daySelect.hidden = true;
     this.dayLabel.textContent = "";
+    for (const element of [this.svg, this.hours, this.matrix, this.daySelect]) element.replaceChildren();
+    this.note.textContent = "";
   }
 
   fail(error) {
@@ -60,7 +63,8 @@ export class MobilityView extends Panel {
   async loadDay(day) {
     this.notice.hidden = true;
     const [flows, od] = await Promise.all([
-      getJson(query(`${BASE}/flows`, { day, by: "station", direction: "departures" })),
+      // per the hub's one flow unit (POLIS_FLOWS_UNIT): it releases stations or cells, never both
+      getJson(query(`${BASE}/flows`, { day, by: this.summary.flowsUnit, direction: "departures" })),
       getJson(query(`${BASE}/od`, { day, window: "day" })),
     ]);
     this.body.hidden = false;
@@ -69,29 +73,31 @@ export class MobilityView extends Panel {
     this.drawMatrix(od);
   }
 
+  // Departures per flow area (a station, or the centre of an H3 cell holding stations), sized by count.
   drawStations(flows) {
     const svg = this.svg;
     svg.replaceChildren();
     const box = svg.viewBox.baseVal;
-    const stations = new Map(this.summary.stations.map((s) => [s.id, s]));
-    const placed = flows.rows.map((id, i) => ({ station: stations.get(id), total: flows.rowTotals[i] })).filter((r) => r.station);
+    const areas = new Map(this.summary.flowAreas.map((a) => [a.id, a]));
+    const placed = flows.rows.map((id, i) => ({ area: areas.get(id), total: flows.rowTotals[i] })).filter((r) => r.area);
     // Frame the bulk of the stations: a few trips end across the river, far from the rest.
-    const core = trimmed(placed.map((r) => [r.station.lon, r.station.lat]));
+    const core = trimmed(placed.map((r) => [r.area.lon, r.area.lat]));
     const projection = new Projection(boundsOf(core, 0.1), box.width, box.height);
     const biggest = Math.max(1, ...placed.map((r) => r.total || 0));
-    for (const { station, total } of placed) {
-      const [x, y] = projection.point([station.lon, station.lat]);
+    for (const { area, total } of placed) {
+      const [x, y] = projection.point([area.lon, area.lat]);
       const suppressed = total === null;
       const r = suppressed ? 3 : 3 + 12 * Math.sqrt(total / biggest);
       const dot = svgElement("circle", { cx: x.toFixed(1), cy: y.toFixed(1), r: r.toFixed(1), class: suppressed ? "station suppressed" : "station" }, svg);
-      svgElement("title", {}, dot).textContent = `${station.name}: ${suppressed ? "suppressed" : `${total} departures`}`;
+      const label = area.name || `cell ${area.id}`;
+      svgElement("title", {}, dot).textContent = `${label}: ${suppressed ? "suppressed" : `${total} departures`}`;
     }
     svgElement("text", { x: 8, y: box.height - 8, class: "axis" }, svg).textContent =
       `${flows.total ?? "–"} departures; ${flows.suppressedCells} hourly cells suppressed`;
     this.drawHours(flows);
   }
 
-  // Hourly departures of the stations that have any released hour (the busiest first).
+  // Hourly departures of the areas that have any released hour (the busiest first).
   drawHours(flows) {
     const released = flows.rows
       .map((id, i) => ({ id, label: flows.rowLabels[i] || id, cells: flows.cells[i] }))
@@ -131,7 +137,7 @@ export class MobilityView extends Panel {
       const td = tr.insertCell();
       td.colSpan = flows.columns.length + 1;
       td.className = "empty";
-      td.textContent = "Every station-hour of this day is below the threshold: nothing is released.";
+      td.textContent = "Every hour of every area this day is below the threshold: nothing is released.";
     }
     this.hours.replaceChildren(table);
   }
