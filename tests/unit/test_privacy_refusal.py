@@ -83,6 +83,8 @@ IDENTIFYING: list[tuple[str, dict[str, Any], str, str]] = [
         "device-identifier",
     ),
     ("IMEI", {"imei": {"type": "Property", "value": "356938035643809"}}, "imei", "device-identifier"),
+    ("a patient's id", {"patientId": {"type": "Property", "value": 4711}}, "patientId", "person-identifier"),
+    ("a birth year", {"birthYear": {"type": "Property", "value": 1957}}, "birthYear", "birth-date"),
     # Found by a red-team pass (2026-11-27): identifiers inside ids, texts, unit codes, type names, names.
     ("phone inside a text", {"note": {"type": "Property", "value": "call +1 201-555-0143 now"}}, "note.value",
      "phone-number"),

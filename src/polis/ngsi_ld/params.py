@@ -54,6 +54,8 @@ def parse_options(params: Mapping[str, str], *, allowed: set[str]) -> Options:
                 raise InvalidRequest(f"options ask for two representations: '{fmt}' and '{candidate}'")
             fmt = candidate
         elif word in TEMPORAL_FORMATS:
+            if temporal is not None and temporal != word:  # the last one silently won
+                raise InvalidRequest(f"options ask for two temporal representations: '{temporal}' and '{word}'")
             temporal = word
         else:
             flags.add(word)

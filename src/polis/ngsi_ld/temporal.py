@@ -88,7 +88,10 @@ def parse_duration(text: str) -> timedelta:
     days = g["y"] * 365 + g["mo"] * 30 + g["w"] * 7 + g["d"] + (g["h"] * 3600 + g["mi"] * 60 + g["s"]) / 86400
     if days > 3_650_000:  # ten thousand years: longer than any history, and timedelta's own limit is near
         raise BadRequestData(f"aggrPeriodDuration '{text}' is longer than any history")
-    return timedelta(days=days)
+    period = timedelta(days=days)
+    if days > 0 and period <= timedelta(0):  # would round to zero, which means "the whole range"
+        raise BadRequestData(f"aggrPeriodDuration '{text}' is shorter than a microsecond, the finest time held")
+    return period
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,8 +327,15 @@ def _aggregated(
     if not instances:
         return out
     times = [parse_observed_at(i["observedAt"]) for i in instances]
-    start = temporal.time_at if temporal is not None and temporal.time_at is not None else times[0]
-    end = temporal.end_time_at if temporal is not None and temporal.end_time_at is not None else times[-1]
+    # The range asked for: [timeAt, endTimeAt) for between, [timeAt, ...) for after, [..., timeAt) for before
+    # (timeAt is then its end); each open side is where the instances themselves start or end.
+    timerel = temporal.timerel if temporal is not None else None
+    start = temporal.time_at if temporal is not None and timerel in ("after", "between") else None
+    end = temporal.end_time_at if temporal is not None and timerel == "between" else None
+    if temporal is not None and timerel == "before":
+        end = temporal.time_at
+    start = start if start is not None else times[0]
+    end = end if end is not None else times[-1]
     if aggregation.period <= timedelta(0):
         buckets = [(start, max(end, times[-1]), list(range(len(instances))))]
     else:

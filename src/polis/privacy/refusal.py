@@ -51,6 +51,9 @@ RULES = {
     "licence-plate": "licence plates identify vehicle keepers",
     "home-address": "home addresses identify people",
     "device-identifier": "device identifiers (IMEI, IMSI, MAC) follow a person",
+    "person-identifier": "identifiers of people (a user, patient or customer id, a passport or social security "
+    "number) single them out; send counts",
+    "birth-date": "dates of birth single people out (with a place or a day, often uniquely); send counts by age band",
 }
 # Not one of RULES (nothing identifying was seen): the verdict on what nests deeper than the scan looks. No
 # accepted body gets there (they stop at json_depth.MAX_DEPTH), but a field the scan never saw is not passed.
@@ -128,6 +131,21 @@ _PLATE_TRAITS = frozenset({"color", "colour"})
 _HOME = frozenset({"home", "residence", "residential", "domicile", "dwelling"})
 _PLACE = frozenset({"address", "location", "position", "coordinates", "place", "street", "geo", "lat", "lon", "point"})
 _DEVICE = frozenset({"imei", "imsi", "mac", "macaddress", "bluetooth", "iccid", "idfa", "gaid"})
+# A person word right before an identifier word names one person's identifier (`userId`, `patientNumber`,
+# `customer_no`, `riderHash`): refused whatever the value's type, as a number can be the id. A count passes
+# (`passengerNumber` as a JSON number, `numberOfUsers`, `userCount`): it names no one.
+_PERSON = frozenset(
+    {
+        "person", "patient", "user", "customer", "passenger", "rider", "citizen", "resident", "member", "subscriber",
+        "driver", "caller", "victim", "cardholder", "traveller", "traveler", "employee", "student", "pupil", "voter",
+        "taxpayer", "beneficiary", "account", "applicant",
+    }
+)  # fmt: skip
+_IDENTIFIER = frozenset(
+    {"id", "identifier", "number", "no", "nr", "num", "hash", "code", "key", "token", "uuid", "pseudonym", "ref"}
+)
+_PERSON_DOCUMENT = frozenset({"ssn", "passport", "nhs", "nino", "socialsecurity", "nationalid"})
+_BIRTH = frozenset({"birth", "birthday", "birthdate", "birthyear", "dob"})
 
 _WORD_SPLIT = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 _TAIL = re.compile(r"[/#:]")
@@ -246,7 +264,15 @@ def _name_rule(words: list[str], joined: str, numeric: bool) -> str | None:
         return "home-address"
     if word_set & _DEVICE or joined in _DEVICE:
         return "device-identifier"
+    if not counting and (_names_person_identifier(words) or word_set & _PERSON_DOCUMENT or "socialsecurity" in joined):
+        return "person-identifier"
+    if word_set & _BIRTH and not counting:
+        return "birth-date"
     return None
+
+
+def _names_person_identifier(words: list[str]) -> bool:
+    return any(w in _PERSON and n in _IDENTIFIER for w, n in pairwise(words))
 
 
 def rule_for_flag(key: str) -> str | None:
