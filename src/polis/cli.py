@@ -6,12 +6,13 @@ import importlib.metadata
 import os
 import platform as py_platform
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -44,7 +45,15 @@ def _settings(data_dir: Path | None = None, datasets_dir: Path | None = None, **
         overrides["data_dir"] = data_dir
     if datasets_dir is not None:
         overrides["datasets_dir"] = datasets_dir
-    return Settings(**overrides)  # type: ignore[arg-type]
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:  # a POLIS_* variable (or an option) the settings refuse: name it, no traceback
+        fail("; ".join(_setting_problem(problem) for problem in error.errors()))
+
+
+def _setting_problem(problem: Mapping[str, Any]) -> str:
+    field = str(problem.get("loc", ("?",))[0])
+    return f"invalid setting POLIS_{field.upper()}: {problem.get('msg', 'not valid')} (got {problem.get('input')!r})"
 
 
 # -- what every command does with a mistake it can name: one line on stderr, a non-zero exit, no traceback.
@@ -258,18 +267,14 @@ def serve(
 ) -> None:
     """Serve the NGSI-LD API from the hub in DATA_DIR (and ingest MQTT streams with --mqtt)."""
     from polis.forecast.data import DATASETS as FORECAST_DATASETS
-    from polis.forecast.registry import model_class
+    from polis.forecast.registry import FORECAST_KINDS
 
     unknown = [name for name in forecast or () if name not in FORECAST_DATASETS]
     if unknown:
         console.print(f"[red]no forecasts for {', '.join(unknown)}[/red]; known: {', '.join(FORECAST_DATASETS)}")
         raise typer.Exit(2)
-    if forecast:
-        try:
-            model_class(forecast_model)
-        except ValueError as error:
-            console.print(f"[red]{error}[/red]")
-            raise typer.Exit(2) from None
+    if forecast_model not in FORECAST_KINDS:  # the kinds `polis train` makes for these datasets
+        fail(f"unknown model kind '{forecast_model}'; known: {', '.join(FORECAST_KINDS)}", 2)
     datasets = tuple(dict.fromkeys(forecast or ()))  # each once, however often named
     _serve(hub_settings(data_dir, host=host, port=port, mqtt_url=mqtt), forecast_datasets=datasets,
            forecast_model=forecast_model)
@@ -286,6 +291,9 @@ def ingestible() -> dict[str, str]:
 
 
 def _ingest(settings: Settings, names: list[str]) -> None:
+    import csv
+
+    from polis.domain.errors import NgsiError
     from polis.ingest.datasets import ingest, load_dataset
     from polis.mobility.cli import ingest_gated
     from polis.mobility.ingest import MOBILITY_DATASETS
@@ -296,13 +304,16 @@ def _ingest(settings: Settings, names: list[str]) -> None:
         if name not in known:
             console.print(f"[red]unknown dataset '{name}'[/red]; known: {', '.join(sorted(known))}")
             raise typer.Exit(2)
-    store = open_hub(settings)
+    # An existing hub is opened at once (one a server holds is refused before any loading); a new one only
+    # once a dataset has loaded, so an ingest that fails on its files leaves no empty hub behind.
+    store = open_hub(settings) if settings.database_path.exists() else None
     table = Table(title="Ingested")
     for column in ("dataset", "entities", "new entities", "observations seen", "observations added", "seconds"):
         table.add_column(column, justify="right" if column != "dataset" else "left")
     try:
         for name in names:
             if name in MOBILITY_DATASETS:  # person-level: through the privacy gate, never as entities
+                store = store or open_hub(settings)
                 ingest_gated(settings, store, name, console)
                 continue
             try:
@@ -310,6 +321,9 @@ def _ingest(settings: Settings, names: list[str]) -> None:
             except FileNotFoundError as error:
                 console.print(f"[red]{name}: {error}[/red] (set POLIS_DATASETS_DIR or --datasets-dir)")
                 raise typer.Exit(1) from None
+            except (ValueError, csv.Error, NgsiError) as error:  # a file the loader refuses: it names file and why
+                fail(f"{name}: not ingested: {error}")
+            store = store or open_hub(settings)
             with Progress(
                 TextColumn(f"[bold]{name}[/bold]"),
                 BarColumn(),
@@ -333,7 +347,8 @@ def _ingest(settings: Settings, names: list[str]) -> None:
                 f"{summary.seconds:.1f}",
             )
     finally:
-        store.close()
+        if store is not None:
+            store.close()
     if table.row_count:  # gated mobility datasets print their own line
         console.print(table)
 
@@ -405,20 +420,43 @@ def archive(
     data_dir: DataDir = None,
     out: Annotated[Path | None, typer.Option(help="Destination (default DATA_DIR/archive)")] = None,
 ) -> None:
-    """Export all history to Parquet, partitioned by tenant and day."""
+    """Export all history to Parquet, partitioned by tenant and day (replacing the previous archive there)."""
+    from polis.mobility.store import MobilityStore
 
     settings = hub_settings(data_dir)
     require_hub_file(settings.database_path)
-    destination = out or settings.archive_dir
-    store = open_hub(settings)
+    destination = (out or settings.archive_dir).absolute()
+    if destination.exists() and not _holds_only_an_archive(destination):
+        fail(f"{destination} holds files that are not a Polis archive: give a new or empty folder (--out)")
+    # Written whole into a private folder beside it, then swapped in: a partition of a day whose history was
+    # deleted since the last run must not survive in it, and the counts are below k only inside the hub.
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = destination.parent / f".{destination.name}.partial-{os.getpid()}"
+    staging.mkdir(mode=0o700)
     try:
-        files = store.archive(destination)
-        from polis.mobility.store import MobilityStore
-
-        files += MobilityStore(store).archive(destination / "mobility")  # gated counts only, never raw trips
+        store = open_hub(settings)
+        try:
+            files = store.archive(staging)
+            files += MobilityStore(store).archive(staging / "mobility")  # gated counts only, never raw trips
+        finally:
+            store.close()
+        for path in staging.rglob("*"):  # DuckDB writes with the process umask
+            path.chmod(0o700 if path.is_dir() else 0o600)
+        old = destination.parent / f".{destination.name}.old-{os.getpid()}"
+        if destination.exists():
+            destination.rename(old)
+        staging.rename(destination)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
-        store.close()
-    console.print(f"wrote {len(files)} Parquet files under {destination}")
+        shutil.rmtree(staging, ignore_errors=True)
+    console.print(f"wrote {len(files)} Parquet files under {destination} (readable by their owner only)")
+
+
+def _holds_only_an_archive(folder: Path) -> bool:
+    """What `polis archive` writes: tenant=... partitions and mobility/ (or nothing yet)."""
+    return folder.is_dir() and all(
+        p.is_dir() and (p.name.startswith("tenant=") or p.name == "mobility") for p in folder.iterdir()
+    )
 
 
 @app.command(name="replay")
@@ -486,7 +524,9 @@ def deadletters(
     for column in ("id", "received", "topic", "reason", "payload"):
         table.add_column(column, overflow="fold")
     for ident, received, topic, reason, payload in letters:
-        table.add_row(str(ident), received, topic, reason, payload[:80])
+        # A sender's text, never markup: "[/bold]" in a payload broke the table, "[withheld: ...]" vanished
+        cells = (str(ident), received, topic, reason, payload[:80])
+        table.add_row(*(escape(str(cell)) for cell in cells))
     console.print(table)
 
 

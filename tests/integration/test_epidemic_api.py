@@ -224,7 +224,8 @@ def test_ingest_and_bench_from_the_command_line(tmp_path: Path) -> None:
 
 def test_a_new_day_in_the_hub_moves_the_views_forward(hub: Platform, client: TestClient) -> None:
     """Spain only (the other tests read England, France and Italy): one more day of cases written to the
-    hub, and the risk view and the forecast start from it; nothing in the files changed."""
+    hub for every region (madrid first: a day only some regions reported waits for the others), and the risk
+    view and the forecast start from it; nothing in the files changed."""
     from polis.epidemic.hub import region_id
     from polis.ingest.datasets import Vocab
     from polis.store.base import HistoryColumns
@@ -232,15 +233,22 @@ def test_a_new_day_in_the_hub_moves_the_views_forward(hub: Platform, client: Tes
     before = client.get("/polis/v1/epidemic/Spain/risk").json()
     assert before["asOf"] == "2020-06-20"
     attribute = Vocab.load(Settings().datasets_dir)("newConfirmedCases")
-    hub.store.bulk_history(
-        TENANT,
-        HistoryColumns(
-            entity_id=np.array([region_id("Spain", "madrid")], dtype=object),
-            attribute=np.array([attribute], dtype=object),
-            observed_at=np.array([np.datetime64("2020-06-21T00:00:00", "us")]),
-            value=np.array([5000.0]),
-        ),
-    )
+
+    def new_day(regions: list[str], cases: float) -> None:
+        hub.store.bulk_history(
+            TENANT,
+            HistoryColumns(
+                entity_id=np.array([region_id("Spain", r) for r in regions], dtype=object),
+                attribute=np.array([attribute] * len(regions), dtype=object),
+                observed_at=np.array([np.datetime64("2020-06-21T00:00:00", "us")] * len(regions)),
+                value=np.full(len(regions), cases),
+            ),
+        )
+
+    new_day(["madrid"], 5000.0)
+    partial = client.get("/polis/v1/epidemic/Spain/risk").json()
+    assert partial["asOf"] == "2020-06-20" and partial["incompleteDays"][0]["regionsReported"] == 1
+    new_day([r["region"] for r in before["regions"] if r["region"] != "madrid"], 3.0)
     after = client.get("/polis/v1/epidemic/Spain/risk").json()
     assert after["asOf"] == "2020-06-21"
     madrid = {r["region"]: r for r in after["regions"]}["madrid"]

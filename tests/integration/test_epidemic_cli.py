@@ -39,20 +39,22 @@ def _json(*args: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def hub_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A hub with covid-europe-2020 ingested by the CLI, plus one more day of Madrid's cases."""
+    """A hub with covid-europe-2020 ingested by the CLI, plus one more day of Spain's cases (5000 in Madrid)."""
     data_dir = tmp_path_factory.mktemp("epidemic-cli") / "hub"
     ingested = _polis("ingest", "covid-europe-2020", "--data-dir", str(data_dir))
     assert ingested.exit_code == 0, ingested.output
     store = DuckDBStore(data_dir / "polis.duckdb")
     try:
         attribute = Vocab.load(Settings().datasets_dir)("newConfirmedCases")
+        spain = country_from_store(store, "", "Spain")
+        assert spain is not None
         store.bulk_history(
             "",
             HistoryColumns(
-                entity_id=np.array([region_id("Spain", "madrid")], dtype=object),
-                attribute=np.array([attribute], dtype=object),
-                observed_at=np.array([np.datetime64(f"{NEW_DAY}T00:00:00", "us")]),
-                value=np.array([5000.0]),
+                entity_id=np.array([region_id("Spain", r) for r in spain.regions], dtype=object),
+                attribute=np.array([attribute] * spain.n_regions, dtype=object),
+                observed_at=np.array([np.datetime64(f"{NEW_DAY}T00:00:00", "us")] * spain.n_regions),
+                value=np.array([5000.0 if r == "madrid" else 3.0 for r in spain.regions]),
             ),
         )
     finally:

@@ -5,6 +5,10 @@ The routes only parse and serialise; the work is in polis.epidemic. Cases and fl
 holds for the request's tenant (regions' `newConfirmedCases` history and `OriginDestinationFlow`
 entities, written by `polis ingest covid-europe-2020`; read back by `polis.epidemic.hub`), so a tenant
 that has not ingested them gets a 404 problem saying so, and `GET /polis/v1/epidemic` lists what is held.
+Data the models cannot take (a negative count in the hub; fewer days than the forecast needs) is a 422
+problem saying what and where. Every answer's `asOf` is the last day of data it used: the last complete
+day (`lastCompleteDay`; later days too few regions reported yet are in `incompleteDays`), or, for a
+scenario, the request's `asOf`.
 
 The forecast is the blend `polis bench epidemic` scores, learned model included (polis.epidemic.serving):
 fitted once per tenant, country and data version in a background thread, kept in memory and in the model
@@ -32,7 +36,7 @@ from polis.domain.errors import BadRequestData, ResourceNotFound
 from polis.epidemic.data import COUNTRIES, CountryData
 from polis.epidemic.guard import refuse_person_fields
 from polis.epidemic.hub import NAME, HubCountries, countries_in_store
-from polis.epidemic.serving import READY_WAIT_S, Served, ServedForecasts
+from polis.epidemic.serving import READY_WAIT_S, Served, ServedForecasts, check_finite, check_forecastable
 
 router = APIRouter(tags=["epidemic"], dependencies=[Depends(declared_query_only)])
 
@@ -86,10 +90,26 @@ async def held(request: Request) -> Response:
 
 
 def _date(value: Any, field: str) -> date:
-    try:
-        return date.fromisoformat(str(value))
-    except ValueError:
-        raise BadRequestData(f"{field}: not an ISO date (YYYY-MM-DD): {value!r}", field=field) from None
+    """A day given as the string YYYY-MM-DD; a JSON number (20200513) or another ISO form is refused, not
+    read as a date."""
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise BadRequestData(f"{field}: not an ISO date string (\"YYYY-MM-DD\"): {value!r}", field=field)
+
+
+def _completeness(data: CountryData) -> dict[str, Any]:
+    """Which day the answer's data ends on, and the later days left out because too few regions have
+    reported them yet (polis.epidemic.hub.country_from_store)."""
+    return {
+        "lastCompleteDay": data.dates[-1].isoformat(),
+        "incompleteDays": [
+            {"date": day.isoformat(), "regionsReported": count, "regions": data.n_regions}
+            for day, count in data.incomplete_days
+        ],
+    }
 
 
 def _rounded(values: Any) -> list[float]:
@@ -109,6 +129,7 @@ def risk_body(data: CountryData) -> dict[str, Any]:
     return {
         "country": data.country,
         "asOf": data.dates[-1].isoformat(),
+        **_completeness(data),
         "windowDays": WINDOW,
         "regions": [
             {
@@ -147,6 +168,7 @@ async def forecast(request: Request, country: str, horizons: str = "14") -> Resp
     if not 1 <= days <= 14:
         raise BadRequestData("horizons: must be an integer 1..14", field="horizons")
     data = await _country(request, country)
+    check_forecastable(data)  # 422 saying how many days it needs, before any fit is started
     tenant, served = tenant_of(request), _served(request)
     version = await run_in_threadpool(served.version_of, tenant, country, data)
     job = served.request(tenant, country, data, version)
@@ -158,6 +180,7 @@ async def forecast(request: Request, country: str, horizons: str = "14") -> Resp
             {
                 "country": country,
                 "asOf": data.dates[-1].isoformat(),
+                **_completeness(data),
                 "status": "fitting",
                 "stage": state.stage if state else "finishing",
                 "progress": round(state.done, 3) if state else 1.0,
@@ -171,14 +194,17 @@ async def forecast(request: Request, country: str, horizons: str = "14") -> Resp
 
 
 def forecast_body(data: CountryData, served: Served, horizons: int = 14) -> dict[str, Any]:
-    """The served forecast as the API (and `polis epidemic forecast --json`) gives it."""
+    """The served forecast as the API (and `polis epidemic forecast --json`) gives it; never "ready" with a
+    value that is not a number (NonFiniteForecast, a 500 naming the regions)."""
     from datetime import timedelta
 
     result = served.forecast
+    check_finite(data, result, horizons)
     dates = [(data.dates[-1] + timedelta(days=h)).isoformat() for h in range(1, horizons + 1)]
     return {
         "country": data.country,
         "asOf": data.dates[-1].isoformat(),
+        **_completeness(data),
         "status": "ready",
         "dates": dates,
         "interval": 0.8,
@@ -226,10 +252,8 @@ async def scenario(request: Request, country: str) -> Response:
     mode = body.get("mode", "between")
     if not isinstance(mode, str):
         raise BadRequestData("mode: 'between' or 'outOf'", field="mode")
-    as_of = _date(body["asOf"], "asOf") if "asOf" in body else None
-    if as_of is not None and not data.dates[7] <= as_of <= data.dates[-1]:
-        raise BadRequestData(f"asOf: must be within {data.dates[7]} .. {data.dates[-1]}", field="asOf")
-    intervention = validate(data, regions, float(percent), _date(body["start"], "start"), mode, days)
+    as_of = _date(body["asOf"], "asOf") if "asOf" in body else None  # the last day of data used
+    intervention = validate(data, regions, float(percent), _date(body["start"], "start"), mode, days, as_of)
     result = await run_in_threadpool(run_scenario, data, intervention, days, as_of)
     return _json(scenario_body(result))
 
@@ -238,6 +262,7 @@ def scenario_body(result: Any) -> dict[str, Any]:
     iv = result.intervention
     return {
         "country": result.country,
+        "asOf": result.as_of.isoformat(),
         "intervention": {
             "regions": list(iv.regions),
             "reductionPercent": round(iv.reduction * 100, 3),

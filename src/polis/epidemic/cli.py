@@ -50,11 +50,19 @@ def bench_epidemic(
 ) -> None:
     """Rolling-origin comparison: from the 15th day on, fit on the days before each test day and predict
     1-14 days ahead; MAE per region averaged over test days, per horizon, against the two baselines."""
+    from polis.cli import fail
+    from polis.domain.errors import NgsiError
     from polis.epidemic.comparison import compare
+    from polis.epidemic.data import load_country
     from polis.epidemic.evaluation import REPORTED_HORIZONS
 
     _check_country(country)
-    result = compare(_datasets_dir(datasets_dir), country, learned=learned)
+    folder = _datasets_dir(datasets_dir)
+    try:  # read here, once (the loader caches it for `compare`): a missing or refused file is one line
+        load_country(folder, country)
+    except (OSError, ValueError, NgsiError) as error:
+        fail(f"bench epidemic: {error}")
+    result = compare(folder, country, learned=learned)
     if as_json:
         print(
             json.dumps(
@@ -165,9 +173,21 @@ def scenario(
     )
 
 
+def _incomplete_note(body: dict[str, Any]) -> None:
+    """The later days left out of an answer because too few regions have reported them yet."""
+    later = body.get("incompleteDays") or []
+    if later:
+        days = ", ".join(f"{d['date']} ({d['regionsReported']} of {d['regions']} regions)" for d in later[:3])
+        more = f" and {len(later) - 3} more" if len(later) > 3 else ""
+        console.print(
+            f"data to {body['lastCompleteDay']}, the last day (nearly) every region reported; left out until more "
+            f"regions report them: {days}{more}"
+        )
+
+
 def risk(
     country: Country,
-    top: Annotated[int, typer.Option(help="Regions shown")] = 15,
+    top: Annotated[int, typer.Option(help="Regions shown", min=1)] = 15,
     as_json: AsJson = False,
     url: Url = None,
     data_dir: DataDir = None,
@@ -197,12 +217,21 @@ def risk(
             f"{r['importedShare']:.1%}",
         )
     console.print(table)
+    unknown = len(body["regions"]) - len(known)
+    if unknown:
+        from polis.epidemic.risk import MIN_CASES
+
+        console.print(
+            f"{unknown} of {len(body['regions'])} regions left out: fewer than {MIN_CASES} cases in the week, too few "
+            "to estimate R (`--json` lists them with their cases)"
+        )
+    _incomplete_note(body)
 
 
 def forecast(
     country: Country,
     horizons: Annotated[int, typer.Option(help="Days ahead (1-14)", min=1, max=14)] = 14,
-    top: Annotated[int, typer.Option(help="Regions shown (most cases expected first)")] = 15,
+    top: Annotated[int, typer.Option(help="Regions shown (most cases expected first)", min=1)] = 15,
     as_json: AsJson = False,
     url: Url = None,
     data_dir: DataDir = None,
@@ -232,13 +261,14 @@ def forecast(
         table.add_row(
             r["region"],
             *(
-                f"{r['cases'][h - 1]:.1f} ({r['lower'][h - 1]:.0f}-{r['upper'][h - 1]:.0f})"
+                f"{r['cases'][h - 1]:.1f} ({r['lower'][h - 1]:.1f}-{r['upper'][h - 1]:.1f})"
                 for h in sorted({1, min(7, horizons), horizons})
             ),
         )
     console.print(table)
     weights = ", ".join(f"{name} {w[0]:.2f}" for name, w in body["weights"].items())
     console.print(f"blend weights, next day: {weights}; model {body['model']['registry']}")
+    _incomplete_note(body)
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:

@@ -22,10 +22,18 @@ from pathlib import Path
 
 import numpy as np
 
+from polis.domain.errors import OperationNotSupported
 from polis.epidemic.guard import check_flow_header, check_labels_header
 
 COUNTRIES = {"England": "EN", "France": "FR", "Italy": "IT", "Spain": "ES"}
 DATASET_FOLDER = Path("epidemic") / "covid-europe-2020"
+
+
+class UnusableData(OperationNotSupported):
+    """HTTP 422: what the hub holds for a country cannot go into the epidemic models (a negative count, too
+    few days); the detail says what and where. The request was fine: the data has to change first."""
+
+    title = "Data unusable by the epidemic models"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +44,9 @@ class CountryData:
     cases: np.ndarray  # float64 (days, regions): daily new confirmed cases
     flows: np.ndarray  # float64 (days, regions, regions): flows[t, i, j] = movements i -> j on day t
     flow_observed: np.ndarray  # bool (days,): whether day t had its own graph file
+    # Days after the calendar's end that too few regions reported yet (polis.epidemic.hub), with how many
+    # did: left out of the models, reported with the answers. The published files have none.
+    incomplete_days: tuple[tuple[date, int], ...] = ()
 
     @property
     def n_days(self) -> int:

@@ -62,7 +62,7 @@ class RollingRun:
         """actual[t, h-1] = cases on day t + h - 1 (NaN past the data), aligned with predictions."""
         days, n = self.data.cases.shape
         out = np.full((days, self.horizons, n), np.nan)
-        for h in range(1, self.horizons + 1):
+        for h in range(1, min(self.horizons, days) + 1):  # a horizon past the data's length has no target day
             out[: days - h + 1, h - 1] = self.data.cases[h - 1 :]
         return out
 

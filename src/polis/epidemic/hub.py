@@ -21,15 +21,18 @@ until the tenant's history changes.
 
 from __future__ import annotations
 
+import math
 import re
 import threading
+from collections import Counter
+from collections.abc import Iterable
 from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
 
 from polis.domain.entity import Entity
-from polis.epidemic.data import COUNTRIES, CountryData, fill_flow_gaps, load_country
+from polis.epidemic.data import COUNTRIES, CountryData, UnusableData, fill_flow_gaps, load_country
 from polis.ingest.datasets import DatasetLoad, Vocab, _date_time, _prop
 from polis.ngsi_ld.entities import parse_observed_at
 from polis.store.base import EntityQuery, HistoryColumns, Store, TemporalQuery
@@ -144,13 +147,33 @@ def countries_in_store(store: Store, tenant: str) -> list[str]:
     return [c for c in COUNTRIES if _ids(store, tenant, region_prefix(c), limit=1)]
 
 
+COMPLETE_SHARE = 0.95  # a day is complete once this share of the country's regions reported it
+
+
+def regions_needed(regions: int) -> int:
+    """How many of `regions` must have reported a day for it to count as complete: 95 %, rounded up (so
+    every region below 20 regions; England's 151 may miss 7)."""
+    return max(1, math.ceil(COMPLETE_SHARE * regions - 1e-9))
+
+
 def country_from_store(store: Store, tenant: str, country: str) -> CountryData | None:
     """The country's daily cases and flows as held by `tenant`, or None when its regions are not there.
 
-    Regions keep the hub's order (the ingest's, which is the labels file's); the calendar runs from the
-    first to the last day any region reported; a region with no value on a day counts zero cases (as an
-    empty cell in the files does). Days without any flow instance are unobserved and filled as the file
-    loader fills them (`fill_flow_gaps`)."""
+    Regions keep the hub's order (the ingest's, which is the labels file's). The calendar runs from the
+    first day any region reported to the last complete day: the last day at least `regions_needed` of the
+    regions reported. A live hub fills a day region by region; counting the regions not in yet as zero
+    cases would read as a sudden fall everywhere (a falsely low R, a forecast refit on zeros), so later
+    days wait, listed in `incomplete_days` with how many regions reported them. Inside the calendar a
+    region with no value on a day counts zero cases (as an empty cell in the files does). The published
+    files are complete, so their calendar is theirs. Days without any flow instance are unobserved and
+    filled as the file loader fills them (`fill_flow_gaps`).
+
+    A negative case count or flow is refused here, naming the region and the day (`UnusableData`, a 422):
+    the file loader refuses them too, and no model can take one (a negative week reads as R near 0, and
+    the projections go negative, then explode). It is refused on reading rather than on writing because
+    every write path of the hub (the NGSI-LD and temporal APIs, MQTT, `polis ingest`) is generic and knows
+    nothing of what an epidemic attribute may hold, and because readings already held, or written by a
+    path that never asked, must be caught anyway: the reader is where every path meets."""
     if country not in COUNTRIES or not store.has_tenant(tenant):
         return None
     region_ids = _ids(store, tenant, region_prefix(country))
@@ -158,17 +181,45 @@ def country_from_store(store: Store, tenant: str, country: str) -> CountryData |
         return None
     regions = tuple(i.removeprefix(region_prefix(country)) for i in region_ids)
     cases_by_region = _series(store, tenant, region_ids, "newConfirmedCases")
-    stamps = [d for series in cases_by_region.values() for d in series]
-    if not stamps:
+    _refuse_unusable(
+        country,
+        "daily case count",
+        ((entity_id.removeprefix(region_prefix(country)), series) for entity_id, series in cases_by_region.items()),
+    )
+    reported = Counter(day for series in cases_by_region.values() for day in series)
+    if not reported:
         return None
-    first, last = min(stamps), max(stamps)
+    needed = regions_needed(len(regions))
+    complete = [day for day, count in reported.items() if count >= needed]
+    if not complete:
+        raise UnusableData(
+            f"{country}: no day in the hub has cases from at least {needed} of its {len(regions)} regions "
+            f"(the most on any day is {max(reported.values())}); the models need complete days"
+        )
+    first, last = min(reported), max(complete)
     dates = tuple(first + timedelta(days=k) for k in range((last - first).days + 1))
     cases = np.zeros((len(dates), len(regions)))
     for i, entity_id in enumerate(region_ids):
         for day, value in cases_by_region.get(entity_id, {}).items():
-            cases[(day - first).days, i] = value
+            if day <= last:
+                cases[(day - first).days, i] = value
     flows, observed = _flows(store, tenant, country, regions, first, len(dates))
-    return CountryData(country, regions, dates, cases, flows, observed)
+    later = tuple(sorted((day, count) for day, count in reported.items() if day > last))
+    return CountryData(country, regions, dates, cases, flows, observed, later)
+
+
+def _refuse_unusable(country: str, what: str, series: Iterable[tuple[str, dict[date, float]]]) -> None:
+    """UnusableData naming the first few negative (or non-finite) values, where and when, if there are any."""
+    bad = sorted(
+        (day, name, value) for name, values in series for day, value in values.items() if not 0 <= value < math.inf
+    )
+    if bad:
+        named = "; ".join(f"{name} on {day}: {value:g}" for day, name, value in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise UnusableData(
+            f"{country}: the hub holds {len(bad)} negative or non-finite {what}(s), which no model can take: "
+            f"{named}{more}; correct those readings in the hub"
+        )
 
 
 def _ids(store: Store, tenant: str, prefix: str, limit: int | None = None) -> list[str]:
@@ -202,7 +253,9 @@ def _flows(
     observed = np.zeros(days, dtype=bool)
     prefix = flow_prefix(country)
     flow_ids = _ids(store, tenant, prefix)
-    for entity_id, series in _series(store, tenant, flow_ids, "flowCount").items():
+    held = _series(store, tenant, flow_ids, "flowCount")
+    _refuse_unusable(country, "flow count", ((i.removeprefix(prefix), s) for i, s in held.items()))
+    for entity_id, series in held.items():
         # ids are <prefix><origin>:<destination>; region names hold no ':' in this dataset, checked here
         origin, _, destination = entity_id.removeprefix(prefix).partition(":")
         if origin not in index or destination not in index:
@@ -221,11 +274,13 @@ def _flows(
 
 class HubCountries:
     """`country_from_store` cached per (tenant, country), re-read when the tenant's history count
-    changes (an ingest or a new reading), so repeated API calls do not re-read ~150,000 instances."""
+    changes (an ingest or a new reading), so repeated API calls do not re-read ~150,000 instances (nor
+    to refuse the same unusable data again)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._cache: dict[tuple[str, str], tuple[int, CountryData]] = {}
+        # what was read, or why it cannot be used (refused again at once until the history changes)
+        self._cache: dict[tuple[str, str], tuple[int, CountryData | str]] = {}
         self._lock = threading.Lock()
 
     def get(self, tenant: str, country: str) -> CountryData | None:
@@ -235,8 +290,15 @@ class HubCountries:
         with self._lock:
             cached = self._cache.get((tenant, country))
             if cached is not None and cached[0] == version:
-                return cached[1]
-            data = country_from_store(self.store, tenant, country)
+                held = cached[1]
+                if isinstance(held, str):
+                    raise UnusableData(held)
+                return held
+            try:
+                data = country_from_store(self.store, tenant, country)
+            except UnusableData as refused:
+                self._cache[(tenant, country)] = (version, refused.detail)
+                raise
             if data is not None:
                 self._cache[(tenant, country)] = (version, data)
             return data

@@ -1,6 +1,9 @@
 """What-if scenarios: "cut movement between these regions (or out of this region) by X % from day D",
 projected with the metapopulation model against no intervention, both with uncertainty.
 
+`asOf` is the last day of data the projection uses, as in the risk and forecast answers (default: the last
+day the data holds); the projection runs from the day after it.
+
 Both arms share their random draws (same transmission-rate perturbations, same Poisson noise), so the
 difference between them is the intervention's effect, not sampling noise.
 """
@@ -21,6 +24,7 @@ from polis.epidemic.metapopulation import Metapopulation
 Mode = Literal["between", "outOf"]
 MAX_DAYS = 120
 DRAWS = 100
+MIN_FIT_DAYS = 7  # days of data up to asOf: the model reads the growth over the last week
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +49,7 @@ class Projection:
 class ScenarioResult:
     country: str
     regions: tuple[str, ...]
+    as_of: date  # the last day of data used; `dates` start the day after
     dates: tuple[date, ...]
     intervention: Intervention
     baseline: Projection
@@ -71,10 +76,37 @@ def _unknown_regions(data: CountryData, unknown: list[str]) -> str:
     )
 
 
+def check_as_of(data: CountryData, as_of: date) -> date:
+    """`as_of` if the projection can start after it (MIN_FIT_DAYS of data up to it, none past the data),
+    else BadRequestData on `asOf`."""
+    span = f"{data.dates[0]} .. {data.dates[-1]}" if data.n_days else "no days"
+    if data.n_days < MIN_FIT_DAYS:
+        raise BadRequestData(
+            f"asOf: {data.country} has {data.n_days} day(s) of cases in the hub ({span}); a projection fits on "
+            f"the {MIN_FIT_DAYS} days up to asOf (leave asOf out to project from the last day held)",
+            field="asOf",
+        )
+    earliest = data.dates[MIN_FIT_DAYS - 1]
+    if not earliest <= as_of <= data.dates[-1]:
+        raise BadRequestData(
+            f"asOf: the last day of data the projection uses must be within {earliest} .. {data.dates[-1]} "
+            f"({MIN_FIT_DAYS} days of data up to it, none past the data), not {as_of}",
+            field="asOf",
+        )
+    return as_of
+
+
 def validate(
-    data: CountryData, regions: list[str], reduction_percent: float, start: date, mode: str, days: int
+    data: CountryData,
+    regions: list[str],
+    reduction_percent: float,
+    start: date,
+    mode: str,
+    days: int,
+    as_of: date | None = None,
 ) -> Intervention:
-    """The intervention a request asks for, or BadRequestData naming the field that is wrong."""
+    """The intervention a request asks for, projected `days` days after `as_of` (default: the data's last
+    day), or BadRequestData naming the field that is wrong."""
     if not regions:
         raise BadRequestData("regions: give at least one region", field="regions")
     unknown = [r for r in regions if r not in data.regions]
@@ -86,13 +118,24 @@ def validate(
         raise BadRequestData("mode: must be 'between' or 'outOf'", field="mode")
     if mode == "between" and len(set(regions)) < 2:
         raise BadRequestData("regions: 'between' needs at least two regions", field="regions")
-    if not 1 <= days <= MAX_DAYS:
-        raise BadRequestData(f"days: must be between 1 and {MAX_DAYS}", field="days")
+    # A day's cases come from exposure before it (Metapopulation.simulate), so a cut shows from the day
+    # after it starts: one projected day cannot show one, and a cut must start before the last projected
+    # day. Otherwise both arms are the same, which reads as "no benefit".
+    if not 2 <= days <= MAX_DAYS:
+        raise BadRequestData(
+            f"days: must be between 2 and {MAX_DAYS} (a cut changes cases from the day after it starts)", field="days"
+        )
+    end = data.dates[-1] if as_of is None else check_as_of(data, as_of)
     if start < data.dates[0]:
         raise BadRequestData(f"start: before the data begins ({data.dates[0]})", field="start")
-    last = data.dates[-1] + timedelta(days=days)  # the projection runs from the day after the data ends
-    if start > last:  # it would never take effect: both arms the same, which reads as "no benefit"
-        raise BadRequestData(f"start: after the last projected day ({last})", field="start")
+    last = end + timedelta(days=days)  # the projection runs from the day after `end`
+    if start >= last:
+        raise BadRequestData(
+            f"start: {start} is not before the last projected day ({last}: {days} days after {end}, the last day "
+            f"of data used); a cut changes cases from the day after it starts, so it must start by "
+            f"{last - timedelta(days=1)} to show in this projection",
+            field="start",
+        )
     return Intervention(tuple(dict.fromkeys(regions)), reduction_percent / 100.0, start, mode)  # type: ignore[arg-type]
 
 
@@ -118,11 +161,13 @@ def run_scenario(
     draws: int = DRAWS,
     seed: int = 0,
 ) -> ScenarioResult:
-    """Project `days` days from `as_of` (default: the day after the data ends), fitting on the days
-    before it, with and without the intervention."""
+    """Project `days` days from the day after `as_of` (the last day of data used; default: the data's
+    last day), fitting on the data up to it, with and without the intervention (`validate` checks both)."""
     started = time.perf_counter()
     model = model or Metapopulation()
-    origin = data.n_days if as_of is None else min(max(data.day_index(as_of), 7), data.n_days)
+    origin = data.n_days if as_of is None else data.day_index(as_of) + 1
+    if not 1 <= origin <= data.n_days:
+        raise ValueError(f"as_of {as_of} is not a day of the data ({data.dates[0]} .. {data.dates[-1]})")
     history = data.truncated(origin)
     state = model.fit(history)
     first_day = history.dates[-1] + timedelta(days=1)
@@ -142,5 +187,12 @@ def run_scenario(
         arms.append(Projection(paths.mean(axis=0), np.minimum(low, paths.mean(axis=0)), high))
     dates = tuple(first_day + timedelta(days=int(k)) for k in offsets)
     return ScenarioResult(
-        data.country, data.regions, dates, intervention, arms[0], arms[1], time.perf_counter() - started
+        data.country,
+        data.regions,
+        history.dates[-1],
+        dates,
+        intervention,
+        arms[0],
+        arms[1],
+        time.perf_counter() - started,
     )

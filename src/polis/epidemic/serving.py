@@ -30,8 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from polis.domain.errors import NgsiError
 from polis.epidemic.blend import BlendedForecast, blended_forecast, served_origins
-from polis.epidemic.data import CountryData
+from polis.epidemic.data import CountryData, UnusableData
 from polis.epidemic.evaluation import FIRST_ORIGIN, Forecaster, LastDay, MeanOfLastWeek
 from polis.epidemic.learned import fingerprint
 from polis.epidemic.metapopulation import Metapopulation
@@ -39,13 +40,54 @@ from polis.epidemic.panel_forecaster import LearnedEpidemicForecaster, mobility_
 from polis.forecast.model import Progress
 from polis.forecast.registry import ModelRegistry
 
-__all__ = ["Fitting", "Served", "ServedForecasts", "data_version", "fit_served", "registry_dataset"]
+__all__ = [
+    "MIN_DAYS",
+    "Fitting",
+    "NonFiniteForecast",
+    "Served",
+    "ServedForecasts",
+    "check_finite",
+    "check_forecastable",
+    "data_version",
+    "fit_served",
+    "registry_dataset",
+]
 
 log = logging.getLogger(__name__)
 
 HORIZONS = 14
 READY_WAIT_S = 2.0  # a request waits this long for a fit (a restored model is ready within it)
 VERSIONS_KEPT = 2  # registry versions kept per (tenant, country): the newest and the one before
+# The blend weighs its models (and sizes its interval) by how their forecasts from day FIRST_ORIGIN + 1 on
+# turned out: the first 14-day-ahead one is known on day FIRST_ORIGIN + HORIZONS. With fewer days some
+# horizons have no record at all, and the learned model's calibration has none to read.
+MIN_DAYS = FIRST_ORIGIN + HORIZONS
+
+
+class NonFiniteForecast(NgsiError):
+    """HTTP 500 naming the regions: a forecast came out NaN or infinite, and is not served as one."""
+
+
+def check_forecastable(data: CountryData) -> None:
+    """UnusableData (422) saying how many days the forecast needs, when `data` holds fewer."""
+    if data.n_days < MIN_DAYS:
+        held = f"{data.n_days} ({data.dates[0]} .. {data.dates[-1]})" if data.n_days else "none"
+        raise UnusableData(
+            f"{data.country}: the forecast needs at least {MIN_DAYS} complete days of cases, the hub holds {held}; "
+            f"the blend weighs its models by how their forecasts from day {FIRST_ORIGIN + 1} on turned out, up to "
+            f"{HORIZONS} days ahead (the risk view and scenarios work from fewer days)"
+        )
+
+
+def check_finite(data: CountryData, forecast: BlendedForecast, horizons: int) -> None:
+    """NonFiniteForecast unless every value served (point and bounds, the first `horizons` days) is finite."""
+    values = np.stack([forecast.point[:horizons], forecast.lower[:horizons], forecast.upper[:horizons]])
+    bad = [name for name, ok in zip(data.regions, np.isfinite(values).all(axis=(0, 1)), strict=True) if not ok]
+    if bad:
+        raise NonFiniteForecast(
+            f"{data.country}: the forecast came out non-finite (NaN or infinite) for {len(bad)} region(s), "
+            f"e.g. {', '.join(bad[:5])}; it is not served"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +134,9 @@ def fit_served(
     progress: Progress | None = None,
 ) -> Served:
     """The benchmark's blend at the end of `data`, the learned model restored from the registry where
-    its record covers the origins, refit on the others (and saved as a new registry version)."""
+    its record covers the origins, refit on the others (and saved as a new registry version). Fewer than
+    MIN_DAYS days is UnusableData."""
+    check_forecastable(data)
     started = time.perf_counter()
     origins = served_origins(data.n_days, HORIZONS, FIRST_ORIGIN)
     needed = [fingerprint(data.truncated(d)) for d in origins]

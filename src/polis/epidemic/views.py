@@ -4,18 +4,24 @@ running hub over HTTP (`RemoteViews`), or from the hub's database directly when 
 bodies: the local side builds them with the API's own functions.
 
 DuckDB lets one process open a database file for writing, and a reader cannot open it while a writer
-holds it, so with `polis serve` running the file is locked and only `--url` works; the error says so.
+holds it, so with `polis serve` running the file is locked and only `--url` works; the error says so, with
+the address the holder listens on where Linux's /proc tells it (the server writes its address nowhere), and
+says it could not be found otherwise, rather than guess the settings' default port.
 The local side opens the file read-only through the hub's store, only for the time it takes to read the
 country, and never creates a database.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 from polis.epidemic.data import CountryData
@@ -57,8 +63,51 @@ def open_store_read_only(settings: Settings, *, hint: str) -> Any:
         locked = locked_hub(settings, error)
         if locked is None:
             raise
-        raise HubError(f"{locked}: ask that server instead, with --url http://{settings.host}:{settings.port} "
-                       "(or its address)") from None
+        pid = re.search(r"PID (\d+)", str(error))
+        url = listening_url(int(pid.group(1))) if pid else None
+        if url is not None:
+            raise HubError(f"{locked}: ask that server instead, with --url {url}") from None
+        raise HubError(
+            f"{locked}: ask that server instead, with --url and the address it listens on (which could not be "
+            "found from here: it is in the server's first lines of output)"
+        ) from None
+
+
+def listening_url(pid: int) -> str | None:
+    """http://host:port of the one TCP port process `pid` listens on, from Linux's /proc (its socket inodes
+    against the kernel's TCP tables); None where that cannot be known: not Linux, another user's process,
+    no listening socket, or several ports."""
+    try:
+        fds = Path(f"/proc/{pid}/fd")
+        inodes = {link[8:-1] for link in (os.readlink(fd) for fd in fds.iterdir()) if link.startswith("socket:[")}
+    except OSError:
+        return None
+    found: dict[int, str] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
+                continue
+            address, _, hex_port = fields[1].partition(":")
+            found.setdefault(int(hex_port, 16), _host(address))
+    if len(found) != 1:
+        return None
+    port, host = next(iter(found.items()))
+    return f"http://{host}:{port}"
+
+
+def _host(hexed: str) -> str:
+    """A /proc/net/tcp(6) address (32-bit words in host byte order) as a host to connect to: the loopback one
+    for a server listening on every address."""
+    raw = b"".join(bytes.fromhex(hexed[k : k + 8])[::-1] for k in range(0, len(hexed), 8))
+    address = ipaddress.ip_address(raw)
+    if address.is_unspecified:
+        return "127.0.0.1" if address.version == 4 else "[::1]"
+    return str(address) if address.version == 4 else f"[{address}]"
 
 
 def locked_hub(settings: Settings, error: Exception) -> str | None:
@@ -69,6 +118,18 @@ def locked_hub(settings: Settings, error: Exception) -> str | None:
     pid = re.search(r"PID (\d+)", str(error))
     holder = f"process {pid.group(1)}" if pid else "another process"
     return f"{settings.database_path} is locked by {holder}, most likely a running `polis serve` on this data directory"
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """A problem the API would answer (data the models cannot take, a bad request) as a HubError: exit 2 for
+    a bad request, as the CLI's own argument errors, else 1."""
+    from polis.domain.errors import NgsiError
+
+    try:
+        yield
+    except NgsiError as error:
+        raise HubError(error.detail, code=2 if error.status == 400 else 1) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +144,8 @@ class LocalViews:
 
         store = self._open()
         try:
-            data = country_from_store(store, self.tenant, country)
+            with _refusals():
+                data = country_from_store(store, self.tenant, country)
         finally:
             store.close()
         if data is None:
@@ -110,21 +172,19 @@ class LocalViews:
         data = self.country(country)
         registry = ModelRegistry(self.settings.data_dir / "models")
         progress = None if on_wait is None else (lambda stage, done: on_wait(f"{stage} ({done:.0%})"))
-        served = fit_served(data, registry, registry_dataset(self.tenant, country), progress)
-        return forecast_body(data, served, horizons)
+        with _refusals():
+            served = fit_served(data, registry, registry_dataset(self.tenant, country), progress)
+            return forecast_body(data, served, horizons)
 
     def scenario(
         self, country: str, regions: list[str], reduction: float, start: date, mode: str, days: int
     ) -> dict[str, Any]:
         from polis.api.routes_epidemic import scenario_body
-        from polis.domain.errors import NgsiError
         from polis.epidemic.scenario import run_scenario, validate
 
         data = self.country(country)
-        try:
+        with _refusals():
             intervention = validate(data, regions, reduction, start, mode, days)
-        except NgsiError as error:
-            raise HubError(error.detail, code=2) from None
         return scenario_body(run_scenario(data, intervention, days))
 
 
