@@ -290,6 +290,15 @@ def ingestible() -> dict[str, str]:
     return {**entities, **{name: info.description for name, info in MOBILITY_DATASETS.items()}}
 
 
+def _check_pseudonym_secret(settings: Settings, name: str) -> None:
+    from polis.mobility.ingest import pseudonymiser_for
+
+    try:
+        pseudonymiser_for(settings)
+    except (PermissionError, ValueError) as error:
+        fail(f"{name}: not ingested: {error}")
+
+
 def _ingest(settings: Settings, names: list[str]) -> None:
     import csv
 
@@ -313,6 +322,8 @@ def _ingest(settings: Settings, names: list[str]) -> None:
     try:
         for name in names:
             if name in MOBILITY_DATASETS:  # person-level: through the privacy gate, never as entities
+                if store is None:
+                    _check_pseudonym_secret(settings, name)  # refused before a new hub is made for it
                 store = store or open_hub(settings)
                 ingest_gated(settings, store, name, console)
                 continue

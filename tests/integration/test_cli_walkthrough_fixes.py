@@ -50,3 +50,11 @@ def test_dead_letters_are_shown_as_sent_even_when_they_look_like_markup(tmp_path
     assert done.returncode == 0, done.stderr
     assert "oops [/bold] not json" in done.stdout
     assert "[withheld: 98 bytes refused for privacy]" in done.stdout and "[withheld]" in done.stdout
+
+
+def test_a_refused_pseudonym_secret_leaves_no_new_hub_behind(tmp_path: Path) -> None:
+    data = tmp_path / "new-hub"
+    done = _polis("ingest", "citibike-jersey-city", "--data-dir", str(data),
+                  POLIS_PSEUDONYM_SECRET="short", POLIS_DATASETS_DIR=str(Settings().datasets_dir))
+    assert done.returncode == 1 and "at least 32" in done.stderr and "Traceback" not in done.stderr
+    assert not data.exists()

@@ -98,7 +98,8 @@ def test_raw_pseudonymous_trips_exist_only_within_retention(api: TestClient) -> 
         "end_cell",
     }
     assert trip["start_hour"].endswith(":00:00Z") and len(trip["pseudonym"]) == 32
-    assert api.get(f"{BASE}/trips", params={"day": "2017-04-12"}).json()["trips"] == []  # purged
+    purged = api.get(f"{BASE}/trips", params={"day": "2017-04-12"})
+    assert purged.status_code == 404 and "POLIS_RAW_RETENTION_DAYS" in purged.json()["detail"]  # said, not []
 
 
 def test_dp_releases_spend_the_budget_then_are_refused(api: TestClient) -> None:

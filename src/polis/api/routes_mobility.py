@@ -20,9 +20,9 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from polis.api.ld_http import platform_of
-from polis.domain.errors import BadRequestData
+from polis.domain.errors import BadRequestData, InvalidRequest
 from polis.mobility.citibike import DATASET as CITIBIKE
-from polis.mobility.products import Direction, DpRequest, Unit
+from polis.mobility.products import Direction, DpRequest, Unit, parse_day
 from polis.ngsi_ld.params import check_known
 from polis.privacy.dp import MIN_EPSILON, Mechanism
 
@@ -49,9 +49,9 @@ def _day(params: Any) -> date:
     if text is None:
         raise BadRequestData("the query parameter 'day' (YYYY-MM-DD, local date) is required")
     try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise BadRequestData(f"day must be a date YYYY-MM-DD, got {text!r}") from None
+        return parse_day(text)
+    except ValueError as error:
+        raise BadRequestData(str(error)) from None
 
 
 def _choice(params: Any, name: str, default: str, choices: list[str]) -> str:
@@ -79,12 +79,15 @@ def _dp(request: Request) -> DpRequest | None:
 
 @router.get(f"{_BASE}/summary", summary="Citi Bike Jersey City: days held and stations (public tier)")
 async def summary(request: Request) -> Response:
-    check_known(request.query_params, set())
+    if request.query_params:
+        unknown = ", ".join(sorted(set(request.query_params)))
+        raise InvalidRequest(f"unknown query parameter(s): {unknown}; this endpoint accepts no query parameters")
     privacy = platform_of(request).privacy
 
-    unit = platform_of(request).settings.flows_unit
-
     def work() -> dict[str, Any]:
+        # What /flows releases: the unit (and k) pinned by the dataset's first release, else the settings'.
+        configuration = privacy.release_configuration(CITIBIKE)
+        unit = configuration.flows_unit
         days = privacy.mobility.days(CITIBIKE)
         stations = privacy.mobility.areas(CITIBIKE, "station")
         # The rows /flows releases, where they are: the stations, or the H3 cells holding stations (centres).
@@ -96,7 +99,7 @@ async def summary(request: Request) -> Response:
             "firstDay": days[0].isoformat() if days else None,
             "lastDay": days[-1].isoformat() if days else None,
             "days": len(days),
-            "k": privacy.settings.suppression_k,
+            "k": configuration.k,
             "epsilonBudget": privacy.ledger.budget(CITIBIKE),
             "epsilonSpent": privacy.ledger.spent(CITIBIKE),
             "stations": [{"id": s.area, "name": s.name, "lat": s.lat, "lon": s.lon} for s in stations],
@@ -138,8 +141,7 @@ async def trips(request: Request) -> Response:
     params = request.query_params
     check_known(params, {"day"})
     day = _day(params)
-    mobility = platform_of(request).privacy.mobility
-    rows = await run_in_threadpool(mobility.raw_trips, CITIBIKE, day)
+    rows = await run_in_threadpool(platform_of(request).privacy.raw_trips, CITIBIKE, day)
     for row in rows:
         for key in ("start_hour", "end_hour"):
             row[key] = f"{row[key].isoformat()}Z"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -21,6 +21,7 @@ DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Hub files (def
 
 
 def ingest_gated(settings: Settings, store: DuckDBStore, name: str, console: Console) -> None:
+    from polis.cli import fail
     from polis.mobility.ingest import ingest_mobility
 
     try:
@@ -28,6 +29,8 @@ def ingest_gated(settings: Settings, store: DuckDBStore, name: str, console: Con
     except FileNotFoundError as error:
         console.print(f"[red]{name}: {error}[/red] (set POLIS_DATASETS_DIR or --datasets-dir)")
         raise typer.Exit(1) from None
+    except (PermissionError, ValueError) as error:  # the pseudonym secret, or a file the loader refuses: named
+        fail(f"{name}: not ingested: {error}")
     console.print(
         f"{name}: {summary.trips:,} trips over {summary.days} days through the privacy gate in "
         f"{summary.seconds:.1f} s (pseudonymised, birth year and gender dropped, times to the hour); "
@@ -43,9 +46,26 @@ def _settings(data_dir: Path | None) -> Settings:
 
 
 def _store(settings: Settings) -> DuckDBStore:
-    from polis.cli import open_hub
+    """The hub's database, which must exist: a mistyped --data-dir is an error, not a new empty hub."""
+    from polis.cli import open_hub, require_hub_file
 
+    require_hub_file(settings.database_path)
     return open_hub(settings)
+
+
+def _known_dataset(dataset: str) -> None:
+    from polis.cli import fail
+    from polis.mobility.ingest import MOBILITY_DATASETS
+
+    if dataset not in MOBILITY_DATASETS:
+        fail(f"--dataset: unknown mobility dataset {dataset!r}; known: {', '.join(sorted(MOBILITY_DATASETS))}", 2)
+
+
+def _one_of(option: str, value: str, choices: list[str]) -> None:
+    from polis.cli import fail
+
+    if value not in choices:
+        fail(f"{option} must be one of {', '.join(choices)}, got {value!r}", 2)
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
@@ -61,36 +81,70 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         dataset: Annotated[str, typer.Option(help="Mobility dataset")] = "citibike-jersey-city",
         od: Annotated[bool, typer.Option("--od", help="The origin-destination matrix instead of hourly flows")] = False,
         by: Annotated[str | None, typer.Option(help="'station' or 'cell' (H3); default POLIS_FLOWS_UNIT")] = None,
-        direction: Annotated[str, typer.Option(help="'departures' or 'arrivals'")] = "departures",
+        direction: Annotated[
+            str | None, typer.Option(help="'departures' (default) or 'arrivals'; hourly flows only")
+        ] = None,
         window: Annotated[
-            str | None, typer.Option(help="OD: day, or 00-08/08-16/16-24 (POLIS_OD_WINDOW_HOURS=8)")
+            str | None, typer.Option(help="With --od: day, or 00-08/08-16/16-24 (POLIS_OD_WINDOW_HOURS=8)")
         ] = None,
         epsilon: Annotated[float | None, typer.Option(help="Add differential-privacy noise spending this ε")] = None,
-        mechanism: Annotated[str, typer.Option(help="'laplace' or 'gaussian' (with --epsilon)")] = "laplace",
+        mechanism: Annotated[
+            str | None, typer.Option(help="'laplace' (default) or 'gaussian'; needs --epsilon")
+        ] = None,
         as_json: Annotated[bool, typer.Option("--json", help="The whole release as JSON")] = False,
         data_dir: DataDir = None,
     ) -> None:
         """Released mobility products (suppressed below k, optionally noisy): hourly flows or the OD matrix."""
+        from polis.cli import fail
         from polis.domain.errors import NgsiError
-        from polis.mobility.products import Direction, DpRequest, Unit
-        from polis.privacy.dp import Mechanism
+        from polis.mobility.products import WINDOWS, Direction, DpRequest, Unit, parse_day
+        from polis.privacy.dp import MIN_EPSILON, Mechanism
         from polis.privacy.service import PrivacyService
+
+        # The request is checked as the API checks it (an option that does not apply is refused, not ignored),
+        # before the hub is opened: exit 2, one line.
+        _known_dataset(dataset)
+        try:
+            when = parse_day(day, "--day")
+        except ValueError as error:
+            fail(str(error), 2)
+        if od:
+            for option, value in (("--by", by), ("--direction", direction)):
+                if value is not None:
+                    fail(f"{option} is for hourly flows; --od releases the origin-destination matrix", 2)
+            if window is not None:
+                _one_of("--window", window, list(WINDOWS))
+        elif window is not None:
+            fail("--window is for the origin-destination matrix: add --od", 2)
+        else:
+            if by is not None:
+                _one_of("--by", by, [u.value for u in Unit])
+            _one_of("--direction", direction or Direction.DEPARTURES.value, [d.value for d in Direction])
+        if mechanism is not None:
+            if epsilon is None:
+                fail("--mechanism needs --epsilon: the differential-privacy budget the release spends", 2)
+            _one_of("--mechanism", mechanism, [m.value for m in Mechanism])
+        if epsilon is not None and not MIN_EPSILON <= epsilon < float("inf"):
+            fail(f"--epsilon must be a positive number, at least {MIN_EPSILON:g}, got {epsilon:g}", 2)
 
         settings = _settings(data_dir)
         store = _store(settings)
         try:
             service = PrivacyService(store, settings)
-            dp = DpRequest(epsilon, Mechanism(mechanism), settings.dp_delta) if epsilon is not None else None
-            when = date.fromisoformat(day)
+            dp = (
+                DpRequest(epsilon, Mechanism(mechanism or Mechanism.LAPLACE.value), settings.dp_delta)
+                if epsilon is not None
+                else None
+            )
             if od:
                 chosen = window or ("day" if settings.od_window_hours == 24 else "00-08")
                 release = service.products(dataset).od_matrix(dataset, when, chosen, dp)
             else:
                 unit = Unit(by or settings.flows_unit)
-                release = service.products(dataset).hourly_flows(dataset, when, unit, Direction(direction), dp)
+                chosen_direction = Direction(direction or Direction.DEPARTURES.value)
+                release = service.products(dataset).hourly_flows(dataset, when, unit, chosen_direction, dp)
         except (NgsiError, ValueError) as error:
-            console.print(f"[red]{getattr(error, 'detail', error)}[/red]")
-            raise typer.Exit(1) from None
+            fail(str(getattr(error, "detail", error)))
         finally:
             store.close()
         body = release.body()
@@ -146,6 +200,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         """The differential-privacy ε a dataset has spent, of its budget."""
         from polis.privacy.dp import BudgetLedger
 
+        _known_dataset(dataset)
         settings = _settings(data_dir)
         store = _store(settings)
         try:

@@ -20,7 +20,7 @@ from polis.mobility.aggregate import count_trips
 from polis.mobility.schema import TripBatch
 from polis.mobility.store import Area, MobilityStore
 from polis.privacy.gate import GatedTrips, gate_trips, public_station_names
-from polis.privacy.pseudonyms import Pseudonymiser, default_secret_file, load_or_create_secret
+from polis.privacy.pseudonyms import SECRET_BYTES, Pseudonymiser, default_secret_file, load_or_create_secret
 from polis.settings import Settings
 from polis.store.duckdb_ import DuckDBStore
 
@@ -54,9 +54,17 @@ class MobilitySummary:
 
 
 def pseudonymiser_for(settings: Settings) -> Pseudonymiser:
-    """The master secret from the setting, else from its 0600 file (created on first use)."""
+    """The master secret from the setting, else from its 0600 file (created on first use). Both hold at least
+    SECRET_BYTES: whoever guesses the secret recomputes every pseudonym from the small bike ids. A ValueError or
+    PermissionError (a file others may read) says what to change."""
     if settings.pseudonym_secret is not None:
-        return Pseudonymiser(settings.pseudonym_secret.get_secret_value().encode())
+        secret = settings.pseudonym_secret.get_secret_value()
+        if len(secret) < SECRET_BYTES:
+            raise ValueError(
+                f"POLIS_PSEUDONYM_SECRET holds {len(secret)} characters; at least {SECRET_BYTES} are needed (e.g. "
+                "the output of `openssl rand -hex 32`), or unset it to use the secret file"
+            )
+        return Pseudonymiser(secret.encode())
     return Pseudonymiser(load_or_create_secret(settings.pseudonym_secret_file or default_secret_file()))
 
 
@@ -65,11 +73,13 @@ def dataset_zone(name: str) -> str:
     return known.zone if known is not None else "UTC"
 
 
-def ingest_trips(settings: Settings, store: DuckDBStore, batch: TripBatch, zone: str) -> MobilitySummary:
+def ingest_trips(
+    settings: Settings, store: DuckDBStore, batch: TripBatch, zone: str, pseudonymiser: Pseudonymiser | None = None
+) -> MobilitySummary:
     started = time.perf_counter()
     gated = gate_trips(
         batch,
-        pseudonymiser_for(settings),
+        pseudonymiser or pseudonymiser_for(settings),
         resolution=settings.h3_resolution,
         od_resolution=settings.od_h3_resolution,
         zone=zone,
@@ -128,4 +138,5 @@ def _station_codes(start: pa.DictionaryArray, end: pa.DictionaryArray) -> tuple[
 
 def ingest_mobility(settings: Settings, store: DuckDBStore, name: str) -> MobilitySummary:
     dataset = MOBILITY_DATASETS[name]
-    return ingest_trips(settings, store, dataset.loader(settings.datasets_dir), dataset.zone)
+    pseudonymiser = pseudonymiser_for(settings)  # a bad secret is refused before the files are read
+    return ingest_trips(settings, store, dataset.loader(settings.datasets_dir), dataset.zone, pseudonymiser)

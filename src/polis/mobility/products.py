@@ -7,6 +7,8 @@ raw-pseudonymous tier, to departments granted it)."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
@@ -16,8 +18,9 @@ from zoneinfo import ZoneInfo
 import h3
 import numpy as np
 
-from polis.domain.errors import BadRequestData, ResourceNotFound
-from polis.mobility.store import MobilityStore
+from polis.domain.errors import BadRequestData, NgsiError, ResourceNotFound
+from polis.mobility.ingest import MOBILITY_DATASETS
+from polis.mobility.store import MobilityStore, PinnedConfiguration, ReleaseConfiguration
 from polis.privacy.dp import BudgetLedger, Mechanism, Spend, release_noise
 from polis.privacy.gate import WINDOW_HOURS
 from polis.privacy.suppression import (
@@ -41,6 +44,43 @@ class Direction(StrEnum):
 
 
 WINDOWS = {"day": [0, 1, 2], "00-08": [0], "08-16": [1], "16-24": [2]}
+
+# The setting behind each field of a release configuration, as an operator sets it.
+SETTING_NAMES = {
+    "flows_unit": "POLIS_FLOWS_UNIT",
+    "od_window_hours": "POLIS_OD_WINDOW_HOURS",
+    "k": "POLIS_SUPPRESSION_K",
+}
+
+
+class ReleaseConfigurationPinned(NgsiError):
+    """HTTP 409: the hub now runs with a release configuration other than the one its first release pinned."""
+
+    name = "ReleaseConfigurationPinned"
+    status = 409
+    title = "Release configuration pinned"
+
+
+def parse_day(text: str, name: str = "day") -> date:
+    """A local day written YYYY-MM-DD, and only so (`date.fromisoformat` also takes 20170201 and 2017-W05-3);
+    a ValueError naming `name` otherwise."""
+    if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
+        try:
+            return date.fromisoformat(text)
+        except ValueError:
+            pass
+    raise ValueError(f"{name} must be a date YYYY-MM-DD, got {text!r}")
+
+
+def day_ranges(days: Sequence[date]) -> str:
+    """Sorted days as runs of consecutive days: "2017-02-01 to 2017-04-30, 2017-11-01"."""
+    runs: list[list[date]] = []
+    for day in days:
+        if runs and day - runs[-1][1] == timedelta(days=1):
+            runs[-1][1] = day
+        else:
+            runs.append([day, day])
+    return ", ".join(str(first) if first == last else f"{first} to {last}" for first, last in runs) or "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +164,7 @@ class MobilityProducts:
         flows_unit: Unit = Unit.CELL,
         od_window_hours: int = 24,
         cache: dict[tuple[str, date, str, tuple[str, ...], int, datetime | None], DayTables] | None = None,
+        pin_configuration: bool = False,
     ) -> None:
         self.store = store
         self.ledger = ledger
@@ -133,7 +174,12 @@ class MobilityProducts:
         # (or a day matrix and its three window matrices) are linked by sums, and suppression protects each
         # table on its own, so releasing both would let an attacker solve one with the other.
         self.flows_unit = flows_unit
+        self.od_window_hours = od_window_hours
         self.od_windows = ["day"] if od_window_hours == 24 else ["00-08", "08-16", "16-24"]
+        # ... and one per hub over time, which the settings alone do not make: the hub's releases (PrivacyService,
+        # behind the API and `polis flows`) pin the configuration of the first one (`_pin_configuration`). Off
+        # for analysis in process (tests, benchmarks), which works out several configurations on purpose.
+        self.pins_configuration = pin_configuration
         # Joint suppression of a day costs about a second: keep the result, shared by the hub's requests
         # (PrivacyService) and keyed by the data's newest time, so a new load recomputes it.
         self._days = {} if cache is None else cache
@@ -242,14 +288,56 @@ class MobilityProducts:
             links.append(Link(tuple((0, len(rows), j) for j in in_window), ((t, n_od, n_od),)))
         return [link for link in links if link.holds(fulls)]
 
+    @property
+    def configuration(self) -> ReleaseConfiguration:
+        return ReleaseConfiguration(self.flows_unit.value, self.od_window_hours, self.k)
+
+    def _refuse_another_configuration(self, dataset: str, pinned: PinnedConfiguration | None) -> None:
+        """The settings must be those the dataset's releases are pinned to (see `_pin_configuration`)."""
+        if pinned is None or pinned.configuration == self.configuration:
+            return
+        fields = [f for f in SETTING_NAMES if getattr(pinned.configuration, f) != getattr(self.configuration, f)]
+        was = ", ".join(f"{SETTING_NAMES[f]}={getattr(pinned.configuration, f)}" for f in fields)
+        now = ", ".join(f"{SETTING_NAMES[f]}={getattr(self.configuration, f)}" for f in fields)
+        raise ReleaseConfigurationPinned(
+            f"{dataset}: this hub's releases are pinned to {was} since its first release "
+            f"({pinned.pinned_at:%Y-%m-%d %H:%M} UTC), and it now runs with {now}: tables released under both could "
+            f"be solved against each other for counts below k, so nothing is released under the new setting. Keep "
+            f"{was}, or start a new hub (another --data-dir, with {dataset} ingested again) for the new one",
+            pinned={SETTING_NAMES[f]: getattr(pinned.configuration, f) for f in SETTING_NAMES},
+            configured={SETTING_NAMES[f]: getattr(self.configuration, f) for f in SETTING_NAMES},
+        )
+
+    def _pin_configuration(self, dataset: str) -> None:
+        """Record the configuration of the dataset's first release in the hub's database, and refuse any later
+        release under another. Tables released under two flow units or two OD granularities are linked by sums
+        (a cell-hour count is a sum of station-hour counts; a day matrix the sum of its windows), and one table
+        suppressed at two k, or under two joint systems, hides two different sets of entries: the union of what
+        both show pins entries each hides (an LP on cell- and station-hour departures of 2017-02-01 pinned
+        hidden station totals exactly). Pinned at the first release rather than at ingest: nothing can be
+        combined before something is released, and until then an operator may still correct a setting. Any
+        release pins (exact or noisy, flows or OD): every one is cut from the day's joint suppression, which
+        depends on all three settings."""
+        if self.pins_configuration:
+            self._refuse_another_configuration(dataset, self.store.pin_configuration(dataset, self.configuration))
+
+    def _check_configuration(self, dataset: str) -> None:
+        """Refuse a release under settings other than the pinned ones before anything is drawn or charged."""
+        if self.pins_configuration:
+            self._refuse_another_configuration(dataset, self.store.pinned_configuration(dataset))
+
     def _check_day(self, dataset: str, day: date) -> None:
         if dataset not in self.store.datasets():
+            if dataset not in MOBILITY_DATASETS:
+                raise ResourceNotFound(
+                    f"unknown mobility dataset {dataset!r}; known: {', '.join(sorted(MOBILITY_DATASETS))}"
+                )
             raise ResourceNotFound(f"no mobility dataset {dataset} in this hub (polis ingest {dataset})")
-        newest = self.store.newest(dataset)
         days = self.store.days(dataset)
-        if days and not days[0] <= day <= days[-1]:
+        if day not in days:  # outside the days held, or a day inside them without a trip (no trips May-Oct 2017)
             raise ResourceNotFound(
-                f"{dataset} holds days {days[0]} to {days[-1]} (newest data {newest}); no data for {day}"
+                f"{dataset} has no data for {day}: it holds {len(days)} local days, {day_ranges(days)} (newest data "
+                f"{self.store.newest(dataset)} UTC)"
             )
 
     def _noisy_table(
@@ -259,13 +347,22 @@ class MobilityProducts:
         stays hidden (its complementary suppression included), then small noisy counts and what would pin them
         are hidden too: so what it shows is a subset of what the exact release shows, plus noise. Suppressed on
         its own, a noisy table hid other entries than the exact one, and with little noise (ε = 9) a linear
-        program over both and the day's other products pinned hidden station counts (red team, 2026-11-27)."""
+        program over both and the day's other products pinned hidden station counts (red team, 2026-11-27).
+
+        `noisy` is the cells as drawn, below 0 too. The totals are summed from them (post-processing: no more
+        ε), so each is the true total plus zero-mean noise; summed from cells clamped at 0 they grew by the
+        positive half of every empty cell's noise (a day's 569 departures released as 1,014 at ε = 1). Every
+        number shown is at least k, so no cell shown is negative. The complementary suppression is worked out
+        on the cells clamped at 0 and their sums, a table the audit can take (it assumes what it solves for is
+        not negative); a total below k in the released table is hidden first whatever its clamped sum."""
         exact = self.day_tables(dataset, day)
         t = exact.names.index(name)
         if exact.rows[t] != rows or exact.columns[t] != columns:  # both read the same areas and hours
             raise RuntimeError(f"the noisy {name} table is not laid out like the exact one")
         full = with_margins(noisy)
-        return released_table(full, suppression_mask(full, self.k, exact.masks[t].copy()), rows, columns, self.k)
+        audited = with_margins(np.maximum(noisy, 0))
+        hidden = suppression_mask(audited, self.k, exact.masks[t] | (full < self.k))
+        return released_table(full, hidden, rows, columns, self.k)
 
     def _release(
         self, counts: np.ndarray, dataset: str, product: str, dp: DpRequest | None
@@ -278,12 +375,14 @@ class MobilityProducts:
     def hourly_flows(
         self, dataset: str, day: date, unit: Unit, direction: Direction, dp: DpRequest | None = None
     ) -> Release:
+        self._check_day(dataset, day)
+        self._check_configuration(dataset)
         if unit is not self.flows_unit:
             raise BadRequestData(
                 f"this hub releases hourly flows per {self.flows_unit.value} only (POLIS_FLOWS_UNIT): tables per "
                 "station and per cell of the same hours could be solved against each other"
             )
-        self._check_day(dataset, day)
+        self._pin_configuration(dataset)
         areas = self.store.areas(dataset, unit.value)
         rows = [a.area for a in areas]
         hours = local_hours(day, self.zone)
@@ -312,12 +411,14 @@ class MobilityProducts:
         )
 
     def od_matrix(self, dataset: str, day: date, window: str = "day", dp: DpRequest | None = None) -> Release:
+        self._check_day(dataset, day)
+        self._check_configuration(dataset)
         if window not in self.od_windows:
             raise BadRequestData(
                 f"window must be one of {', '.join(self.od_windows)} (local time; POLIS_OD_WINDOW_HOURS decides "
                 f"whether this hub releases daily or 8-hour matrices, never both), got {window!r}"
             )
-        self._check_day(dataset, day)
+        self._pin_configuration(dataset)
         areas = [a.area for a in self.store.areas(dataset, "od")]
         index = {a: i for i, a in enumerate(areas)}
         counts = np.zeros((len(areas), len(areas)), dtype=np.int64)

@@ -5,7 +5,9 @@
   replayed history is purged as it would have been live;
 - `mobility_flows`, `mobility_od`: the counts the released products are cut from (never released as is:
   every release goes through suppression, see products.py);
-- `mobility_areas`: stations (public infrastructure: id, name, place) and cells, the rows of the products.
+- `mobility_areas`: stations (public infrastructure: id, name, place) and cells, the rows of the products;
+- `mobility_release_config`: the release configuration (flows unit, OD window, k) each dataset's first
+  release pinned: releases under two configurations could be solved against each other (products.py).
 
 Nothing here holds an identifier, a birth year, a gender or an exact time: the gate ran before.
 Rewrites are per day (delete the days a load covers, insert them again) in one transaction: loading the
@@ -14,8 +16,9 @@ same files twice changes nothing.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,9 @@ _DDL = [
         dataset VARCHAR NOT NULL, unit VARCHAR NOT NULL, area VARCHAR NOT NULL, name VARCHAR,
         lat DOUBLE, lon DOUBLE)""",
     "CREATE TABLE IF NOT EXISTS mobility_clock (dataset VARCHAR PRIMARY KEY, newest TIMESTAMP NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS mobility_release_config (
+        dataset VARCHAR PRIMARY KEY, flows_unit VARCHAR NOT NULL, od_window_hours INTEGER NOT NULL,
+        k INTEGER NOT NULL, pinned_at TIMESTAMP NOT NULL)""",
 ]
 
 
@@ -54,10 +60,26 @@ class Area:
     lon: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class ReleaseConfiguration:
+    """What shapes every release of a dataset: tables released under two of these are linked by sums."""
+
+    flows_unit: str  # POLIS_FLOWS_UNIT
+    od_window_hours: int  # POLIS_OD_WINDOW_HOURS
+    k: int  # POLIS_SUPPRESSION_K
+
+
+@dataclass(frozen=True, slots=True)
+class PinnedConfiguration:
+    configuration: ReleaseConfiguration
+    pinned_at: datetime  # wall clock (UTC) of the release that pinned it
+
+
 class MobilityStore:
     def __init__(self, store: DuckDBStore) -> None:
         self.store = store
         self._ready = False
+        self._pin_lock = threading.Lock()  # two first releases at once: one insert, not a write-write conflict
 
     def _con(self) -> duckdb.DuckDBPyConnection:
         con = self.store.connection()
@@ -187,7 +209,37 @@ class MobilityStore:
                 files.append(target)
         return files
 
+    def pin_configuration(self, dataset: str, configuration: ReleaseConfiguration) -> PinnedConfiguration:
+        """Record `configuration` as the dataset's release configuration unless one is already pinned; the pinned
+        one either way (the first writer wins: two releases at once cannot pin two configurations)."""
+        now = datetime.now(UTC).replace(tzinfo=None)
+        c = configuration
+        with self._pin_lock:
+            self._run(
+                "INSERT INTO mobility_release_config VALUES (?, ?, ?, ?, ?) ON CONFLICT (dataset) DO NOTHING",
+                [dataset, c.flows_unit, c.od_window_hours, c.k, now],
+            )
+            pinned = self.pinned_configuration(dataset)
+        if pinned is None:  # pragma: no cover - just written, or there before
+            raise RuntimeError(f"the release configuration of {dataset} was not recorded")
+        return pinned
+
     # -- reads -----------------------------------------------------------------------------------
+
+    def pinned_configuration(self, dataset: str) -> PinnedConfiguration | None:
+        rows = self._run(
+            "SELECT flows_unit, od_window_hours, k, pinned_at FROM mobility_release_config WHERE dataset = ?", [dataset]
+        )
+        if not rows:
+            return None
+        unit, hours, k, pinned_at = rows[0]
+        return PinnedConfiguration(ReleaseConfiguration(unit, int(hours), int(k)), pinned_at)
+
+    def raw_days(self, dataset: str) -> list[date]:
+        """The days (of trip start) the raw-pseudonymous tier still holds trips of."""
+        return [
+            r[0] for r in self._run("SELECT DISTINCT day FROM mobility_trips WHERE dataset = ? ORDER BY day", [dataset])
+        ]
 
     def datasets(self) -> list[str]:
         return [r[0] for r in self._run("SELECT dataset FROM mobility_clock ORDER BY dataset")]

@@ -1,8 +1,9 @@
 """Optional differential privacy on released counts, through OpenDP, with a per-dataset ε budget.
 
 The unit protected is one trip: a trip adds 1 to exactly one cell of a released table (L1 and L2
-sensitivity 1). Noise goes on the cells only; totals are summed from the noisy cells afterwards, which is
-post-processing and costs nothing more. Laplace releases are ε-DP (OpenDP's discrete Laplace on integer
+sensitivity 1). Noise goes on the cells only; totals are summed from the noisy cells afterwards, as drawn
+(negative ones too, so a total is unbiased), which is post-processing and costs nothing more: a release is
+charged its ε once, whatever totals it shows. Laplace releases are ε-DP (OpenDP's discrete Laplace on integer
 counts, scale 1/ε). Gaussian releases are ρ-zCDP (discrete Gaussian); the ledger charges them the ε they
 cost at the configured δ (OpenDP's zCDP -> (ε, δ) conversion), so both mechanisms draw on one budget.
 Releases compose by plain addition of ε (basic composition: conservative), and a release that would take
@@ -80,8 +81,9 @@ def epsilon_of(mechanism: Mechanism, scale: float, delta: float = 0.0) -> float:
 
 
 def add_noise(counts: np.ndarray, mechanism: Mechanism, scale: float) -> np.ndarray:
-    """Integer counts plus OpenDP noise (discrete Laplace or discrete Gaussian), clamped at 0 and kept
-    integer (post-processing)."""
+    """Integer counts plus OpenDP noise (discrete Laplace or discrete Gaussian), as drawn: a count near 0 may
+    come out negative. Not clamped here: a sum of clamped cells is biased upwards (each empty cell adds the
+    positive half of its noise), so totals must be summed from these; a release hides what is below k anyway."""
     dp = _opendp()
     flat = [int(v) for v in np.asarray(counts, dtype=np.int64).ravel()]
     if not flat:
@@ -91,8 +93,7 @@ def add_noise(counts: np.ndarray, mechanism: Mechanism, scale: float) -> np.ndar
         measurement = dp.m.make_laplace(space, dp.l1_distance(T=int), scale=scale)
     else:
         measurement = dp.m.make_gaussian(space, dp.l2_distance(T=int), scale=scale)
-    noisy = np.asarray(measurement(flat), dtype=np.int64).reshape(np.shape(counts))
-    return np.maximum(noisy, 0)
+    return np.asarray(measurement(flat), dtype=np.int64).reshape(np.shape(counts))
 
 
 class BudgetLedger:
