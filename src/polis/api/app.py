@@ -4,9 +4,10 @@ problem details. No work at import time."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
+import fastapi_offline
 import orjson
-import swagger_ui_bundle  # type: ignore[import-untyped]
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -35,6 +36,7 @@ from polis.domain.errors import ERROR_TYPE_BASE, BadRequestData, NgsiError
 from polis.platform import Platform
 
 log = logging.getLogger(__name__)
+_SWAGGER_UI = Path(fastapi_offline.__file__).parent / "static"
 
 _HTTP_PROBLEMS = {
     404: ("ResourceNotFound", "Resource not found"),
@@ -77,7 +79,7 @@ def single_valued_query(request: Request) -> None:
 
 def create_app(platform: Platform) -> FastAPI:
     app = FastAPI(
-        docs_url=None,  # served below from the installed swagger-ui-bundle: the docs work offline, no CDN
+        docs_url=None,  # served below from the Swagger UI files fastapi-offline installs: offline, no CDN
         redoc_url=None,
         title="Polis",
         version=__version__,
@@ -126,7 +128,8 @@ def create_app(platform: Platform) -> FastAPI:
     app.include_router(routes_forecasts.router)  # polis.forecast: live forecasts and their accuracy
     app.include_router(routes_alerts.router)  # polis.alerts: rules, alerts as JSON, CAP 1.2 and the Atom feed
 
-    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+    # Swagger UI 5 (fastapi-offline's copy): FastAPI writes OpenAPI 3.1, which Swagger UI 4 cannot render at all
+    app.mount("/docs-assets", StaticFiles(directory=_SWAGGER_UI), name="docs-assets")
     routes_dashboard.install(app)  # the web dashboard at / (page and assets; its data comes from the API)
 
     @app.get("/docs", include_in_schema=False)
@@ -136,7 +139,7 @@ def create_app(platform: Platform) -> FastAPI:
             title="Polis API",
             swagger_js_url="/docs-assets/swagger-ui-bundle.js",
             swagger_css_url="/docs-assets/swagger-ui.css",
-            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+            swagger_favicon_url="/docs-assets/favicon.png",
         )
 
     @app.get("/health", tags=["operations"], summary="Liveness (open to anyone, so it tells nothing about the data)")
