@@ -215,7 +215,7 @@ def _serve(
     platform = _platform(settings)
     try:
         if forecast_datasets:
-            platform.forecasts.start(forecast_datasets, kind=forecast_model)
+            platform.forecasts.start(forecast_datasets, kind=forecast_model, say=console.print)
         if settings.mqtt_url:
             platform.start_mqtt(settings.mqtt_url, wait_s=30.0)
             console.print(f"taking sensor streams from {settings.mqtt_url} (topics polis/<tenant>/<type>/<id>)")
@@ -386,17 +386,19 @@ def demo(
     port: Annotated[int | None, typer.Option(help="Listen port (default 8000)")] = None,
     data_dir: DataDir = None,
     datasets_dir: DatasetsDir = None,
-    speed: Annotated[float, typer.Option(help="Live replay speed, times real time")] = 60.0,
+    catch_up: Annotated[
+        float, typer.Option(min=0, max=168, help="Hours of readings published at once on start, before the clock")
+    ] = 6.0,
 ) -> None:
     """The demo city: load Los-loop, Melbourne and the Jersey City bike trips (through the privacy gate;
     idempotent), install the demo alert rules, start a Mosquitto broker, serve the hub with MQTT ingest and
-    live forecasts, and replay Los-loop's recorded readings as live sensors (60x real time, observed as of now)."""
+    live forecasts, and replay Los-loop's recorded readings as live sensors: each at its recorded weekday and
+    time of day in the current week, when the clock reaches it (the last --catch-up hours at once)."""
     import threading
-    from datetime import UTC, datetime
 
     from polis.alerts.demo import install_demo_rules
     from polis.ingest.broker import start_broker
-    from polis.ingest.replay import replay
+    from polis.ingest.replay import replay_live
 
     settings = hub_settings(data_dir, datasets_dir, host=host, port=port)
     _ingest(settings, list(DEMO_DATASETS))
@@ -405,9 +407,13 @@ def demo(
     settings.mqtt_url = broker.url
     stop = threading.Event()
 
+    def caught_up(messages: int) -> None:
+        console.print(f"live: caught up with the clock ({messages:,} messages); a reading per sensor every 5 minutes")
+
     def live() -> None:
         try:
-            replay("los-loop", settings.datasets_dir, broker.url, speed, stop=stop, rebase=datetime.now(UTC))
+            replay_live("los-loop", settings.datasets_dir, broker.url, stop=stop, catch_up_hours=catch_up,
+                        on_caught_up=caught_up)
         except Exception as error:  # the demo keeps serving even if the live feed ends badly
             console.print(f"[yellow]live replay stopped: {error}[/yellow]")
 
@@ -415,7 +421,10 @@ def demo(
 
     def go_live() -> None:  # only once ingest is subscribed: a fresh broker keeps nothing for absent subscribers
         feeder.start()
-        console.print(f"live: Los-loop readings replayed through {broker.url} at {speed:g}x real time")
+        console.print(
+            f"live: Los-loop's recorded readings through {broker.url}, each at its recorded weekday and time of day "
+            f"this week, as the clock reaches it (the last {catch_up:g} hours at once)"
+        )
 
     try:
         _serve(settings, on_ready=go_live, forecast_datasets=DEMO_FORECASTS)
@@ -557,7 +566,12 @@ def doctor(data_dir: DataDir = None, datasets_dir: DatasetsDir = None) -> None:
     state = f"[red]{escape(problem)}[/red]" if problem else "exists" if settings.data_dir.exists() else "new"
     table.add_row("data dir", f"{settings.data_dir.resolve()} ({state})")
     datasets_ok = settings.datasets_dir.is_dir()
-    table.add_row("datasets dir", f"{settings.datasets_dir} ({'found' if datasets_ok else '[red]missing[/red]'})")
+    table.add_row(
+        "datasets dir",
+        f"{escape(str(settings.datasets_dir))} (found)" if datasets_ok else
+        f"{escape(str(settings.datasets_dir))} ([red]missing[/red]: point POLIS_DATASETS_DIR or --datasets-dir at the "
+        "folder holding the public datasets, the one with traffic/ and crowd/)",
+    )
     if datasets_ok:  # every name `polis ingest` takes, the gated person-level ones too
         for name, description in sorted(ingestible().items()):
             table.add_row(f"  dataset {name}", description)

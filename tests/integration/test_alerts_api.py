@@ -39,6 +39,7 @@ RULE: dict[str, Any] = {
     "alertCategory": "security",
     "subCategory": "crowdRisk",
     "message": "{entityName}: {value:.0f} people, above {threshold:.0f}",
+    "instruction": "Keep the crossing clear",
 }
 
 
@@ -121,6 +122,12 @@ def test_threshold_lifecycle_through_the_api(client: TestClient, platform: Platf
         circle = doc.findtext("cap:info/cap:area/cap:circle", namespaces=CAP)
         assert circle is not None and circle.startswith("-37.813600,144.963100 ")
     assert etree.fromstring(caps[-1]).findtext("cap:info/cap:responseType", namespaces=CAP) == "AllClear"
+    # the all-clear says it ended, not the alarm's text again ("170 people, above 100"), and gives no instruction
+    assert first["description"] == "Ended: Busy corner no longer holds at Test corner (peopleCount now 70)"
+    cancel = etree.fromstring(caps[-1])
+    assert cancel.findtext("cap:info/cap:description", namespaces=CAP) == first["description"]
+    assert cancel.find("cap:info/cap:instruction", namespaces=CAP) is None
+    assert etree.fromstring(caps[0]).findtext("cap:info/cap:instruction", namespaces=CAP) == "Keep the crossing clear"
 
     # Over HTTP: the latest CAP message, an earlier one, content negotiation and the feed of active alerts.
     latest = client.get(f"/polis/v1/alerts/{first['id']}/cap")

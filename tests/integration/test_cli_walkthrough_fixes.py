@@ -58,3 +58,9 @@ def test_a_refused_pseudonym_secret_leaves_no_new_hub_behind(tmp_path: Path) -> 
                   POLIS_PSEUDONYM_SECRET="short", POLIS_DATASETS_DIR=str(Settings().datasets_dir))
     assert done.returncode == 1 and "at least 32" in done.stderr and "Traceback" not in done.stderr
     assert not data.exists()
+
+
+def test_doctor_says_how_to_point_at_missing_datasets(tmp_path: Path) -> None:
+    done = _polis("doctor", "--data-dir", str(tmp_path / "hub"), POLIS_DATASETS_DIR=str(tmp_path / "nowhere"))
+    said = " ".join(done.stdout.split())
+    assert "missing: point POLIS_DATASETS_DIR or --datasets-dir at the folder holding the public datasets" in said

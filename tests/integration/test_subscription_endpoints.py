@@ -4,6 +4,7 @@ capitals. No test makes a network call other than to 127.0.0.1: host names are r
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -350,3 +351,27 @@ def test_an_mqtt_broker_name_is_checked_when_paho_connects_not_only_before(
         assert "169.254.169.254" not in tried, tried
     finally:
         publisher.close()
+
+
+# -- a stream nobody reads is waiting, not failing ----------------------------------------------------------------
+
+
+def test_a_stream_subscription_without_a_reader_waits_without_a_warning(
+    hub: tuple[TestClient, Platform], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dashboard tab closed leaves its stream subscription with no reader: its notifications wait for the next
+    stream (README), which the log must not report as a failing endpoint; a real endpoint that fails still warns."""
+    client, platform = hub
+    caplog.set_level(logging.INFO, logger="polis.subscriptions.delivery")
+    r = client.post(SUBS, json=body("urn:polis:sse", "Quiet"))
+    assert r.status_code == 201, r.text
+    write(client, "Quiet", 1)
+    assert "no stream client" in (failed(platform, r.headers["location"]).last_failure_reason or "")
+    records = [rec for rec in caplog.records if rec.name == "polis.subscriptions.delivery"]
+    assert records and all(rec.levelno < logging.WARNING for rec in records), [rec.getMessage() for rec in records]
+    caplog.clear()
+    down = client.post(SUBS, json=body("http://127.0.0.1:9/notify", "Loud"))  # discard port: nothing listens
+    assert down.status_code == 201, down.text
+    write(client, "Loud", 1)
+    failed(platform, down.headers["location"])
+    assert any(rec.levelno == logging.WARNING for rec in caplog.records if rec.name == "polis.subscriptions.delivery")

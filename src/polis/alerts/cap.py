@@ -117,7 +117,7 @@ def build_cap(record: AlertRecord, message: SentMessage, earlier: list[SentMessa
     headline = record.headline if message.msg_type != "Cancel" else f"Ended: {record.headline}"
     _sub(info, "headline", headline[:160])
     _sub(info, "description", record.description)
-    if rule.get("instruction"):
+    if rule.get("instruction") and message.msg_type != "Cancel":  # nothing to do once it has ended
         _sub(info, "instruction", str(rule["instruction"]))
     for name, value in _parameters(record):
         parameter = _sub(info, "parameter")

@@ -357,6 +357,8 @@ class AlertEngine:
         record.effective = max(at, record.onset)
         record.expires = record.effective + timedelta(seconds=float(rule.get("validityS", 3600.0)))
         record.headline, record.description = self._texts(record, member)
+        if msg_type == "Cancel":  # the rule's message describes the condition, which no longer holds
+            record.description = self._cleared(record, member)
         sent = cap_time(datetime.now(UTC))
         if record.messages and record.messages[-1].sent >= sent:  # strictly increasing, whole seconds
             sent = cap_time(datetime.fromisoformat(record.messages[-1].sent) + timedelta(seconds=1))
@@ -409,6 +411,15 @@ class AlertEngine:
             description = f"{rule.get('name')}: {member.name} value {member.value:.6g}"
         return headline, description
 
+    def _cleared(self, record: AlertRecord, member: Member) -> str:
+        """What an all-clear says: the condition ended, and the value it ended on (a count below k stays
+        unpublished; the time is the message's effective time, coarse for people's events)."""
+        name = record.rule.get("name")
+        if isinstance(member.value, float) and math.isnan(member.value):
+            return f"Ended: {name} no longer holds at {member.name}"
+        attribute = record.rule.get("attribute") or record.rule.get("groupBy") or "value"
+        return f"Ended: {name} no longer holds at {member.name} ({attribute} now {member.value:.6g})"
+
     def _write_entity(self, record: AlertRecord) -> None:
         terms = self.platform.contexts.resolve(ALERT_CONTEXT)
         body = alert_entity(record, f"/polis/v1/alerts/{record.id}/cap")
@@ -427,7 +438,9 @@ class AlertEngine:
                 and (not active_only or r.status == "active")
                 and (rule_id is None or r.rule_id == rule_id)
             ]
-        return sorted(found, key=lambda r: r.effective, reverse=True)
+        # Newest first: alerts updated together share their effective time, and then the one whose latest message
+        # went out last comes first (the order the feed's reader saw them in), not the order they were raised in
+        return sorted(found, key=lambda r: (r.effective, r.messages[-1].sent if r.messages else ""), reverse=True)
 
     def alert(self, tenant: str, alert_id: str) -> AlertRecord:
         record = self.records.get(alert_id)

@@ -14,9 +14,10 @@ import subprocess
 import sys
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -104,19 +105,30 @@ class ForecastService:
             self._thread.start()
 
     def start(
-        self, datasets: Iterable[str] = ("los-loop",), quick: bool = True, kind: str = "lightgbm"
+        self,
+        datasets: Iterable[str] = ("los-loop",),
+        quick: bool = True,
+        kind: str = "lightgbm",
+        say: Callable[[str], None] | None = None,
     ) -> threading.Thread:
         """For the demo: in the background, load each dataset's latest registered model (or train a quick
-        LightGBM and register it), attach it, and forecast from what the hub already holds."""
+        LightGBM and register it), attach it, and forecast from what the hub already holds. `say` tells the
+        operator what happens (a first start trains for minutes, which a silent log leaves unexplained)."""
+        tell = say or (lambda _text: None)
 
         def work() -> None:
             for dataset in datasets:
                 if self._stop.is_set():
                     return
                 try:
+                    if registry_for(self.platform.settings).latest(dataset, kind) is None:
+                        log_path = self._train_log(dataset, kind)
+                        tell(f"forecasts: training a {'quick ' if quick else ''}{kind} model for {dataset} in the "
+                             f"background (minutes on 2 cores; progress in {log_path})")
                     live = self.load_or_train(dataset, quick=quick, kind=kind)
                     self.attach(live)
                     self.mark_dirty("", live)
+                    tell(f"forecasts: live for {dataset} ({len(live.entity_ids)} series, {kind})")
                     if not self.platform.store.existing_ids("", list(live.entity_ids)):
                         log.warning("live forecasts for %s: none of its %d sensors is in the hub yet (ingest it, "
                                     "or its readings arrive); forecasts start with them", dataset,
@@ -152,7 +164,7 @@ class ForecastService:
         feature building would hold the server's GIL for a minute. Its output goes to `models/train-*.log`;
         `close` stops it (the hub going away must not leave it running)."""
         settings = self.platform.settings
-        log_path = settings.data_dir / "models" / f"train-{dataset}-{kind}.log"
+        log_path = self._train_log(dataset, kind)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "polis.cli", "train", dataset, "--model", kind,
                    "--data-dir", str(settings.data_dir), *(["--quick"] if quick else [])]
@@ -167,6 +179,9 @@ class ForecastService:
         if code != 0:
             tail = log_path.read_text(encoding="utf-8", errors="replace")[-1000:]
             raise RuntimeError(f"`polis train {dataset}` failed (exit {code}): {tail}")
+
+    def _train_log(self, dataset: str, kind: str) -> Path:
+        return self.platform.settings.data_dir / "models" / f"train-{dataset}-{kind}.log"
 
     def close(self) -> None:
         self._stop.set()

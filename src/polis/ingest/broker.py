@@ -131,6 +131,9 @@ class Broker:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             preexec_fn=_die_with_parent,
+            # Its own session: a terminal's Ctrl-C (SIGINT to the whole foreground group) reaches the hub alone,
+            # which stops its MQTT ingest first and then this broker, instead of the broker going first.
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

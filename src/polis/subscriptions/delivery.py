@@ -218,7 +218,11 @@ class _Worker(threading.Thread):
             status.last_failure_reason = failure.reason
             d.record(self.key, status, [])
             if self.backoff == 0.0:
-                log.warning("notification to %s for %s failed (%s); retrying", sub.endpoint.uri, sub.id, failure.reason)
+                # A stream subscription with no reader open (a dashboard tab closed) is waiting, as documented, not
+                # failing: its notifications go to the next stream opened. Only real endpoints warn.
+                level = logging.INFO if sub.endpoint.transport == "sse" else logging.WARNING
+                log.log(level, "notification to %s for %s failed (%s); retrying", sub.endpoint.uri, sub.id,
+                        failure.reason)
             self.backoff = min(d.retry_max_s, max(d.retry_initial_s, self.backoff * 2))
             cooldown = (sub.endpoint.cooldown_ms or 0.0) / 1000.0
             return self._pause(max(self.backoff, cooldown))

@@ -1,0 +1,92 @@
+"""The demo's live sensors (`polis demo`): Los-loop's readings published at their recorded weekday and time of day
+in the current week, never ahead of the clock, the last hours at once on start; and the same instants on every
+run, so a restarted demo adds no second, slightly shifted copy of the recording to the history."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import orjson
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from polis.ingest.broker import Broker
+from polis.ingest.replay import WEEK, _Step, _steps, live_steps, replay_live
+from polis.settings import Settings
+
+
+def _recording(days: int = 7, minutes: int = 5) -> list[_Step]:
+    start = np.datetime64("2012-03-01T08:00:00", "us")
+    ids = np.array(["urn:ngsi-ld:TrafficFlowObserved:x"], dtype=object)
+    return [_Step(start + np.timedelta64(k * minutes, "m"), ids, ids, np.array([float(k)]))
+            for k in range(days * 24 * 60 // minutes)]
+
+
+def _weekday_and_time(t: np.datetime64) -> tuple[int, str]:
+    moment = t.astype("datetime64[us]").item()
+    return moment.weekday(), moment.strftime("%H:%M")
+
+
+def test_each_reading_keeps_its_weekday_and_time_of_day_week_after_week() -> None:
+    steps = _recording()
+    start = np.datetime64("2026-11-29T10:02:00", "us")
+    timeline = live_steps(steps, start)
+    taken = [next(timeline) for _ in range(3 * len(steps))]  # three weeks, across two turns of the recording
+    assert taken[0].observed_at >= start and taken[0].observed_at - start < np.timedelta64(5, "m")
+    assert all(b.observed_at - a.observed_at == np.timedelta64(5, "m") for a, b in itertools.pairwise(taken))
+    by_value = {float(s.values[0]): s.observed_at for s in steps}
+    for step in taken[:: len(steps) // 7]:
+        recorded = by_value[float(step.values[0])]
+        assert (step.observed_at - recorded) % WEEK == np.timedelta64(0, "us")  # whole weeks later
+        assert _weekday_and_time(step.observed_at) == _weekday_and_time(recorded)
+
+
+def test_a_later_start_republishes_the_same_instants() -> None:
+    steps = _recording()
+    first_run = live_steps(steps, np.datetime64("2026-11-29T04:00:00", "us"))
+    second_run = live_steps(steps, np.datetime64("2026-11-29T09:30:00", "us"))
+    earlier = {(s.observed_at, float(s.values[0])) for s in (next(first_run) for _ in range(200))}
+    later = [next(second_run) for _ in range(50)]
+    overlap = [s for s in later if s.observed_at <= max(t for t, _ in earlier)]
+    assert overlap and all((s.observed_at, float(s.values[0])) in earlier for s in overlap)
+
+
+def test_the_live_replay_never_runs_ahead_of_the_clock(broker: Broker) -> None:
+    """A real broker: every reading received carries an observation time at or before the moment it arrived,
+    the last hour arrives at once (12 steps of 207 sensors), then the replay waits for the clock."""
+    received: list[tuple[str, float]] = []
+    subscriber = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    subscriber.on_message = lambda _c, _u, m: received.append((orjson.loads(m.payload)["dateObserved"], time.time()))
+    subscriber.connect("127.0.0.1", broker.port)
+    subscriber.subscribe("polis/#", qos=1)
+    subscriber.loop_start()
+    stop = threading.Event()
+    caught_up: list[int] = []
+    worker = threading.Thread(target=lambda: replay_live(
+        "los-loop", Settings().datasets_dir, broker.url, stop=stop, catch_up_hours=1.0, on_caught_up=caught_up.append))
+    try:
+        time.sleep(0.5)  # subscribed before anything is published
+        worker.start()
+        deadline = time.monotonic() + 60
+        while not caught_up and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert caught_up, "the replay did not catch up with the clock in 60 s"
+        deadline = time.monotonic() + 10
+        while len(received) < caught_up[0] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        sensors = len(_steps("los-loop", Settings().datasets_dir, None)[1][0].entity_ids)
+        assert caught_up[0] == len(received) and 11 * sensors <= len(received) <= 13 * sensors
+        now = datetime.now(UTC)
+        times = [datetime.fromisoformat(observed.replace("Z", "+00:00")) for observed, _ in received]
+        assert all(t <= datetime.fromtimestamp(arrived, UTC) for t, (_, arrived) in zip(times, received, strict=True))
+        assert now - timedelta(hours=1, minutes=6) <= min(times) and max(times) <= now
+    finally:
+        stop.set()
+        worker.join(15)
+        subscriber.loop_stop()
+        subscriber.disconnect()
+    assert not worker.is_alive()
