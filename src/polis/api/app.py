@@ -31,6 +31,7 @@ from polis.api import (
     routes_subscriptions,
     routes_temporal,
 )
+from polis.api.ld_http import echo_tenant
 from polis.api.security_headers import SecurityHeaders
 from polis.domain.errors import ERROR_TYPE_BASE, BadRequestData, NgsiError
 from polis.platform import Platform
@@ -92,7 +93,8 @@ def create_app(platform: Platform) -> FastAPI:
 
     @app.exception_handler(NgsiError)
     async def ngsi_error(request: Request, error: NgsiError) -> Response:
-        headers = getattr(error, "headers", None)  # e.g. WWW-Authenticate on 401
+        headers = dict(getattr(error, "headers", None) or {})  # e.g. WWW-Authenticate on 401
+        echo_tenant(request, headers)  # errors name the tenant too (the OpenAPI file's error responses declare it)
         return problem_response(error.status, error.name, error.title, error.detail, headers=headers, **error.extra)
 
     @app.exception_handler(StarletteHTTPException)

@@ -211,6 +211,9 @@ async def request_terms(request: Request) -> TermMap:
 
 # The media types an NGSI-LD answer can take, the default first (what */* and application/* get).
 _OFFERED = ("application/json", "application/ld+json", "application/geo+json")
+# What an answer that is not entities can be (types, attributes, temporal evolutions, subscriptions): it has no
+# GeoJSON form, so `application/geo+json, application/json` gets JSON, and geo+json alone is 406.
+NOT_GEO = ("application/json", "application/ld+json")
 # RFC 9110 §12.4.2: qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] ).
 _QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
 
@@ -303,17 +306,17 @@ def json_response(
         _add_link(out_headers, _link_header(terms))
     else:
         _add_link(out_headers, _link_header(terms))
-    _echo_tenant(request, out_headers)
+    echo_tenant(request, out_headers)
     return Response(orjson.dumps(body), status_code=status, headers=out_headers, media_type=accept)
 
 
 def empty_response(request: Request, status: int = 204, headers: dict[str, str] | None = None) -> Response:
     out = dict(headers or {})
-    _echo_tenant(request, out)
+    echo_tenant(request, out)
     return Response(status_code=status, headers=out)
 
 
-def _echo_tenant(request: Request, headers: dict[str, str]) -> None:
+def echo_tenant(request: Request, headers: dict[str, str]) -> None:
     """An answer names the request's tenant (§6.3.14), but only a name a tenant may have or one the hub holds
     from before the rule: routes outside NGSI-LD (access, metrics) never check the header, and a header
     that names a device must not come back in the answer (and its logs) as if it were a tenant."""

@@ -11,7 +11,16 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from polis.access.enforce import readable_scope
-from polis.api.ld_http import empty_response, json_body, json_response, platform_of, request_terms, tenant_of
+from polis.api.ld_http import (
+    NOT_GEO,
+    accept_of,
+    empty_response,
+    json_body,
+    json_response,
+    platform_of,
+    request_terms,
+    tenant_of,
+)
 from polis.domain.errors import BadRequestData, ResourceNotFound
 from polis.ngsi_ld.params import check_known, parse_bool
 
@@ -42,7 +51,7 @@ async def list_types(request: Request) -> Response:
             "type": "EntityTypeList",
             "typeList": [terms.compact(t.type) for t in types],
         }
-    return json_response(request, body, terms)
+    return json_response(request, body, terms, accept=accept_of(request, NOT_GEO))
 
 
 @router.get("/types/{type_name:path}", summary="Details of one entity type (§5.7.7)")
@@ -65,7 +74,7 @@ async def type_info(type_name: str, request: Request) -> Response:
             for attr, kinds in sorted(found.attributes.items())
         ],
     }
-    return json_response(request, body, terms)
+    return json_response(request, body, terms, accept=accept_of(request, NOT_GEO))
 
 
 def _attribute_body(info: Any, terms: Any) -> dict[str, Any]:
@@ -95,7 +104,7 @@ async def list_attributes(request: Request) -> Response:
             "type": "AttributeList",
             "attributeList": [terms.compact(a.attribute) for a in attrs],
         }
-    return json_response(request, body, terms)
+    return json_response(request, body, terms, accept=accept_of(request, NOT_GEO))
 
 
 @router.get("/attributes/{attr_name:path}", summary="Details of one attribute (§5.7.10)")
@@ -108,7 +117,7 @@ async def attribute_info(attr_name: str, request: Request) -> Response:
     found = next((a for a in attrs if a.attribute == iri), None)
     if found is None:
         raise ResourceNotFound(f"no entity holds the attribute {attr_name}")
-    return json_response(request, _attribute_body(found, terms), terms)
+    return json_response(request, _attribute_body(found, terms), terms, accept=accept_of(request, NOT_GEO))
 
 
 @router.post("/jsonldContexts", status_code=201, summary="Register a @context (§5.13.2)")

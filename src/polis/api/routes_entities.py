@@ -73,7 +73,9 @@ QUERY_PARAMS = {
     "csf",
     "datasetId",
 }
-RETRIEVE_PARAMS = {"attrs", "pick", "omit", "options", "format", "lang", "type", "geometryProperty", "datasetId"}
+RETRIEVE_PARAMS = {
+    "attrs", "pick", "omit", "options", "format", "lang", "type", "geometryProperty", "datasetId", "local",
+}  # fmt: skip
 
 
 def _entity_path(entity_id: str) -> str:
@@ -213,13 +215,13 @@ async def retrieve_entity(entity_id: str, request: Request) -> Response:
     platform = platform_of(request)
     params = dict(request.query_params)
     check_known(params, RETRIEVE_PARAMS)
+    parse_bool(params, "local")  # every entity here is local (no federation): the same answer either way
     accept = accept_of(request)
     tenant = tenant_of(request)
     terms = await request_terms(request)
     options = parse_options(params, allowed=REPRESENTATION_OPTIONS)
     attrs = parse_names(params.get("attrs"), terms, "attrs")
-    types = parse_type_selector(params.get("type"), terms)
-    type_iris = tuple(t for group in types.any_of for t in group) if types else ()
+    type_iris = _type_iris(params, terms)
     dataset_ids = parse_dataset_ids(params.get("datasetId"))
     body = await run_in_threadpool(
         lambda: platform.entities.retrieve(
@@ -339,17 +341,21 @@ async def update_attributes(entity_id: str, request: Request) -> Response:
 async def merge_entity(entity_id: str, request: Request) -> Response:
     platform = platform_of(request)
     params = dict(request.query_params)
-    check_known(params, {"observedAt", "options", "format"})
+    check_known(params, {"observedAt", "options", "format", "type", "local"})
+    parse_bool(params, "local")
     tenant = tenant_of(request)
     body = await json_body(request)
     terms = await resolve(request, body.context)
+    type_iris = _type_iris(params, terms)
     observed_at = params.get("observedAt")
     if observed_at is not None:
         from polis.ngsi_ld.params import parse_datetime
 
         observed_at = parse_datetime(observed_at, "observedAt").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     await run_in_threadpool(
-        lambda: platform.entities.merge(tenant, entity_id, _without_context(body.data), terms, observed_at=observed_at)
+        lambda: platform.entities.merge(
+            tenant, entity_id, _without_context(body.data), terms, observed_at=observed_at, type_iris=type_iris
+        )
     )
     return empty_response(request)
 
@@ -357,9 +363,20 @@ async def merge_entity(entity_id: str, request: Request) -> Response:
 @router.delete("/entities/{entity_id:path}", status_code=204, summary="Delete entity (§5.6.6)")
 async def delete_entity(entity_id: str, request: Request) -> Response:
     platform = platform_of(request)
+    params = dict(request.query_params)
+    check_known(params, {"type", "local"})
+    parse_bool(params, "local")
     tenant = tenant_of(request)
-    await run_in_threadpool(platform.entities.delete, tenant, entity_id)
+    terms = await request_terms(request)
+    type_iris = _type_iris(params, terms)  # a client's safety catch: an entity of another type is not deleted
+    await run_in_threadpool(lambda: platform.entities.delete(tenant, entity_id, type_iris=type_iris, terms=terms))
     return empty_response(request)
+
+
+def _type_iris(params: dict[str, str], terms: TermMap) -> tuple[str, ...]:
+    """The expanded types a `type` parameter names (any of them will do), as retrieve reads it."""
+    types = parse_type_selector(params.get("type"), terms)
+    return tuple(t for group in types.any_of for t in group) if types else ()
 
 
 def _without_context(data: Any) -> Any:

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from polis.access.enforce import access_of, body_ids
 from polis.api.ld_http import (
+    NOT_GEO,
     accept_of,
     empty_response,
     json_body,
@@ -30,7 +31,7 @@ router = APIRouter(prefix="/ngsi-ld/v1", tags=["subscriptions"])
 
 # A subscription has no GeoJSON form: Accept is weighed over these two only, so a header that also accepts
 # JSON (`application/geo+json, application/json`) gets JSON, and only one that accepts nothing else gets 406.
-SUBSCRIPTION_TYPES = ("application/json", "application/ld+json")
+SUBSCRIPTION_TYPES = NOT_GEO
 KEEPALIVE_S = 15.0  # an SSE comment this often keeps proxies from closing an idle stream
 
 

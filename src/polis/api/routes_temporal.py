@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from polis.access.enforce import access_of, body_ids, readable_scope
 from polis.api.ld_http import (
+    NOT_GEO,
     accept_of,
     empty_response,
     json_body,
@@ -24,7 +25,7 @@ from polis.api.ld_http import (
 )
 from polis.api.routes_entities import QUERY_PARAMS, build_entity_query
 from polis.domain.errors import BadRequestData
-from polis.ngsi_ld.params import check_known, narrow_pick, parse_names, parse_options, parse_projection
+from polis.ngsi_ld.params import check_known, narrow_pick, parse_bool, parse_names, parse_options, parse_projection
 from polis.ngsi_ld.temporal import content_range, parse_aggregation, parse_temporal_query, render_temporal_entity
 
 router = APIRouter(prefix="/ngsi-ld/v1/temporal", tags=["temporal"])
@@ -73,7 +74,7 @@ async def query_temporal(request: Request) -> Response:
     platform = platform_of(request)
     params = dict(request.query_params)
     check_known(params, QUERY_PARAMS | TEMPORAL_PARAMS)
-    accept = accept_of(request)
+    accept = accept_of(request, NOT_GEO)  # a temporal evolution has no GeoJSON form
     tenant = tenant_of(request)
     terms = await request_terms(request)
     settings = platform.settings
@@ -101,15 +102,21 @@ async def query_temporal(request: Request) -> Response:
 async def retrieve_temporal(entity_id: str, request: Request) -> Response:
     platform = platform_of(request)
     params = dict(request.query_params)
-    check_known(params, TEMPORAL_PARAMS | {"attrs", "options", "format", "lang", "type", "datasetId"})
-    accept = accept_of(request)
+    known = {"attrs", "options", "format", "lang", "type", "datasetId", "pick", "omit", "local"}
+    check_known(params, TEMPORAL_PARAMS | known)
+    parse_bool(params, "local")  # every entity here is local (no federation): the same answer either way
+    accept = accept_of(request, NOT_GEO)  # a temporal evolution has no GeoJSON form
     tenant = tenant_of(request)
     terms = await request_terms(request)
     attrs = parse_names(params.get("attrs"), terms, "attrs")
     temporal = parse_temporal_query(params, attrs, platform.settings.max_temporal_instances)
     fmt, aggregation = _format(params)
+    pick = narrow_pick(parse_projection(params.get("pick"), terms, "pick"), attrs)  # as the query takes them
+    omit = parse_projection(params.get("omit"), terms, "omit")
     entity, history = await run_in_threadpool(platform.temporal.retrieve, tenant, entity_id, temporal)
-    body = render_temporal_entity(entity, history, terms, fmt=fmt, aggregation=aggregation, temporal=temporal)
+    body = render_temporal_entity(
+        entity, history, terms, fmt=fmt, aggregation=aggregation, temporal=temporal, pick=pick, omit=omit
+    )
     status, headers = _status_and_headers({entity_id: history}, temporal.last_n)
     return json_response(request, body, terms, status=status, headers=headers, accept=accept)
 

@@ -307,8 +307,11 @@ class EntityService:
         self._commit(tenant, "replaced", [entity], [old], history_of(entity))
 
     @serialised
-    def delete(self, tenant: str, entity_id: str) -> None:
+    def delete(
+        self, tenant: str, entity_id: str, *, type_iris: Sequence[str] = (), terms: TermMap | None = None
+    ) -> None:
         old = self._load(tenant, entity_id)
+        _check_type(old, type_iris, terms)
         changes = [EntityChange(tenant, "deleted", entity_id, None, old)]
         self.bus.commit(changes, lambda staged: self.store.write(tenant, deletes=[entity_id], staged=staged))
 
@@ -469,9 +472,19 @@ class EntityService:
         self._commit(tenant, "updated", [entity], [old], [])
 
     @serialised
-    def merge(self, tenant: str, entity_id: str, body: Any, terms: TermMap, *, observed_at: str | None = None) -> None:
+    def merge(
+        self,
+        tenant: str,
+        entity_id: str,
+        body: Any,
+        terms: TermMap,
+        *,
+        observed_at: str | None = None,
+        type_iris: Sequence[str] = (),
+    ) -> None:
         """§5.6.17 merge-patch: attributes present are added or overwritten; urn:ngsi-ld:null deletes."""
         old = self._load(tenant, entity_id)
+        _check_type(old, type_iris, terms)
         entity = self._merged(old, body, terms, self.clock(), observed_at)
         self._commit(tenant, "updated", [entity], [old], _history_for(entity, entity, _changed(old, entity)))
 
@@ -769,6 +782,13 @@ class BatchResult:
             "success": self.success,
             "errors": [{"entityId": eid, "error": err.problem()} for eid, err in self.errors],
         }
+
+
+def _check_type(entity: Entity, type_iris: Sequence[str], terms: TermMap | None) -> None:
+    """ResourceNotFound when a request named types (`?type=`, expanded) and the entity has none of them."""
+    if type_iris and not set(type_iris) & set(entity["type"]):
+        shown = [terms.compact(t) for t in type_iris] if terms is not None else list(type_iris)
+        raise ResourceNotFound(f"entity {entity['id']} is not of type {', '.join(shown)}")
 
 
 def _changed(old: Entity | None, new: Entity) -> list[str]:
