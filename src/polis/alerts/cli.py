@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from polis.settings import Settings
 
 console = Console()
 
@@ -64,6 +67,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                     except HubError as error:  # which rule, of the file's
                         raise HubError(f"rule {rule.id}: {error.message}", error.code) from None
         else:
+            _refuse_if_served(settings)
             book = RuleBook(settings.data_dir / "alerts" / "rules.json")
             for rule in rules:
                 book.put(tenant, rule)
@@ -132,3 +136,15 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             console.print("[red]run this from a Polis checkout: the benchmarks are not installed[/red]")
             raise typer.Exit(2) from None
         run()
+
+
+def _refuse_if_served(settings: Settings) -> None:
+    """A server holding this data directory keeps its own copy of the rules and writes it back at the next rule
+    change through the API: rules written into its files beside it would be lost. Its database lock tells."""
+    import duckdb
+
+    from polis.cli import unlocked_hub
+
+    if settings.database_path.is_file():
+        with unlocked_hub(settings, "load the rules into it with --url http://HOST:PORT"):
+            duckdb.connect(str(settings.database_path), read_only=True).close()

@@ -30,7 +30,7 @@ from polis.alerts.evaluate import DEFAULT_CONTEXT, CompiledRule, Observation, Ru
 from polis.alerts.lifecycle import Phase
 from polis.alerts.model import AlertRecord, Member, SentMessage, distance_m, iso, parse_iso
 from polis.alerts.rulebook import RuleBook
-from polis.alerts.rules import AnyRule, BurstRule, load_rules_file, parse_rule, template_problem
+from polis.alerts.rules import AnyRule, BurstRule, load_rules_file, parse_rule, rule_json, template_problem
 from polis.domain.errors import BadRequestData, NgsiError, ResourceNotFound
 from polis.ngsi_ld.events import EntityChange
 from polis.store.base import TemporalQuery
@@ -86,9 +86,12 @@ class AlertEngine:
             compiled = self._compile(tenant, rule)  # raises (e.g. an unreachable @context) before anything changes
             if compiled.watches_records:
                 _refuse_person_records(compiled)
-            existed = rule.id is not None and self.book.get(tenant, str(rule.id)) is not None
+            held = self.book.get(tenant, str(rule.id)) if rule.id is not None else None
+            if held is not None and _fingerprint(rule_json(held)) == _fingerprint(compiled.json):
+                return held, False  # the same definition again (a GET put back): its alerts go on as they were
+            existed = held is not None
             if rule.id is not None:
-                self._retire(tenant, str(rule.id))
+                self._retire(tenant, str(rule.id), "the rule was replaced")
             rule = self.book.put(tenant, rule)
             self._install(tenant, rule)
         return rule, not existed
@@ -106,7 +109,7 @@ class AlertEngine:
         with self._lock:
             if not self.book.delete(tenant, rule_id):
                 raise ResourceNotFound(f"alert rule {rule_id} was not found")
-            self._retire(tenant, rule_id)
+            self._retire(tenant, rule_id, "the rule was deleted")
 
     def _compile(self, tenant: str, rule: AnyRule) -> CompiledRule:
         context = rule.context if rule.context is not None else DEFAULT_CONTEXT
@@ -135,32 +138,44 @@ class AlertEngine:
             if rule.enabled:
                 self.index.by_tenant.setdefault(tenant, {})[str(rule.id)] = compiled
             self.index.rebuild_watched()
-        if rule.enabled and rule.backfill is not None and not self._backfilled(tenant, compiled):
-            self._enqueue(Backfill(tenant, str(rule.id), rule.backfill.start, rule.backfill.end))
+        if rule.enabled and rule.backfill is not None:
+            start = self._backfilled_to(tenant, compiled, rule.backfill.start)
+            if start < rule.backfill.end:
+                self._enqueue(Backfill(tenant, str(rule.id), start, rule.backfill.end))
 
-    def _backfill_marks(self) -> dict[str, str]:
+    def _backfill_marks(self) -> dict[str, Any]:
         path = self.folder / "backfilled.json"
         return dict(orjson.loads(path.read_bytes())) if path.is_file() else {}
 
-    def _backfilled(self, tenant: str, compiled: CompiledRule) -> bool:
-        """Whether this very rule (same definition) already ran its backfill: a restart must not raise the
-        same historical alerts again."""
-        return self._backfill_marks().get(f"{tenant}/{compiled.rule_id}") == _fingerprint(compiled.json)
+    def _backfilled_to(self, tenant: str, compiled: CompiledRule, start: datetime) -> datetime:
+        """Where this very rule's (same definition's) backfill is to go on from: a restart must not raise the
+        same historical alerts again, so each day done is recorded (`_mark_backfilled`). A mark from before
+        progress was recorded (the fingerprint alone) means the whole backfill was done."""
+        mark = self._backfill_marks().get(f"{tenant}/{compiled.rule_id}")
+        fingerprint = _fingerprint(compiled.json)
+        if mark == fingerprint:
+            return datetime.max.replace(tzinfo=UTC)
+        if isinstance(mark, dict) and mark.get("rule") == fingerprint:
+            return max(start, parse_iso(str(mark["to"])))
+        return start
 
-    def _mark_backfilled(self, tenant: str, compiled: CompiledRule) -> None:
+    def _mark_backfilled(self, tenant: str, compiled: CompiledRule, to: datetime) -> None:
         marks = self._backfill_marks()
-        marks[f"{tenant}/{compiled.rule_id}"] = _fingerprint(compiled.json)
+        marks[f"{tenant}/{compiled.rule_id}"] = {"rule": _fingerprint(compiled.json), "to": iso(to)}
         self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / "backfilled.json").write_bytes(orjson.dumps(marks))
+        path = self.folder / "backfilled.json"
+        staged = path.with_suffix(".json.tmp")
+        staged.write_bytes(orjson.dumps(marks))
+        staged.replace(path)  # a kill mid-write leaves the old marks, never half a file
 
-    def _retire(self, tenant: str, rule_id: str) -> None:
-        """Drop a rule's live state and cancel its open alerts."""
+    def _retire(self, tenant: str, rule_id: str, why: str) -> None:
+        """Drop a rule's live state and cancel its open alerts, saying why (not that the condition cleared)."""
         self.index.by_tenant.get(tenant, {}).pop(rule_id, None)
         self.index.rebuild_watched()
         for record in list(self.records.values()):
             if record.tenant == tenant and record.rule_id == rule_id and record.status == "active":
                 record.status = "cancelled"
-                self._emit(record, "Cancel", next(iter(record.members.values())), record.effective)
+                self._emit(record, "Cancel", next(iter(record.members.values())), record.effective, retired=why)
 
     # -- the event path -------------------------------------------------------------------------------
 
@@ -262,10 +277,9 @@ class AlertEngine:
                     pairs.append(({**entities[entity_id], compiled.attr_iri: [reading]}, None))
                 for observation in compiled.evaluate(pairs, self.platform):
                     self._apply(compiled, observation)
+            self._mark_backfilled(job.tenant, compiled, stop)  # under the lock, with the day's messages written
         if stop < job.end and not self._closed:
             self._enqueue(Backfill(job.tenant, job.rule_id, stop, job.end))
-        elif stop >= job.end:
-            self._mark_backfilled(job.tenant, compiled)
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -352,12 +366,16 @@ class AlertEngine:
         self.records[record.id] = record
         return record
 
-    def _emit(self, record: AlertRecord, msg_type: str, member: Member, at: datetime) -> None:
+    def _emit(
+        self, record: AlertRecord, msg_type: str, member: Member, at: datetime, *, retired: str | None = None
+    ) -> None:
         rule = record.rule
         record.effective = max(at, record.onset)
         record.expires = record.effective + timedelta(seconds=float(rule.get("validityS", 3600.0)))
         record.headline, record.description = self._texts(record, member)
-        if msg_type == "Cancel":  # the rule's message describes the condition, which no longer holds
+        if retired is not None:  # withdrawn by an operator: the condition may well still hold
+            record.description = f"Withdrawn: {record.rule.get('name')} at {member.name}: {retired}"
+        elif msg_type == "Cancel":  # the rule's message describes the condition, which no longer holds
             record.description = self._cleared(record, member)
         sent = cap_time(datetime.now(UTC))
         if record.messages and record.messages[-1].sent >= sent:  # strictly increasing, whole seconds

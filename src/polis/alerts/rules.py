@@ -173,7 +173,8 @@ class _RuleBase(_Model):
     sub_category: str | None = Field(default=None, max_length=64)
     message: str = Field(default="{rule}: {attribute} is {value:.1f} at {entityName}", max_length=1000)
     instruction: str | None = Field(default=None, max_length=1000)
-    hysteresis: float = Field(default=0.0, ge=0)
+    # Bounded like every threshold (MAX_THRESHOLD): a band of 1e308 below a threshold of 1 never clears.
+    hysteresis: float = Field(default=0.0, ge=0, le=1e12)
     min_duration_s: float = Field(default=0.0, ge=0, le=7 * 86400)
     cooldown_s: float = Field(default=0.0, ge=0, le=7 * 86400)
     update_interval_s: float = Field(default=300.0, ge=0, le=86400)
@@ -248,10 +249,13 @@ def _spec_problem(spec: str | None) -> str | None:
     return None
 
 
+MAX_THRESHOLD = 1e12  # larger than any count, speed or level a city measures; 1e308 would never be crossed
+
+
 class _Crossing(_Model):
     attribute: str = Field(min_length=1, max_length=256)
-    above: float | None = None
-    below: float | None = None
+    above: float | None = Field(default=None, ge=-MAX_THRESHOLD, le=MAX_THRESHOLD)
+    below: float | None = Field(default=None, ge=-MAX_THRESHOLD, le=MAX_THRESHOLD)
     relative_to: Literal["freeFlow"] | None = None
 
     @model_validator(mode="after")
@@ -260,6 +264,9 @@ class _Crossing(_Model):
             raise ValueError("give exactly one of 'above' and 'below'")
         if self.relative_to is not None and not 0 < (self.above if self.above is not None else self.below or 0) <= 2:
             raise ValueError("with relativeTo the threshold is a fraction of the reference level, in (0, 2]")
+        hysteresis = getattr(self, "hysteresis", 0.0)
+        if self.relative_to is not None and hysteresis > 2:
+            raise ValueError("with relativeTo the hysteresis is a fraction of the reference level too, at most 2")
         return self
 
 
@@ -279,7 +286,7 @@ class AnomalyRule(_RuleBase):
     kind: Literal["anomaly"]
     attribute: str = Field(min_length=1, max_length=256)
     detector: Literal["crowd-gathering", "speed-drop"]
-    level: float = Field(gt=0)
+    level: float = Field(gt=0, le=1e6)  # a score (crowd: standard deviations; speed drop: a fraction)
     timezone: str = "UTC"  # crowd-gathering: the sensors' local time, for the hour-of-week profile
     # Redefining a field drops the base's constraints: the 1000-character cap is restated.
     message: str = Field(
