@@ -445,14 +445,18 @@ def archive(
 
     settings = hub_settings(data_dir)
     require_hub_file(settings.database_path)
-    destination = (out or settings.archive_dir).absolute()
+    # resolved: an archive folder that is a link to a bigger disk is swapped there, not beside the link
+    destination = (out or settings.archive_dir).resolve()
     if destination.exists() and not _holds_only_an_archive(destination):
         fail(f"{destination} holds files that are not a Polis archive: give a new or empty folder (--out)")
     # Written whole into a private folder beside it, then swapped in: a partition of a day whose history was
     # deleted since the last run must not survive in it, and the counts are below k only inside the hub.
-    destination.parent.mkdir(parents=True, exist_ok=True)
     staging = destination.parent / f".{destination.name}.partial-{os.getpid()}"
-    staging.mkdir(mode=0o700)
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir(mode=0o700)
+    except OSError as error:
+        fail(f"cannot write the archive beside {destination}: {error.strerror or error} (choose another --out)")
     try:
         store = open_hub(settings)
         try:
@@ -463,9 +467,15 @@ def archive(
         for path in staging.rglob("*"):  # DuckDB writes with the process umask
             path.chmod(0o700 if path.is_dir() else 0o600)
         old = destination.parent / f".{destination.name}.old-{os.getpid()}"
-        if destination.exists():
-            destination.rename(old)
-        staging.rename(destination)
+        try:
+            if destination.exists():
+                destination.rename(old)
+            staging.rename(destination)
+        except OSError as error:  # e.g. the folder is a mount point
+            if old.exists() and not destination.exists():
+                old.rename(destination)  # the previous archive back in place
+            fail(f"cannot put the new archive in place at {destination}: {error.strerror or error} "
+                 "(give a folder inside a mount point, not the mount point itself)")
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -59,6 +59,8 @@ def test_the_panel_draws_the_hubs_released_flows_and_od_matrix(admin_page: Page,
     page.wait_for_selector("#mobility-body:not([hidden])", timeout=20_000)
     summary = httpx.get(hub.server.url + SUMMARY, headers=hub.server.headers, timeout=10).json()
     assert page.eval_on_selector("#mobility-day-select", "s => s.value") == summary["lastDay"]
+    offered = page.eval_on_selector_all("#mobility-day-select option", "os => os.map(o => o.value)")
+    assert offered == summary["recentDays"][::-1] and len(offered) <= 60  # days held only, newest first
     dots = page.locator("#mobility-map circle")
     assert 0 < dots.count() <= len(summary["flowAreas"])  # one per released area of the hub's unit
     titles = page.eval_on_selector_all("#mobility-map circle title", "ts => ts.map(t => t.textContent)")

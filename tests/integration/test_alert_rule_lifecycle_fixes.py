@@ -135,3 +135,20 @@ def test_alerts_load_into_the_files_of_a_running_hub_is_refused(tmp_path: Path) 
         assert after == before
     finally:
         stop_server(server.process)
+
+
+def test_a_rule_replaced_during_its_backfill_evaluates_each_day_once(tmp_path: Path) -> None:
+    """The first definition's backfill, still queued when the rule is replaced, must not run its days through
+    the new definition beside the new definition's own backfill (each day twice: every alert raised twice)."""
+    platform = Platform(Settings(data_dir=tmp_path, **CHEAP))
+    try:
+        _three_days_of_crowds(platform)
+        rule = {**RULE, "minDurationS": 0, "backfill": {"from": at(0), "to": at(3 * DAY)}}
+        with platform.alerts._lock:  # the worker waits here: both definitions' backfills are queued first
+            platform.alerts.put_rule("", rule)
+            platform.alerts.put_rule("", {**rule, "above": 140})
+        assert platform.alerts.flush(30)
+        current = [a for a in platform.alerts.alerts("", active_only=False) if a.rule.get("above") == 140]
+        assert sorted(a.onset.day for a in current) == [T0_DAY, T0_DAY + 1, T0_DAY + 2]
+    finally:
+        platform.close()

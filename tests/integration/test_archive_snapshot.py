@@ -88,3 +88,19 @@ def test_a_folder_that_is_not_an_archive_is_not_replaced(tmp_path: Path) -> None
     assert done.returncode == 1
     assert "not a Polis archive" in done.stdout + done.stderr
     assert [p.name for p in home.iterdir()] == ["notes.txt"]
+
+
+def test_an_archive_folder_that_is_a_link_to_another_disk_is_written_there(tmp_path: Path) -> None:
+    data = tmp_path / "hub"
+    _hub(data)
+    big_disk = tmp_path / "big-disk" / "polis-archive"
+    big_disk.mkdir(parents=True)
+    (data / "archive").symlink_to(big_disk)
+    for _ in range(2):
+        done = polis("archive", "--data-dir", str(data))
+        assert done.returncode == 0, done.stderr
+    assert (data / "archive").is_symlink() and (data / "archive").resolve() == big_disk.resolve()
+    assert sorted(p.name for p in big_disk.iterdir()) == ["tenant=_default", "tenant=t1"]
+    assert [p.name for p in data.iterdir() if p.name.startswith(".archive")] == []  # nothing left beside the link
+    assert [p.name for p in big_disk.parent.iterdir()] == ["polis-archive"]
+    assert _private(big_disk) == []

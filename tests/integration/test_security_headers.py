@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from polis.platform import Platform
-from tests.conftest import hub_client
+from tests.conftest import admin_headers, hub_client
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +60,24 @@ def test_api_answers_are_never_sniffed_and_carry_no_page_policy(
     assert r.headers["x-content-type-options"] == "nosniff"
     assert r.headers["referrer-policy"] == "no-referrer"
     assert "content-security-policy" not in r.headers  # data, not a page
+
+
+def test_an_unhandled_error_is_answered_with_the_headers_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Starlette answers an unhandled exception from its outermost middleware, around the one that adds headers."""
+    from polis.api.app import create_app
+    from polis.api.security_headers import headers_for
+
+    platform = Platform.in_memory()
+    try:
+        def broken(*_args: object, **_kwargs: object) -> None:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(platform.store, "types", broken)  # a bug behind a real route
+        with TestClient(create_app(platform), raise_server_exceptions=False, headers=admin_headers(platform)) as client:
+            r = client.get("/ngsi-ld/v1/types")
+        assert r.status_code == 500
+        assert r.headers["x-content-type-options"] == "nosniff" and r.headers["referrer-policy"] == "no-referrer"
+        page = headers_for("/")  # what a page's 500 would carry
+        assert page["x-frame-options"] == "DENY" and "frame-ancestors 'none'" in page["content-security-policy"]
+    finally:
+        platform.close()

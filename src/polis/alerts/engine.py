@@ -46,6 +46,9 @@ class Backfill:
     rule_id: str
     start: datetime
     end: datetime
+    # The install this backfill belongs to: a rule replaced (or deleted and made again) meanwhile has its own
+    # backfill, and the old one's next day must not run through the new rule nor move its progress mark.
+    compiled: CompiledRule | None = None
 
 
 class AlertEngine:
@@ -87,8 +90,11 @@ class AlertEngine:
             if compiled.watches_records:
                 _refuse_person_records(compiled)
             held = self.book.get(tenant, str(rule.id)) if rule.id is not None else None
-            if held is not None and _fingerprint(rule_json(held)) == _fingerprint(compiled.json):
-                return held, False  # the same definition again (a GET put back): its alerts go on as they were
+            running = held is not None and (not held.enabled or str(held.id) in self.index.by_tenant.get(tenant, {}))
+            if held is not None and running and _fingerprint(rule_json(held)) == _fingerprint(compiled.json):
+                # the same definition again (a GET put back): its alerts go on as they were. Not a rule that failed
+                # to install at start (an unreachable @context then): putting it back is how it gets going.
+                return held, False
             existed = held is not None
             if rule.id is not None:
                 self._retire(tenant, str(rule.id), "the rule was replaced")
@@ -141,7 +147,7 @@ class AlertEngine:
         if rule.enabled and rule.backfill is not None:
             start = self._backfilled_to(tenant, compiled, rule.backfill.start)
             if start < rule.backfill.end:
-                self._enqueue(Backfill(tenant, str(rule.id), start, rule.backfill.end))
+                self._enqueue(Backfill(tenant, str(rule.id), start, rule.backfill.end, compiled))
 
     def _backfill_marks(self) -> dict[str, Any]:
         path = self.folder / "backfilled.json"
@@ -261,6 +267,8 @@ class AlertEngine:
             compiled = self.index.by_tenant.get(job.tenant, {}).get(job.rule_id)
             if compiled is None or compiled.attr_iri is None or self._closed:
                 return  # the rule went away meanwhile
+            if job.compiled is not None and job.compiled is not compiled:
+                return  # replaced meanwhile: the new install runs its own backfill
             entities = {e["id"]: e for e in compiled.scope_entities()}
             query = TemporalQuery(
                 attrs=(compiled.attr_iri,), timerel="between", time_at=job.start, end_time_at=stop, max_instances=10**7
@@ -279,7 +287,7 @@ class AlertEngine:
                     self._apply(compiled, observation)
             self._mark_backfilled(job.tenant, compiled, stop)  # under the lock, with the day's messages written
         if stop < job.end and not self._closed:
-            self._enqueue(Backfill(job.tenant, job.rule_id, stop, job.end))
+            self._enqueue(Backfill(job.tenant, job.rule_id, stop, job.end, compiled))
 
     # -- lifecycle -----------------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from polis.api import (
     routes_temporal,
 )
 from polis.api.ld_http import echo_tenant
-from polis.api.security_headers import SecurityHeaders
+from polis.api.security_headers import SecurityHeaders, headers_for
 from polis.domain.errors import ERROR_TYPE_BASE, BadRequestData, NgsiError
 from polis.platform import Platform
 
@@ -117,7 +117,10 @@ def create_app(platform: Platform) -> FastAPI:
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(500, "InternalError", "Internal error", f"{type(error).__name__}: the server failed")
+        return problem_response(
+            500, "InternalError", "Internal error", f"{type(error).__name__}: the server failed",
+            headers=headers_for(request.url.path),  # answered outside SecurityHeaders, so added here
+        )
 
     app.include_router(routes_entities.router)
     app.include_router(routes_temporal.router)

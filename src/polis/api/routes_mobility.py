@@ -30,6 +30,7 @@ router = APIRouter(tags=["mobility"])
 
 _BASE = f"/polis/v1/mobility/{CITIBIKE}"
 PUBLIC, AGGREGATE, RAW = "public", "aggregate", "raw-pseudonymous"
+RECENT_DAYS = 60  # the days /summary lists (a dashboard's day picker); a day not held is a 404 on /flows
 
 # (method, path) -> (dataset, tier, action): what a department needs to be granted for each route.
 MOBILITY_ROUTES: dict[tuple[str, str], tuple[str, str, str]] = {
@@ -99,6 +100,7 @@ async def summary(request: Request) -> Response:
             "firstDay": days[0].isoformat() if days else None,
             "lastDay": days[-1].isoformat() if days else None,
             "days": len(days),
+            "recentDays": [d.isoformat() for d in days[-RECENT_DAYS:]],  # days held, newest last: what /flows takes
             "k": configuration.k,
             "epsilonBudget": privacy.ledger.budget(CITIBIKE),
             "epsilonSpent": privacy.ledger.spent(CITIBIKE),

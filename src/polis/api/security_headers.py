@@ -1,8 +1,9 @@
 """Security headers on every response: what a browser needs to be told so that the dashboard's page cannot be
 turned against the department signed in to it.
 
-- every response: `X-Content-Type-Options: nosniff` (a JSON body holding client text is never sniffed into HTML
-  or script) and `Referrer-Policy: no-referrer` (no URL of the hub leaves with a link);
+- every response (an unhandled error's 500 too, through `headers_for`): `X-Content-Type-Options: nosniff` (a
+  JSON body holding client text is never sniffed into HTML or script) and `Referrer-Policy: no-referrer` (no URL
+  of the hub leaves with a link);
 - the pages (the dashboard at `/` and its assets, the API docs): a Content-Security-Policy and
   `X-Frame-Options: DENY`. The dashboard's policy allows only its own scripts, styles and API on the same
   origin, no inline script and no framing (clickjacking): text written through the API is already put into the
@@ -30,6 +31,16 @@ _DOCS_POLICY = (
     "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+
+
+def headers_for(path: str) -> dict[str, str]:
+    """The headers this middleware adds to a response for `path`, for answers made outside it (an unhandled
+    error's 500 is answered by Starlette's outermost middleware, around this one)."""
+    extra = dict((name.decode(), value.decode()) for name, value in _ALWAYS)
+    policy = page_policy(path)
+    if policy is not None:
+        extra.update({"content-security-policy": policy, "x-frame-options": "DENY"})
+    return extra
 
 
 def page_policy(path: str) -> str | None:

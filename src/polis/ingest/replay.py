@@ -257,9 +257,9 @@ def replay(
     """Publish `dataset`'s readings to the broker at `url`, `speed`× real time (0 or inf: no pauses).
 
     `limit`: at most this many messages; `start`: skip readings observed before this instant;
-    `rebase`: shift every observation time so the first replayed step is observed at this instant (the
-    live demo passes now: the recorded readings arrive as today's, and never collide with the ingested
-    copy of the same dataset, which keeps its original times);
+    `rebase`: shift every observation time so the first replayed step is observed at this instant (`polis
+    replay --now` passes now: the recorded readings arrive as today's, and never collide with the ingested copy
+    of the same dataset, which keeps its original times; the demo's live sensors are `replay_live`);
     `progress(done, total)` is called after each time step, in messages; `stop` ends the replay early.
     The tenant is the topic's segment: "default" (or "") is the default tenant."""
     if dataset not in REPLAYABLE:

@@ -50,12 +50,10 @@ export class MobilityView extends Panel {
       this.show("No bike trips are held yet (polis ingest citibike-jersey-city).", "not-available");
       return;
     }
-    this.daySelect.replaceChildren();
-    for (let t = Date.parse(this.summary.lastDay), n = 0; t >= Date.parse(this.summary.firstDay) && n < 60; t -= 86400000, n++) {
-      const option = document.createElement("option");
-      option.value = option.textContent = new Date(t).toISOString().slice(0, 10);
-      this.daySelect.append(option);
-    }
+    // Only days the hub holds (a calendar day without trips is a 404 on /flows), newest first.
+    this.daySelect.replaceChildren(
+      ...[...this.summary.recentDays].reverse().map((day) => Object.assign(document.createElement("option"), { value: day, textContent: day })),
+    );
     this.daySelect.hidden = false;
     await this.loadDay(this.summary.lastDay);
   }
