@@ -109,6 +109,11 @@ def hub_settings(data_dir: Path | None = None, datasets_dir: Path | None = None,
     return settings
 
 
+def fail_missing_datasets(name: str, error: FileNotFoundError) -> NoReturn:
+    """A public dataset file not where the settings say: the file, and the two ways to point elsewhere."""
+    fail(f"{name}: {error} (set POLIS_DATASETS_DIR or --datasets-dir)")
+
+
 def require_hub_file(path: Path) -> None:
     """Fail, naming `path`, unless the hub file a reading command needs exists: `polis archive` or `polis admin
     list` pointed at a mistyped --data-dir must say so, not create an empty hub there and report nothing."""
@@ -330,8 +335,7 @@ def _ingest(settings: Settings, names: list[str]) -> None:
             try:
                 load = load_dataset(name, settings.datasets_dir, utc_now())
             except FileNotFoundError as error:
-                console.print(f"[red]{name}: {error}[/red] (set POLIS_DATASETS_DIR or --datasets-dir)")
-                raise typer.Exit(1) from None
+                fail_missing_datasets(name, error)
             except (ValueError, csv.Error, NgsiError) as error:  # a file the loader refuses: it names file and why
                 fail(f"{name}: not ingested: {error}")
             store = store or open_hub(settings)

@@ -39,6 +39,18 @@ class Hub:
         return self.server.headers["Authorization"].removeprefix("Bearer ")
 
 
+def parks_department(settings: Settings) -> str:
+    """A "parks" department that may read the Melbourne counters only, in the hub's access files (made with
+    admin, public and sensors on first start); its new key."""
+    access = AccessControl(settings)
+    try:
+        access.create_department("parks", "parks and public space")
+        access.grant("parks", "melbourne-pedestrians", "aggregate", "read")
+        return access.create_key("parks").secret_key
+    finally:
+        access.close()
+
+
 def serve_city(data_dir: Path, datasets: Sequence[str]) -> Iterator[Hub]:
     """A real `polis serve` on a hub holding `datasets`, with a "parks" department that may read the
     Melbourne counters only (generator: stops the server when resumed)."""
@@ -50,13 +62,7 @@ def serve_city(data_dir: Path, datasets: Sequence[str]) -> Iterator[Hub]:
             ingest(store, "", load_dataset(name, settings.datasets_dir, utc_now()))
     finally:
         store.close()
-    access = AccessControl(settings)  # first start: admin (its key file), public, sensors
-    try:
-        access.create_department("parks", "parks and public space")
-        access.grant("parks", "melbourne-pedestrians", "aggregate", "read")
-        parks_key = access.create_key("parks").secret_key
-    finally:
-        access.close()
+    parks_key = parks_department(settings)
     server = start_server(data_dir)
     try:
         yield Hub(server, parks_key)

@@ -13,11 +13,10 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from polis.access.control import AccessControl
 from polis.cli import app
 from polis.localserver import start_server, stop_server
 from polis.settings import Settings
-from tests.browser.test_dashboard import Hub, Page, open_dashboard
+from tests.browser.test_dashboard import Hub, Page, open_dashboard, parks_department
 
 pytestmark = pytest.mark.server
 
@@ -33,13 +32,7 @@ def hub(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     env = {**os.environ, "POLIS_DATASETS_DIR": str(Settings().datasets_dir), "POLIS_FLOWS_UNIT": request.param}
     run = CliRunner().invoke(app, ["ingest", "citibike-jersey-city", "--data-dir", str(data_dir)], env=env)
     assert run.exit_code == 0, run.output[-2000:]
-    access = AccessControl(Settings(data_dir=data_dir))
-    try:
-        access.create_department("parks", "parks and public space")
-        access.grant("parks", "melbourne-pedestrians", "aggregate", "read")
-        parks_key = access.create_key("parks").secret_key
-    finally:
-        access.close()
+    parks_key = parks_department(Settings(data_dir=data_dir))
     server = start_server(data_dir, env=env)
     try:
         yield Hub(server, parks_key)

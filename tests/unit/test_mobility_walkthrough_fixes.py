@@ -15,8 +15,9 @@ import pytest
 from polis.domain.errors import ResourceNotFound
 from polis.mobility.citibike import DATASET, ZONE
 from polis.mobility.ingest import ingest_trips, pseudonymiser_for
-from polis.mobility.products import Direction, DpRequest, ReleaseConfigurationPinned, Unit, day_ranges, parse_day
+from polis.mobility.products import Direction, DpRequest, ReleaseConfigurationPinned, Unit, day_ranges
 from polis.mobility.schema import Places, TripBatch
+from polis.ngsi_ld.params import parse_day
 from polis.privacy.dp import Mechanism, noise_scale
 from polis.privacy.service import PrivacyService
 from polis.settings import Settings

@@ -140,11 +140,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
 def _refuse_if_served(settings: Settings) -> None:
     """A server holding this data directory keeps its own copy of the rules and writes it back at the next rule
-    change through the API: rules written into its files beside it would be lost. Its database lock tells."""
-    import duckdb
-
-    from polis.cli import unlocked_hub
+    change through the API: rules written into its files beside it would be lost. Its database lock tells, and
+    `open_hub_read_only` says so with the server's address."""
+    from polis.cli import open_hub_read_only
 
     if settings.database_path.is_file():
-        with unlocked_hub(settings, "load the rules into it with --url http://HOST:PORT"):
-            duckdb.connect(str(settings.database_path), read_only=True).close()
+        open_hub_read_only(settings).close()

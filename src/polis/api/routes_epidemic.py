@@ -37,6 +37,7 @@ from polis.epidemic.data import COUNTRIES, CountryData
 from polis.epidemic.guard import refuse_person_fields
 from polis.epidemic.hub import NAME, HubCountries, countries_in_store
 from polis.epidemic.serving import READY_WAIT_S, Served, ServedForecasts, check_finite, check_forecastable
+from polis.ngsi_ld.params import parse_day
 
 router = APIRouter(tags=["epidemic"], dependencies=[Depends(declared_query_only)])
 
@@ -92,9 +93,9 @@ async def held(request: Request) -> Response:
 def _date(value: Any, field: str) -> date:
     """A day given as the string YYYY-MM-DD; a JSON number (20200513) or another ISO form is refused, not
     read as a date."""
-    if isinstance(value, str) and re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
+    if isinstance(value, str):
         try:
-            return date.fromisoformat(value)
+            return parse_day(value, field)
         except ValueError:
             pass
     raise BadRequestData(f"{field}: not an ISO date string (\"YYYY-MM-DD\"): {value!r}", field=field)

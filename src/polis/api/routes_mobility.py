@@ -20,10 +20,10 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from polis.api.ld_http import platform_of
-from polis.domain.errors import BadRequestData, InvalidRequest
+from polis.domain.errors import BadRequestData
 from polis.mobility.citibike import DATASET as CITIBIKE
-from polis.mobility.products import Direction, DpRequest, Unit, parse_day
-from polis.ngsi_ld.params import check_known
+from polis.mobility.products import Direction, DpRequest, Unit
+from polis.ngsi_ld.params import check_known, parse_day
 from polis.privacy.dp import MIN_EPSILON, Mechanism
 
 router = APIRouter(tags=["mobility"])
@@ -80,9 +80,7 @@ def _dp(request: Request) -> DpRequest | None:
 
 @router.get(f"{_BASE}/summary", summary="Citi Bike Jersey City: days held and stations (public tier)")
 async def summary(request: Request) -> Response:
-    if request.query_params:
-        unknown = ", ".join(sorted(set(request.query_params)))
-        raise InvalidRequest(f"unknown query parameter(s): {unknown}; this endpoint accepts no query parameters")
+    check_known(request.query_params, set())
     privacy = platform_of(request).privacy
 
     def work() -> dict[str, Any]:

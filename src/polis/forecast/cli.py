@@ -44,13 +44,13 @@ def _check_dataset(dataset: str) -> None:
 
 def _read_panel(dataset: str, datasets_dir: Path) -> Panel:
     """The dataset's panel, or one line naming the missing file and where the public datasets are set."""
-    from polis.cli import fail
+    from polis.cli import fail_missing_datasets
     from polis.forecast.data import load_panel
 
     try:
         return load_panel(dataset, datasets_dir)
     except FileNotFoundError as error:
-        fail(f"{dataset}: {error} (set POLIS_DATASETS_DIR or --datasets-dir)")
+        fail_missing_datasets(dataset, error)
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:

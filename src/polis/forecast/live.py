@@ -121,11 +121,7 @@ class ForecastService:
                 if self._stop.is_set():
                     return
                 try:
-                    if registry_for(self.platform.settings).latest(dataset, kind) is None:
-                        log_path = self._train_log(dataset, kind)
-                        tell(f"forecasts: training a {'quick ' if quick else ''}{kind} model for {dataset} in the "
-                             f"background (minutes on 2 cores; progress in {log_path})")
-                    live = self.load_or_train(dataset, quick=quick, kind=kind)
+                    live = self.load_or_train(dataset, quick=quick, kind=kind, say=tell)
                     self.attach(live)
                     self.mark_dirty("", live)
                     tell(f"forecasts: live for {dataset} ({len(live.entity_ids)} series, {kind})")
@@ -142,15 +138,20 @@ class ForecastService:
         thread.start()
         return thread
 
-    def load_or_train(self, dataset: str, quick: bool = True, kind: str = "lightgbm") -> LiveModel:
+    def load_or_train(
+        self, dataset: str, quick: bool = True, kind: str = "lightgbm", say: Callable[[str], None] | None = None
+    ) -> LiveModel:
         """The registry's latest model of `kind` for `dataset`, trained first (by `polis train`, in a child
-        process) when there is none."""
+        process) when there is none, which `say` announces with where its log is."""
         from polis.forecast.data import load_panel
 
         settings = self.platform.settings
         registry = registry_for(settings)
         record = registry.latest(dataset, kind)
         if record is None:
+            if say is not None:
+                say(f"forecasts: training a {'quick ' if quick else ''}{kind} model for {dataset} in the background "
+                    f"(minutes on 2 cores; progress in {self._train_log(dataset, kind)})")
             self._train_in_child(dataset, kind, quick)
             record = registry.latest(dataset, kind)
             if record is None:

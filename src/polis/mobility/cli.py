@@ -21,14 +21,13 @@ DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Hub files (def
 
 
 def ingest_gated(settings: Settings, store: DuckDBStore, name: str, console: Console) -> None:
-    from polis.cli import fail
+    from polis.cli import fail, fail_missing_datasets
     from polis.mobility.ingest import ingest_mobility
 
     try:
         summary = ingest_mobility(settings, store, name)
     except FileNotFoundError as error:
-        console.print(f"[red]{name}: {error}[/red] (set POLIS_DATASETS_DIR or --datasets-dir)")
-        raise typer.Exit(1) from None
+        fail_missing_datasets(name, error)
     except (PermissionError, ValueError) as error:  # the pseudonym secret, or a file the loader refuses: named
         fail(f"{name}: not ingested: {error}")
     console.print(
@@ -97,7 +96,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         """Released mobility products (suppressed below k, optionally noisy): hourly flows or the OD matrix."""
         from polis.cli import fail
         from polis.domain.errors import NgsiError
-        from polis.mobility.products import WINDOWS, Direction, DpRequest, Unit, parse_day
+        from polis.mobility.products import WINDOWS, Direction, DpRequest, Unit
+        from polis.ngsi_ld.params import parse_day
         from polis.privacy.dp import MIN_EPSILON, Mechanism
         from polis.privacy.service import PrivacyService
 

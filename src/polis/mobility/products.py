@@ -7,7 +7,6 @@ raw-pseudonymous tier, to departments granted it)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -59,17 +58,6 @@ class ReleaseConfigurationPinned(NgsiError):
     name = "ReleaseConfigurationPinned"
     status = 409
     title = "Release configuration pinned"
-
-
-def parse_day(text: str, name: str = "day") -> date:
-    """A local day written YYYY-MM-DD, and only so (`date.fromisoformat` also takes 20170201 and 2017-W05-3);
-    a ValueError naming `name` otherwise."""
-    if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
-        try:
-            return date.fromisoformat(text)
-        except ValueError:
-            pass
-    raise ValueError(f"{name} must be a date YYYY-MM-DD, got {text!r}")
 
 
 def day_ranges(days: Sequence[date]) -> str:

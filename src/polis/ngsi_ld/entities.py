@@ -273,10 +273,7 @@ class EntityService:
         dataset_ids: tuple[str | None, ...] | None = None,
     ) -> dict[str, Any]:
         entity = self._load(tenant, entity_id)
-        if type_iris and not set(type_iris) & set(entity["type"]):
-            raise ResourceNotFound(
-                f"entity {entity_id} is not of type {', '.join(terms.compact(t) for t in type_iris)}"
-            )
+        _check_type(entity, type_iris, terms)
         if attrs:
             if not any(a in entity for a in attrs):
                 raise ResourceNotFound(f"entity {entity_id} has none of the attributes asked for")

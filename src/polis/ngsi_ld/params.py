@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from polis.domain.errors import BadRequestData, InvalidRequest, TooManyResults
 from polis.ngsi_ld.context import TermMap
@@ -259,6 +259,16 @@ def parse_datetime(raw: str, name: str) -> datetime:
 def check_known(params: Mapping[str, str], known: set[str]) -> None:
     unknown = sorted(set(params) - known)
     if unknown:
-        raise InvalidRequest(
-            f"unknown query parameter(s): {', '.join(unknown)}; this endpoint accepts: {', '.join(sorted(known))}"
-        )
+        accepted = f"accepts: {', '.join(sorted(known))}" if known else "accepts no query parameters"
+        raise InvalidRequest(f"unknown query parameter(s): {', '.join(unknown)}; this endpoint {accepted}")
+
+
+def parse_day(text: str, name: str = "day") -> date:
+    """A local day written YYYY-MM-DD, and only so (`date.fromisoformat` also takes 20170201 and 2017-W05-3);
+    a ValueError naming `name` otherwise."""
+    if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
+        try:
+            return date.fromisoformat(text)
+        except ValueError:
+            pass
+    raise ValueError(f"{name} must be a date YYYY-MM-DD, got {text!r}")
