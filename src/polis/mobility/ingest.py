@@ -77,6 +77,8 @@ def ingest_trips(
     settings: Settings, store: DuckDBStore, batch: TripBatch, zone: str, pseudonymiser: Pseudonymiser | None = None
 ) -> MobilitySummary:
     started = time.perf_counter()
+    mobility = MobilityStore(store)
+    _check_resolutions(settings, mobility, batch.dataset)
     gated = gate_trips(
         batch,
         pseudonymiser or pseudonymiser_for(settings),
@@ -87,7 +89,6 @@ def ingest_trips(
     areas = _areas(batch, gated, settings)
     del batch  # the person-level records end here
     counts = count_trips(gated)
-    mobility = MobilityStore(store)
     mobility.replace(gated, counts, areas)
     purged = mobility.purge(timedelta(days=settings.raw_retention_days), gated.dataset)
     return MobilitySummary(
@@ -98,6 +99,34 @@ def ingest_trips(
         raw_purged=purged.get(gated.dataset, 0),
         seconds=time.perf_counter() - started,
     )
+
+
+# The setting behind each resolution of a dataset's stored cells, as an operator sets it.
+RESOLUTION_SETTINGS = {
+    "cell": ("POLIS_H3_RESOLUTION", "h3_resolution"),
+    "od": ("POLIS_OD_H3_RESOLUTION", "od_h3_resolution"),
+}
+
+
+def _check_resolutions(settings: Settings, mobility: MobilityStore, dataset: str) -> None:
+    """A dataset's cells keep the resolutions of its first load. Loading days at another resolution would put
+    tables of two resolutions in one hub, and a res-8 cell's released total minus the released res-9 cells
+    inside it (H3 cells do not nest exactly, but nearly) gives what suppression hid; the products would also
+    mix both in their rows. Raises ValueError naming the setting, before anything is gated."""
+    stored = mobility.resolutions(dataset)
+    wrong = [
+        (name, stored[unit], getattr(settings, field))
+        for unit, (name, field) in RESOLUTION_SETTINGS.items()
+        if unit in stored and stored[unit] != getattr(settings, field)
+    ]
+    if wrong:
+        was = ", ".join(f"{name}={held}" for name, held, _ in wrong)
+        now = ", ".join(f"{name}={given}" for name, _, given in wrong)
+        raise ValueError(
+            f"this hub holds {dataset} at {was} and the setting is now {now}: counts at two resolutions could be "
+            f"subtracted from each other for what suppression hides. Keep {was}, or load into a new hub (another "
+            "--data-dir)"
+        )
 
 
 def _areas(batch: TripBatch, gated: GatedTrips, settings: Settings) -> list[Area]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import h3
 import numpy as np
 import pyarrow as pa
 
@@ -234,6 +235,16 @@ class MobilityStore:
             return None
         unit, hours, k, pinned_at = rows[0]
         return PinnedConfiguration(ReleaseConfiguration(unit, int(hours), int(k)), pinned_at)
+
+    def resolutions(self, dataset: str) -> dict[str, int]:
+        """The H3 resolution of the dataset's stored cells, per unit (`cell` for flows, `od` for the matrices);
+        empty for a dataset not yet loaded. Read from the cells themselves: the resolution is fixed at ingest."""
+        rows = self._run(
+            "SELECT unit, any_value(area) FROM mobility_areas WHERE dataset = ? AND unit IN ('cell', 'od') "
+            "GROUP BY unit",
+            [dataset],
+        )
+        return {unit: h3.get_resolution(cell) for unit, cell in rows}
 
     def raw_days(self, dataset: str) -> list[date]:
         """The days (of trip start) the raw-pseudonymous tier still holds trips of."""
