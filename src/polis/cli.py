@@ -411,8 +411,8 @@ def demo(
     settings.mqtt_url = broker.url
     stop = threading.Event()
 
-    def caught_up(messages: int) -> None:
-        console.print(f"live: caught up with the clock ({messages:,} messages); a reading per sensor every 5 minutes")
+    def caught_up(readings: int) -> None:
+        console.print(f"live: caught up with the clock ({readings:,} readings); a reading per sensor every 5 minutes")
 
     def live() -> None:
         try:

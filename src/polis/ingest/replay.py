@@ -204,8 +204,10 @@ def replay_live(
     """Publish `dataset` as live sensors until `stop`: each reading at its time of week (`live_steps`), when
     the clock reaches it, never ahead of it, so what the hub holds, the alerts raised on it (CAP times) and
     the forecasts issued from it are about now, not hours ahead. The last `catch_up_hours` are published at
-    once on start, so charts and forecasts have recent history straight away; `on_caught_up(messages)` is
-    called when the replay reaches the clock."""
+    once on start, as gateway batches (one message per type and step): the broker queues at most
+    `MAX_QUEUED_MESSAGES` for a subscriber and drops the rest, and a week of single readings is 417k messages,
+    while ingest may still be starting. From then on one message per reading, as sensors send them.
+    `on_caught_up(readings)` is called when the replay reaches the clock."""
     types, steps = _steps(dataset, datasets_dir, None)
     timeline = live_steps(steps, _utc_now64() - np.timedelta64(int(catch_up_hours * 3_600_000_000), "us"))
     publisher = _Publisher(url, 1000, f"polis-replay-{uuid.uuid4().hex[:8]}")
@@ -223,10 +225,10 @@ def replay_live(
                     caught_up = True
                     publisher.drain(timeout=60.0)
                     if on_caught_up is not None:
-                        on_caught_up(messages)
+                        on_caught_up(readings)
                 if _pause(float(wait), stop):
                     break
-            for topic, payload, count in _messages(step, types, "", False):
+            for topic, payload, count in _messages(step, types, "", not caught_up):
                 publisher.publish(topic, payload)
                 messages += 1
                 readings += count
