@@ -8,6 +8,7 @@ import itertools
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import orjson
@@ -17,6 +18,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from polis.ingest.broker import Broker
 from polis.ingest.replay import WEEK, _Step, _steps, live_steps, replay_live
 from polis.settings import Settings
+
+LOS_ANGELES = ZoneInfo("America/Los_Angeles")
 
 
 def _recording(days: int = 7, minutes: int = 5) -> list[_Step]:
@@ -43,6 +46,40 @@ def test_each_reading_keeps_its_weekday_and_time_of_day_week_after_week() -> Non
         recorded = by_value[float(step.values[0])]
         assert (step.observed_at - recorded) % WEEK == np.timedelta64(0, "us")  # whole weeks later
         assert _weekday_and_time(step.observed_at) == _weekday_and_time(recorded)
+
+
+def _local(t: np.datetime64) -> datetime:
+    return t.astype("datetime64[us]").item().replace(tzinfo=UTC).astimezone(LOS_ANGELES)
+
+
+def test_in_summer_a_reading_keeps_its_local_time_of_day() -> None:
+    """Recorded in March (Pacific standard time), replayed in July (daylight time): the 08:00 reading comes at
+    08:00 in Los Angeles, not at 09:00 as whole UTC weeks would put it."""
+    steps = _recording()
+    recorded = {float(s.values[0]): _local(s.observed_at) for s in steps}
+    timeline = live_steps(steps, np.datetime64("2027-07-01T00:00:00", "us"), LOS_ANGELES)
+    week = [next(timeline) for _ in range(len(steps))]
+    for step in week:
+        was, now = recorded[float(step.values[0])], _local(step.observed_at)
+        assert (now.weekday(), now.strftime("%H:%M")) == (was.weekday(), was.strftime("%H:%M"))
+    assert all(b.observed_at - a.observed_at == np.timedelta64(5, "m") for a, b in itertools.pairwise(week))
+
+
+def test_across_a_change_of_clocks_instants_only_go_forward() -> None:
+    """Spring forward (2027-03-14) and fall back (2027-11-07) in Los Angeles: no instant twice or out of order;
+    the 25-hour day has an hour without readings rather than two readings at one time."""
+    steps = _recording()
+    for start, change, readings in (("2027-03-13T00:00:00", "2027-03-14", 288 - 12),  # a 23-hour day
+                                    ("2027-11-06T00:00:00", "2027-11-07", 288)):  # 25 hours, one without readings
+        timeline = live_steps(steps, np.datetime64(start, "us"), LOS_ANGELES)
+        taken = [next(timeline) for _ in range(3 * 288)]
+        assert all(a.observed_at < b.observed_at for a, b in itertools.pairwise(taken))
+        on_the_day = [s for s in taken if _local(s.observed_at).strftime("%Y-%m-%d") == change]
+        assert len(on_the_day) == readings
+        recorded = {float(s.values[0]): _local(s.observed_at) for s in steps}
+        same = [s for s in taken if _local(s.observed_at).strftime("%H:%M")
+                == recorded[float(s.values[0])].strftime("%H:%M")]
+        assert len(same) >= len(taken) - 12  # all but the hour the clocks skip keep their time of day
 
 
 def test_a_later_start_republishes_the_same_instants() -> None:

@@ -105,6 +105,13 @@ def _require(path: Path) -> Path:
 
 # ---------------------------------------------------------------------------------------------- time
 
+# Where each sensor dataset was recorded: its readings' local time (the live replay keeps it week after week).
+ZONES = {
+    "los-loop": ZoneInfo("America/Los_Angeles"),
+    "sz-taxi": ZoneInfo("Asia/Shanghai"),
+    "melbourne-pedestrians": ZoneInfo("Australia/Melbourne"),
+}
+
 
 def _iso(instant: np.datetime64 | datetime) -> str:
     if isinstance(instant, datetime):
@@ -266,7 +273,7 @@ def load_los_loop(datasets_dir: Path, now: str) -> DatasetLoad:
     if unlocated:
         raise ValueError(f"{folder / 'sensor_locations.csv'} lacks sensors {unlocated[:5]} named in {speed_path}")
     speeds = np.loadtxt(speed_path, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64)
-    start = datetime(2012, 3, 1, tzinfo=ZoneInfo("America/Los_Angeles"))
+    start = datetime(2012, 3, 1, tzinfo=ZONES["los-loop"])
     series = SensorSeries(
         name="los-loop",
         type_term="TrafficFlowObserved",
@@ -295,7 +302,7 @@ def load_sz_taxi(datasets_dir: Path, now: str) -> DatasetLoad:
         data = np.asarray(archive["data"], dtype=np.float64)
     speeds = data.reshape(data.shape[0], -1)  # (steps, roads, 1) -> (steps, roads)
     speeds = np.where(speeds == 0, np.nan, speeds)
-    start = datetime(2015, 1, 1, tzinfo=ZoneInfo("Asia/Shanghai"))
+    start = datetime(2015, 1, 1, tzinfo=ZONES["sz-taxi"])
     series = SensorSeries(
         name="sz-taxi",
         type_term="TrafficFlowObserved",
@@ -339,7 +346,7 @@ def load_melbourne_pedestrians(datasets_dir: Path, now: str) -> DatasetLoad:
         raise ValueError(f"{counts_path}: lines {ragged[:5]} do not have {len(header)} fields")
     cells = np.array([row[1:] for row in body], dtype="U16").reshape(len(body), len(columns))
     cells[cells == ""] = "nan"
-    times, kept = _hourly_rows_to_utc([row[0] for row in body], ZoneInfo("Australia/Melbourne"))
+    times, kept = _hourly_rows_to_utc([row[0] for row in body], ZONES["melbourne-pedestrians"])
     sensors = [
         Sensor(
             f"urn:ngsi-ld:CrowdFlowObserved:melbourne-pedestrians:{by_name[c]['sensor_id']}",

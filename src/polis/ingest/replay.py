@@ -27,13 +27,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from polis.ingest.datasets import load_dataset
+from polis.ingest.datasets import ZONES, load_dataset
 from polis.ingest.messages import BATCH_SEGMENT, MAX_READINGS, topic_for
 from polis.ingest.mqtt import parse_url
 from polis.ngsi_ld.entities import utc_now
@@ -170,26 +171,48 @@ def _utc_now64() -> np.datetime64:
     return np.datetime64(datetime.now(UTC).replace(tzinfo=None), "us")
 
 
-def live_steps(steps: list[_Step], start: np.datetime64) -> Iterator[_Step]:
+def live_steps(steps: list[_Step], start: np.datetime64, zone: ZoneInfo | None = None) -> Iterator[_Step]:
     """The recording as this week's sensors, from `start` on and without end: every step observed a whole
     number of weeks after it was recorded (the recording's length rounded up to whole weeks is the cycle), so
     a reading falls on the weekday and time of day it was taken on: rush hours come at rush hour, and a model
     trained on the recording reads its time features as they were. The same instants on every run, so a
     restarted demo republishes what the hub already holds (skipped as duplicates) and never a second copy
-    shifted a little (DST aside: whole weeks are UTC weeks)."""
+    shifted a little.
+
+    With the recording's `zone`, the weeks are the zone's: a reading taken at 08:00 local time in March
+    (standard time) is replayed at 08:00 local time in July (daylight time), not at 09:00. Across a change of
+    clocks a step that would not come after the one before (the hour that repeats, or the one a nonexistent
+    local time maps onto) is left out, so instants only go forward."""
     if not steps:
         return
     first = steps[0].observed_at
     gap = steps[1].observed_at - first if len(steps) > 1 else np.timedelta64(5, "m")
     cycle = WEEK * max(1, math.ceil((steps[-1].observed_at - first + gap) / WEEK))
-    k = int((start - first) // cycle)
+    shifted = _in_zone(steps, zone) if zone is not None else None
+    k = int((start - first) // cycle) - (1 if zone is not None else 0)  # a zone moves instants by up to a day
+    last: np.datetime64 | None = None
     while True:
-        shift = cycle * k
-        for step in steps:
-            observed = step.observed_at + shift
-            if observed >= start:
+        for n, step in enumerate(steps):
+            observed = step.observed_at + cycle * k if shifted is None else shifted(n, cycle * k)
+            if observed >= start and (last is None or observed > last):
+                last = observed
                 yield _Step(observed, step.entity_ids, step.attributes, step.values)
         k += 1
+
+
+def _in_zone(steps: list[_Step], zone: ZoneInfo) -> Callable[[int, np.timedelta64], np.datetime64]:
+    """Step n's instant `shift` (whole weeks) later on the zone's wall clock: the recorded local time plus the
+    shift, read in the zone again (zoneinfo's first occurrence, fold 0, for a repeated or skipped time)."""
+    local = [
+        step.observed_at.astype("datetime64[us]").item().replace(tzinfo=UTC).astimezone(zone).replace(tzinfo=None)
+        for step in steps
+    ]
+
+    def at(n: int, shift: np.timedelta64) -> np.datetime64:
+        wall = local[n] + shift.astype("timedelta64[us]").item()
+        return np.datetime64(wall.replace(tzinfo=zone).astimezone(UTC).replace(tzinfo=None), "us")
+
+    return at
 
 
 def replay_live(
@@ -209,7 +232,8 @@ def replay_live(
     while ingest may still be starting. From then on one message per reading, as sensors send them.
     `on_caught_up(readings)` is called when the replay reaches the clock."""
     types, steps = _steps(dataset, datasets_dir, None)
-    timeline = live_steps(steps, _utc_now64() - np.timedelta64(int(catch_up_hours * 3_600_000_000), "us"))
+    catch_up = np.timedelta64(int(catch_up_hours * 3_600_000_000), "us")
+    timeline = live_steps(steps, _utc_now64() - catch_up, ZONES.get(dataset))
     publisher = _Publisher(url, 1000, f"polis-replay-{uuid.uuid4().hex[:8]}")
     messages = readings = done_steps = 0
     first = last = None
