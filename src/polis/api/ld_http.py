@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 from fastapi import Request
@@ -308,6 +309,32 @@ def json_response(
         _add_link(out_headers, _link_header(terms))
     echo_tenant(request, out_headers)
     return Response(orjson.dumps(body), status_code=status, headers=out_headers, media_type=accept)
+
+
+def pagination_headers(
+    request: Request, *, offset: int, limit: int | None, returned: int, total: int | None, count: bool
+) -> dict[str, str]:
+    """The headers of one page of a query that takes limit/offset (entities, temporal entities, subscriptions):
+    `NGSILD-Results-Count` when the client asked for it with count=true (§6.3.13), and Link rel="next"/"prev"
+    (§5.5.9, §6.3.10) to this URL with the offset moved by one page (none without a limit, or with limit=0,
+    which asks for the count alone). `total`, when known, tells a full last page from one with more after it.
+    `json_response` adds the context link to the same Link header."""
+    headers: dict[str, str] = {}
+    if count and total is not None:
+        headers["NGSILD-Results-Count"] = str(total)
+    if not limit:
+        return headers
+    links = []
+    base = dict(request.query_params)
+    if returned == limit and (total is None or offset + limit < total):
+        following = {**base, "offset": offset + limit, "limit": limit}
+        links.append(f'<{request.url.path}?{urlencode(following)}>; rel="next"')
+    if offset > 0:
+        previous = {**base, "offset": max(0, offset - limit), "limit": limit}
+        links.append(f'<{request.url.path}?{urlencode(previous)}>; rel="prev"')
+    if links:
+        headers["Link"] = ", ".join(links)
+    return headers
 
 
 def empty_response(request: Request, status: int = 204, headers: dict[str, str] | None = None) -> Response:

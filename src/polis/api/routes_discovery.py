@@ -22,7 +22,9 @@ from polis.api.ld_http import (
     tenant_of,
 )
 from polis.domain.errors import BadRequestData, ResourceNotFound
+from polis.ngsi_ld.context import TermMap
 from polis.ngsi_ld.params import check_known, parse_bool
+from polis.store.base import AttributeInfo
 
 router = APIRouter(prefix="/ngsi-ld/v1", tags=["discovery"])
 
@@ -77,12 +79,14 @@ async def type_info(type_name: str, request: Request) -> Response:
     return json_response(request, body, terms, accept=accept_of(request, NOT_GEO))
 
 
-def _attribute_body(info: Any, terms: Any) -> dict[str, Any]:
+def _attribute_body(info: AttributeInfo, terms: TermMap) -> dict[str, Any]:
+    """An Attribute (§5.2.28): its attributeCount is the number of its instances (one per datasetId of each
+    entity that holds it), not of the entities, which the type's EntityTypeInfo counts."""
     return {
         "id": info.attribute,
         "type": "Attribute",
         "attributeName": terms.compact(info.attribute),
-        "attributeCount": info.entity_count,
+        "attributeCount": info.attribute_count,
         "attributeTypes": sorted(info.kinds),
         "typeNames": sorted(terms.compact(t) for t in info.types),
     }

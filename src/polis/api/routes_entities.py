@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -18,6 +18,7 @@ from polis.api.ld_http import (
     geo_values,
     json_body,
     json_response,
+    pagination_headers,
     platform_of,
     request_terms,
     resolve,
@@ -124,25 +125,6 @@ def _check_regex(pattern: str) -> None:
         raise BadRequestData(f"idPattern {problem}")
 
 
-def _pagination_headers(request: Request, count: int | None, offset: int, limit: int, returned: int) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    if count is not None:
-        headers["NGSILD-Results-Count"] = str(count)
-    links = []
-    base = dict(request.query_params)
-    if returned == limit and limit > 0 and (count is None or offset + limit < count):
-        links.append(
-            f'<{request.url.path}?{urlencode({**base, "offset": offset + limit, "limit": limit})}>; rel="next"'
-        )
-    if offset > 0 and limit > 0:
-        links.append(
-            f'<{request.url.path}?{urlencode({**base, "offset": max(0, offset - limit), "limit": limit})}>; rel="prev"'
-        )
-    if links:
-        headers["Link"] = ", ".join(links)
-    return headers
-
-
 @router.post("/entities", status_code=201, summary="Create entity (§5.6.1)")
 async def create_entity(request: Request) -> Response:
     platform = platform_of(request)
@@ -185,8 +167,9 @@ async def _answer_query(
         compact_entity(e, terms, fmt=fmt, sys_attrs=sys_attrs, pick=pick, omit=omit, lang=lang, dataset_ids=dataset_ids)
         for e in result.entities
     ]
-    limit = query.limit if query.limit is not None else len(body)
-    headers = _pagination_headers(request, result.count, query.offset, limit, len(body))
+    headers = pagination_headers(
+        request, offset=query.offset, limit=query.limit, returned=len(body), total=result.count, count=query.count
+    )
     if query.limit == 0:
         body = []
     geometry = params.get("geometryProperty")

@@ -19,6 +19,7 @@ from polis.api.ld_http import (
     empty_response,
     json_body,
     json_response,
+    pagination_headers,
     platform_of,
     request_terms,
     resolve,
@@ -80,7 +81,9 @@ async def list_subscriptions(request: Request) -> Response:
     owner = None if manager else access.department
     found, total = platform.subscriptions.list(tenant, page.offset, page.limit, department=owner)
     body = [render(sub, status, terms, sys_attrs=options.sys_attrs) for sub, status in found]
-    headers = {"NGSILD-Results-Count": str(total)} if page.count else {}
+    headers = pagination_headers(
+        request, offset=page.offset, limit=page.limit, returned=len(body), total=total, count=page.count
+    )
     return json_response(request, body, terms, headers=headers, accept=accept)
 
 

@@ -18,6 +18,7 @@ from polis.api.ld_http import (
     empty_response,
     json_body,
     json_response,
+    pagination_headers,
     platform_of,
     request_terms,
     resolve,
@@ -92,9 +93,12 @@ async def query_temporal(request: Request) -> Response:
         )
         for e in entities
     ]
-    status, headers = _status_and_headers(
-        history, temporal.last_n, {"NGSILD-Results-Count": str(count)} if count is not None else None
+    # The entities are paged as /entities pages them (§5.7.4 takes its limit/offset/count); the instances, by
+    # Content-Range (206).
+    page = pagination_headers(
+        request, offset=query.offset, limit=query.limit, returned=len(body), total=count, count=query.count
     )
+    status, headers = _status_and_headers(history, temporal.last_n, page)
     return json_response(request, body, terms, status=status, headers=headers, accept=accept)
 
 

@@ -29,6 +29,7 @@ from polis.domain.errors import AlreadyExists, BadRequestData, NgsiError, Resour
 from polis.ngsi_ld.batch_plan import BatchExpansion, expand_batch
 from polis.ngsi_ld.context import TermMap
 from polis.ngsi_ld.entity_codec import (
+    NULL_MARKER,
     compact_entity,
     expand_attribute_instance,
     expand_entity,
@@ -162,6 +163,33 @@ def _merge_instances(old: list[Instance], new: list[Instance], now: str) -> list
         merged["modifiedAt"] = now
         by_dataset[instance.get("datasetId")] = merged
     return list(by_dataset.values())
+
+
+# The value members that merge-patch merges key by key (§5.6.17, §5.6.20: RFC 7396 applies to the values too, as
+# the NGSI-LD Primer's and §5.5.12's examples of an address merged with a key set to urn:ngsi-ld:null show): a
+# Property's value and a JsonProperty's json. A GeoProperty's geometry, a LanguageProperty's languageMap and the
+# list kinds are replaced whole.
+_MERGED_VALUE = {"Property": "value", "JsonProperty": "json"}
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396 MergePatch of a value: a JSON object patches an object key by key, recursively, where a key set
+    to null (RFC 7396) or to urn:ngsi-ld:null (the NGSI-LD Null, §4.5) is removed; anything else, and an object
+    onto what is not one, replaces (an object then loses its null keys). A typed literal ({"@type": "DateTime",
+    "@value": ...}) is one value, never merged into or with."""
+    if not _is_json_object(patch):
+        return patch
+    merged = dict(target) if _is_json_object(target) else {}
+    for key, value in patch.items():
+        if value is None or value == NULL_MARKER:
+            merged.pop(key, None)
+        else:
+            merged[key] = _merge_patch(merged.get(key), value)
+    return merged
+
+
+def _is_json_object(value: Any) -> bool:
+    return isinstance(value, dict) and "@value" not in value
 
 
 def _split_nulls(fragment: dict[str, list[Instance]]) -> tuple[dict[str, list[Instance]], dict[str, set[str | None]]]:
@@ -501,7 +529,13 @@ class EntityService:
             previous = {i.get("datasetId"): i for i in entity.get(name, ())}
             for instance in instances:
                 before = previous.get(instance.get("datasetId"))
-                if before is not None and before.get("type") == instance.get("type"):
+                if before is not None and before.get("type") != instance.get("type"):
+                    before = None  # another kind: replaced whole
+                member = _MERGED_VALUE.get(instance.get("type", ""))
+                if member is not None and member in instance:
+                    target = before.get(member) if before is not None else None
+                    instance = {**instance, member: _merge_patch(target, instance[member])}
+                if before is not None:
                     # Members not sent survive (merge, not replace).
                     combined = {k: v for k, v in before.items() if k not in instance}
                     combined.update(instance)
@@ -655,9 +689,9 @@ class EntityService:
         result = batch.result
         parsed: list[tuple[Entity, Any]] = []
         seen: set[str] = set()
-        for item, entity in zip(items, expansion.entities, strict=True):
+        for position, (item, entity) in enumerate(zip(items, expansion.entities, strict=True)):
             if isinstance(entity, NgsiError):
-                result.fail(item.get("id") if isinstance(item, dict) else None, entity)
+                result.fail_item(position, item.get("id") if isinstance(item, dict) else None, entity)
             elif entity["id"] in seen:
                 error = BadRequestData(f"entity {entity['id']} appears more than once in this batch")
                 result.fail(entity["id"], error)
@@ -735,14 +769,14 @@ class EntityService:
 
     def _batch_delete(self, tenant: str, items: list[Any], result: BatchResult) -> BatchResult:
         ids: list[str] = []
-        for item in items:
+        for position, item in enumerate(items):
             try:
                 eid = validate_entity_id(item)
                 if eid in ids:
                     raise BadRequestData(f"entity {eid} appears more than once in this batch")
                 ids.append(eid)
             except NgsiError as error:
-                result.fail(item if isinstance(item, str) else None, error)
+                result.fail_item(position, item, error)
         existing = self.store.get(tenant, ids)
         for eid in ids:
             if eid in existing:
@@ -768,11 +802,23 @@ class BatchResult:
     """§5.2.16 BatchOperationResult, plus the ids an upsert created (for its 201 body)."""
 
     success: list[str] = field(default_factory=list)
-    errors: list[tuple[str | None, NgsiError]] = field(default_factory=list)
+    errors: list[tuple[str, NgsiError]] = field(default_factory=list)  # BatchEntityError (§5.2.17)
     created: list[str] = field(default_factory=list)
 
-    def fail(self, entity_id: str | None, error: NgsiError) -> None:
+    def fail(self, entity_id: str, error: NgsiError) -> None:
         self.errors.append((entity_id, error))
+
+    def fail_item(self, position: int, sent_id: Any, error: NgsiError) -> None:
+        """An item refused before it had an entity id (`sent_id`: what it sent as one). BatchEntityError's
+        entityId is mandatory and a URI (§5.2.17), so it is never null: an id sent as a string is reported as
+        sent, URI or not (the client knows the item by it; Orion-LD does the same); an item with no string id
+        (none, a number, an object, null, or not an object at all) is reported under urn:ngsi-ld:null, the
+        spec's own null where a URI is required, with its place in the request in the detail to find it by."""
+        if isinstance(sent_id, str) and sent_id:
+            self.fail(sent_id, error)
+        else:
+            located = type(error)(f"item {position} of the batch (counted from 0): {error.detail}", **error.extra)
+            self.fail(NULL_MARKER, located)
 
     def body(self) -> dict[str, Any]:
         return {

@@ -148,6 +148,7 @@ class TypeInfo:
 class AttributeInfo:
     attribute: str
     entity_count: int  # entities that hold it
+    attribute_count: int  # its instances (an entity holds one per datasetId): the Attribute's attributeCount
     kinds: set[str]
     types: set[str]
 

@@ -60,6 +60,7 @@ from polis.store.base import (
     TemporalQuery,
     TypeInfo,
     TypeSelector,
+    chunks,
     reading_value,
 )
 from polis.store.geo_index import GEO_INDEX_DDL, PointTable, geo_index_rows, geo_to_sql, geo_values
@@ -70,6 +71,11 @@ log = logging.getLogger(__name__)
 INSTANCE_PREFIX = "urn:ngsi-ld:Instance:"
 
 SCHEMA_VERSION = "6"
+# `entity_attrs` holds a row per attribute instance (an attribute with datasetIds has several) once meta notes
+# this; a file written before holds one per attribute, which `_count_instances_once` redoes when opened.
+ATTR_ROWS_KEY = "entity_attrs_rows"
+ATTR_ROWS = "instances"
+_RECOUNT_CHUNK = 10_000  # entities whose documents are read at a time by `_count_instances_once`
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NEVER = datetime.min.replace(tzinfo=UTC)  # `newest_history` of an entity whose history is all gone
 POINT_TABLE_REBUILD_S = 1.0  # a stale point table is rebuilt at most this often; meanwhile `near` runs in SQL
@@ -242,6 +248,7 @@ class DuckDBStore:
         if not read_only:
             self._con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", [SCHEMA_VERSION])
             self._con.execute("INSERT OR IGNORE INTO tenants VALUES (?)", [DEFAULT_TENANT])
+            self._count_instances_once()
         # The id directory: (tenant, id) -> seq for every entity, in memory. It replaces a primary-key index,
         # whose upkeep made every DuckDB commit cost ~75 ms; 100,000 entities take ~15 MB here.
         self._directory: dict[tuple[str, str], int] = {
@@ -301,6 +308,29 @@ class DuckDBStore:
         with self._transaction() as con:
             for sql in steps:
                 con.execute(sql)
+
+    def _count_instances_once(self) -> None:
+        """Give a file written before `entity_attrs` held a row per attribute instance its rows per instance, so
+        attributeCount counts each datasetId (not a schema version: both kinds of rows answer every other
+        reader alike). Only an entity with a datasetId can hold two instances of an attribute: those few are
+        found by their text and get their rows again from their documents, once, in one transaction."""
+        if self._scalar("SELECT value FROM meta WHERE key = ?", [ATTR_ROWS_KEY]) == ATTR_ROWS:
+            return
+        found = self._con.execute(
+            "SELECT tenant, seq FROM entities WHERE contains(doc, '\"datasetId\"') ORDER BY tenant, seq"
+        ).fetchall()
+        with self._transaction() as con:
+            for part in chunks(found, _RECOUNT_CHUNK):
+                keys = pa.table({"tenant": [t for t, _ in part], "seq": pa.array([q for _, q in part], pa.int64())})
+                docs = _keyed_docs(con, keys)
+                _with_rows(con, "DELETE FROM entity_attrs WHERE (tenant, seq) IN (SELECT * FROM polis_rows)", keys)
+                rows = [(t, q, name, kind) for t, q, doc in docs for name, kind in _attribute_kinds(orjson.loads(doc))]
+                cols = _columns(rows, 4)
+                names = ["tenant", "seq", "attr", "kind"]
+                types = [pa.string(), pa.int64(), pa.string(), pa.string()]
+                table = pa.table({n: pa.array(c, t) for n, c, t in zip(names, cols, types, strict=True)})
+                _with_rows(con, "INSERT INTO entity_attrs SELECT * FROM polis_rows", table)
+            con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [ATTR_ROWS_KEY, ATTR_ROWS])
 
     def _history_keys(self, tenant: str, eids: Iterable[str], fresh: dict[str, int]) -> list[int]:
         """The hkey of each entity id; ids without one get the next numbers, collected in `fresh` (stored in
@@ -676,11 +706,9 @@ class DuckDBStore:
             docs.append(orjson.dumps(entity))  # bytes: Arrow checks the UTF-8 itself, faster than decode()
             plan = planned.get(id(entity))
             if plan is None:
-                attrs = tuple(
-                    [(k, values[0].get("type", "Property")) for k, values in entity.items() if k not in ENTITY_MEMBERS]
-                )
+                attrs = _attribute_kinds(entity)
                 where = geo_values(entity)
-            else:  # what the batch plan knows already: the same for every entity it expanded
+            else:  # what the batch plan knows already: the same for every entity it expanded (one instance each)
                 attrs = plan.kinds
                 where = [(name, entity[name][0]["value"]) for name in plan.geo]
             shape = shapes[seq] = (hash((tuple(entity["type"]), attrs)), _geo_hash(where))
@@ -1214,13 +1242,19 @@ class DuckDBStore:
     def attributes(self, tenant: str, datasets: Sequence[str] | None = None) -> list[AttributeInfo]:
         scope, scope_params = self._in_datasets("a", tenant, datasets)
         with self._lock:
+            # One entity_attrs row per instance (`_attribute_kinds`), counted by its rowid: the join repeats
+            # each row once per type of a multi-typed entity, and two instances of one kind are equal rows.
             rows = self._con.execute(
-                "SELECT a.attr, count(DISTINCT a.seq), list(DISTINCT a.kind), list(DISTINCT t.type) "
-                "FROM entity_attrs a JOIN entity_types t ON t.seq = a.seq AND t.tenant = a.tenant "
+                "SELECT a.attr, count(DISTINCT a.seq), count(DISTINCT a.rowid), list(DISTINCT a.kind), "
+                "list(DISTINCT t.type) FROM entity_attrs a "
+                "JOIN entity_types t ON t.seq = a.seq AND t.tenant = a.tenant "
                 f"WHERE a.tenant = ?{scope} GROUP BY a.attr ORDER BY a.attr",
                 [tenant, *scope_params],
             ).fetchall()
-        return [AttributeInfo(attr, int(n), set(kinds), set(types)) for attr, n, kinds, types in rows]
+        return [
+            AttributeInfo(attr, int(entities), int(instances), set(kinds), set(types))
+            for attr, entities, instances, kinds, types in rows
+        ]
 
     # -- archive ---------------------------------------------------------------------------------
 
@@ -1441,6 +1475,27 @@ def _letters_table(letters: Sequence[DeadLetter]) -> pa.Table:
             "reason": pa.array([d.reason for d in letters], pa.string()),
             "received_at": pa.array([_naive_utc(d.received_at) for d in letters], pa.timestamp("us")),
         }
+    )
+
+
+def _keyed_docs(con: duckdb.DuckDBPyConnection, polis_rows: pa.Table) -> list[tuple[str, int, str]]:
+    """(tenant, seq, doc) of the entities whose (tenant, seq) `polis_rows` holds (found by name, see `_with_rows`)."""
+    return con.execute(
+        "SELECT e.tenant, e.seq, e.doc FROM entities e JOIN polis_rows k ON k.tenant = e.tenant AND k.seq = e.seq"
+    ).fetchall()
+
+
+def _attribute_kinds(entity: Entity) -> tuple[tuple[str, str], ...]:
+    """The entity's `entity_attrs` rows: (attribute IRI, kind) of every instance, so an attribute with several
+    datasetIds has a row for each (`attributes` counts them for attributeCount, §5.2.28) and a change in how
+    many instances it has changes the shape hash, which rewrites the rows."""
+    return tuple(
+        [
+            (name, instance.get("type", "Property"))
+            for name, instances in entity.items()
+            if name not in ENTITY_MEMBERS
+            for instance in instances
+        ]
     )
 
 
