@@ -53,6 +53,7 @@ from polis.crowd.gathering import (
     daily_scale,
     nearest,
     residuals,
+    rising,
     standardised,
     window_level,
     within,
@@ -92,6 +93,7 @@ class Trials:
     rows: np.ndarray  # (n,) first row of the gathering (-1: too early in the series to score)
     sensors: np.ndarray  # (n,)
     scores: np.ndarray  # (n, duration, S): the injected series' scores in the gathering's hours
+    above: np.ndarray  # (n, duration): the injected count above the expected count (`rising`)
 
     def own(self) -> np.ndarray:
         """(n, duration): the injected sensor's scores."""
@@ -128,23 +130,25 @@ def injected_detection(
     keep = [i for i in range(len(rows)) if scored[rows[i] : rows[i] + duration, sensors[i]].all()]
     picks = rng.choice(keep, size=min(TRIALS, len(keep)), replace=False)
     w = p.level_hours
-    starts, where, blocks = [], [], []
+    starts, where, blocks, above = [], [], [], []
     for pick in picks:
         t0, s = int(rows[pick]), int(sensors[pick])
         starts.append(t0 if t0 >= w + 1 else -1)
         where.append(s)
         if t0 < w + 1:
             blocks.append(np.full((duration, logc.shape[1]), np.nan))
+            above.append(np.zeros(duration, dtype=bool))
             continue
         block = slice(t0 - w - 1, t0 + duration)
         local = logc[block].copy()
         hit = slice(w + 1, w + 1 + duration)
         local[hit, s] = np.log1p(size * np.expm1(local[hit, s]))
+        above.append(local[hit, s] > med[block][hit, s])  # log1p(count) > log1p(expected)
         excess = corrected(local - med[block], usable[block], p, near)
         z = standardised(local, med[block], excess, scale[block], scored[block], p)
         previous = np.vstack([np.zeros((1, z.shape[1])), np.nan_to_num(z[:-1])])
         blocks.append(combined(z, previous, scored[block], p)[hit])
-    return Trials(np.array(starts), np.array(where), np.array(blocks))
+    return Trials(np.array(starts), np.array(where), np.array(blocks), np.array(above))
 
 
 def detected(
@@ -156,7 +160,8 @@ def detected(
     floor: float,
     p: CrowdParams,
 ) -> np.ndarray:
-    """Bool (n,): whether each injected gathering reaches the alarm level in one of its hours.
+    """Bool (n,): whether each injected gathering would raise an alert in one of its hours: its score reaches
+    the alarm level there with more people than expected (`rising`, as the live rule raises).
 
     The level of an hour comes from the scores of the days before it (`alarm_levels` on the real series),
     so a gathering within one local day cannot move its own level. One that runs past midnight does: the
@@ -176,14 +181,16 @@ def detected(
                 window = real[lo:day_start].copy()
                 window[t0 - lo :] = trials.scores[i, : day_start - t0]
                 level = window_level(window, observed[lo:day_start], floor, p)[s]
-            if own[i, j] >= level:
+            if own[i, j] >= level and trials.above[i, j]:
                 found[i] = True
                 break
     return found
 
 
-def real_events(panel: CountsPanel, score: np.ndarray, levels: np.ndarray, top: int = 20) -> list[dict[str, Any]]:
-    alarmed = np.nan_to_num(score, nan=-np.inf) >= levels
+def real_events(
+    panel: CountsPanel, score: np.ndarray, levels: np.ndarray, above: np.ndarray, top: int = 20
+) -> list[dict[str, Any]]:
+    alarmed = rising(score, levels, above)
     cells = [(int(t), int(s)) for t, s in zip(*np.nonzero(alarmed), strict=True)]
     index = {cell: i for i, cell in enumerate(cells)}
     parent = list(range(len(cells)))
@@ -268,6 +275,7 @@ def period_sweep(
     lo, hi = period.rows
     observed_all = ~np.isnan(panel.counts)
     observed = observed_all[lo:hi]
+    above = scores.above(panel.logc)[lo:hi]  # the hours that may raise an alert, as the live rule raises
     observed_weeks = float(observed.sum()) / HOURS_PER_WEEK
     scored_weeks = float(scores.usable[lo:hi].sum()) / HOURS_PER_WEEK
     trials = {
@@ -295,8 +303,8 @@ def period_sweep(
     sweep = []
     for rule, floor in rules:
         levels = alarm_levels(scores.score, observed_all, panel.first_hour, floor, rule)
-        runs = int(alarm_runs(scores.score[lo:hi], levels[lo:hi]).sum())
-        starts, ends = alert_life(scores.score[lo:hi], levels[lo:hi], HYSTERESIS, COOLDOWN_H, observed)
+        runs = int(alarm_runs(scores.score[lo:hi], levels[lo:hi], above).sum())
+        starts, ends = alert_life(scores.score[lo:hi], levels[lo:hi], HYSTERESIS, COOLDOWN_H, observed, above)
         raised = int(alerts_raised(starts, ends, close).sum())
         sweep.append(
             {
@@ -321,7 +329,7 @@ def period_sweep(
         )
     for case, rate in detection.items():
         say(f"  chosen rule: injected {case}: detected {rate:.1%}")
-    fa = int(alarm_runs(scores.score[lo:hi], chosen[lo:hi]).sum()) / observed_weeks
+    fa = int(alarm_runs(scores.score[lo:hi], chosen[lo:hi], above).sum()) / observed_weeks
     return sweep, detection, fa
 
 
@@ -364,10 +372,11 @@ def run() -> dict[str, Any]:
     sweep, detection, fa = results["held_out"]
     observed = ~np.isnan(panel.counts)
     levels = alarm_levels(scores.score, observed, panel.first_hour, LEVEL, p)
-    alarms = int(alarm_runs(scores.score, levels).sum())
+    above = scores.above(panel.logc)
+    alarms = int(alarm_runs(scores.score, levels, above).sum())
     observed_weeks = float(observed.sum()) / HOURS_PER_WEEK
     scored_weeks = float(scores.usable.sum()) / HOURS_PER_WEEK
-    every_event = real_events(panel, scores.score, levels, top=0)
+    every_event = real_events(panel, scores.score, levels, above, top=0)
     events = every_event[:20]
     goal = detection["2x for 2 h"]
     choice = floor_choice(results["tuning"][0], p)

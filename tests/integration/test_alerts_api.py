@@ -151,7 +151,7 @@ def test_threshold_lifecycle_through_the_api(client: TestClient, platform: Platf
     body = entity.json()
     assert body["type"] == "Alert" and body["category"] == "security" and body["subCategory"] == "crowdRisk"
     assert body["severity"] == "medium" and body["alertSource"] == SENSOR
-    assert body["dateIssued"]["@value"] == at(5) and body["validTo"]["@value"] == at(24)
+    assert body["validFrom"]["@value"] == at(5) and body["validTo"]["@value"] == at(24)  # onset .. end
     assert body["data"]["capMsgType"] == "Cancel" and body["location"]["coordinates"] == [144.9631, -37.8136]
     assert len(alerts(client)) == 2
 

@@ -119,11 +119,13 @@ def test_alerts_raised_offline_equal_the_live_engine(client: TestClient, platfor
     points = [sensor.lon_lat for sensor in SENSORS]
     first_hour = local_hour(first, ZONE)
     logc = np.log1p(counts)
-    score = crowd_scores(logc, first_hour, p, nearest(points, p.neighbours)).score
+    scores = crowd_scores(logc, first_hour, p, nearest(points, p.neighbours))
+    score, above = scores.score, scores.above(logc)  # raised only with more people than expected, as live
     levels = alarm_levels(score, ~np.isnan(logc), first_hour, float(rule["level"]), p)
     tail = slice(history, None)
     starts, ends = alert_life(
-        score[tail], levels[tail], float(rule["hysteresis"]), int(rule["cooldownS"]) // 3600, ~np.isnan(logc[tail])
+        score[tail], levels[tail], float(rule["hysteresis"]), int(rule["cooldownS"]) // 3600, ~np.isnan(logc[tail]),
+        above[tail],
     )
     offline = alerts_raised(starts, ends, within(points, float(rule["groupWithinM"])))
     assert live == int(offline.sum())

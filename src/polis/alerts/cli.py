@@ -100,7 +100,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         url: Annotated[
             str | None, typer.Option(help="The running hub (default http://POLIS_HOST:POLIS_PORT)")
         ] = None,
-        every: Annotated[bool, typer.Option("--all", help="Cancelled ones too")] = False,
+        every: Annotated[bool, typer.Option("--all", help="Ended ones too (cancelled, expired)")] = False,
         data_dir: Annotated[
             Path | None, typer.Option("--data-dir", help="Where the admin key is read (no POLIS_API_KEY)")
         ] = None,

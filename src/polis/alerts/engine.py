@@ -7,17 +7,22 @@ writes. Our own `Alert` writes come back through the bus and are dropped by that
 not watch `Alert` entities at all, so alerts never trigger alerts.
 
 Every message is appended to `alerts/messages.jsonl` under the data directory (the CAP feed and each
-alert's history survive a restart) and the rules live in `alerts/rules.json`.
+alert's history survive a restart), the rules live in `alerts/rules.json`, and what the rules remember between
+alerts (each sensor's latest reading time, cooldowns) in `alerts/state.json` (polis.alerts.state).
+
+An alert past its CAP `expires` (its last message's effective time plus the rule's validityS) with no message
+since has lapsed: its sensor went quiet. Past it by the rule's own readings (the time of its other sensors,
+as every lifecycle time here) or, when all of them are quiet, by the wall clock since its last message; it is
+then "expired", no longer listed, fed or published as active, and its sensor's next crowd is a new alert.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import math
 import queue
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,7 +35,9 @@ from polis.alerts.evaluate import DEFAULT_CONTEXT, CompiledRule, Observation, Ru
 from polis.alerts.lifecycle import Phase
 from polis.alerts.model import AlertRecord, Member, SentMessage, distance_m, iso, parse_iso
 from polis.alerts.rulebook import RuleBook
-from polis.alerts.rules import AnyRule, BurstRule, load_rules_file, parse_rule, rule_json, template_problem
+from polis.alerts.rules import AnyRule, BurstRule, load_rules_file, parse_rule, rule_json
+from polis.alerts.state import StateFile, fingerprint, lane_state, restore_lane, state_key
+from polis.alerts.texts import alert_texts, cleared_text
 from polis.domain.errors import BadRequestData, NgsiError, ResourceNotFound
 from polis.ngsi_ld.events import EntityChange
 from polis.store.base import TemporalQuery
@@ -38,6 +45,9 @@ from polis.store.base import TemporalQuery
 log = logging.getLogger(__name__)
 
 BACKFILL_STEP = timedelta(days=1)  # history scanned per worker turn, so live changes are never held up long
+# How often the worker looks for alerts lapsed by the wall clock (a rule whose sensors all went quiet): how long
+# such an alert can still be listed, fed and published as active after its validity ran out.
+SWEEP_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +69,9 @@ class AlertEngine:
         self.sender = settings.alert_sender
         self.book = RuleBook(self.folder / "rules.json")
         self._log_path = self.folder / "messages.jsonl"
+        self._state = StateFile(self.folder / "state.json")
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # the wall clock (tests set their own)
+        self.sweep_s = SWEEP_S
         self._lock = threading.RLock()
         self.records: dict[str, AlertRecord] = {}
         self.caps: dict[str, list[bytes]] = {}
@@ -79,6 +92,8 @@ class AlertEngine:
             except NgsiError as error:  # e.g. its @context is unreachable right now
                 log.warning("alert rule %s (tenant %r) not active: %s", rule.id, tenant, error.detail)
         platform.bus.subscribe_batch(self._on_commit)
+        if any(r.status == "active" for r in self.records.values()):
+            self._start_worker()  # alerts open from before the restart lapse even if no reading ever comes
 
     # -- rules ---------------------------------------------------------------------------------
 
@@ -91,7 +106,7 @@ class AlertEngine:
                 _refuse_person_records(compiled)
             held = self.book.get(tenant, str(rule.id)) if rule.id is not None else None
             running = held is not None and (not held.enabled or str(held.id) in self.index.by_tenant.get(tenant, {}))
-            if held is not None and running and _fingerprint(rule_json(held)) == _fingerprint(compiled.json):
+            if held is not None and running and fingerprint(rule_json(held)) == fingerprint(compiled.json):
                 # the same definition again (a GET put back): its alerts go on as they were. Not a rule that failed
                 # to install at start (an unreachable @context then): putting it back is how it gets going.
                 return held, False
@@ -116,6 +131,7 @@ class AlertEngine:
             if not self.book.delete(tenant, rule_id):
                 raise ResourceNotFound(f"alert rule {rule_id} was not found")
             self._retire(tenant, rule_id, "the rule was deleted")
+            self._save_state([])  # its saved state goes with it: the same rule made again starts afresh
 
     def _compile(self, tenant: str, rule: AnyRule) -> CompiledRule:
         context = rule.context if rule.context is not None else DEFAULT_CONTEXT
@@ -134,20 +150,26 @@ class AlertEngine:
         compiled = self._compile(tenant, rule)
         if isinstance(rule, BurstRule):
             compiled.prime_bursts()
+        restore_lane(compiled, self._state.get(state_key(compiled)))  # readings seen and cooldowns, before a restart
+        backfill = None
+        if rule.enabled and rule.backfill is not None:
+            start = self._backfilled_to(tenant, compiled, rule.backfill.start)
+            if start < rule.backfill.end:
+                compiled.replay = compiled.replay_lane()
+                backfill = Backfill(tenant, str(rule.id), start, rule.backfill.end, compiled)
         for record in self.records.values():  # alerts still open from before a restart
             if record.tenant == tenant and record.rule_id == rule.id and record.status == "active":
+                lane = compiled.replay if record.replayed and compiled.replay is not None else compiled
                 for key in record.members:
-                    tracker = compiled.tracker(key)
+                    tracker = lane.tracker(key)
                     tracker.phase, tracker.since, tracker.updated_at = Phase.ACTIVE, record.onset, record.effective
-                    compiled.membership[key] = record.id
+                    lane.membership[key] = record.id
         with self._lock:
             if rule.enabled:
                 self.index.by_tenant.setdefault(tenant, {})[str(rule.id)] = compiled
             self.index.rebuild_watched()
-        if rule.enabled and rule.backfill is not None:
-            start = self._backfilled_to(tenant, compiled, rule.backfill.start)
-            if start < rule.backfill.end:
-                self._enqueue(Backfill(tenant, str(rule.id), start, rule.backfill.end, compiled))
+        if backfill is not None:
+            self._enqueue(backfill)
 
     def _backfill_marks(self) -> dict[str, Any]:
         path = self.folder / "backfilled.json"
@@ -158,16 +180,16 @@ class AlertEngine:
         same historical alerts again, so each day done is recorded (`_mark_backfilled`). A mark from before
         progress was recorded (the fingerprint alone) means the whole backfill was done."""
         mark = self._backfill_marks().get(f"{tenant}/{compiled.rule_id}")
-        fingerprint = _fingerprint(compiled.json)
-        if mark == fingerprint:
+        definition = fingerprint(compiled.json)
+        if mark == definition:
             return datetime.max.replace(tzinfo=UTC)
-        if isinstance(mark, dict) and mark.get("rule") == fingerprint:
+        if isinstance(mark, dict) and mark.get("rule") == definition:
             return max(start, parse_iso(str(mark["to"])))
         return start
 
     def _mark_backfilled(self, tenant: str, compiled: CompiledRule, to: datetime) -> None:
         marks = self._backfill_marks()
-        marks[f"{tenant}/{compiled.rule_id}"] = {"rule": _fingerprint(compiled.json), "to": iso(to)}
+        marks[f"{tenant}/{compiled.rule_id}"] = {"rule": fingerprint(compiled.json), "to": iso(to)}
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / "backfilled.json"
         staged = path.with_suffix(".json.tmp")
@@ -202,16 +224,29 @@ class AlertEngine:
     def _enqueue(self, item: list[EntityChange] | Backfill) -> None:
         with self._idle:
             self._pending += 1
+        self._start_worker()
+        self._queue.put(item)
+
+    def _start_worker(self) -> None:
+        with self._idle:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="polis-alerts", daemon=True)
                 self._thread.start()
-        self._queue.put(item)
 
     def _work(self) -> None:
+        sweep_at = time.monotonic() + self.sweep_s
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=max(0.0, sweep_at - time.monotonic()))
+            except queue.Empty:
+                item = []  # time for a sweep, nothing to evaluate
             if item is None:
                 return
+            if time.monotonic() >= sweep_at:  # also under a steady stream of changes (the queue is never empty)
+                self._sweep()
+                sweep_at = time.monotonic() + self.sweep_s
+            if not isinstance(item, Backfill) and not item:  # only a sweep was due
+                continue
             if isinstance(item, Backfill):
                 try:
                     self._backfill(item)
@@ -247,9 +282,11 @@ class AlertEngine:
 
     def process(self, changes: Sequence[EntityChange]) -> None:
         with self._lock:
+            now = self.clock()
             tenants: dict[str, list[EntityChange]] = {}
             for change in changes:
                 tenants.setdefault(change.tenant, []).append(change)
+            evaluated = []
             for tenant, items in tenants.items():
                 for compiled in list(self.index.by_tenant.get(tenant, {}).values()):
                     pairs = [
@@ -257,11 +294,30 @@ class AlertEngine:
                     ]
                     if not pairs:
                         continue
-                    for observation in compiled.evaluate(pairs, self.platform):
+                    for observation in compiled.evaluate(pairs, self.platform, now):
                         self._apply(compiled, observation)
+                    self._expire_lapsed(compiled)
+                    evaluated.append(compiled)
+            if evaluated:
+                self._save_state(evaluated)
+
+    @property
+    def readings_ahead(self) -> int:
+        """Readings the installed rules refused as dated too far ahead of the clock (a sensor's broken clock)."""
+        with self._lock:
+            lanes = [c for rules in self.index.by_tenant.values() for c in rules.values()]
+            return sum(c.ahead + (c.replay.ahead if c.replay is not None else 0) for c in lanes)
+
+    def _save_state(self, evaluated: list[CompiledRule]) -> None:
+        kept = {f"{tenant}/{rule.id}" for tenant, rule in self.book.all()}
+        try:
+            self._state.save({state_key(c): lane_state(c) for c in evaluated}, kept)
+        except OSError:  # a full disk must not stop the alerts; a restart then forgets this batch's readings
+            log.exception("could not save the alert rules' state")
 
     def _backfill(self, job: Backfill) -> None:
-        """One day of stored history through the rule, as if it arrived now; the rest goes back in the queue."""
+        """One day of stored history through the rule's replay lane, as if it arrived now; the rest goes back in
+        the queue. The lane has its own clocks and lifecycles: live readings meanwhile go on beside it."""
         stop = min(job.end, job.start + BACKFILL_STEP)
         with self._lock:
             compiled = self.index.by_tenant.get(job.tenant, {}).get(job.rule_id)
@@ -269,7 +325,11 @@ class AlertEngine:
                 return  # the rule went away meanwhile
             if job.compiled is not None and job.compiled is not compiled:
                 return  # replaced meanwhile: the new install runs its own backfill
-            entities = {e["id"]: e for e in compiled.scope_entities()}
+            lane = compiled.replay
+            if lane is None:
+                return
+            now = self.clock()
+            entities = {e["id"]: e for e in lane.scope_entities()}
             query = TemporalQuery(
                 attrs=(compiled.attr_iri,), timerel="between", time_at=job.start, end_time_at=stop, max_instances=10**7
             )
@@ -283,11 +343,35 @@ class AlertEngine:
                 for entity_id, instance in steps[observed]:
                     reading = {k: v for k, v in instance.items() if k != "instanceId"}
                     pairs.append(({**entities[entity_id], compiled.attr_iri: [reading]}, None))
-                for observation in compiled.evaluate(pairs, self.platform):
-                    self._apply(compiled, observation)
+                for observation in lane.evaluate(pairs, self.platform, now):
+                    self._apply(lane, observation)
+                self._expire_lapsed(lane)
             self._mark_backfilled(job.tenant, compiled, stop)  # under the lock, with the day's messages written
+            if stop >= job.end:
+                self._hand_over(compiled, lane)
         if stop < job.end and not self._closed:
             self._enqueue(Backfill(job.tenant, job.rule_id, stop, job.end, compiled))
+
+    def _hand_over(self, compiled: CompiledRule, lane: CompiledRule) -> None:
+        """The backfill is done. An alert it leaves open goes on with the live readings, as if they had followed
+        the history; unless the live readings already know one of its sensors: their view is the newer one,
+        and the history's alert lapses (expired) rather than being ended or joined by them."""
+        for alert_id in set(lane.membership.values()):
+            record = self.records.get(alert_id)
+            if record is None or record.status != "active":
+                continue
+            if any(key in compiled.last_at or key in compiled.membership for key in record.members):
+                self._expire(record, lane)
+                continue
+            for key in record.members:
+                compiled.trackers[key] = lane.tracker(key)
+                compiled.membership[key] = record.id
+                if key in lane.last_at:
+                    compiled.last_at[key] = lane.last_at[key]
+        if lane.clock is not None and compiled.clock is None:
+            compiled.clock = lane.clock
+        compiled.replay = None
+        self._save_state([compiled])
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -370,6 +454,7 @@ class AlertEngine:
             onset=onset,
             effective=at,
             expires=at,
+            replayed=compiled.replaying,
         )
         self.records[record.id] = record
         return record
@@ -378,13 +463,15 @@ class AlertEngine:
         self, record: AlertRecord, msg_type: str, member: Member, at: datetime, *, retired: str | None = None
     ) -> None:
         rule = record.rule
-        record.effective = max(at, record.onset)
+        # Never back in time: each member has its own clock, so a neighbour's late reading joining the alert is
+        # older than the message before it, and CAP readers take the latest `effective` as the current state.
+        record.effective = max(at, record.onset, record.effective)
         record.expires = record.effective + timedelta(seconds=float(rule.get("validityS", 3600.0)))
-        record.headline, record.description = self._texts(record, member)
+        record.headline, record.description = alert_texts(record, member, self.platform.settings.suppression_k)
         if retired is not None:  # withdrawn by an operator: the condition may well still hold
             record.description = f"Withdrawn: {record.rule.get('name')} at {member.name}: {retired}"
         elif msg_type == "Cancel":  # the rule's message describes the condition, which no longer holds
-            record.description = self._cleared(record, member)
+            record.description = cleared_text(record, member)
         sent = cap_time(datetime.now(UTC))
         if record.messages and record.messages[-1].sent >= sent:  # strictly increasing, whole seconds
             sent = cap_time(datetime.fromisoformat(record.messages[-1].sent) + timedelta(seconds=1))
@@ -399,52 +486,17 @@ class AlertEngine:
             log.exception("CAP message %s failed the schema check", message.identifier)
         record.messages.append(message)
         self.caps.setdefault(record.id, []).append(xml)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with self._log_path.open("ab") as handle:
-            handle.write(orjson.dumps({"record": record.to_json(), "cap": xml.decode()}) + b"\n")
+        self._log(record, xml)
         self._write_entity(record)
 
-    def _texts(self, record: AlertRecord, member: Member) -> tuple[str, str]:
-        rule = record.rule
-        members = list(record.members.values())
-        names = ", ".join(m.name for m in members[:3]) + (f" and {len(members) - 3} more" if len(members) > 3 else "")
-        headline = f"{rule.get('name')}: {names}"[:160]
-        if isinstance(member.value, float) and math.isnan(member.value):  # a count below k: never published
-            k = self.platform.settings.suppression_k
-            return headline, f"{rule.get('name')}: {member.name}: now under {k} events (smaller counts are unpublished)"
-        details = member.details
-        fields: dict[str, object] = {
-            "rule": rule.get("name"),
-            "entity": member.key,
-            "entityName": member.name,
-            "entities": len(members),
-            "attribute": rule.get("attribute") or rule.get("groupBy") or "",
-            "value": member.value,
-            "threshold": member.threshold,
-            "expected": float(details.get("expected", math.nan)),
-            "score": float(details.get("score", math.nan)),
-            "count": int(details.get("count", member.value)),
-            "group": member.key,
-            "observedAt": iso(member.observed_at),
-            "crossingAt": str(details.get("crossingAt", "")),
-        }
-        message = str(rule.get("message", ""))
-        try:
-            if template_problem(message):  # a snapshot kept from before the template checks (huge widths)
-                raise ValueError(message)
-            description = message.format(**fields)
-        except (ValueError, KeyError, IndexError):  # validated on submission; a bad value must not lose the alert
-            description = f"{rule.get('name')}: {member.name} value {member.value:.6g}"
-        return headline, description
-
-    def _cleared(self, record: AlertRecord, member: Member) -> str:
-        """What an all-clear says: the condition ended, and the value it ended on (a count below k stays
-        unpublished; the time is the message's effective time, coarse for people's events)."""
-        name = record.rule.get("name")
-        if isinstance(member.value, float) and math.isnan(member.value):
-            return f"Ended: {name} no longer holds at {member.name}"
-        attribute = record.rule.get("attribute") or record.rule.get("groupBy") or "value"
-        return f"Ended: {name} no longer holds at {member.name} ({attribute} now {member.value:.6g})"
+    def _log(self, record: AlertRecord, xml: bytes | None) -> None:
+        """The record as it is now, with the CAP message that made it so (None: a change without one, a lapse)."""
+        line: dict[str, Any] = {"record": record.to_json()}
+        if xml is not None:
+            line["cap"] = xml.decode()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self._log_path.open("ab") as handle:
+            handle.write(orjson.dumps(line) + b"\n")
 
     def _write_entity(self, record: AlertRecord) -> None:
         terms = self.platform.contexts.resolve(ALERT_CONTEXT)
@@ -452,6 +504,56 @@ class AlertEngine:
         result = self.platform.entities.batch(record.tenant, "upsert", [body], lambda _item: terms)
         for _, error in result.errors:
             log.error("could not write Alert entity %s: %s", record.id, error.detail)
+
+    # -- lapsing ---------------------------------------------------------------------------------------
+
+    def _expire_lapsed(self, lane: CompiledRule) -> None:
+        """The lane's open alerts whose `expires` its readings have passed (each member's sensor quiet)."""
+        clock = lane.clock
+        if clock is None:
+            return
+        for alert_id in set(lane.membership.values()):
+            record = self.records.get(alert_id)
+            if record is not None and record.status == "active" and record.expires < clock:
+                self._expire(record, lane)
+
+    @staticmethod
+    def _lapsed(record: AlertRecord, now: datetime) -> bool:
+        """Whether an open alert has gone unconfirmed for its validity of wall-clock time since its last message:
+        the fallback when no reading of its rule comes in to tell (polis.alerts.engine's docstring)."""
+        if record.status != "active" or not record.messages:
+            return False
+        validity = timedelta(seconds=float(record.rule.get("validityS", 3600.0)))
+        return now > datetime.fromisoformat(record.messages[-1].sent) + validity
+
+    def _sweep(self) -> None:
+        """Every `sweep_s` on the worker: alerts lapsed by the wall clock are marked expired, in the listing, the
+        feed and the Alert entity at once (they all read the record)."""
+        try:
+            with self._lock:
+                now = self.clock()
+                for record in [r for r in self.records.values() if self._lapsed(r, now)]:
+                    self._expire(record, self._lane_of(record))
+        except Exception:
+            log.exception("alert expiry sweep failed")
+
+    def _lane_of(self, record: AlertRecord) -> CompiledRule | None:
+        compiled = self.index.by_tenant.get(record.tenant, {}).get(record.rule_id)
+        if compiled is not None and record.replayed and compiled.replay is not None:
+            return compiled.replay
+        return compiled
+
+    def _expire(self, record: AlertRecord, lane: CompiledRule | None) -> None:
+        """Mark an open alert expired: no CAP message (a CAP reader drops it at `expires` by itself), the record
+        logged and the Alert entity rewritten; its members' lifecycles start over (`Tracker.lapse`)."""
+        record.status = "expired"
+        if lane is not None:
+            for key in record.members:
+                if lane.membership.get(key) == record.id:
+                    del lane.membership[key]
+                    lane.tracker(key).lapse()
+        self._log(record, None)
+        self._write_entity(record)
 
     # -- reading -----------------------------------------------------------------------------------------
 
@@ -490,11 +592,13 @@ class AlertEngine:
                 try:
                     item = orjson.loads(line)
                     record = AlertRecord.from_json(item["record"])
-                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                    cap = item.get("cap")  # none on a line that records a lapse
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
                     log.warning("skipping a damaged line of %s", self._log_path)  # e.g. cut by a crash
                     continue
                 self.records[record.id] = record
-                self.caps.setdefault(record.id, []).append(item["cap"].encode())
+                if isinstance(cap, str):
+                    self.caps.setdefault(record.id, []).append(cap.encode())
 
     def close(self) -> None:
         self._closed = True
@@ -502,10 +606,6 @@ class AlertEngine:
         if thread is not None:
             self._queue.put(None)
             thread.join(10)
-
-
-def _fingerprint(rule: dict[str, Any]) -> str:
-    return hashlib.sha256(orjson.dumps(rule, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def _refuse_person_records(compiled: CompiledRule) -> None:

@@ -1,8 +1,14 @@
 """An alert as an NGSI-LD `Alert` entity (Smart Data Models dataModel.Alert), in its short (compacted)
-form with the Alert @context: what subscribers receive."""
+form with the Alert @context: what subscribers receive.
+
+The schema's dates (dataModel.Alert 0.0.3, `Common-Alert`): `dateIssued`, "the date and time the item was
+issued", is when the hub sent the alert (its first CAP message); `validFrom` / `validTo` bound its validity,
+from the onset (the schema has no onset attribute of its own) to the CAP `expires` (or the all-clear).
+"""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from polis.alerts.model import AlertRecord, iso
@@ -32,6 +38,12 @@ def _date(at: Any) -> dict[str, Any]:
     return _prop({"@type": "DateTime", "@value": iso(at)})
 
 
+def issued(record: AlertRecord) -> datetime:
+    """When the alert was first sent (wall clock); the onset for a record kept from before that was noted."""
+    sent = record.issued_at or (record.messages[0].sent if record.messages else "")
+    return datetime.fromisoformat(sent) if sent else record.onset
+
+
 def alert_entity(record: AlertRecord, cap_url: str) -> dict[str, Any]:
     rule = record.rule
     last = record.messages[-1] if record.messages else None
@@ -43,7 +55,7 @@ def alert_entity(record: AlertRecord, cap_url: str) -> dict[str, Any]:
         "alertSource": _prop(first_member.key if first_member else f"urn:polis:rule:{record.rule_id}"),
         "category": _prop(rule.get("alertCategory") or CATEGORY.get(str(rule.get("capCategory")), "security")),
         "severity": _prop(SEVERITY.get(str(rule.get("severity")), "informational")),
-        "dateIssued": _date(record.onset),
+        "dateIssued": _date(issued(record)),
         "validFrom": _date(record.onset),
         "validTo": _date(record.effective if record.status == "cancelled" else record.expires),
         "description": _prop(record.description),

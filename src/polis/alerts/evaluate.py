@@ -35,6 +35,11 @@ log = logging.getLogger(__name__)
 DEFAULT_CONTEXT = "https://raw.githubusercontent.com/smart-data-models/dataModel.Transportation/master/context.jsonld"
 FREE_FLOW_MIN_READINGS = 12
 FREE_FLOW_RETRY = 50  # readings between attempts for a sensor without enough history yet
+# How far a reading may lie ahead of the hub's wall clock and still count as an observation. NTP-synced sensors
+# are within a second; a logger that buffers and stamps readings, or a gateway with a drifting clock, within a
+# minute or two. Anything later is a broken clock or a typo (a year 2099): taken, it would become the sensor's
+# latest time, and every real reading after it would look late until the hub restarts.
+MAX_AHEAD = timedelta(minutes=5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +131,13 @@ class CompiledRule:
 
             self.area = shape({"type": "Polygon", "coordinates": rule.scope.area.coordinates})
         self.trackers: dict[str, Tracker] = {}
-        self.last_at: dict[str, datetime] = {}
+        self.last_at: dict[str, datetime] = {}  # per sensor, the latest reading taken: older ones are late
+        self.clock: datetime | None = None  # the latest observation this lane has taken (its "now")
+        self.ahead = 0  # readings refused as too far ahead of the wall clock (MAX_AHEAD)
         self.membership: dict[str, str] = {}  # subject -> alert id
+        # A backfill's own lane (`replay_lane`): history evaluated beside live readings, never through their state
+        self.replay: CompiledRule | None = None
+        self.replaying = False
         self.free: dict[str, float | None] = {}
         self._free_misses: dict[str, int] = {}
         self.panel: HourlyPanel | None = None
@@ -143,6 +153,16 @@ class CompiledRule:
     @property
     def rule_id(self) -> str:
         return str(self.rule.id)
+
+    def replay_lane(self) -> CompiledRule:
+        """The same rule with its own clocks, lifecycles and detector state, for a backfill: history replayed
+        through the live state would be skipped as late once a live reading came in (one clock per sensor),
+        would end live alerts with hours-old readings, and would slide the crowd panel back and forth."""
+        lane = CompiledRule(
+            self.tenant, self.rule, self.terms, self.store, self.datasets_dir, suppression_k=self.suppression_k
+        )
+        lane.replaying = True
+        return lane
 
     def tracker(self, subject: str) -> Tracker:
         found = self.trackers.get(subject)
@@ -183,21 +203,31 @@ class CompiledRule:
 
     # -- evaluation ----------------------------------------------------------------------------------
 
-    def evaluate(self, changes: list[tuple[Entity, Entity | None]], platform: Any) -> list[Observation]:
+    def evaluate(
+        self, changes: list[tuple[Entity, Entity | None]], platform: Any, now: datetime | None = None
+    ) -> list[Observation]:
+        """The observations in these changes; `now` is the wall clock (readings beyond it + MAX_AHEAD are refused)."""
         rule = self.rule
         if isinstance(rule, BurstRule):
-            return self._bursts(changes)
+            found = self._bursts(changes)
+            self.clock = self.bursts.watermark if self.bursts is not None else None
+            return found
+        now = now or datetime.now(UTC)
         fresh = []
         for entity, previous in changes:
-            now = number_of(entity, str(self.attr_iri))
-            if now is None or now == number_of(previous, str(self.attr_iri)):
+            reading = number_of(entity, str(self.attr_iri))
+            if reading is None or reading == number_of(previous, str(self.attr_iri)):
                 continue  # no new reading of the watched attribute
-            value, observed = now
-            at = parse_iso(observed) if observed else datetime.now(UTC)
+            value, observed = reading
+            at = parse_iso(observed) if observed else now
+            if at > now + MAX_AHEAD:
+                self._refuse_ahead(entity["id"], at, now)
+                continue
             last = self.last_at.get(entity["id"])
             if last is not None and at < last:
                 continue  # an old reading arriving late does not move the alert backwards
             self.last_at[entity["id"]] = at
+            self.clock = at if self.clock is None else max(self.clock, at)
             fresh.append((entity, value, at))
         if isinstance(rule, ThresholdRule):
             return [o for e, v, at in fresh if (o := self._threshold(rule, e, v, at)) is not None]
@@ -206,6 +236,14 @@ class CompiledRule:
         if rule.detector == "crowd-gathering":
             return self._crowd(rule, fresh)
         return self._speed_drop(rule, fresh)
+
+    def _refuse_ahead(self, entity_id: str, at: datetime, now: datetime) -> None:
+        self.ahead += 1
+        if self.ahead == 1 or self.ahead % 1000 == 0:  # a broken sensor clock repeats on every reading: log sparingly
+            log.warning(
+                "rule %s: refused a reading of %s dated %s, ahead of the clock (%s); %d so far",
+                self.rule_id, entity_id, at.isoformat(), now.isoformat(), self.ahead,
+            )
 
     @property
     def watches_records(self) -> bool:
@@ -352,12 +390,16 @@ class CompiledRule:
                 score = float(scores.score[0, column])
                 expected = float(scores.expected[0, column])
                 count = float(np.expm1(panel.rows[hour][column]))
+                people = float(round(count))  # expm1(log1p(83)) is 82.99999999999997: shown as 83 people
                 level = float(levels[column])
                 if math.isnan(score):
-                    signal = Signal(False, True, count, level, {"score": float("nan"), "expected": expected})
+                    signal = Signal(False, True, people, level, {"score": float("nan"), "expected": expected})
                 else:
-                    on, off = score >= level, score < level - rule.hysteresis
-                    signal = Signal(on, off, count, level, {"score": score, "expected": expected})
+                    # Raised only with more people than expected (`polis.crowd.gathering.rising`, which the
+                    # benchmark counts with): it only stops a raise, an open alert ends by the score's hysteresis.
+                    on = score >= level and count > expected
+                    off = score < level - rule.hysteresis
+                    signal = Signal(on, off, people, level, {"score": score, "expected": expected})
                 found.append(self._observation(entity, at, signal))
         return found
 

@@ -72,6 +72,11 @@ class Tracker:
             return "update"
         return None
 
+    def lapse(self) -> None:
+        """The alert expired unconfirmed (its sensor went quiet past its validity): nothing is known to hold and
+        nothing was seen to clear, so no cooldown; the next reading that holds starts a new alert."""
+        self.phase, self.since, self.updated_at = Phase.IDLE, None, None
+
     def force_cancel(self, at: datetime) -> None:
         """The alert ended for another reason (its rule was deleted or changed)."""
         self.phase, self.cancelled_at, self.since = Phase.COOLING, at, None

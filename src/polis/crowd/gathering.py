@@ -111,6 +111,12 @@ class CrowdScores:
     expected: np.ndarray  # expected count
     usable: np.ndarray  # bool: scored
 
+    def above(self, logc: np.ndarray) -> np.ndarray:
+        """Bool (T, S): hours whose count (log1p `logc`, the rows scored) is above the expected count: the only
+        hours that may raise an alert (`rising`), as the live rule raises (polis.alerts.evaluate)."""
+        with np.errstate(invalid="ignore"):
+            return np.expm1(logc) > self.expected  # NaN (no count or no expectation): False
+
 
 def local_hour(at: datetime, zone: ZoneInfo) -> int:
     """The local wall-clock hour number of an instant (hours since 1970-01-01T00:00 local)."""
@@ -351,9 +357,18 @@ def alarm_levels(score: np.ndarray, observed: np.ndarray, first_hour: int, floor
     return levels
 
 
-def alarm_runs(score: np.ndarray, level: float | np.ndarray) -> np.ndarray:
-    """Bool (T, S): the first hour of each run of hours at or above the level (one alarm per run)."""
+def rising(score: np.ndarray, level: float | np.ndarray, above: np.ndarray | None = None) -> np.ndarray:
+    """Bool (T, S): the hours that would raise an alert: at or above the level and, given `above`
+    (`CrowdScores.above`), with more people than expected. The corrections (a city-wide lull, quiet
+    neighbours, a quiet previous hour) and the pair score can lift an hour under its own expected count over
+    the level: no gathering there, and its alert would read "80 people, about 100 expected"."""
     on = np.nan_to_num(score, nan=-np.inf) >= level
+    return on if above is None else on & above
+
+
+def alarm_runs(score: np.ndarray, level: float | np.ndarray, above: np.ndarray | None = None) -> np.ndarray:
+    """Bool (T, S): the first hour of each run of hours that would raise an alert (`rising`; one alarm per run)."""
+    on = rising(score, level, above)
     before = np.vstack([np.zeros((1, on.shape[1]), dtype=bool), on[:-1]])
     return on & ~before
 
@@ -364,14 +379,15 @@ def alert_life(
     hysteresis: float,
     cooldown_hours: int,
     observed: np.ndarray | None = None,
+    above: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(starts, ends), bool (T, S): the hours where a live rule on hourly readings raises a sensor's
-    alert and where it cancels it (the life of `polis.alerts.lifecycle.Tracker`): raised at the level,
-    cancelled once the score falls under level - hysteresis or is not scored, and no new alert for
-    `cooldown_hours` after a cancel. Hours without a reading (`observed` False) change nothing: the
-    live rule is not called for them."""
+    alert and where it cancels it (the life of `polis.alerts.lifecycle.Tracker`): raised at the level (and,
+    given `above`, only with more people than expected: `rising`), cancelled once the score falls under
+    level - hysteresis or is not scored, and no new alert for `cooldown_hours` after a cancel. Hours without
+    a reading (`observed` False) change nothing: the live rule is not called for them."""
     seen = np.ones(score.shape, dtype=bool) if observed is None else observed
-    on = np.nan_to_num(score, nan=-np.inf) >= level
+    on = rising(score, level, above)
     kept = np.nan_to_num(score, nan=-np.inf) >= level - hysteresis
     active = np.zeros(score.shape[1], dtype=bool)
     cancelled = np.full(score.shape[1], -(10**9))
