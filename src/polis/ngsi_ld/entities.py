@@ -167,9 +167,9 @@ def _merge_instances(old: list[Instance], new: list[Instance], now: str) -> list
 
 # The value members that merge-patch merges key by key (§5.6.17, §5.6.20: RFC 7396 applies to the values too, as
 # the NGSI-LD Primer's and §5.5.12's examples of an address merged with a key set to urn:ngsi-ld:null show): a
-# Property's value and a JsonProperty's json. A GeoProperty's geometry, a LanguageProperty's languageMap and the
-# list kinds are replaced whole.
-_MERGED_VALUE = {"Property": "value", "JsonProperty": "json"}
+# Property's value, a JsonProperty's json and a LanguageProperty's languageMap (one language changed or, with
+# null, removed, §4.5.18). A GeoProperty's geometry and the list kinds are replaced whole.
+_MERGED_VALUE = {"Property": "value", "JsonProperty": "json", "LanguageProperty": "languageMap"}
 
 
 def _merge_patch(target: Any, patch: Any) -> Any:
@@ -190,6 +190,28 @@ def _merge_patch(target: Any, patch: Any) -> Any:
 
 def _is_json_object(value: Any) -> bool:
     return isinstance(value, dict) and "@value" not in value
+
+
+def _merge_instance(before: Instance | None, instance: Instance) -> Instance:
+    """RFC 7396 on an attribute instance (or a sub-attribute): onto a stored one of the same kind, members not
+    sent survive, the kind's value merges key by key (`_MERGED_VALUE`) and a sub-attribute sent onto a stored
+    one merges the same way, recursively. Onto nothing, or another kind, it replaces. Null sub-attributes stay
+    here, for `without_null_sub_attributes` to drop with what they delete."""
+    member = _MERGED_VALUE.get(instance.get("type", ""))
+    if before is None or before.get("type") != instance.get("type"):
+        if member is not None and member in instance:  # a new object still loses its null keys
+            return {**instance, member: _merge_patch(None, instance[member])}
+        return instance
+    combined = dict(before)
+    for key, value in instance.items():
+        old = before.get(key)
+        if key == member:
+            combined[key] = _merge_patch(old, value)
+        elif key not in RESERVED_ATTRIBUTE_MEMBERS and isinstance(value, dict) and isinstance(old, dict):
+            combined[key] = _merge_instance(old, value)
+        else:
+            combined[key] = value
+    return combined
 
 
 def _split_nulls(fragment: dict[str, list[Instance]]) -> tuple[dict[str, list[Instance]], dict[str, set[str | None]]]:
@@ -528,19 +550,8 @@ class EntityService:
             merged = []
             previous = {i.get("datasetId"): i for i in entity.get(name, ())}
             for instance in instances:
-                before = previous.get(instance.get("datasetId"))
-                if before is not None and before.get("type") != instance.get("type"):
-                    before = None  # another kind: replaced whole
-                member = _MERGED_VALUE.get(instance.get("type", ""))
-                if member is not None and member in instance:
-                    target = before.get(member) if before is not None else None
-                    instance = {**instance, member: _merge_patch(target, instance[member])}
-                if before is not None:
-                    # Members not sent survive (merge, not replace).
-                    combined = {k: v for k, v in before.items() if k not in instance}
-                    combined.update(instance)
-                    instance = combined
-                merged.append(without_null_sub_attributes(instance))
+                merged_instance = _merge_instance(previous.get(instance.get("datasetId")), instance)
+                merged.append(without_null_sub_attributes(merged_instance))
             entity[name] = _merge_instances(entity.get(name, []), merged, now)
         entity["modifiedAt"] = now
         return entity
