@@ -7,7 +7,14 @@ Cutting entries off the end leaves a valid shorter chain: compare `head()` with 
 (`polis audit verify --head HASH`) to detect that.
 
 Several processes may append (the server and `polis admin`): an exclusive `flock` around each append,
-and a process re-reads the last entry when the file grew under it, keep one chain."""
+and a process re-reads the last entry when the file grew under it, keep one chain.
+
+What a client sends is not allowed to decide how big the log gets: a field is kept to MAX_FIELD characters
+(a longer one is cut, with its length and SHA-256 noted), and decisions about requests that carry no key are
+itemised at most UNAUTHENTICATED_BURST at once and UNAUTHENTICATED_PER_S a second after that; the ones beyond
+are counted, and written as one entry per kind of decision (`repeated`: how many, `what`: the first of them)
+with the next entry that is written (or when the log is closed). A flood of anonymous requests thus grows the
+log at a bounded rate, and every request still counts in it."""
 
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ import hashlib
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +36,10 @@ from polis.privacy.refusal import redacted
 
 GENESIS = "0" * 64
 _HEAD = re.compile(r"[0-9a-f]{64}")
-_TAIL_BYTES = 64 * 1024
+_TAIL_BYTES = 64 * 1024  # read back at a time when looking for the last entry (an entry may be longer)
+MAX_FIELD = 1024  # characters kept of a free-text field (a request path, a reason)
+UNAUTHENTICATED_BURST = 100
+UNAUTHENTICATED_PER_S = 5.0
 
 
 def entry_hash(prev: str, fields: dict[str, Any]) -> str:
@@ -54,9 +65,14 @@ class AuditLog:
         self._size = -1  # the file size after our last append; another size means someone else appended
         self._seq = 0
         self._prev = GENESIS
+        self._tokens = float(UNAUTHENTICATED_BURST)  # itemised unauthenticated entries available now
+        self._refilled = time.monotonic()
+        self._held: dict[tuple[str, ...], list[Any]] = {}  # counted, not itemised: kind -> [count, first what, at]
 
     def close(self) -> None:
         with self._lock:
+            if self._held:
+                self._write_locked([])
             self._file.close()
 
     def append(
@@ -70,52 +86,100 @@ class AuditLog:
         decision: str,
         key: str | None = None,
         reason: str = "",
+        unauthenticated: bool = False,
     ) -> dict[str, Any]:
-        """Record one decision; returns the entry as written. A request naming someone (an e-mail address or a
-        MAC address in an id it asked for) is recorded without that name: the chain cannot be redacted later."""
-        what, reason = redacted(what), redacted(reason)
+        """Record one decision; returns the entry (as written, or as counted when `unauthenticated` decisions
+        come faster than they are itemised). A request naming someone (an e-mail address or a MAC address in
+        an id it asked for) is recorded without that name: the chain cannot be redacted later."""
+        what, reason = _bounded(redacted(what)), _bounded(redacted(reason))
+        now = _now()
+        fields: dict[str, Any] = {
+            "at": now, "who": who, "key": key, "action": action, "dataset": dataset, "tier": tier, "what": what,
+            "decision": decision, "reason": reason,
+        }
         with self._lock:
-            fcntl.flock(self._file, fcntl.LOCK_EX)
-            try:
-                size = os.fstat(self._file.fileno()).st_size
-                if size != self._size:
-                    self._seq, self._prev = _tail(self.path, size)
-                entry: dict[str, Any] = {
-                    "seq": self._seq + 1,
-                    "at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-                    "who": who,
-                    "key": key,
-                    "action": action,
-                    "dataset": dataset,
-                    "tier": tier,
-                    "what": what,
-                    "decision": decision,
-                    "reason": reason,
-                    "prev": self._prev,
-                }
+            if unauthenticated and not self._take_token():
+                kind = (who, action, dataset, tier, decision, reason)
+                held = self._held.setdefault(kind, [0, what, now])
+                held[0] += 1
+                return fields
+            return self._write_locked([fields])[-1]
+
+    def _take_token(self) -> bool:
+        clock = time.monotonic()
+        self._tokens = min(float(UNAUTHENTICATED_BURST),
+                           self._tokens + (clock - self._refilled) * UNAUTHENTICATED_PER_S)
+        self._refilled = clock
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+    def _write_locked(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Append the counted decisions, then `batch`, under the file lock (self._lock held)."""
+        summaries = [
+            {"at": at, "who": who, "key": None, "action": action, "dataset": dataset, "tier": tier,
+             "what": _bounded(f"{count} unauthenticated requests since {at}, counted rather than itemised; "
+                              f"the first: {first}" if count > 1 else first),
+             "decision": decision, "reason": reason, "repeated": count}
+            for (who, action, dataset, tier, decision, reason), (count, first, at) in self._held.items()
+        ]
+        self._held = {}
+        written = []
+        fcntl.flock(self._file, fcntl.LOCK_EX)
+        try:
+            size = os.fstat(self._file.fileno()).st_size
+            if size != self._size:
+                self._seq, self._prev = _tail(self.path, size)
+            lines = []
+            for fields in [*summaries, *batch]:
+                entry: dict[str, Any] = {"seq": self._seq + 1, **fields, "prev": self._prev}
                 entry["hash"] = entry_hash(self._prev, entry)
-                line = orjson.dumps(entry) + b"\n"
-                self._file.write(line)
-                self._size = size + len(line)
+                lines.append(orjson.dumps(entry) + b"\n")
                 self._seq, self._prev = entry["seq"], entry["hash"]
-            finally:
-                fcntl.flock(self._file, fcntl.LOCK_UN)
-        return entry
+                written.append(entry)
+            data = b"".join(lines)
+            self._file.write(data)
+            self._size = size + len(data)
+        finally:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+        return written
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _bounded(text: str) -> str:
+    """At most MAX_FIELD characters of `text`, noting what was cut (its length and digest still identify it)."""
+    if len(text) <= MAX_FIELD:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{text[:MAX_FIELD]}… [{len(text)} characters in all, sha256 {digest}…]"
 
 
 def _tail(path: Path, size: int) -> tuple[int, str]:
-    """(seq, hash) of the last entry of the file."""
+    """(seq, hash) of the last entry of the file, read back block by block until a whole entry is found: an
+    entry longer than one block (written before fields were bounded) must not read as an empty log."""
     if size == 0:
         return 0, GENESIS
+    carry = b""  # the first, maybe partial, line of the block read last
+    end = size
     with path.open("rb") as f:
-        f.seek(max(0, size - _TAIL_BYTES))
-        lines = f.read(size).splitlines()
-    for line in reversed(lines):
-        try:
-            last = orjson.loads(line)
-            return int(last["seq"]), str(last["hash"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            continue  # a torn line (a crash mid-write): chain on from the last whole entry; `verify` flags it
+        while end > 0:
+            start = max(0, end - _TAIL_BYTES)
+            f.seek(start)
+            lines = (f.read(end - start) + carry).split(b"\n")
+            carry = lines.pop(0) if start > 0 else b""
+            for line in reversed(lines):
+                if not line.strip():
+                    continue
+                try:
+                    last = orjson.loads(line)
+                    return int(last["seq"]), str(last["hash"])
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                    continue  # a torn line (a crash mid-write): chain on from the last whole entry; `verify` flags it
+            end = start
     return 0, GENESIS
 
 

@@ -72,6 +72,9 @@ class EntityById:
 @dataclass(frozen=True, slots=True)
 class InRoute:
     action: str
+    # The route may record no decision of its own (creating a subscription that names no entity id, listing
+    # one's subscriptions): then the gate records the allowance, so that no request goes unaudited.
+    audit_here: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +134,8 @@ ROUTE_POLICIES: dict[tuple[str, str], Policy] = {
     # names, checked in the route); one's notifications carry only entities of datasets its department may
     # read and subscribe to (`AccessControl.notification_allows`). Another department's subscription is
     # off limits unless `administer` on dataset `subscriptions` is granted.
-    ("POST", f"{_LD}/subscriptions"): InRoute(SUBSCRIBE),
-    ("GET", f"{_LD}/subscriptions"): InRoute(SUBSCRIBE),
+    ("POST", f"{_LD}/subscriptions"): InRoute(SUBSCRIBE, audit_here=True),
+    ("GET", f"{_LD}/subscriptions"): InRoute(SUBSCRIBE, audit_here=True),
     ("GET", f"{_S}/stream"): OwnSubscription(),
     ("GET", _S): OwnSubscription(),
     ("PATCH", _S): OwnSubscription(),
@@ -236,7 +239,8 @@ async def enforce(request: Request) -> None:
         principal = await authenticate(control, request.headers.get("authorization"))
     except Unauthorized as error:
         control.audit.append(
-            who="-", action="-", dataset="-", tier="-", what=what, decision="deny", reason=error.detail
+            who="-", action="-", dataset="-", tier="-", what=what, decision="deny", reason=error.detail,
+            unauthenticated=True,  # a bad key is no key: it must not decide how fast the log grows
         )
         raise
     access = RequestAccess(control, principal, what)
@@ -246,13 +250,13 @@ async def enforce(request: Request) -> None:
     if policy is None:
         control.audit.append(
             who=principal.department, key=principal.key_id, action="-", dataset="-", tier="-", what=what,
-            decision="deny", reason="no access policy is declared for this route",
+            decision="deny", reason="no access policy is declared for this route", unauthenticated=principal.anonymous,
         )
         raise Forbidden(f"no access policy is declared for {request.method} {template}: denied")
     if isinstance(policy, Open):
         control.audit.append(
             who=principal.department, key=principal.key_id, action="read", dataset="-", tier="public", what=what,
-            decision="allow", reason="open route",
+            decision="allow", reason="open route", unauthenticated=principal.anonymous,
         )
     elif isinstance(policy, Fixed):
         access.require(policy.dataset, policy.tier, policy.action)
@@ -265,9 +269,15 @@ async def enforce(request: Request) -> None:
     elif not control.permissions(principal.department).has_any(policy.action):
         control.audit.append(
             who=principal.department, key=principal.key_id, action=policy.action, dataset="*", tier="*", what=what,
-            decision="deny", reason="no grant for this action on any dataset",
+            decision="deny", reason="no grant for this action on any dataset", unauthenticated=principal.anonymous,
         )
         raise Forbidden(f"department '{principal.department}' may not {policy.action} any dataset")
+    elif policy.audit_here:
+        control.audit.append(
+            who=principal.department, key=principal.key_id, action=policy.action, dataset="*", tier="*", what=what,
+            decision="allow", reason=f"holds {policy.action} on some dataset; the route narrows to what is granted",
+            unauthenticated=principal.anonymous,
+        )
 
 
 def _require_own_subscription(request: Request, access: RequestAccess, subscription_id: str) -> None:
@@ -285,6 +295,7 @@ def _require_own_subscription(request: Request, access: RequestAccess, subscript
         access.control.audit.append(
             who=access.department, key=access.principal.key_id, action=SUBSCRIBE, dataset=SUBSCRIPTIONS,
             tier="-", what=access.what, decision="allow", reason="own subscription",
+            unauthenticated=access.principal.anonymous,
         )
         return
     access.require(SUBSCRIPTIONS, "aggregate", "administer")

@@ -65,16 +65,21 @@ class KeyHasher:
 
     def verify(self, presented: str, stored_hash: str, department: str) -> Verified | None:
         """Check `presented` against its stored hash (slow) and remember the answer for `cache_s`."""
-        parsed = parse_key(presented)
-        result = None
-        if parsed is not None:
-            try:
-                self._hasher.verify(stored_hash, parsed[1])
-                result = Verified(parsed[0], department)
-            except (VerifyMismatchError, VerificationError, InvalidHashError):
-                result = None
+        result = self.check(presented, stored_hash, department)
         self.remember(presented, result)
         return result
+
+    def check(self, presented: str, stored_hash: str, department: str) -> Verified | None:
+        """Check `presented` against its stored hash (slow; argon2 compares in constant time); remembers nothing:
+        the caller decides whether the answer is still current (`AccessControl.verify`)."""
+        parsed = parse_key(presented)
+        if parsed is None:
+            return None
+        try:
+            self._hasher.verify(stored_hash, parsed[1])
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return None
+        return Verified(parsed[0], department)
 
     def remember(self, presented: str, result: Verified | None) -> None:
         digest = hashlib.sha256(presented.encode()).digest()

@@ -10,6 +10,12 @@
 
 Everything else (subscriptions, acknowledgements, status counters) uses its own connection
 (`DuckDBStore.connection()`) and lock, so it never waits on the entity store's lock.
+
+A subscription id can be deleted and created again, by another department too: each creation takes a fresh
+`min_seq` from the outbox's sequence (the incarnation), and an outbox row for that id with a lower `seq` was
+owed to an earlier incarnation and is never delivered to this one. `enqueue` writes a notification only for
+the incarnation it was matched for, so a commit matched before a deletion and written after a re-creation
+cannot carry the old subscription's notification over to the new one.
 """
 
 from __future__ import annotations
@@ -35,7 +41,13 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS notification_outbox (
         seq BIGINT NOT NULL, tenant VARCHAR NOT NULL, subscription_id VARCHAR NOT NULL,
         notification_id VARCHAR NOT NULL, notified_at VARCHAR NOT NULL, changes VARCHAR NOT NULL)""",
+    # Added after version 1 (additive: an older Polis ignores it): the incarnation of the subscription row.
+    "ALTER TABLE subscriptions ADD COLUMN IF NOT EXISTS min_seq BIGINT DEFAULT 0",
 ]
+
+Key = tuple[str, str]  # (tenant, subscription id)
+# (tenant, subscription id, the incarnation it was matched for, notification id, notifiedAt, changes)
+Draft = tuple[str, str, int, str, str, Sequence[Change]]
 
 
 class SubscriptionRepository:
@@ -48,31 +60,50 @@ class SubscriptionRepository:
         if rows and rows[0][0] != SCHEMA_VERSION:
             raise RuntimeError(f"subscriptions schema version {rows[0][0]}; this Polis reads {SCHEMA_VERSION}")
         con.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", [SCHEMA_KEY, SCHEMA_VERSION])
-        self._next_seq = int(con.execute("SELECT COALESCE(max(seq), 0) + 1 FROM notification_outbox").fetchall()[0][0])
+        # Past every row and every incarnation: a seq is never reused, so a new incarnation's min_seq is above
+        # whatever was owed to an older one, even after the outbox emptied and the hub restarted.
+        self._next_seq = int(con.execute(
+            "SELECT greatest((SELECT COALESCE(max(seq), 0) FROM notification_outbox), "
+            "(SELECT COALESCE(max(min_seq), 0) FROM subscriptions)) + 1"
+        ).fetchall()[0][0])
         self._next_position = int(
             con.execute("SELECT COALESCE(max(position), 0) + 1 FROM subscriptions").fetchall()[0][0]
         )
+        self._live: dict[Key, int] = {}  # the incarnation (min_seq) of every subscription that exists
 
     # -- subscriptions -------------------------------------------------------------------------------
 
-    def load(self) -> list[tuple[Subscription, DeliveryStatus]]:
+    def load(self) -> list[tuple[Subscription, DeliveryStatus, int]]:
+        """Every subscription with its delivery status and incarnation (min_seq)."""
         with self._lock:
             rows = self._con.execute(
                 "SELECT doc, times_sent, times_failed, last_notification, last_success, last_failure, "
-                "last_failure_reason FROM subscriptions ORDER BY position"
+                "last_failure_reason, COALESCE(min_seq, 0) FROM subscriptions ORDER BY position"
             ).fetchall()
-        return [
-            (Subscription.from_doc(orjson.loads(doc)), DeliveryStatus(sent, failed, last, ok, bad, why))
-            for doc, sent, failed, last, ok, bad, why in rows
-        ]
+            loaded = [
+                (Subscription.from_doc(orjson.loads(doc)), DeliveryStatus(sent, failed, last, ok, bad, why), int(low))
+                for doc, sent, failed, last, ok, bad, why, low in rows
+            ]
+            self._live = {(sub.tenant, sub.id): low for sub, _, low in loaded}
+        return loaded
 
-    def insert(self, sub: Subscription) -> None:
+    def insert(self, sub: Subscription) -> int:
+        """Store a new subscription; returns its incarnation (min_seq), unique to this creation."""
         with self._lock:
+            min_seq = self._next_seq
             self._con.execute(
-                "INSERT INTO subscriptions (tenant, id, doc, position) VALUES (?, ?, ?, ?)",
-                [sub.tenant, sub.id, orjson.dumps(sub.to_doc()).decode(), self._next_position],
+                "INSERT INTO subscriptions (tenant, id, doc, position, min_seq) VALUES (?, ?, ?, ?, ?)",
+                [sub.tenant, sub.id, orjson.dumps(sub.to_doc()).decode(), self._next_position, min_seq],
             )
             self._next_position += 1
+            self._next_seq += 1  # taken: the next creation of this id gets another incarnation
+            self._live[(sub.tenant, sub.id)] = min_seq
+        return min_seq
+
+    def incarnation(self, tenant: str, sub_id: str) -> int:
+        """The min_seq of the subscription as it exists now (-1: it does not)."""
+        with self._lock:
+            return self._live.get((tenant, sub_id), -1)
 
     def update(self, sub: Subscription) -> None:
         with self._lock:
@@ -84,6 +115,7 @@ class SubscriptionRepository:
     def delete(self, tenant: str, sub_id: str) -> None:
         """The subscription and its undelivered notifications, in one transaction."""
         with self._lock, self._transaction():
+            self._live.pop((tenant, sub_id), None)
             self._con.execute("DELETE FROM subscriptions WHERE tenant = ? AND id = ?", [tenant, sub_id])
             self._con.execute(
                 "DELETE FROM notification_outbox WHERE tenant = ? AND subscription_id = ?", [tenant, sub_id]
@@ -91,17 +123,19 @@ class SubscriptionRepository:
 
     # -- outbox --------------------------------------------------------------------------------------
 
-    def enqueue(
-        self, drafts: Sequence[tuple[str, str, str, str, Sequence[Change]]], con: duckdb.DuckDBPyConnection
-    ) -> list[OutboxItem]:
-        """(tenant, subscription id, notification id, notifiedAt, changes) -> stored items, written on `con`
-        inside its caller's transaction (the entity commit); their `seq` follows every earlier one (a commit
-        that rolls back leaves a gap, never a repeat)."""
+    def enqueue(self, drafts: Sequence[Draft], con: duckdb.DuckDBPyConnection) -> list[OutboxItem]:
+        """Drafts -> stored items, written on `con` inside its caller's transaction (the entity commit); their
+        `seq` follows every earlier one (a commit that rolls back leaves a gap, never a repeat). A draft whose
+        subscription was deleted (or deleted and created again) since it was matched is left out."""
         with self._lock:
             items = []
-            for tenant, sub_id, notification_id, notified_at, changes in drafts:
+            for tenant, sub_id, incarnation, notification_id, notified_at, changes in drafts:
+                if self._live.get((tenant, sub_id)) != incarnation:
+                    continue
                 items.append(OutboxItem(self._next_seq, tenant, sub_id, notification_id, notified_at, tuple(changes)))
                 self._next_seq += 1
+            if not items:
+                return items
             rows = [
                 [
                     i.seq,
@@ -118,16 +152,34 @@ class SubscriptionRepository:
             con.execute(f"INSERT INTO notification_outbox VALUES {values}", [v for row in rows for v in row])
         return items
 
-    def pending(self) -> list[OutboxItem]:
+    def pending(self, per_subscription: int | None = None) -> list[OutboxItem]:
+        """Undelivered notifications in seq order: all of them, or the first `per_subscription` of each
+        subscription (what the workers hold in memory; the rest wait here, see `pending_after`)."""
+        sql = "SELECT seq, tenant, subscription_id, notification_id, notified_at, changes FROM notification_outbox"
+        params: list[Any] = []
+        if per_subscription is not None:
+            sql += " QUALIFY row_number() OVER (PARTITION BY tenant, subscription_id ORDER BY seq) <= ?"
+            params.append(per_subscription)
+        with self._lock:
+            rows = self._con.execute(sql + " ORDER BY seq", params).fetchall()
+        return [_item(row) for row in rows]
+
+    def pending_after(self, tenant: str, sub_id: str, after_seq: int, limit: int) -> list[OutboxItem]:
+        """The next `limit` undelivered notifications of one subscription after `after_seq`, in seq order."""
         with self._lock:
             rows = self._con.execute(
-                "SELECT seq, tenant, subscription_id, notification_id, notified_at, changes "
-                "FROM notification_outbox ORDER BY seq"
+                "SELECT seq, tenant, subscription_id, notification_id, notified_at, changes FROM notification_outbox "
+                "WHERE tenant = ? AND subscription_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                [tenant, sub_id, after_seq, limit],
             ).fetchall()
-        return [
-            OutboxItem(seq, tenant, sid, nid, at, tuple(Change.from_json(c) for c in orjson.loads(changes)))
-            for seq, tenant, sid, nid, at, changes in rows
-        ]
+        return [_item(row) for row in rows]
+
+    def count_pending(self, tenant: str, sub_id: str) -> int:
+        with self._lock:
+            row = self._con.execute(
+                "SELECT count(*) FROM notification_outbox WHERE tenant = ? AND subscription_id = ?", [tenant, sub_id]
+            ).fetchone()
+        return int(row[0]) if row else 0
 
     def acknowledge(self, seqs: Sequence[int], statuses: Sequence[tuple[str, str, DeliveryStatus]]) -> None:
         """Delivered notifications leave the outbox and the subscriptions' status counters are saved, in one
@@ -154,6 +206,11 @@ class SubscriptionRepository:
     def close(self) -> None:
         with self._lock:
             self._con.close()
+
+
+def _item(row: tuple[Any, ...]) -> OutboxItem:
+    seq, tenant, sid, nid, at, changes = row
+    return OutboxItem(seq, tenant, sid, nid, at, tuple(Change.from_json(c) for c in orjson.loads(changes)))
 
 
 class _Transaction:

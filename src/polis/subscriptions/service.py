@@ -36,25 +36,25 @@ from polis.subscriptions.model import (
     utc_text,
 )
 from polis.subscriptions.notification import Change, OutboxItem, new_notification_id
-from polis.subscriptions.repository import SubscriptionRepository
+from polis.subscriptions.repository import Draft, SubscriptionRepository
 from polis.subscriptions.transports import StreamClient, StreamHub
 
 log = logging.getLogger(__name__)
 
 MAX_CHANGES_PER_NOTIFICATION = 500  # a bulk commit becomes several notifications, not one huge body
 
-Draft = tuple[str, str, str, str, list[Change]]  # tenant, subscription id, notification id, notifiedAt, changes
-
 
 class _Active:
-    """A subscription in memory: compiled for matching, with the terms its notifications use."""
+    """A subscription in memory: compiled for matching, with the terms its notifications use and its
+    incarnation (`min_seq`, see polis.subscriptions.repository)."""
 
-    __slots__ = ("compiled", "status", "terms")
+    __slots__ = ("compiled", "min_seq", "status", "terms")
 
-    def __init__(self, compiled: Compiled, terms: TermMap, status: DeliveryStatus) -> None:
+    def __init__(self, compiled: Compiled, terms: TermMap, status: DeliveryStatus, min_seq: int = 0) -> None:
         self.compiled = compiled
         self.terms = terms
         self.status = status
+        self.min_seq = min_seq
 
     @property
     def sub(self) -> Subscription:
@@ -91,13 +91,12 @@ class SubscriptionService:
             timeout_s=settings.notify_timeout_s,
             streams=self.streams,
             policy=self.policy,
+            gate=self._may_carry,
         )
-        for sub, status in self.repo.load():
+        for sub, status, min_seq in self.repo.load():
             self._subs[(sub.tenant, sub.id)] = sub
-            self._install(sub, status)
-        pending = self.repo.pending()
-        if pending:
-            self.dispatcher.submit(pending)
+            self._install(sub, status, min_seq)
+        self.dispatcher.resume()  # the outbox left by the last run: the head of each backlog, the rest on demand
         bus.subscribe_staged(self._stage)
 
     # -- CRUD ----------------------------------------------------------------------------------------
@@ -111,7 +110,7 @@ class SubscriptionService:
         with self._lock:
             if (tenant, sub.id) in self._subs:
                 raise AlreadyExists(f"subscription {sub.id} already exists")
-            self.repo.insert(sub)
+            active.min_seq = self.repo.insert(sub)
             self._subs[(tenant, sub.id)] = sub
             self._active[(tenant, sub.id)] = active
         return sub
@@ -142,12 +141,15 @@ class SubscriptionService:
             if current is None:
                 raise ResourceNotFound(f"subscription {sub_id} was not found")
             status = self._status(current)
+            min_seq = self._min_seq(current)
         updated = apply_patch(current, fragment, terms, context, now=self.clock())
         if updated.endpoint.uri != current.endpoint.uri:  # one stored before a stricter policy can still be paused
             self._check_endpoint(updated.endpoint)
-        active = self._compile(updated, status)
+        active = self._compile(updated, status, min_seq)
         with self._lock:
-            if (tenant, sub_id) not in self._subs:
+            live = self._subs.get((tenant, sub_id))
+            # deleted meanwhile, or deleted and created again (by another department too): not this one to change
+            if live is None or self._min_seq(live) != min_seq:
                 raise ResourceNotFound(f"subscription {sub_id} was not found")
             self.repo.update(updated)
             self._subs[(tenant, sub_id)] = updated
@@ -162,7 +164,8 @@ class SubscriptionService:
             self.repo.delete(tenant, sub_id)
             del self._subs[(tenant, sub_id)]
             self._active.pop((tenant, sub_id), None)
-        self.dispatcher.kick((tenant, sub_id))
+            # Before the id can be created again (this lock): what its worker holds was owed to this one only.
+            self.dispatcher.drop((tenant, sub_id))
 
     def pending(self, tenant: str, sub_id: str) -> int:
         """Notifications of this subscription not yet taken by its endpoint."""
@@ -191,7 +194,7 @@ class SubscriptionService:
             candidates = [a for a in self._active.values() if a.sub.status(now) == "active"]
         if not candidates:
             return None
-        matched: dict[Key, list[Change]] = {}
+        matched: dict[tuple[str, str, int], list[Change]] = {}  # (tenant, id, incarnation) -> changes
         for change in changes:
             diff = Diff(change)
             for active in candidates:
@@ -204,7 +207,7 @@ class SubscriptionService:
                 if gate is not None and not gate(sub.department, change.entity_id):
                     continue  # the subscribing department may not read or subscribe to this entity's dataset
                 keep_previous = sub.show_changes or change.entity is None
-                matched.setdefault((sub.tenant, sub.id), []).append(
+                matched.setdefault((sub.tenant, sub.id, active.min_seq), []).append(
                     Change(
                         _projected(change.entity, sub.attributes),
                         _projected(change.previous, sub.attributes) if keep_previous else None,
@@ -214,9 +217,9 @@ class SubscriptionService:
         if not matched:
             return None
         notified_at = utc_text(now)
-        drafts = [
-            (tenant, sid, new_notification_id(), notified_at, found[i : i + MAX_CHANGES_PER_NOTIFICATION])
-            for (tenant, sid), found in matched.items()
+        drafts: list[Draft] = [
+            (tenant, sid, min_seq, new_notification_id(), notified_at, found[i : i + MAX_CHANGES_PER_NOTIFICATION])
+            for (tenant, sid, min_seq), found in matched.items()
             for i in range(0, len(found), MAX_CHANGES_PER_NOTIFICATION)
         ]
         return _OutboxRows(self, drafts)
@@ -237,20 +240,31 @@ class SubscriptionService:
         active = self._active.get((sub.tenant, sub.id))
         return active.status if active is not None else DeliveryStatus()
 
+    def _min_seq(self, sub: Subscription) -> int:
+        """Its incarnation, from the repository (a subscription that could not be compiled at the start has no
+        `_Active`, and a PATCH that mends it must keep the incarnation its row has)."""
+        return self.repo.incarnation(sub.tenant, sub.id)
+
     def _target(self, key: Key) -> Target | None:
         with self._lock:
             active = self._active.get(key)
             if active is None:
                 return None
-            return Target(active.sub, active.terms, active.status)
+            return Target(active.sub, active.terms, active.status, active.min_seq)
 
-    def _install(self, sub: Subscription, status: DeliveryStatus) -> None:
+    def _may_carry(self, sub: Subscription, entity_id: str) -> bool:
+        """Asked again at delivery: a grant revoked while the notification waited (its endpoint down, a
+        throttling pause) stops it then, not only the changes committed after the revocation."""
+        gate = self.entity_gate
+        return gate is None or gate(sub.department, entity_id)
+
+    def _install(self, sub: Subscription, status: DeliveryStatus, min_seq: int) -> None:
         try:
-            self._active[(sub.tenant, sub.id)] = self._compile(sub, status)
+            self._active[(sub.tenant, sub.id)] = self._compile(sub, status, min_seq)
         except NgsiError as error:  # e.g. its remote @context is gone: kept, listed, but it matches nothing
             log.error("subscription %s cannot be matched after the restart: %s", sub.id, error.detail)
 
-    def _compile(self, sub: Subscription, status: DeliveryStatus) -> _Active:
+    def _compile(self, sub: Subscription, status: DeliveryStatus, min_seq: int = 0) -> _Active:
         """Parse q and geoQ and resolve the notification context; at create/update an unusable context is
         the client's error (LdContextNotAvailable, BadRequestData)."""
         q_terms = self.contexts.resolve(sub.q_context) if sub.q_text is not None else None
@@ -263,7 +277,7 @@ class SubscriptionService:
                 raise BadRequestData(f"idPattern {problem}")
         geo = sub.compiled_geo()
         types = frozenset(t for s in sub.entities for g in s.types.any_of for t in g)
-        return _Active(Compiled(sub, q, geo, types), terms, status)
+        return _Active(Compiled(sub, q, geo, types), terms, status, min_seq)
 
     def close(self) -> None:
         self.streams.close_all()

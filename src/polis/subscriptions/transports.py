@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,14 @@ import orjson
 from polis.subscriptions.endpoints import EndpointPolicy, EndpointRefused, literal_address
 
 STREAM_QUEUE_LIMIT = 1000  # events buffered per stream client; a client this far behind is disconnected
+# What is read of a webhook's answer: its status decides, its body is only drained (so the connection can be
+# kept) up to this much; a receiver answering with an endless body must not fill the hub's memory.
+MAX_RESPONSE_BYTES = 64 * 1024
+# A paho client (and its network thread, reconnecting for ever to a broker that is down) per MQTT endpoint in
+# use, not per endpoint ever used: one left idle this long is closed, and past this many the least recently
+# used goes, so that endpoints changed or abandoned (by a PATCH, a deletion) do not pile up threads.
+MQTT_IDLE_S = 300.0
+MQTT_MAX_BROKERS = 64
 
 
 class DeliveryFailed(Exception):
@@ -59,16 +68,23 @@ class HttpSender:
             self._host = host
         extensions = {} if literal_address(host) is not None else {"sni_hostname": host}
         sent_headers = {**headers, "Host": url.netloc.decode("ascii")}
-        response: httpx.Response | None = None
+        status: int | None = None
         for address in addresses:  # in the resolver's order, as a plain connect would try them
             try:
-                response = self._client.post(
+                request = self._client.build_request(
+                    "POST",
                     url.copy_with(host=str(address)),
                     content=body,
                     headers=sent_headers,
                     timeout=timeout_s,
                     extensions=extensions,
                 )
+                response = self._client.send(request, stream=True)  # the body is not read into memory
+                try:
+                    status = response.status_code
+                    _drain(response, time.monotonic() + timeout_s)
+                finally:
+                    response.close()  # a body left unread closes the connection instead of keeping it
                 break
             except httpx.ConnectError as error:
                 if address == addresses[-1]:
@@ -77,14 +93,28 @@ class HttpSender:
                 # ValueError: a header httpx cannot encode (a subscription stored before its check): a failure
                 # counted in timesFailed, not an exception that retries forever unseen.
                 raise DeliveryFailed(f"{type(error).__name__}: {error}") from None
-        assert response is not None
-        if not 200 <= response.status_code < 300:
-            raise DeliveryFailed(f"HTTP {response.status_code} from the endpoint")
+        assert status is not None
+        if not 200 <= status < 300:
+            raise DeliveryFailed(f"HTTP {status} from the endpoint")
 
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def _drain(response: httpx.Response, deadline: float) -> None:
+    """Read (and forget) an answer's body, at most MAX_RESPONSE_BYTES and until `deadline`: a short body read
+    to its end lets the connection be kept; a longer, endless or trickled one is cut off (the status is what
+    counts). A body that fails half way does not change the status the endpoint answered."""
+    read = 0
+    try:
+        for chunk in response.iter_raw():
+            read += len(chunk)
+            if read > MAX_RESPONSE_BYTES or time.monotonic() > deadline:
+                return
+    except httpx.HTTPError:
+        return
 
 
 class MqttPublisher:
@@ -94,7 +124,7 @@ class MqttPublisher:
 
     def __init__(self, policy: EndpointPolicy) -> None:
         self.policy = policy
-        self._clients: dict[tuple[str, str, int, str, str], _Broker] = {}
+        self._clients: dict[tuple[str, str, int, str, str], _Broker] = {}  # least recently used first
         self._lock = threading.Lock()
 
     def send(self, uri: str, body: bytes, headers: dict[str, str], timeout_s: float, qos: int = 1) -> None:
@@ -108,9 +138,13 @@ class MqttPublisher:
             raise DeliveryFailed(refused.reason) from None
         key = (parts.scheme.lower(), host, port, unquote(parts.username or ""), unquote(parts.password or ""))
         with self._lock:
-            broker = self._clients.get(key)
+            broker = self._clients.pop(key, None)
+            retired = self._retired_locked(room_for_one=broker is None)
             if broker is None:
-                broker = self._clients[key] = _Broker.start(host, port, tls, key[3], key[4], self.policy)
+                broker = _Broker.start(host, port, tls, key[3], key[4], self.policy)
+            broker.last_used = time.monotonic()
+            self._clients[key] = broker  # now the most recently used
+        _stop_later(retired)
         if not broker.connected.wait(timeout_s):
             raise DeliveryFailed(f"MQTT broker {host}:{port} is not reachable")
         payload = orjson.dumps({"metadata": headers, "body": orjson.loads(body)})
@@ -124,6 +158,26 @@ class MqttPublisher:
         if not published:
             raise DeliveryFailed(f"MQTT broker {host}:{port} did not acknowledge the notification")
 
+    def reap(self) -> None:
+        """Close the clients idle past MQTT_IDLE_S (the delivery workers' acknowledger calls this now and then)."""
+        with self._lock:
+            retired = self._retired_locked(room_for_one=False)
+        _stop_later(retired)
+
+    def _retired_locked(self, *, room_for_one: bool) -> list[_Broker]:
+        """Take out the idle clients, and the least recently used beyond the limit (self._lock held)."""
+        deadline = time.monotonic() - MQTT_IDLE_S
+        retired = [k for k, b in self._clients.items() if b.last_used < deadline]
+        keep = len(self._clients) - len(retired)
+        excess = keep + (1 if room_for_one else 0) - MQTT_MAX_BROKERS
+        if excess > 0:
+            retired += [k for k in self._clients if k not in retired][:excess]
+        return [self._clients.pop(k) for k in retired]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._clients)
+
     def close(self) -> None:
         with self._lock:
             brokers, self._clients = list(self._clients.values()), {}
@@ -131,10 +185,22 @@ class MqttPublisher:
             broker.stop()
 
 
+def _stop_later(brokers: list[_Broker]) -> None:
+    """Stop clients on a thread of their own: paho's loop thread can take a second to notice (it sleeps between
+    reconnection attempts), which a delivery or the acknowledger must not wait for."""
+    def stop_all() -> None:
+        for broker in brokers:
+            broker.stop()
+
+    if brokers:
+        threading.Thread(target=stop_all, name="polis-mqtt-close", daemon=True).start()
+
+
 @dataclass
 class _Broker:
     client: Any
     connected: threading.Event
+    last_used: float = 0.0  # time.monotonic() of the last send through it
 
     @classmethod
     def start(cls, host: str, port: int, tls: bool, username: str, password: str, policy: EndpointPolicy) -> _Broker:
