@@ -115,6 +115,12 @@ class Settings(BaseSettings):
     notify_retry_max_s: float = Field(
         default=60.0, gt=0, description="Longest wait between retries of a failed notification (it is never dropped)."
     )
+    max_subscriptions_per_department: int = Field(
+        default=1000,
+        ge=1,
+        description="Subscriptions one department may hold in a tenant: each with a backlog has its own delivery "
+        "worker, so an unbounded number to a dead endpoint would exhaust the hub's threads.",
+    )
     notify_timeout_s: float = Field(
         default=5.0,
         gt=0,

@@ -61,6 +61,14 @@ class _Active:
         return self.compiled.sub
 
 
+class SubscriptionQuotaExceeded(NgsiError):
+    """HTTP 403: the department holds as many subscriptions as the hub allows one (Settings)."""
+
+    name = "SubscriptionQuotaExceeded"
+    status = 403
+    title = "Subscription quota exceeded"
+
+
 class SubscriptionService:
     def __init__(
         self,
@@ -72,6 +80,7 @@ class SubscriptionService:
     ) -> None:
         self.contexts = contexts
         self.clock = clock
+        self.quota = settings.max_subscriptions_per_department
         self.repo = SubscriptionRepository(store.connection())
         self._lock = threading.RLock()
         self._active: dict[Key, _Active] = {}
@@ -110,6 +119,14 @@ class SubscriptionService:
         with self._lock:
             if (tenant, sub.id) in self._subs:
                 raise AlreadyExists(f"subscription {sub.id} already exists")
+            held = sum(1 for (t, _), s in self._subs.items() if t == tenant and s.department == department)
+            if held >= self.quota:
+                raise SubscriptionQuotaExceeded(
+                    f"{'department ' + department if department else 'this client'} holds {held} subscriptions in "
+                    f"this tenant, the most allowed (POLIS_MAX_SUBSCRIPTIONS_PER_DEPARTMENT={self.quota}); delete "
+                    "one first",
+                    quota=self.quota,
+                )
             active.min_seq = self.repo.insert(sub)
             self._subs[(tenant, sub.id)] = sub
             self._active[(tenant, sub.id)] = active
