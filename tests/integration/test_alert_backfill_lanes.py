@@ -71,17 +71,22 @@ def test_an_alert_open_when_the_backfill_ends_goes_on_with_the_live_readings(tmp
     """With no live reading meanwhile, the replayed history hands over: the crowd still there at the end of the
     stored history is the alert the first live reading updates or ends (as before the lanes were separate)."""
     platform = Platform(Settings(data_dir=tmp_path, **CHEAP))
+    base = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=2)  # recent history
+
+    def recent(minutes: float) -> str:
+        return (base + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
     try:
         history = {"id": SENSOR, "type": "CrowdFlowObserved", "peopleCount": [
-            {"type": "Property", "value": v, "observedAt": at(m)} for m, v in ((5, 50), (10, 150), (15, 160))]}
+            {"type": "Property", "value": v, "observedAt": recent(m)} for m, v in ((5, 50), (10, 150), (15, 160))]}
         platform.temporal.create_or_add("", history, platform.contexts.resolve(SDM_TRANSPORT))
-        rule = {**RULE, "minDurationS": 0, "validityS": 7 * 86400, "backfill": {"from": at(0), "to": at(60)}}
+        rule = {**RULE, "minDurationS": 0, "validityS": 7 * 86400, "backfill": {"from": recent(0), "to": recent(60)}}
         platform.alerts.put_rule("", rule)
         assert platform.alerts.flush(30)
         [open_alert] = platform.alerts.alerts("", active_only=True)
-        assert open_alert.onset.minute == 10
+        assert open_alert.onset == base + timedelta(minutes=10)
         platform.temporal.create_or_add("", {"id": SENSOR, "type": "CrowdFlowObserved", "peopleCount": [
-            {"type": "Property", "value": 20, "observedAt": at(70)}]}, platform.contexts.resolve(SDM_TRANSPORT))
+            {"type": "Property", "value": 20, "observedAt": recent(70)}]}, platform.contexts.resolve(SDM_TRANSPORT))
         _live(platform, 20)  # the first live reading: the crowd is gone
         assert platform.alerts.flush(10)
         assert platform.alerts.alerts("", active_only=True) == []
@@ -113,5 +118,23 @@ def test_a_backfill_alert_the_live_readings_overtook_lapses(tmp_path: Path) -> N
         assert platform.alerts.flush(10)
         [live] = platform.alerts.alerts("", active_only=True)
         assert live.id != replayed.id
+    finally:
+        platform.close()
+
+
+def test_an_alert_left_open_by_last_years_history_lapses_when_the_backfill_ends(tmp_path: Path) -> None:
+    """A backfill over history long past (the demo's crowds of 2022) ends with an alert open: its validity ran
+    out long before now, so it is expired, not listed as active until some wall-clock sweep gets to it."""
+    platform = Platform(Settings(data_dir=tmp_path, **CHEAP))
+    try:
+        history = {"id": SENSOR, "type": "CrowdFlowObserved", "peopleCount": [
+            {"type": "Property", "value": v, "observedAt": at(m)} for m, v in ((5, 50), (10, 150), (15, 160))]}
+        platform.temporal.create_or_add("", history, platform.contexts.resolve(SDM_TRANSPORT))
+        rule = {**RULE, "minDurationS": 0, "validityS": 7 * 86400, "backfill": {"from": at(0), "to": at(60)}}
+        platform.alerts.put_rule("", rule)
+        assert platform.alerts.flush(30)
+        assert platform.alerts.alerts("", active_only=True) == []
+        [lapsed] = platform.alerts.alerts("", active_only=False)
+        assert lapsed.onset == at_time(10) and lapsed.status == "expired"
     finally:
         platform.close()

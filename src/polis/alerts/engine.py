@@ -354,13 +354,16 @@ class AlertEngine:
 
     def _hand_over(self, compiled: CompiledRule, lane: CompiledRule) -> None:
         """The backfill is done. An alert it leaves open goes on with the live readings, as if they had followed
-        the history; unless the live readings already know one of its sensors: their view is the newer one,
-        and the history's alert lapses (expired) rather than being ended or joined by them."""
+        the history; unless the live readings already know one of its sensors (their view is the newer one), or
+        it expired before now by the wall clock (history of long ago, e.g. last year's crowds: no live reading
+        can still confirm or end it). Then it lapses (expired) rather than being ended or joined by them."""
+        now = self.clock()
         for alert_id in set(lane.membership.values()):
             record = self.records.get(alert_id)
             if record is None or record.status != "active":
                 continue
-            if any(key in compiled.last_at or key in compiled.membership for key in record.members):
+            overtaken = any(key in compiled.last_at or key in compiled.membership for key in record.members)
+            if overtaken or record.expires < now:
                 self._expire(record, lane)
                 continue
             for key in record.members:
