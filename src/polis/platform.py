@@ -64,6 +64,7 @@ class Platform:
         self.forecasts = ForecastService(self)
         self.access = AccessControl(settings)  # departments, keys, grants and the audit log
         self.subscriptions.entity_gate = self.access.notification_allows  # notifications: only what may be read
+        self.subscriptions.start()  # the outbox of the last run, now that every notification meets the gate
 
     def start_mqtt(self, url: str, wait_s: float | None = None) -> Source:
         """Take sensor streams from the broker at `url` into this hub (see polis.ingest.mqtt); with

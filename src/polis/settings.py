@@ -118,8 +118,8 @@ class Settings(BaseSettings):
     max_subscriptions_per_department: int = Field(
         default=1000,
         ge=1,
-        description="Subscriptions one department may hold in a tenant: each with a backlog has its own delivery "
-        "worker, so an unbounded number to a dead endpoint would exhaust the hub's threads.",
+        description="Subscriptions one department may hold, all tenants together: each with a backlog has its own "
+        "delivery worker, so an unbounded number to a dead endpoint would exhaust the hub's threads.",
     )
     notify_timeout_s: float = Field(
         default=5.0,

@@ -1,7 +1,8 @@
-"""A department holds at most POLIS_MAX_SUBSCRIPTIONS_PER_DEPARTMENT subscriptions per tenant: each with a
+"""A department holds at most POLIS_MAX_SUBSCRIPTIONS_PER_DEPARTMENT subscriptions: each with a
 backlog has its own delivery worker, so thousands pointed at a dead endpoint would exhaust the hub's threads
-(found by a review, 2026-11-29). Past the quota a creation is a 403 problem naming the setting; other
-departments are not affected, and deleting one makes room."""
+(found by a review, 2026-11-29). The quota counts every tenant (a subscription creates its tenant). Past
+it a creation is a 403 problem naming the setting; other departments are not affected, and deleting one makes
+room."""
 
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ def test_a_department_past_its_quota_is_refused_and_others_are_not(hub: tuple[Te
     body = problem(refused, 403, "SubscriptionQuotaExceeded", "parks", "POLIS_MAX_SUBSCRIPTIONS_PER_DEPARTMENT=2")
     assert body["quota"] == 2
     assert client.get(f"{SUBS}/urn:ngsi-ld:Subscription:p3", headers=parks).status_code == 404  # nothing written
+    elsewhere = client.post(SUBS, json=_subscription("p3"), headers={**parks, "NGSILD-Tenant": "district-7"})
+    problem(elsewhere, 403, "SubscriptionQuotaExceeded")  # a new tenant is no way around it
     assert client.post(SUBS, json=_subscription("t1"), headers=transport).status_code == 201  # its own quota
     assert client.delete(f"{SUBS}/urn:ngsi-ld:Subscription:p1", headers=parks).status_code == 204
     assert client.post(SUBS, json=_subscription("p3"), headers=parks).status_code == 201  # room again

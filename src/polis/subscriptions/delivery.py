@@ -41,6 +41,7 @@ IDLE_EXIT_S = 60.0
 ACK_EVERY_S = 0.2
 MAX_MERGED = 1000  # throttled items merged into one notification at most
 MAX_QUEUED = 1000  # notifications one worker holds in memory; the rest of a backlog waits in the outbox
+UNUSABLE_WAIT_S = 5.0  # how often a subscription that exists but cannot be compiled is looked at again
 REAP_EVERY_S = 10.0  # how often idle MQTT notification clients are looked for
 
 
@@ -288,6 +289,10 @@ class _Worker(threading.Thread):
             if d.stopping:
                 return False
         target = d.target(self.key)
+        if target is None and d.repo.incarnation(*self.key) != -1:
+            # It exists but could not be compiled after a restart (its @context unreachable for now): its
+            # notifications stay in the outbox, waiting for the subscription to be usable again or deleted.
+            return self._pause(UNUSABLE_WAIT_S)
         if target is None:  # deleted: the repository dropped its rows (all but a commit's racing the deletion)
             with d.lock:
                 dropped = [i.seq for i in self.queue]

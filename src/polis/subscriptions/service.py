@@ -105,8 +105,12 @@ class SubscriptionService:
         for sub, status, min_seq in self.repo.load():
             self._subs[(sub.tenant, sub.id)] = sub
             self._install(sub, status, min_seq)
-        self.dispatcher.resume()  # the outbox left by the last run: the head of each backlog, the rest on demand
         bus.subscribe_staged(self._stage)
+
+    def start(self) -> None:
+        """Deliver the outbox the last run left (the head of each backlog, the rest on demand). Called once the
+        platform has set `entity_gate`: a notification queued before a grant was revoked must meet the check."""
+        self.dispatcher.resume()
 
     # -- CRUD ----------------------------------------------------------------------------------------
 
@@ -119,12 +123,12 @@ class SubscriptionService:
         with self._lock:
             if (tenant, sub.id) in self._subs:
                 raise AlreadyExists(f"subscription {sub.id} already exists")
-            held = sum(1 for (t, _), s in self._subs.items() if t == tenant and s.department == department)
+            # Counted over every tenant: a subscription creates its tenant, so a quota per tenant is no bound.
+            held = sum(1 for s in self._subs.values() if s.department == department)
             if held >= self.quota:
                 raise SubscriptionQuotaExceeded(
-                    f"{'department ' + department if department else 'this client'} holds {held} subscriptions in "
-                    f"this tenant, the most allowed (POLIS_MAX_SUBSCRIPTIONS_PER_DEPARTMENT={self.quota}); delete "
-                    "one first",
+                    f"{'department ' + department if department else 'this client'} holds {held} subscriptions, "
+                    f"the most allowed (POLIS_MAX_SUBSCRIPTIONS_PER_DEPARTMENT={self.quota}); delete one first",
                     quota=self.quota,
                 )
             active.min_seq = self.repo.insert(sub)
@@ -273,7 +277,9 @@ class SubscriptionService:
         """Asked again at delivery: a grant revoked while the notification waited (its endpoint down, a
         throttling pause) stops it then, not only the changes committed after the revocation."""
         gate = self.entity_gate
-        return gate is None or gate(sub.department, entity_id)
+        if gate is None:  # no access control (standalone use): only a subscription no department owns
+            return sub.department is None
+        return gate(sub.department, entity_id)
 
     def _install(self, sub: Subscription, status: DeliveryStatus, min_seq: int) -> None:
         try:
