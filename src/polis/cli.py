@@ -500,7 +500,13 @@ def replay_command(
     mqtt: Annotated[str, typer.Option(help="Broker URL")] = "mqtt://127.0.0.1:1883",
     limit: Annotated[int | None, typer.Option(help="At most this many messages")] = None,
     batch: Annotated[bool, typer.Option(help="One gateway message per time step instead of one per sensor")] = False,
-    now: Annotated[bool, typer.Option(help="Shift the recording so its first reading is observed now")] = False,
+    now: Annotated[
+        bool,
+        typer.Option(
+            help="Shift the recording so its first reading is observed now (faster than --speed 1 the readings run "
+            "ahead of the clock, and alert rules refuse those over 5 minutes ahead)"
+        ),
+    ] = False,
     datasets_dir: DatasetsDir = None,
 ) -> None:
     """Publish a real dataset's readings as sensor messages over MQTT, in time order."""

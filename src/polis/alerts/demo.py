@@ -89,6 +89,7 @@ DEMO_RULES: list[dict[str, Any]] = [
         "groupWithinM": 400,
         "cooldownS": 7200,
         "updateIntervalS": 3600,
+        "validityS": 7200,  # hourly counts, an Update at most hourly: each message holds until the one after next
         "severity": "Moderate",
         "urgency": "Immediate",
         "certainty": "Observed",

@@ -10,10 +10,11 @@ Every message is appended to `alerts/messages.jsonl` under the data directory (t
 alert's history survive a restart), the rules live in `alerts/rules.json`, and what the rules remember between
 alerts (each sensor's latest reading time, cooldowns) in `alerts/state.json` (polis.alerts.state).
 
-An alert past its CAP `expires` (its last message's effective time plus the rule's validityS) with no message
-since has lapsed: its sensor went quiet. Past it by the rule's own readings (the time of its other sensors,
-as every lifecycle time here) or, when all of them are quiet, by the wall clock since its last message; it is
-then "expired", no longer listed, fed or published as active, and its sensor's next crowd is a new alert.
+An alert unconfirmed for the rule's validityS (no reading has kept it open; messages go out only every
+updateIntervalS) has lapsed: its sensors went quiet. Past it by the rule's own readings (the time of its other
+sensors, as every lifecycle time here) or, when all of them are quiet, by the wall clock since its last reading
+or message; it is then "expired", no longer listed, fed or published as active, and its sensor's next crowd is
+a new alert.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ BACKFILL_STEP = timedelta(days=1)  # history scanned per worker turn, so live ch
 # How often the worker looks for alerts lapsed by the wall clock (a rule whose sensors all went quiet): how long
 # such an alert can still be listed, fed and published as active after its validity ran out.
 SWEEP_S = 5.0
+# How often what the rules remember is written to alerts/state.json while readings flow: every batch rewrote the
+# whole file (megabytes for a city of sensors) under the engine's lock. A crash loses at most this much; a
+# shutdown writes it all.
+STATE_SAVE_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +75,11 @@ class AlertEngine:
         self.book = RuleBook(self.folder / "rules.json")
         self._log_path = self.folder / "messages.jsonl"
         self._state = StateFile(self.folder / "state.json")
+        # alert id -> (the latest reading that kept it open, the wall clock then): messages go out only every
+        # updateIntervalS, so an alert lapses by its sensors' silence, not by the time since its last message.
+        self._confirmed: dict[str, tuple[datetime, datetime]] = {}
+        self._unsaved: dict[int, CompiledRule] = {}  # lanes evaluated since state.json was last written
+        self._saved_at = 0.0  # time.monotonic() of that write
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # the wall clock (tests set their own)
         self.sweep_s = SWEEP_S
         self._lock = threading.RLock()
@@ -298,8 +308,10 @@ class AlertEngine:
                         self._apply(compiled, observation)
                     self._expire_lapsed(compiled)
                     evaluated.append(compiled)
-            if evaluated:
-                self._save_state(evaluated)
+            for compiled in evaluated:
+                self._unsaved[id(compiled)] = compiled
+            if self._unsaved and time.monotonic() - self._saved_at >= STATE_SAVE_S:
+                self._flush_state()
 
     @property
     def readings_ahead(self) -> int:
@@ -308,10 +320,17 @@ class AlertEngine:
             lanes = [c for rules in self.index.by_tenant.values() for c in rules.values()]
             return sum(c.ahead + (c.replay.ahead if c.replay is not None else 0) for c in lanes)
 
+    def _flush_state(self) -> None:
+        """Write the lanes evaluated since the last write (the engine's lock held)."""
+        lanes, self._unsaved, self._saved_at = list(self._unsaved.values()), {}, time.monotonic()
+        self._save_state(lanes)
+
     def _save_state(self, evaluated: list[CompiledRule]) -> None:
         kept = {f"{tenant}/{rule.id}" for tenant, rule in self.book.all()}
         try:
-            self._state.save({state_key(c): lane_state(c) for c in evaluated}, kept)
+            # a lane evaluated before its rule was deleted or replaced is not written back
+            current = [c for c in evaluated if self.index.by_tenant.get(c.tenant, {}).get(c.rule_id) is c]
+            self._state.save({state_key(c): lane_state(c) for c in current}, kept)
         except OSError:  # a full disk must not stop the alerts; a restart then forgets this batch's readings
             log.exception("could not save the alert rules' state")
 
@@ -363,7 +382,7 @@ class AlertEngine:
             if record is None or record.status != "active":
                 continue
             overtaken = any(key in compiled.last_at or key in compiled.membership for key in record.members)
-            if overtaken or record.expires < now:
+            if overtaken or self._valid_until(record) < now:
                 self._expire(record, lane)
                 continue
             for key in record.members:
@@ -411,8 +430,10 @@ class AlertEngine:
                 joined.members[obs.subject] = member
                 compiled.membership[obs.subject] = joined.id
                 self._emit(joined, "Update", member, obs.at)
+            self._confirm(joined, obs.at)
         elif decision == "update" and record is not None:
             record.members[obs.subject] = member
+            self._confirm(record, obs.at)
             if (obs.at - record.effective).total_seconds() >= compiled.rule.update_interval_s:
                 self._emit(record, "Update", member, obs.at)
         elif decision == "cancel" and record is not None:
@@ -424,11 +445,26 @@ class AlertEngine:
                 record.members[obs.subject] = member
                 record.status = "cancelled"
                 self._emit(record, "Cancel", member, obs.at)
-        elif record is not None and tracker.phase is Phase.ACTIVE and not compiled.person_related(obs.subject):
-            # Fresh values for the JSON view, no message. Not for people's events: there each refresh would publish
-            # one more event's count and time to anyone polling; their counts go out with the messages only (at
-            # most one per updateIntervalS), so the JSON view, the CAP message and the Alert entity agree.
-            record.members[obs.subject] = member
+        elif record is not None and tracker.phase is Phase.ACTIVE:
+            self._confirm(record, obs.at)
+            if not compiled.person_related(obs.subject):
+                # Fresh values for the JSON view, no message. Not for people's events: there each refresh would
+                # publish one more event's count and time to anyone polling; their counts go out with the messages
+                # only (at most one per updateIntervalS), so the JSON view, the CAP message and the Alert entity agree.
+                record.members[obs.subject] = member
+
+    def _confirm(self, record: AlertRecord, at: datetime) -> None:
+        """A reading at `at` kept `record` open (see `_confirmed`)."""
+        seen = self._confirmed.get(record.id)
+        self._confirmed[record.id] = (at if seen is None else max(at, seen[0]), self.clock())
+
+    def _valid_until(self, record: AlertRecord) -> datetime:
+        """Until when (readings' time) an open alert holds: its validity after the latest reading that kept it open,
+        or after its last message."""
+        seen = self._confirmed.get(record.id)
+        if seen is None:
+            return record.expires
+        return max(record.expires, seen[0] + timedelta(seconds=float(record.rule.get("validityS", 3600.0))))
 
     def _joinable(self, compiled: CompiledRule, point: tuple[float, float] | None) -> AlertRecord | None:
         """An open alert of the same rule with a member within groupWithinM: neighbours make one event."""
@@ -466,6 +502,8 @@ class AlertEngine:
         self, record: AlertRecord, msg_type: str, member: Member, at: datetime, *, retired: str | None = None
     ) -> None:
         rule = record.rule
+        if msg_type == "Cancel":
+            self._confirmed.pop(record.id, None)
         # Never back in time: each member has its own clock, so a neighbour's late reading joining the alert is
         # older than the message before it, and CAP readers take the latest `effective` as the current state.
         record.effective = max(at, record.onset, record.effective)
@@ -511,23 +549,26 @@ class AlertEngine:
     # -- lapsing ---------------------------------------------------------------------------------------
 
     def _expire_lapsed(self, lane: CompiledRule) -> None:
-        """The lane's open alerts whose `expires` its readings have passed (each member's sensor quiet)."""
+        """The lane's open alerts its readings have passed the validity of (`_valid_until`: each member's sensor
+        quiet that long)."""
         clock = lane.clock
         if clock is None:
             return
         for alert_id in set(lane.membership.values()):
             record = self.records.get(alert_id)
-            if record is not None and record.status == "active" and record.expires < clock:
+            if record is not None and record.status == "active" and self._valid_until(record) < clock:
                 self._expire(record, lane)
 
-    @staticmethod
-    def _lapsed(record: AlertRecord, now: datetime) -> bool:
-        """Whether an open alert has gone unconfirmed for its validity of wall-clock time since its last message:
-        the fallback when no reading of its rule comes in to tell (polis.alerts.engine's docstring)."""
+    def _lapsed(self, record: AlertRecord, now: datetime) -> bool:
+        """Whether an open alert has gone unconfirmed for its validity of wall-clock time since its last message
+        or the last reading that kept it open: the fallback when no reading of its rule comes in to tell
+        (polis.alerts.engine's docstring)."""
         if record.status != "active" or not record.messages:
             return False
         validity = timedelta(seconds=float(record.rule.get("validityS", 3600.0)))
-        return now > datetime.fromisoformat(record.messages[-1].sent) + validity
+        last = datetime.fromisoformat(record.messages[-1].sent)
+        seen = self._confirmed.get(record.id)
+        return now > (last if seen is None else max(last, seen[1])) + validity
 
     def _sweep(self) -> None:
         """Every `sweep_s` on the worker: alerts lapsed by the wall clock are marked expired, in the listing, the
@@ -537,6 +578,8 @@ class AlertEngine:
                 now = self.clock()
                 for record in [r for r in self.records.values() if self._lapsed(r, now)]:
                     self._expire(record, self._lane_of(record))
+                if self._unsaved:  # readings that came in a burst and then stopped
+                    self._flush_state()
         except Exception:
             log.exception("alert expiry sweep failed")
 
@@ -550,6 +593,7 @@ class AlertEngine:
         """Mark an open alert expired: no CAP message (a CAP reader drops it at `expires` by itself), the record
         logged and the Alert entity rewritten; its members' lifecycles start over (`Tracker.lapse`)."""
         record.status = "expired"
+        self._confirmed.pop(record.id, None)
         if lane is not None:
             for key in record.members:
                 if lane.membership.get(key) == record.id:
@@ -609,6 +653,9 @@ class AlertEngine:
         if thread is not None:
             self._queue.put(None)
             thread.join(10)
+        with self._lock:
+            if self._unsaved:
+                self._flush_state()
 
 
 def _refuse_person_records(compiled: CompiledRule) -> None:

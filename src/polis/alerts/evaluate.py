@@ -208,11 +208,11 @@ class CompiledRule:
     ) -> list[Observation]:
         """The observations in these changes; `now` is the wall clock (readings beyond it + MAX_AHEAD are refused)."""
         rule = self.rule
+        now = now or datetime.now(UTC)
         if isinstance(rule, BurstRule):
-            found = self._bursts(changes)
+            found = self._bursts(changes, now)
             self.clock = self.bursts.watermark if self.bursts is not None else None
             return found
-        now = now or datetime.now(UTC)
         fresh = []
         for entity, previous in changes:
             reading = number_of(entity, str(self.attr_iri))
@@ -481,7 +481,7 @@ class CompiledRule:
         group = instance.get("value") if instance else None
         return (str(group) if group is not None else None, at, point_of(entity))
 
-    def _bursts(self, changes: list[tuple[Entity, Entity | None]]) -> list[Observation]:
+    def _bursts(self, changes: list[tuple[Entity, Entity | None]], now: datetime) -> list[Observation]:
         rule = self.rule
         assert isinstance(rule, BurstRule) and self.bursts is not None
         counter = self.bursts
@@ -493,6 +493,9 @@ class CompiledRule:
             if event is None:
                 continue
             group, at, point = event
+            if at > now + MAX_AHEAD:  # a call typed as 2099 would move the window past every real one
+                self._refuse_ahead(entity["id"], at, now)
+                continue
             if group is None:
                 counter.note_day(at)
                 continue

@@ -25,6 +25,9 @@ async def metrics(request: Request) -> PlainTextResponse:
         "# HELP polis_dead_letters Messages kept in the dead-letter table.",
         "# TYPE polis_dead_letters gauge",
         f"polis_dead_letters {await run_in_threadpool(platform.store.dead_letter_count, None)}",
+        "# HELP polis_alert_readings_ahead Readings alert rules refused as dated over 5 minutes ahead of the clock.",
+        "# TYPE polis_alert_readings_ahead counter",
+        f"polis_alert_readings_ahead {platform.alerts.readings_ahead}",
     ]
     for name, source in platform.sources.items():
         for key, value in source.metrics().items():
