@@ -1,10 +1,13 @@
 """What the engine remembers across a restart besides its alerts (`messages.jsonl`): per rule, each sensor's
-latest reading time (an older or repeated reading is late: a gateway resending its buffer after a restart
-must not raise the incident again) and the lifecycles between alerts (a condition waiting out its minimum
-duration, the cooldown after an all-clear). Open alerts need nothing here: their records say it.
+latest reading time (an older reading is late, and the hub takes a repeated one as no change: a gateway
+resending its buffer after a restart must not raise the incident again) and the lifecycles between alerts (a
+condition waiting out its minimum duration, the cooldown after an all-clear). Open alerts need nothing here:
+their records say it.
 
 One JSON file, `alerts/state.json`, keyed like `backfilled.json` ("<tenant>/<rule id>") and written whole to
-a temporary file, then renamed: a kill mid-write leaves the previous state, never half a file. A rule's entry
+a temporary file, then renamed: a kill mid-write leaves the previous state, never half a file. The engine
+writes it at most once a second while readings flow (`engine.STATE_SAVE_S`) and at shutdown, so a crash loses
+at most the last second's reading times. A rule's entry
 holds its definition's fingerprint: a changed rule starts afresh, as it does without a restart.
 """
 
