@@ -503,15 +503,13 @@ def replay_command(
     now: Annotated[
         bool,
         typer.Option(
-            help="Shift the recording so its first reading is observed now (faster than --speed 1 the readings run "
-            "ahead of the clock, and alert rules refuse those over 5 minutes ahead)"
+            help="Shift the recording to end as the replay ends, so its readings catch up with the clock and are "
+            "never ahead of it"
         ),
     ] = False,
     datasets_dir: DatasetsDir = None,
 ) -> None:
     """Publish a real dataset's readings as sensor messages over MQTT, in time order."""
-    from datetime import UTC, datetime
-
     from polis.ingest.replay import REPLAYABLE, replay
 
     if dataset not in REPLAYABLE:
@@ -529,7 +527,7 @@ def replay_command(
             speed,
             limit=limit,
             batch=batch,
-            rebase=datetime.now(UTC) if now else None,
+            ending_now=now,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
     console.print(

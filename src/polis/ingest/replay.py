@@ -171,6 +171,21 @@ def _utc_now64() -> np.datetime64:
     return np.datetime64(datetime.now(UTC).replace(tzinfo=None), "us")
 
 
+def _ending_now(steps: list[_Step], per_step: list[int], limit: int | None, speed: float) -> list[_Step]:
+    """The steps shifted so the last one replayed (within `limit` messages) is observed when a replay at `speed`
+    starting now reaches it. Step k then lies (span - (t_k - t_0)) x (1 - 1/speed) behind the clock: never ahead
+    at speed 1 or more; slower than real time, the first step is observed now and the rest fall behind too."""
+    last = len(steps) - 1
+    if limit is not None:
+        sent = np.cumsum(per_step)
+        last = min(last, int(np.searchsorted(sent, limit)))  # the step whose messages reach the limit
+    span = (steps[last].observed_at - steps[0].observed_at) / np.timedelta64(1, "s")
+    behind = span * (1 - 1 / speed) if speed >= 1 else 0.0
+    now = _utc_now64()
+    shift = now - np.timedelta64(int(behind * 1_000_000), "us") - steps[0].observed_at
+    return [_Step(s.observed_at + shift, s.entity_ids, s.attributes, s.values) for s in steps]
+
+
 def live_steps(steps: list[_Step], start: np.datetime64, zone: ZoneInfo | None = None) -> Iterator[_Step]:
     """The recording as this week's sensors, from `start` on and without end: every step observed a whole
     number of weeks after it was recorded (the recording's length rounded up to whole weeks is the cycle), so
@@ -279,6 +294,7 @@ def replay(
     window: int = 1000,
     stop: threading.Event | None = None,
     rebase: datetime | None = None,
+    ending_now: bool = False,
 ) -> ReplaySummary:
     """Publish `dataset`'s readings to the broker at `url`, `speed`× real time (0 or inf: no pauses).
 
@@ -286,6 +302,9 @@ def replay(
     `rebase`: shift every observation time so the first replayed step is observed at this instant (`polis
     replay --now` passes now: the recorded readings arrive as today's, and never collide with the ingested copy
     of the same dataset, which keeps its original times; the demo's live sensors are `replay_live`);
+    `ending_now` (`polis replay --now`): shift them instead so the last replayed step is observed as the replay
+    reaches it: faster than real time the readings catch up with the clock and are never ahead of it (alert
+    rules refuse readings dated ahead of the clock, polis.alerts.evaluate.MAX_AHEAD);
     `progress(done, total)` is called after each time step, in messages; `stop` ends the replay early.
     The tenant is the topic's segment: "default" (or "") is the default tenant."""
     if dataset not in REPLAYABLE:
@@ -302,6 +321,8 @@ def replay(
     total = sum(per_step) if limit is None else min(limit, sum(per_step))
     report = progress or (lambda done, total: None)
     paced = speed > 0 and math.isfinite(speed)
+    if ending_now and steps:
+        steps = _ending_now(steps, per_step, limit, speed if paced else math.inf)
     publisher = _Publisher(url, window, f"polis-replay-{uuid.uuid4().hex[:8]}")
     messages = readings = done_steps = 0
     first = last = None
