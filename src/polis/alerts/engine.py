@@ -464,7 +464,7 @@ class AlertEngine:
         seen = self._confirmed.get(record.id)
         if seen is None:
             return record.expires
-        return max(record.expires, seen[0] + timedelta(seconds=float(record.rule.get("validityS", 3600.0))))
+        return max(record.expires, seen[0] + _validity(record))
 
     def _joinable(self, compiled: CompiledRule, point: tuple[float, float] | None) -> AlertRecord | None:
         """An open alert of the same rule with a member within groupWithinM: neighbours make one event."""
@@ -501,13 +501,12 @@ class AlertEngine:
     def _emit(
         self, record: AlertRecord, msg_type: str, member: Member, at: datetime, *, retired: str | None = None
     ) -> None:
-        rule = record.rule
         if msg_type == "Cancel":
             self._confirmed.pop(record.id, None)
         # Never back in time: each member has its own clock, so a neighbour's late reading joining the alert is
         # older than the message before it, and CAP readers take the latest `effective` as the current state.
         record.effective = max(at, record.onset, record.effective)
-        record.expires = record.effective + timedelta(seconds=float(rule.get("validityS", 3600.0)))
+        record.expires = record.effective + _validity(record)
         record.headline, record.description = alert_texts(record, member, self.platform.settings.suppression_k)
         if retired is not None:  # withdrawn by an operator: the condition may well still hold
             record.description = f"Withdrawn: {record.rule.get('name')} at {member.name}: {retired}"
@@ -517,8 +516,6 @@ class AlertEngine:
         if record.messages and record.messages[-1].sent >= sent:  # strictly increasing, whole seconds
             sent = cap_time(datetime.fromisoformat(record.messages[-1].sent) + timedelta(seconds=1))
         message = SentMessage(identifier_for(record, len(record.messages) + 1), sent, msg_type)
-        if not record.issued_at:
-            record.issued_at = sent
         xml = build_cap(record, message, list(record.messages), self.sender)
         try:
             validate_cap(xml)
@@ -565,10 +562,9 @@ class AlertEngine:
         (polis.alerts.engine's docstring)."""
         if record.status != "active" or not record.messages:
             return False
-        validity = timedelta(seconds=float(record.rule.get("validityS", 3600.0)))
         last = datetime.fromisoformat(record.messages[-1].sent)
         seen = self._confirmed.get(record.id)
-        return now > (last if seen is None else max(last, seen[1])) + validity
+        return now > (last if seen is None else max(last, seen[1])) + _validity(record)
 
     def _sweep(self) -> None:
         """Every `sweep_s` on the worker: alerts lapsed by the wall clock are marked expired, in the listing, the
@@ -656,6 +652,11 @@ class AlertEngine:
         with self._lock:
             if self._unsaved:
                 self._flush_state()
+
+
+def _validity(record: AlertRecord) -> timedelta:
+    """How long a message of the alert holds (its rule's validityS, the CAP `expires` after `effective`)."""
+    return timedelta(seconds=float(record.rule.get("validityS", 3600.0)))
 
 
 def _refuse_person_records(compiled: CompiledRule) -> None:

@@ -39,9 +39,8 @@ def _date(at: Any) -> dict[str, Any]:
 
 
 def issued(record: AlertRecord) -> datetime:
-    """When the alert was first sent (wall clock); the onset for a record kept from before that was noted."""
-    sent = record.issued_at or (record.messages[0].sent if record.messages else "")
-    return datetime.fromisoformat(sent) if sent else record.onset
+    """When the alert was first sent (wall clock: its first CAP message); the onset before any was sent."""
+    return datetime.fromisoformat(record.messages[0].sent) if record.messages else record.onset
 
 
 def alert_entity(record: AlertRecord, cap_url: str) -> dict[str, Any]:

@@ -60,10 +60,9 @@ class AlertRecord:
     expires: datetime
     members: dict[str, Member] = field(default_factory=dict)
     messages: list[SentMessage] = field(default_factory=list)
-    status: str = "active"  # active | cancelled | expired (past `expires` with no message since: its sensor went quiet)
+    status: str = "active"  # active | cancelled | expired (unconfirmed for its validity: its sensors went quiet)
     headline: str = ""
     description: str = ""
-    issued_at: str = ""  # wall-clock time of the first message (dateIssued's counterpart in CAP `sent`)
     replayed: bool = False  # raised by a backfill (its own lane of state, polis.alerts.evaluate.replay_lane)
 
     @property
@@ -125,6 +124,5 @@ class AlertRecord:
             status=data["status"],
             headline=data["headline"],
             description=data["description"],
-            issued_at=data.get("issued_at", ""),
             replayed=bool(data.get("replayed", False)),
         )

@@ -7,8 +7,8 @@ their records say it.
 One JSON file, `alerts/state.json`, keyed like `backfilled.json` ("<tenant>/<rule id>") and written whole to
 a temporary file, then renamed: a kill mid-write leaves the previous state, never half a file. The engine
 writes it at most once a second while readings flow (`engine.STATE_SAVE_S`) and at shutdown, so a crash loses
-at most the last second's reading times. A rule's entry
-holds its definition's fingerprint: a changed rule starts afresh, as it does without a restart.
+at most the last second's reading times. A rule's entry holds its definition's fingerprint: a changed rule
+starts afresh, as it does without a restart.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ Rules (declare, list, read, replace, delete):
   PUT    /polis/v1/alerts/rules/{ruleId}     201 created / 200 replaced (open alerts of the old rule are cancelled)
   DELETE /polis/v1/alerts/rules/{ruleId}     204 (its open alerts are cancelled)
 Alerts (read only; the engine raises them):
-  GET /polis/v1/alerts                        JSON list, newest first (?status=active|all, ?ruleId=); an alert past
-                                              its `expires` with no message since is "expired", not active
+  GET /polis/v1/alerts                        JSON list, newest first (?status=active|all, ?ruleId=); an alert
+                                              unconfirmed for its validity is "expired", not active
   GET /polis/v1/alerts/feed                   Atom feed of the active alerts, each entry's content a CAP 1.2 alert
   GET /polis/v1/alerts/{alertId}              JSON; with Accept: application/cap+xml the latest CAP message
   GET /polis/v1/alerts/{alertId}/cap          the latest CAP 1.2 message (?message=N: the N-th, from 1)

@@ -60,6 +60,10 @@ class _Step:
     attributes: np.ndarray
     values: np.ndarray
 
+    def at(self, observed: np.datetime64) -> _Step:
+        """The same readings, observed at another instant."""
+        return _Step(observed, self.entity_ids, self.attributes, self.values)
+
 
 def _term(iri: str) -> str:
     """The short name of a Smart Data Models IRI (the Transportation @context maps it back)."""
@@ -156,6 +160,20 @@ class _Publisher:
         self.client.loop_stop()
 
 
+def _publish(
+    publisher: _Publisher, step: _Step, types: dict[str, str], tenant: str, batch: bool, room: int | None
+) -> tuple[int, int]:
+    """Publish one step's messages, at most `room` of them (None: all); (messages, readings) published."""
+    messages = readings = 0
+    for topic, payload, count in _messages(step, types, tenant, batch):
+        if room is not None and messages >= room:
+            break
+        publisher.publish(topic, payload)
+        messages += 1
+        readings += count
+    return messages, readings
+
+
 def _pause(seconds: float, stop: threading.Event | None) -> bool:
     """Sleep; True when asked to stop meanwhile."""
     if stop is None:
@@ -171,8 +189,12 @@ def _utc_now64() -> np.datetime64:
     return np.datetime64(datetime.now(UTC).replace(tzinfo=None), "us")
 
 
-def _ending_now(steps: list[_Step], per_step: list[int], limit: int | None, speed: float) -> list[_Step]:
-    """The steps shifted so the last one replayed (within `limit` messages) is observed when a replay at `speed`
+def _shifted(steps: list[_Step], shift: np.timedelta64) -> list[_Step]:
+    return [step.at(step.observed_at + shift) for step in steps]
+
+
+def _ending_now(steps: list[_Step], per_step: list[int], limit: int | None, speed: float) -> np.timedelta64:
+    """The shift that makes the last step replayed (within `limit` messages) observed when a replay at `speed`
     starting now reaches it. Step k then lies (span - (t_k - t_0)) x (1 - 1/speed) behind the clock: never ahead
     at speed 1 or more; slower than real time, the first step is observed now and the rest fall behind too."""
     last = len(steps) - 1
@@ -181,9 +203,7 @@ def _ending_now(steps: list[_Step], per_step: list[int], limit: int | None, spee
         last = min(last, int(np.searchsorted(sent, limit)))  # the step whose messages reach the limit
     span = (steps[last].observed_at - steps[0].observed_at) / np.timedelta64(1, "s")
     behind = span * (1 - 1 / speed) if speed >= 1 else 0.0
-    now = _utc_now64()
-    shift = now - np.timedelta64(int(behind * 1_000_000), "us") - steps[0].observed_at
-    return [_Step(s.observed_at + shift, s.entity_ids, s.attributes, s.values) for s in steps]
+    return _utc_now64() - np.timedelta64(int(behind * 1_000_000), "us") - steps[0].observed_at
 
 
 def live_steps(steps: list[_Step], start: np.datetime64, zone: ZoneInfo | None = None) -> Iterator[_Step]:
@@ -211,7 +231,7 @@ def live_steps(steps: list[_Step], start: np.datetime64, zone: ZoneInfo | None =
             observed = step.observed_at + cycle * k if shifted is None else shifted(n, cycle * k)
             if observed >= start and (last is None or observed > last):
                 last = observed
-                yield _Step(observed, step.entity_ids, step.attributes, step.values)
+                yield step.at(observed)
         k += 1
 
 
@@ -267,10 +287,8 @@ def replay_live(
                         on_caught_up(readings)
                 if _pause(float(wait), stop):
                     break
-            for topic, payload, count in _messages(step, types, "", not caught_up):
-                publisher.publish(topic, payload)
-                messages += 1
-                readings += count
+            sent, read = _publish(publisher, step, types, "", not caught_up, None)
+            messages, readings = messages + sent, readings + read
             first = first or _iso(step.observed_at)
             last = _iso(step.observed_at)
             done_steps += 1
@@ -299,12 +317,12 @@ def replay(
     """Publish `dataset`'s readings to the broker at `url`, `speed`× real time (0 or inf: no pauses).
 
     `limit`: at most this many messages; `start`: skip readings observed before this instant;
-    `rebase`: shift every observation time so the first replayed step is observed at this instant (`polis
-    replay --now` passes now: the recorded readings arrive as today's, and never collide with the ingested copy
-    of the same dataset, which keeps its original times; the demo's live sensors are `replay_live`);
+    `rebase`: shift every observation time so the first replayed step is observed at this instant (readings
+    after the ingested copy of the dataset, which keeps its original times);
     `ending_now` (`polis replay --now`): shift them instead so the last replayed step is observed as the replay
-    reaches it: faster than real time the readings catch up with the clock and are never ahead of it (alert
-    rules refuse readings dated ahead of the clock, polis.alerts.evaluate.MAX_AHEAD);
+    reaches it: the recorded readings arrive as today's and, faster than real time, catch up with the clock and
+    are never ahead of it (alert rules refuse readings dated ahead of the clock, polis.alerts.evaluate.MAX_AHEAD);
+    the demo's live sensors are `replay_live`;
     `progress(done, total)` is called after each time step, in messages; `stop` ends the replay early.
     The tenant is the topic's segment: "default" (or "") is the default tenant."""
     if dataset not in REPLAYABLE:
@@ -314,15 +332,14 @@ def replay(
         start = start if start.tzinfo is not None else start.replace(tzinfo=UTC)
     tenant = "" if tenant == "default" else tenant
     types, steps = _steps(dataset, datasets_dir, start)
-    if rebase is not None and steps:
-        shift = np.datetime64(rebase.astimezone(UTC).replace(tzinfo=None), "us") - steps[0].observed_at
-        steps = [_Step(s.observed_at + shift, s.entity_ids, s.attributes, s.values) for s in steps]
     per_step = [step.entity_ids.size if not batch else len({types[e] for e in step.entity_ids}) for step in steps]
     total = sum(per_step) if limit is None else min(limit, sum(per_step))
     report = progress or (lambda done, total: None)
     paced = speed > 0 and math.isfinite(speed)
-    if ending_now and steps:
-        steps = _ending_now(steps, per_step, limit, speed if paced else math.inf)
+    if steps and ending_now:
+        steps = _shifted(steps, _ending_now(steps, per_step, limit, speed if paced else math.inf))
+    elif steps and rebase is not None:
+        steps = _shifted(steps, np.datetime64(rebase.astimezone(UTC).replace(tzinfo=None), "us") - steps[0].observed_at)
     publisher = _Publisher(url, window, f"polis-replay-{uuid.uuid4().hex[:8]}")
     messages = readings = done_steps = 0
     first = last = None
@@ -337,12 +354,8 @@ def replay(
                 wait = began + offset - time.monotonic()
                 if wait > 0 and _pause(wait, stop):
                     break
-            for topic, payload, count in _messages(step, types, tenant, batch):
-                if limit is not None and messages >= limit:
-                    break
-                publisher.publish(topic, payload)
-                messages += 1
-                readings += count
+            sent, read = _publish(publisher, step, types, tenant, batch, None if limit is None else limit - messages)
+            messages, readings = messages + sent, readings + read
             first = first or _iso(step.observed_at)
             last = _iso(step.observed_at)
             done_steps += 1

@@ -136,9 +136,7 @@ class Dispatcher:
         with self.lock:
             self._delivered.extend(delivered)
             self._dirty[key] = status
-            if self._acker is None and not self.stopping:
-                self._acker = threading.Thread(target=self._ack_loop, name="polis-notify-acks", daemon=True)
-                self._acker.start()
+            self._ack_soon()
 
     def discard(self, seqs: list[int]) -> None:
         """Rows that will never be sent (owed to a deleted subscription, or every entity refused): out of the
@@ -147,9 +145,13 @@ class Dispatcher:
             return
         with self.lock:
             self._delivered.extend(seqs)
-            if self._acker is None and not self.stopping:
-                self._acker = threading.Thread(target=self._ack_loop, name="polis-notify-acks", daemon=True)
-                self._acker.start()
+            self._ack_soon()
+
+    def _ack_soon(self) -> None:
+        """Have the acker persist what was noted within ACK_EVERY_S (the lock held)."""
+        if self._acker is None and not self.stopping:
+            self._acker = threading.Thread(target=self._ack_loop, name="polis-notify-acks", daemon=True)
+            self._acker.start()
 
     def drop(self, key: Key) -> None:
         """The subscription was deleted (its rows with it): its worker forgets what it holds, before the id can
