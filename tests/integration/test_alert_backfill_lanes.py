@@ -4,6 +4,7 @@ must not end or touch the alert the live readings hold."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,6 +27,17 @@ def _live(platform: Platform, count: int) -> datetime:
     result = platform.entities.batch("", "upsert", [entity], lambda _item: platform.contexts.resolve(SDM_TRANSPORT))
     assert not result.errors
     return now
+
+
+def _backfill_a_crowd(platform: Platform, when: Callable[[float], str]) -> None:
+    """A crowd from minute 10 still there at minute 15 (`when(minutes)`: the time stamps), then a rule
+    backfilled over the hour, the crowd left open at its end."""
+    history = {"id": SENSOR, "type": "CrowdFlowObserved", "peopleCount": [
+        {"type": "Property", "value": v, "observedAt": when(m)} for m, v in ((5, 50), (10, 150), (15, 160))]}
+    platform.temporal.create_or_add("", history, platform.contexts.resolve(SDM_TRANSPORT))
+    rule = {**RULE, "minDurationS": 0, "validityS": 7 * 86400, "backfill": {"from": when(0), "to": when(60)}}
+    platform.alerts.put_rule("", rule)
+    assert platform.alerts.flush(30)
 
 
 def test_a_live_reading_during_a_backfill_leaves_the_history_to_be_replayed(tmp_path: Path) -> None:
@@ -77,12 +89,7 @@ def test_an_alert_open_when_the_backfill_ends_goes_on_with_the_live_readings(tmp
         return (base + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     try:
-        history = {"id": SENSOR, "type": "CrowdFlowObserved", "peopleCount": [
-            {"type": "Property", "value": v, "observedAt": recent(m)} for m, v in ((5, 50), (10, 150), (15, 160))]}
-        platform.temporal.create_or_add("", history, platform.contexts.resolve(SDM_TRANSPORT))
-        rule = {**RULE, "minDurationS": 0, "validityS": 7 * 86400, "backfill": {"from": recent(0), "to": recent(60)}}
-        platform.alerts.put_rule("", rule)
-        assert platform.alerts.flush(30)
+        _backfill_a_crowd(platform, recent)
         [open_alert] = platform.alerts.alerts("", active_only=True)
         assert open_alert.onset == base + timedelta(minutes=10)
         platform.temporal.create_or_add("", {"id": SENSOR, "type": "CrowdFlowObserved", "peopleCount": [
@@ -127,12 +134,7 @@ def test_an_alert_left_open_by_last_years_history_lapses_when_the_backfill_ends(
     out long before now, so it is expired, not listed as active until some wall-clock sweep gets to it."""
     platform = Platform(Settings(data_dir=tmp_path, **CHEAP))
     try:
-        history = {"id": SENSOR, "type": "CrowdFlowObserved", "peopleCount": [
-            {"type": "Property", "value": v, "observedAt": at(m)} for m, v in ((5, 50), (10, 150), (15, 160))]}
-        platform.temporal.create_or_add("", history, platform.contexts.resolve(SDM_TRANSPORT))
-        rule = {**RULE, "minDurationS": 0, "validityS": 7 * 86400, "backfill": {"from": at(0), "to": at(60)}}
-        platform.alerts.put_rule("", rule)
-        assert platform.alerts.flush(30)
+        _backfill_a_crowd(platform, at)
         assert platform.alerts.alerts("", active_only=True) == []
         [lapsed] = platform.alerts.alerts("", active_only=False)
         assert lapsed.onset == at_time(10) and lapsed.status == "expired"
