@@ -1,6 +1,7 @@
 """An alert lapses when its sensors go quiet, not when messages stop: Updates go out at most every
-updateIntervalS, which may be as long as the validity (the demo's crowd rule: both an hour), and a sensor
-still reporting over the threshold kept having its alert expired and raised again (review, 2026-11-29)."""
+updateIntervalS, and only on a reading: with readings far enough apart an Update comes after the validity
+(the demo's crowd rule once had both at an hour), and a sensor still reporting over the threshold kept having
+its alert expired and raised again (review, 2026-11-29)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from polis.platform import Platform
 from tests.integration.test_alert_expiry import _other_reads, _other_sensor
 from tests.integration.test_alerts_api import RULE, at, make_sensor, observe
 
-# Messages valid 10 minutes, Updates at most every 15: between two Updates the CAP `expires` passes.
-RARE_UPDATES = {**RULE, "minDurationS": 0, "validityS": 600, "updateIntervalS": 900}
+# Messages valid 8m20s, Updates at most every 8m10s, readings every 2 minutes: Updates go out every 10
+# minutes, so the CAP `expires` passes between two Updates.
+RARE_UPDATES = {**RULE, "minDurationS": 0, "validityS": 500, "updateIntervalS": 490}
 
 
 def test_a_sensor_still_over_the_threshold_keeps_one_alert(client: TestClient, platform: Platform) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from polis.alerts.rules import AnyRule, parse_rule, rule_json
+from polis.alerts.rules import AnyRule, parse_rule, rule_json, rule_problems
 from polis.domain.errors import NgsiError
 
 log = logging.getLogger(__name__)
@@ -29,11 +29,16 @@ class RuleBook:
         if path.is_file():
             for item in orjson.loads(path.read_bytes()):
                 try:
-                    rule = parse_rule(item["rule"])
+                    rule = parse_rule(item["rule"], stored=True)
                 except NgsiError as error:
                     log.error("alert rule %r is no longer accepted and is not run: %s", item["rule"].get("id"), error)
                     self._refused.append(item)
                     continue
+                # Field combinations refused since the rule was saved (updateIntervalS at or above validityS)
+                # make it work less well, not unsafely: a rule that stopped would raise no alert at all, so it
+                # runs, and the operator is told at every start until it is replaced with a valid one.
+                for field, reason in rule_problems(rule):
+                    log.warning("alert rule %r runs but would be refused now: %s: %s", rule.id, field, reason)
                 self._rules.setdefault(item["tenant"], {})[str(rule.id)] = rule
 
     def all(self) -> list[tuple[str, AnyRule]]:
@@ -54,15 +59,28 @@ class RuleBook:
             rule = rule.model_copy(update={"id": f"rule-{uuid.uuid4().hex[:12]}"})
         with self._lock:
             self._rules.setdefault(tenant, {})[str(rule.id)] = rule
+            self._forget_refused(tenant, str(rule.id))  # a valid rule replaces one no longer accepted
             self._save()
         return rule
 
     def delete(self, tenant: str, rule_id: str) -> bool:
         with self._lock:
-            found = self._rules.get(tenant, {}).pop(rule_id, None)
-            if found is not None:
+            found = self._rules.get(tenant, {}).pop(rule_id, None) is not None
+            found = self._forget_refused(tenant, rule_id) or found  # one no longer accepted can be deleted too
+            if found:
                 self._save()
-            return found is not None
+            return found
+
+    def _forget_refused(self, tenant: str, rule_id: str) -> bool:
+        """Drop the saved rules of this id that are no longer accepted; whether there were any."""
+        def same(item: dict[str, Any]) -> bool:
+            rule = item.get("rule")
+            return item.get("tenant") == tenant and isinstance(rule, dict) and rule.get("id") == rule_id
+
+        kept = [item for item in self._refused if not same(item)]
+        dropped = len(kept) != len(self._refused)
+        self._refused = kept
+        return dropped
 
     def _save(self) -> None:
         items: list[dict[str, Any]] = [

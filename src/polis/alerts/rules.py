@@ -350,8 +350,58 @@ def _whole_rule_field(reason: str) -> str:
     return "(rule)"
 
 
-def parse_rule(body: Any, *, rule_id: str | None = None) -> AnyRule:
-    """A validated rule from a JSON object; `rule_id` (from a URL) overrides or fills the body's id."""
+def rule_problems(rule: AnyRule) -> list[tuple[str, str]]:
+    """(field, reason) for each combination of a rule's fields that cannot work as meant, each field being
+    valid alone. Refused on submission (`parse_rule`); a rule saved before a check existed runs, with a
+    warning (polis.alerts.rulebook)."""
+    problems: list[tuple[str, str]] = []
+    update, validity = rule.update_interval_s, rule.validity_s
+    if update >= validity:
+        # Each CAP message expires validityS after it is sent and the next one goes out updateIntervalS later
+        # at the earliest: a receiver would drop the still-open alert between two updates.
+        problems.append(
+            (
+                "updateIntervalS/validityS",
+                f"updateIntervalS ({_seconds(rule, 'update_interval_s')}) must be below validityS "
+                f"({_seconds(rule, 'validity_s')}): each CAP message expires validityS after it is sent, so a "
+                "receiver would see the open alert as expired before its next update",
+            )
+        )
+    if validity < 1:
+        # CAP times are whole seconds: `expires` could read as the very second the message takes effect.
+        problems.append(("validityS", f"{validity:g} s is under a second, the resolution of CAP times"))
+    if isinstance(rule, BurstRule) and rule.hysteresis > 0:
+        # A burst clears as soon as the window's count is no longer one: there is no band to stay inside.
+        problems.append(("hysteresis", "burst rules do not use hysteresis: a burst clears when its count does"))
+    if isinstance(rule, AnomalyRule) and rule.detector != "crowd-gathering" and rule.timezone != "UTC":
+        problems.append(("timezone", f"only the crowd-gathering detector uses a time zone, not {rule.detector}"))
+    return problems
+
+
+def _seconds(rule: AnyRule, name: str) -> str:
+    """A duration field's value for an error message, saying when it is the default (the user never wrote it)."""
+    value = f"{getattr(rule, name):g} s"
+    return value if name in rule.model_fields_set else f"{value}, the default"
+
+
+def parse_rule(body: Any, *, rule_id: str | None = None, stored: bool = False) -> AnyRule:
+    """A validated rule from a JSON object; `rule_id` (from a URL) overrides or fills the body's id.
+    `stored`: a rule the hub saved earlier, whose field combinations (`rule_problems`) are not refused."""
+    rule = _validated(body, rule_id)
+    problems = [] if stored else rule_problems(rule)
+    if problems:
+        first_field, first_reason = problems[0]
+        raise BadRequestData(
+            f"rule field '{first_field}': {first_reason}",
+            field=first_field,
+            reason=first_reason,
+            errors=[{"field": f, "reason": r} for f, r in problems],
+        )
+    return rule
+
+
+def _validated(body: Any, rule_id: str | None) -> AnyRule:
+    """The rule with each field checked (types, bounds, templates), not yet their combinations."""
     if not isinstance(body, dict):
         raise BadRequestData("a rule is a JSON object", field="(rule)", reason="a rule is a JSON object")
     kind = body.get("kind")
