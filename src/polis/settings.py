@@ -124,7 +124,8 @@ class Settings(BaseSettings):
     notify_timeout_s: float = Field(
         default=5.0,
         gt=0,
-        description="Seconds a notification endpoint may take to answer, unless its endpoint.timeout says otherwise.",
+        description="Seconds a whole notification attempt (resolving, connecting, sending, the answer's status and "
+        "headers) may take, unless its endpoint.timeout says otherwise.",
     )
     # Comma-separated CIDR lists in one string: pydantic-settings reads a list-typed setting from the
     # environment as JSON, and "10.0.0.0/8,fc00::/7" is what an operator writes.
@@ -139,7 +140,8 @@ class Settings(BaseSettings):
     subscription_endpoint_allow: str = Field(
         default="",
         description="Networks (CIDR, comma-separated) allowed although inside a subscription_endpoint_deny network, "
-        "e.g. one internal webhook host in a denied private range. Unspecified and multicast stay refused.",
+        "e.g. one internal webhook host in a denied private range. Unspecified and multicast stay refused. An IPv6 "
+        "address leading to an IPv4 one (IPv4-mapped, NAT64, 6to4, Teredo) is judged as both: list the IPv4 network.",
     )
     api_key_hash_time_cost: int = Field(
         default=3, ge=1, description="argon2id passes when hashing and checking API keys (argon2-cffi's default)."
@@ -155,6 +157,12 @@ class Settings(BaseSettings):
         default=60.0,
         ge=0,
         description="Seconds a verified API key is remembered in memory (argon2 is slow); a revocation clears it.",
+    )
+    api_key_failed_checks_per_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Wrong secrets checked (argon2) per second for one key id, after a burst of 5; beyond it a "
+        "request gets 429 with Retry-After, unchecked. A key already verified by the server is never held back.",
     )
 
     @field_validator("od_window_hours")

@@ -193,10 +193,10 @@ def test_notifications_carry_only_entities_the_department_may_read(hub: tuple[Te
         time.sleep(0.3)  # a wrongly sent sz-taxi notification would have arrived by now
         ids = [e["id"] for b in receiver.bodies() for e in b["data"]]
         assert ids == [LOS] and got[0]["data"][0]["speed"] == 22
-        # someone else's subscription is off limits; the owner and admin see it
+        # someone else's subscription answers as an unknown id (404); the owner and admin see it
         health = _key(platform, "health-sub", ("melbourne-pedestrians", "aggregate", "subscribe"))
-        _problem(client.get(location, headers=health), 403, "Forbidden")
-        _problem(client.delete(location, headers=health), 403, "Forbidden")
+        _problem(client.get(location, headers=health), 404, "ResourceNotFound")
+        _problem(client.delete(location, headers=health), 404, "ResourceNotFound")
         assert client.get(location, headers=transport).status_code == 200
         assert client.get(location, headers=admin).status_code == 200
         mine = client.get(f"{LD}/subscriptions", headers=health)

@@ -13,8 +13,8 @@ from polis.access.audit import AuditLog
 from polis.access.datasets import CONTEXTS, DATASETS, OTHER, dataset_of, entity_tier
 from polis.access.departments import AccessError, DepartmentStore
 from polis.access.grants import ANY, Permissions
-from polis.access.keys import KeyHasher, NewKey, Verified, parse_key
-from polis.domain.errors import Forbidden, Unauthorized
+from polis.access.keys import KeyHasher, NewKey, Throttled, Verified, parse_key
+from polis.domain.errors import Forbidden, NgsiError, Unauthorized
 from polis.settings import Settings
 
 ADMIN = "admin"
@@ -45,6 +45,7 @@ class AccessControl:
             time_cost=settings.api_key_hash_time_cost,
             memory_kib=settings.api_key_hash_memory_kib,
             cache_s=settings.api_key_cache_s,
+            failed_checks_per_s=settings.api_key_failed_checks_per_s,
         )
         self._perm_lock = threading.Lock()
         self._perms: dict[str, Permissions] = {}
@@ -145,7 +146,10 @@ class AccessControl:
         with self._perm_lock:
             generation = self._generation
         record = self.departments.key(parsed[0])
-        verified = None if record is None else self.keys.check(presented, record[1], record[0])
+        try:
+            verified = None if record is None else self.keys.check_limited(presented, record[1], record[0])
+        except Throttled as error:
+            raise KeyChecksThrottled(error.key_id, error.retry_after_s) from None
         with self._perm_lock:
             # A change noticed while we checked (a revocation by `polis admin` during argon2's tens of ms) dropped
             # what was remembered: remembering this answer now, read before the change, would bring the key back
@@ -262,6 +266,25 @@ class AccessControl:
         decision (and audit entry) per dataset per ingest group, not per message: groups hold thousands."""
         who = Principal(SENSORS, None)
         return {d for d in sorted(set(datasets)) if self.decide(who, d, entity_tier(d), "write", what)}
+
+
+class KeyChecksThrottled(NgsiError):
+    """HTTP 429: too many wrong secrets were presented for this key id of late, so this key is not checked now.
+
+    Not 401: the key may well be right (its holder's, not yet verified by this process), and 401 would tell
+    that client to give up on it; 429 with Retry-After tells it to come back, and costs no argon2 check. It
+    does say that the key id exists, which the time a wrong secret takes to refuse says already."""
+
+    name = "TooManyRequests"
+    status = 429
+    title = "Too many requests"
+
+    def __init__(self, key_id: str, retry_after_s: int) -> None:
+        super().__init__(
+            f"too many wrong secrets were presented for API key {key_id} just now; "
+            f"try again in {retry_after_s} s (a key this server verified before is not held back)"
+        )
+        self.headers = {"Retry-After": str(retry_after_s)}
 
 
 def bearer_key(authorization: str | None) -> str | None:

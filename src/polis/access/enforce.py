@@ -25,10 +25,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 
-from polis.access.control import AccessControl, Principal, bearer_key
+from polis.access.control import AccessControl, KeyChecksThrottled, Principal, bearer_key
 from polis.access.datasets import ALERTS, AUDIT, CITIBIKE, CONTEXTS, DATASETS, OPERATIONS, SUBSCRIPTIONS
 from polis.alerts.cap import CAP_MEDIA_TYPE
-from polis.domain.errors import Forbidden, NgsiError, Unauthorized
+from polis.domain.errors import Forbidden, NgsiError, ResourceNotFound, Unauthorized
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +237,7 @@ async def enforce(request: Request) -> None:
     what = f"{request.method} {request.url.path}"
     try:
         principal = await authenticate(control, request.headers.get("authorization"))
-    except Unauthorized as error:
+    except (Unauthorized, KeyChecksThrottled) as error:
         control.audit.append(
             who="-", action="-", dataset="-", tier="-", what=what, decision="deny", reason=error.detail,
             unauthenticated=True,  # a bad key is no key: it must not decide how fast the log grows
@@ -281,24 +281,48 @@ async def enforce(request: Request) -> None:
 
 
 def _require_own_subscription(request: Request, access: RequestAccess, subscription_id: str) -> None:
+    """A department reaches its own subscriptions, and one that administers `subscriptions` reaches them all.
+    To any other department, another department's subscription answers exactly as an id nobody uses does:
+    404, decided here, before the route reads anything else of the request. A 403 there, or the route's 400
+    about a query parameter where an unused id got 404, would tell it which ids other departments use, and
+    client-chosen ids name what they watch. The audit log keeps the real reason for the operator."""
     platform = request.app.state.platform
     tenant = request.headers.get("NGSILD-Tenant") or ""
     try:
         sub, _ = platform.subscriptions.get(tenant, subscription_id)
-    except NgsiError:  # unknown (or a bad tenant): the route answers 404 / 400 as usual
-        owner = access.department
-    else:
-        owner = sub.department
-    if owner == access.department:
-        if not access.control.permissions(access.department).has_any(SUBSCRIBE):
+    except NgsiError:  # unknown, or a bad tenant
+        sub = None
+    control = access.control
+    if sub is not None and sub.department == access.department:
+        if not control.permissions(access.department).has_any(SUBSCRIBE):
             access.require("*", "*", SUBSCRIBE)  # audited denial
-        access.control.audit.append(
-            who=access.department, key=access.principal.key_id, action=SUBSCRIBE, dataset=SUBSCRIPTIONS,
-            tier="-", what=access.what, decision="allow", reason="own subscription",
-            unauthenticated=access.principal.anonymous,
-        )
+        _audit_subscription(access, SUBSCRIBE, "-", "allow", "own subscription")
         return
-    access.require(SUBSCRIPTIONS, "aggregate", "administer")
+    if control.allows(access.department, SUBSCRIPTIONS, "aggregate", "administer"):
+        access.require(SUBSCRIPTIONS, "aggregate", "administer")  # audited allowance; an unknown id: the route's 404
+        return
+    if not control.permissions(access.department).has_any(SUBSCRIBE):
+        access.require("*", "*", SUBSCRIBE)  # the same audited 403 whatever the id
+    if sub is None and tenant and not platform.store.has_tenant(tenant):
+        # No subscription of anyone is there: the route's answer (400 or 404 NonexistentTenant) names the tenant only.
+        _audit_subscription(access, SUBSCRIBE, "-", "allow", "no such tenant: the route answers")
+        return
+    if sub is None:
+        _audit_subscription(access, SUBSCRIBE, "-", "deny", "no subscription has this id")
+    else:
+        owner = "the platform itself" if sub.department is None else f"department '{sub.department}'"
+        _audit_subscription(
+            access, "administer", "aggregate", "deny",
+            f"a subscription of {owner}: needs administer on {SUBSCRIPTIONS}/aggregate; answered as an unknown id",
+        )
+    raise ResourceNotFound(f"subscription {subscription_id} was not found")  # word for word the route's 404
+
+
+def _audit_subscription(access: RequestAccess, action: str, tier: str, decision: str, reason: str) -> None:
+    access.control.audit.append(
+        who=access.department, key=access.principal.key_id, action=action, dataset=SUBSCRIPTIONS, tier=tier,
+        what=access.what, decision=decision, reason=reason, unauthenticated=access.principal.anonymous,
+    )
 
 
 async def authenticate(control: AccessControl, authorization: str | None) -> Principal:

@@ -4,16 +4,26 @@ Verifying an argon2 hash costs tens of milliseconds by design, too much for ever
 finds the one stored hash to check (no scan over all keys), and a verified key is remembered in memory
 for a short time (`api_key_cache_s`), keyed by a SHA-256 of the presented key so that the process does
 not keep the secret either. Any change to keys or grants (a revocation by `polis admin` included) clears
-what is remembered (`AccessControl._refresh`), so a revoked key stops working at once."""
+what is remembered (`AccessControl._refresh`), so a revoked key stops working at once.
+
+Anyone who saw a key id (audit output names them) could otherwise make every request cost a check, with a
+new wrong secret each time. So a refused key is remembered too (in a bounded LRU, by its SHA-256), and the
+checks of one key id draw on a small token bucket (`api_key_failed_checks_per_s`, a burst of
+`CHECK_BURST`): a check that succeeds gives its token back, so only wrong secrets use it up. Beyond it a
+check is refused at once (`Throttled`), except for the key last verified good under that id, so that the
+holder of a key is never locked out by someone guessing at it; and concurrent checks of one presented key
+share one argon2 run."""
 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
@@ -21,6 +31,8 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 KEY_PREFIX = "polis_"
 _KEY = re.compile(r"^polis_([a-z0-9]{12})\.([A-Za-z0-9_\-]{43})$")
 _CACHE_MAX = 10_000
+CHECK_BURST = 5.0  # checks a key id gets at once before `failed_checks_per_s` applies
+_REFUSED_S = 600.0  # a refused key stays refused; remembered this long (or until keys or grants change)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,11 +54,41 @@ def parse_key(presented: str) -> tuple[str, str] | None:
     return (m.group(1), m.group(2)) if m else None
 
 
+class Throttled(Exception):
+    """Too many wrong secrets were checked for this key id of late: not checked now."""
+
+    def __init__(self, key_id: str, retry_after_s: int) -> None:
+        super().__init__(f"key {key_id}: retry after {retry_after_s} s")
+        self.key_id = key_id
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    at: float  # when `tokens` was last brought up to date (time.monotonic)
+
+
+@dataclass(slots=True)
+class _Flight:
+    """One argon2 run that checks of the same presented key, arriving meanwhile, wait for."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Verified | None = None
+
+
 class KeyHasher:
-    def __init__(self, *, time_cost: int, memory_kib: int, cache_s: float) -> None:
+    def __init__(self, *, time_cost: int, memory_kib: int, cache_s: float, failed_checks_per_s: float = 2.0) -> None:
         self._hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=1)
         self.cache_s = cache_s
-        self._cache: dict[bytes, tuple[Verified | None, float]] = {}
+        self.failed_checks_per_s = failed_checks_per_s
+        # Verified keys and refused ones apart: a flood of distinct bad keys evicts only bad ones.
+        self._cache: dict[bytes, tuple[Verified, float]] = {}
+        self._refused: OrderedDict[bytes, float] = OrderedDict()  # digest -> until (LRU)
+        # Kept across `forget`: they decide only whether argon2 runs now, never whether a key is accepted.
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()  # key id -> its checks (LRU)
+        self._last_good: OrderedDict[str, bytes] = OrderedDict()  # key id -> digest of the key verified under it
+        self._flights: dict[bytes, _Flight] = {}
         self._lock = threading.Lock()
 
     def new_key(self) -> NewKey:
@@ -56,12 +98,16 @@ class KeyHasher:
 
     def cached(self, presented: str) -> tuple[bool, Verified | None]:
         """(found, result): a remembered verification (positive or negative) that has not expired."""
-        digest = hashlib.sha256(presented.encode()).digest()
+        digest = _digest(presented)
+        now = time.monotonic()
         with self._lock:
             hit = self._cache.get(digest)
-        if hit is None or hit[1] < time.monotonic():
-            return False, None
-        return True, hit[0]
+            refused_until = self._refused.get(digest)
+        if hit is not None and hit[1] >= now:
+            return True, hit[0]
+        if refused_until is not None and refused_until >= now:
+            return True, None
+        return False, None
 
     def verify(self, presented: str, stored_hash: str, department: str) -> Verified | None:
         """Check `presented` against its stored hash (slow) and remember the answer for `cache_s`."""
@@ -81,13 +127,83 @@ class KeyHasher:
             return None
         return Verified(parsed[0], department)
 
-    def remember(self, presented: str, result: Verified | None) -> None:
-        digest = hashlib.sha256(presented.encode()).digest()
+    def check_limited(self, presented: str, stored_hash: str, department: str) -> Verified | None:
+        """`check`, within the key id's budget of checks (`Throttled` beyond it); a check of the same presented
+        key already running is waited for instead of run again."""
+        parsed = parse_key(presented)
+        if parsed is None:
+            return None
+        key_id, digest = parsed[0], _digest(presented)
         with self._lock:
+            flight = self._flights.get(digest)
+            leader = flight is None
+            if flight is None:
+                self._take_check(key_id, digest)
+                flight = self._flights[digest] = _Flight()
+        if not leader:
+            flight.done.wait()
+            return flight.result
+        try:
+            flight.result = self.check(presented, stored_hash, department)
+        finally:
+            with self._lock:
+                del self._flights[digest]
+                if flight.result is None:
+                    # remembered before the flight ends, or a check arriving now would run argon2 again; a
+                    # refusal is safe to keep whatever changed meanwhile (a `forget` drops it like any other)
+                    self._refuse(digest)
+                else:  # the holder's check: its token goes back
+                    self._give_back_check(key_id)
+            flight.done.set()
+        return flight.result
+
+    def _take_check(self, key_id: str, digest: bytes) -> None:
+        """Take a token from the key id's bucket (under the lock); `Throttled` when it has none."""
+        if self._last_good.get(key_id) == digest:
+            return  # the key last verified under this id: its holder, never held back
+        now = time.monotonic()
+        bucket = self._buckets.pop(key_id, None) or _Bucket(CHECK_BURST, now)
+        bucket.tokens = min(CHECK_BURST, bucket.tokens + (now - bucket.at) * self.failed_checks_per_s)
+        bucket.at = now
+        self._buckets[key_id] = bucket  # most recently used last
+        if len(self._buckets) > _CACHE_MAX:
+            self._buckets.popitem(last=False)
+        if bucket.tokens < 1:
+            raise Throttled(key_id, max(1, math.ceil((1 - bucket.tokens) / self.failed_checks_per_s)))
+        bucket.tokens -= 1
+
+    def _give_back_check(self, key_id: str) -> None:
+        bucket = self._buckets.get(key_id)
+        if bucket is not None:
+            bucket.tokens = min(CHECK_BURST, bucket.tokens + 1)
+
+    def remember(self, presented: str, result: Verified | None) -> None:
+        digest = _digest(presented)
+        with self._lock:
+            if result is None:
+                self._refuse(digest)
+                return
             if len(self._cache) >= _CACHE_MAX:
-                self._cache.clear()  # bounded: a flood of distinct bad keys cannot grow memory
+                self._cache.clear()  # only verified keys get here: as many as there are live keys
             self._cache[digest] = (result, time.monotonic() + self.cache_s)
+            self._last_good[result.key_id] = digest
+            self._last_good.move_to_end(result.key_id)
+            if len(self._last_good) > _CACHE_MAX:
+                self._last_good.popitem(last=False)
+
+    def _refuse(self, digest: bytes) -> None:
+        """Remember a refused key (under the lock)."""
+        self._refused[digest] = time.monotonic() + _REFUSED_S
+        self._refused.move_to_end(digest)
+        if len(self._refused) > _CACHE_MAX:
+            self._refused.popitem(last=False)  # bounded: the oldest refusal goes first
 
     def forget(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._refused.clear()
+
+
+def _digest(presented: str) -> bytes:
+    """What is remembered of a presented key: never the key itself."""
+    return hashlib.sha256(presented.encode()).digest()

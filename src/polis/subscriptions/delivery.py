@@ -304,7 +304,9 @@ class _Worker(threading.Thread):
             return True
         sub = target.sub
         if sub.status() != "active":
-            return self._pause(1.0)
+            # Paused or expired: only a change of the subscription (a PATCH, which kicks) or its deletion can let
+            # it notify again, so there is nothing to look at before then.
+            return self._pause(None)
         if sub.throttling is not None:
             wait = max(_throttle_wait(sub.throttling, target.status),
                        self.last_sent + sub.throttling - time.monotonic())
@@ -400,14 +402,14 @@ class _Worker(threading.Thread):
         else:
             self.http.send(endpoint.uri, body, headers, timeout)
 
-    def _pause(self, seconds: float) -> bool:
-        """Wait `seconds`, or less when stopped or kicked (new items do not cut a backoff short)."""
+    def _pause(self, seconds: float | None) -> bool:
+        """Wait `seconds` (None: for ever), or less when stopped or kicked (new items do not cut a backoff short)."""
         d = self.d
-        deadline = time.monotonic() + seconds
+        deadline = None if seconds is None else time.monotonic() + seconds
         with d.lock:
             while not d.stopping and not self.kicked:
-                left = deadline - time.monotonic()
-                if left <= 0:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
                     break
                 self.wakeup.wait(left)
             if self.kicked:

@@ -12,15 +12,15 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import httpx
 import orjson
 
-from polis.subscriptions.endpoints import EndpointPolicy, EndpointRefused, literal_address
+from polis.subscriptions.endpoints import EndpointPolicy, EndpointRefused, IPAddress, literal_address
 
 STREAM_QUEUE_LIMIT = 1000  # events buffered per stream client; a client this far behind is disconnected
 # What is read of a webhook's answer: its status decides, its body is only drained (so the connection can be
@@ -44,14 +44,21 @@ class HttpSender:
 
     The endpoint's host is resolved once per delivery and the request goes to an address that passed the
     policy (the URL's host replaced by it; Host header and TLS server name stay the host's), so the resolver
-    cannot answer one address to the check and another to the connection (DNS rebinding)."""
+    cannot answer one address to the check and another to the connection (DNS rebinding).
+
+    Each attempt, resolving included, ends by its deadline (`timeout_s` from its start). httpx's timeouts are
+    per read, so a receiver answering a byte at a time would hold the subscription's delivery for as long as it
+    liked; httpx bounds a whole request only by cancelling it, hence the asyncio client, run on an event loop
+    of the worker's own (one thread, one request at a time, as before)."""
 
     def __init__(self, policy: EndpointPolicy) -> None:
         self.policy = policy
-        self._client: httpx.Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: httpx.AsyncClient | None = None
         self._host = ""  # the host the client's connections were opened for
 
     def send(self, uri: str, body: bytes, headers: dict[str, str], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
         try:
             url = httpx.URL(uri)
             host = url.raw_host.decode("ascii")
@@ -60,18 +67,56 @@ class HttpSender:
             raise DeliveryFailed(refused.reason) from None
         except (httpx.InvalidURL, ValueError) as error:
             raise DeliveryFailed(f"{type(error).__name__}: {error}") from None
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
         if self._client is None or host != self._host:
             # a pooled connection is kept per address: one opened (and TLS-verified) for another host name
             # must not carry this host's notifications
-            self.close()
-            self._client = httpx.Client(follow_redirects=False)
+            self._close_client()
+            self._client = httpx.AsyncClient(follow_redirects=False)
             self._host = host
-        extensions = {} if literal_address(host) is not None else {"sni_hostname": host}
-        sent_headers = {**headers, "Host": url.netloc.decode("ascii")}
-        status: int | None = None
+        post = _post(self._client, url, host, addresses, body, headers, timeout_s, deadline)
+        try:
+            status = self._loop.run_until_complete(post)
+        except TimeoutError:
+            self._close_client()  # what a cancelled request leaves in the pool is not trusted with the next one
+            raise DeliveryFailed(f"no answer from the endpoint within {timeout_s:g} s") from None
+        if not 200 <= status < 300:
+            raise DeliveryFailed(f"HTTP {status} from the endpoint")
+
+    def _close_client(self) -> None:
+        if self._client is not None and self._loop is not None:
+            with contextlib.suppress(Exception):  # closing what a failed request left must not fail a delivery
+                self._loop.run_until_complete(self._client.aclose())
+        self._client = None
+
+    def close(self) -> None:
+        self._close_client()
+        if self._loop is not None:
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            self._loop.close()
+            self._loop = None
+
+
+async def _post(
+    client: httpx.AsyncClient,
+    url: httpx.URL,
+    host: str,
+    addresses: list[IPAddress],
+    body: bytes,
+    headers: dict[str, str],
+    timeout_s: float,
+    deadline: float,
+) -> int:
+    """POST to `url` at the first of `addresses` (checked for `host`) that connects and return the status;
+    TimeoutError when the answer's status line and headers have not all come by `deadline` (time.monotonic(),
+    which is asyncio's clock too)."""
+    extensions = {} if literal_address(host) is not None else {"sni_hostname": host}
+    sent_headers = {**headers, "Host": url.netloc.decode("ascii")}
+    async with asyncio.timeout_at(deadline):
         for address in addresses:  # in the resolver's order, as a plain connect would try them
             try:
-                request = self._client.build_request(
+                request = client.build_request(
                     "POST",
                     url.copy_with(host=str(address)),
                     content=body,
@@ -79,42 +124,45 @@ class HttpSender:
                     timeout=timeout_s,
                     extensions=extensions,
                 )
-                response = self._client.send(request, stream=True)  # the body is not read into memory
-                try:
-                    status = response.status_code
-                    _drain(response, time.monotonic() + timeout_s)
-                finally:
-                    response.close()  # a body left unread closes the connection instead of keeping it
+                response = await client.send(request, stream=True)  # the body is not read into memory
                 break
             except httpx.ConnectError as error:
                 if address == addresses[-1]:
-                    raise DeliveryFailed(f"ConnectError: {error}") from None
+                    raise DeliveryFailed(f"ConnectError: {_first_cause(error)}") from None
             except (httpx.HTTPError, httpx.InvalidURL, ValueError) as error:
                 # ValueError: a header httpx cannot encode (a subscription stored before its check): a failure
                 # counted in timesFailed, not an exception that retries forever unseen.
                 raise DeliveryFailed(f"{type(error).__name__}: {error}") from None
-        assert status is not None
-        if not 200 <= status < 300:
-            raise DeliveryFailed(f"HTTP {status} from the endpoint")
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+    try:
+        await _drain(response, deadline)
+    finally:
+        await response.aclose()  # a body left unread closes the connection instead of keeping it
+    return response.status_code
 
 
-def _drain(response: httpx.Response, deadline: float) -> None:
+def _first_cause(error: BaseException) -> BaseException:
+    """What started a chain of exceptions: anyio's connect says "All connection attempts failed" and chains the
+    OSError that says why (refused, unreachable), which is what an operator reading the failure needs."""
+    chain = [error]
+    while (earlier := chain[-1].__cause__ or chain[-1].__context__) is not None and earlier not in chain:
+        chain.append(earlier)
+    return chain[-1]
+
+
+async def _drain(response: httpx.Response, deadline: float) -> None:
     """Read (and forget) an answer's body, at most MAX_RESPONSE_BYTES and until `deadline`: a short body read
     to its end lets the connection be kept; a longer, endless or trickled one is cut off (the status is what
     counts). A body that fails half way does not change the status the endpoint answered."""
     read = 0
-    try:
-        for chunk in response.iter_raw():
-            read += len(chunk)
-            if read > MAX_RESPONSE_BYTES or time.monotonic() > deadline:
-                return
-    except httpx.HTTPError:
-        return
+    with contextlib.suppress(httpx.HTTPError, TimeoutError):
+        async with asyncio.timeout_at(deadline):
+            # closed here, not left to the garbage collector to schedule on a loop that may not run again
+            chunks = cast(AsyncGenerator[bytes, None], response.aiter_raw())  # typed as an AsyncIterator
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
+                    read += len(chunk)
+                    if read > MAX_RESPONSE_BYTES:
+                        return
 
 
 class MqttPublisher:
