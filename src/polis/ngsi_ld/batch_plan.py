@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from polis.domain.entity import ENTITY_MEMBERS, Entity, Instance
-from polis.domain.errors import BadRequestData, NgsiError
+from polis.domain.errors import BadRequestData, NgsiError, PersonalDataRefused
 from polis.ngsi_ld.context import TermMap
 from polis.ngsi_ld.entity_codec import (
     MAX_ID_LENGTH,
@@ -42,7 +42,7 @@ from polis.ngsi_ld.entity_codec import (
     is_uri,
     normalize_datetime,
 )
-from polis.privacy.refusal import find_identifying, rule_for_value
+from polis.privacy.refusal import find_identifying, rule_for_field_value, rule_for_value
 from polis.store.attr_index import KEY_SEP, MEMBER_SEP, IndexColumns, PlanShape, attr_index_rows
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,8 @@ class BatchPlan:
         for attribute in self.attributes:
             raw = item[attribute.name]
             value = raw.get("object" if attribute.kind == "Relationship" else "value")
-            if type(value) is str and rule_for_value(value) is not None:
+            # by its field too: an embedding packed into base64 is refused only under an identity-feature name
+            if type(value) is str and rule_for_field_value(attribute.iri, value) is not None:
                 return True
             dataset = raw.get("datasetId")
             if dataset is not None and rule_for_value(dataset) is not None:
@@ -360,7 +361,7 @@ def _plan(item: Any, terms: TermMap, now: str) -> BatchPlan | None:
     plan: BatchPlan | None
     try:
         plan = BatchPlan(sig, terms)
-    except (BadRequestData, ValueError):
+    except (BadRequestData, PersonalDataRefused, ValueError):  # the generic reader names the item's error
         plan = None
     if plan is not None:
         verdict = plan.agrees(item, terms, now)

@@ -32,7 +32,7 @@ from polis.domain.entity import (
 )
 from polis.domain.errors import BadRequestData, InvalidRequest
 from polis.ngsi_ld.context import TermMap
-from polis.privacy.refusal import sent_name_refused, sent_name_rule
+from polis.privacy.refusal import sent_name_refused, sent_name_rule, sent_type_refused
 
 __all__ = [
     "FORMATS",
@@ -227,6 +227,9 @@ def expand_types(value: Any, terms: TermMap) -> list[str]:
                 f"invalid entity type {_show(name)}: the @context expands it to {_show(iri)}, and a type must be "
                 f"non-empty, must not start with '@' and {_BAD_NAME_RULE}"
             )
+        refused = sent_type_refused(name, iri)
+        if refused is not None:
+            raise refused
         if iri not in out:
             out.append(iri)
     return out
