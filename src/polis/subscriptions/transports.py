@@ -62,9 +62,7 @@ class HttpSender:
         try:
             url = httpx.URL(uri)
             host = url.raw_host.decode("ascii")
-            addresses = self.policy.addresses(host, url.port or (443 if url.scheme == "https" else 80))
-        except EndpointRefused as refused:
-            raise DeliveryFailed(refused.reason) from None
+            port = url.port or (443 if url.scheme == "https" else 80)
         except (httpx.InvalidURL, ValueError) as error:
             raise DeliveryFailed(f"{type(error).__name__}: {error}") from None
         if self._loop is None:
@@ -75,6 +73,12 @@ class HttpSender:
             self._close_client()
             self._client = httpx.AsyncClient(follow_redirects=False)
             self._host = host
+        try:
+            addresses = self._loop.run_until_complete(_resolve(self.policy, host, port, deadline))
+        except EndpointRefused as refused:
+            raise DeliveryFailed(refused.reason) from None
+        except TimeoutError:
+            raise DeliveryFailed(f"{host} was not resolved within {timeout_s:g} s") from None
         post = _post(self._client, url, host, addresses, body, headers, timeout_s, deadline)
         try:
             status = self._loop.run_until_complete(post)
@@ -96,6 +100,16 @@ class HttpSender:
             self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()
             self._loop = None
+
+
+async def _resolve(policy: EndpointPolicy, host: str, port: int, deadline: float) -> list[IPAddress]:
+    """The host's addresses, each checked (`EndpointPolicy.addresses`), by `deadline`. The system resolver
+    blocks and cannot be cancelled, so it runs in the loop's executor: a resolver the endpoint's owner keeps
+    waiting (its own name server) holds one executor thread until it gives up, not the delivery."""
+    if literal_address(host) is not None:
+        return policy.addresses(host, port)  # no lookup
+    async with asyncio.timeout_at(deadline):
+        return await asyncio.get_running_loop().run_in_executor(None, policy.addresses, host, port)
 
 
 async def _post(
