@@ -1,6 +1,6 @@
 """A rule whose updates come no more often than its messages expire, as a user meets it: the API answers 400
 naming both values and keeps nothing, `polis alerts load` refuses the whole file, and a hub whose rules.json
-holds such a rule from an earlier version still starts and runs it."""
+holds such a rule from an earlier version still starts and runs it, and takes it back unchanged."""
 
 from __future__ import annotations
 
@@ -63,8 +63,11 @@ def test_a_hub_with_such_a_rule_saved_by_an_earlier_version_starts_and_runs_it(
             assert [(r["id"], r["updateIntervalS"], r["validityS"]) for r in listed] == [("busy-corner", 3600, 3600)]
             assert "busy-corner" in platform.alerts.index.by_tenant[""]  # installed: it raises alerts
             assert any("would be refused now" in r.getMessage() for r in caplog.records)
-            # Put back unchanged, it meets today's check.
-            problem(client.put("/polis/v1/alerts/rules/busy-corner", json=listed[0]), 400, "BadRequestData",
+            # Put back unchanged (a GET put back, a tool re-applying its rule set), it stays the no-op it was;
+            # changed, it meets today's check.
+            assert client.put("/polis/v1/alerts/rules/busy-corner", json=listed[0]).status_code == 200
+            changed = {**listed[0], "severity": "Severe"}
+            problem(client.put("/polis/v1/alerts/rules/busy-corner", json=changed), 400, "BadRequestData",
                     "updateIntervalS (3600 s)")
     finally:
         platform.close()

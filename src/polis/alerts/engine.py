@@ -36,7 +36,7 @@ from polis.alerts.evaluate import DEFAULT_CONTEXT, CompiledRule, Observation, Ru
 from polis.alerts.lifecycle import Phase
 from polis.alerts.model import AlertRecord, Member, SentMessage, distance_m, iso, parse_iso
 from polis.alerts.rulebook import RuleBook
-from polis.alerts.rules import AnyRule, BurstRule, load_rules_file, parse_rule, rule_json
+from polis.alerts.rules import AnyRule, BurstRule, load_rules_file, parse_rule, require_workable, rule_json
 from polis.alerts.state import StateFile, fingerprint, lane_state, restore_lane, state_key
 from polis.alerts.texts import alert_texts, cleared_text
 from polis.domain.errors import BadRequestData, NgsiError, ResourceNotFound
@@ -109,7 +109,9 @@ class AlertEngine:
 
     def put_rule(self, tenant: str, body: Any, rule_id: str | None = None) -> tuple[AnyRule, bool]:
         """Validate and install a rule; (rule, created). Replacing a rule cancels its open alerts."""
-        rule = parse_rule(body, rule_id=rule_id)
+        # Field combinations are checked below, after the comparison with the rule held: a rule saved before a
+        # check existed runs (polis.alerts.rulebook), and putting it back unchanged must stay the no-op it was.
+        rule = parse_rule(body, rule_id=rule_id, stored=True)
         with self._lock:
             compiled = self._compile(tenant, rule)  # raises (e.g. an unreachable @context) before anything changes
             if compiled.watches_records:
@@ -120,6 +122,7 @@ class AlertEngine:
                 # the same definition again (a GET put back): its alerts go on as they were. Not a rule that failed
                 # to install at start (an unreachable @context then): putting it back is how it gets going.
                 return held, False
+            require_workable(rule)
             existed = held is not None
             if rule.id is not None:
                 self._retire(tenant, str(rule.id), "the rule was replaced")

@@ -388,7 +388,14 @@ def parse_rule(body: Any, *, rule_id: str | None = None, stored: bool = False) -
     """A validated rule from a JSON object; `rule_id` (from a URL) overrides or fills the body's id.
     `stored`: a rule the hub saved earlier, whose field combinations (`rule_problems`) are not refused."""
     rule = _validated(body, rule_id)
-    problems = [] if stored else rule_problems(rule)
+    if not stored:
+        require_workable(rule)
+    return rule
+
+
+def require_workable(rule: AnyRule) -> None:
+    """BadRequestData listing the rule's `rule_problems`, if it has any."""
+    problems = rule_problems(rule)
     if problems:
         first_field, first_reason = problems[0]
         raise BadRequestData(
@@ -397,7 +404,6 @@ def parse_rule(body: Any, *, rule_id: str | None = None, stored: bool = False) -
             reason=first_reason,
             errors=[{"field": f, "reason": r} for f, r in problems],
         )
-    return rule
 
 
 def _validated(body: Any, rule_id: str | None) -> AnyRule:
