@@ -74,7 +74,10 @@ class HttpSender:
             self._client = httpx.AsyncClient(follow_redirects=False)
             self._host = host
         try:
-            addresses = self._loop.run_until_complete(_resolve(self.policy, host, port, deadline))
+            if literal_address(host) is not None:
+                addresses = self.policy.addresses(host, port)  # no lookup: checked here, without the loop
+            else:
+                addresses = self._loop.run_until_complete(_resolve(self.policy, host, port, deadline))
         except EndpointRefused as refused:
             raise DeliveryFailed(refused.reason) from None
         except TimeoutError:
@@ -106,8 +109,6 @@ async def _resolve(policy: EndpointPolicy, host: str, port: int, deadline: float
     """The host's addresses, each checked (`EndpointPolicy.addresses`), by `deadline`. The system resolver
     blocks and cannot be cancelled, so it runs in the loop's executor: a resolver the endpoint's owner keeps
     waiting (its own name server) holds one executor thread until it gives up, not the delivery."""
-    if literal_address(host) is not None:
-        return policy.addresses(host, port)  # no lookup
     async with asyncio.timeout_at(deadline):
         return await asyncio.get_running_loop().run_in_executor(None, policy.addresses, host, port)
 
