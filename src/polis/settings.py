@@ -162,7 +162,8 @@ class Settings(BaseSettings):
         default=2.0,
         gt=0,
         description="Wrong secrets checked (argon2) per second for one key id, after a burst of 5; beyond it a "
-        "request gets 429 with Retry-After, unchecked. A key already verified by the server is never held back.",
+        "request gets 429 with Retry-After, unchecked. The right key is never held back (one created by an older "
+        "Polis once it has been verified).",
     )
 
     @field_validator("od_window_hours")

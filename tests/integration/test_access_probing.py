@@ -1,6 +1,6 @@
 """Another department's subscription must be indistinguishable from an id nobody uses (found in a review on
 2026-11-29; the test failed before its fix): it was 403 where an unused id was 404, so any department could
-learn which ids the others chose (`urn:ngsi-ld:Subscription:police-raids`), on every route that takes one.
+learn which ids the others chose (`urn:ngsi-ld:Subscription:police:raids`), on every route that takes one.
 The operator still sees the attempt in the audit log, with the real reason."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from tests.conftest import ERR, Server, key_headers, start_server, stop_server
 
 LD = "/ngsi-ld/v1"
 CHEAP = {"api_key_hash_time_cost": 1, "api_key_hash_memory_kib": 64}
-TAKEN = "urn:ngsi-ld:Subscription:police-raids"  # police's, chosen by police
-UNUSED = "urn:ngsi-ld:Subscription:police-rests"  # nobody's
+TAKEN = "urn:ngsi-ld:Subscription:police:raids"  # police's, chosen by police
+UNUSED = "urn:ngsi-ld:Subscription:police:rests"  # nobody's
 # Whatever a response says beyond these (the date, a length that follows the id) may differ.
 VARYING_HEADERS = {"date", "content-length"}
 

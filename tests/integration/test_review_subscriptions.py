@@ -93,9 +93,11 @@ def test_a_reused_subscription_id_never_gets_the_previous_owners_notifications(h
     transport creates one with the same id: the send times out and the worker retried it for the new
     subscription, so transport's endpoint got an entity of a dataset transport may not read."""
     health = department(hub, "health", (MEL, "aggregate", "read"), (MEL, "aggregate", "subscribe"))
-    transport = department(hub, "transport", ("los-loop", "aggregate", "read"), ("los-loop", "aggregate", "subscribe"))
+    # only a department that administers `subscriptions` may choose an id under another department's prefix
+    transport = department(hub, "transport", ("los-loop", "aggregate", "read"), ("los-loop", "aggregate", "subscribe"),
+                           ("subscriptions", "aggregate", "administer"))
     hole, receiver = BlackHole(), Receiver().start()
-    sid = "urn:ngsi-ld:Subscription:shared-name"
+    sid = "urn:ngsi-ld:Subscription:health:shared-name"
     try:
         subscribe(hub, health, "Counter", hole.url, id=sid, endpoint={"timeout": 3000})
         put(hub, f"urn:ngsi-ld:Counter:{MEL}:c1", "Counter", 1234)

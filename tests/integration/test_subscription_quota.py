@@ -40,14 +40,14 @@ def _subscription(name: str) -> dict[str, object]:
 def test_a_department_past_its_quota_is_refused_and_others_are_not(hub: tuple[TestClient, Platform]) -> None:
     client, platform = hub
     parks, transport = _key(platform, "parks"), _key(platform, "transport")
-    for name in ("p1", "p2"):
+    for name in ("parks:p1", "parks:p2"):
         assert client.post(SUBS, json=_subscription(name), headers=parks).status_code == 201
-    refused = client.post(SUBS, json=_subscription("p3"), headers=parks)
+    refused = client.post(SUBS, json=_subscription("parks:p3"), headers=parks)
     body = problem(refused, 403, "SubscriptionQuotaExceeded", "parks", "POLIS_MAX_SUBSCRIPTIONS_PER_DEPARTMENT=2")
     assert body["quota"] == 2
-    assert client.get(f"{SUBS}/urn:ngsi-ld:Subscription:p3", headers=parks).status_code == 404  # nothing written
-    elsewhere = client.post(SUBS, json=_subscription("p3"), headers={**parks, "NGSILD-Tenant": "district-7"})
+    assert client.get(f"{SUBS}/urn:ngsi-ld:Subscription:parks:p3", headers=parks).status_code == 404  # nothing written
+    elsewhere = client.post(SUBS, json=_subscription("parks:p3"), headers={**parks, "NGSILD-Tenant": "district-7"})
     problem(elsewhere, 403, "SubscriptionQuotaExceeded")  # a new tenant is no way around it
-    assert client.post(SUBS, json=_subscription("t1"), headers=transport).status_code == 201  # its own quota
-    assert client.delete(f"{SUBS}/urn:ngsi-ld:Subscription:p1", headers=parks).status_code == 204
-    assert client.post(SUBS, json=_subscription("p3"), headers=parks).status_code == 201  # room again
+    assert client.post(SUBS, json=_subscription("transport:t1"), headers=transport).status_code == 201  # its own quota
+    assert client.delete(f"{SUBS}/urn:ngsi-ld:Subscription:parks:p1", headers=parks).status_code == 204
+    assert client.post(SUBS, json=_subscription("parks:p3"), headers=parks).status_code == 201  # room again

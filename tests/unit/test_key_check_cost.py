@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from argon2 import PasswordHasher
@@ -16,6 +17,9 @@ from argon2 import PasswordHasher
 from polis.access.control import AccessControl
 from polis.domain.errors import NgsiError
 from polis.settings import Settings
+
+if TYPE_CHECKING:
+    from polis.access.departments import LiveKey
 
 ATTEMPTS = 50
 BURST = 5  # checks a key id gets at once (polis.access.keys.CHECK_BURST)
@@ -124,3 +128,58 @@ def test_the_key_holder_keeps_working_through_a_flood_of_guesses(control: Access
     assert control.authenticate(f"Bearer {key}").department == "police"  # checked again, not held back
     assert control.authenticate(f"Bearer {other}").department == "parks"  # another key id: untouched
     assert counter.calls <= BURST + 1 + 2
+
+
+# Found in a second review (each test failed before its fix): the holder's exemption was known only to the process
+# that had verified the key, the holder's own checks handed tokens to the guesser, and a check that missed a
+# refusal made a moment before ran argon2 again.
+
+
+def test_a_new_keys_holder_is_not_held_back_by_guesses_made_before_its_first_request(
+    control: AccessControl,
+) -> None:
+    control.create_department("police")
+    key = control.create_key("police").secret_key  # handed over; not used yet
+    counter = _counting(control)
+    for _ in range(ATTEMPTS):
+        _refusal(control, _wrong(key))
+    assert _refusal(control, _wrong(key)).status == 429  # the guesses are held back now
+    assert control.authenticate(f"Bearer {key}").department == "police"  # the holder's first request
+    assert counter.calls <= BURST + 1 + 1
+
+
+def test_the_holders_requests_do_not_buy_the_guesser_more_checks(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, api_key_hash_time_cost=1, api_key_hash_memory_kib=1024, api_key_cache_s=0)
+    control = AccessControl(settings)  # verified keys not remembered: each of the holder's requests is checked
+    try:
+        control.create_department("police")
+        key = control.create_key("police").secret_key
+        counter = _counting(control)
+        for _ in range(ATTEMPTS):  # guesser and holder taking turns, far faster than 2 guesses a second
+            _refusal(control, _wrong(key))
+            assert control.authenticate(f"Bearer {key}").department == "police"
+        checked_guesses = counter.calls - ATTEMPTS  # one check for each of the holder's requests, the rest guesses
+        assert checked_guesses <= BURST + 1, f"{checked_guesses} of {ATTEMPTS} wrong secrets were checked"
+    finally:
+        control.close()
+
+
+def test_a_key_refused_while_its_request_looked_it_up_is_not_checked_again(control: AccessControl) -> None:
+    control.create_department("police")
+    key = control.create_key("police").secret_key
+    wrong = _wrong(key)
+    counter = _counting(control)
+    look_up = control.departments.key
+    raced: list[bool] = []
+
+    def look_up_while_another_request_is_refused(key_id: str) -> LiveKey | None:
+        """This request missed the memory of refused keys; before it checks, another one with the same key ends."""
+        record = look_up(key_id)
+        if not raced:
+            raced.append(True)
+            assert _refusal(control, wrong).status == 401  # checked (once) and remembered as refused
+        return record
+
+    control.departments.key = look_up_while_another_request_is_refused  # type: ignore[method-assign]
+    assert _refusal(control, wrong).status == 401
+    assert raced and counter.calls == 1, f"{counter.calls} argon2 checks of one wrong key"

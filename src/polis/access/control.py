@@ -13,7 +13,7 @@ from polis.access.audit import AuditLog
 from polis.access.datasets import CONTEXTS, DATASETS, OTHER, dataset_of, entity_tier
 from polis.access.departments import AccessError, DepartmentStore
 from polis.access.grants import ANY, Permissions
-from polis.access.keys import KeyHasher, NewKey, Throttled, Verified, parse_key
+from polis.access.keys import KeyHasher, NewKey, Throttled, Verified, key_digest, parse_key
 from polis.domain.errors import Forbidden, NgsiError, Unauthorized
 from polis.settings import Settings
 
@@ -87,7 +87,7 @@ class AccessControl:
 
     def create_key(self, department: str, *, who: str = "cli") -> NewKey:
         key = self.keys.new_key()
-        self.departments.add_key(key.key_id, department, key.hash)
+        self.departments.add_key(key.key_id, department, key.hash, key.digest)
         self._administered(who, f"create key {key.key_id} for {department}")
         return key
 
@@ -147,9 +147,14 @@ class AccessControl:
             generation = self._generation
         record = self.departments.key(parsed[0])
         try:
-            verified = None if record is None else self.keys.check_limited(presented, record[1], record[0])
+            verified = None if record is None else self.keys.check_limited(
+                presented, record.hash, record.department, record.key_digest
+            )
         except Throttled as error:
             raise KeyChecksThrottled(error.key_id, error.retry_after_s) from None
+        if verified is not None and record is not None and record.key_digest is None:
+            # a key created before digests were kept: from now on its holder is never held back, in any process
+            self.departments.record_key_digest(verified.key_id, key_digest(presented))
         with self._perm_lock:
             # A change noticed while we checked (a revocation by `polis admin` during argon2's tens of ms) dropped
             # what was remembered: remembering this answer now, read before the change, would bring the key back
@@ -271,9 +276,11 @@ class AccessControl:
 class KeyChecksThrottled(NgsiError):
     """HTTP 429: too many wrong secrets were presented for this key id of late, so this key is not checked now.
 
-    Not 401: the key may well be right (its holder's, not yet verified by this process), and 401 would tell
-    that client to give up on it; 429 with Retry-After tells it to come back, and costs no argon2 check. It
-    does say that the key id exists, which the time a wrong secret takes to refuse says already."""
+    The right key is not refused so (its digest is stored beside its hash, `KeyHasher.check_limited`), except a
+    key created by an older Polis, before its first verification stores its digest. Not 401 all the same: the
+    key was not checked, and 401 would tell that client to give up on it; 429 with Retry-After tells it to come
+    back, and costs no argon2 check. It does say that the key id exists, which the time a wrong secret takes to
+    refuse says already."""
 
     name = "TooManyRequests"
     status = 429
@@ -282,7 +289,8 @@ class KeyChecksThrottled(NgsiError):
     def __init__(self, key_id: str, retry_after_s: int) -> None:
         super().__init__(
             f"too many wrong secrets were presented for API key {key_id} just now; "
-            f"try again in {retry_after_s} s (a key this server verified before is not held back)"
+            f"try again in {retry_after_s} s (a right key is not held back, unless it was created by an older "
+            "Polis and has not been verified since)"
         )
         self.headers = {"Retry-After": str(retry_after_s)}
 

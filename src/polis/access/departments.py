@@ -15,14 +15,14 @@ from pathlib import Path
 
 from polis.access.grants import Grant, Permissions, check_grant, never_applies
 
-_NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
+_NAME = re.compile(r"[a-z][a-z0-9_\-]{0,63}")  # whole names only (fullmatch): `$` would let "police\n" through
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS departments (
         name TEXT PRIMARY KEY, description TEXT NOT NULL, created_at TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS api_keys (
         id TEXT PRIMARY KEY, department TEXT NOT NULL REFERENCES departments(name), hash TEXT NOT NULL,
-        created_at TEXT NOT NULL, revoked_at TEXT)""",
+        created_at TEXT NOT NULL, revoked_at TEXT, key_digest BLOB)""",
     """CREATE TABLE IF NOT EXISTS grants (
         department TEXT NOT NULL REFERENCES departments(name), dataset TEXT NOT NULL, tier TEXT NOT NULL,
         action TEXT NOT NULL, created_at TEXT NOT NULL, PRIMARY KEY (department, dataset, tier, action))""",
@@ -31,6 +31,16 @@ _SCHEMA = [
 
 class AccessError(ValueError):
     """A bad admin request: unknown department, duplicate name, malformed grant or one that could never apply."""
+
+
+@dataclass(frozen=True, slots=True)
+class LiveKey:
+    department: str
+    hash: str  # argon2id of the secret: what decides whether a presented key is this one
+    # SHA-256 of the whole key (`polis.access.keys.key_digest`); None for a key created before it was kept and not
+    # verified since. It marks the holder's key so that guesses at the key id never throttle it, and gives nothing
+    # usable away: the secret is 256 random bits, too many to search for whatever the hash.
+    key_digest: bytes | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +56,7 @@ def _now() -> str:
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise AccessError(f"a department name is 1-64 lowercase letters, digits, '_' or '-', got '{name}'")
     return name
 
@@ -60,7 +70,21 @@ class DepartmentStore:
             self._con.execute("PRAGMA foreign_keys = ON")
             for ddl in _SCHEMA:
                 self._con.execute(ddl)
+            self._migrate()
         path.chmod(0o600)  # key hashes: not for other users of the machine
+
+    def _migrate(self) -> None:
+        """Bring a file written by an older Polis up to `_SCHEMA` (under the lock). In one write transaction, so
+        that a server and `polis admin` starting on the same file at once do not both add a column."""
+        self._con.execute("BEGIN IMMEDIATE")
+        try:
+            columns = {row[1] for row in self._con.execute("PRAGMA table_info(api_keys)")}
+            if "key_digest" not in columns:  # keys stored before it get theirs when next verified
+                self._con.execute("ALTER TABLE api_keys ADD COLUMN key_digest BLOB")
+        except BaseException:
+            self._con.execute("ROLLBACK")
+            raise
+        self._con.execute("COMMIT")
 
     def close(self) -> None:
         with self._lock:
@@ -95,25 +119,37 @@ class DepartmentStore:
 
     # -- keys ------------------------------------------------------------------------------------
 
-    def add_key(self, key_id: str, department: str, key_hash: str) -> None:
+    def add_key(self, key_id: str, department: str, key_hash: str, key_digest: bytes) -> None:
         self._require_department(department)
         with self._lock:
             self._con.execute(
-                "INSERT INTO api_keys VALUES (?, ?, ?, ?, NULL)", (key_id, department, key_hash, _now())
+                "INSERT INTO api_keys (id, department, hash, created_at, key_digest) VALUES (?, ?, ?, ?, ?)",
+                (key_id, department, key_hash, _now(), key_digest),
             )
 
-    def key(self, key_id: str) -> tuple[str, str] | None:
-        """(department, hash) of a live (not revoked) key."""
+    def key(self, key_id: str) -> LiveKey | None:
+        """A live (not revoked) key."""
         with self._lock:
             row = self._con.execute(
-                "SELECT department, hash FROM api_keys WHERE id = ? AND revoked_at IS NULL", (key_id,)
+                "SELECT department, hash, key_digest FROM api_keys WHERE id = ? AND revoked_at IS NULL", (key_id,)
             ).fetchone()
-        return (row[0], row[1]) if row else None
+        return LiveKey(row[0], row[1], row[2]) if row else None
+
+    def record_key_digest(self, key_id: str, key_digest: bytes) -> None:
+        """The digest of a key created before digests were kept, once argon2 has verified it: from then on its
+        holder is known to every process at once (`KeyHasher.check_limited`). Never for a revoked key. Other
+        processes see a change and drop what they remember (`AccessControl._refresh`): once for each such key."""
+        with self._lock:
+            self._con.execute(
+                "UPDATE api_keys SET key_digest = ? WHERE id = ? AND revoked_at IS NULL AND key_digest IS NULL",
+                (key_digest, key_id),
+            )
 
     def revoke_key(self, key_id: str) -> None:
         with self._lock:
             done = self._con.execute(
-                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (_now(), key_id)
+                "UPDATE api_keys SET revoked_at = ?, key_digest = NULL WHERE id = ? AND revoked_at IS NULL",
+                (_now(), key_id),
             ).rowcount
         if not done:
             raise AccessError(f"no live key '{key_id}'")

@@ -1,4 +1,4 @@
-"""API keys: `polis_<key-id>.<secret>`, shown once at creation, stored only as an argon2id hash.
+"""API keys: `polis_<key-id>.<secret>`, shown once at creation, stored only as an argon2id hash and a SHA-256.
 
 Verifying an argon2 hash costs tens of milliseconds by design, too much for every request. The key id
 finds the one stored hash to check (no scan over all keys), and a verified key is remembered in memory
@@ -9,14 +9,17 @@ what is remembered (`AccessControl._refresh`), so a revoked key stops working at
 Anyone who saw a key id (audit output names them) could otherwise make every request cost a check, with a
 new wrong secret each time. So a refused key is remembered too (in a bounded LRU, by its SHA-256), and the
 checks of one key id draw on a small token bucket (`api_key_failed_checks_per_s`, a burst of
-`CHECK_BURST`): a check that succeeds gives its token back, so only wrong secrets use it up. Beyond it a
-check is refused at once (`Throttled`), except for the key last verified good under that id, so that the
-holder of a key is never locked out by someone guessing at it; and concurrent checks of one presented key
-share one argon2 run."""
+`CHECK_BURST`): a check that took a token and succeeds gives it back, so only wrong secrets use it up.
+Beyond it a check is refused at once (`Throttled`), except for the holder's key: the store keeps the
+SHA-256 of each key beside its hash (from its creation, or from its first verification for a key created
+before that), and a presented key with that digest is checked without drawing on the bucket, so that
+someone guessing at a key id never locks its holder out, even in a process that has not seen the key yet
+(after a restart). Concurrent checks of one presented key share one argon2 run."""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import math
 import re
 import secrets
@@ -40,6 +43,7 @@ class NewKey:
     key_id: str
     secret_key: str  # the whole key to hand to the department: shown once, never stored
     hash: str
+    digest: bytes  # `key_digest(secret_key)`: stored to tell the holder's key from guesses (`check_limited`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,20 +89,20 @@ class KeyHasher:
         # Verified keys and refused ones apart: a flood of distinct bad keys evicts only bad ones.
         self._cache: dict[bytes, tuple[Verified, float]] = {}
         self._refused: OrderedDict[bytes, float] = OrderedDict()  # digest -> until (LRU)
-        # Kept across `forget`: they decide only whether argon2 runs now, never whether a key is accepted.
+        # Kept across `forget`: it decides only whether argon2 runs now, never whether a key is accepted.
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()  # key id -> its checks (LRU)
-        self._last_good: OrderedDict[str, bytes] = OrderedDict()  # key id -> digest of the key verified under it
         self._flights: dict[bytes, _Flight] = {}
         self._lock = threading.Lock()
 
     def new_key(self) -> NewKey:
         key_id = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(12))
         secret = secrets.token_urlsafe(32)  # 256 bits: 43 url-safe characters, never a '.'
-        return NewKey(key_id, f"{KEY_PREFIX}{key_id}.{secret}", self._hasher.hash(secret))
+        whole = f"{KEY_PREFIX}{key_id}.{secret}"
+        return NewKey(key_id, whole, self._hasher.hash(secret), key_digest(whole))
 
     def cached(self, presented: str) -> tuple[bool, Verified | None]:
         """(found, result): a remembered verification (positive or negative) that has not expired."""
-        digest = _digest(presented)
+        digest = key_digest(presented)
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get(digest)
@@ -127,18 +131,27 @@ class KeyHasher:
             return None
         return Verified(parsed[0], department)
 
-    def check_limited(self, presented: str, stored_hash: str, department: str) -> Verified | None:
-        """`check`, within the key id's budget of checks (`Throttled` beyond it); a check of the same presented
-        key already running is waited for instead of run again."""
+    def check_limited(
+        self, presented: str, stored_hash: str, department: str, holder_digest: bytes | None = None
+    ) -> Verified | None:
+        """`check`, within the key id's budget of checks (`Throttled` beyond it), unless `presented` is the key
+        whose digest the store keeps (`holder_digest`): its holder's, never held back (and still checked). A check
+        of the same presented key already running is waited for instead of run again."""
         parsed = parse_key(presented)
         if parsed is None:
             return None
-        key_id, digest = parsed[0], _digest(presented)
+        key_id, digest = parsed[0], key_digest(presented)
+        holder = holder_digest is not None and hmac.compare_digest(digest, holder_digest)
+        took = False  # whether this check drew a token from the key id's bucket
         with self._lock:
+            if self._refused_now(digest):  # refused by a check that ended after the caller's `cached`
+                return None
             flight = self._flights.get(digest)
             leader = flight is None
             if flight is None:
-                self._take_check(key_id, digest)
+                if not holder:
+                    self._take_check(key_id)
+                    took = True
                 flight = self._flights[digest] = _Flight()
         if not leader:
             flight.done.wait()
@@ -152,15 +165,13 @@ class KeyHasher:
                     # remembered before the flight ends, or a check arriving now would run argon2 again; a
                     # refusal is safe to keep whatever changed meanwhile (a `forget` drops it like any other)
                     self._refuse(digest)
-                else:  # the holder's check: its token goes back
+                elif took:  # a right key whose digest was not stored yet (an older Polis made it): token back
                     self._give_back_check(key_id)
             flight.done.set()
         return flight.result
 
-    def _take_check(self, key_id: str, digest: bytes) -> None:
+    def _take_check(self, key_id: str) -> None:
         """Take a token from the key id's bucket (under the lock); `Throttled` when it has none."""
-        if self._last_good.get(key_id) == digest:
-            return  # the key last verified under this id: its holder, never held back
         now = time.monotonic()
         bucket = self._buckets.pop(key_id, None) or _Bucket(CHECK_BURST, now)
         bucket.tokens = min(CHECK_BURST, bucket.tokens + (now - bucket.at) * self.failed_checks_per_s)
@@ -173,12 +184,18 @@ class KeyHasher:
         bucket.tokens -= 1
 
     def _give_back_check(self, key_id: str) -> None:
+        """Return the token `_take_check` took for a check that succeeded (under the lock)."""
         bucket = self._buckets.get(key_id)
         if bucket is not None:
             bucket.tokens = min(CHECK_BURST, bucket.tokens + 1)
 
+    def _refused_now(self, digest: bytes) -> bool:
+        """Whether this key is remembered as refused (under the lock)."""
+        until = self._refused.get(digest)
+        return until is not None and until >= time.monotonic()
+
     def remember(self, presented: str, result: Verified | None) -> None:
-        digest = _digest(presented)
+        digest = key_digest(presented)
         with self._lock:
             if result is None:
                 self._refuse(digest)
@@ -186,10 +203,6 @@ class KeyHasher:
             if len(self._cache) >= _CACHE_MAX:
                 self._cache.clear()  # only verified keys get here: as many as there are live keys
             self._cache[digest] = (result, time.monotonic() + self.cache_s)
-            self._last_good[result.key_id] = digest
-            self._last_good.move_to_end(result.key_id)
-            if len(self._last_good) > _CACHE_MAX:
-                self._last_good.popitem(last=False)
 
     def _refuse(self, digest: bytes) -> None:
         """Remember a refused key (under the lock)."""
@@ -204,6 +217,8 @@ class KeyHasher:
             self._refused.clear()
 
 
-def _digest(presented: str) -> bytes:
-    """What is remembered of a presented key: never the key itself."""
+def key_digest(presented: str) -> bytes:
+    """What is remembered of a presented key, and stored of a live one: never the key itself. A fast hash is
+    enough: the secret is 256 random bits, so no search can find a key from its SHA-256 (argon2's slowness
+    protects guessable secrets, and these are not), and the digest opens nothing: a request must send the key."""
     return hashlib.sha256(presented.encode()).digest()

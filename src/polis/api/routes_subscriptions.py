@@ -26,7 +26,7 @@ from polis.api.ld_http import (
     tenant_of,
 )
 from polis.ngsi_ld.params import check_known, parse_options, parse_page
-from polis.subscriptions.model import render
+from polis.subscriptions.model import department_id_prefix, render
 
 router = APIRouter(prefix="/ngsi-ld/v1", tags=["subscriptions"])
 
@@ -54,10 +54,11 @@ async def create_subscription(request: Request) -> Response:
     body = await json_body(request)
     _require_named_entities(request, body.data)
     terms = await resolve(request, body.context)
-    department = getattr(request.state, "department", None)
+    department = access_of(request).department
+    id_prefix = None if _manager(request) else department_id_prefix(department)
     sub = await run_in_threadpool(
         lambda: platform.subscriptions.create(
-            tenant, _without_context(body.data), terms, body.context, department=department
+            tenant, _without_context(body.data), terms, body.context, department=department, id_prefix=id_prefix
         )
     )
     if tenant:
@@ -76,9 +77,8 @@ async def list_subscriptions(request: Request) -> Response:
     options = parse_options(params, allowed={"sysAttrs"})
     settings = platform.settings
     page = parse_page(params, default_limit=settings.default_limit, max_limit=settings.max_limit)
-    access = access_of(request)  # a department lists its own subscriptions, unless it administers them all
-    manager = access.control.allows(access.department, "subscriptions", "aggregate", "administer")
-    owner = None if manager else access.department
+    # a department lists its own subscriptions, unless it administers them all
+    owner = None if _manager(request) else access_of(request).department
     found, total = platform.subscriptions.list(tenant, page.offset, page.limit, department=owner)
     body = [render(sub, status, terms, sys_attrs=options.sys_attrs) for sub, status in found]
     headers = pagination_headers(
@@ -155,6 +155,12 @@ async def delete_subscription(subscription_id: str, request: Request) -> Respons
     tenant = tenant_of(request)
     await run_in_threadpool(platform.subscriptions.delete, tenant, subscription_id)
     return empty_response(request)
+
+
+def _manager(request: Request) -> bool:
+    """Whether the department administers `subscriptions`: it sees them all and chooses any id."""
+    access = access_of(request)
+    return access.control.allows(access.department, "subscriptions", "aggregate", "administer")
 
 
 def _require_named_entities(request: Request, data: Any) -> None:

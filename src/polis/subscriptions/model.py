@@ -24,6 +24,7 @@ from polis.ngsi_ld.q import QExpr, parse_q, pattern_problem
 from polis.privacy.refusal import find_identifying, refuse_identifying_strings
 from polis.store.base import TypeSelector
 
+ID_PREFIX = "urn:ngsi-ld:Subscription:"
 SSE_URI = "urn:polis:sse"  # endpoint.uri of a subscription read through GET /subscriptions/{id}/stream
 ACCEPTS = ("application/json", "application/ld+json", "application/geo+json")
 FORMATS = ("normalized", "concise", "keyValues")
@@ -227,8 +228,16 @@ def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def new_subscription_id() -> str:
-    return f"urn:ngsi-ld:Subscription:{uuid.uuid4()}"
+def new_subscription_id(prefix: str = ID_PREFIX) -> str:
+    return f"{prefix}{uuid.uuid4()}"
+
+
+def department_id_prefix(department: str) -> str:
+    """The ids a department that does not administer `subscriptions` may give its subscriptions. Ids are one
+    namespace for all departments, and client-chosen ids say what they watch: were they shared, a 409 where an
+    unused id is 201 would tell a department which ids the others chose. A department name is lowercase
+    letters, digits, '_' and '-' (polis.access.departments), so the prefix is a valid URI as it is."""
+    return f"{ID_PREFIX}{department}:"
 
 
 # -- parsing -----------------------------------------------------------------------------------------
@@ -242,10 +251,18 @@ class _Draft:
 
 
 def parse_subscription(
-    body: Any, terms: TermMap, context: Any, *, tenant: str, now: datetime, department: str | None = None
+    body: Any,
+    terms: TermMap,
+    context: Any,
+    *,
+    tenant: str,
+    now: datetime,
+    department: str | None = None,
+    id_prefix: str | None = None,
 ) -> Subscription:
     """A Subscription from a create request's body (the @context already taken out); BadRequestData naming
-    the member and the reason when it is not a valid one."""
+    the member and the reason when it is not a valid one. `id_prefix`: the id, chosen or generated, must
+    start with it (`department_id_prefix`); None: any URI."""
     if not isinstance(body, dict):
         raise BadRequestData("a subscription must be a JSON object")
     if "type" not in body:
@@ -254,7 +271,12 @@ def parse_subscription(
         raise BadRequestData("notification: a subscription needs a notification member with an endpoint")
     fields = _members(body, terms, context, now, patch=False)  # first: it refuses personal data
     raw_id = body.get("id")
-    sub_id = new_subscription_id() if raw_id is None else _uri(raw_id, "id")
+    if raw_id is None:
+        sub_id = new_subscription_id(id_prefix or ID_PREFIX)
+    else:
+        sub_id = _uri(raw_id, "id")
+        if id_prefix is not None and not sub_id.startswith(id_prefix):
+            raise BadRequestData(f"id: this department's subscription ids start with {id_prefix}, got {_show(raw_id)}")
     stamp = utc_text(now)
     sub = Subscription(
         id=sub_id,

@@ -115,9 +115,20 @@ class SubscriptionService:
     # -- CRUD ----------------------------------------------------------------------------------------
 
     def create(
-        self, tenant: str, body: Any, terms: TermMap, context: Any, *, department: str | None = None
+        self,
+        tenant: str,
+        body: Any,
+        terms: TermMap,
+        context: Any,
+        *,
+        department: str | None = None,
+        id_prefix: str | None = None,
     ) -> Subscription:
-        sub = parse_subscription(body, terms, context, tenant=tenant, now=self.clock(), department=department)
+        """`id_prefix`: the id must fall under it (a department's own namespace, `department_id_prefix`),
+        refused before the id is looked up, so the answer is the same whether another department holds it."""
+        sub = parse_subscription(
+            body, terms, context, tenant=tenant, now=self.clock(), department=department, id_prefix=id_prefix
+        )
         self._check_endpoint(sub.endpoint)
         active = self._compile(sub, DeliveryStatus())
         with self._lock:
