@@ -184,12 +184,13 @@ _PERSON_NOUNS = frozenset(
 # track (`trackId`, `trackingId`), which follows one person from frame to frame: the trajectory itself. A
 # railway track is better sent as a Relationship (`refTrack`) or its number as a JSON number (`trackNumber`):
 # both pass.
-_PERSON = _PERSON_NOUNS | {"account", "card", "track", "tracking", "tracker", "tracklet"}
+# Not "tracker": a vehicle's GPS tracker (`gpsTrackerId`) is a device of the fleet, not a person's track.
+_PERSON = _PERSON_NOUNS | {"account", "card", "track", "tracking", "tracklet"}
 # A type whose last word is a person noun is a person record; so is one where a person noun comes right before
 # a word for what is kept about that one person (`PersonTrace`, `PassengerTrajectory`, `UserProfile`).
-# Plurals are not person records by themselves (`Visitors` may be a count), except the collective nouns. A
-# trip is not one of those words: it is as often an itinerary (schema.org's TouristTrip) or a vehicle's run.
-_PERSON_TYPES = _PERSON_NOUNS | {"people", "persons"}
+# Plurals are not person records by themselves (`Visitors`, `People` may be a count). A trip is not one of
+# those words: it is as often an itinerary (schema.org's TouristTrip) or a vehicle's run.
+_PERSON_TYPES = _PERSON_NOUNS
 _ONE_PERSONS = frozenset(
     {
         "profile", "record", "trace", "traces", "trajectory", "trajectories", "track", "tracks", "journey",
@@ -206,9 +207,10 @@ _CARD_KINDS = frozenset({"credit", "debit", "payment", "bank"})
 _BIRTH = frozenset({"birth", "birthday", "birthdate", "birthyear", "dob"})
 _VEHICLES = frozenset({"vehicle", "car", "motor", "truck", "lorry", "van", "bus", "taxi", "motorcycle", "moped"})
 # Names that identity features (embeddings) are kept under, beside the face, biometric and voice words.
+# Not "signature" alone: a spectrometer's `spectralSignature` is a measurement (`faceSignature`, `voiceSignature`
+# are caught by their face or voice word).
 _EMBEDDING_OWNERS = frozenset(
     {"vector", "vectors", "vec", "vecs", "emb", "embs", "descriptor", "descriptors", "features", "template"}
-    | {"signature"}
 )
 # Every word a rule reads: a single word made of two of them (`PERSONID`, `drivername`, `faceimage`) is read
 # as the two (`_compound`), so that writing a name in one case does not hide it.
@@ -222,10 +224,11 @@ _WORD_SPLIT = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 _TAIL = re.compile(r"[/#:]")
 _EMAIL_VALUE = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}")
 _PHONE_VALUE = re.compile(r"\+?\(?\d[\d\s().\-/]{6,20}\d")
-# Six hex pairs with one separator throughout, or three dotted quads; not inside a longer run. Pairs of digits
-# joined by "-" or "_" are as often a date and a time (Madrid-2024-01-15-10-30-00): those need a hex letter.
+# Six hex pairs with one separator throughout, or three dotted quads; not inside a longer run (a LoRaWAN
+# DevEUI, eight pairs, is a fixed sensor's). Pairs of digits joined by "-" or "_" are as often a date and a time
+# (Madrid-2024-01-15-10-30-00): those need a hex letter.
 _MAC_VALUE = re.compile(
-    r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{2}([:\-_])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}(?![0-9A-Fa-f]|[:\-_][0-9A-Fa-f])"
+    r"(?<![0-9A-Fa-f])(?<![:\-_][0-9A-Fa-f]{2}[:\-_])[0-9A-Fa-f]{2}([:\-_])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}(?![0-9A-Fa-f]|[:\-_][0-9A-Fa-f])"
 )
 _DOTTED_MAC = re.compile(r"[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}")  # its ends are checked after
 _HEX_LETTER = re.compile(r"[A-Fa-f]")
@@ -242,6 +245,9 @@ _LOCAL_PART = re.compile(r"[A-Za-z0-9._%+\-]\s*$")
 # A phone number inside a longer text, or an id: only with its international "+" or a "tel:" scheme, since a
 # bare run of digits there is as likely a serial or a count.
 _PHONE_IN_TEXT = re.compile(r"(?:(?<![\w.+])\+|tel:)\(?\d[\d\s().\-/]{6,20}\d", re.IGNORECASE)
+# A number written as text (a reading `123456.789`, a coordinate `52.3702157`, an epoch `1705314600.123`) or an
+# IPv4 address (a Device's `ipAddress`): one decimal point, or four dotted groups of at most three digits.
+_NUMBER_TEXT = re.compile(r"[+-]?\d+\.\d+|\d{1,3}(?:\.\d{1,3}){3}")
 _ISO6709 = re.compile(r"[+-]\d{2,6}(?:\.\d+)?[+-]\d{3,7}(?:\.\d+)?")  # +40.6892-074.0445/ is a place
 # Invisible characters, and every kind of dash, that a sender can put in an identifier to break a pattern.
 _INVISIBLE = "\u00ad\u200b\u200c\u200d\u2060\ufeff"
@@ -290,10 +296,14 @@ def _words(key: str) -> list[str]:
     return words
 
 
+# Ordinary words that happen to be two rule words: a plant's `nameplateCapacity` is its rated power.
+_NEVER_SPLIT = frozenset({"nameplate", "nameplates", "faceplate", "faceplates", "birthplace", "birthplaces"})
+
+
 def _compound(word: str) -> tuple[str, ...]:
     """`word` as two words of the rules' vocabulary where it is exactly two of them (`personid`), else itself.
     Callers memoise per field name, so the splits are tried once per name."""
-    if word in _VOCABULARY:
+    if word in _VOCABULARY or word in _NEVER_SPLIT:
         return (word,)
     for cut in range(2, len(word) - 1):
         head, rest = word[:cut], word[cut:]
@@ -509,7 +519,7 @@ def rule_for_value(value: str) -> str | None:
     if device and _DEVICE_NUMBER.search(value):
         return "device-identifier"
     stripped = value.strip()
-    if _PHONE_VALUE.fullmatch(stripped) and not _DATE_LIKE.search(stripped):
+    if _PHONE_VALUE.fullmatch(stripped) and not _DATE_LIKE.search(stripped) and not _NUMBER_TEXT.fullmatch(stripped):
         digits = sum(c.isdigit() for c in stripped)
         separated = stripped.startswith("+") or bool(re.search(r"\d[\s.\-)]\d", stripped))
         if 9 <= digits <= 15 and separated:
