@@ -397,13 +397,18 @@ def require_workable(rule: AnyRule) -> None:
     """BadRequestData listing the rule's `rule_problems`, if it has any."""
     problems = rule_problems(rule)
     if problems:
-        first_field, first_reason = problems[0]
-        raise BadRequestData(
-            f"rule field '{first_field}': {first_reason}",
-            field=first_field,
-            reason=first_reason,
-            errors=[{"field": f, "reason": r} for f, r in problems],
-        )
+        raise _refusal(problems)
+
+
+def _refusal(problems: list[tuple[str, str]]) -> BadRequestData:
+    """One 400 for a rule's (field, reason) problems: the first in its detail, all of them in `errors`."""
+    first_field, first_reason = problems[0]
+    return BadRequestData(
+        f"rule field '{first_field}': {first_reason}",
+        field=first_field,
+        reason=first_reason,
+        errors=[{"field": f, "reason": r} for f, r in problems],
+    )
 
 
 def _validated(body: Any, rule_id: str | None) -> AnyRule:
@@ -434,13 +439,7 @@ def _validated(body: Any, rule_id: str | None) -> AnyRule:
             reason = e["msg"].removeprefix("Value error, ")
             where = _field(tuple(e["loc"]))
             problems.append((_whole_rule_field(reason) if where == "(rule)" else where, reason))
-        first_field, first_reason = problems[0]
-        raise BadRequestData(
-            f"rule field '{first_field}': {first_reason}",
-            field=first_field,
-            reason=first_reason,
-            errors=[{"field": f, "reason": r} for f, r in problems],
-        ) from None
+        raise _refusal(problems) from None
 
 
 def rule_json(rule: AnyRule) -> dict[str, Any]:
