@@ -191,6 +191,8 @@ class MqttPublisher:
         self._lock = threading.Lock()
 
     def send(self, uri: str, body: bytes, headers: dict[str, str], timeout_s: float, qos: int = 1) -> None:
+        """Publish within `timeout_s` in all (connecting and the broker's acknowledgement share it)."""
+        deadline = time.monotonic() + timeout_s
         parts = urlsplit(uri)
         tls = parts.scheme.lower() == "mqtts"
         host = parts.hostname or "127.0.0.1"
@@ -208,13 +210,13 @@ class MqttPublisher:
             broker.last_used = time.monotonic()
             self._clients[key] = broker  # now the most recently used
         _stop_later(retired)
-        if not broker.connected.wait(timeout_s):
+        if not broker.connected.wait(max(0.0, deadline - time.monotonic())):
             raise DeliveryFailed(f"MQTT broker {host}:{port} is not reachable")
         payload = orjson.dumps({"metadata": headers, "body": orjson.loads(body)})
         try:
             info = broker.client.publish(unquote(parts.path.lstrip("/")), payload, qos=qos)
             if qos > 0:
-                info.wait_for_publish(timeout_s)
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
             published = info.is_published() if qos > 0 else info.rc == 0
         except (RuntimeError, ValueError, OSError) as error:
             raise DeliveryFailed(f"MQTT publish failed: {error}") from None
