@@ -103,21 +103,11 @@ class KeyHasher:
     def cached(self, presented: str) -> tuple[bool, Verified | None]:
         """(found, result): a remembered verification (positive or negative) that has not expired."""
         digest = key_digest(presented)
-        now = time.monotonic()
         with self._lock:
             hit = self._cache.get(digest)
-            refused_until = self._refused.get(digest)
-        if hit is not None and hit[1] >= now:
-            return True, hit[0]
-        if refused_until is not None and refused_until >= now:
-            return True, None
-        return False, None
-
-    def verify(self, presented: str, stored_hash: str, department: str) -> Verified | None:
-        """Check `presented` against its stored hash (slow) and remember the answer for `cache_s`."""
-        result = self.check(presented, stored_hash, department)
-        self.remember(presented, result)
-        return result
+            if hit is not None and hit[1] >= time.monotonic():
+                return True, hit[0]
+            return (True, None) if self._refused_now(digest) else (False, None)
 
     def check(self, presented: str, stored_hash: str, department: str) -> Verified | None:
         """Check `presented` against its stored hash (slow; argon2 compares in constant time); remembers nothing:
