@@ -29,7 +29,7 @@ from polis.subscriptions import delivery, transports
 from polis.subscriptions.endpoints import EndpointPolicy
 from polis.subscriptions.transports import DeliveryFailed, MqttPublisher
 from tests.conftest import Server, free_port, start_server, stop_server
-from tests.integration.webhook import BlackHole, Receiver, wait_until
+from tests.integration.webhook import BlackHole, RawAnswerer, Receiver, wait_until
 
 pytestmark = pytest.mark.server
 
@@ -114,29 +114,12 @@ def test_a_reused_subscription_id_never_gets_the_previous_owners_notifications(h
         hole.close()
 
 
-class EndlessBody:
+class EndlessBody(RawAnswerer):
     """A webhook that answers 200 and then streams a body that never ends (a hostile receiver)."""
 
     def __init__(self) -> None:
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(16)
-        self.port = int(self._sock.getsockname()[1])
         self.sent = 0
-        self._stop = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/notify"
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+        super().__init__()
 
     def _answer(self, conn: socket.socket) -> None:
         chunk = b"x" * 65536
@@ -150,10 +133,6 @@ class EndlessBody:
             pass  # the hub closed the connection: what it should do
         finally:
             conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._sock.close()
 
 
 def test_an_endless_response_body_does_not_grow_the_hubs_memory(hub: Server) -> None:

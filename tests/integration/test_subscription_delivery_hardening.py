@@ -5,7 +5,6 @@ has a backlog. Every receiver is a real server on 127.0.0.1; host names are reso
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,7 +17,7 @@ from polis.platform import Platform
 from polis.subscriptions.delivery import Target
 from polis.subscriptions.model import DeliveryStatus, utc_text
 from tests.conftest import hub_client, problem
-from tests.integration.webhook import Receiver, wait_until
+from tests.integration.webhook import RawAnswerer, Receiver, wait_until
 
 SUBS = "/ngsi-ld/v1/subscriptions"
 FAST = {"notify_retry_initial_s": 0.05, "notify_retry_max_s": 0.2}
@@ -113,7 +112,7 @@ def test_a_name_resolving_to_the_metadata_address_through_nat64_is_a_failed_noti
 # -- a receiver that trickles its answer --------------------------------------------------------------------
 
 
-class Trickler:
+class Trickler(RawAnswerer):
     """A webhook that reads the request and then answers one byte every `every_s`, as long as the hub listens:
     a status line and headers that never end (`part="headers"`), or a 200 whose body never ends (`"body"`).
     Each byte arrives well within any per-read timeout."""
@@ -124,24 +123,7 @@ class Trickler:
         else:  # the headers at once, then the body
             self._at_once, self._trickled = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n", b""
         self._every_s = every_s
-        self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(16)
-        self.port = int(self._sock.getsockname()[1])
-        self._stop = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/notify"
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+        super().__init__()
 
     def _answer(self, conn: socket.socket) -> None:
         try:
@@ -155,10 +137,6 @@ class Trickler:
             pass  # the hub gave up on the answer: what it should do
         finally:
             conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._sock.close()
 
 
 def test_a_receiver_trickling_its_headers_fails_the_attempt_at_the_deadline(hub: tuple[TestClient, Platform]) -> None:

@@ -101,3 +101,28 @@ class BlackHole:
 
     def close(self) -> None:
         self._sock.close()
+
+
+class RawAnswerer(BlackHole):
+    """An endpoint that answers each connection with `_answer` (a subclass's own bytes, on a socket): for
+    receivers no HTTP server library would be, such as hostile ones. `_stop` is set by `close`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._stop.set()
+        super().close()
