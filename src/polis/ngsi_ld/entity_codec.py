@@ -458,7 +458,10 @@ def _typed_literal(name: str, value: dict[str, Any]) -> dict[str, Any]:
     literal = value["@value"]
     if kind == "DateTime":
         return {"@type": "DateTime", "@value": normalize_datetime(literal, f"attribute '{name}': the DateTime @value")}
-    parse: Callable[[str], Any] | None = {"Date": date.fromisoformat, "Time": time.fromisoformat}.get(kind)
+    # an @type that is not a string (a list, an object) is no literal type of NGSI-LD's: the value as sent
+    parse: Callable[[str], Any] | None = (
+        {"Date": date.fromisoformat, "Time": time.fromisoformat}.get(kind) if isinstance(kind, str) else None
+    )
     if parse is None:
         return value
     try:
