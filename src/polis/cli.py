@@ -198,10 +198,14 @@ def _problem_text(answer: Any) -> str:
 
 def _platform(settings: Settings) -> Platform:
     """The platform on the hub's files; a second server on a data directory one already serves is refused."""
+    from polis.alerts.rules import RulesFileError
     from polis.platform import Platform
 
     with unlocked_hub(settings, "one server per data directory"):
-        return Platform(settings)
+        try:
+            return Platform(settings)
+        except RulesFileError as error:
+            fail(str(error), 2)
 
 
 def _serve(

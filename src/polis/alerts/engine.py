@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -36,7 +37,15 @@ from polis.alerts.evaluate import DEFAULT_CONTEXT, CompiledRule, Observation, Ru
 from polis.alerts.lifecycle import Phase
 from polis.alerts.model import AlertRecord, Member, SentMessage, distance_m, iso, parse_iso
 from polis.alerts.rulebook import RuleBook
-from polis.alerts.rules import AnyRule, BurstRule, load_rules_file, parse_rule, require_workable, rule_json
+from polis.alerts.rules import (
+    AnyRule,
+    BurstRule,
+    RulesFileError,
+    load_rules_file,
+    parse_rule,
+    require_workable,
+    rule_json,
+)
 from polis.alerts.state import StateFile, fingerprint, lane_state, restore_lane, state_key
 from polis.alerts.texts import alert_texts, cleared_text
 from polis.domain.errors import BadRequestData, NgsiError, ResourceNotFound
@@ -94,7 +103,7 @@ class AlertEngine:
         self._closed = False
         self._load_log()
         if settings.alert_rules_file is not None:
-            for rule in load_rules_file(settings.alert_rules_file):
+            for rule in _operator_rules(settings.alert_rules_file):
                 self.book.put("", rule)
         for tenant, rule in self.book.all():
             try:
@@ -674,3 +683,16 @@ def _refuse_person_records(compiled: CompiledRule) -> None:
             field="scope",
             reason="person records",
         )
+
+
+def _operator_rules(path: Path) -> list[AnyRule]:
+    """The rules of POLIS_ALERT_RULES_FILE, or RulesFileError naming the setting, the file and what is wrong
+    (the CLI prints it as one line instead of a traceback)."""
+    try:
+        return load_rules_file(path)
+    except BadRequestData as error:
+        named = error.detail if error.detail.startswith(f"{path}: ") else f"{path}: {error.detail}"
+        raise RulesFileError(f"POLIS_ALERT_RULES_FILE {named}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise RulesFileError(f"POLIS_ALERT_RULES_FILE {path} cannot be read: {reason}") from None

@@ -466,6 +466,11 @@ def parse_rules_document(document: Any) -> list[AnyRule]:
     return rules
 
 
+class RulesFileError(Exception):
+    """The operator's rules file (POLIS_ALERT_RULES_FILE) cannot be read or holds a rule Polis refuses: the hub
+    does not start on it, since serving without some of the rules the city wrote down would be a silent gap."""
+
+
 def load_rules_file(path: Any) -> list[AnyRule]:
     """Rules from a YAML (.yaml/.yml, needs PyYAML) or JSON file."""
     from pathlib import Path
