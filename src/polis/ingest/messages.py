@@ -31,8 +31,10 @@ topic outside the scheme; an unknown type or an id that is not a URI; a payload 
 contradicts the topic; more readings in one message than `max_readings`; a value of the wrong JSON
 type for a Smart Data Models attribute whose published schema says number, integer or boolean;
 anything the entity codec's validation rejects (`expand_fragment`, the same checks the API applies);
-and fields named in PRIVACY_FIELDS or found identifying by `polis.privacy.refusal` (by name or by value:
-e-mail, phone, media data, embeddings); such a dead letter keeps the reason but not the payload.
+fields named in PRIVACY_FIELDS or found identifying by `polis.privacy.refusal` (by name or by value:
+e-mail, phone, media data, embeddings); and, as the API refuses them, entities whose id or type (in the topic
+or the payload) stands for one person (`urn:ngsi-ld:Person:alice`, rule `person-record`). Such a dead letter
+keeps the reason but not the payload.
 
 Privacy: Polis counts, it never watches. A field whose name (the last segment of its name, case,
 '_' and '-' ignored) is in PRIVACY_FIELDS is refused with a reason starting "privacy:", at any depth of
@@ -60,7 +62,7 @@ from polis.domain.json_depth import MAX_DEPTH, STORED_DEPTH, nests_deeper_than
 from polis.domain.tenant import tenant_problem
 from polis.ngsi_ld.context import TermMap
 from polis.ngsi_ld.entity_codec import NULL_MARKER, expand_fragment, normalize_datetime, validate_entity_id
-from polis.privacy.refusal import RULES, refusal_reason, rule_for_value
+from polis.privacy.refusal import RULES, find_identifying, refusal_reason
 
 TOPIC_ROOT = "polis"
 DEFAULT_TENANT_SEGMENT = "default"
@@ -163,6 +165,7 @@ class MessageParser:
         # Item layouts (type, keys) whose names the codec accepted with plain numbers as values; see _plain.
         self._shapes: dict[tuple[str, tuple[str, ...]], list[tuple[str, str, bool]]] = {}
         self._good_ids: set[str] = set()
+        self._good_types: set[str] = set()  # type names that passed the privacy gate (_refuse_entity)
 
     # -- topic ---------------------------------------------------------------------------------
 
@@ -203,6 +206,14 @@ class MessageParser:
         if not isinstance(term, str) or not term:
             raise MessageRejected(f"invalid entity type {_short(term)} in the {where}: expected a type name")
         iri = self.terms.expand_type(term)
+        if term not in self._good_types:
+            # Before the known-type check, so a person type is refused as HTTP refuses it (`person-record`),
+            # whatever types this parser was given; by the name as sent and by its IRI, as the API does.
+            _refuse_entity("type", term, where)
+            _refuse_entity("type", iri, where)
+            if len(self._good_types) >= _MEMO_LIMIT:
+                self._good_types.clear()
+            self._good_types.add(term)
         if iri not in self.known_type_iris:
             raise MessageRejected(
                 f"unknown entity type {_short(term)} in the {where}: not a type of the Smart Data Models "
@@ -217,9 +228,9 @@ class MessageParser:
             validate_entity_id(value)
         except BadRequestData as error:
             raise MessageRejected(f"invalid entity id in the {where}: {error.detail}") from None
-        rule = rule_for_value(value)  # a topic's id skips the payload's scan (and plain readings skip it all)
-        if rule is not None:
-            raise MessageRejected(f"privacy: the entity id in the {where} is refused by rule '{rule}' ({RULES[rule]})")
+        # A topic's id skips the payload's scan, and plain readings skip it all: the id is judged here, by its
+        # value and as a person record (urn:ngsi-ld:Person:alice), and only an id that passed is remembered.
+        _refuse_entity("id", value, where)
         if len(self._good_ids) >= _MEMO_LIMIT:
             self._good_ids.clear()
         self._good_ids.add(value)
@@ -424,6 +435,16 @@ def _is_private(key: str) -> bool:
             _private_keys.clear()
         _private_keys[key] = known
     return known
+
+
+def _refuse_entity(member: str, value: str, where: str) -> None:
+    """MessageRejected where the entity's `id` or `type` alone is refused by polis.privacy.refusal, with the
+    verdict the API gives an entity holding it: by its value (an e-mail, a phone number) or as one person's
+    record (`urn:ngsi-ld:Person:alice`, type `PersonTrace`). The reason names the rule, never the value."""
+    found = find_identifying({member: value})
+    if found is not None:
+        why = RULES.get(found.rule, found.rule)
+        raise MessageRejected(f"privacy: the entity {member} in the {where} is refused by rule '{found.rule}' ({why})")
 
 
 def _refuse_personal(item: dict[str, Any]) -> None:

@@ -166,7 +166,7 @@ class BatchPlan:
     def identifying(self, item: dict[str, Any]) -> bool:
         """Whether a string the privacy gate reads (id, string values, datasetId, unitCode, object) may identify
         someone; the field names and the type were checked when the plan was made."""
-        if rule_for_value(item["id"]) is not None:
+        if find_identifying({"id": item["id"]}) is not None:  # by its value, and as a person record's id
             return True
         for attribute in self.attributes:
             raw = item[attribute.name]

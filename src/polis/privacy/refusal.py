@@ -990,9 +990,23 @@ def kept_payload(payload: bytes, reason: str) -> str:
 
 def redacted(text: str) -> str:
     """`text` as it may be kept (a dead letter's topic, an audit entry's request path), unless a value rule
-    refuses it: then only the rule's name."""
+    refuses it: then only the rule's name. An entity id in it that names one person (`urn:ngsi-ld:Person:alice`,
+    refused as a person record) is withheld too: a refusal must not keep what it refused."""
     rule = rule_for_value(text)
-    return text if rule is None else f"[withheld by privacy rule '{rule}']"
+    if rule is not None:
+        return f"[withheld by privacy rule '{rule}']"
+    if "rn:ngsi-ld:" not in text.lower():  # no entity id in it: the common case, one scan
+        return text
+    return _PERSON_ID.sub(_withheld_person_id, text)
+
+
+# An NGSI-LD entity id inside a path, topic or message: up to the next separator of those.
+_PERSON_ID = re.compile(r"urn:ngsi-ld:[^/\s?#&,;'\"]+", re.IGNORECASE)
+
+
+def _withheld_person_id(match: re.Match[str]) -> str:
+    entity_id = match.group(0)
+    return "[withheld by privacy rule 'person-record']" if _person_member({"id": entity_id}) else entity_id
 
 
 def kept_reason(reason: str) -> str:
