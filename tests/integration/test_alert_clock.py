@@ -50,7 +50,7 @@ def test_a_reading_a_little_ahead_of_the_clock_still_counts(client: TestClient, 
 
 
 def test_a_grouped_alerts_effective_time_never_goes_back(client: TestClient, platform: Platform) -> None:
-    rule = {**RULE, "minDurationS": 0, "groupWithinM": 500, "updateIntervalS": 0}
+    rule = {**RULE, "minDurationS": 0, "groupWithinM": 500, "updateIntervalS": 60}
     assert client.post("/polis/v1/alerts/rules", json=rule).status_code == 201
     make_sensor(client)
     neighbour = SENSOR + "-next-door"

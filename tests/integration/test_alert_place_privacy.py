@@ -197,7 +197,7 @@ def test_a_rule_on_single_records_never_watches_a_persons_record(hub: tuple[Test
     assert client.get("/ngsi-ld/v1/entities", params={"type": ALERT_TYPE}).json() == []
     again = {**rule, "id": "urgent-call-2"}
     r = client.post("/polis/v1/alerts/rules", json=again)
-    problem(r, 400, "BadRequestData", "people's records", "urn:ngsi-ld:EmergencyCall:montgomery-911:place-test-1",
+    problem(r, 400, "BadRequestData", "people's records", "montgomery-911",
             "burst rule")
     named = {**rule, "id": "one-call", "scope": {"type": "TrafficFlowObserved",
                                                  "ids": ["urn:ngsi-ld:EmergencyCall:montgomery-911:x"]}}

@@ -3,7 +3,9 @@ active ones (each entry carries its CAP message inline, as public alert feeds do
 
 CAP rules the XSD does not check and this module keeps anyway: times carry a numeric zone ("-00:00" for
 UTC, never "Z") and whole seconds; `identifier` and `sender` hold no spaces, commas or `<` / `&`;
-`references` lists "sender,identifier,sent" of every earlier message of the incident; a circle is
+`references` lists "sender,identifier,sent" of the incident's first message and of the one just before
+(`referenced`: CAP 1.2 asks for the earlier messages referred to, not all of them, and listing all made an
+alert updated N times send O(N²) bytes); a circle is
 "lat,lon radius_km" and a polygon a closed ring of at least four "lat,lon" pairs.
 """
 
@@ -88,8 +90,15 @@ def identifier_for(record: AlertRecord, number: int) -> str:
     return f"{record.id}:msg{number}"
 
 
+def referenced(earlier: list[SentMessage]) -> list[SentMessage]:
+    """The earlier messages a new one refers to: the first (the Alert that opened the incident, which every reader
+    has) and the latest (the one this message updates or cancels)."""
+    return earlier[:1] + earlier[-1:] if len(earlier) > 1 else list(earlier)
+
+
 def build_cap(record: AlertRecord, message: SentMessage, earlier: list[SentMessage], sender: str) -> bytes:
-    """The CAP 1.2 XML of one message about `record` (`earlier`: the messages before it, for references)."""
+    """The CAP 1.2 XML of one message about `record` (`earlier`: the messages before it, or at least the first and
+    the latest of them, for references)."""
     rule = record.rule
     alert = etree.Element(f"{{{CAP_NS}}}alert", nsmap={None: CAP_NS})
     _sub(alert, "identifier", message.identifier)
@@ -100,7 +109,7 @@ def build_cap(record: AlertRecord, message: SentMessage, earlier: list[SentMessa
     _sub(alert, "source", f"polis rule {record.rule_id}")
     _sub(alert, "scope", "Public")
     if earlier:
-        _sub(alert, "references", " ".join(f"{sender},{m.identifier},{m.sent}" for m in earlier))
+        _sub(alert, "references", " ".join(f"{sender},{m.identifier},{m.sent}" for m in referenced(earlier)))
     _sub(alert, "incidents", record.id)
     info = _sub(alert, "info")
     _sub(info, "language", "en-US")

@@ -35,11 +35,14 @@ from polis.alerts.cap import build_cap, cap_time, identifier_for, validate_cap
 from polis.alerts.entity import ALERT_CONTEXT, ALERT_ID_PREFIX, alert_entity
 from polis.alerts.evaluate import DEFAULT_CONTEXT, CompiledRule, Observation, RuleIndex
 from polis.alerts.lifecycle import Phase
-from polis.alerts.model import AlertRecord, Member, SentMessage, distance_m, iso, parse_iso
+from polis.alerts.model import KEPT_MESSAGES, AlertRecord, Member, SentMessage, distance_m, iso, parse_iso
+from polis.alerts.place import person_entity
 from polis.alerts.rulebook import RuleBook
 from polis.alerts.rules import (
+    OPERATOR,
     AnyRule,
     BurstRule,
+    RuleOwner,
     RulesFileError,
     load_rules_file,
     parse_rule,
@@ -50,6 +53,7 @@ from polis.alerts.state import StateFile, fingerprint, lane_state, restore_lane,
 from polis.alerts.texts import alert_texts, cleared_text
 from polis.domain.errors import BadRequestData, NgsiError, ResourceNotFound
 from polis.ngsi_ld.events import EntityChange
+from polis.settings import Settings
 from polis.store.base import TemporalQuery
 
 log = logging.getLogger(__name__)
@@ -105,6 +109,7 @@ class AlertEngine:
         if settings.alert_rules_file is not None:
             for rule in _operator_rules(settings.alert_rules_file):
                 self.book.put("", rule)
+        self._decide_legacy_owners()
         for tenant, rule in self.book.all():
             try:
                 self._install(tenant, rule)
@@ -116,26 +121,42 @@ class AlertEngine:
 
     # -- rules ---------------------------------------------------------------------------------
 
-    def put_rule(self, tenant: str, body: Any, rule_id: str | None = None) -> tuple[AnyRule, bool]:
-        """Validate and install a rule; (rule, created). Replacing a rule cancels its open alerts."""
+    def put_rule(
+        self, tenant: str, body: Any, rule_id: str | None = None, owner: RuleOwner = OPERATOR
+    ) -> tuple[AnyRule, bool]:
+        """Validate and install a rule; (rule, created). Replacing a rule cancels its open alerts. `owner`: the
+        department declaring it and the datasets it may watch (polis.api.routes_alerts); the operator's by default."""
         # Field combinations are checked below, after the comparison with the rule held: a rule saved before a
         # check existed runs (polis.alerts.rulebook), and putting it back unchanged must stay the no-op it was.
         rule = parse_rule(body, rule_id=rule_id, stored=True)
         with self._lock:
-            compiled = self._compile(tenant, rule)  # raises (e.g. an unreachable @context) before anything changes
+            # raises (e.g. an unreachable @context) before anything changes
+            compiled = self._compile(tenant, rule, owner)
             if compiled.watches_records:
                 _refuse_person_records(compiled)
             held = self.book.get(tenant, str(rule.id)) if rule.id is not None else None
             running = held is not None and (not held.enabled or str(held.id) in self.index.by_tenant.get(tenant, {}))
-            if held is not None and running and fingerprint(rule_json(held)) == fingerprint(compiled.json):
+            held_owner = self.book.owner(tenant, str(held.id)) if held is not None else None
+            # watching the same datasets as before (a rule put back by a department that may read other datasets
+            # is a new rule: it watches what that department may read)
+            same_reach = held_owner is not None and held_owner.datasets == owner.datasets
+            unchanged = held is not None and fingerprint(rule_json(held)) == fingerprint(compiled.json)
+            if held is not None and running and same_reach and unchanged:
                 # the same definition again (a GET put back): its alerts go on as they were. Not a rule that failed
                 # to install at start (an unreachable @context then): putting it back is how it gets going.
+                if held_owner != owner:  # the department that put it back answers for it now
+                    self.book.set_owners({(tenant, str(held.id)): owner})
+                    live = self.index.by_tenant.get(tenant, {}).get(str(held.id))
+                    if live is not None:
+                        live.owner = owner
+                        if live.replay is not None:
+                            live.replay.owner = owner
                 return held, False
             require_workable(rule)
             existed = held is not None
             if rule.id is not None:
                 self._retire(tenant, str(rule.id), "the rule was replaced")
-            rule = self.book.put(tenant, rule)
+            rule = self.book.put(tenant, rule, owner)
             self._install(tenant, rule)
         return rule, not existed
 
@@ -155,21 +176,62 @@ class AlertEngine:
             self._retire(tenant, rule_id, "the rule was deleted")
             self._save_state([])  # its saved state goes with it: the same rule made again starts afresh
 
-    def _compile(self, tenant: str, rule: AnyRule) -> CompiledRule:
+    def _compile(self, tenant: str, rule: AnyRule, owner: RuleOwner) -> CompiledRule:
         context = rule.context if rule.context is not None else DEFAULT_CONTEXT
         terms = self.platform.contexts.resolve(list(context) if isinstance(context, tuple) else context)
         settings = self.platform.settings
         compiled = CompiledRule(
-            tenant, rule, terms, self.platform.store, settings.datasets_dir, suppression_k=settings.suppression_k
+            tenant,
+            rule,
+            terms,
+            self.platform.store,
+            settings.datasets_dir,
+            suppression_k=settings.suppression_k,
+            owner=owner,
         )
+        compiled.datasets = self._reach(owner)
         if compiled.type_iri == "https://smartdatamodels.org/dataModel.Alert/Alert":
             raise BadRequestData(
                 "rule field 'scope.type': rules cannot watch Alert entities", field="scope.type", reason="loop"
             )
         return compiled
 
+    def _reach(self, owner: RuleOwner) -> frozenset[str] | None:
+        """The datasets a rule of `owner` watches now (None: all): those recorded when it was declared, less any its
+        department may no longer read. A revoked grant stops the rule watching that dataset at once, as it stops the
+        department's own reads and its subscriptions' notifications (AccessControl.notification_allows)."""
+        if owner.department is None:
+            return owner.datasets
+        access = getattr(self.platform, "access", None)
+        if access is None:  # the engine is built before access control (Platform._build): what was recorded
+            return owner.datasets
+        readable = access.entity_filter(owner.department)
+        return readable if owner.datasets is None else owner.datasets & readable
+
+    def _narrow(self, compiled: CompiledRule) -> None:
+        """Before an evaluation: the rule (and its backfill lane) watch what its department may read now."""
+        compiled.datasets = self._reach(compiled.owner)
+        if compiled.replay is not None:
+            compiled.replay.datasets = compiled.datasets
+
+    def _decide_legacy_owners(self) -> None:
+        """Rules an older Polis saved record no owner: decide theirs once (`legacy_owner`) and record it."""
+        unowned = self.book.unowned()
+        if not unowned:
+            return
+        owner = legacy_owner(self.platform.settings)
+        self.book.set_owners({(tenant, str(rule.id)): owner for tenant, rule in unowned})
+        for tenant, rule in unowned:
+            if owner.datasets is not None:
+                log.warning(
+                    "alert rule %s (tenant %r) was saved without who declared it, while departments other than "
+                    "the operator's could declare rules: it watches only the datasets all of them may read (%s). "
+                    "PUT it again with its department's key (or the admin key) to change that",
+                    rule.id, tenant, ", ".join(sorted(owner.datasets)) or "none",
+                )
+
     def _install(self, tenant: str, rule: AnyRule) -> None:
-        compiled = self._compile(tenant, rule)
+        compiled = self._compile(tenant, rule, self.book.owner(tenant, str(rule.id)) or OPERATOR)
         if isinstance(rule, BurstRule):
             compiled.prime_bursts()
         restore_lane(compiled, self._state.get(state_key(compiled)))  # readings seen and cooldowns, before a restart
@@ -311,6 +373,7 @@ class AlertEngine:
             evaluated = []
             for tenant, items in tenants.items():
                 for compiled in list(self.index.by_tenant.get(tenant, {}).values()):
+                    self._narrow(compiled)
                     pairs = [
                         (c.entity, c.previous) for c in items if c.entity is not None and compiled.in_scope(c.entity)
                     ]
@@ -359,6 +422,7 @@ class AlertEngine:
             lane = compiled.replay
             if lane is None:
                 return
+            self._narrow(compiled)
             now = self.clock()
             entities = {e["id"]: e for e in lane.scope_entities()}
             query = TemporalQuery(
@@ -527,17 +591,25 @@ class AlertEngine:
         sent = cap_time(datetime.now(UTC))
         if record.messages and record.messages[-1].sent >= sent:  # strictly increasing, whole seconds
             sent = cap_time(datetime.fromisoformat(record.messages[-1].sent) + timedelta(seconds=1))
-        message = SentMessage(identifier_for(record, len(record.messages) + 1), sent, msg_type)
-        xml = build_cap(record, message, list(record.messages), self.sender)
+        message = SentMessage(identifier_for(record, record.sent_count + 1), sent, msg_type)
+        xml = build_cap(record, message, record.messages, self.sender)
         try:
             validate_cap(xml)
         except ValueError:
             self.invalid_cap += 1
             log.exception("CAP message %s failed the schema check", message.identifier)
-        record.messages.append(message)
-        self.caps.setdefault(record.id, []).append(xml)
+        record.add_message(message)
+        self._keep_caps(record, xml)
         self._log(record, xml)
         self._write_entity(record)
+
+    def _keep_caps(self, record: AlertRecord, xml: bytes) -> None:
+        """Keep `xml` with the alert's CAP messages, as many as its record keeps (its first and the latest)."""
+        caps = self.caps.setdefault(record.id, [])
+        caps.append(xml)
+        surplus = len(caps) - max(len(record.messages), 1)
+        if surplus > 0:
+            del caps[1 : 1 + surplus]
 
     def _log(self, record: AlertRecord, xml: bytes | None) -> None:
         """The record as it is now, with the CAP message that made it so (None: a change without one, a lapse)."""
@@ -632,8 +704,25 @@ class AlertEngine:
         return record
 
     def cap_messages(self, tenant: str, alert_id: str) -> list[bytes]:
+        """The alert's CAP messages kept: its first and the latest (KEPT_MESSAGES in all)."""
         self.alert(tenant, alert_id)
         return list(self.caps.get(alert_id, []))
+
+    def cap_message(self, tenant: str, alert_id: str, number: int) -> bytes:
+        """The alert's CAP message `number` (from 1); ResourceNotFound saying why when it is not (or no longer) kept."""
+        record = self.alert(tenant, alert_id)
+        with self._lock:
+            caps = self.caps.get(alert_id, [])
+            index = record.kept_index(number)
+            if number > record.sent_count:
+                raise ResourceNotFound(f"alert {alert_id} has {record.sent_count} messages, not {number}")
+            if index is None or index >= len(caps):
+                oldest = record.sent_count - len(record.messages) + 2
+                raise ResourceNotFound(
+                    f"message {number} of alert {alert_id} is no longer kept: an alert keeps its first message and "
+                    f"its latest {KEPT_MESSAGES - 1} (here {oldest} to {record.sent_count})"
+                )
+            return caps[index]
 
     # -- persistence ------------------------------------------------------------------------------------
 
@@ -653,7 +742,7 @@ class AlertEngine:
                     continue
                 self.records[record.id] = record
                 if isinstance(cap, str):
-                    self.caps.setdefault(record.id, []).append(cap.encode())
+                    self._keep_caps(record, cap.encode())
 
     def close(self) -> None:
         self._closed = True
@@ -671,15 +760,47 @@ def _validity(record: AlertRecord) -> timedelta:
     return timedelta(seconds=float(record.rule.get("validityS", 3600.0)))
 
 
+def legacy_owner(settings: Settings) -> RuleOwner:
+    """The owner of rules an older Polis saved without one. Any department holding administer on alerts/aggregate
+    could declare them over the API, not only the operator's, and which one did is not known: such a rule watches
+    only the datasets every one of those departments may read, no more than its author could, whoever it was.
+    Where only departments that read everything administer alerts (the bootstrap admin alone, as a hub starts),
+    that is every dataset: the operator's rules go on as they were. The access database is read directly: the
+    engine starts before the platform's AccessControl (Platform._build)."""
+    from polis.access.control import PUBLIC
+    from polis.access.datasets import DATASETS, entity_tier
+    from polis.access.departments import DepartmentStore
+    from polis.access.grants import Permissions
+
+    store = DepartmentStore(settings.access_db_path)
+    try:
+        public = store.permissions(PUBLIC).grants
+        reach = frozenset(DATASETS)
+        tiers = {name: entity_tier(name) for name in DATASETS}
+        for name, _ in store.departments():
+            # A department holds the public department's grants too (AccessControl.permissions).
+            perms = Permissions(name, store.permissions(name).grants, public if name != PUBLIC else frozenset())
+            if perms.allows("alerts", "aggregate", "administer"):
+                reach &= perms.datasets_for("read", tiers, DATASETS)
+    finally:
+        store.close()
+    return RuleOwner(None, None if reach >= frozenset(DATASETS) else reach)
+
+
 def _refuse_person_records(compiled: CompiledRule) -> None:
     """A rule on single entities may not watch people's records (a 911 call, a trip): each alert would name one
     record and publish its value. Refused when the scope names one or its type holds them now; records stored
     later are skipped by `CompiledRule.in_scope`."""
-    record = compiled.first_person_record()
-    if record is not None:
+    named = next((i for i in sorted(compiled.ids) if person_entity(i)), None)
+    dataset = compiled.person_records_dataset()
+    if dataset is not None:
+        # A stored record's id is never named: it can say whose record it is, and the department may not read it.
+        # An id the scope names is the client's own words.
+        held = f"names {named}, a record" if named is not None else "holds records"
         raise BadRequestData(
-            f"rule {compiled.rule.id or ''} would watch people's records (e.g. {record}, held at the "
-            f"raw-pseudonymous tier): an alert on one record would publish it; count them with a burst rule",
+            f"rule {compiled.rule.id or ''} would watch people's records: its scope {held} of dataset {dataset} "
+            "(held at the raw-pseudonymous tier), and an alert on one record would publish it; count them with a "
+            "burst rule",
             field="scope",
             reason="person records",
         )

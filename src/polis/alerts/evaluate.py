@@ -17,11 +17,21 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from polis.access.datasets import DATASETS, dataset_of
 from polis.alerts.bursts import BurstCounter
 from polis.alerts.lifecycle import Signal, Tracker
 from polis.alerts.model import distance_m, parse_iso
-from polis.alerts.place import coarse_place, coarse_time, person_entity
-from polis.alerts.rules import AnomalyRule, AnyRule, BurstRule, ForecastRule, ThresholdRule, rule_json
+from polis.alerts.place import PERSON_TIERS, coarse_place, coarse_time, person_entity
+from polis.alerts.rules import (
+    OPERATOR,
+    AnomalyRule,
+    AnyRule,
+    BurstRule,
+    ForecastRule,
+    RuleOwner,
+    ThresholdRule,
+    rule_json,
+)
 from polis.crowd.gathering import CrowdParams, HourlyPanel, local_hour
 from polis.domain.entity import LOCATION, Entity
 from polis.ngsi_ld.context import TermMap
@@ -110,9 +120,20 @@ def point_of(entity: Entity) -> tuple[float, float] | None:
 
 class CompiledRule:
     def __init__(
-        self, tenant: str, rule: AnyRule, terms: TermMap, store: Store, datasets_dir: Path, suppression_k: int = 10
+        self,
+        tenant: str,
+        rule: AnyRule,
+        terms: TermMap,
+        store: Store,
+        datasets_dir: Path,
+        suppression_k: int = 10,
+        owner: RuleOwner = OPERATOR,
     ) -> None:
         self.tenant = tenant
+        self.owner = owner
+        # The datasets whose entities the rule watches (None: all): its owner's, narrowed by the engine to what the
+        # department may still read before each evaluation (AlertEngine._narrow), as a subscription's notifications are.
+        self.datasets: frozenset[str] | None = owner.datasets
         self.suppression_k = suppression_k
         self.rule = rule
         self.json = rule_json(rule)
@@ -159,8 +180,15 @@ class CompiledRule:
         through the live state would be skipped as late once a live reading came in (one clock per sensor),
         would end live alerts with hours-old readings, and would slide the crowd panel back and forth."""
         lane = CompiledRule(
-            self.tenant, self.rule, self.terms, self.store, self.datasets_dir, suppression_k=self.suppression_k
+            self.tenant,
+            self.rule,
+            self.terms,
+            self.store,
+            self.datasets_dir,
+            suppression_k=self.suppression_k,
+            owner=self.owner,
         )
+        lane.datasets = self.datasets
         lane.replaying = True
         return lane
 
@@ -177,6 +205,8 @@ class CompiledRule:
         if self.type_iri not in entity.get("type", ()):
             return False
         eid = entity["id"]
+        if self.datasets is not None and dataset_of(eid) not in self.datasets:
+            return False  # its department may not read it, and an alert would publish it to every reader
         if self.watches_records and person_entity(eid):
             return False  # an alert on one person's record would publish its id and value: only bursts count them
         if self.ids and eid not in self.ids:
@@ -250,14 +280,31 @@ class CompiledRule:
         """Whether the rule alerts on single entities (threshold, forecast, anomaly), not on counts (burst)."""
         return not isinstance(self.rule, BurstRule)
 
-    def first_person_record(self) -> str | None:
-        """The id of a person's record (polis.alerts.place) this rule's scope names or would watch now, if any."""
-        named = next((i for i in sorted(self.ids) if person_entity(i)), None)
-        if named is not None:
-            return named
-        query = EntityQuery(types=TypeSelector(((self.type_iri,),)), limit=1)
+    def person_records_dataset(self) -> str | None:
+        """The dataset of people's records (polis.alerts.place) this rule's scope names, or of one it would watch now
+        (of its type, ids and idPattern, in the datasets it may watch), if any. A dataset, never a record: a record's
+        id can say whose it is, and the department asking may not read it."""
+        named = sorted({dataset_of(i) for i in self.ids if person_entity(i)})
+        if named:
+            return named[0]
+        held = tuple(
+            sorted(
+                name
+                for name, info in DATASETS.items()
+                if info.entity_tier in PERSON_TIERS and (self.datasets is None or name in self.datasets)
+            )
+        )
+        if not held:
+            return None
+        query = EntityQuery(
+            types=TypeSelector(((self.type_iri,),)),
+            ids=tuple(sorted(self.ids)),
+            id_pattern=self.rule.scope.id_pattern,
+            datasets=held,
+            limit=1,
+        )
         found = self.store.query(self.tenant, query).entities
-        return found[0]["id"] if found and person_entity(found[0]["id"]) else None
+        return dataset_of(found[0]["id"]) if found else None
 
     def person_related(self, subject: str) -> bool:
         """Whether alerts on this subject are about people, so their place and time are coarsened and fixed

@@ -8,6 +8,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 EARTH_RADIUS_M = 6_371_008.8
+# The messages an alert keeps (in memory, in its JSON view, on each line of alerts/messages.jsonl): its first (the
+# Alert every later message refers to) and the latest ones, this many in all. An alert updated for days would
+# otherwise carry every message it ever sent, each log line and each CAP message's references growing with it.
+KEPT_MESSAGES = 20
 
 
 def distance_m(a: tuple[float, float], b: tuple[float, float]) -> float:
@@ -64,6 +68,26 @@ class AlertRecord:
     headline: str = ""
     description: str = ""
     replayed: bool = False  # raised by a backfill (its own lane of state, polis.alerts.evaluate.replay_lane)
+    sent_count: int = 0  # messages ever sent about it (they are numbered from 1); `messages` keeps KEPT_MESSAGES
+
+    def add_message(self, message: SentMessage) -> None:
+        """Record a message sent; the oldest but the first goes once KEPT_MESSAGES are kept."""
+        self.messages.append(message)
+        self.sent_count += 1
+        self._trim()
+
+    def _trim(self) -> None:
+        if len(self.messages) > KEPT_MESSAGES:
+            del self.messages[1 : len(self.messages) - KEPT_MESSAGES + 1]
+
+    def kept_index(self, number: int) -> int | None:
+        """Where message `number` (from 1) is in `messages`; None if it is no longer kept (or was never sent)."""
+        if not 1 <= number <= self.sent_count or not self.messages:
+            return None
+        if number == 1:
+            return 0
+        index = len(self.messages) - 1 - (self.sent_count - number)
+        return index if index >= 1 else None
 
     @property
     def msg_type(self) -> str:
@@ -111,7 +135,7 @@ class AlertRecord:
             )
             for m in data["members"]
         }
-        return cls(
+        record = cls(
             id=data["id"],
             tenant=data["tenant"],
             rule_id=data["rule_id"],
@@ -125,4 +149,7 @@ class AlertRecord:
             headline=data["headline"],
             description=data["description"],
             replayed=bool(data.get("replayed", False)),
+            sent_count=int(data.get("sent_count", len(data["messages"]))),  # records before the count: all were kept
         )
+        record._trim()  # a record an older Polis logged with every message it sent
+        return record

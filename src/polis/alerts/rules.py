@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import string
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -249,6 +250,9 @@ def _spec_problem(spec: str | None) -> str | None:
     return None
 
 
+# The shortest updateIntervalS a rule may be declared with (`rule_problems`); rules saved before it run with a
+# warning (polis.alerts.rulebook).
+MIN_UPDATE_INTERVAL_S = 60.0
 MAX_THRESHOLD = 1e12  # larger than any count, speed or level a city measures; 1e308 would never be crossed
 
 
@@ -370,6 +374,15 @@ def rule_problems(rule: AnyRule) -> list[tuple[str, str]]:
     if validity < 1:
         # CAP times are whole seconds: `expires` could read as the very second the message takes effect.
         problems.append(("validityS", f"{validity:g} s is under a second, the resolution of CAP times"))
+    if update < MIN_UPDATE_INTERVAL_S:
+        # Every reading of an alerting sensor would be a CAP message: a sensor sending every second floods every
+        # feed reader, the message log and the engine (each message is built, checked against the schema, logged).
+        problems.append(
+            (
+                "updateIntervalS",
+                f"{update:g} s is below {MIN_UPDATE_INTERVAL_S:g} s: at most one update a minute goes out per alert",
+            )
+        )
     if isinstance(rule, BurstRule) and rule.hysteresis > 0:
         # A burst clears as soon as the window's count is no longer one: there is no band to stay inside.
         problems.append(("hysteresis", "burst rules do not use hysteresis: a burst clears when its count does"))
@@ -494,3 +507,34 @@ def load_rules_file(path: Any) -> list[AnyRule]:
         except orjson.JSONDecodeError as error:
             raise BadRequestData(f"{file}: not valid JSON: {error}") from None
     return parse_rules_document(document)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleOwner:
+    """Who declared a rule, and the datasets whose entities it may watch (None: every dataset).
+
+    Kept beside the rule, never in it: the hub records it from the request that saved the rule (the declaring
+    department and what it may read, `polis.api.routes_alerts`), so a client cannot set it. A rule publishes what
+    it watches to every alerts reader and the public CAP feed: it must not watch what its department may not read.
+    """
+
+    department: str | None  # None: the operator (POLIS_ALERT_RULES_FILE, `polis alerts load`, the demo)
+    datasets: frozenset[str] | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"department": self.department, "datasets": None if self.datasets is None else sorted(self.datasets)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> RuleOwner:
+        """ValueError when `data` is not what `to_json` writes."""
+        if not isinstance(data, dict):
+            raise ValueError("an owner is a JSON object")
+        department, datasets = data.get("department"), data.get("datasets")
+        if department is not None and not isinstance(department, str):
+            raise ValueError("an owner's department is a string or null")
+        if datasets is not None and not (isinstance(datasets, list) and all(isinstance(d, str) for d in datasets)):
+            raise ValueError("an owner's datasets are a list of names or null")
+        return cls(department, None if datasets is None else frozenset(datasets))
+
+
+OPERATOR = RuleOwner(None, None)

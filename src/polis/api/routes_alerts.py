@@ -11,8 +11,13 @@ Alerts (read only; the engine raises them):
                                               unconfirmed for its validity is "expired", not active
   GET /polis/v1/alerts/feed                   Atom feed of the active alerts, each entry's content a CAP 1.2 alert
   GET /polis/v1/alerts/{alertId}              JSON; with Accept: application/cap+xml the latest CAP message
-  GET /polis/v1/alerts/{alertId}/cap          the latest CAP 1.2 message (?message=N: the N-th, from 1)
+  GET /polis/v1/alerts/{alertId}/cap          the latest CAP 1.2 message (?message=N: the N-th, from 1, while kept:
+                                              the first and the latest ones are, polis.alerts.model.KEPT_MESSAGES)
 Every route honours NGSILD-Tenant.
+
+A rule publishes what it watches (values, names, places) to every alerts reader and the public CAP feed, so it
+watches only what the department declaring it may read: ids in its scope need read on their datasets (403), and
+the engine skips entities of any other dataset (polis.alerts.rules.RuleOwner, recorded here, never by the client).
 """
 
 from __future__ import annotations
@@ -24,10 +29,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from polis.access.enforce import wants_cap
+from polis.access.datasets import DATASETS
+from polis.access.enforce import access_of, wants_cap
 from polis.alerts.cap import ATOM_MEDIA_TYPE, CAP_MEDIA_TYPE, atom_feed
 from polis.alerts.model import AlertRecord, iso
-from polis.alerts.rules import parse_rule, rule_json
+from polis.alerts.rules import AnyRule, RuleOwner, parse_rule, rule_json
 from polis.api.ld_http import declared_query_only, plain_json_body, platform_of, tenant_of
 from polis.domain.errors import AlreadyExists, ResourceNotFound
 
@@ -68,7 +74,9 @@ def alert_json(record: AlertRecord) -> dict[str, Any]:
             }
             for m in record.members.values()
         ],
+        # the first and the latest (polis.alerts.model.KEPT_MESSAGES); messageCount: how many were ever sent
         "messages": [{"identifier": m.identifier, "msgType": m.msg_type, "sent": m.sent} for m in record.messages],
+        "messageCount": record.sent_count,
         "cap": f"{base}/cap",
         "rule": record.rule,
     }
@@ -77,15 +85,26 @@ def alert_json(record: AlertRecord) -> dict[str, Any]:
 # -- rules -----------------------------------------------------------------------------------------------
 
 
+def _declared_by(request: Request, rule: AnyRule) -> RuleOwner:
+    """The department saving `rule` and the datasets it may read (the rule may watch no others). Ids its scope names
+    need read on their datasets: 403 (audited) rather than a rule quietly watching nothing."""
+    access = access_of(request)
+    if rule.scope.ids:
+        access.require_entities(rule.scope.ids, "read")
+    readable = frozenset(access.readable())  # audited; 403 when it may read no dataset at all
+    return RuleOwner(access.department, None if readable >= frozenset(DATASETS) else readable)
+
+
 @router.post("/rules", status_code=201, summary="Declare an alert rule")
 async def create_rule(request: Request) -> Response:
     platform = platform_of(request)
     tenant = tenant_of(request, write=True)
     body = await plain_json_body(request)
     rule = parse_rule(body)
+    owner = await run_in_threadpool(_declared_by, request, rule)
     if rule.id is not None and platform.alerts.book.get(tenant, rule.id) is not None:
         raise AlreadyExists(f"alert rule {rule.id} already exists (PUT /polis/v1/alerts/rules/{rule.id} replaces it)")
-    created, _ = await run_in_threadpool(platform.alerts.put_rule, tenant, body)
+    created, _ = await run_in_threadpool(platform.alerts.put_rule, tenant, body, None, owner)
     return _json(rule_json(created), 201, {"Location": f"/polis/v1/alerts/rules/{created.id}"})
 
 
@@ -106,7 +125,8 @@ async def put_rule(rule_id: str, request: Request) -> Response:
     platform = platform_of(request)
     tenant = tenant_of(request, write=True)
     body = await plain_json_body(request)
-    rule, created = await run_in_threadpool(platform.alerts.put_rule, tenant, body, rule_id)
+    owner = await run_in_threadpool(_declared_by, request, parse_rule(body, rule_id=rule_id, stored=True))
+    rule, created = await run_in_threadpool(platform.alerts.put_rule, tenant, body, rule_id, owner)
     return _json(rule_json(rule), 201 if created else 200, {"Location": f"/polis/v1/alerts/rules/{rule.id}"})
 
 
@@ -162,9 +182,8 @@ def _latest_cap(messages: list[bytes], alert_id: str) -> bytes:
 @router.get("/{alert_id}/cap", summary="One alert's latest (or N-th) CAP 1.2 message")
 async def get_cap(alert_id: str, request: Request, message: int | None = Query(None, ge=1)) -> Response:
     platform = platform_of(request)
-    messages = platform.alerts.cap_messages(tenant_of(request), alert_id)
+    tenant = tenant_of(request)
     if message is None:
-        return Response(_latest_cap(messages, alert_id), media_type=CAP_MEDIA_TYPE)
-    if message > len(messages):
-        raise ResourceNotFound(f"alert {alert_id} has {len(messages)} messages, not {message}")
-    return Response(messages[message - 1], media_type=CAP_MEDIA_TYPE)
+        latest = _latest_cap(platform.alerts.cap_messages(tenant, alert_id), alert_id)
+        return Response(latest, media_type=CAP_MEDIA_TYPE)
+    return Response(platform.alerts.cap_message(tenant, alert_id, message), media_type=CAP_MEDIA_TYPE)
