@@ -64,6 +64,8 @@ class Platform:
         self.forecasts = ForecastService(self)
         self.access = AccessControl(settings)  # departments, keys, grants and the audit log
         self.subscriptions.entity_gate = self.access.notification_allows  # notifications: only what may be read
+        # an administrator's ids stay out of other departments' namespaces
+        self.subscriptions.department_exists = self.access.departments.has_department
         self.subscriptions.start()  # the outbox of the last run, now that every notification meets the gate
 
     def start_mqtt(self, url: str, wait_s: float | None = None) -> Source:

@@ -92,12 +92,13 @@ def test_a_reused_subscription_id_never_gets_the_previous_owners_notifications(h
     """Health's notification is being sent (to a silent endpoint) when health deletes its subscription and
     transport creates one with the same id: the send times out and the worker retried it for the new
     subscription, so transport's endpoint got an entity of a dataset transport may not read."""
-    health = department(hub, "health", (MEL, "aggregate", "read"), (MEL, "aggregate", "subscribe"))
-    # only a department that administers `subscriptions` may choose an id under another department's prefix
+    # ids outside a department's prefix are for departments that administer `subscriptions`; both do here
+    health = department(hub, "health", (MEL, "aggregate", "read"), (MEL, "aggregate", "subscribe"),
+                        ("subscriptions", "aggregate", "administer"))
     transport = department(hub, "transport", ("los-loop", "aggregate", "read"), ("los-loop", "aggregate", "subscribe"),
                            ("subscriptions", "aggregate", "administer"))
     hole, receiver = BlackHole(), Receiver().start()
-    sid = "urn:ngsi-ld:Subscription:health:shared-name"
+    sid = "urn:ngsi-ld:Subscription:shared-name"
     try:
         subscribe(hub, health, "Counter", hole.url, id=sid, endpoint={"timeout": 3000})
         put(hub, f"urn:ngsi-ld:Counter:{MEL}:c1", "Counter", 1234)

@@ -94,7 +94,7 @@ def test_administering_departments_choose_any_id(hub: tuple[TestClient, Keys]) -
     client, keys = hub
     for department, sub_id in (("admin", "urn:ngsi-ld:Subscription:citywide"),
                                ("operations", "urn:ngsi-ld:Subscription:operations-watch"),
-                               ("operations", "urn:ngsi-ld:Subscription:parks:on-behalf")):
+                               ("operations", "urn:ngsi-ld:Subscription:operations:own-prefix")):
         assert _created_id(client, keys[department], sub_id) == sub_id
     generated = _created_id(client, keys["operations"])
     assert generated.startswith("urn:ngsi-ld:Subscription:") and generated.count(":") == 3, generated

@@ -1,5 +1,5 @@
-"""Delivery workers: one thread per subscription with notifications waiting, started on demand and ended
-after a minute idle.
+"""Delivery workers: one thread per subscription with notifications waiting (and not paused or expired),
+started on demand and ended after a minute idle.
 
 Each subscription has one endpoint and its own queue, delivered strictly in order: the head is retried
 (exponential backoff, at least the endpoint's `cooldown`) until its endpoint takes it, and only then does
@@ -7,7 +7,8 @@ the next one go. A dead endpoint therefore holds back only the subscriptions tha
 other queue keeps flowing. With `throttling`, whatever queued up during the pause goes as one
 notification; the pause is counted from the last notification the endpoint took (`lastSuccess`, kept in the
 database), so neither a worker ending idle nor a restart shortens it. A paused (isActive false) or expired
-subscription keeps its queue and sends nothing.
+subscription sends nothing and holds no thread: its worker ends, its backlog waits in the outbox, and a PATCH
+(which kicks) starts a worker again that reads the backlog back from where the last one stopped.
 
 A worker holds at most MAX_QUEUED notifications in memory; a longer backlog (a dead endpoint under a busy
 stream) waits in the outbox table and is read back in order as the queue drains, so an endpoint that is down
@@ -30,7 +31,7 @@ from datetime import UTC, datetime
 
 from polis.ngsi_ld.context import TermMap
 from polis.subscriptions.endpoints import EndpointPolicy
-from polis.subscriptions.model import DeliveryStatus, Subscription, parse_time, utc_text
+from polis.subscriptions.model import MAX_ENDPOINT_TIMEOUT_MS, DeliveryStatus, Subscription, parse_time, utc_text
 from polis.subscriptions.notification import Change, OutboxItem, build
 from polis.subscriptions.repository import SubscriptionRepository
 from polis.subscriptions.transports import DeliveryFailed, HttpSender, MqttPublisher, StreamHub
@@ -88,6 +89,9 @@ class Dispatcher:
         self.mqtt = MqttPublisher(policy)
         self.lock = threading.Lock()  # guards every worker's queue and the worker table
         self._workers: dict[Key, _Worker] = {}
+        # Subscriptions paused or expired with a backlog: the seq after which it waits in the outbox. An int each,
+        # not a sleeping thread each (thousands of paused subscriptions are thousands of idle threads otherwise).
+        self._parked: dict[Key, int] = {}
         self.stopping = False
         # Delivered seqs and changed statuses, written to the outbox tables together every ACK_EVERY_S by one
         # thread: one small transaction for many notifications, and none in the ingest path's way.
@@ -110,16 +114,22 @@ class Dispatcher:
         limit = MAX_QUEUED
         items = self.repo.pending(per_subscription=limit)
         counts: dict[Key, int] = {}
+        heads: dict[Key, int] = {}  # the lowest seq each backlog holds
         for item in items:
             key = (item.tenant, item.subscription_id)
             counts[key] = counts.get(key, 0) + 1
+            heads[key] = min(heads.get(key, item.seq), item.seq)
+        idle = {key for key in counts if not self._deliverable(key)}  # asked before the lock: see `kick`
         with self.lock:
             if self.stopping:
                 return
+            for key in idle:  # no thread started only to end at once
+                self._parked[key] = heads[key] - 1
             for item in items:
-                self._worker((item.tenant, item.subscription_id)).take(item)
+                if (item.tenant, item.subscription_id) not in idle:
+                    self._worker((item.tenant, item.subscription_id)).take(item)
             for key, count in counts.items():
-                if count >= limit:  # maybe more in the outbox
+                if count >= limit and key not in idle:  # maybe more in the outbox
                     self._workers[key].overflow = True
 
     def _worker(self, key: Key) -> _Worker:
@@ -127,8 +137,19 @@ class Dispatcher:
         worker = self._workers.get(key)
         if worker is None:
             worker = self._workers[key] = _Worker(self, key)
+            parked = self._parked.pop(key, None)
+            if parked is not None:  # its backlog, and whatever it is handed now, is read back from the outbox
+                worker.last_seq = parked
+                worker.overflow = True
             worker.start()
         return worker
+
+    def _deliverable(self, key: Key) -> bool:
+        """Whether the key's worker has anything to do now: not for a paused or expired subscription (one that is
+        gone or cannot be compiled is left to the worker, which knows what to do with its backlog). Asks the
+        service, so never with the lock held (the service calls in with its own lock held: `drop`)."""
+        target = self.target(key)
+        return target is None or target.sub.status() == "active"
 
     def record(self, key: Key, status: DeliveryStatus, delivered: list[int]) -> None:
         """A worker's outcome, persisted by the acker within ACK_EVERY_S (at least once: a crash before that
@@ -157,6 +178,7 @@ class Dispatcher:
         """The subscription was deleted (its rows with it): its worker forgets what it holds, before the id can
         be created again, so none of it can reach a new subscription of the same id."""
         with self.lock:
+            self._parked.pop(key, None)  # its rows went with it
             worker = self._workers.get(key)
             if worker is not None:
                 worker.queue.clear()
@@ -187,21 +209,25 @@ class Dispatcher:
             self.repo.acknowledge(delivered, [(k[0], k[1], replace(s)) for k, s in dirty.items()])
 
     def kick(self, key: Key) -> None:
-        """Retry now: the subscription changed or a stream client connected."""
+        """Retry now: the subscription changed or a stream client connected. A parked subscription (paused or
+        expired with a backlog) gets a worker again once it may notify (a PATCH resumed or renewed it)."""
+        deliverable = self._deliverable(key)
         with self.lock:
             worker = self._workers.get(key)
             if worker is not None:
                 worker.kicked = True
                 worker.wakeup.notify()
+            elif key in self._parked and deliverable and not self.stopping:
+                self._worker(key)
 
     def pending(self, key: Key) -> int:
         with self.lock:
             worker = self._workers.get(key)
-            if worker is None:
+            if worker is None and key not in self._parked:
                 return 0
-            if not worker.overflow:
+            if worker is not None and not worker.overflow:
                 return len(worker.queue)
-        return self.repo.count_pending(*key)  # a backlog longer than what is held in memory
+        return self.repo.count_pending(*key)  # a backlog longer than what is held in memory, or parked
 
     def stop(self, timeout: float = 3.0) -> None:
         """Stop every worker; one stuck in a send (a silent endpoint) is left behind after `timeout`
@@ -218,6 +244,22 @@ class Dispatcher:
             self._acker.join(ACK_EVERY_S * 2)
         self.flush()
         self.mqtt.close()
+
+    def _park(self, worker: _Worker) -> bool:
+        """Called with the lock held by the worker of a paused or expired subscription: leave the table and note
+        where its backlog starts, unless a kick came meanwhile (a PATCH that may have resumed it, whose `kick`
+        found this worker still there): then False, and the worker looks at its subscription again."""
+        if worker.kicked:
+            worker.kicked = False
+            return False
+        if self._workers.get(worker.key) is worker:
+            del self._workers[worker.key]
+            # Everything before the head of the queue was delivered (its acknowledgement may be on its way still);
+            # with an empty queue, everything up to what was read back from the outbox.
+            self._parked[worker.key] = worker.queue[0].seq - 1 if worker.queue else worker.last_seq
+        worker.queue.clear()
+        worker.overflow = False
+        return True
 
     def _retire(self, worker: _Worker) -> bool:
         """Called with the lock held by an idle worker: leave the table unless items arrived meanwhile."""
@@ -305,8 +347,9 @@ class _Worker(threading.Thread):
         sub = target.sub
         if sub.status() != "active":
             # Paused or expired: only a change of the subscription (a PATCH, which kicks) or its deletion can let
-            # it notify again, so there is nothing to look at before then.
-            return self._pause(None)
+            # it notify again; until then the backlog waits in the outbox, and no thread waits with it.
+            with d.lock:
+                return not d._park(self)
         if sub.throttling is not None:
             wait = max(_throttle_wait(sub.throttling, target.status),
                        self.last_sent + sub.throttling - time.monotonic())
@@ -392,7 +435,9 @@ class _Worker(threading.Thread):
 
     def _send(self, sub: Subscription, body: bytes, headers: dict[str, str], notification_id: str) -> None:
         endpoint = sub.endpoint
-        timeout = endpoint.timeout_ms / 1000.0 if endpoint.timeout_ms else self.d.timeout_s
+        # capped here too: a subscription stored before its create/PATCH refused a longer one
+        asked = min(endpoint.timeout_ms, MAX_ENDPOINT_TIMEOUT_MS) if endpoint.timeout_ms else None
+        timeout = asked / 1000.0 if asked is not None else self.d.timeout_s
         kind = endpoint.transport
         if kind == "sse":
             self.d.streams.send(sub.tenant, sub.id, body, notification_id)

@@ -43,6 +43,12 @@ UNSUPPORTED = {
     "scopeQ": "scopeQ is not supported on subscriptions",
     "datasetId": "datasetId is not supported on subscriptions",
 }
+# The longest notification.endpoint.timeout a client may ask for, in milliseconds like the member (NGSI-LD
+# endpoint timeout). A subscription's notifications go one at a time, so an attempt holds its delivery worker
+# (and every notification queued behind it) for up to this long; hours would let one endpoint that accepts and
+# never answers pin a worker. A constant like the other bounds on what a client sends here (MAX_URI, MAX_TEXT),
+# not a setting: the operator's knob is POLIS_NOTIFY_TIMEOUT_S, the default for an endpoint that names none.
+MAX_ENDPOINT_TIMEOUT_MS = 60_000
 MAX_URI = 2048
 MAX_TEXT = 4096
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,128}")
@@ -238,6 +244,15 @@ def department_id_prefix(department: str) -> str:
     unused id is 201 would tell a department which ids the others chose. A department name is lowercase
     letters, digits, '_' and '-' (polis.access.departments), so the prefix is a valid URI as it is."""
     return f"{ID_PREFIX}{department}:"
+
+
+def prefix_department(sub_id: str) -> str | None:
+    """The department whose namespace (`department_id_prefix`) an id lies in, were one of that name to exist:
+    `police` for `urn:ngsi-ld:Subscription:police:raids`; None for an id of no such shape."""
+    if not sub_id.startswith(ID_PREFIX):
+        return None
+    name, colon, _ = sub_id[len(ID_PREFIX):].partition(":")
+    return name if colon and name else None
 
 
 # -- parsing -----------------------------------------------------------------------------------------
@@ -534,7 +549,7 @@ def _endpoint(raw: Any) -> Endpoint:
     accept = raw.get("accept", "application/json")
     if accept not in ACCEPTS:
         raise BadRequestData(f"notification.endpoint.accept must be one of {', '.join(ACCEPTS)}, got {_show(accept)}")
-    timeout = None if raw.get("timeout") is None else _positive(raw["timeout"], "notification.endpoint.timeout")
+    timeout = None if raw.get("timeout") is None else _timeout(raw["timeout"])
     cooldown = None if raw.get("cooldown") is None else _positive(raw["cooldown"], "notification.endpoint.cooldown")
     receiver = _pairs(raw.get("receiverInfo"), "notification.endpoint.receiverInfo", headers=True)
     notifier = _pairs(raw.get("notifierInfo"), "notification.endpoint.notifierInfo", headers=False)
@@ -621,6 +636,17 @@ def _positive(raw: Any, where: str) -> float:
     if raw > 10**9:
         raise BadRequestData(f"{where} is too large: {_show(raw)}")
     return float(raw)
+
+
+def _timeout(raw: Any) -> float:
+    where = "notification.endpoint.timeout"
+    timeout = _positive(raw, where)
+    if timeout > MAX_ENDPOINT_TIMEOUT_MS:
+        raise BadRequestData(
+            f"{where} is at most {MAX_ENDPOINT_TIMEOUT_MS} (milliseconds, {MAX_ENDPOINT_TIMEOUT_MS // 1000} s), "
+            f"got {_show(raw)}"
+        )
+    return timeout
 
 
 def _future(raw: Any, where: str, now: datetime) -> str:

@@ -32,7 +32,9 @@ from polis.subscriptions.model import (
     Endpoint,
     Subscription,
     apply_patch,
+    department_id_prefix,
     parse_subscription,
+    prefix_department,
     utc_text,
 )
 from polis.subscriptions.notification import Change, OutboxItem, new_notification_id
@@ -85,6 +87,9 @@ class SubscriptionService:
         self._lock = threading.RLock()
         self._active: dict[Key, _Active] = {}
         self._subs: dict[Key, Subscription] = {}
+        # Whether a department of this name exists; the platform sets it to the access store's
+        # `has_department` (polis.access), None = no departments (standalone use): see `_check_namespace`.
+        self.department_exists: Callable[[str], bool] | None = None
         # (department, entity id) -> may its subscriptions carry that entity; the platform sets it to
         # AccessControl.notification_allows (polis.access), None = no access control (standalone use).
         self.entity_gate: Callable[[str | None, str], bool] | None = None
@@ -125,10 +130,14 @@ class SubscriptionService:
         id_prefix: str | None = None,
     ) -> Subscription:
         """`id_prefix`: the id must fall under it (a department's own namespace, `department_id_prefix`),
-        refused before the id is looked up, so the answer is the same whether another department holds it."""
+        refused before the id is looked up, so the answer is the same whether another department holds it.
+        Without one (a department that administers `subscriptions`) the id may still not lie in another
+        department's namespace (`_check_namespace`)."""
         sub = parse_subscription(
             body, terms, context, tenant=tenant, now=self.clock(), department=department, id_prefix=id_prefix
         )
+        if id_prefix is None:
+            self._check_namespace(sub.id, department)
         self._check_endpoint(sub.endpoint)
         active = self._compile(sub, DeliveryStatus())
         with self._lock:
@@ -257,6 +266,20 @@ class SubscriptionService:
         return _OutboxRows(self, drafts)
 
     # -- internals -----------------------------------------------------------------------------------
+
+    def _check_namespace(self, sub_id: str, department: str | None) -> None:
+        """An administering department chooses ids under its own prefix or under none, never under another
+        existing department's: that department may only choose ids there, and one taken from it would answer it
+        409 for an id it cannot see (the subscription stays the creator's), a name squatted in its namespace.
+        Subscriptions the platform creates itself (no department) are not confined."""
+        owner = prefix_department(sub_id)
+        exists = self.department_exists
+        if department is None or owner is None or owner == department or exists is None or not exists(owner):
+            return
+        raise BadRequestData(
+            f"id: {department_id_prefix(owner)} is department {owner}'s namespace; choose an id under "
+            f"{department_id_prefix(department)} or one without a department prefix"
+        )
 
     def _check_endpoint(self, endpoint: Endpoint) -> None:
         """An endpoint whose host is a literal IP in a denied network is refused now (400); a host name is

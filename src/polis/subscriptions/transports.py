@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
@@ -191,16 +192,22 @@ class MqttPublisher:
         self._lock = threading.Lock()
 
     def send(self, uri: str, body: bytes, headers: dict[str, str], timeout_s: float, qos: int = 1) -> None:
-        """Publish within `timeout_s` in all (connecting and the broker's acknowledgement share it)."""
+        """Publish within `timeout_s` in all (resolving the broker's name, connecting and the broker's
+        acknowledgement share it)."""
         deadline = time.monotonic() + timeout_s
         parts = urlsplit(uri)
         tls = parts.scheme.lower() == "mqtts"
         host = parts.hostname or "127.0.0.1"
         port = parts.port or (8883 if tls else 1883)
         try:  # checked at each delivery, and again by every (re)connection the client makes (_guarded_client)
-            self.policy.addresses(host, port)
+            if literal_address(host) is not None:
+                self.policy.addresses(host, port)  # no lookup: checked here, on no thread of its own
+            else:
+                _resolve_by(self.policy, host, port, deadline)
         except EndpointRefused as refused:
             raise DeliveryFailed(refused.reason) from None
+        except TimeoutError:
+            raise DeliveryFailed(f"{host} was not resolved within {timeout_s:g} s") from None
         key = (parts.scheme.lower(), host, port, unquote(parts.username or ""), unquote(parts.password or ""))
         with self._lock:
             broker = self._clients.pop(key, None)
@@ -248,6 +255,24 @@ class MqttPublisher:
             brokers, self._clients = list(self._clients.values()), {}
         for broker in brokers:
             broker.stop()
+
+
+def _resolve_by(policy: EndpointPolicy, host: str, port: int, deadline: float) -> list[IPAddress]:
+    """The host's addresses, each checked (`EndpointPolicy.addresses`), by `deadline` (time.monotonic());
+    TimeoutError after it. The system resolver blocks and cannot be cancelled, so it runs on a daemon thread of
+    its own that a name server the endpoint's owner keeps waiting holds until the resolver gives up, not the
+    delivery. A thread per lookup rather than a pool: a few hung lookups cannot make the other subscriptions'
+    lookups queue behind them, and a hung one does not hold up the hub's exit (a pool's threads are joined)."""
+    found: Future[list[IPAddress]] = Future()
+
+    def lookup() -> None:
+        try:
+            found.set_result(policy.addresses(host, port))
+        except BaseException as error:  # EndpointRefused, or a bug: raised in the delivery, not lost here
+            found.set_exception(error)
+
+    threading.Thread(target=lookup, name="polis-mqtt-resolve", daemon=True).start()
+    return found.result(max(0.0, deadline - time.monotonic()))  # TimeoutError (the builtin, since 3.11)
 
 
 def _stop_later(brokers: list[_Broker]) -> None:
