@@ -6,17 +6,20 @@ nothing of what it refused)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from polis.domain.entity import HistoryInstance
 from polis.platform import Platform
 from polis.privacy.refusal import redacted
 from tests.conftest import LINK_SDM, hub_client, problem
 
 GATE = {"id": "urn:ngsi-ld:CrowdFlowObserved:gate-1", "type": "CrowdFlowObserved",
         "peopleCount": {"type": "Property", "value": 5}}
+SDM = "https://smartdatamodels.org/dataModel.Transportation/"
 WITHHELD = "[withheld by privacy rule 'person-record']"
 
 
@@ -66,3 +69,23 @@ def test_the_audit_log_keeps_no_refused_persons_id(hub: tuple[TestClient, Platfo
 )
 def test_redacted_withholds_only_a_persons_id(text: str, kept: str | None) -> None:
     assert redacted(text) == (text if kept is None else kept)
+
+
+def test_a_temporal_instance_of_a_stored_person_record_takes_nothing_more(hub: tuple[TestClient, Platform]) -> None:
+    client, platform = hub
+    eid, now = "urn:ngsi-ld:Person:zed", "2026-01-01T00:00:00Z"
+    reading = {"type": "Property", "value": 1, "observedAt": now}
+    platform.store.write(  # as an older Polis stored it, before the gate refused person records
+        "",
+        upserts=[{"id": eid, "type": [SDM + "CrowdFlowObserved"], "createdAt": now, "modifiedAt": now,
+                  SDM + "peopleCount": [dict(reading, createdAt=now, modifiedAt=now)]}],
+        history=[HistoryInstance(eid, SDM + "peopleCount", datetime(2026, 1, 1, tzinfo=UTC), reading)],
+    )
+    link = {"Link": LINK_SDM}
+    found = client.get(f"/ngsi-ld/v1/temporal/entities/{eid}", headers=link).json()["peopleCount"]
+    instance_id = found[0]["instanceId"]
+    body = dict(reading, value=99, location={"type": "GeoProperty", "value": {"type": "Point", "coordinates": [1, 2]}})
+    r = client.patch(f"/ngsi-ld/v1/temporal/entities/{eid}/attrs/peopleCount/{instance_id}", json=body, headers=link)
+    problem(r, 422, "PersonalDataRefused", "person-record")
+    after = client.get(f"/ngsi-ld/v1/temporal/entities/{eid}", headers=link).json()["peopleCount"]
+    assert [i["value"] for i in after] == [1] and "location" not in after[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -26,13 +27,40 @@ from polis.api.ld_http import (
 )
 from polis.api.routes_entities import QUERY_PARAMS, build_entity_query
 from polis.domain.errors import BadRequestData
-from polis.ngsi_ld.params import check_known, narrow_pick, parse_bool, parse_names, parse_options, parse_projection
-from polis.ngsi_ld.temporal import content_range, parse_aggregation, parse_temporal_query, render_temporal_entity
+from polis.ngsi_ld.params import (
+    check_known,
+    narrow_pick,
+    parse_bool,
+    parse_dataset_ids,
+    parse_names,
+    parse_options,
+    parse_projection,
+)
+from polis.ngsi_ld.temporal import (
+    Window,
+    content_range,
+    cut_to_window,
+    parse_aggregation,
+    parse_temporal_query,
+    render_temporal_entity,
+)
 
 router = APIRouter(prefix="/ngsi-ld/v1/temporal", tags=["temporal"])
 
-TEMPORAL_OPTIONS = {"normalized", "temporalValues", "aggregatedValues", "sysAttrs"}
+# Not sysAttrs: history keeps no createdAt/modifiedAt of its instances, so it is refused rather than ignored.
+TEMPORAL_OPTIONS = {"normalized", "temporalValues", "aggregatedValues"}
 TEMPORAL_PARAMS = {"timerel", "timeAt", "endTimeAt", "timeproperty", "lastN", "aggrMethods", "aggrPeriodDuration"}
+# The query parameters of each write route (the OAS's): any other, `options=noOverwrite` included, is refused
+# rather than silently ignored. `local` changes nothing here (every entity is local: no federation).
+WRITE_PARAMS = {"local"}
+DELETE_ATTR_PARAMS = {"datasetId", "deleteAll", "local"}
+
+
+def _check_write_params(request: Request, known: set[str] = WRITE_PARAMS) -> dict[str, str]:
+    params = dict(request.query_params)
+    check_known(params, known)
+    parse_bool(params, "local")
+    return params
 
 
 def _format(params: dict[str, str]) -> tuple[str, Any]:
@@ -43,10 +71,13 @@ def _format(params: dict[str, str]) -> tuple[str, Any]:
 
 
 def _status_and_headers(
-    history: dict[str, Any], last_n: int | None, extra: dict[str, str] | None = None
+    history: dict[str, Any],
+    window: Window | None,
+    buckets: list[tuple[datetime, datetime]] | None,
+    extra: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str]]:
     headers = dict(extra or {})
-    span = content_range(history, last_n)
+    span = content_range(history, window, buckets)
     if span is None:
         return 200, headers
     headers["Content-Range"] = span
@@ -55,6 +86,7 @@ def _status_and_headers(
 
 @router.post("/entities", summary="Create or add temporal instances (§5.6.11)")
 async def create_temporal(request: Request) -> Response:
+    _check_write_params(request)
     platform = platform_of(request)
     tenant = tenant_of(request, write=True)
     body = await json_body(request)
@@ -86,10 +118,20 @@ async def query_temporal(request: Request) -> Response:
     pick = narrow_pick(parse_projection(params.get("pick"), terms, "pick"), attrs)
     omit = parse_projection(params.get("omit"), terms, "omit")
     entities, count, history = await run_in_threadpool(platform.temporal.query, tenant, query, temporal)
+    window = cut_to_window(history, temporal.last_n)  # over the cap: every series trimmed to one range
+    buckets: list[tuple[datetime, datetime]] = []
     body = [
         render_temporal_entity(
-            e, history.get(e["id"], {}), terms, fmt=fmt, aggregation=aggregation, temporal=temporal,
-            pick=pick, omit=omit,
+            e,
+            history.get(e["id"], {}),
+            terms,
+            fmt=fmt,
+            aggregation=aggregation,
+            temporal=temporal,
+            pick=pick,
+            omit=omit,
+            window=window,
+            covered=buckets,
         )
         for e in entities
     ]
@@ -98,7 +140,7 @@ async def query_temporal(request: Request) -> Response:
     page = pagination_headers(
         request, offset=query.offset, limit=query.limit, returned=len(body), total=count, count=query.count
     )
-    status, headers = _status_and_headers(history, temporal.last_n, page)
+    status, headers = _status_and_headers(history, window, buckets if aggregation else None, page)
     return json_response(request, body, terms, status=status, headers=headers, accept=accept)
 
 
@@ -118,15 +160,27 @@ async def retrieve_temporal(entity_id: str, request: Request) -> Response:
     pick = narrow_pick(parse_projection(params.get("pick"), terms, "pick"), attrs)  # as the query takes them
     omit = parse_projection(params.get("omit"), terms, "omit")
     entity, history = await run_in_threadpool(platform.temporal.retrieve, tenant, entity_id, temporal)
+    window = cut_to_window({entity_id: history}, temporal.last_n)
+    buckets: list[tuple[datetime, datetime]] = []
     body = render_temporal_entity(
-        entity, history, terms, fmt=fmt, aggregation=aggregation, temporal=temporal, pick=pick, omit=omit
+        entity,
+        history,
+        terms,
+        fmt=fmt,
+        aggregation=aggregation,
+        temporal=temporal,
+        pick=pick,
+        omit=omit,
+        window=window,
+        covered=buckets,
     )
-    status, headers = _status_and_headers({entity_id: history}, temporal.last_n)
+    status, headers = _status_and_headers({entity_id: history}, window, buckets if aggregation else None)
     return json_response(request, body, terms, status=status, headers=headers, accept=accept)
 
 
 @router.post("/entities/{entity_id:path}/attrs", status_code=204, summary="Add temporal attributes (§5.6.12)")
 async def add_temporal_attrs(entity_id: str, request: Request) -> Response:
+    _check_write_params(request)
     platform = platform_of(request)
     tenant = tenant_of(request)
     body = await json_body(request)
@@ -146,6 +200,7 @@ async def add_temporal_attrs(entity_id: str, request: Request) -> Response:
     summary="Modify one temporal instance (§5.6.14)",
 )
 async def modify_instance(entity_id: str, attr_id: str, instance_id: str, request: Request) -> Response:
+    _check_write_params(request)
     platform = platform_of(request)
     tenant = tenant_of(request)
     body = await json_body(request)
@@ -162,6 +217,7 @@ async def modify_instance(entity_id: str, attr_id: str, instance_id: str, reques
     summary="Delete one temporal instance (§5.6.15)",
 )
 async def delete_instance(entity_id: str, attr_id: str, instance_id: str, request: Request) -> Response:
+    _check_write_params(request)
     platform = platform_of(request)
     tenant = tenant_of(request)
     terms = await request_terms(request)
@@ -173,15 +229,21 @@ async def delete_instance(entity_id: str, attr_id: str, instance_id: str, reques
     "/entities/{entity_id:path}/attrs/{attr_id}", status_code=204, summary="Delete a temporal attribute (§5.6.13)"
 )
 async def delete_temporal_attr(entity_id: str, attr_id: str, request: Request) -> Response:
+    params = _check_write_params(request, DELETE_ATTR_PARAMS)
+    delete_all = parse_bool(params, "deleteAll")
+    # Without datasetId, the default instances only (those without one): not every dataset's (deleteAll).
+    dataset_ids = parse_dataset_ids(params.get("datasetId")) or (None,)
     platform = platform_of(request)
     tenant = tenant_of(request)
     terms = await request_terms(request)
-    await run_in_threadpool(platform.temporal.delete_attribute, tenant, entity_id, terms.expand(attr_id), terms)
+    delete = functools.partial(platform.temporal.delete_attribute, dataset_ids=dataset_ids, delete_all=delete_all)
+    await run_in_threadpool(delete, tenant, entity_id, terms.expand(attr_id), terms)
     return empty_response(request)
 
 
 @router.delete("/entities/{entity_id:path}", status_code=204, summary="Delete a temporal entity (§5.6.16)")
 async def delete_temporal(entity_id: str, request: Request) -> Response:
+    _check_write_params(request)
     platform = platform_of(request)
     tenant = tenant_of(request)
     await run_in_threadpool(platform.temporal.delete, tenant, entity_id)

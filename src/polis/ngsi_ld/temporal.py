@@ -6,15 +6,17 @@ answers as normalized instance arrays, `temporalValues` or `aggregatedValues`.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, cast
 
 from polis.domain.entity import ENTITY_MEMBERS, Entity, HistoryInstance, Instance
-from polis.domain.errors import BadRequestData, ResourceNotFound
+from polis.domain.errors import BadRequestData, ResourceNotFound, TooManyResults
 from polis.ngsi_ld.context import TermMap
 from polis.ngsi_ld.entities import EntityService, parse_observed_at
 from polis.ngsi_ld.entity_codec import (
@@ -160,11 +162,59 @@ class TemporalService:
             current[name] = list(newest.values())
         current["modifiedAt"] = now
         current.setdefault("createdAt", now)
-        changes = [EntityChange(tenant, "temporal", entity_id, current, old)]
+        self._commit_current(tenant, current, old, history)
+        return old is None
+
+    def _commit_current(
+        self, tenant: str, current: Entity, old: Entity | None, history: Sequence[HistoryInstance] = ()
+    ) -> None:
+        """Write the entity's new current state (and instances), staged and published as every write is."""
+        changes = [EntityChange(tenant, "temporal", current["id"], current, old)]
         self.entities.bus.commit(
             changes, lambda staged: self.store.write(tenant, upserts=[current], history=history, staged=staged)
         )
-        return old is None
+
+    def _follow_history(
+        self, tenant: str, entity_id: str, attr: str, datasets: Set[str | None], added: Set[str | None] = frozenset()
+    ) -> None:
+        """After instances of `attr` in `datasets` changed: the current instance of each of those datasets
+        becomes the newest instance history still holds, or goes when none is left (the rule of
+        `_create_or_add`). Under the write lock. A current instance without observedAt has no history (a static
+        attribute) and is left alone; a dataset the entity does not show is left out unless in `added` (the
+        dataset a PATCH moved an instance to), so a deletion does not bring back what the entity API deleted."""
+        old = self.store.get(tenant, [entity_id]).get(entity_id)
+        if old is None:
+            return  # history outlives DELETE /entities: no current state to follow
+        now = self.entities.clock()
+        held: dict[str | None, Instance] = {i.get("datasetId"): i for i in old.get(attr, ())}
+        shown = dict(held)
+        for dataset in datasets:
+            before = held.get(dataset)
+            if (before is None and dataset not in added) or (before is not None and "observedAt" not in before):
+                continue
+            newest = self._newest_instance(tenant, entity_id, attr, dataset)
+            if newest is None:
+                shown.pop(dataset, None)
+            elif before is None or not _same_instance(before, newest):
+                created = before.get("createdAt", now) if before is not None else now
+                shown[dataset] = {**newest, "createdAt": created, "modifiedAt": now}
+        if shown == held:
+            return
+        current = dict(old)
+        if shown:
+            current[attr] = list(shown.values())
+        else:
+            current.pop(attr, None)
+        current["modifiedAt"] = now
+        self._commit_current(tenant, current, old)
+
+    def _newest_instance(self, tenant: str, entity_id: str, attr: str, dataset: str | None) -> Instance | None:
+        """The newest instance of `attr` in `dataset` history holds, without its instanceId."""
+        wanted = TemporalQuery(attrs=(attr,), last_n=1, dataset_ids=(dataset,))
+        slot = self.store.temporal(tenant, [entity_id], wanted).get(entity_id, {}).get(attr)
+        if slot is None or not slot.instances:
+            return None
+        return {k: v for k, v in slot.instances[-1].items() if k != "instanceId"}
 
     def query(
         self, tenant: str, query: EntityQuery, temporal: TemporalQuery
@@ -183,35 +233,76 @@ class TemporalService:
         return found, self.store.temporal(tenant, [entity_id], temporal).get(entity_id, {})
 
     def delete(self, tenant: str, entity_id: str) -> None:
-        self.entities.delete(tenant, entity_id)
-        self.store.delete_history(tenant, entity_id)
+        """§5.6.16: the entity and its history. DELETE /entities keeps the history, so this deletes it also
+        when the entity is gone (else it could never go, and would show under the id's next entity): 404 only
+        when there is neither."""
+        validate_entity_id(entity_id)
+        with self.entities.write_lock:
+            exists = bool(self.store.get(tenant, [entity_id]))
+            if exists:
+                self.entities.delete(tenant, entity_id)
+            if not self.store.delete_history(tenant, entity_id) and not exists:
+                raise ResourceNotFound(f"entity {entity_id} was not found")
 
-    def delete_attribute(self, tenant: str, entity_id: str, attr: str, terms: TermMap) -> None:
-        if not self.store.delete_history(tenant, validate_entity_id(entity_id), attr):
-            raise ResourceNotFound(f"entity {entity_id} has no history for attribute {terms.compact(attr)}")
+    def delete_attribute(
+        self,
+        tenant: str,
+        entity_id: str,
+        attr: str,
+        terms: TermMap,
+        *,
+        dataset_ids: tuple[str | None, ...] = (None,),
+        delete_all: bool = False,
+    ) -> None:
+        """§5.6.13: the instances of `dataset_ids` (None: the default ones, without a datasetId), or with
+        `delete_all` of every dataset; the current entity then follows what is left."""
+        validate_entity_id(entity_id)
+        with self.entities.write_lock:
+            wanted = None if delete_all else dataset_ids
+            if not self.store.delete_history(tenant, entity_id, attr, dataset_ids=wanted):
+                which = "" if delete_all else " with datasetId " + ", ".join(d or "@none" for d in dataset_ids)
+                raise ResourceNotFound(f"entity {entity_id} has no history for attribute {terms.compact(attr)}{which}")
+            if delete_all:
+                old = self.store.get(tenant, [entity_id]).get(entity_id) or {}
+                self._follow_history(tenant, entity_id, attr, {i.get("datasetId") for i in old.get(attr, ())})
+            else:
+                self._follow_history(tenant, entity_id, attr, set(dataset_ids))
 
     def delete_instance(self, tenant: str, entity_id: str, attr: str, instance_id: str) -> None:
-        if not self.store.delete_history(tenant, validate_entity_id(entity_id), attr, instance_id):
-            raise ResourceNotFound(f"no instance {instance_id} of that attribute of {entity_id}")
+        validate_entity_id(entity_id)
+        with self.entities.write_lock:
+            before = self.store.history_instance(tenant, entity_id, attr, instance_id)
+            if before is None or not self.store.delete_history(tenant, entity_id, attr, instance_id):
+                raise ResourceNotFound(f"no instance {instance_id} of that attribute of {entity_id}")
+            self._follow_history(tenant, entity_id, attr, {before.get("datasetId")})
 
     def modify_instance(
         self, tenant: str, entity_id: str, attr: str, instance_id: str, body: Any, terms: TermMap
     ) -> None:
+        """§5.6.14: the body is the whole instance (its datasetId too); the attribute keeps its kind."""
         validate_entity_id(entity_id)
         instance = self._single_instance(attr, body, terms)
         observed = instance.get("observedAt")
         if observed is None:
             raise BadRequestData("the instance needs observedAt")
         stored = {k: v for k, v in instance.items() if k not in ("createdAt", "modifiedAt")}
-        if not self.store.replace_instance(
-            tenant,
-            entity_id,
-            attr,
-            instance_id,
-            stored,
-            parse_observed_at(observed),
-        ):
-            raise ResourceNotFound(f"no instance {instance_id} of that attribute of {entity_id}")
+        with self.entities.write_lock:
+            # A person's record takes nothing more (PRIVACY.md §3), as every other write to it is refused.
+            current = self.store.get(tenant, [entity_id]).get(entity_id)
+            refuse_personal_data({"id": entity_id, "type": current["type"]} if current else {"id": entity_id})
+            before = self.store.history_instance(tenant, entity_id, attr, instance_id)
+            if before is None:
+                raise ResourceNotFound(f"no instance {instance_id} of that attribute of {entity_id}")
+            # One series has one kind: a Relationship among Properties would have no place in temporalValues.
+            kind, new_kind = before.get("type", "Property"), stored.get("type", "Property")
+            if new_kind != kind:
+                raise BadRequestData(
+                    f"instance {instance_id} of {terms.compact(attr)} is a {kind}; the body's type {new_kind} "
+                    "would change the attribute's kind (delete the attribute's history to change it)"
+                )
+            self.store.replace_instance(tenant, entity_id, attr, instance_id, stored, parse_observed_at(observed))
+            moved_to = stored.get("datasetId")
+            self._follow_history(tenant, entity_id, attr, {before.get("datasetId"), moved_to}, added={moved_to})
 
     def _single_instance(self, attr: str, body: Any, terms: TermMap) -> Instance:
         if not isinstance(body, dict):
@@ -235,6 +326,14 @@ def _refuse_null(instances: Sequence[Instance], attr: str, terms: TermMap) -> No
             f"attribute '{terms.compact(attr)}': a temporal instance cannot be '{NULL_MARKER}' (the NGSI-LD null); "
             "to delete the attribute use the entity API, or DELETE its instances"
         )
+
+
+def _same_instance(a: Instance, b: Instance) -> bool:
+    """The same observation, system members aside (observedAt compared as a time: its text forms differ)."""
+    skip = ("createdAt", "modifiedAt", "instanceId", "observedAt")
+    return _instant(a) == _instant(b) and {k: v for k, v in a.items() if k not in skip} == {
+        k: v for k, v in b.items() if k not in skip
+    }
 
 
 def _instant(instance: Instance) -> datetime:
@@ -272,8 +371,11 @@ def render_temporal_entity(
     temporal: TemporalQuery | None = None,
     pick: set[str] | None = None,
     omit: set[str] | None = None,
+    window: Window | None = None,
+    covered: list[tuple[datetime, datetime]] | None = None,
 ) -> dict[str, Any]:
-    """`pick`/`omit` project as they do on /entities: attribute IRIs and the members "id" and "type"."""
+    """`pick`/`omit` project as they do on /entities: attribute IRIs and the members "id" and "type".
+    `window`/`covered`: of an answer cut at the cap, as `_aggregated` takes them."""
 
     def wanted(key: str) -> bool:
         return (pick is None or key in pick) and (omit is None or key not in omit)
@@ -289,9 +391,12 @@ def render_temporal_entity(
             continue
         name = terms.compact(attr)
         if fmt == "temporalValues":
-            out[name] = _temporal_values(slot.instances, terms)
+            out[name] = _per_dataset(slot.instances, functools.partial(_temporal_values, terms=terms))
         elif fmt == "aggregatedValues" and aggregation is not None:
-            out[name] = _aggregated(slot.instances, aggregation, temporal)
+            shape = functools.partial(
+                _aggregated, aggregation=aggregation, temporal=temporal, window=window, covered=covered
+            )
+            out[name] = _per_dataset(slot.instances, shape)
         elif slot.plain:
             out[name] = slot.instances  # plain readings are already in their output shape
         else:
@@ -313,6 +418,23 @@ def _render_instance(instance: Instance, terms: TermMap) -> dict[str, Any]:
     return rendered
 
 
+def _per_dataset(
+    instances: Sequence[Instance], shape: Callable[[Sequence[Instance]], dict[str, Any]]
+) -> dict[str, Any] | list[dict[str, Any]]:
+    """The simplified temporal representations hold one series per datasetId (one object each, with its
+    datasetId; the default instances' first): the readings of two sources are not one series."""
+    groups: dict[str | None, list[Instance]] = {}
+    for instance in instances:
+        groups.setdefault(instance.get("datasetId"), []).append(instance)
+    if len(groups) <= 1:
+        only = next(iter(groups), None)
+        return shape(instances) | ({"datasetId": only} if only is not None else {})
+    return [
+        shape(groups[dataset]) | ({"datasetId": dataset} if dataset is not None else {})
+        for dataset in sorted(groups, key=lambda d: (d is not None, d or ""))
+    ]
+
+
 def _temporal_values(instances: Sequence[Instance], terms: TermMap) -> dict[str, Any]:
     kind = instances[0].get("type", "Property") if instances else "Property"
     plural, member = VALUES_MEMBER.get(kind, ("values", "value"))
@@ -320,8 +442,13 @@ def _temporal_values(instances: Sequence[Instance], terms: TermMap) -> dict[str,
 
 
 def _aggregated(
-    instances: Sequence[Instance], aggregation: Aggregation, temporal: TemporalQuery | None
+    instances: Sequence[Instance],
+    aggregation: Aggregation,
+    temporal: TemporalQuery | None,
+    window: Window | None = None,
+    covered: list[tuple[datetime, datetime]] | None = None,
 ) -> dict[str, Any]:
+    """`window`: the answer was cut (`cut_to_window`); the periods answered are added to `covered`."""
     kind = instances[0].get("type", "Property") if instances else "Property"
     out: dict[str, Any] = {"type": kind}
     if not instances:
@@ -337,6 +464,9 @@ def _aggregated(
     start = start if start is not None else times[0]
     end = end if end is not None else times[-1]
     if aggregation.period <= timedelta(0):
+        if window is not None:  # one period over what was returned, as far as it goes
+            start = max(start, window.start) if window.start is not None else start
+            end = min(end, window.end) if window.end is not None else end
         buckets = [(start, max(end, times[-1]), list(range(len(instances))))]
     else:
         grouped: dict[int, list[int]] = {}
@@ -346,6 +476,16 @@ def _aggregated(
             (start + k * aggregation.period, _bucket_end(start, (k + 1) * aggregation.period), v)
             for k, v in sorted(grouped.items())
         ]
+    if window is not None:
+        # An answer cut at the cap: only the periods whose every instance was returned (a period partly
+        # returned would be labelled with more time than it aggregates).
+        buckets = [
+            (lo, hi, v)
+            for lo, hi, v in buckets
+            if (window.end is None or hi <= window.end) and (window.start is None or lo >= window.start)
+        ]
+    if covered is not None:
+        covered.extend((lo, hi) for lo, hi, _ in buckets)
     for method in aggregation.methods:
         series = []
         for lo, hi, members in buckets:
@@ -389,11 +529,56 @@ def _iso(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def content_range(history: Mapping[str, Mapping[str, TemporalAttribute]], last_n: int | None) -> str | None:
-    """§6.3.10: when any attribute was cut at the per-request cap, the range of what was returned."""
+@dataclass(frozen=True, slots=True)
+class Window:
+    """What an answer cut at the per-request cap covers (§6.3.10): without lastN the oldest instances were
+    kept, up to `end`; with it the newest, from `start` on (both inclusive)."""
+
+    start: datetime | None
+    end: datetime | None
+    last_n: int | None
+
+
+def cut_to_window(history: Mapping[str, dict[str, TemporalAttribute]], last_n: int | None) -> Window | None:
+    """When any attribute was cut at the cap: trim every attribute of every entity to the part of time all of
+    them hold in full, and return it. The series that ends first sets the end (the mirror with lastN: the one
+    that starts last, the start): a client that moves its window past the range returned then misses nothing,
+    where the range of the longest series would skip another series' instances it was not given."""
     truncated = [slot for attrs in history.values() for slot in attrs.values() if slot.truncated]
     if not truncated:
         return None
-    first = min((s.instances[0] for s in truncated), key=_instant)["observedAt"]
-    last = max((s.instances[-1] for s in truncated), key=_instant)["observedAt"]
-    return f"date-time {first}-{last}/{last_n if last_n is not None else '*'}"
+    start = max(_instant(s.instances[0]) for s in truncated) if last_n is not None else None
+    end = min(_instant(s.instances[-1]) for s in truncated) if last_n is None else None
+    for attrs in history.values():
+        for name, slot in list(attrs.items()):
+            # Instances are oldest first: two bisections, not a parse of every instance's time.
+            lo = bisect.bisect_left(slot.instances, start, key=_instant) if start is not None else 0
+            hi = bisect.bisect_right(slot.instances, end, key=_instant) if end is not None else len(slot.instances)
+            if hi <= lo:
+                del attrs[name]  # nothing of it in the range: it comes with the next page
+            elif (lo, hi) != (0, len(slot.instances)):
+                slot.instances = slot.instances[lo:hi]
+    return Window(start, end, last_n)
+
+
+def content_range(
+    history: Mapping[str, Mapping[str, TemporalAttribute]],
+    window: Window | None,
+    buckets: Sequence[tuple[datetime, datetime]] | None = None,
+) -> str | None:
+    """The Content-Range of an answer cut to `window` (None: a whole answer, no header). With aggregatedValues
+    (`buckets`: the periods answered), from the first period's start to the last one's end."""
+    if window is None:
+        return None
+    total = window.last_n if window.last_n is not None else "*"
+    if buckets is not None:
+        if not buckets:
+            raise TooManyResults(
+                "no aggregation period could be computed over all of its instances (more of them than this broker "
+                "returns at once): ask for a shorter aggrPeriodDuration or a narrower timerel range"
+            )
+        return f"date-time {_iso(min(b[0] for b in buckets))}-{_iso(max(b[1] for b in buckets))}/{total}"
+    slots = [slot for attrs in history.values() for slot in attrs.values() if slot.instances]
+    first = min((s.instances[0] for s in slots), key=_instant)["observedAt"]
+    last = max((s.instances[-1] for s in slots), key=_instant)["observedAt"]
+    return f"date-time {first}-{last}/{total}"

@@ -234,8 +234,21 @@ class Store(Protocol):
         ...
 
     def delete_history(
-        self, tenant: str, entity_id: str, attribute: str | None = None, instance_id: str | None = None
-    ) -> int: ...
+        self,
+        tenant: str,
+        entity_id: str,
+        attribute: str | None = None,
+        instance_id: str | None = None,
+        *,
+        dataset_ids: tuple[str | None, ...] | None = None,
+    ) -> int:
+        """Delete instances, how many; `dataset_ids` only those of these datasets (None in it: the default
+        instances, without a datasetId), every dataset's when not given."""
+        ...
+
+    def history_instance(self, tenant: str, entity_id: str, attribute: str, instance_id: str) -> dict[str, Any] | None:
+        """One stored temporal instance (with observedAt and instanceId); None when it does not exist."""
+        ...
 
     def replace_instance(
         self,

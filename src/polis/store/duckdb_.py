@@ -982,13 +982,27 @@ class DuckDBStore:
         return result
 
     def delete_history(
-        self, tenant: str, entity_id: str, attribute: str | None = None, instance_id: str | None = None
+        self,
+        tenant: str,
+        entity_id: str,
+        attribute: str | None = None,
+        instance_id: str | None = None,
+        *,
+        dataset_ids: tuple[str | None, ...] | None = None,
     ) -> int:
         clauses = ["tenant = ?", "eid = ?"]
         params: list[Any] = [tenant, entity_id]
         if attribute is not None:
             clauses.append("attr = ?")
             params.append(attribute)
+        if dataset_ids is not None:
+            if not dataset_ids:
+                return 0
+            named = [d for d in dataset_ids if d is not None]
+            either = ["dataset_id IN (SELECT unnest(?::VARCHAR[]))"] if named else []
+            either += ["dataset_id IS NULL"] if None in dataset_ids else []
+            clauses.append("(" + " OR ".join(either) + ")")
+            params.extend([named] if named else [])
         if instance_id is not None:
             number = _instance_number(instance_id)
             if number is None:
@@ -998,6 +1012,21 @@ class DuckDBStore:
         with self._lock:
             row = self._con.execute(f"DELETE FROM history WHERE {' AND '.join(clauses)} RETURNING 1", params)
             return len(row.fetchall())
+
+    def history_instance(self, tenant: str, entity_id: str, attribute: str, instance_id: str) -> dict[str, Any] | None:
+        """One stored temporal instance as the temporal API shows it (with observedAt and instanceId)."""
+        number = _instance_number(instance_id)
+        if number is None:
+            return None
+        with self._lock:
+            cols = self._con.execute(
+                "SELECT observed_at, instance_id, num, doc, unit_code, dataset_id FROM history "
+                "WHERE tenant = ? AND eid = ? AND attr = ? AND instance_id = ?",
+                [tenant, entity_id, attribute, number],
+            ).fetchnumpy()
+        if not len(cols["instance_id"]):
+            return None
+        return _temporal_attribute(cols).instances[0]
 
     def replace_instance(
         self,
@@ -1017,14 +1046,17 @@ class DuckDBStore:
         num = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
         with self._lock:
             self._newest.clear()  # the instance may move later than what is known (rare: an API call)
+            # The body is the whole instance (§5.6.14): its datasetId too, which a plain number keeps only in
+            # this column (its doc is NULL), and which the datasetId filters read.
             rows = self._con.execute(
-                "UPDATE history SET observed_at = ?, num = ?, doc = ?, unit_code = ? "
+                "UPDATE history SET observed_at = ?, num = ?, doc = ?, unit_code = ?, dataset_id = ? "
                 "WHERE tenant = ? AND eid = ? AND attr = ? AND instance_id = ? RETURNING 1",
                 [
                     _naive_utc(observed_at),
                     num,
                     None if plain else orjson.dumps(instance).decode(),
                     instance.get("unitCode"),
+                    instance.get("datasetId"),
                     tenant,
                     entity_id,
                     attribute,
