@@ -22,9 +22,9 @@ from starlette.concurrency import run_in_threadpool
 from polis.api.ld_http import platform_of
 from polis.domain.errors import BadRequestData
 from polis.mobility.citibike import DATASET as CITIBIKE
-from polis.mobility.products import Direction, DpRequest, Unit
+from polis.mobility.products import Direction, DpRequest, Unit, parse_epsilon
 from polis.ngsi_ld.params import check_known, parse_day
-from polis.privacy.dp import MIN_EPSILON, Mechanism
+from polis.privacy.dp import Mechanism
 
 router = APIRouter(tags=["mobility"])
 
@@ -69,11 +69,9 @@ def _dp(request: Request) -> DpRequest | None:
             raise BadRequestData("mechanism needs epsilon: the differential-privacy budget this release spends")
         return None
     try:
-        epsilon = float(params["epsilon"])
-    except ValueError:
-        raise BadRequestData(f"epsilon must be a number, got {params['epsilon']!r}") from None
-    if not MIN_EPSILON <= epsilon < float("inf"):
-        raise BadRequestData(f"epsilon must be a positive number, at least {MIN_EPSILON:g}, got {params['epsilon']!r}")
+        epsilon = parse_epsilon(params["epsilon"])
+    except ValueError as error:
+        raise BadRequestData(str(error)) from None
     mechanism = Mechanism(_choice(params, "mechanism", "laplace", [m.value for m in Mechanism]))
     return DpRequest(epsilon, mechanism, platform_of(request).settings.dp_delta)
 

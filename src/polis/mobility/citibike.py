@@ -74,6 +74,22 @@ def _utc_seconds(column: pa.ChunkedArray, path: Path, name: str) -> np.ndarray:
     return seconds
 
 
+def _degrees(column: pa.ChunkedArray, path: Path, name: str, limit: float) -> np.ndarray:
+    """A coordinate column in degrees; a ValueError naming the file, the row and the value for one outside
+    [-limit, limit] (infinite ones included): no place has it, and H3 would still give it a cell. A missing
+    value stays NaN, a trip without a place (its station is kept)."""
+    degrees = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    with np.errstate(invalid="ignore"):  # NaN compares False
+        outside = np.flatnonzero(np.abs(degrees) > limit)
+    if len(outside):
+        row = int(outside[0])
+        raise ValueError(
+            f"{path.name}: column {name} holds {_shown(str(column.cast(pa.string())[row].as_py()))} at data row "
+            f"{row + 1}, outside the {name.split()[-1]}s a place may have (-{limit:g} to {limit:g} degrees)"
+        )
+    return degrees
+
+
 def _parse_local(column: pa.ChunkedArray, path: Path, name: str) -> pa.ChunkedArray:
     """Local wall-clock times from text, in the first known format that reads every value."""
     text = pc.utf8_trim_whitespace(column.cast(pa.string()))
@@ -178,8 +194,8 @@ def read_trip_file(path: Path) -> TripBatch:
         # None would reach the gate and the aggregation as a null dictionary index.
         return np.asarray(pc.fill_null(renamed[name].cast(pa.string()), "").to_pylist(), dtype=object)
 
-    def number(name: str) -> np.ndarray:
-        return renamed[name].cast(pa.float64()).to_numpy(zero_copy_only=False)
+    def degrees(side: str, axis: str, limit: float) -> np.ndarray:
+        return _degrees(renamed[f"{side}_{axis[:3]}"], path, f"{side} station {axis}", limit)
 
     start_station, end_station = id_text("start_station"), id_text("end_station")
     names: dict[str, str] = {}
@@ -200,8 +216,8 @@ def read_trip_file(path: Path) -> TripBatch:
         dataset=DATASET,
         start_time=_utc_seconds(renamed["start_time"], path, "start time"),
         end_time=_utc_seconds(renamed["end_time"], path, "stop time"),
-        start=Places(start_station, number("start_lat"), number("start_lon")),
-        end=Places(end_station, number("end_lat"), number("end_lon")),
+        start=Places(start_station, degrees("start", "latitude", 90), degrees("start", "longitude", 180)),
+        end=Places(end_station, degrees("end", "latitude", 90), degrees("end", "longitude", 180)),
         identifiers=identifiers,
         quasi_identifiers=quasi,
         station_names={k: v for k, v in names.items() if k is not None and v is not None},

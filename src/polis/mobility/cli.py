@@ -23,6 +23,7 @@ DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Hub files (def
 def ingest_gated(settings: Settings, store: DuckDBStore, name: str, console: Console) -> None:
     from polis.cli import fail, fail_missing_datasets
     from polis.mobility.ingest import ingest_mobility
+    from polis.mobility.products import day_ranges
 
     try:
         summary = ingest_mobility(settings, store, name)
@@ -36,6 +37,13 @@ def ingest_gated(settings: Settings, store: DuckDBStore, name: str, console: Con
         f"{summary.raw_kept:,} raw pseudonymous trips kept (the last {settings.raw_retention_days:g} days of "
         f"data time), {summary.raw_purged:,} purged"
     )
+    if summary.frozen_changed:
+        # Said, not fixed: releasing a day twice with different counts gives away their difference (PRIVACY.md).
+        console.print(
+            f"{name}: this load changed the counts of {len(summary.frozen_changed)} day(s) already released, "
+            f"{day_ranges(summary.frozen_changed)}: their products stay as first released (frozen, for good), "
+            "since a second release with other counts would give away the difference"
+        )
 
 
 def _settings(data_dir: Path | None) -> Settings:
@@ -86,7 +94,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         window: Annotated[
             str | None, typer.Option(help="With --od: day, or 00-08/08-16/16-24 (POLIS_OD_WINDOW_HOURS=8)")
         ] = None,
-        epsilon: Annotated[float | None, typer.Option(help="Add differential-privacy noise spending this ε")] = None,
+        epsilon: Annotated[
+            str | None, typer.Option(help="Add differential-privacy noise spending this ε (a decimal, e.g. 0.5)")
+        ] = None,
         mechanism: Annotated[
             str | None, typer.Option(help="'laplace' (default) or 'gaussian'; needs --epsilon")
         ] = None,
@@ -96,9 +106,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         """Released mobility products (suppressed below k, optionally noisy): hourly flows or the OD matrix."""
         from polis.cli import fail
         from polis.domain.errors import NgsiError
-        from polis.mobility.products import WINDOWS, Direction, DpRequest, Unit
+        from polis.mobility.products import WINDOWS, Direction, DpRequest, Unit, parse_epsilon
         from polis.ngsi_ld.params import parse_day
-        from polis.privacy.dp import MIN_EPSILON, Mechanism
+        from polis.privacy.dp import Mechanism
         from polis.privacy.service import PrivacyService
 
         # The request is checked as the API checks it (an option that does not apply is refused, not ignored),
@@ -124,16 +134,20 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             if epsilon is None:
                 fail("--mechanism needs --epsilon: the differential-privacy budget the release spends", 2)
             _one_of("--mechanism", mechanism, [m.value for m in Mechanism])
-        if epsilon is not None and not MIN_EPSILON <= epsilon < float("inf"):
-            fail(f"--epsilon must be a positive number, at least {MIN_EPSILON:g}, got {epsilon:g}", 2)
+        spend: float | None = None
+        if epsilon is not None:
+            try:
+                spend = parse_epsilon(epsilon, "--epsilon")
+            except ValueError as error:
+                fail(str(error), 2)
 
         settings = _settings(data_dir)
         store = _store(settings)
         try:
             service = PrivacyService(store, settings)
             dp = (
-                DpRequest(epsilon, Mechanism(mechanism or Mechanism.LAPLACE.value), settings.dp_delta)
-                if epsilon is not None
+                DpRequest(spend, Mechanism(mechanism or Mechanism.LAPLACE.value), settings.dp_delta)
+                if spend is not None
                 else None
             )
             if od:

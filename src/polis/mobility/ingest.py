@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import date, timedelta
 from pathlib import Path
 
 import h3
@@ -19,7 +19,7 @@ from polis.mobility import citibike
 from polis.mobility.aggregate import count_trips
 from polis.mobility.schema import TripBatch
 from polis.mobility.store import Area, MobilityStore
-from polis.privacy.gate import GatedTrips, gate_trips, public_station_names
+from polis.privacy.gate import GatedTrips, gate_trips, on_the_globe, public_station_names
 from polis.privacy.pseudonyms import SECRET_BYTES, Pseudonymiser, default_secret_file, load_or_create_secret
 from polis.settings import Settings
 from polis.store.duckdb_ import DuckDBStore
@@ -51,6 +51,8 @@ class MobilitySummary:
     raw_kept: int
     raw_purged: int
     seconds: float
+    # Days released before this load whose counts it changed: their releases stay as first made (products.py)
+    frozen_changed: list[date] = field(default_factory=list)
 
 
 def pseudonymiser_for(settings: Settings) -> Pseudonymiser:
@@ -89,7 +91,7 @@ def ingest_trips(
     areas = _areas(batch, gated, settings)
     del batch  # the person-level records end here
     counts = count_trips(gated)
-    mobility.replace(gated, counts, areas)
+    frozen_changed = mobility.replace(gated, counts, areas)
     purged = mobility.purge(timedelta(days=settings.raw_retention_days), gated.dataset)
     return MobilitySummary(
         dataset=gated.dataset,
@@ -98,6 +100,7 @@ def ingest_trips(
         raw_kept=mobility.raw_count(gated.dataset),
         raw_purged=purged.get(gated.dataset, 0),
         seconds=time.perf_counter() - started,
+        frozen_changed=frozen_changed,
     )
 
 
@@ -142,7 +145,7 @@ def _areas(batch: TripBatch, gated: GatedTrips, settings: Settings) -> list[Area
     cells: dict[tuple[str, str], None] = {}
     for code, index in zip(unique.tolist(), first.tolist(), strict=True):
         station, lat, lon = labels[code], float(lats[index]), float(lons[index])
-        if station == "" or not (np.isfinite(lat) and np.isfinite(lon)):
+        if station == "" or not on_the_globe(np.array(lat), np.array(lon)):
             continue
         areas.append(Area("station", station, names.get(station), lat, lon))
         cells[("cell", h3.latlng_to_cell(lat, lon, settings.h3_resolution))] = None

@@ -7,6 +7,7 @@ raw-pseudonymous tier, to departments granted it)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -16,13 +17,15 @@ from zoneinfo import ZoneInfo
 
 import h3
 import numpy as np
+import orjson
 
 from polis.domain.errors import BadRequestData, NgsiError, ResourceNotFound
 from polis.mobility.ingest import MOBILITY_DATASETS
 from polis.mobility.store import MobilityStore, PinnedConfiguration, ReleaseConfiguration
-from polis.privacy.dp import BudgetLedger, Mechanism, Spend, release_noise
+from polis.privacy.dp import MIN_EPSILON, BudgetLedger, Mechanism, Spend, release_noise
 from polis.privacy.gate import WINDOW_HOURS
 from polis.privacy.suppression import (
+    Entry,
     Link,
     SuppressedTable,
     released_table,
@@ -85,6 +88,58 @@ class DayTables:
     def table(self, name: str, k: int) -> SuppressedTable:
         t = self.names.index(name)
         return released_table(self.fulls[t], self.masks[t], self.rows[t], self.columns[t], k)
+
+    def counts(self, name: str) -> np.ndarray:
+        """The counts of one table, without its margins."""
+        return self.fulls[self.names.index(name)][:-1, :-1]
+
+    def to_json(self, configuration: ReleaseConfiguration) -> str:
+        """The tables and the configuration they were cut under, as `mobility_releases` keeps them."""
+        return orjson.dumps(
+            {
+                "configuration": [configuration.flows_unit, configuration.od_window_hours, configuration.k],
+                "names": self.names,
+                "rows": self.rows,
+                "columns": self.columns,
+                "fulls": [full.tolist() for full in self.fulls],
+                "masks": [mask.tolist() for mask in self.masks],
+                "links": [[link.plus, link.minus] for link in self.links],
+            }
+        ).decode()
+
+    @classmethod
+    def from_json(cls, text: str) -> tuple[ReleaseConfiguration, DayTables]:
+        data = orjson.loads(text)
+        unit, hours, k = data["configuration"]
+        tables = cls(
+            names=data["names"],
+            rows=data["rows"],
+            columns=data["columns"],
+            fulls=[np.array(full, dtype=np.int64) for full in data["fulls"]],
+            masks=[np.array(mask, dtype=bool) for mask in data["masks"]],
+            links=[Link(_entries(plus), _entries(minus)) for plus, minus in data["links"]],
+        )
+        return ReleaseConfiguration(unit, int(hours), int(k)), tables
+
+
+def _entries(items: list[list[int]]) -> tuple[Entry, ...]:
+    return tuple((int(t), int(i), int(j)) for t, i, j in items)
+
+
+# ASCII digits, a point, an exponent: what a person writes for a number. Python's float() also takes "1_0" (10),
+# other scripts' digits and padding, and an ε misread spends budget for good.
+_DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+
+
+def parse_epsilon(text: str, name: str = "epsilon") -> float:
+    """The ε a release asks to spend, written as a plain decimal number of at least MIN_EPSILON; a ValueError
+    naming `name` and the text otherwise."""
+    if not _DECIMAL.fullmatch(text):
+        raise ValueError(f"{name} must be a positive decimal number such as 0.5, got {text!r}")
+    epsilon = float(text)
+    if not MIN_EPSILON <= epsilon < float("inf"):
+        raise ValueError(f"{name} must be a positive number, at least {MIN_EPSILON:g}, got {text!r}")
+    return epsilon
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +221,8 @@ class MobilityProducts:
         self.od_windows = ["day"] if od_window_hours == 24 else ["00-08", "08-16", "16-24"]
         # ... and one per hub over time, which the settings alone do not make: the hub's releases (PrivacyService,
         # behind the API and `polis flows`) pin the configuration of the first one (`_pin_configuration`). Off
-        # for analysis in process (tests, benchmarks), which works out several configurations on purpose.
+        # for analysis in process (tests, benchmarks), which works out several configurations on purpose. The
+        # same releases freeze each day's tables at its first release (`_released_day`).
         self.pins_configuration = pin_configuration
         # Joint suppression of a day costs about a second: keep the result, shared by the hub's requests
         # (PrivacyService) and keyed by the data's newest time, so a new load recomputes it.
@@ -328,9 +384,7 @@ class MobilityProducts:
                 f"{self.store.newest(dataset)} UTC)"
             )
 
-    def _noisy_table(
-        self, dataset: str, day: date, name: str, noisy: np.ndarray, rows: list[str], columns: list[str]
-    ) -> SuppressedTable:
+    def _noisy_table(self, exact: DayTables, name: str, noisy: np.ndarray) -> SuppressedTable:
         """A differentially private release of one of the day's products. Every entry the exact release hides
         stays hidden (its complementary suppression included), then small noisy counts and what would pin them
         are hidden too: so what it shows is a subset of what the exact release shows, plus noise. Suppressed on
@@ -342,15 +396,32 @@ class MobilityProducts:
         positive half of every empty cell's noise (a day's 569 departures released as 1,014 at ε = 1). Every
         number shown is at least k, so no cell shown is negative. The complementary suppression is worked out
         on the cells clamped at 0 and their sums, a table the audit can take (it assumes what it solves for is
-        not negative); a total below k in the released table is hidden first whatever its clamped sum."""
-        exact = self.day_tables(dataset, day)
+        not negative); a total below k in the released table is hidden first whatever its clamped sum.
+
+        `noisy` is drawn on `exact.counts(name)`, so both are laid out alike (the same areas and hours)."""
         t = exact.names.index(name)
-        if exact.rows[t] != rows or exact.columns[t] != columns:  # both read the same areas and hours
-            raise RuntimeError(f"the noisy {name} table is not laid out like the exact one")
         full = with_margins(noisy)
         audited = with_margins(np.maximum(noisy, 0))
         hidden = suppression_mask(audited, self.k, exact.masks[t] | (full < self.k))
-        return released_table(full, hidden, rows, columns, self.k)
+        return released_table(full, hidden, exact.rows[t], exact.columns[t], self.k)
+
+    def _released_day(self, dataset: str, day: date) -> DayTables:
+        """The tables every release of the day is cut from: for the hub's releases, those of the day's first
+        release, kept in the hub's database (`mobility_releases`) and never recomputed, whatever a later load
+        changes. A day released again after late data (a trip of the day before ending on it, a month loaded
+        again) would show the new counts beside the old ones, and the difference of two released totals is a
+        count below k (758 then 759 arrivals on 2017-03-01, one cell's row 52 then 53: one trip, review of
+        2026-11-30); recomputed masks differ too, so one release could fill the other's gaps. A noisy release
+        freezes the day as well (it hides what the exact release hides, and draws on the same counts)."""
+        if not self.pins_configuration:  # analysis in process: the counts as they are now
+            return self.day_tables(dataset, day)
+        frozen = self.store.frozen_day(dataset, day)
+        if frozen is None:
+            frozen = self.store.freeze_day(dataset, day, self.day_tables(dataset, day).to_json(self.configuration))
+        configuration, tables = DayTables.from_json(frozen)
+        if configuration != self.configuration:  # pragma: no cover - the pinned configuration is checked first
+            raise RuntimeError(f"{dataset} {day} was released under {configuration}, not {self.configuration}")
+        return tables
 
     def _release(
         self, counts: np.ndarray, dataset: str, product: str, dp: DpRequest | None
@@ -371,23 +442,13 @@ class MobilityProducts:
                 "station and per cell of the same hours could be solved against each other"
             )
         self._pin_configuration(dataset)
-        areas = self.store.areas(dataset, unit.value)
-        rows = [a.area for a in areas]
-        hours = local_hours(day, self.zone)
-        row_index = {a: i for i, a in enumerate(rows)}
-        column_index = {h: j for j, h in enumerate(hours)}
-        counts = np.zeros((len(rows), len(hours)), dtype=np.int64)
-        for area, hour, trips in self.store.hourly(dataset, unit.value, direction.value, day):
-            if area in row_index and hour in column_index:
-                counts[row_index[area], column_index[hour]] += trips
+        tables = self._released_day(dataset, day)
         product = f"hourly-flows/{unit.value}/{direction.value}/{day.isoformat()}"
-        counts, spend = self._release(counts, dataset, product, dp)
-        columns = [f"{h.isoformat()}Z" for h in hours]
+        counts, spend = self._release(tables.counts(direction.value), dataset, product, dp)
         table = (
-            self._noisy_table(dataset, day, direction.value, counts, rows, columns)
-            if dp
-            else self.day_tables(dataset, day).table(direction.value, self.k)
+            self._noisy_table(tables, direction.value, counts) if dp else tables.table(direction.value, self.k)
         )
+        areas = self.store.areas(dataset, unit.value)
         return Release(
             dataset=dataset,
             product="hourly-flows",
@@ -407,19 +468,10 @@ class MobilityProducts:
                 f"whether this hub releases daily or 8-hour matrices, never both), got {window!r}"
             )
         self._pin_configuration(dataset)
-        areas = [a.area for a in self.store.areas(dataset, "od")]
-        index = {a: i for i, a in enumerate(areas)}
-        counts = np.zeros((len(areas), len(areas)), dtype=np.int64)
-        for origin, destination, trips in self.store.od(dataset, day, WINDOWS[window]):
-            if origin in index and destination in index:
-                counts[index[origin], index[destination]] += trips
+        tables = self._released_day(dataset, day)
         product = f"od-matrix/{window}/{day.isoformat()}"
-        counts, spend = self._release(counts, dataset, product, dp)
-        table = (
-            self._noisy_table(dataset, day, f"od/{window}", counts, areas, areas)
-            if dp
-            else self.day_tables(dataset, day).table(f"od/{window}", self.k)
-        )
+        counts, spend = self._release(tables.counts(f"od/{window}"), dataset, product, dp)
+        table = self._noisy_table(tables, f"od/{window}", counts) if dp else tables.table(f"od/{window}", self.k)
         return Release(
             dataset=dataset,
             product="od-matrix",

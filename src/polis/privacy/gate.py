@@ -70,20 +70,29 @@ def local_days_and_hours(hours: np.ndarray, zone: str) -> tuple[np.ndarray, np.n
     return days, of_day
 
 
+def on_the_globe(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    """Whether each point is a place: finite, latitude within [-90, 90], longitude within [-180, 180]. Any other
+    point is no place (a missing one): H3 would put a latitude of 95 in a made-up cell."""
+    with np.errstate(invalid="ignore"):  # NaN compares False: a missing coordinate is no place either
+        return np.asarray((np.abs(lat) <= 90) & (np.abs(lon) <= 180))
+
+
 def cells(places_lat: np.ndarray, places_lon: np.ndarray, resolution: int) -> pa.DictionaryArray:
     """H3 cell of each point (see `cells_at`)."""
     return cells_at(places_lat, places_lon, (resolution,))[0]
 
 
 def cells_at(places_lat: np.ndarray, places_lon: np.ndarray, resolutions: tuple[int, ...]) -> list[pa.DictionaryArray]:
-    """H3 cells of each point at each resolution, computed once per distinct point (stations repeat)."""
+    """H3 cells of each point at each resolution, computed once per distinct point (stations repeat); "" for a
+    point that is no place (`on_the_globe`)."""
     if len(places_lat) == 0:
         return [pa.array([], pa.string()).dictionary_encode() for _ in resolutions]
-    finite = np.isfinite(places_lat) & np.isfinite(places_lon)
+    valid = on_the_globe(places_lat, places_lon)
     # One int64 key per point at 1e-6 degree (~0.1 m): np.unique on integers is fast, on float pairs it is not.
-    lat_key = np.where(finite, np.round(places_lat * 1e6), 0).astype(np.int64) + 90_000_000
-    lon_key = np.where(finite, np.round(places_lon * 1e6), 0).astype(np.int64) + 180_000_000
-    keys = np.where(finite, lat_key * 400_000_000 + lon_key, -1)
+    # Points that are no place are zeroed before the arithmetic, which 1e308 would overflow.
+    lat_key = np.round(np.where(valid, places_lat, 0.0) * 1e6).astype(np.int64) + 90_000_000
+    lon_key = np.round(np.where(valid, places_lon, 0.0) * 1e6).astype(np.int64) + 180_000_000
+    keys = np.where(valid, lat_key * 400_000_000 + lon_key, -1)
     unique, inverse = np.unique(keys, return_inverse=True)
     indices = pa.array(inverse.reshape(-1).astype(np.int32))
     out = []
