@@ -42,7 +42,7 @@ from polis.ngsi_ld.entity_codec import (
     is_uri,
     normalize_datetime,
 )
-from polis.privacy.refusal import find_identifying, rule_for_field_value, rule_for_value
+from polis.privacy.refusal import find_identifying, names_a_person, rule_for_field_value, rule_for_value
 from polis.store.attr_index import KEY_SEP, MEMBER_SEP, IndexColumns, PlanShape, attr_index_rows
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ class BatchPlan:
     def identifying(self, item: dict[str, Any]) -> bool:
         """Whether a string the privacy gate reads (id, string values, datasetId, unitCode, object) may identify
         someone; the field names and the type were checked when the plan was made."""
-        if find_identifying({"id": item["id"]}) is not None:  # by its value, and as a person record's id
+        if rule_for_value(item["id"]) is not None or names_a_person(item["id"]):  # a person record's id too
             return True
         for attribute in self.attributes:
             raw = item[attribute.name]

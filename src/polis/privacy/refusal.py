@@ -646,6 +646,11 @@ def _person_member(entity: Any) -> str | None:
     return None
 
 
+def names_a_person(entity_id: str) -> bool:
+    """Whether an entity id's type segment (`urn:ngsi-ld:Person:alice`) makes it a person's record."""
+    return _person_member({"id": entity_id}) is not None
+
+
 _person_type_memo: dict[str, bool] = {}
 
 
@@ -1006,7 +1011,7 @@ _PERSON_ID = re.compile(r"urn:ngsi-ld:[^/\s?#&,;'\"]+", re.IGNORECASE)
 
 def _withheld_person_id(match: re.Match[str]) -> str:
     entity_id = match.group(0)
-    return "[withheld by privacy rule 'person-record']" if _person_member({"id": entity_id}) else entity_id
+    return "[withheld by privacy rule 'person-record']" if names_a_person(entity_id) else entity_id
 
 
 def kept_reason(reason: str) -> str:
