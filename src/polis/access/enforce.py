@@ -119,6 +119,7 @@ ROUTE_POLICIES: dict[tuple[str, str], Policy] = {
     # temporal
     ("POST", f"{_LD}/temporal/entities"): InRoute(WRITE),
     ("GET", f"{_LD}/temporal/entities"): InRoute(READ),
+    ("POST", f"{_LD}/temporal/entityOperations/query"): InRoute(READ),  # the same query, its selection in a body
     ("GET", _T): EntityById(READ),
     ("POST", f"{_T}/attrs"): EntityById(WRITE),
     ("PATCH", f"{_T}/attrs/{{attr_id}}/{{instance_id}}"): EntityById(WRITE),

@@ -30,6 +30,7 @@ from polis.api import (
     routes_operations,
     routes_subscriptions,
     routes_temporal,
+    routes_temporal_query,
 )
 from polis.api.ld_http import echo_tenant
 from polis.api.security_headers import SecurityHeaders, headers_for
@@ -124,6 +125,7 @@ def create_app(platform: Platform) -> FastAPI:
 
     app.include_router(routes_entities.router)
     app.include_router(routes_temporal.router)
+    app.include_router(routes_temporal_query.router)  # the same temporal query, its selection in a body
     app.include_router(routes_discovery.router)
     app.include_router(routes_operations.router)
     app.include_router(routes_access.router)

@@ -45,6 +45,7 @@ from polis.ngsi_ld.params import (
     parse_type_selector,
 )
 from polis.ngsi_ld.q import parse_q, pattern_problem
+from polis.settings import Settings
 from polis.store.base import EntityQuery, EntitySelector, TypeSelector
 
 router = APIRouter(prefix="/ngsi-ld/v1", tags=["entities"])
@@ -384,7 +385,8 @@ def _within_batch_limit(items: Any, limit: int, what: str) -> None:
 async def _batch(request: Request, op: str) -> Response:
     platform = platform_of(request)
     params = dict(request.query_params)
-    check_known(params, {"options"})
+    check_known(params, {"options", "local"})
+    parse_bool(params, "local")  # every entity here is local (no federation): the same answer either way
     allowed = {"upsert": {"replace", "update"}, "update": {"noOverwrite"}}.get(op, set())
     options = parse_options(params, allowed=allowed)
     if options.replace and options.update:
@@ -442,19 +444,31 @@ async def batch_delete(request: Request) -> Response:
 
 @router.post("/entityOperations/query", summary="Query entities by POST (§5.7.2)")
 async def post_query(request: Request) -> Response:
-    """The Query body (§5.2.23): entities, attrs, q, geoQ; pagination and options stay in the URL."""
+    """The Query body (§5.2.23): entities, attrs, q, geoQ, scopeQ; pagination and options stay in the URL.
+
+    The next/prev pages (Link rel="next"/"prev", §6.3.10) are this URL with `offset` moved: POST the same body
+    to it (the selection travels in the body, not in the URL, so a GET there is 405)."""
     platform = platform_of(request)
     params = dict(request.query_params)
-    check_known(params, {"limit", "offset", "count", "options", "format", "lang", "pick", "omit"})
+    check_known(params, {"limit", "offset", "count", "options", "format", "lang", "pick", "omit", "local"})
+    parse_bool(params, "local")  # every entity here is local (no federation): the same answer either way
     accept = accept_of(request)
     tenant_of(request)  # 404 NonexistentTenant before any work
     body = await json_body(request)
     terms = await resolve(request, body.context)
-    data = body.data
+    query, attrs = query_from_body(body.data, params, terms, platform.settings)
+    options = parse_options(params, allowed=REPRESENTATION_OPTIONS)
+    return await _answer_query(request, query, attrs, terms, options.fmt, options.sys_attrs, accept)
+
+
+def query_from_body(
+    data: Any, params: dict[str, str], terms: TermMap, settings: Settings
+) -> tuple[EntityQuery, tuple[str, ...]]:
+    """A Query body (§5.2.23) as the entity query it asks for, paged by `limit`/`offset`/`count` from the URL,
+    and its expanded `attrs`: shared by POST /entityOperations/query and POST /temporal/entityOperations/query
+    (whose body adds `temporalQ`, read by that route)."""
     if not isinstance(data, dict) or data.get("type") != "Query":
         raise BadRequestData('the body must be a Query object with "type": "Query"')
-    options = parse_options(params, allowed=REPRESENTATION_OPTIONS)
-    settings = platform.settings
     page_query, _ = build_entity_query(
         {k: v for k, v in params.items() if k in ("limit", "offset", "count")},
         terms,
@@ -465,7 +479,7 @@ async def post_query(request: Request) -> Response:
     selectors = data.get("entities") or []
     if not isinstance(selectors, list):
         raise BadRequestData("Query.entities must be an array")
-    _within_batch_limit(selectors, platform.settings.max_batch_entities, "Query.entities")
+    _within_batch_limit(selectors, settings.max_batch_entities, "Query.entities")
     parsed: list[EntitySelector] = []
     for selector in selectors:
         if not isinstance(selector, dict) or not isinstance(selector.get("type"), str):
@@ -523,4 +537,4 @@ async def post_query(request: Request) -> Response:
         offset=page_query.offset,
         count=page_query.count,
     )
-    return await _answer_query(request, query, attrs, terms, options.fmt, options.sys_attrs, accept)
+    return query, attrs

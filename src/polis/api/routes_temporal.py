@@ -27,6 +27,7 @@ from polis.api.ld_http import (
 )
 from polis.api.routes_entities import QUERY_PARAMS, build_entity_query
 from polis.domain.errors import BadRequestData
+from polis.ngsi_ld.context import TermMap
 from polis.ngsi_ld.params import (
     check_known,
     narrow_pick,
@@ -44,6 +45,7 @@ from polis.ngsi_ld.temporal import (
     parse_temporal_query,
     render_temporal_entity,
 )
+from polis.store.base import EntityQuery, TemporalQuery
 
 router = APIRouter(prefix="/ngsi-ld/v1/temporal", tags=["temporal"])
 
@@ -108,11 +110,28 @@ async def query_temporal(request: Request) -> Response:
     params = dict(request.query_params)
     check_known(params, QUERY_PARAMS | TEMPORAL_PARAMS)
     accept = accept_of(request, NOT_GEO)  # a temporal evolution has no GeoJSON form
-    tenant = tenant_of(request)
+    tenant_of(request)  # 404 NonexistentTenant before any work
     terms = await request_terms(request)
     settings = platform.settings
     query, attrs = build_entity_query(params, terms, default_limit=settings.default_limit, max_limit=settings.max_limit)
     temporal = parse_temporal_query(params, attrs, settings.max_temporal_instances)
+    return await answer_temporal_query(request, query, attrs, temporal, terms, params, accept)
+
+
+async def answer_temporal_query(
+    request: Request,
+    query: EntityQuery,
+    attrs: tuple[str, ...],
+    temporal: TemporalQuery,
+    terms: TermMap,
+    params: dict[str, str],
+    accept: str,
+) -> Response:
+    """The answer to a temporal query whose selection is read, from this URL or from a Query body
+    (POST /temporal/entityOperations/query, polis.api.routes_temporal_query): one code, so one answer.
+    `params`: the URL's (options, aggregation, pick/omit)."""
+    platform = platform_of(request)
+    tenant = tenant_of(request)
     fmt, aggregation = _format(params)
     query = dataclasses.replace(query, datasets=readable_scope(request))
     pick = narrow_pick(parse_projection(params.get("pick"), terms, "pick"), attrs)
