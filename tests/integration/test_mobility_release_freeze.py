@@ -167,3 +167,21 @@ def test_polis_flows_refuses_such_an_epsilon_too(march_hub: Path, text: str) -> 
     )
     assert run.exit_code == 2, run.output
     assert "--epsilon must be a positive decimal number" in one_line(run.output), run.output
+
+
+def test_a_noisy_release_refused_for_its_epsilon_does_not_freeze_the_day(
+    folders: dict[str, Path], tmp_path: Path
+) -> None:
+    """Review of 2026-11-29: a release refused for budget froze its day anyway, so anyone with aggregate access
+    could fix every held day's counts for good without anything being released."""
+    hub = tmp_path / "hub"
+    ingest(hub, folders["mar"])
+    with served(hub) as api:
+        for url, params in ((FLOWS, {"direction": "arrivals"}), (OD, {})):
+            refused = api.get(url, params={"day": str(MARCH_1), "epsilon": "100000", **params})
+            assert refused.status_code == 403 and "budget" in refused.json()["detail"], refused.text
+        assert api.get(f"/polis/v1/mobility/{DATASET}/summary").json()["epsilonSpent"] == 0
+    said = one_line(ingest(hub, folders["both"]))
+    assert "already released" not in said, said  # the backfill changes 1 March's counts: it was never released
+    with served(hub) as api:
+        assert api.get(FLOWS, params={"day": str(MARCH_1), "direction": "arrivals"}).status_code == 200

@@ -442,6 +442,8 @@ class MobilityProducts:
                 "station and per cell of the same hours could be solved against each other"
             )
         self._pin_configuration(dataset)
+        if dp is not None:  # a release refused for its ε must not freeze the day it never released
+            self.ledger.require(dataset, dp.epsilon)
         tables = self._released_day(dataset, day)
         product = f"hourly-flows/{unit.value}/{direction.value}/{day.isoformat()}"
         counts, spend = self._release(tables.counts(direction.value), dataset, product, dp)
@@ -468,6 +470,8 @@ class MobilityProducts:
                 f"whether this hub releases daily or 8-hour matrices, never both), got {window!r}"
             )
         self._pin_configuration(dataset)
+        if dp is not None:
+            self.ledger.require(dataset, dp.epsilon)
         tables = self._released_day(dataset, day)
         product = f"od-matrix/{window}/{day.isoformat()}"
         counts, spend = self._release(tables.counts(f"od/{window}"), dataset, product, dp)

@@ -128,23 +128,29 @@ class BudgetLedger:
         finally:
             con.close()
 
+    def require(self, dataset: str, epsilon: float) -> None:
+        """PrivacyBudgetExceeded when the dataset's budget cannot cover `epsilon` now. A check before anything
+        else a release does (freezing its day: polis.mobility.products), so a refused release leaves no trace;
+        `charge` checks again, under its lock."""
+        budget = self.budget(dataset)
+        spent = self.spent(dataset)
+        # A tiny tolerance so that spending the budget in exact fractions (10 x 0.1) is not refused by rounding.
+        if spent + epsilon > budget + 1e-9:
+            raise PrivacyBudgetExceeded(
+                f"differential-privacy budget of dataset {dataset} exhausted: ε {spent:g} of {budget:g} "
+                f"spent, this release asks for {epsilon:g}; ask without epsilon for the suppressed "
+                "release, or for a smaller epsilon",
+                dataset=dataset,
+                epsilonSpent=spent,
+                epsilonBudget=budget,
+                epsilonRequested=epsilon,
+            )
+
     def charge(self, spend: Spend) -> None:
         """Record `spend`, or refuse it (PrivacyBudgetExceeded) when the dataset's budget cannot cover it."""
         with self._lock:
             self._ensure()
-            budget = self.budget(spend.dataset)
-            spent = self.spent(spend.dataset)
-            # A tiny tolerance so that spending the budget in exact fractions (10 x 0.1) is not refused by rounding.
-            if spent + spend.epsilon > budget + 1e-9:
-                raise PrivacyBudgetExceeded(
-                    f"differential-privacy budget of dataset {spend.dataset} exhausted: ε {spent:g} of {budget:g} "
-                    f"spent, this release asks for {spend.epsilon:g}; ask without epsilon for the suppressed "
-                    "release, or for a smaller epsilon",
-                    dataset=spend.dataset,
-                    epsilonSpent=spent,
-                    epsilonBudget=budget,
-                    epsilonRequested=spend.epsilon,
-                )
+            self.require(spend.dataset, spend.epsilon)
             con = self.store.connection()
             try:
                 con.execute(
