@@ -82,7 +82,8 @@ def test_person_records_are_dead_letters_and_counting_sensors_beside_them_are_st
         assert "privacy:" in letter.reason and "'person-record'" in letter.reason, letter.reason
         assert letter.payload.startswith("[withheld"), letter.payload  # nothing of the record is kept
         assert "alice" not in letter.topic, letter.topic  # not even the person's id from the topic
-    assert sum(d.topic.endswith("/[withheld by privacy rule 'person-record']") for d in letters) == 3
+    # alice's three messages, and the id after the topic's Person type (a person's, whatever it looks like)
+    assert sum(d.topic.endswith("/[withheld by privacy rule 'person-record']") for d in letters) == 4
     for entity_id in ["urn:ngsi-ld:Person:alice", "urn:ngsi-ld:PersonTrace:bob", "urn:ngsi-ld:UserProfile:carol"]:
         assert client.get(f"/ngsi-ld/v1/entities/{entity_id}").status_code == 404
         assert client.get(f"/ngsi-ld/v1/temporal/entities/{entity_id}").status_code == 404
@@ -91,3 +92,17 @@ def test_person_records_are_dead_letters_and_counting_sensors_beside_them_are_st
     # reading (08:05) went with its message, which is dead-lettered whole, as an API batch is refused whole.
     assert [t for t, _ in history(platform, tenant, GATE, PEOPLE)] == ["2026-11-29T08:00:00Z", "2026-11-29T08:01:00Z"]
     assert client.get(f"/ngsi-ld/v1/entities/{GATE}").status_code == 200
+
+
+def test_the_id_after_a_persons_type_in_the_topic_is_not_kept_whatever_it_looks_like(
+    hub: tuple[Platform, MqttIngestor, TestClient], publisher: Publisher, tenant: str
+) -> None:
+    """Review of 2026-11-29: `polis/<tenant>/Person/urn:uuid:...` was refused, but its dead letter kept the
+    person's id, which no id pattern marks as a person's: the type in the topic does."""
+    platform, ingestor, _ = hub
+    pid = "urn:uuid:0b6f2c1e-1111-4222-8333-444455556666"
+    publisher.send_all([(f"polis/{tenant}/Person/{pid}", json.dumps({"peopleCount": 1}))])
+    wait_until(lambda: ingestor.metrics()["dead_lettered"] == 1)
+    letters = platform.store.dead_letters("mqtt")
+    assert [d.topic for d in letters] == [f"polis/{tenant}/Person/[withheld by privacy rule 'person-record']"]
+    assert "person-record" in letters[0].reason and pid not in letters[0].reason

@@ -79,6 +79,7 @@ from polis.domain.entity import Entity, HistoryInstance, Instance
 from polis.ingest.messages import (
     MAX_PAYLOAD_BYTES,
     MAX_READINGS,
+    TOPIC_ROOT,
     TRANSPORTATION_CONTEXT_URL,
     MessageParser,
     MessageRejected,
@@ -88,7 +89,7 @@ from polis.ingest.messages import (
 )
 from polis.ngsi_ld.entities import parse_observed_at, utc_now
 from polis.ngsi_ld.events import EntityChange, Staged
-from polis.privacy.refusal import kept_payload, kept_reason, redacted
+from polis.privacy.refusal import is_person_type, kept_payload, kept_reason, redacted
 from polis.store.base import DeadLetter, HistoryColumns, reading_value
 
 if TYPE_CHECKING:
@@ -263,6 +264,15 @@ def parser_for(
     return MessageParser(
         terms, types, value_types=value_types, max_payload_bytes=max_payload_bytes, max_readings=max_readings
     )
+
+
+def _kept_topic(topic: str) -> str:
+    """What a dead letter keeps of its topic (`redacted`), less the id after a person's type
+    (`polis/<tenant>/Person/<id>`): whatever the id looks like, it is that person's, refused with the message."""
+    parts = topic.split("/")
+    if len(parts) == 4 and parts[0] == TOPIC_ROOT and is_person_type(parts[2]):
+        parts[3] = "[withheld by privacy rule 'person-record']"
+    return redacted("/".join(parts))
 
 
 def _earlier(a: Any, b: Any) -> bool:
@@ -664,7 +674,7 @@ class MqttIngestor:
         # one nor, after the broker redelivers, keep it twice.
         received = datetime.now(UTC)
         letters = [
-            DeadLetter(SOURCE, redacted(m.topic), kept_payload(m.payload, reason), kept_reason(reason), received)
+            DeadLetter(SOURCE, _kept_topic(m.topic), kept_payload(m.payload, reason), kept_reason(reason), received)
             for m, reason in rejected
         ]
         letter_receipts = [(SOURCE, m.key) for m, _ in rejected]

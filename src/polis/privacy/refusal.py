@@ -651,6 +651,11 @@ def names_a_person(entity_id: str) -> bool:
     return _person_member({"id": entity_id}) is not None
 
 
+def is_person_type(name: str) -> bool:
+    """Whether an entity type (`Person`, `PersonTrace`, an IRI ending so) makes its entities person records."""
+    return _person_member({"type": name}) is not None
+
+
 _person_type_memo: dict[str, bool] = {}
 
 
