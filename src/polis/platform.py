@@ -40,6 +40,9 @@ class Platform:
         try:
             self._build(settings)
         except BaseException:  # e.g. an unreadable context cache: the database file is not left locked
+            access = getattr(self, "access", None)
+            if access is not None:
+                access.close()
             self.store.close()
             raise
 
@@ -56,13 +59,15 @@ class Platform:
         # Subscriptions and their durable outbox; delivery threads start only once a notification waits.
         self.subscriptions = SubscriptionService(self.store, self.bus, self.contexts, settings)
         self.sources: dict[str, Source] = {}
+        # Departments, keys, grants and the audit log; before the alert engine, whose rules watch only what their
+        # department may read now (a burst rule primes its counts from stored events as it starts).
+        self.access = AccessControl(settings)
         from polis.alerts.engine import AlertEngine  # rules -> CAP alerts + Alert entities; worker starts on first use
 
         self.alerts = AlertEngine(self)
         from polis.forecast.live import ForecastService  # live forecasts; nothing runs until start()/attach()
 
         self.forecasts = ForecastService(self)
-        self.access = AccessControl(settings)  # departments, keys, grants and the audit log
         self.subscriptions.entity_gate = self.access.notification_allows  # notifications: only what may be read
         # an administrator's ids stay out of other departments' namespaces
         self.subscriptions.department_exists = self.access.departments.has_department

@@ -59,9 +59,11 @@ BURST: dict[str, Any] = {  # ten calls in one township are a burst on a fresh hu
 
 
 class Hub:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, on_disk: bool = False) -> None:
+        """`on_disk`: the hub's DuckDB file too (a restart keeps the entities), not only its other files."""
         self.settings = settings
-        self.platform = Platform(settings, store=DuckDBStore(None, threads=settings.duckdb_threads))
+        store = None if on_disk else DuckDBStore(None, threads=settings.duckdb_threads)
+        self.platform = Platform(settings, store=store)
         self.client = TestClient(create_app(self.platform), raise_server_exceptions=False)
         self.client.__enter__()
         self.admin = {"Authorization": f"Bearer {self.platform.access.admin_key()}"}
@@ -179,10 +181,34 @@ def test_a_burst_rule_counts_only_events_its_department_may_read(hub: Hub) -> No
     assert [a["entities"][0]["id"] for a in hub.alerts(hub.admin)] == ["ABINGTON"]
 
 
-def emergency_call(hub: Hub, minute: int) -> None:
+def test_after_a_restart_a_burst_rule_still_counts_only_what_its_department_may_read(settings: Settings) -> None:
+    """Review of 2026-11-29: at start a burst rule primed its counts from stored events before access control
+    existed, so events of a dataset whose grant had been revoked (stored after the revocation, too) were counted
+    and published once another event arrived."""
+    hub = Hub(settings, on_disk=True)
+    try:
+        key = hub.key("traffic", ("montgomery-911", "raw-pseudonymous", "read"), ("other", "aggregate", "read"),
+                      ("alerts", "aggregate", "administer"), ("alerts", "aggregate", "read"))
+        assert hub.client.post(RULES, json=BURST, headers=key).status_code == 201
+        hub.platform.access.revoke_grant("traffic", "montgomery-911", "raw-pseudonymous", "read")
+        for n in range(12):  # 911 calls after the revocation: traffic may not read them
+            emergency_call(hub, n)
+    finally:
+        hub.close()
+    hub = Hub(settings, on_disk=True)
+    try:
+        emergency_call(hub, 20, "urn:ngsi-ld:EmergencyCall:town-desk:c99")  # dataset `other`: traffic reads it
+        assert hub.alerts(hub.admin) == []
+        assert "ABINGTON" not in hub.client.get("/polis/v1/alerts/feed").text
+    finally:
+        hub.close()
+
+
+def emergency_call(hub: Hub, minute: int, entity_id: str | None = None) -> None:
     """A 911 call in Abington at 08:<minute>, as the admin writes it."""
     at = f"2026-03-02T08:{minute:02d}:00Z"
-    call = {"id": f"{CALL}-{minute}", "type": "EmergencyCall", "township": {"type": "Property", "value": "ABINGTON"},
+    call = {"id": entity_id or f"{CALL}-{minute}", "type": "EmergencyCall",
+            "township": {"type": "Property", "value": "ABINGTON"},
             "dateObserved": {"type": "Property", "value": {"@type": "DateTime", "@value": at}}}
     r = hub.client.post("/ngsi-ld/v1/entities", json=call, headers={**hub.admin, "Link": LINK_SDM})
     assert r.status_code == 201, r.text

@@ -4,6 +4,7 @@ for the next try. A good file starts the hub with its rules."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -53,5 +54,22 @@ def test_serve_refuses_a_bad_rules_file_in_one_line(tmp_path: Path, content: byt
     platform = Platform(Settings(data_dir=tmp_path / "hub", alert_rules_file=rules, **CHEAP))
     try:
         assert "fixed" in platform.alerts.index.by_tenant[""]
+    finally:
+        platform.close()
+
+
+def test_a_rule_a_newer_check_refuses_still_runs_from_the_operators_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review of 2026-11-29: the file is read at every start, so a check added since it was written (the
+    updateIntervalS floor, a field combination) must not keep yesterday's hub from starting: the rule runs with
+    a warning, as a rule saved in rules.json does."""
+    rules = tmp_path / "rules.json"
+    rules.write_bytes(orjson.dumps([{**THRESHOLD_RULE, "id": "chatty", "updateIntervalS": 30}]))
+    with caplog.at_level(logging.WARNING, logger="polis.alerts.engine"):
+        platform = Platform(Settings(data_dir=tmp_path / "hub", alert_rules_file=rules, **CHEAP))
+    try:
+        assert "chatty" in platform.alerts.index.by_tenant[""]
+        assert any("chatty" in r.getMessage() and "updateIntervalS" in r.getMessage() for r in caplog.records)
     finally:
         platform.close()

@@ -459,15 +459,16 @@ def rule_json(rule: AnyRule) -> dict[str, Any]:
     return rule.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-def parse_rules_document(document: Any) -> list[AnyRule]:
-    """A rules file: a list of rules or {"rules": [...]}; an error names the rule by position."""
+def parse_rules_document(document: Any, *, stored: bool = False) -> list[AnyRule]:
+    """A rules file: a list of rules or {"rules": [...]}; an error names the rule by position. `stored`: as
+    `parse_rule`'s (field combinations not refused)."""
     items = document.get("rules") if isinstance(document, dict) else document
     if not isinstance(items, list):
         raise BadRequestData('a rules file holds a list of rules, or {"rules": [...]}')
     rules: list[AnyRule] = []
     for index, item in enumerate(items):
         try:
-            rules.append(parse_rule(item))
+            rules.append(parse_rule(item, stored=stored))
         except BadRequestData as error:
             raise BadRequestData(f"rule #{index + 1}: {error.detail}", **error.extra) from None
         if rules[-1].id is None:
@@ -484,8 +485,8 @@ class RulesFileError(Exception):
     does not start on it, since serving without some of the rules the city wrote down would be a silent gap."""
 
 
-def load_rules_file(path: Any) -> list[AnyRule]:
-    """Rules from a YAML (.yaml/.yml, needs PyYAML) or JSON file."""
+def load_rules_file(path: Any, *, stored: bool = False) -> list[AnyRule]:
+    """Rules from a YAML (.yaml/.yml, needs PyYAML) or JSON file; `stored` as `parse_rules_document`'s."""
     from pathlib import Path
 
     import orjson
@@ -506,7 +507,7 @@ def load_rules_file(path: Any) -> list[AnyRule]:
             document = orjson.loads(text)
         except orjson.JSONDecodeError as error:
             raise BadRequestData(f"{file}: not valid JSON: {error}") from None
-    return parse_rules_document(document)
+    return parse_rules_document(document, stored=stored)
 
 
 @dataclass(frozen=True, slots=True)
