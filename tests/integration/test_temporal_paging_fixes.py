@@ -98,11 +98,12 @@ def _aggregated(client: TestClient, **params: str) -> Any:
 def test_aggregation_of_a_cut_answer_gives_only_complete_periods(hub: tuple[TestClient, Platform]) -> None:
     client, _ = hub
     r = _aggregated(client, aggrPeriodDuration="PT1H")
-    assert r.status_code == 206 and r.headers["Content-Range"] == f"date-time {at(0)}-{at(2)}/*"
+    # The range ends at the last instance aggregated (01:00), as an instance answer's does.
+    assert r.status_code == 206 and r.headers["Content-Range"] == f"date-time {at(0)}-{at(1)}/*"
     assert r.json()["speed"]["totalCount"] == [[1, at(0), at(1)], [1, at(1), at(2)]]
-    # The next page starts where that one ended.
-    r = _aggregated(client, aggrPeriodDuration="PT1H", timerel="between", timeAt=at(2), endTimeAt=at(23))
-    assert r.status_code == 206 and r.headers["Content-Range"] == f"date-time {at(2)}-{at(4)}/*"
+    # The next page is the one after that instance, as for instances.
+    r = _aggregated(client, aggrPeriodDuration="PT1H", timerel="after", timeAt=at(1))
+    assert r.status_code == 206 and r.headers["Content-Range"] == f"date-time {at(2)}-{at(3)}/*"
     assert r.json()["speed"]["sum"] == [[2, at(2), at(3)], [3, at(3), at(4)]]
     # One period over the whole range: it ends where the instances aggregated end, and says so.
     r = _aggregated(client, timerel="between", timeAt=at(0), endTimeAt="2026-01-02T00:00:00Z")

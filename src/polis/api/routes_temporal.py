@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -38,14 +37,16 @@ from polis.ngsi_ld.params import (
     parse_projection,
 )
 from polis.ngsi_ld.temporal import (
+    Aggregation,
     Window,
     content_range,
     cut_to_window,
+    keep_whole_periods,
     parse_aggregation,
     parse_temporal_query,
     render_temporal_entity,
 )
-from polis.store.base import EntityQuery, TemporalQuery
+from polis.store.base import EntityQuery, TemporalAttribute, TemporalQuery
 
 router = APIRouter(prefix="/ngsi-ld/v1/temporal", tags=["temporal"])
 
@@ -72,14 +73,22 @@ def _format(params: dict[str, str]) -> tuple[str, Any]:
     return fmt, aggregation
 
 
+def _cut(
+    history: dict[str, dict[str, TemporalAttribute]], temporal: TemporalQuery, aggregation: Aggregation | None
+) -> Window | None:
+    """Over the cap: every series trimmed to one range (and, aggregated, to whole periods), so that paging
+    by the Content-Range reaches each instance once (polis.ngsi_ld.temporal.content_range)."""
+    window = cut_to_window(history, temporal.last_n)
+    if window is not None and aggregation is not None:
+        keep_whole_periods(history, window, aggregation, temporal)
+    return window
+
+
 def _status_and_headers(
-    history: dict[str, Any],
-    window: Window | None,
-    buckets: list[tuple[datetime, datetime]] | None,
-    extra: dict[str, str] | None = None,
+    history: dict[str, Any], window: Window | None, extra: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str]]:
     headers = dict(extra or {})
-    span = content_range(history, window, buckets)
+    span = content_range(history, window)
     if span is None:
         return 200, headers
     headers["Content-Range"] = span
@@ -137,8 +146,7 @@ async def answer_temporal_query(
     pick = narrow_pick(parse_projection(params.get("pick"), terms, "pick"), attrs)
     omit = parse_projection(params.get("omit"), terms, "omit")
     entities, count, history = await run_in_threadpool(platform.temporal.query, tenant, query, temporal)
-    window = cut_to_window(history, temporal.last_n)  # over the cap: every series trimmed to one range
-    buckets: list[tuple[datetime, datetime]] = []
+    window = _cut(history, temporal, aggregation)
     body = [
         render_temporal_entity(
             e,
@@ -150,7 +158,6 @@ async def answer_temporal_query(
             pick=pick,
             omit=omit,
             window=window,
-            covered=buckets,
         )
         for e in entities
     ]
@@ -159,7 +166,7 @@ async def answer_temporal_query(
     page = pagination_headers(
         request, offset=query.offset, limit=query.limit, returned=len(body), total=count, count=query.count
     )
-    status, headers = _status_and_headers(history, window, buckets if aggregation else None, page)
+    status, headers = _status_and_headers(history, window, page)
     return json_response(request, body, terms, status=status, headers=headers, accept=accept)
 
 
@@ -179,8 +186,7 @@ async def retrieve_temporal(entity_id: str, request: Request) -> Response:
     pick = narrow_pick(parse_projection(params.get("pick"), terms, "pick"), attrs)  # as the query takes them
     omit = parse_projection(params.get("omit"), terms, "omit")
     entity, history = await run_in_threadpool(platform.temporal.retrieve, tenant, entity_id, temporal)
-    window = cut_to_window({entity_id: history}, temporal.last_n)
-    buckets: list[tuple[datetime, datetime]] = []
+    window = _cut({entity_id: history}, temporal, aggregation)
     body = render_temporal_entity(
         entity,
         history,
@@ -191,9 +197,8 @@ async def retrieve_temporal(entity_id: str, request: Request) -> Response:
         pick=pick,
         omit=omit,
         window=window,
-        covered=buckets,
     )
-    status, headers = _status_and_headers({entity_id: history}, window, buckets if aggregation else None)
+    status, headers = _status_and_headers({entity_id: history}, window)
     return json_response(request, body, terms, status=status, headers=headers, accept=accept)
 
 

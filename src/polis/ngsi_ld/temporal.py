@@ -372,10 +372,9 @@ def render_temporal_entity(
     pick: set[str] | None = None,
     omit: set[str] | None = None,
     window: Window | None = None,
-    covered: list[tuple[datetime, datetime]] | None = None,
 ) -> dict[str, Any]:
     """`pick`/`omit` project as they do on /entities: attribute IRIs and the members "id" and "type".
-    `window`/`covered`: of an answer cut at the cap, as `_aggregated` takes them."""
+    `window`: of an answer cut at the cap, as `_aggregated` takes it."""
 
     def wanted(key: str) -> bool:
         return (pick is None or key in pick) and (omit is None or key not in omit)
@@ -393,9 +392,7 @@ def render_temporal_entity(
         if fmt == "temporalValues":
             out[name] = _per_dataset(slot.instances, functools.partial(_temporal_values, terms=terms))
         elif fmt == "aggregatedValues" and aggregation is not None:
-            shape = functools.partial(
-                _aggregated, aggregation=aggregation, temporal=temporal, window=window, covered=covered
-            )
+            shape = functools.partial(_aggregated, aggregation=aggregation, temporal=temporal, window=window)
             out[name] = _per_dataset(slot.instances, shape)
         elif slot.plain:
             out[name] = slot.instances  # plain readings are already in their output shape
@@ -446,14 +443,31 @@ def _aggregated(
     aggregation: Aggregation,
     temporal: TemporalQuery | None,
     window: Window | None = None,
-    covered: list[tuple[datetime, datetime]] | None = None,
 ) -> dict[str, Any]:
-    """`window`: the answer was cut (`cut_to_window`); the periods answered are added to `covered`."""
+    """`window`: the answer was cut (`cut_to_window`, then `keep_whole_periods`)."""
     kind = instances[0].get("type", "Property") if instances else "Property"
     out: dict[str, Any] = {"type": kind}
     if not instances:
         return out
     times = [parse_observed_at(i["observedAt"]) for i in instances]
+    buckets = _periods(times, aggregation, temporal, window)
+    for method in aggregation.methods:
+        series = []
+        for lo, hi, members in buckets:
+            values = [instances[m].get("value", instances[m].get("object")) for m in members]
+            series.append([_aggregate(method, values), _iso(lo), _iso(hi)])
+        out[method] = series
+    return out
+
+
+Period = tuple[datetime, datetime, list[int]]  # [start, end) and the indices of the instances in it
+
+
+def _periods(
+    times: Sequence[datetime], aggregation: Aggregation, temporal: TemporalQuery | None, window: Window | None
+) -> list[Period]:
+    """The periods of one series (`times`: its instances' observedAt, oldest first) that hold an instance, oldest
+    first; of an answer cut to `window`, only those whose every instance was returned."""
     # The range asked for: [timeAt, endTimeAt) for between, [timeAt, ...) for after, [..., timeAt) for before
     # (timeAt is then its end); each open side is where the instances themselves start or end.
     timerel = temporal.timerel if temporal is not None else None
@@ -467,7 +481,7 @@ def _aggregated(
         if window is not None:  # one period over what was returned, as far as it goes
             start = max(start, window.start) if window.start is not None else start
             end = min(end, window.end) if window.end is not None else end
-        buckets = [(start, max(end, times[-1]), list(range(len(instances))))]
+        buckets = [(start, max(end, times[-1]), list(range(len(times))))]
     else:
         grouped: dict[int, list[int]] = {}
         for index, ts in enumerate(times):
@@ -476,23 +490,15 @@ def _aggregated(
             (start + k * aggregation.period, _bucket_end(start, (k + 1) * aggregation.period), v)
             for k, v in sorted(grouped.items())
         ]
-    if window is not None:
-        # An answer cut at the cap: only the periods whose every instance was returned (a period partly
-        # returned would be labelled with more time than it aggregates).
-        buckets = [
-            (lo, hi, v)
-            for lo, hi, v in buckets
-            if (window.end is None or hi <= window.end) and (window.start is None or lo >= window.start)
-        ]
-    if covered is not None:
-        covered.extend((lo, hi) for lo, hi, _ in buckets)
-    for method in aggregation.methods:
-        series = []
-        for lo, hi, members in buckets:
-            values = [instances[m].get("value", instances[m].get("object")) for m in members]
-            series.append([_aggregate(method, values), _iso(lo), _iso(hi)])
-        out[method] = series
-    return out
+    if window is None:
+        return buckets
+    # An answer cut at the cap: only the periods whose every instance was returned (a period partly
+    # returned would be labelled with more time than it aggregates).
+    return [
+        (lo, hi, v)
+        for lo, hi, v in buckets
+        if (window.end is None or hi <= window.end) and (window.start is None or lo >= window.start)
+    ]
 
 
 def _bucket_end(start: datetime, offset: timedelta) -> datetime:
@@ -532,7 +538,8 @@ def _iso(ts: datetime) -> str:
 @dataclass(frozen=True, slots=True)
 class Window:
     """What an answer cut at the per-request cap covers (§6.3.10): without lastN the oldest instances were
-    kept, up to `end`; with it the newest, from `start` on (both inclusive)."""
+    kept, up to `end`; with it the newest, from `start` on (both inclusive). Every series in the answer holds
+    all of its instances in that range, those at `end` (`start`) too."""
 
     start: datetime | None
     end: datetime | None
@@ -543,12 +550,22 @@ def cut_to_window(history: Mapping[str, dict[str, TemporalAttribute]], last_n: i
     """When any attribute was cut at the cap: trim every attribute of every entity to the part of time all of
     them hold in full, and return it. The series that ends first sets the end (the mirror with lastN: the one
     that starts last, the start): a client that moves its window past the range returned then misses nothing,
-    where the range of the longest series would skip another series' instances it was not given."""
-    truncated = [slot for attrs in history.values() for slot in attrs.values() if slot.truncated]
-    if not truncated:
+    where the range of the longest series would skip another series' instances it was not given. A series
+    ends before the instant where it was cut: the instances at that instant that were kept are only some of
+    them, and a client asking after (before) it would never see the others."""
+    ends: list[datetime] = []
+    starts: list[datetime] = []
+    for attrs in history.values():
+        for name, slot in attrs.items():
+            if slot.truncated:
+                if last_n is None:
+                    ends.append(_last_whole_instant(name, slot))
+                else:
+                    starts.append(_first_whole_instant(name, slot))
+    if not ends and not starts:
         return None
-    start = max(_instant(s.instances[0]) for s in truncated) if last_n is not None else None
-    end = min(_instant(s.instances[-1]) for s in truncated) if last_n is None else None
+    start = max(starts) if starts else None
+    end = min(ends) if ends else None
     for attrs in history.values():
         for name, slot in list(attrs.items()):
             # Instances are oldest first: two bisections, not a parse of every instance's time.
@@ -561,23 +578,108 @@ def cut_to_window(history: Mapping[str, dict[str, TemporalAttribute]], last_n: i
     return Window(start, end, last_n)
 
 
-def content_range(
-    history: Mapping[str, Mapping[str, TemporalAttribute]],
-    window: Window | None,
-    buckets: Sequence[tuple[datetime, datetime]] | None = None,
-) -> str | None:
-    """The Content-Range of an answer cut to `window` (None: a whole answer, no header). With aggregatedValues
-    (`buckets`: the periods answered), from the first period's start to the last one's end."""
+def _last_whole_instant(attr: str, slot: TemporalAttribute) -> datetime:
+    """The newest time of a series cut after its oldest instances whose every instance was kept."""
+    if slot.cut_at is None:  # a store that does not say where it cut: its last instance
+        return _instant(slot.instances[-1])
+    kept = bisect.bisect_left(slot.instances, slot.cut_at, key=_instant)
+    if kept == 0:
+        raise _one_instant_over_the_cap(attr, slot)
+    return _instant(slot.instances[kept - 1])
+
+
+def _first_whole_instant(attr: str, slot: TemporalAttribute) -> datetime:
+    """The oldest time of a series cut before its newest instances (lastN) whose every instance was kept."""
+    if slot.cut_at is None:
+        return _instant(slot.instances[0])
+    dropped = bisect.bisect_right(slot.instances, slot.cut_at, key=_instant)
+    if dropped == len(slot.instances):
+        raise _one_instant_over_the_cap(attr, slot)
+    return _instant(slot.instances[dropped])
+
+
+def _one_instant_over_the_cap(attr: str, slot: TemporalAttribute) -> TooManyResults:
+    when = _iso(slot.cut_at) if slot.cut_at is not None else "one time"
+    return TooManyResults(
+        f"attribute {attr} has more instances at one instant ({when}) than this broker returns at once "
+        f"({len(slot.instances)}): an answer cut there could not be paged, as a page ends before or after an "
+        "instant, never within it; ask for fewer datasetIds, or contact the operator to raise the limit"
+    )
+
+
+def keep_whole_periods(
+    history: Mapping[str, dict[str, TemporalAttribute]],
+    window: Window,
+    aggregation: Aggregation,
+    temporal: TemporalQuery | None,
+) -> None:
+    """An aggregated answer cut to `window`: trim every series (entity, attribute and datasetId, as they are
+    aggregated) to the periods it holds in full, and then further, until one time separates what is aggregated
+    from what is not in every series (the periods of two series need not start together). The Content-Range of
+    the instances left then pages as an instance answer does, each period on exactly one page. 403 when
+    no period is left."""
+    backward = window.last_n is not None
+    series: list[tuple[list[datetime], list[Period]]] = []
+    for attrs in history.values():
+        for slot in attrs.values():
+            groups: dict[str | None, list[datetime]] = {}
+            for instance in slot.instances:
+                groups.setdefault(instance.get("datasetId"), []).append(_instant(instance))
+            series += [(times, _periods(times, aggregation, temporal, window)) for times in groups.values()]
+    # The bound: without lastN everything older is aggregated, nothing from it on; with lastN the mirror.
+    bound: datetime | None = None
+    while True:
+        outside = [t for times, periods in series if (t := _first_left_out(times, periods, backward)) is not None]
+        if not outside:
+            break  # every instance is in a whole period (and so it stays: periods are only ever left out)
+        moved = max(outside) if backward else min(outside)
+        if moved == bound:
+            break
+        bound = moved
+        for index, (times, periods) in enumerate(series):  # periods reaching over the bound are left out too
+            inside = [p for p in periods if (times[p[2][0]] > moved if backward else times[p[2][-1]] < moved)]
+            series[index] = (times, inside)
+    if bound is not None:
+        for attrs in history.values():
+            for name, slot in list(attrs.items()):
+                if backward:
+                    slot.instances = slot.instances[bisect.bisect_right(slot.instances, bound, key=_instant) :]
+                else:
+                    slot.instances = slot.instances[: bisect.bisect_left(slot.instances, bound, key=_instant)]
+                if not slot.instances:
+                    del attrs[name]
+    if not any(attrs for attrs in history.values()):
+        raise TooManyResults(
+            "no aggregation period could be computed over all of its instances (more of them than this broker "
+            "returns at once): ask for a shorter aggrPeriodDuration or a narrower timerel range"
+        )
+
+
+def _first_left_out(times: Sequence[datetime], periods: Sequence[Period], backward: bool) -> datetime | None:
+    """The time of the instance nearest the aggregated ones that no period of `periods` holds (the newest
+    before them, with `backward`); None when every instance is in one."""
+    if backward:
+        first = periods[0][2][0] if periods else len(times)
+        return times[first - 1] if first > 0 else None
+    count = periods[-1][2][-1] + 1 if periods else 0
+    return times[count] if count < len(times) else None
+
+
+def content_range(history: Mapping[str, Mapping[str, TemporalAttribute]], window: Window | None) -> str | None:
+    """The Content-Range of an answer cut to `window` (None: a whole answer, no header): `date-time
+    <first>-<last>/<lastN or *>`, the observedAt of the oldest and the newest instance the answer holds, with
+    aggregatedValues too (of the instances its periods aggregate, not the periods' bounds).
+
+    The paging rule, the same for every representation: without lastN the next page is the same query with
+    `timerel=after&timeAt=<last>`, with lastN `timerel=before&timeAt=<first>` (or a `between` ending there).
+    Each instance, and each period, comes on exactly one page: no instance after `first` and before `last` is
+    left out, none at those instants is (a page never splits an instant; `cut_to_window`), and the periods of
+    an aggregated page hold every instance up to `last` (from `first`) and none beyond (`keep_whole_periods`).
+    A period of a later page starts at its own timeAt (§4.5.19's range), so periods line up across pages only
+    where the instances do."""
     if window is None:
         return None
     total = window.last_n if window.last_n is not None else "*"
-    if buckets is not None:
-        if not buckets:
-            raise TooManyResults(
-                "no aggregation period could be computed over all of its instances (more of them than this broker "
-                "returns at once): ask for a shorter aggrPeriodDuration or a narrower timerel range"
-            )
-        return f"date-time {_iso(min(b[0] for b in buckets))}-{_iso(max(b[1] for b in buckets))}/{total}"
     slots = [slot for attrs in history.values() for slot in attrs.values() if slot.instances]
     first = min((s.instances[0] for s in slots), key=_instant)["observedAt"]
     last = max((s.instances[-1] for s in slots), key=_instant)["observedAt"]

@@ -83,6 +83,9 @@ class TemporalQuery:
 class TemporalAttribute:
     instances: list[dict[str, Any]]  # each an Instance plus observedAt and instanceId, oldest first
     truncated: bool = False
+    # When truncated: the observedAt of the nearest instance left out (the one after the last kept; with lastN,
+    # the one before the first kept). Kept instances at that same time must not end a page (polis.ngsi_ld.temporal).
+    cut_at: datetime | None = None
     # Every instance is a plain numeric Property (type, value, unitCode, datasetId, observedAt, instanceId),
     # already in its output shape: a renderer may pass the list on as it is (a week is 2,016 of them).
     plain: bool = False

@@ -969,11 +969,14 @@ class DuckDBStore:
             for start, end in _runs(cols["hkey"], cols["attr"]):
                 attrs = result.setdefault(names[int(cols["hkey"][start])], {})
                 attrs[cols["attr"][start]] = _temporal_attribute({k: v[start:end] for k, v in cols.items()})
-        # Over the cap: keep the oldest instances, or with lastN the newest (rows are oldest first here).
+        # Over the cap: keep the oldest instances, or with lastN the newest (rows are oldest first here; with
+        # lastN one more than the cap was read). The nearest one left out says when the cut fell (`cut_at`).
         cap = query.max_instances
         for attrs in result.values():
             for slot in attrs.values():
                 if len(slot.instances) > cap:
+                    dropped = cap if query.last_n is None else len(slot.instances) - cap - 1
+                    slot.cut_at = datetime.fromisoformat(slot.instances[dropped]["observedAt"])
                     if query.last_n is None:
                         del slot.instances[cap:]
                     else:
