@@ -74,7 +74,7 @@ def forecast_of_entity(request: Request, entity_id: str, attr: str, format: str 
     _check_format(format)
     path = platform_of(request).forecasts.latest(entity_id, attr, tenant_of(request))
     if path is None:
-        raise _no_forecast(entity_id, attr)
+        raise _no_forecast(request, entity_id, attr)
     return _render(path, format)
 
 
@@ -84,11 +84,17 @@ def forecast_history(request: Request, entity_id: str, attr: str) -> list[dict[s
     # the latest forecast's: a misspelt id or attribute is not an entity without forecasts yet.
     paths = platform_of(request).forecasts.history(entity_id, attr, tenant_of(request))
     if not paths:
-        raise _no_forecast(entity_id, attr)
+        raise _no_forecast(request, entity_id, attr)
     return [_plain(p) for p in paths]
 
 
-def _no_forecast(entity_id: str, attr: str) -> ResourceNotFound:
+def _no_forecast(request: Request, entity_id: str, attr: str) -> ResourceNotFound:
+    # a dataset whose model did not load says so (the operator's log names the file), not "no readings yet"
+    dataset = dataset_of(entity_id)
+    why = platform_of(request).forecasts.unavailable.get(dataset)
+    if why is not None:
+        return ResourceNotFound(f"no forecast of {attr} for {entity_id}: {dataset} has no live forecasts, {why} "
+                                "(the hub's log says why)")
     return ResourceNotFound(f"no forecast of {attr} for {entity_id} (not watched, or no readings yet)")
 
 
@@ -103,4 +109,4 @@ def forecast_accuracy(request: Request, window_minutes: str | None = None) -> li
     if minutes is not None and not 0 < minutes <= MAX_WINDOW_MINUTES:
         raise BadRequestData(f"window_minutes must be between 1 and {MAX_WINDOW_MINUTES} (ten years)")
     window = timedelta(minutes=minutes) if minutes else None
-    return platform_of(request).forecasts.accuracy(window)
+    return platform_of(request).forecasts.accuracy(window, tenant_of(request))

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -165,25 +166,33 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         import numpy as np
 
         from polis.cli import fail, hub_settings
-        from polis.forecast.live import registry_for
-        from polis.forecast.registry import FORECAST_KINDS
+        from polis.forecast.live import check_fits, registry_for
+        from polis.forecast.registry import FORECAST_KINDS, ModelLoadError
 
         _check_dataset(dataset)
         if model is not None and model not in FORECAST_KINDS:
             fail(f"unknown model kind '{model}'; known: {', '.join(FORECAST_KINDS)}", 2)
         settings = hub_settings(data_dir, datasets_dir)
         registry = registry_for(settings)
-        record = registry.latest(dataset, model)
-        if record is None:
+        if not registry.candidates(dataset, model):
             if model is None:
                 fail(f"no trained model for {dataset}; run `polis train {dataset}` first")
             registered = ", ".join(dict.fromkeys(r.kind for r in registry.records(dataset))) or "none"
             fail(f"no trained {model} model for {dataset}; run `polis train {dataset} --model {model}` first "
                  f"(registered for {dataset}: {registered})")
         panel = _read_panel(dataset, settings.datasets_dir)
+        # a damaged or mismatched version is passed over for the one before it, each said in one line; none
+        # left is one line too (with what to run), never a traceback
         with _progress() as bar:
-            bar.add_task(f"loading {record.kind} v{record.version}", total=None)
-            fitted = registry.load(record)
+            bar.add_task(f"loading the {model or 'best'} model of {dataset}", total=None)
+            try:
+                found = registry.load_usable(dataset, model, check=lambda record, fitted: check_fits(
+                    record, fitted, panel), warn=lambda text: console.print(f"[yellow]{escape(text)}[/yellow]"))
+            except ModelLoadError as error:
+                fail(f"{error}; run `polis train {dataset}{f' --model {model}' if model else ''}` to register a "
+                     "new version")
+            assert found is not None  # candidates were there: one loaded, or ModelLoadError
+            record, fitted = found
             result = fitted.predict(panel, np.array([len(panel.values) - 1]))
         minutes = panel.step_s // 60
         table = Table(title=f"{dataset}: {record.kind} v{record.version}, issued at {panel.times[-1]}Z")

@@ -25,14 +25,14 @@ import numpy as np
 from polis.forecast.data import Panel
 from polis.forecast.model import Forecaster
 from polis.forecast.path import ForecastPath, ForecastPoint
-from polis.forecast.registry import ModelRegistry
+from polis.forecast.registry import ModelLoadError, ModelRecord, ModelRegistry
 
 if TYPE_CHECKING:
     from polis.ngsi_ld.events import EntityChange
     from polis.platform import Platform
     from polis.settings import Settings
 
-__all__ = ["ForecastService", "LiveModel", "registry_for"]
+__all__ = ["ForecastService", "LiveModel", "check_fits", "registry_for"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class LiveModel:
 
 @dataclass(slots=True)
 class _Scored:
+    tenant: str  # whose readings scored it: one tenant's accuracy is not another's
     model: str
     step: int
     error: float
@@ -81,7 +82,10 @@ class ForecastService:
         self._latest: dict[tuple[str, str, str], ForecastPath] = {}
         self._history: dict[tuple[str, str, str], deque[ForecastPath]] = {}
         self._scored: deque[_Scored] = deque(maxlen=SCORES_KEPT)
+        # the points already scored, as (tenant, model, entity, issued at, valid at): a point's mark goes when its
+        # path leaves the kept history (`_keep`), after which it can no longer be scored again
         self._scored_keys: set[tuple[str, str, str, str, datetime]] = set()
+        self.unavailable: dict[str, str] = {}  # dataset -> why it has no live forecasts (its model did not load)
         self._dirty: set[tuple[str, int]] = set()  # (tenant, model index)
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -122,6 +126,7 @@ class ForecastService:
                     return
                 try:
                     live = self.load_or_train(dataset, quick=quick, kind=kind, say=tell)
+                    self.unavailable.pop(dataset, None)
                     self.attach(live)
                     self.mark_dirty("", live)
                     tell(f"forecasts: live for {dataset} ({len(live.entity_ids)} series, {kind})")
@@ -129,9 +134,13 @@ class ForecastService:
                         log.warning("live forecasts for %s: none of its %d sensors is in the hub yet (ingest it, "
                                     "or its readings arrive); forecasts start with them", dataset,
                                     len(live.entity_ids))
+                except ModelLoadError as error:  # no traceback: the line says which file is damaged
+                    self.unavailable[dataset] = f"its {kind} forecast model could not be loaded"
+                    log.error("no live forecasts for %s: %s", dataset, error)
                 except Exception:  # the hub keeps serving without forecasts for that dataset
                     if self._stop.is_set():
                         return  # closed while its model trained: nothing went wrong
+                    self.unavailable[dataset] = "its live forecasts could not start"
                     log.exception("could not start live forecasts for %s", dataset)
 
         thread = threading.Thread(target=work, name="polis-forecast-start", daemon=True)
@@ -142,22 +151,26 @@ class ForecastService:
         self, dataset: str, quick: bool = True, kind: str = "lightgbm", say: Callable[[str], None] | None = None
     ) -> LiveModel:
         """The registry's latest model of `kind` for `dataset`, trained first (by `polis train`, in a child
-        process) when there is none, which `say` announces with where its log is."""
+        process) when there is none, which `say` announces with where its log is. A version that fails to load
+        (damaged files) or does not fit the dataset is passed over, with a warning, for the one before it;
+        ModelLoadError when none is left."""
         from polis.forecast.data import load_panel
 
         settings = self.platform.settings
         registry = registry_for(settings)
-        record = registry.latest(dataset, kind)
-        if record is None:
+        if not registry.candidates(dataset, kind):
             if say is not None:
                 say(f"forecasts: training a {'quick ' if quick else ''}{kind} model for {dataset} in the background "
                     f"(minutes on 2 cores; progress in {self._train_log(dataset, kind)})")
             self._train_in_child(dataset, kind, quick)
-            record = registry.latest(dataset, kind)
-            if record is None:
-                raise RuntimeError(f"`polis train {dataset}` registered no {kind} model")
         panel = load_panel(dataset, settings.datasets_dir)
-        return live_model_for(panel, registry.load(record), settings.datasets_dir)
+        # the sensors its meta.json names, not a trial forecast: a model fitted on some of them is served (each
+        # refresh then says what it cannot forecast)
+        found = registry.load_usable(dataset, kind, check=lambda record, model: check_fits(record, model, panel,
+                                                                                          forecast=False))
+        if found is None:
+            raise RuntimeError(f"`polis train {dataset}` registered no {kind} model")
+        return live_model_for(panel, found[1], settings.datasets_dir)
 
     def _train_in_child(self, dataset: str, kind: str, quick: bool) -> None:
         """`polis train` into this hub's registry, in its own process: training Melbourne's model peaks at
@@ -242,18 +255,10 @@ class ForecastService:
         if not store.has_tenant(tenant):
             return None
         current = store.get(tenant, list(live.entity_ids))
-        newest = None
-        for entity in current.values():
-            for instance in entity.get(live.attribute, []):
-                if isinstance(instance, dict) and "observedAt" in instance:
-                    stamp = parse_observed_at(str(instance["observedAt"]))
-                    newest = stamp if newest is None or stamp > newest else newest
-        if newest is None:
+        window = _window(current, live, datetime.now(UTC))
+        if window is None:
             return None
-        step = timedelta(seconds=live.step_s)
-        epoch = datetime(1970, 1, 1, tzinfo=UTC)
-        end = epoch + ((newest - epoch) // step) * step
-        start = end - (live.context_steps - 1) * step
+        start, step = window
         query = TemporalQuery(attrs=(live.attribute,), timerel="after", time_at=start - timedelta(microseconds=1),
                               max_instances=live.context_steps * 4)
         history = store.temporal(tenant, list(live.entity_ids), query)
@@ -298,15 +303,24 @@ class ForecastService:
                     for j, s in enumerate(result.steps)
                 )
                 path = ForecastPath(entity_id, live.attribute, live.name, issued_at, points)
-                key = (tenant, entity_id, live.attribute)
-                self._latest[key] = path
-                kept = self._history.setdefault(key, deque(maxlen=HISTORY_PER_SERIES))
-                if kept and kept[-1].issued_at == issued_at and kept[-1].model == path.model:
-                    kept.pop()  # the same origin forecast again with more of its readings in: keep the newer one
-                kept.append(path)
+                self._latest[(tenant, entity_id, live.attribute)] = path
+                self._keep(tenant, path)
                 issued += 1
             self.refreshes += 1
         return issued
+
+    def _keep(self, tenant: str, path: ForecastPath) -> None:
+        """Keep `path` in its series' history (with the lock held); the marks of the points of a path the bounded
+        history lets go are dropped with it, so they stay as bounded as the history."""
+        kept = self._history.setdefault((tenant, path.entity_id, path.attribute), deque(maxlen=HISTORY_PER_SERIES))
+        if kept and kept[-1].issued_at == path.issued_at and kept[-1].model == path.model:
+            kept.pop()  # the same origin forecast again with more of its readings in: keep the newer one
+        elif len(kept) == kept.maxlen:
+            gone = kept[0]
+            for point in gone.points:
+                self._scored_keys.discard((tenant, gone.model, gone.entity_id, gone.issued_at.isoformat(),
+                                           point.valid_at))
+        kept.append(path)
 
     def _score(self, tenant: str, live: LiveModel, panel: Panel) -> None:
         """Score every kept forecast point whose valid time now has an observation."""
@@ -326,7 +340,7 @@ class ForecastService:
                             continue
                         self._scored_keys.add(mark)
                         error = abs(point.value - float(panel.values[row, column]))
-                        self._scored.append(_Scored(path.model, number, error, point.valid_at))
+                        self._scored.append(_Scored(tenant, path.model, number, error, point.valid_at))
 
     # ------------------------------------------------------------------------------------------ reading
 
@@ -353,10 +367,10 @@ class ForecastService:
                     return list(paths)
             return []
 
-    def accuracy(self, window: timedelta | None = None) -> list[dict[str, Any]]:
-        """Rolling live MAE per model and step over the scored points (within `window` of the newest)."""
+    def accuracy(self, window: timedelta | None = None, tenant: str | None = None) -> list[dict[str, Any]]:
+        """Rolling live MAE per model and step over `tenant`'s scored points (within `window` of its newest)."""
         with self._lock:
-            scored = list(self._scored)
+            scored = [s for s in self._scored if s.tenant == (tenant or "")]
         if not scored:
             return []
         newest = max(s.valid_at for s in scored)
@@ -382,6 +396,56 @@ def live_model_for(panel: Panel, model: Forecaster, datasets_dir: Any) -> LiveMo
         attribute=vocab(panel.attribute), entity_ids=panel.entity_ids, step_s=panel.step_s,
         timezone=panel.timezone, context_steps=context, adjacency=panel.adjacency,
     )
+
+
+def check_fits(record: ModelRecord, model: Forecaster, panel: Panel, forecast: bool = True) -> None:
+    """ModelLoadError unless `model` (registered as `record`) is one of `panel`'s sensors: fitted on the same ones
+    (where its meta.json names them) and, with `forecast`, forecasting one value per sensor and step from the
+    panel's end (a model fitted on another dataset's sensors forecasts garbage, or fails)."""
+    saved = record.meta.get("entity_ids")
+    if saved and list(saved) != list(panel.entity_ids):
+        raise ModelLoadError(f"{record.path}: fitted on other sensors than {panel.name}'s {panel.n_sensors} "
+                             f"(its meta.json names {len(saved)}, first {saved[0]!r})")
+    if not forecast:
+        return
+    try:
+        result = model.predict(panel, np.array([len(panel.values) - 1]))
+    except Exception as error:  # a model that cannot forecast this panel (other shapes): not one to serve
+        raise ModelLoadError(f"{record.path}: cannot forecast {panel.name}: {type(error).__name__}: {error}") \
+            from error
+    if result.mean.shape != (1, len(result.steps), panel.n_sensors):
+        raise ModelLoadError(f"{record.path}: forecasts {result.mean.shape[-1]} series, {panel.name} has "
+                             f"{panel.n_sensors}")
+
+
+def _window(current: dict[str, Any], live: LiveModel, now: datetime) -> tuple[datetime, timedelta] | None:
+    """The first step of the window a refresh forecasts from, and the step; None without a usable reading.
+
+    The window ends at the newest reading among `current`'s, but not at one dated more than the alerts'
+    MAX_AHEAD past `now`: a sensor with a broken clock (or a year 9999 typed in) would otherwise move every
+    other sensor's window past its readings, and its forecast's valid times past the calendar's end. Readings
+    of the past are fine: a recorded dataset (Melbourne's 2022) is forecast from where it ends."""
+    from polis.alerts.evaluate import MAX_AHEAD
+    from polis.ngsi_ld.entities import parse_observed_at
+
+    newest = None
+    for entity in current.values():
+        for instance in entity.get(live.attribute, []):
+            if isinstance(instance, dict) and "observedAt" in instance:
+                stamp = parse_observed_at(str(instance["observedAt"]))
+                if stamp <= now + MAX_AHEAD and (newest is None or stamp > newest):
+                    newest = stamp
+    if newest is None:
+        return None
+    step = timedelta(seconds=live.step_s)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    end = epoch + ((newest - epoch) // step) * step
+    furthest = max(live.model.steps, default=1) * step
+    highest, lowest = datetime.max.replace(tzinfo=UTC), datetime.min.replace(tzinfo=UTC)
+    # both ends in the calendar: the forecast's last valid time, and the window's first step
+    if end > highest - furthest or end < lowest + live.context_steps * step:
+        return None
+    return end - (live.context_steps - 1) * step, step
 
 
 def _utc(instant: np.datetime64) -> datetime:
