@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform as py_platform
+import re
 import shutil
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -221,6 +222,7 @@ def _serve(
 
     from polis.api.app import create_app
 
+    _require_core_context(settings)
     platform = _platform(settings)
     try:
         if forecast_datasets:
@@ -248,6 +250,26 @@ def _serve(
         )
     finally:
         platform.close()
+
+
+def _require_core_context(settings: Settings) -> None:
+    """Refuse to serve (exit 2, one line) without the NGSI-LD core context: every request resolves its @context
+    over that shipped file, so a server started without it would answer every request 500 instead."""
+    from polis.domain.errors import NgsiError
+    from polis.ngsi_ld.context import CORE_CONTEXT_FILE, ContextCache
+
+    path = settings.datasets_dir.joinpath(*CORE_CONTEXT_FILE)
+    advice = f"set POLIS_DATASETS_DIR (now {settings.datasets_dir}) to the shipped data, the folder holding ngsi-ld/"
+    if not path.is_file():
+        fail(f"cannot serve: the NGSI-LD core context {path} is missing; {advice}", 2)
+    try:  # the file is there: it must also parse as a context (its cache directory is not touched)
+        ContextCache(settings.datasets_dir, settings.context_cache_dir).core()
+    except RuntimeError as error:  # unreadable or not JSON: its message names the file and the setting
+        fail(f"cannot serve: {error}", 2)
+    except KeyError as error:
+        fail(f"cannot serve: the NGSI-LD core context {path} has no {error} member; {advice}", 2)
+    except (LookupError, TypeError, ValueError, NgsiError) as error:
+        fail(f"cannot serve: the NGSI-LD core context {path} is broken ({error}); {advice}", 2)
 
 
 @app.command()
@@ -342,6 +364,8 @@ def _ingest(settings: Settings, names: list[str]) -> None:
                 fail_missing_datasets(name, error)
             except (ValueError, csv.Error, NgsiError) as error:  # a file the loader refuses: it names file and why
                 fail(f"{name}: not ingested: {error}")
+            except OSError as error:  # there but unreadable (permissions, an I/O error)
+                fail(f"{name}: not ingested: cannot read {error.filename or 'a file'}: {error.strerror or error}")
             store = store or open_hub(settings)
             with Progress(
                 TextColumn(f"[bold]{name}[/bold]"),
@@ -449,19 +473,30 @@ def archive(
     out: Annotated[Path | None, typer.Option(help="Destination (default DATA_DIR/archive)")] = None,
 ) -> None:
     """Export all history to Parquet, partitioned by tenant and day (replacing the previous archive there)."""
-    from polis.mobility.store import MobilityStore
-
     settings = hub_settings(data_dir)
     require_hub_file(settings.database_path)
     # resolved: an archive folder that is a link to a bigger disk is swapped there, not beside the link
     destination = (out or settings.archive_dir).resolve()
     if destination.exists() and not _holds_only_an_archive(destination):
         fail(f"{destination} holds files that are not a Polis archive: give a new or empty folder (--out)")
-    # Written whole into a private folder beside it, then swapped in: a partition of a day whose history was
-    # deleted since the last run must not survive in it, and the counts are below k only inside the hub.
-    staging = destination.parent / f".{destination.name}.partial-{os.getpid()}"
     try:
         destination.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        fail(f"cannot write the archive beside {destination}: {error.strerror or error} (choose another --out)")
+    with _archive_lock(destination):
+        _clear_archive_leftovers(destination)
+        files = _write_archive(settings, destination)
+    console.print(f"wrote {len(files)} Parquet files under {destination} (readable by their owner only)")
+
+
+def _write_archive(settings: Settings, destination: Path) -> list[Path]:
+    """Write the archive whole into a private folder beside `destination`, then swap it in: a partition of a
+    day whose history was deleted since the last run must not survive in it, and the counts are below k only
+    inside the hub. Its siblings are named `.NAME.partial-PID` and `.NAME.old-PID` (`_archive_leftover`)."""
+    from polis.mobility.store import MobilityStore
+
+    staging = destination.parent / f".{destination.name}.partial-{os.getpid()}"
+    try:
         staging.mkdir(mode=0o700)
     except OSError as error:
         fail(f"cannot write the archive beside {destination}: {error.strerror or error} (choose another --out)")
@@ -487,7 +522,66 @@ def archive(
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    console.print(f"wrote {len(files)} Parquet files under {destination} (readable by their owner only)")
+    return files
+
+
+@contextmanager
+def _archive_lock(destination: Path) -> Iterator[None]:
+    """One `polis archive` at a time per destination: an exclusive lock on `.NAME.lock` beside it. The kernel
+    drops the lock when its holder dies, however it dies, so a run that holds it knows every `.NAME.partial-PID`
+    or `.NAME.old-PID` there is a killed run's. The holder removes the file when done (a killed one leaves it,
+    and the next run takes it over); a run that locked a file removed meanwhile locks the new one instead."""
+    import fcntl
+
+    path = destination.parent / f".{destination.name}.lock"
+    while True:
+        try:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as error:
+            fail(f"cannot write the archive beside {destination}: {error.strerror or error} (choose another --out)")
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            fail(f"another `polis archive` is writing {destination} now: wait for it to finish")
+        if _same_file(descriptor, path):
+            break
+        os.close(descriptor)  # its holder finished and removed it between our open and our lock
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # still held: whoever opened it meanwhile sees it is gone and starts over
+        os.close(descriptor)
+
+
+def _same_file(descriptor: int, path: Path) -> bool:
+    """Whether the open file is still the one at `path`."""
+    try:
+        named = path.stat()
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(descriptor)
+    return (opened.st_dev, opened.st_ino) == (named.st_dev, named.st_ino)
+
+
+def _archive_leftover(destination: Path) -> re.Pattern[str]:
+    """The names `_write_archive` gives its staging folder and the previous archive while it swaps them."""
+    return re.compile(rf"\.{re.escape(destination.name)}\.(partial|old)-[0-9]+\Z")
+
+
+def _clear_archive_leftovers(destination: Path) -> None:
+    """Remove what a killed `polis archive` left beside `destination` (call it holding `_archive_lock`): its
+    staging folder, and the previous archive it had moved aside, which goes back in place instead if the
+    run died before putting the new one there. Only folders of exactly those names; links are left alone."""
+    pattern = _archive_leftover(destination)
+    for sibling in sorted(destination.parent.iterdir()):
+        found = pattern.match(sibling.name)
+        if found is None or sibling.is_symlink() or not sibling.is_dir():
+            continue
+        if found.group(1) == "old" and not destination.exists():
+            sibling.rename(destination)
+        else:
+            shutil.rmtree(sibling, ignore_errors=True)
 
 
 def _holds_only_an_archive(folder: Path) -> bool:

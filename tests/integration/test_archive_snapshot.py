@@ -63,14 +63,14 @@ def test_an_archive_is_a_private_snapshot_of_the_history_held_now(tmp_path: Path
     assert first.returncode == 0, first.stderr
     files = sorted(out.rglob("*.parquet"))
     assert f"wrote {len(files)} Parquet files" in first.stdout
-    assert {p.parent.parent.name for p in files} == {"tenant=_default", "tenant=t1"}
+    assert {p.parent.parent.name for p in files} == {"tenant=.default", "tenant=t1"}
     assert _private(out) == []
 
     _delete_tenant_entity(data, "t1")
     second = polis("archive", "--data-dir", str(data), "--out", str(out))
     assert second.returncode == 0, second.stderr
     files = sorted(out.rglob("*.parquet"))
-    assert {p.parent.parent.name for p in files} == {"tenant=_default"}  # the deleted tenant's day is gone
+    assert {p.parent.parent.name for p in files} == {"tenant=.default"}  # the deleted tenant's day is gone
     assert f"wrote {len(files)} Parquet files" in second.stdout
     rows = duckdb.connect().execute(f"SELECT count(*) FROM read_parquet('{out}/**/*.parquet')").fetchone()
     assert rows == (1,)
@@ -100,7 +100,7 @@ def test_an_archive_folder_that_is_a_link_to_another_disk_is_written_there(tmp_p
         done = polis("archive", "--data-dir", str(data))
         assert done.returncode == 0, done.stderr
     assert (data / "archive").is_symlink() and (data / "archive").resolve() == big_disk.resolve()
-    assert sorted(p.name for p in big_disk.iterdir()) == ["tenant=_default", "tenant=t1"]
+    assert sorted(p.name for p in big_disk.iterdir()) == ["tenant=.default", "tenant=t1"]
     assert [p.name for p in data.iterdir() if p.name.startswith(".archive")] == []  # nothing left beside the link
     assert [p.name for p in big_disk.parent.iterdir()] == ["polis-archive"]
     assert _private(big_disk) == []

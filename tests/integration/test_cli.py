@@ -35,7 +35,7 @@ def test_ingest_is_idempotent_and_archive_partitions_by_day(tmp_path: Path) -> N
 
     archived = polis("archive", "--data-dir", str(tmp_path))
     assert archived.returncode == 0, archived.stderr
-    days = sorted(p.name for p in (tmp_path / "archive" / "tenant=_default").iterdir())
+    days = sorted(p.name for p in (tmp_path / "archive" / "tenant=.default").iterdir())
     assert days[0] == "day=2012-03-01" and len(days) == 8  # 1-7 March LA time spans eight UTC days
     total = duckdb.connect().execute(f"SELECT count(*) FROM read_parquet('{tmp_path}/archive/**/*.parquet')").fetchone()
     assert total == (417_312,)

@@ -8,6 +8,10 @@ context's (part of every context, and protected: `title` is Dublin Core's title)
 vocabulary; exactly as a client posting the same term with that context would see it expanded, so every
 ingested attribute reads and queries by its short name with that context.
 
+Damaged files: every loader refuses a file it cannot read as published with a ValueError that names the file
+and, for text, the line (`path:line: why`), never a bare parser message; CSV files are UTF-8, a byte-order
+mark allowed.
+
 Time: the files carry local wall-clock times (or none at all); every loader documents how it places its
 readings in UTC, and every history row comes out entity-major (all of one sensor's rows, oldest first,
 then the next sensor's) because the store reads per-sensor series fastest in that order.
@@ -17,7 +21,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import time
+import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -247,9 +254,105 @@ def _empty_history() -> HistoryColumns:
     return HistoryColumns(empty, empty.copy(), np.empty(0, dtype="datetime64[us]"), np.empty(0, dtype=np.float64))
 
 
-def _csv_rows(path: Path) -> list[list[str]]:
-    with _require(path).open(newline="", encoding="utf-8") as handle:
-        return list(csv.reader(handle))
+Line = tuple[int, list[str]]  # a CSV record and the line it ends on (1-based)
+
+
+def _text(path: Path) -> str:
+    """A whole UTF-8 text file, a byte-order mark dropped (spreadsheet exports write one). Bytes that are not
+    UTF-8 name their line: the decoder's own position counts from the start of a buffer, not of the file."""
+    data = _require(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x}); save it as UTF-8") from None
+
+
+def _csv_lines(path: Path) -> list[Line]:
+    """Every record of a CSV file with its line number; blank lines are skipped."""
+    reader = csv.reader(io.StringIO(_text(path), newline=""))
+    lines: list[Line] = []
+    try:
+        for row in reader:
+            if row:
+                lines.append((reader.line_num, row))
+    except csv.Error as error:  # e.g. a field over csv's size limit: the parser's message names no file
+        raise ValueError(f"{path}:{reader.line_num}: {error}") from None
+    return lines
+
+
+def _header(path: Path, lines: list[Line], required: Sequence[str] = ()) -> dict[str, int]:
+    """Column name -> index from a file's first line; a file with no lines or lacking a column is refused."""
+    if not lines:
+        raise ValueError(f"{path}: the file is empty (expected a header line)")
+    line, names = lines[0]
+    columns = {name.strip(): index for index, name in enumerate(names)}
+    missing = [name for name in required if name not in columns]
+    if missing:
+        raise ValueError(f"{path}:{line}: the header lacks column(s) {', '.join(missing)} (it has {', '.join(names)})")
+    return columns
+
+
+def _same_width(path: Path, lines: list[Line], width: int) -> None:
+    ragged = [(line, len(row)) for line, row in lines if len(row) != width]
+    if ragged:
+        first, fields = ragged[0]
+        raise ValueError(
+            f"{path}: lines {[line for line, _ in ragged[:5]]} do not have {width} fields (line {first} has {fields})"
+        )
+
+
+def _number_table(path: Path, names: list[str], lines: list[Line], first: int, empty_is_missing: bool) -> np.ndarray:
+    """Columns `first:` of the data lines (all `len(names)` wide) as float64, NaN where a cell is empty if
+    `empty_is_missing`. A cell that is no number is refused naming its line and column."""
+    cells = np.array([row[first:] for _, row in lines], dtype=object).reshape(len(lines), len(names) - first)
+    if empty_is_missing:
+        cells[cells == ""] = "nan"
+    try:
+        return cells.astype(np.float64)
+    except ValueError:  # find the first culprit: the conversion's message names neither line nor column
+        for row_index, (line, row) in enumerate(lines):
+            for column, cell in enumerate(cells[row_index]):
+                try:
+                    float(cell)
+                except ValueError:
+                    name, text = names[first + column], row[first + column]
+                    raise ValueError(f"{path}:{line}: column {name!r} holds {text!r}, not a number") from None
+        raise
+
+
+def _lon_lat(lon: str, lat: str) -> tuple[float, float]:
+    """A (longitude, latitude) pair in WGS 84 degrees from text; anything off the globe is refused, since
+    a point there would break every geo-query that reaches it."""
+    try:
+        x, y = float(lon), float(lat)
+    except ValueError:
+        raise ValueError(f"latitude {lat!r} / longitude {lon!r} are not numbers") from None
+    if not (-180.0 <= x <= 180.0 and -90.0 <= y <= 90.0):  # NaN fails too
+        raise ValueError(f"latitude {lat} / longitude {lon} are off the globe (latitude ±90, longitude ±180)")
+    return x, y
+
+
+def _local_time(path: Path, line: int, stamp: str) -> None:
+    try:
+        datetime.fromisoformat(stamp)
+    except ValueError:
+        raise ValueError(f"{path}:{line}: {stamp!r} is not a date and time (YYYY-MM-DD HH:MM[:SS])") from None
+
+
+def _npz_data(path: Path) -> np.ndarray:
+    """The `data` array of a NumPy .npz archive as float64; a file that is not one is refused naming it."""
+    if not zipfile.is_zipfile(_require(path)):  # np.load would take it for a pickle and say that instead
+        raise ValueError(f"{path}: not a NumPy .npz archive (not a zip file: truncated or another format?)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            names = list(archive.files)
+            data = np.asarray(archive["data"], dtype=np.float64) if "data" in names else None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:  # e.g. an object array
+        raise ValueError(f"{path}: not a readable NumPy .npz archive: {error}") from None
+    if data is None:
+        raise ValueError(f"{path}: the .npz archive holds no array named 'data' (it holds: {', '.join(names) or '-'})")
+    return data
 
 
 # ---------------------------------------------------------------------------------------------- the datasets
@@ -265,14 +368,19 @@ def load_los_loop(datasets_dir: Path, now: str) -> DatasetLoad:
     `sensor_locations.csv` as GeoJSON Points in (longitude, latitude) order."""
     folder = datasets_dir / "traffic" / "los-loop"
     speed_path = _require(folder / "los_speed.csv")
-    located = {row[1]: (float(row[3]), float(row[2])) for row in _csv_rows(folder / "sensor_locations.csv")[1:]}
+    located = _los_locations(folder / "sensor_locations.csv")
     vocab = Vocab.load(datasets_dir)
-    with speed_path.open(encoding="utf-8") as handle:
-        sensor_ids = handle.readline().strip().split(",")
+    lines = _csv_lines(speed_path)
+    _header(speed_path, lines)
+    sensor_ids = [s.strip() for s in lines[0][1]]
     unlocated = [s for s in sensor_ids if s not in located]
     if unlocated:
         raise ValueError(f"{folder / 'sensor_locations.csv'} lacks sensors {unlocated[:5]} named in {speed_path}")
-    speeds = np.loadtxt(speed_path, delimiter=",", skiprows=1, ndmin=2, dtype=np.float64)
+    body = lines[1:]
+    if not body:
+        raise ValueError(f"{speed_path}: no readings after the header line")
+    _same_width(speed_path, body, len(sensor_ids))
+    speeds = _number_table(speed_path, sensor_ids, body, 0, empty_is_missing=False)
     start = datetime(2012, 3, 1, tzinfo=ZONES["los-loop"])
     series = SensorSeries(
         name="los-loop",
@@ -290,6 +398,20 @@ def load_los_loop(datasets_dir: Path, now: str) -> DatasetLoad:
     return _sensor_load(series, vocab, now)
 
 
+def _los_locations(path: Path) -> dict[str, tuple[float, float]]:
+    """sensor id -> (longitude, latitude), from the columns named sensor_id, latitude and longitude."""
+    lines = _csv_lines(path)
+    columns = _header(path, lines, ("sensor_id", "latitude", "longitude"))
+    _same_width(path, lines[1:], len(lines[0][1]))
+    located = {}
+    for line, row in lines[1:]:
+        try:
+            located[row[columns["sensor_id"]].strip()] = _lon_lat(row[columns["longitude"]], row[columns["latitude"]])
+        except ValueError as error:
+            raise ValueError(f"{path}:{line}: {error}") from None
+    return located
+
+
 def load_sz_taxi(datasets_dir: Path, now: str) -> DatasetLoad:
     """SZ-taxi (T-GCN): taxi-derived average speed in km/h ("KMH") on 156 roads of Luohu, Shenzhen.
 
@@ -298,9 +420,12 @@ def load_sz_taxi(datasets_dir: Path, now: str) -> DatasetLoad:
     which is an absence of data, not a traffic jam, so 0 is treated as missing and not stored. No road
     coordinates are published, so these entities have no location."""
     path = _require(datasets_dir / "traffic" / "sz-taxi" / "SZ_taxi.npz")
-    with np.load(path, allow_pickle=False) as archive:
-        data = np.asarray(archive["data"], dtype=np.float64)
-    speeds = data.reshape(data.shape[0], -1)  # (steps, roads, 1) -> (steps, roads)
+    data = _npz_data(path)
+    # As published (steps, roads, 1); (steps, roads) is the same table. Anything else is not that table, and
+    # reshaping it anyway once turned a flat array into one "road" with no readings, ingested without a word.
+    if not (data.ndim == 2 or (data.ndim == 3 and data.shape[2] == 1)) or min(data.shape[:2]) == 0:
+        raise ValueError(f"{path}: 'data' has shape {data.shape}, expected (time steps, roads, 1) with both above 0")
+    speeds = data.reshape(data.shape[0], data.shape[1])  # (steps, roads, 1) -> (steps, roads)
     speeds = np.where(speeds == 0, np.nan, speeds)
     start = datetime(2015, 1, 1, tzinfo=ZONES["sz-taxi"])
     series = SensorSeries(
@@ -333,26 +458,23 @@ def load_melbourne_pedestrians(datasets_dir: Path, now: str) -> DatasetLoad:
     An empty cell is a missing reading; 0 is a real count."""
     folder = datasets_dir / "crowd" / "melbourne-pedestrians"
     counts_path = _require(folder / "counts.csv")
-    with _require(folder / "sensors.csv").open(newline="", encoding="utf-8") as handle:
-        by_name = {row["name"]: row for row in csv.DictReader(handle)}
-    rows = _csv_rows(counts_path)
-    header, body = rows[0], rows[1:]
+    by_name = _melbourne_sensors(_require(folder / "sensors.csv"))
+    lines = _csv_lines(counts_path)
+    _header(counts_path, lines)
+    header, body = lines[0][1], lines[1:]
     columns = header[1:]
     unknown = [c for c in columns if c not in by_name]
     if unknown:
         raise ValueError(f"columns of {counts_path} with no row in {folder / 'sensors.csv'}: {unknown}")
-    ragged = [n + 2 for n, row in enumerate(body) if len(row) != len(header)]
-    if ragged:
-        raise ValueError(f"{counts_path}: lines {ragged[:5]} do not have {len(header)} fields")
-    cells = np.array([row[1:] for row in body], dtype="U16").reshape(len(body), len(columns))
-    cells[cells == ""] = "nan"
-    times, kept = _hourly_rows_to_utc([row[0] for row in body], ZONES["melbourne-pedestrians"])
+    if not body:
+        raise ValueError(f"{counts_path}: no counts after the header line")
+    _same_width(counts_path, body, len(header))
+    for line, row in body:
+        _local_time(counts_path, line, row[0])
+    counts = _number_table(counts_path, header, body, 1, empty_is_missing=True)
+    times, kept = _hourly_rows_to_utc([row[0] for _, row in body], ZONES["melbourne-pedestrians"])
     sensors = [
-        Sensor(
-            f"urn:ngsi-ld:CrowdFlowObserved:melbourne-pedestrians:{by_name[c]['sensor_id']}",
-            c,
-            (float(by_name[c]["longitude"]), float(by_name[c]["latitude"])),
-        )
+        Sensor(f"urn:ngsi-ld:CrowdFlowObserved:melbourne-pedestrians:{by_name[c][0]}", c, by_name[c][1])
         for c in columns
     ]
     series = SensorSeries(
@@ -363,10 +485,25 @@ def load_melbourne_pedestrians(datasets_dir: Path, now: str) -> DatasetLoad:
         provider="City of Melbourne Pedestrian Counting System (CC BY 4.0) via UCTB",
         sensors=sensors,
         times=times[kept],
-        values=cells.astype(np.float64)[kept],
+        values=counts[kept],
         integer=True,
     )
     return _sensor_load(series, Vocab.load(datasets_dir), now)
+
+
+def _melbourne_sensors(path: Path) -> dict[str, tuple[str, tuple[float, float]]]:
+    """Sensor name -> (sensor id, (longitude, latitude)), from the columns of those names."""
+    lines = _csv_lines(path)
+    columns = _header(path, lines, ("sensor_id", "latitude", "longitude", "name"))
+    _same_width(path, lines[1:], len(lines[0][1]))
+    sensors = {}
+    for line, row in lines[1:]:
+        try:
+            lon_lat = _lon_lat(row[columns["longitude"]], row[columns["latitude"]])
+        except ValueError as error:
+            raise ValueError(f"{path}:{line}: {error}") from None
+        sensors[row[columns["name"]]] = (row[columns["sensor_id"]], lon_lat)
+    return sensors
 
 
 def load_montgomery_911(datasets_dir: Path, now: str) -> DatasetLoad:
@@ -392,7 +529,7 @@ def load_montgomery_911(datasets_dir: Path, now: str) -> DatasetLoad:
     zone = ZoneInfo("America/New_York")
     seen: Counter[str] = Counter()
     entities: list[Entity] = []
-    for line, row in enumerate(_csv_rows(path), start=1):
+    for line, row in _csv_lines(path):
         if len(row) != 6:
             raise ValueError(f"{path}:{line}: expected 6 fields (lat, lon, title, timestamp, township, address)")
         lat, lon, title, stamp, township, _address = (field.strip() for field in row)
@@ -400,7 +537,10 @@ def load_montgomery_911(datasets_dir: Path, now: str) -> DatasetLoad:
         seen[digest] += 1
         suffix = "" if seen[digest] == 1 else f"-{seen[digest]}"
         entity_id = f"urn:ngsi-ld:EmergencyCall:montgomery-911:{digest}{suffix}"
-        entities.append(_call_entity(entity_id, row, zone, vocab, now))
+        try:
+            entities.append(_call_entity(entity_id, row, zone, vocab, now))
+        except ValueError as error:  # a field the call cannot have: its line, not just the parser's word
+            raise ValueError(f"{path}:{line}: {error}") from None
     categories = Counter(e[vocab("category")][0]["value"] for e in entities if vocab("category") in e)
     mix = ", ".join(f"{n} {c}" for c, n in sorted(categories.items()))
     description = f"{len(entities)} EmergencyCall entities (montcoalert.org, ODbL): {mix}"
@@ -410,14 +550,17 @@ def load_montgomery_911(datasets_dir: Path, now: str) -> DatasetLoad:
 def _call_entity(entity_id: str, row: list[str], zone: ZoneInfo, vocab: Vocab, now: str) -> Entity:
     lat, lon, title, stamp, township = (field.strip() for field in row[:5])
     category, colon, what = title.partition(":")
-    instant, _ = _wall_clock_to_utc(stamp, zone)
+    try:
+        instant, _ = _wall_clock_to_utc(stamp, zone)
+    except ValueError:
+        raise ValueError(f"timestamp {stamp!r} is not a date and time (YYYY-MM-DD HH:MM)") from None
     entity: Entity = {"id": entity_id, "type": [vocab("EmergencyCall")], "createdAt": now, "modifiedAt": now}
     if colon:
         entity[vocab("category")] = [_prop(category.strip(), now)]
     entity[vocab("title")] = [_prop((what if colon else title).strip(), now)]
     entity[vocab("township")] = [_prop(township, now)]
     if lat and lon:
-        entity[LOCATION] = [_point((float(lon), float(lat)), now)]
+        entity[LOCATION] = [_point(_lon_lat(lon, lat), now)]
     entity[vocab("dateObserved")] = [_prop(_date_time(_iso(instant)), now)]
     entity[vocab("dataProvider")] = [_prop("montcoalert.org (ODbL)", now)]
     return entity

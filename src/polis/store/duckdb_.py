@@ -1294,12 +1294,15 @@ class DuckDBStore:
     # -- archive ---------------------------------------------------------------------------------
 
     def archive(self, destination: Path) -> list[Path]:
+        """All history as Parquet under `destination`, partitioned `tenant=NAME/day=YYYY-MM-DD`; the default
+        tenant's partition is `ARCHIVE_DEFAULT_TENANT`."""
         destination.mkdir(parents=True, exist_ok=True)
         target = str(destination).replace("'", "''")
         with self._lock:
             self._con.execute(
-                "COPY (SELECT CASE WHEN tenant = '' THEN '_default' ELSE tenant END AS tenant, eid AS entity_id, "
-                "attr AS attribute, dataset_id, observed_at, instance_id, num AS value, doc AS instance, unit_code, "
+                f"COPY (SELECT CASE WHEN tenant = '' THEN '{ARCHIVE_DEFAULT_TENANT}' ELSE tenant END AS tenant, "
+                "eid AS entity_id, attr AS attribute, dataset_id, observed_at, instance_id, num AS value, "
+                "doc AS instance, unit_code, "
                 "CAST(observed_at AS DATE) AS day FROM history ORDER BY tenant, eid, attr, observed_at) "
                 f"TO '{target}' (FORMAT PARQUET, PARTITION_BY (tenant, day), OVERWRITE_OR_IGNORE true)"
             )
@@ -1315,6 +1318,12 @@ class DuckDBStore:
         with self._lock, self._read_lock:
             self._reader.close()
             self._con.close()
+
+
+# The default tenant ('') as an archive partition: `tenant=.default`. No tenant name holds a '.' (polis.domain.tenant),
+# so no tenant's partition can be taken for the default's (`_default` once merged a tenant of that name into it);
+# and DuckDB writes '.' as is in partition names, where it percent-encodes most other signs.
+ARCHIVE_DEFAULT_TENANT = ".default"
 
 
 def _make_private(path: Path) -> None:
