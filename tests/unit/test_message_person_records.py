@@ -127,3 +127,21 @@ def test_mqtt_and_the_api_agree_on_which_ids_are_person_records(
             assert "'person-record'" in why.reason, why.reason  # refused for nothing else
             mqtt_refuses = True
         assert (api_refuses, mqtt_refuses) == (entity_id in PERSON_IDS,) * 2, topic
+
+
+def test_an_epidemic_case_record_is_refused_after_another_entity_taught_its_shape(
+    hub: tuple[Platform, MessageParser],
+) -> None:
+    """The epidemic dataset holds only its module's shapes (regions' counts, flows) on every write path: over MQTT
+    a layout another dataset's entity taught does not let a case record's fields through (a review suspected it
+    would; the parser's own checks hold)."""
+    _, parser = hub
+    area = "polis/default/OriginDestinationFlow/"
+    fields = {"flowCount": 1, "age": 71, "dateObserved": "2026-11-29T08:00:00Z"}
+    survey = {"id": "urn:ngsi-ld:OriginDestinationFlow:other:survey-1", **fields}  # an age alone names nobody there
+    case = {"id": "urn:ngsi-ld:OriginDestinationFlow:epidemic:covid-europe-2020:Italy:case-1", **fields}
+    assert parse(parser, area + "_batch", [survey]) == [survey["id"]]
+    with pytest.raises(MessageRejected, match="person-record"):
+        parse(parser, area + "_batch", [survey, case])
+    with pytest.raises(MessageRejected, match="person-record"):  # the id in the topic, the payload without one
+        parse(parser, area + str(case["id"]), fields)

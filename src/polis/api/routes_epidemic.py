@@ -252,7 +252,7 @@ async def scenario(request: Request, country: str) -> Response:
         raise BadRequestData("days: an integer", field="days")
     mode = body.get("mode", "between")
     if not isinstance(mode, str):
-        raise BadRequestData("mode: 'between' or 'outOf'", field="mode")
+        raise BadRequestData("mode: 'between', 'outOf' or 'cordon'", field="mode")
     as_of = _date(body["asOf"], "asOf") if "asOf" in body else None  # the last day of data used
     intervention = validate(data, regions, float(percent), _date(body["start"], "start"), mode, days, as_of)
     result = await run_in_threadpool(run_scenario, data, intervention, days, as_of)

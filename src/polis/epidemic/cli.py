@@ -123,7 +123,10 @@ def scenario(
     regions: Annotated[str, typer.Option(help="Comma-separated region names, as in the labels file")],
     reduction: Annotated[float, typer.Option(help="Percent of the trips removed (0-100)")],
     start: Annotated[str, typer.Option(help="First day of the restriction, YYYY-MM-DD")],
-    mode: Annotated[str, typer.Option(help="'between' (among the regions) or 'outOf' (leaving them)")] = "between",
+    mode: Annotated[
+        str,
+        typer.Option(help="'between' (among the regions), 'outOf' (leaving them) or 'cordon' (into or out of them)"),
+    ] = "between",
     days: Annotated[int, typer.Option(help="Days to project")] = 30,
     as_json: AsJson = False,
     url: Url = None,

@@ -14,6 +14,7 @@ only the past is used, so no leakage); days before the first graph file take the
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
@@ -109,6 +110,8 @@ def _load(folder: Path, country: str) -> CountryData:
         raise FileNotFoundError(f"dataset file not found: {labels} (POLIS_DATASETS_DIR must point at the public data)")
     with labels.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))
+    if not rows or not any(rows[0]):
+        raise ValueError(f"{labels}: the file is empty; expected a header (name, then one column per day)")
     header, body = rows[0], rows[1:]
     check_labels_header(header, labels)
     name_col = header.index("name")
@@ -116,16 +119,38 @@ def _load(folder: Path, country: str) -> CountryData:
     dates = tuple(date.fromisoformat(header[i]) for i in day_cols)
     if any((b - a).days != 1 for a, b in pairwise(dates)):
         raise ValueError(f"{labels}: day columns are not consecutive days")
+    if not body:
+        raise ValueError(f"{labels}: no regions below the header (a truncated file?)")
+    needed = max([name_col, *day_cols]) + 1
+    for line, row in enumerate(body, start=2):
+        if len(row) < needed:
+            raise ValueError(f"{labels}:{line}: {len(row)} field(s), the header has {len(header)} (a truncated file?)")
     regions = tuple(row[name_col] for row in body)
     if len(set(regions)) != len(regions):
         raise ValueError(f"{labels}: region names repeat")
-    cases = np.array([[float(row[i] or 0) for i in day_cols] for row in body], dtype=np.float64).T
-    if (cases < 0).any():
-        raise ValueError(f"{labels}: negative case counts")
+    cases = np.array(
+        [[_count(row[i], labels, line, "case count") for i in day_cols] for line, row in enumerate(body, start=2)],
+        dtype=np.float64,
+    ).T
     flows, observed = _load_flows(folder / "graphs", COUNTRIES[country], regions, dates)
     for array in (cases, flows, observed):
         array.setflags(write=False)
     return CountryData(country, regions, dates, cases, flows, observed)
+
+
+def _count(text: str, path: Path, line: int, what: str) -> float:
+    """A count as the files write it (an empty cell is 0), or ValueError naming path:line: a count that is
+    not a number, negative, NaN or infinite would be ingested as given and then refused by every model (or,
+    summed into a day's movement, make a whole pair vanish), so the file is refused here instead."""
+    if not text:
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{path}:{line}: {what} {text[:20]!r} is not a number") from None
+    if not 0 <= value < math.inf:  # NaN fails both
+        raise ValueError(f"{path}:{line}: {what} {text[:20]!r} is negative or not finite; counts are 0 or more")
+    return value
 
 
 def _is_date(text: str) -> bool:
@@ -158,7 +183,11 @@ def _load_flows(
                 raise ValueError(
                     f"{path}:{line}: region {src if src not in index else dst!r} is not in the labels file"
                 )
-            flows[t, index[src], index[dst]] += float(count)
+            i, j = index[src], index[dst]
+            total = float(flows[t, i, j]) + _count(count, path, line, "flow count")  # lines of one pair add up
+            if total == math.inf:  # finite counts that add up past what a float holds
+                raise ValueError(f"{path}:{line}: the flow counts of {src} -> {dst} add up past what a number holds")
+            flows[t, i, j] = total
         observed[t] = True
     if not observed.any():
         raise FileNotFoundError(f"no movement files for {code} under {graphs}")

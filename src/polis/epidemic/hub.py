@@ -67,7 +67,8 @@ def load_covid_europe(datasets_dir: Path, now: str) -> DatasetLoad:
             times.append(days)
             values.append(data.cases[:, i])
         seen = data.flow_observed
-        origin, destination = np.nonzero(data.flows[seen].sum(axis=0) > 0)
+        # a pair is kept whenever any observed day counts movement on it
+        origin, destination = np.nonzero((data.flows[seen] > 0).any(axis=0))
         for o, d in zip(origin.tolist(), destination.tolist(), strict=True):
             series = data.flows[seen, o, d]
             entities.append(_flow_entity(data, o, d, days[seen], series, vocab, now))

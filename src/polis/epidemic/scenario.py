@@ -1,6 +1,15 @@
 """What-if scenarios: "cut movement between these regions (or out of this region) by X % from day D",
 projected with the metapopulation model against no intervention, both with uncertainty.
 
+Modes (`reduced_flows`), each cutting a share of the trips, never the staying at home:
+- `between`: trips from one chosen region to another; trips to or from the rest are untouched;
+- `outOf`: trips leaving the chosen regions (to anywhere else). Trips into them are untouched, so at 100 %
+  visitors still meet their residents there and carry infection home: it stops the residents travelling,
+  not the regions' exposure of others;
+- `cordon`: trips crossing the chosen regions' boundary, either way (out of them and into them; trips among
+  them are untouched). At 100 % no one meets the residents of the chosen regions but people of those
+  regions, so no exposure they cause reaches any other region.
+
 `asOf` is the last day of data the projection uses, as in the risk and forecast answers (default: the last
 day the data holds); the projection runs from the day after it.
 
@@ -21,7 +30,8 @@ from polis.domain.errors import BadRequestData
 from polis.epidemic.data import CountryData
 from polis.epidemic.metapopulation import Metapopulation
 
-Mode = Literal["between", "outOf"]
+Mode = Literal["between", "outOf", "cordon"]
+MODES = ("between", "outOf", "cordon")
 MAX_DAYS = 120
 DRAWS = 100
 MIN_FIT_DAYS = 7  # days of data up to asOf: the model reads the growth over the last week
@@ -38,7 +48,8 @@ class Intervention:
 @dataclass(frozen=True, slots=True)
 class Projection:
     """Cases per day and region: expected cases (mean over the transmission draws) and an 80 % band
-    (10th and 90th percentiles of the draws with Poisson reporting noise)."""
+    (10th and 90th percentiles of the draws with Poisson reporting noise), widened where needed so that
+    lower <= expected <= upper on every day and region."""
 
     median: np.ndarray  # (days, regions): the expected path, the central value reported
     lower: np.ndarray
@@ -114,8 +125,8 @@ def validate(
         raise BadRequestData(_unknown_regions(data, unknown), field="regions")
     if not 0 <= reduction_percent <= 100:
         raise BadRequestData("reductionPercent: must be between 0 and 100", field="reductionPercent")
-    if mode not in ("between", "outOf"):
-        raise BadRequestData("mode: must be 'between' or 'outOf'", field="mode")
+    if mode not in MODES:
+        raise BadRequestData("mode: must be 'between', 'outOf' or 'cordon'", field="mode")
     if mode == "between" and len(set(regions)) < 2:
         raise BadRequestData("regions: 'between' needs at least two regions", field="regions")
     # A day's cases come from exposure before it (Metapopulation.simulate), so a cut shows from the day
@@ -140,13 +151,19 @@ def validate(
 
 
 def reduced_flows(flows: np.ndarray, index: np.ndarray, reduction: float, mode: Mode) -> np.ndarray:
-    """The flows with the chosen trips cut by `reduction` (staying-at-home movement is untouched)."""
+    """The flows with the chosen trips cut by `reduction` (staying-at-home movement is untouched): see the
+    module's notes for what each mode cuts."""
     out = np.array(flows, dtype=np.float64)
     n = out.shape[0]
     chosen = np.zeros(n, dtype=bool)
     chosen[index] = True
-    between = chosen[:, None] & chosen[None, :]
-    cut = between if mode == "between" else np.broadcast_to(chosen[:, None], (n, n)).copy()
+    origin, destination = chosen[:, None], chosen[None, :]
+    if mode == "between":
+        cut = origin & destination
+    elif mode == "outOf":
+        cut = np.broadcast_to(origin, (n, n)).copy()
+    else:  # cordon: one end inside, the other outside
+        cut = origin ^ destination
     np.fill_diagonal(cut, False)
     out[cut] *= 1.0 - reduction
     return out
@@ -184,7 +201,10 @@ def run_scenario(
         paths = model.simulate(state, days, ahead, draws=draws, rng=rng, poisson=False)
         noisy = rng.poisson(np.maximum(paths, 0.0)).astype(np.float64)
         low, high = np.quantile(noisy, [0.1, 0.9], axis=0)
-        arms.append(Projection(paths.mean(axis=0), np.minimum(low, paths.mean(axis=0)), high))
+        expected = paths.mean(axis=0)
+        # Percentiles of whole-number draws can fall on either side of a small mean (mean 0.3: most draws
+        # are 0, so the 90th percentile is 0): the band is widened to hold the expected value it is shown with.
+        arms.append(Projection(expected, np.minimum(low, expected), np.maximum(high, expected)))
     dates = tuple(first_day + timedelta(days=int(k)) for k in offsets)
     return ScenarioResult(
         data.country,

@@ -42,7 +42,13 @@ from polis.ngsi_ld.entity_codec import (
     is_uri,
     normalize_datetime,
 )
-from polis.privacy.refusal import find_identifying, names_a_person, rule_for_field_value, rule_for_value
+from polis.privacy.refusal import (
+    find_identifying,
+    held_to_stored_shapes,
+    names_a_person,
+    rule_for_field_value,
+    rule_for_value,
+)
 from polis.store.attr_index import KEY_SEP, MEMBER_SEP, IndexColumns, PlanShape, attr_index_rows
 
 log = logging.getLogger(__name__)
@@ -167,6 +173,8 @@ class BatchPlan:
         """Whether a string the privacy gate reads (id, string values, datasetId, unitCode, object) may identify
         someone; the field names and the type were checked when the plan was made."""
         if rule_for_value(item["id"]) is not None or names_a_person(item["id"]):  # a person record's id too
+            return True
+        if held_to_stored_shapes(item["id"]):  # an epidemic entity: only its module's shapes (the full check)
             return True
         for attribute in self.attributes:
             raw = item[attribute.name]

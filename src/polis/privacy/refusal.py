@@ -47,8 +47,12 @@ from urllib.parse import unquote
 
 import orjson
 
+from polis.access.datasets import dataset_of
 from polis.domain.errors import PersonalDataRefused
 from polis.domain.json_depth import STORED_DEPTH
+from polis.epidemic.guard import unstored_shape
+
+EPIDEMIC = "epidemic"  # the access dataset the epidemic module's entities belong to (polis.access.datasets)
 
 EMBEDDING_MIN_LENGTH = 16
 MEDIA_MIN_CHARS = 64
@@ -282,9 +286,10 @@ class Finding:
     field: str  # the path of the field as sent, dotted
     rule: str  # a key of RULES
     by: str  # "name" or "value"
+    detail: str = ""  # what exactly the rule objects to, where its text alone does not say
 
     def reason(self) -> str:
-        why = RULES.get(self.rule, _TOO_DEEP_WHY)
+        why = self.detail or RULES.get(self.rule, _TOO_DEEP_WHY)
         return f"field '{self.field}' is refused by rule '{self.rule}' ({why}; detected by its {self.by})"
 
 
@@ -605,15 +610,55 @@ def _magic_rule(head: bytes) -> str | None:
     return None
 
 
-def find_identifying(body: Any) -> Finding | None:
+def find_identifying(body: Any, *, entities: bool = True) -> Finding | None:
     """The first identifying field of a JSON body (compact or expanded, one entity, a fragment or a list).
 
     A fast pass (memoised key verdicts, no paths) runs on every write; only a body it flags is scanned
     again to name the field. An entity that is a person record is named by its type (or id) after that: a
-    field that identifies by itself is the more precise reason."""
+    field that identifies by itself is the more precise reason. `entities=False`: the body is no entity (a
+    subscription), so what its `id` and `type` say is not judged as an entity's (a department named
+    `epidemic` subscribes under `urn:ngsi-ld:Subscription:epidemic:`, which is no record of that dataset)."""
     if _hit(body, 0, None):
         return _scan(body, "", 0, None)
-    return _person_record(body)
+    if not entities:
+        return None
+    return _person_record(body) or _epidemic_record(body)
+
+
+def _epidemic_record(body: Any) -> Finding | None:
+    """The `person-record` finding for an entity (or a list's entity) of the epidemic dataset that is
+    not a shape the module stores (polis.epidemic.guard.unstored_shape): the module's promise that nothing in
+    it is about a person holds on every write path, not only at its own ingest."""
+    if type(body) is list:
+        for index, item in enumerate(body):
+            found = _epidemic_member(item)
+            if found is not None:
+                return Finding(f"[{index}].{found.field}", found.rule, found.by, found.detail)
+        return None
+    return _epidemic_member(body)
+
+
+_EPIDEMIC_SEGMENT = f":{EPIDEMIC}:"
+
+
+def held_to_stored_shapes(entity_id: str) -> bool:
+    """Whether an entity with this id must be one of the shapes its module stores (the epidemic dataset's),
+    so that a fast path that judged only its shape's names once must show it to `find_identifying` too.
+    One substring test for every other id; the dataset rule itself only for ids that may be epidemic."""
+    return _EPIDEMIC_SEGMENT in entity_id and dataset_of(entity_id) == EPIDEMIC
+
+
+def _epidemic_member(entity: Any) -> Finding | None:
+    if type(entity) is not dict:
+        return None
+    entity_id = entity.get("id")
+    if entity_id is None:
+        entity_id = entity.get("@id")
+    if type(entity_id) is not str or not held_to_stored_shapes(entity_id):
+        return None
+    refused = unstored_shape(entity, entity_id)
+    # A person record by what the dataset is: whatever it is called, it is not a region's or a flow's count.
+    return None if refused is None else Finding(refused[0], "person-record", "name", refused[1])
 
 
 def _person_record(body: Any) -> Finding | None:

@@ -403,7 +403,7 @@ def _refuse_personal_data(body: dict[str, Any], context: Any, *, patch: bool) ->
     and served back by GET /subscriptions, and its endpoint headers are sent with every notification: the same
     scan as an entity write (polis.privacy.refusal), before any member is parsed, so that nothing of the
     request is stored, changed or quoted back in a 400."""
-    found = find_identifying(body)
+    found = find_identifying(body, entities=False)
     if found is not None:
         outcome = "nothing of this subscription was changed" if patch else "no subscription was created"
         raise PersonalDataRefused(
