@@ -119,3 +119,22 @@ def test_a_plain_panel_uses_its_graph_as_the_flows(france: CountryData) -> None:
     data = country_of(plain, 30)
     assert data.flows.shape == (30, REGIONS, REGIONS) and np.array_equal(data.flows[3], graph)
     assert not isinstance(plain, MobilityPanel) and not data.flow_observed.any()
+
+
+def test_a_cut_booster_file_is_refused_not_fatal(france: CountryData, tmp_path: Path) -> None:
+    """A booster.txt cut short (a full disk, a copy broken off) made LightGBM abort the whole hub as the served
+    forecast loaded it; it is now a ValueError, after which the forecast is fitted again (review of 2026-11-29).
+    Loaded in a child process: without the guard the abort would take the test run down."""
+    import subprocess
+    import sys
+
+    model = _tiny()
+    model.fit(mobility_panel(france).head(40), 32)
+    model.save(tmp_path / "model")
+    booster = tmp_path / "model" / "booster.txt"
+    booster.write_bytes(booster.read_bytes()[: booster.stat().st_size // 2])
+    code = ("from pathlib import Path; from polis.epidemic.panel_forecaster import LearnedEpidemicForecaster as L\n"
+            f"try:\n    L.load(Path({str(tmp_path / 'model')!r}))\nexcept ValueError as e:\n    print('refused:', e)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "refused:" in done.stdout and "not a whole LightGBM model file" in done.stdout, done.stdout

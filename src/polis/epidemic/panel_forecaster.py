@@ -217,7 +217,11 @@ class LearnedEpidemicForecaster:
         model.calibration = IntervalCalibration.from_json(meta["calibration"])  # type: ignore[arg-type]
         fitted = meta.get("fitted")
         if isinstance(fitted, dict):
-            booster = lightgbm.Booster(model_file=str(directory / "booster.txt")) if meta.get("booster") else None
+            from polis.forecast.gbm import whole_model_text  # LightGBM aborts the process on a cut-off file
+
+            booster = None
+            if meta.get("booster"):
+                booster = lightgbm.Booster(model_str=whole_model_text(directory / "booster.txt"))
             model.model.keep((int(fitted["days"]), str(fitted["fingerprint"]), booster))
         if meta.get("recorded_forecasts"):
             with np.load(directory / "record.npz", allow_pickle=False) as saved:

@@ -38,7 +38,7 @@ from polis.epidemic.learned import fingerprint
 from polis.epidemic.metapopulation import Metapopulation
 from polis.epidemic.panel_forecaster import LearnedEpidemicForecaster, mobility_panel
 from polis.forecast.model import Progress
-from polis.forecast.registry import ModelRegistry
+from polis.forecast.registry import ModelLoadError, ModelRegistry
 
 __all__ = [
     "MIN_DAYS",
@@ -172,8 +172,9 @@ def _latest(registry: ModelRegistry, dataset: str) -> LearnedEpidemicForecaster 
     if record is None:
         return None
     try:
+        registry.verify(record)  # its files as saved (digests), before LightGBM reads any of them
         model = LearnedEpidemicForecaster.load(record.path)
-    except (OSError, ValueError, KeyError) as error:  # saved by other code (settings changed): refit
+    except (OSError, ValueError, KeyError, ModelLoadError) as error:  # damaged, or saved by other code: refit
         log.warning("not reusing %s: %s", record.path, error)
         return None
     served = LearnedEpidemicForecaster()

@@ -298,11 +298,11 @@ class GlobalGbm(StandardisedForecaster):
         model.rounds = list(meta["rounds"])
         model.seasonal = [bool(x) for x in meta.get("seasonal", [])]  # none in models saved before it
         model.anchors = [str(x) for x in meta.get("anchors", ["last"] * len(model.steps))]  # as before anchors
-        model.boosters = [lgb.Booster(model_str=_whole_model_text(directory / f"step{s}.txt")) for s in model.steps]
+        model.boosters = [lgb.Booster(model_str=whole_model_text(directory / f"step{s}.txt")) for s in model.steps]
         return model
 
 
-def _whole_model_text(path: Path) -> str:
+def whole_model_text(path: Path) -> str:
     """A LightGBM model file's text, refused (ValueError) unless it is whole: LightGBM aborts the process on a
     cut-off file (its fatal "Model format error" is no exception Python can catch). The registry's digests catch
     damage first; this guards models saved before them. `save_model` ends every file with its trees' end mark, the
