@@ -20,7 +20,7 @@ from typing import Any
 
 from lxml import etree
 
-from polis.alerts.model import AlertRecord, SentMessage
+from polis.alerts.model import AlertRecord, SentMessage, utc_text
 
 CAP_NS = "urn:oasis:names:tc:emergency:cap:1.2"
 ATOM_NS = "http://www.w3.org/2005/Atom"
@@ -32,11 +32,11 @@ _schema: etree.XMLSchema | None = None
 
 
 def cap_time(at: datetime) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S-00:00")
+    return utc_text(at, "-00:00")
 
 
 def atom_time(at: datetime) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc_text(at, "Z")
 
 
 def cap_schema() -> etree.XMLSchema:

@@ -389,9 +389,16 @@ class AlertEngine:
                     ]
                     if not pairs:
                         continue
-                    for observation in compiled.evaluate(pairs, self.platform, now):
-                        self._apply(compiled, observation)
-                    self._expire_lapsed(compiled)
+                    # One rule's failure (a detector's bug, an odd reading) costs that rule this batch, not the
+                    # rules after it: a threshold alert must not wait on a crowd model.
+                    try:
+                        for observation in compiled.evaluate(pairs, self.platform, now):
+                            self._apply(compiled, observation)
+                        self._expire_lapsed(compiled)
+                    except Exception:
+                        log.exception(
+                            "alert rule %s of tenant %r failed on %d changes", compiled.rule_id, tenant, len(pairs)
+                        )
                     evaluated.append(compiled)
             for compiled in evaluated:
                 self._unsaved[id(compiled)] = compiled

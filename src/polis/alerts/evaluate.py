@@ -50,6 +50,13 @@ FREE_FLOW_RETRY = 50  # readings between attempts for a sensor without enough hi
 # minute or two. Anything later is a broken clock or a typo (a year 2099): taken, it would become the sensor's
 # latest time, and every real reading after it would look late until the hub restarts.
 MAX_AHEAD = timedelta(minutes=5)
+# The earliest a reading may be dated and still count: a year 0001 or 1900 is a sensor's unset clock, not an
+# observation, and an alert dated then would be published as news (and before 1970 no Unix clock stamped it).
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+# How often (by the readings' own clock) a speed-drop rule looks for the neighbours of sensors that joined after its
+# neighbour map was built: a look reads every sensor in scope, and a sensor that never maps (no location) must not
+# cost that on each of its readings.
+NEIGHBOURS_REFRESH = timedelta(minutes=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +162,7 @@ class CompiledRule:
         self.last_at: dict[str, datetime] = {}  # per sensor, the latest reading taken: older ones are late
         self.clock: datetime | None = None  # the latest observation this lane has taken (its "now")
         self.ahead = 0  # readings refused as too far ahead of the wall clock (MAX_AHEAD)
+        self.behind = 0  # readings refused as dated before EARLIEST (an unset clock)
         self.membership: dict[str, str] = {}  # subject -> alert id
         # A backfill's own lane (`replay_lane`): history evaluated beside live readings, never through their state
         self.replay: CompiledRule | None = None
@@ -164,6 +172,8 @@ class CompiledRule:
         self.panel: HourlyPanel | None = None
         self.speeds = SpeedDropTracker()
         self.neighbours: dict[str, list[str]] | None = None
+        self._mapped: frozenset[str] = frozenset()  # the sensors in scope when `neighbours` was built
+        self._mapped_at: datetime | None = None  # the newest reading then
         self.bursts: BurstCounter | None = None
         if isinstance(rule, BurstRule):
             self.bursts = BurstCounter(rule.window_s)
@@ -253,6 +263,9 @@ class CompiledRule:
             if at > now + MAX_AHEAD:
                 self._refuse_ahead(entity["id"], at, now)
                 continue
+            if at < EARLIEST:
+                self._refuse_behind(entity["id"], at)
+                continue
             last = self.last_at.get(entity["id"])
             if last is not None and at < last:
                 continue  # an old reading arriving late does not move the alert backwards
@@ -273,6 +286,14 @@ class CompiledRule:
             log.warning(
                 "rule %s: refused a reading of %s dated %s, ahead of the clock (%s); %d so far",
                 self.rule_id, entity_id, at.isoformat(), now.isoformat(), self.ahead,
+            )
+
+    def _refuse_behind(self, entity_id: str, at: datetime) -> None:
+        self.behind += 1
+        if self.behind == 1 or self.behind % 1000 == 0:  # as `_refuse_ahead`: an unset clock repeats
+            log.warning(
+                "rule %s: refused a reading of %s dated %s, before %s; %d so far",
+                self.rule_id, entity_id, at.isoformat(), EARLIEST.date(), self.behind,
             )
 
     @property
@@ -416,27 +437,32 @@ class CompiledRule:
             return []
         zone = ZoneInfo(rule.timezone)
         newest = max(local_hour(at, zone) for _, _, at in fresh)
-        panel = self.panel
-        if panel is None or not panel.rows or newest - max(panel.rows) > 24:
-            panel = self.panel = self._load_panel(zone, max(at for _, _, at in fresh))
+        panel = self._panel_for(zone, fresh, newest)
+        # A reading older than the window (a new counter's first reading, months old) has no history to be scored
+        # against, and its row would be pruned below before it was read.
+        oldest = panel.oldest(max(newest, max(panel.rows, default=newest)))
         touched: dict[int, list[tuple[Entity, datetime]]] = {}
         for entity, value, at in fresh:
+            if local_hour(at, zone) < oldest:
+                continue
             hour = panel.add(entity["id"], at, value)
-            if hour is None:  # a sensor that joined the scope after the panel was built
-                panel = self.panel = self._load_panel(zone, at)
-                hour = panel.add(entity["id"], at, value)
             if hour is not None:
                 touched.setdefault(hour, []).append((entity, at))
         panel.prune(newest)
         found = []
         for hour, entities in sorted(touched.items()):
+            row = panel.rows.get(hour)
+            if row is None:
+                continue
             scores = panel.score_hour(hour)
             levels = panel.alarm_level(hour, rule.level)  # the rule's level is the floor of an adaptive one
             for entity, at in entities:
                 column = panel.column[entity["id"]]
+                if math.isnan(row[column]):
+                    continue  # not this batch's count any more: nothing to say about it
                 score = float(scores.score[0, column])
                 expected = float(scores.expected[0, column])
-                count = float(np.expm1(panel.rows[hour][column]))
+                count = float(np.expm1(row[column]))
                 people = float(round(count))  # expm1(log1p(83)) is 82.99999999999997: shown as 83 people
                 level = float(levels[column])
                 if math.isnan(score):
@@ -450,16 +476,40 @@ class CompiledRule:
                 found.append(self._observation(entity, at, signal))
         return found
 
+    def _panel_for(self, zone: ZoneInfo, fresh: list[tuple[Entity, float, datetime]], newest: int) -> HourlyPanel:
+        """The crowd panel with a column for every sensor of the batch: loaded at most once a batch (at its latest
+        reading: a load at an earlier one would lose readings already added), and otherwise grown by the new
+        sensors alone (a reload per new counter re-read every counter's ten weeks)."""
+        where = {e["id"]: point_of(e) for e, _, _ in fresh}
+        latest = max(at for _, _, at in fresh)
+        panel = self.panel
+        if panel is None or not panel.rows or newest - max(panel.rows) > 24:
+            panel = self.panel = self._load_panel(zone, latest, where)
+            return panel
+        joined = sorted(s for s in where if s not in panel.column)
+        if joined:
+            panel.extend(joined, [where[s] for s in joined])
+            self._add_history(panel, joined, latest)
+        return panel
+
     def scope_entities(self) -> list[Entity]:
         query = EntityQuery(types=TypeSelector(((self.type_iri,),)), limit=None)
         return [e for e in self.store.query(self.tenant, query).entities if self.in_scope(e)]
 
-    def _load_panel(self, zone: ZoneInfo, at: datetime) -> HourlyPanel:
+    def _load_panel(
+        self, zone: ZoneInfo, at: datetime, batch: dict[str, tuple[float, float] | None] | None = None
+    ) -> HourlyPanel:
+        """A panel of every sensor in scope and of the batch's (`batch`: id -> place), with their stored history."""
         params = CrowdParams()
-        where = {e["id"]: point_of(e) for e in self.scope_entities()}
+        where = {**(batch or {}), **{e["id"]: point_of(e) for e in self.scope_entities()}}
         sensors = sorted(where)
         panel = HourlyPanel(sensors, zone, params, [where[s] for s in sensors])
-        start = at - timedelta(hours=params.history_hours + 1)
+        self._add_history(panel, sensors, at)
+        return panel
+
+    def _add_history(self, panel: HourlyPanel, sensors: list[str], at: datetime) -> None:
+        """The stored readings of these sensors over the panel's window up to `at`."""
+        start = at - timedelta(hours=panel.p.history_hours + 1)
         query = TemporalQuery(
             attrs=(str(self.attr_iri),), timerel="between", time_at=start, end_time_at=at, max_instances=10**7
         )
@@ -469,15 +519,18 @@ class CompiledRule:
                 value = instance.get("value")
                 if isinstance(value, int | float):
                     panel.add(entity_id, parse_iso(instance["observedAt"]), float(value))
-        return panel
 
     # -- sudden speed drops ---------------------------------------------------------------------------
 
     def _speed_drop(self, rule: AnomalyRule, fresh: list[tuple[Entity, float, datetime]]) -> list[Observation]:
+        if not fresh:
+            return []
         for entity, value, at in fresh:
             self.speeds.add(entity["id"], at, value)
-        if self.neighbours is None:
+        if self._neighbours_stale(fresh):
             self.neighbours = self._neighbour_map()
+            self._mapped_at = max((at for _, _, at in fresh), default=self._mapped_at)
+        assert self.neighbours is not None
         found = []
         for entity, value, at in fresh:
             near = self.neighbours.get(entity["id"], [])
@@ -490,8 +543,19 @@ class CompiledRule:
             found.append(self._observation(entity, at, Signal(on, off, value, rule.level, details)))
         return found
 
+    def _neighbours_stale(self, fresh: list[tuple[Entity, float, datetime]]) -> bool:
+        """Whether the neighbour map is still to be built, or a sensor it has not seen has come (a sensor added
+        after the rule: without this it, and the sensors around it, were never compared), at most once a
+        NEIGHBOURS_REFRESH of the readings' time."""
+        if self.neighbours is None or self._mapped_at is None:
+            return True
+        if all(e["id"] in self._mapped for e, _, _ in fresh):
+            return False
+        return max(at for _, _, at in fresh) >= self._mapped_at + NEIGHBOURS_REFRESH
+
     def _neighbour_map(self) -> dict[str, list[str]]:
         entities = self.scope_entities()
+        self._mapped = frozenset(e["id"] for e in entities)
         mapped: dict[str, list[str]] = {}
         if any(e["id"].startswith(LOS_LOOP_PREFIX) for e in entities):
             try:
@@ -542,6 +606,9 @@ class CompiledRule:
             group, at, point = event
             if at > now + MAX_AHEAD:  # a call typed as 2099 would move the window past every real one
                 self._refuse_ahead(entity["id"], at, now)
+                continue
+            if at < EARLIEST:
+                self._refuse_behind(entity["id"], at)
                 continue
             if group is None:
                 counter.note_day(at)

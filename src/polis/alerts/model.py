@@ -22,7 +22,14 @@ def distance_m(a: tuple[float, float], b: tuple[float, float]) -> float:
 
 
 def iso(at: datetime) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc_text(at, "Z")
+
+
+def utc_text(at: datetime, zone: str) -> str:
+    """The instant in UTC as xsd:dateTime, `zone` its suffix ("Z", "-00:00"). The year is always four digits:
+    strftime's %Y writes the year 1 as "1", which no schema reads as a date."""
+    at = at.astimezone(UTC)
+    return f"{at.year:04d}-{at:%m-%dT%H:%M:%S}{zone}"
 
 
 def parse_iso(text: str) -> datetime:

@@ -48,6 +48,8 @@ from polis.nan_reduce import nan_reduce
 
 HOURS_PER_WEEK = 168
 EPOCH = datetime(1970, 1, 1)
+NEAREST_BLOCK = 256  # rows of the distance matrix computed at a time (`nearest`)
+AROUND_CELLS = 4_000_000  # floats of neighbours' excess gathered at a time (`around`): 32 MB
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,18 +206,31 @@ def nearest(points: Sequence[tuple[float, float] | None], k: int) -> np.ndarray:
     with _quiet():
         lat = np.radians(nan_reduce(np.nanmean, lonlat[:, 1])) if size else 0.0
     xy = np.c_[lonlat[:, 0] * np.cos(lat), lonlat[:, 1]] * 111_320.0  # metres, flat within a city
-    distance = np.hypot(xy[:, None, 0] - xy[None, :, 0], xy[:, None, 1] - xy[None, :, 1])
-    distance = np.where(np.isnan(distance) | np.eye(size, dtype=bool), np.inf, distance)
-    order = np.argsort(distance, axis=1, kind="stable")[:, :k]
-    found = np.where(np.take_along_axis(distance, order, axis=1) < np.inf, order, size)
-    return np.hstack([found, np.full((size, k - found.shape[1]), size, dtype=int)]).astype(int)
+    found = np.full((size, k), size, dtype=int)
+    # A block of rows of the distance matrix at a time: the whole S x S matrix of a city with thousands of
+    # counters is gigabytes, and a block gives each row the same distances and the same stable order.
+    for start in range(0, size, NEAREST_BLOCK):
+        rows = np.arange(start, min(start + NEAREST_BLOCK, size))
+        distance = np.hypot(xy[rows, None, 0] - xy[None, :, 0], xy[rows, None, 1] - xy[None, :, 1])
+        distance[np.isnan(distance)] = np.inf
+        distance[np.arange(len(rows)), rows] = np.inf  # not its own neighbour
+        order = np.argsort(distance, axis=1, kind="stable")[:, :k]
+        found[rows, : order.shape[1]] = np.where(np.take_along_axis(distance, order, axis=1) < np.inf, order, size)
+    return found
 
 
 def around(rc: np.ndarray, usable: np.ndarray, near: np.ndarray) -> np.ndarray:
     """(T, S): the median excess of each sensor's neighbours in the same hour (0 where none is scored)."""
     masked = np.hstack([np.where(usable, rc, np.nan), np.full((rc.shape[0], 1), np.nan)])  # column S: none
+    out = np.empty(rc.shape)
+    # A block of sensors at a time: their neighbours' excess is (T, block, k), and over ten weeks of thousands
+    # of counters the whole (T, S, k) stack would be gigabytes; each median reads only its own sensor's.
+    step = max(1, AROUND_CELLS // max(1, rc.shape[0] * near.shape[1]))
     with _quiet():
-        return np.nan_to_num(nan_reduce(np.nanmedian, masked[:, near], axis=2))
+        for start in range(0, rc.shape[1], step):
+            block = near[start : start + step]
+            out[:, start : start + len(block)] = np.nan_to_num(nan_reduce(np.nanmedian, masked[:, block], axis=2))
+    return out
 
 
 def corrected(r: np.ndarray, usable: np.ndarray, p: CrowdParams, near: np.ndarray | None = None) -> np.ndarray:
@@ -452,7 +467,8 @@ class HourlyPanel:
         self.zone = zone
         self.p = p or CrowdParams()
         # (longitude, latitude) of each sensor, in `sensors` order: whose counts explain whose
-        self.near = nearest(points if points is not None else [None] * len(self.sensors), self.p.neighbours)
+        self.points: list[tuple[float, float] | None] = list(points) if points is not None else [None] * len(sensors)
+        self.near = nearest(self.points, self.p.neighbours)
         self.rows: dict[int, np.ndarray] = {}
         self._scales: dict[int, np.ndarray] = {}
         self._levels: dict[tuple[int, float], np.ndarray] = {}
@@ -476,8 +492,30 @@ class HourlyPanel:
             del self._day_scores[day]
         return hour
 
+    def extend(self, sensors: Sequence[str], points: Sequence[tuple[float, float] | None]) -> None:
+        """Add columns for sensors that joined after the panel was built (their history is then `add`ed).
+        A new sensor may be a neighbour of the sensors around it, so everyone's neighbours are found again
+        and the cached spreads, levels and scores are dropped: they are recomputed as a new panel would."""
+        new = [(s, point) for s, point in zip(sensors, points, strict=True) if s not in self.column]
+        if not new:
+            return
+        for sensor, point in new:
+            self.column[sensor] = len(self.sensors)
+            self.sensors.append(sensor)
+            self.points.append(point)
+        padding = np.full(len(new), np.nan)
+        self.rows = {hour: np.concatenate([row, padding]) for hour, row in self.rows.items()}
+        self.near = nearest(self.points, self.p.neighbours)
+        self._scales.clear()
+        self._levels.clear()
+        self._day_scores.clear()
+
+    def oldest(self, newest: int) -> int:
+        """The oldest hour the window keeps once its newest hour is `newest` (older rows are pruned)."""
+        return newest - self.p.history_hours - 24
+
     def prune(self, newest: int) -> None:
-        oldest = newest - self.p.history_hours - 24
+        oldest = self.oldest(newest)
         for hour in [h for h in self.rows if h < oldest]:
             del self.rows[hour]
 
@@ -495,9 +533,19 @@ class HourlyPanel:
         if found is None:
             p = self.p
             first = (day - p.scale_days) * 24 - p.lag_hours - p.level_hours - 1
-            matrix = self._matrix(first, day * 24 + 23)
-            _, usable, excess = residuals(matrix, first, p, self.near)
-            found = daily_scale(excess, usable, first, p)[-24:]
+            last = day * 24 + 23
+            # Rows before the first count have no excess to take (NaN, unusable) however far back the matrix
+            # starts, and the excess of a later row only reads earlier rows' counts: the same spreads from there.
+            counted = [h for h in self.rows if first <= h <= last]
+            start = min(counted, default=last)
+            _, used, excess = residuals(self._matrix(start, last), start, p, self.near)
+            # Only this day's spread is kept: from its `scale_days` days before, not every day of the matrix.
+            rows = (p.scale_days + 1) * 24
+            tail = np.full((rows, len(self.sensors)), np.nan)
+            usable = np.zeros(tail.shape, dtype=bool)
+            kept = min(rows, len(excess))
+            tail[rows - kept :], usable[rows - kept :] = excess[len(excess) - kept :], used[len(used) - kept :]
+            found = daily_scale(tail, usable, last + 1 - rows, p)[-24:]
             self._scales[day] = found
             for old in [d for d in self._scales if d < day - 2]:
                 del self._scales[old]
@@ -528,9 +576,18 @@ class HourlyPanel:
         missing = [d for d in days if d not in self._day_scores]
         if len(missing) > 2:
             first = days[0] * 24 - p.score_hours  # every row of the days with its full scoring history
+            # An hour without a count is never scored, and an hour's score reads at most `score_hours` rows back:
+            # starting that far before the local day of the first count gives the same scores, and a panel of
+            # new counters (or one with weeks of history missing) is not scored over ten empty weeks.
+            counted = [h for h in self.rows if h <= days[-1] * 24 + 23]
+            first = max(first, (min(counted) // 24) * 24 - p.score_hours) if counted else days[-1] * 24 + 23
             score = crowd_scores(self._matrix(first, days[-1] * 24 + 23), first, p, self.near).score
+            # (24 x len(days), S): the days' rows, NaN before the matrix (hours with no count anywhere)
+            whole = np.full((24 * len(days), len(self.sensors)), np.nan)
+            kept = min(len(score), len(whole))
+            whole[len(whole) - kept :] = score[len(score) - kept :]
             for i, day in enumerate(days):
-                self._day_scores[day] = score[len(score) - 24 * (len(days) - i) :][:24]
+                self._day_scores[day] = whole[24 * i : 24 * (i + 1)]
         else:
             for day in missing:
                 hours = range(day * 24, day * 24 + 24)
