@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -54,8 +54,10 @@ from polis.alerts.state import StateFile, fingerprint, lane_state, restore_lane,
 from polis.alerts.texts import alert_texts, cleared_text
 from polis.domain.errors import BadRequestData, NgsiError, ResourceNotFound
 from polis.ngsi_ld.events import EntityChange
-from polis.settings import Settings
 from polis.store.base import TemporalQuery
+
+if TYPE_CHECKING:
+    from polis.access.control import AccessControl
 
 log = logging.getLogger(__name__)
 
@@ -203,10 +205,7 @@ class AlertEngine:
         department's own reads and its subscriptions' notifications (AccessControl.notification_allows)."""
         if owner.department is None:
             return owner.datasets
-        access = getattr(self.platform, "access", None)
-        if access is None:  # a platform without access control (none in Polis itself): what was recorded
-            return owner.datasets
-        readable = access.entity_filter(owner.department)
+        readable = self.platform.access.entity_filter(owner.department)
         return readable if owner.datasets is None else owner.datasets & readable
 
     def _narrow(
@@ -228,7 +227,7 @@ class AlertEngine:
         unowned = self.book.unowned()
         if not unowned:
             return
-        owner = legacy_owner(self.platform.settings)
+        owner = legacy_owner(self.platform.access)
         self.book.set_owners({(tenant, str(rule.id)): owner for tenant, rule in unowned})
         for tenant, rule in unowned:
             if owner.datasets is not None:
@@ -777,30 +776,20 @@ def _validity(record: AlertRecord) -> timedelta:
     return timedelta(seconds=float(record.rule.get("validityS", 3600.0)))
 
 
-def legacy_owner(settings: Settings) -> RuleOwner:
+def legacy_owner(access: AccessControl) -> RuleOwner:
     """The owner of rules an older Polis saved without one. Any department holding administer on alerts/aggregate
     could declare them over the API, not only the operator's, and which one did is not known: such a rule watches
     only the datasets every one of those departments may read, no more than its author could, whoever it was.
     Where only departments that read everything administer alerts (the bootstrap admin alone, as a hub starts),
-    that is every dataset: the operator's rules go on as they were. The access database is read directly: all
-    departments' grants are compared, which AccessControl's per-department reads do not offer."""
-    from polis.access.control import PUBLIC
+    that is every dataset: the operator's rules go on as they were."""
     from polis.access.datasets import DATASETS, entity_tier
-    from polis.access.departments import DepartmentStore
-    from polis.access.grants import Permissions
 
-    store = DepartmentStore(settings.access_db_path)
-    try:
-        public = store.permissions(PUBLIC).grants
-        reach = frozenset(DATASETS)
-        tiers = {name: entity_tier(name) for name in DATASETS}
-        for name, _ in store.departments():
-            # A department holds the public department's grants too (AccessControl.permissions).
-            perms = Permissions(name, store.permissions(name).grants, public if name != PUBLIC else frozenset())
-            if perms.allows("alerts", "aggregate", "administer"):
-                reach &= perms.datasets_for("read", tiers, DATASETS)
-    finally:
-        store.close()
+    reach = frozenset(DATASETS)
+    tiers = {name: entity_tier(name) for name in DATASETS}
+    for name, _ in access.departments.departments():
+        perms = access.permissions(name)  # the public department's grants too
+        if perms.allows("alerts", "aggregate", "administer"):
+            reach &= perms.datasets_for("read", tiers, DATASETS)
     return RuleOwner(None, None if reach >= frozenset(DATASETS) else reach)
 
 
